@@ -1,0 +1,1 @@
+"""Stage logic as plain Python over Arrow tables. Nothing here imports Prefect."""

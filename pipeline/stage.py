@@ -1,0 +1,77 @@
+"""The one small interface every text stage follows (after datatrove's pipeline steps).
+
+A stage is a pydantic config plus a function `table -> ShardResult`. Counts are deterministic
+(they go into the manifest, which must be byte-identical across resumed runs); timings are kept
+apart by the caller.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.schema import DOC_SCHEMA, REMOVED_SCHEMA
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown or mistyped fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass
+class ShardResult:
+    kept: pa.Table
+    removed: pa.Table
+    counts: dict = field(default_factory=dict)
+
+
+def split_by_reason(table: pa.Table, reasons: list[str | None], details: list[str | None] | None = None,
+                    extra_counts: dict | None = None) -> ShardResult:
+    """Split `table` into kept rows (reason None) and removed rows (with their reason), with counts.
+
+    Counts always hold docs_in, docs_kept, docs_removed, removed (per reason), chars_in, chars_kept.
+    """
+    table = table.select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
+    keep_mask = pa.array([r is None for r in reasons], pa.bool_())
+    kept = table.filter(keep_mask)
+    drop_idx = [i for i, r in enumerate(reasons) if r is not None]
+    removed = table.take(pa.array(drop_idx, pa.int64()))
+    removed = removed.append_column("reason", pa.array([reasons[i] for i in drop_idx], pa.string()))
+    removed = removed.append_column(
+        "detail", pa.array([details[i] if details else None for i in drop_idx], pa.string())
+    )
+    counts = {
+        "docs_in": table.num_rows,
+        "docs_kept": kept.num_rows,
+        "docs_removed": removed.num_rows,
+        "removed": dict(sorted(Counter(r for r in reasons if r is not None).items())),
+        "chars_in": _chars(table),
+        "chars_kept": _chars(kept),
+    }
+    if extra_counts:
+        counts.update(extra_counts)
+    return ShardResult(kept, removed.cast(REMOVED_SCHEMA), counts)
+
+
+def _chars(table: pa.Table) -> int:
+    if table.num_rows == 0:
+        return 0
+    return int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0)
+
+
+def merge_counts(a: dict, b: dict) -> dict:
+    """Add two count dicts (nested dicts added key by key); used to total shard counts."""
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict):
+            out[k] = merge_counts(out.get(k, {}), v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = out.get(k, 0) + v
+        else:
+            out[k] = v
+    return dict(sorted(out.items()))

@@ -1,0 +1,14 @@
+"""The artifact store: fingerprints, atomic shard commits and manifests on any fsspec filesystem."""
+
+from storage.fingerprint import canonical_json, code_version, file_identity, fingerprint
+from storage.store import StageDir, Store, StoreError
+
+__all__ = [
+    "StageDir",
+    "Store",
+    "StoreError",
+    "canonical_json",
+    "code_version",
+    "file_identity",
+    "fingerprint",
+]

@@ -1,0 +1,71 @@
+"""Fingerprints name a stage's output by everything that determines it.
+
+fingerprint = hash(stage name, stage code version, canonical config, upstream fingerprint or the
+identity of the input files). Same fingerprint means same bytes, which is what lets a re-run skip
+work and lets two concurrent writers of one stage produce identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+from typing import Any
+
+import fsspec
+
+SAMPLE_BYTES = 1 << 20  # bytes hashed at each end of an input file for its identity
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the same value always gives the same text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot fingerprint a {type(obj).__name__}")
+
+
+def fingerprint(stage: str, code: str, config: Any, upstream: Any) -> str:
+    """Hex digest (20 chars) naming one stage output."""
+    payload = canonical_json({"stage": stage, "code": code, "config": config, "upstream": upstream})
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the source of the modules a stage's output depends on.
+
+    Editing the code of a stage invalidates its outputs; Prefect's TASK_SOURCE would only see the
+    thin task wrapper, not pipeline/.
+    """
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        h.update(name.encode())
+        h.update(inspect.getsource(importlib.import_module(name)).encode())
+    return h.hexdigest()[:16]
+
+
+def file_identity(url: str) -> dict:
+    """What identifies an input file cheaply: its URL, size and a hash of its first and last MiB.
+
+    Reading whole multi-GB crawl files just to name them would cost as much as ingesting them.
+    Raises FileNotFoundError naming the file when it is missing.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"input file not found: {url}")
+    size = fs.size(path)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        if size > 2 * SAMPLE_BYTES:
+            f.seek(size - SAMPLE_BYTES)
+            h.update(f.read(SAMPLE_BYTES))
+        elif size > SAMPLE_BYTES:
+            h.update(f.read())
+    return {"url": url, "size": size, "sample_sha256": h.hexdigest()}

@@ -1,0 +1,168 @@
+"""Stage output directories on any fsspec filesystem, with atomic writes and a manifest commit point.
+
+Layout of one stage output:
+
+    {root}/{stage}/{fingerprint}/manifest.json           written last: the stage's commit point
+    {root}/{stage}/{fingerprint}/data/part-NNNNN.*        one file (or a few) per shard
+    {root}/{stage}/{fingerprint}/removed/part-NNNNN.parquet
+    {root}/{stage}/{fingerprint}/stats/part-NNNNN.json    written last for a shard: its commit point
+
+Every file is written to a unique temporary name and renamed into place. Outputs are a pure
+function of the fingerprint, so two runs writing the same stage at once write identical bytes and
+the last rename wins harmlessly; a killed run leaves only temporary files, which nothing trusts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from storage.fingerprint import canonical_json
+
+TMP_MARK = ".tmp-"
+
+
+class StoreError(RuntimeError):
+    """A store file is missing or damaged."""
+
+
+class Store:
+    """A root directory (local path or fsspec URL) holding every stage's outputs."""
+
+    def __init__(self, url: str):
+        self.url = str(url).rstrip("/") or "/"
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def stage(self, name: str, fp: str) -> "StageDir":
+        return StageDir(self, name, fp)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+
+class StageDir:
+    """One stage output, named by its fingerprint."""
+
+    def __init__(self, store: Store, name: str, fp: str):
+        self.store, self.name, self.fingerprint = store, name, fp
+        self.fs = store.fs
+        self.path = posixpath.join(store.root, name, fp)
+
+    # -- paths -------------------------------------------------------------------------------
+    def abspath(self, rel: str) -> str:
+        return posixpath.join(self.path, rel)
+
+    def url(self, rel: str = "") -> str:
+        """A URL a person or another program can open (local paths stay plain paths)."""
+        p = self.abspath(rel) if rel else self.path
+        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return p if proto in ("file", "local") else f"{proto}://{p.lstrip('/')}"
+
+    @staticmethod
+    def part(kind: str, index: int, ext: str) -> str:
+        return f"{kind}/part-{index:05d}.{ext}"
+
+    # -- commit points -----------------------------------------------------------------------
+    def is_committed(self) -> bool:
+        return self.fs.exists(self.abspath("manifest.json"))
+
+    def read_manifest(self) -> dict:
+        try:
+            return self.read_json("manifest.json")
+        except FileNotFoundError as e:
+            raise StoreError(f"{self.name} output {self.url()} has no manifest: it was never committed") from e
+
+    def commit(self, manifest: dict) -> dict:
+        """Write the manifest last; from now on the stage output is complete and immutable."""
+        body = {"stage": self.name, "fingerprint": self.fingerprint, **manifest}
+        self.write_bytes("manifest.json", _pretty_json(body))
+        return body
+
+    def shard_done(self, index: int) -> bool:
+        return self.fs.exists(self.abspath(self.part("stats", index, "json")))
+
+    def read_shard_stats(self, index: int) -> dict:
+        return self.read_json(self.part("stats", index, "json"))
+
+    def commit_shard(self, index: int, stats: dict) -> None:
+        """Write a shard's stats after its data files: the stats file marks the shard done."""
+        self.write_bytes(self.part("stats", index, "json"), _pretty_json(stats))
+
+    # -- atomic writes -----------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        final = self.abspath(rel)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, final)
+        return final
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_bytes(rel, _pretty_json(obj))
+
+    def write_parquet(self, rel: str, table: pa.Table) -> str:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        return self.write_bytes(rel, buf.getvalue())
+
+    def write_arrow(self, rel: str, table: pa.Table) -> str:
+        """Arrow IPC file: memory-mappable, which is what the training loader wants."""
+        sink = pa.BufferOutputStream()
+        with ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        return self.write_bytes(rel, sink.getvalue().to_pybytes())
+
+    # -- reads -------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.abspath(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open(self.abspath(rel), "rb") as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def read_parquet(self, rel: str) -> pa.Table:
+        try:
+            with self.fs.open(self.abspath(rel), "rb") as f:
+                return pq.read_table(f)
+        except FileNotFoundError as e:
+            raise StoreError(f"missing shard file {self.url(rel)}") from e
+
+    def read_arrow(self, rel: str) -> pa.Table:
+        with self.fs.open(self.abspath(rel), "rb") as f:
+            return ipc.open_file(pa.BufferReader(f.read())).read_all()
+
+    def list(self, sub: str) -> list[str]:
+        """Committed files under a sub-folder (relative paths, sorted, temporary files left out)."""
+        base = self.abspath(sub)
+        if not self.fs.exists(base):
+            return []
+        out = []
+        for p in self.fs.find(base):
+            if TMP_MARK not in posixpath.basename(p):
+                out.append(posixpath.relpath(p, self.path))
+        return sorted(out)
+
+    def local_path(self, rel: str) -> str:
+        """The path on this machine of a stored file, for libraries that need one (mmap, torch)."""
+        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        if proto in ("file", "local"):
+            return self.abspath(rel)
+        cached = fsspec.open_local(f"simplecache::{self.url(rel)}")
+        return cached if isinstance(cached, str) else cached[0]
+
+
+def _pretty_json(obj: Any) -> bytes:
+    return (json.dumps(json.loads(canonical_json(obj)), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
