@@ -1,0 +1,154 @@
+"""The Prefect side of a stage: one task per shard, cache keys from store fingerprints, artifacts.
+
+A shard task's cache key is its stage fingerprint plus shard index plus store, so Prefect's Cached
+state and the store agree. A cache record is trusted only while the store still holds the shard:
+when the shard's files are gone (new store, deleted output) the task is submitted with
+refresh_cache and recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Callable
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from tqdm import tqdm
+
+from flows import workers
+from pipeline.stage import merge_counts
+from storage import StageDir
+
+
+def _shard_key(context, parameters: dict) -> str:
+    sd: dict = parameters["where"]
+    store = hashlib.sha256(sd["store"].encode()).hexdigest()[:10]
+    return f"crawl2llm-{sd['stage']}-{sd['fingerprint']}-{parameters['index']:05d}-{store}"
+
+
+@task(cache_key_fn=_shard_key, persist_result=True, result_serializer="json",
+      task_run_name="{where[stage]}-{index:05d}", retries=0)
+def shard_task(where: dict, index: int, job: Callable[[], dict], workers_n: int | None = None) -> dict:
+    """Run one shard's job (in the worker pool) and return its small stats dict."""
+    return workers.run(job, workers=workers_n)
+
+
+def map_shards(out: StageDir, jobs: dict[int, Callable[[], dict]], workers_n: int | None = None,
+               label: str | None = None) -> dict[int, dict]:
+    """Submit one task per shard, show progress (terminal bar and Prefect progress artifact)."""
+    where = {"stage": out.name, "fingerprint": out.fingerprint, "store": out.store.url}
+    futures = []
+    for index, job in sorted(jobs.items()):
+        t = shard_task if out.shard_done(index) else shard_task.with_options(refresh_cache=True)
+        futures.append(t.submit(where, index, job, workers_n))
+    label = label or out.name
+    progress_id = create_progress_artifact(0.0, description=f"{label}: shards done")
+    results: dict[int, dict] = {}
+    with tqdm(total=len(futures), desc=label, unit="shard", leave=False) as bar:
+        for fut in as_completed(futures):
+            stats = fut.result()
+            results[stats["index"]] = stats
+            bar.update(1)
+            update_progress_artifact(progress_id, 100.0 * len(results) / max(1, len(futures)))
+    return results
+
+
+def commit_stage(out: StageDir, results: dict[int, dict], header: dict) -> dict:
+    """Write the stage manifest from its shard stats. Deterministic: no timings go in."""
+    if out.is_committed():
+        return out.read_manifest()
+    totals: dict = {}
+    shards = []
+    for index in sorted(results):
+        stats = results[index]
+        totals = merge_counts(totals, stats["counts"])
+        shards.append({"index": index, **stats["outputs"]})
+    return out.commit({**header, "shards": shards, "counts": totals})
+
+
+def stage_seconds(results: dict[int, dict]) -> float:
+    return round(sum(r.get("seconds", 0.0) for r in results.values()), 3)
+
+
+def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_s: float,
+                  cached: bool, examples: str = "") -> None:
+    """Table of counts and a markdown report, keyed per stage so the UI keeps a history."""
+    counts = manifest.get("counts", {})
+    rows = [{"metric": "output", "value": out.url()}, {"metric": "cached", "value": str(cached)},
+            {"metric": "wall seconds", "value": round(wall_s, 2)},
+            {"metric": "worker seconds", "value": stage_seconds(results)}]
+    for key, value in counts.items():
+        if isinstance(value, dict):
+            rows += [{"metric": f"{key}.{k}", "value": v} for k, v in value.items()]
+        else:
+            rows.append({"metric": key, "value": value})
+    docs_in = counts.get("docs_in")
+    if docs_in and wall_s > 0 and not cached:
+        rows.append({"metric": "docs per second", "value": round(docs_in / wall_s, 1)})
+    key = f"{out.name}-summary"
+    create_table_artifact(rows, key=key, description=f"{out.name} {out.fingerprint}")
+    md = [f"# {out.name}", "", f"Output: `{out.url()}`  ", f"Fingerprint: `{out.fingerprint}`  ",
+          f"Cached: {cached}", ""]
+    if examples:
+        md += [examples]
+    create_markdown_artifact("\n".join(md), key=f"{out.name}-report", description=f"{out.name} report")
+    get_run_logger().info("%s %s: %s", out.name, "cached" if cached else "done", _short(counts))
+
+
+def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: int = 300) -> str:
+    """Markdown with a few removed documents per reason, so a person can judge a threshold."""
+    import pyarrow as pa
+
+    seen: dict[str, list[str]] = {}
+    for shard in manifest.get("shards", []):
+        if "removed" not in shard:
+            continue
+        table: pa.Table = out.read_parquet(shard["removed"])
+        for row in table.select(["reason", "detail", "url", "text"]).to_pylist():
+            bucket = seen.setdefault(row["reason"], [])
+            if len(bucket) < per_reason:
+                text = (row["text"] or "")[:chars].replace("\n", " ").replace("|", "\\|")
+                bucket.append(f"| {row['url'] or ''} | {row['detail'] or ''} | {text} |")
+        if seen and all(len(v) >= per_reason for v in seen.values()):
+            break
+    if not seen:
+        return "No documents removed."
+    md = ["## Examples of removed documents", ""]
+    for reason in sorted(seen):
+        md += [f"### {reason}", "", "| url | detail | text |", "|---|---|---|", *seen[reason], ""]
+    return "\n".join(md)
+
+
+def _short(counts: dict) -> str:
+    keys = ["docs_in", "docs_kept", "docs_removed", "removed", "train_tokens", "val_tokens"]
+    return ", ".join(f"{k}={counts[k]}" for k in keys if k in counts)
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+
+
+def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
+              workers_n: int | None = None, examples: bool = False) -> dict:
+    """The shape every sharded stage shares: map shards, commit the manifest, publish artifacts."""
+    cached = out.is_committed()
+    with Timer() as t:
+        results = map_shards(out, jobs, workers_n)
+        manifest = commit_stage(out, results, header)
+    publish_stage(out, manifest, results, t.seconds, cached,
+                  removed_examples(out, manifest) if examples else "")
+    return manifest
+
+
+def bind(fn: Callable[..., dict], *args: Any) -> Callable[[], dict]:
+    """A picklable zero-argument job for the worker pool."""
+    import functools
+
+    return functools.partial(fn, *args)

@@ -1,0 +1,168 @@
+"""One Prefect flow per data stage. Each reads a committed upstream output, maps its shards to
+tasks, commits a manifest and publishes artifacts. The logic lives in pipeline/."""
+
+from __future__ import annotations
+
+import posixpath
+
+import fsspec
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import workers
+from flows.common import Timer, bind, commit_stage, publish_stage, run_stage
+from pipeline import shards
+from pipeline.crawl import CrawlConfig
+from pipeline.dedup import DedupConfig, implied_threshold
+from pipeline.ingest import IngestConfig
+from pipeline.inputs import resolve_inputs
+from pipeline.pii import PiiConfig
+from pipeline.quality import QualityConfig
+from pipeline.tokenize import TokenizeConfig
+from storage import StageDir, Store, StoreError, code_version, file_identity, fingerprint
+
+DEFAULT_STORE = "store"
+RUNNER = ThreadPoolTaskRunner(max_workers=max(1, workers.default_workers()))
+CORE = ("pipeline.schema", "pipeline.stage")
+
+
+def open_stage(url: str) -> StageDir:
+    """A committed stage output named by its URL: {root}/{stage}/{fingerprint}."""
+    fs, path = fsspec.core.url_to_fs(url.rstrip("/"))
+    fp, name = posixpath.basename(path), posixpath.basename(posixpath.dirname(path))
+    root_url = url.rstrip("/")[: -len(f"/{name}/{fp}")] or "/"
+    sd = Store(root_url).stage(name, fp)
+    if not sd.is_committed():
+        raise StoreError(f"{url} is not a committed stage output (no manifest.json): run that stage first")
+    return sd
+
+
+def summary(out: StageDir, manifest: dict) -> dict:
+    """What a flow returns: small, and enough for the next stage to find its input."""
+    return {"stage": out.name, "fingerprint": out.fingerprint, "url": out.url(),
+            "counts": manifest.get("counts", {})}
+
+
+def _indexes(sd: StageDir) -> list[int]:
+    return [s["index"] for s in sd.read_manifest()["shards"]]
+
+
+@task(task_run_name="crawl-{out.fingerprint}")
+def _crawl_task(out: StageDir, config: CrawlConfig) -> dict:
+    from tqdm import tqdm
+
+    from pipeline.crawl import crawl as run_crawl
+
+    with tqdm(total=config.max_pages, desc="crawl", unit="page", leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.n = done
+            bar.refresh()
+
+        return run_crawl(config, out, progress=progress)
+
+
+@flow(name="crawl", task_runner=RUNNER)
+def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
+    """Crawl seed URLs politely and record the pages as WARC files."""
+    out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl", "pipeline.warc"),
+                                                    config, None))
+    cached = out.is_committed()
+    with Timer() as t:
+        if not cached:
+            result = _crawl_task(out, config)
+            files = out.list("data")
+            counts = {k: v for k, v in result.items() if k != "files"}
+            out.commit({"config": config, "shards": [{"index": i, "data": f} for i, f in enumerate(files)],
+                        "counts": counts})
+    manifest = out.read_manifest()
+    publish_stage(out, manifest, {}, t.seconds, cached)
+    return summary(out, manifest)
+
+
+@flow(name="ingest", task_runner=RUNNER)
+def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
+           workers_n: int | None = None) -> dict:
+    """Read WARC/WET/JSONL files (or a crawl output) into document shards: extraction, language id."""
+    sources, upstream = _ingest_sources(inputs)
+    code = code_version("pipeline.ingest", *CORE)
+    out = Store(store).stage("ingest", fingerprint("ingest", code, config, upstream))
+    jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, src, config)
+            for i, src in enumerate(sources)}
+    header = {"config": config, "code": code, "upstream": upstream, "sources": sources}
+    return summary(out, run_stage(out, jobs, header, workers_n, examples=True))
+
+
+def _ingest_sources(inputs: list[str]) -> tuple[list[str], object]:
+    """Input files and their identity: a crawl output's fingerprint, or each file's identity."""
+    if len(inputs) == 1:
+        fs, path = fsspec.core.url_to_fs(inputs[0])
+        if fs.exists(posixpath.join(path, "manifest.json")):
+            up = open_stage(inputs[0])
+            files = [up.url(s["data"]) for s in up.read_manifest()["shards"]]
+            return files, {"stage": up.name, "fingerprint": up.fingerprint}
+    files = resolve_inputs(inputs)
+    return files, [file_identity(f) for f in files]
+
+
+def _upstream(source: str) -> tuple[StageDir, dict]:
+    up = open_stage(source)
+    return up, {"stage": up.name, "fingerprint": up.fingerprint}
+
+
+@flow(name="dedup", task_runner=RUNNER)
+def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | None = None) -> dict:
+    """Exact and MinHash-LSH near-duplicate removal across the whole corpus (first occurrence kept)."""
+    up, upstream = _upstream(source)
+    st, idx = up.store, _indexes(up)
+    code = code_version("pipeline.dedup", *CORE)
+    header = {"config": config, "code": code, "upstream": upstream}
+    sig = st.stage("dedup-signatures", fingerprint("dedup-signatures", code, config, upstream))
+    run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config)
+                    for i in idx}, header, workers_n)
+    clu = st.stage("dedup-clusters", fingerprint("dedup-clusters", code, config, sig.fingerprint))
+    run_stage(clu, {0: bind(shards.cluster_shard, st.url, clu.fingerprint, sig.fingerprint, idx, config)},
+              {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint},
+               "implied_threshold": round(implied_threshold(config.bands, config.rows), 4)}, 0)
+    out = st.stage("dedup", fingerprint("dedup", code, config, upstream))
+    jobs = {i: bind(shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint),
+                    clu.fingerprint, config) for i in idx}
+    return summary(out, run_stage(out, jobs, header, workers_n, examples=True))
+
+
+def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
+    up, upstream = _upstream(source)
+    code = code_version(f"pipeline.{name}", *CORE)
+    out = up.store.stage(name, fingerprint(name, code, config, upstream))
+    jobs = {i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
+            for i in _indexes(up)}
+    header = {"config": config, "code": code, "upstream": upstream}
+    return summary(out, run_stage(out, jobs, header, workers_n, examples=True))
+
+
+@flow(name="quality", task_runner=RUNNER)
+def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
+    """Gopher quality rules; every removed document keeps the first rule that removed it."""
+    return _filter_stage("quality", source, config, workers_n)
+
+
+@flow(name="pii", task_runner=RUNNER)
+def pii(source: str, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
+    """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders."""
+    return _filter_stage("pii", source, config, workers_n)
+
+
+@flow(name="tokenize", task_runner=RUNNER)
+def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: int | None = None) -> dict:
+    """Train a byte-level BPE on a sample, encode every shard to Arrow token shards, split train/val."""
+    up, upstream = _upstream(source)
+    st, idx = up.store, _indexes(up)
+    code = code_version("pipeline.tokenize", *CORE)
+    header = {"config": config, "code": code, "upstream": upstream}
+    tok = st.stage("tokenizer", fingerprint("tokenizer", code, config, upstream))
+    run_stage(tok, {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
+              header, 0)
+    out = st.stage("tokenize", fingerprint("tokenize", code, config, upstream))
+    jobs = {i: bind(shards.encode_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), tok.fingerprint,
+                    config) for i in idx}
+    header = {**header, "tokenizer": tok.url("data/tokenizer.json"), "vocab_size": config.vocab_size}
+    return summary(out, run_stage(out, jobs, header, workers_n))

@@ -1,0 +1,171 @@
+"""Training and evaluation flows: one task each, resumable from the checkpoints in the store."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
+from tqdm import tqdm
+
+from flows.common import Timer
+from flows.stages import open_stage, summary
+from model.evaluate import EvalConfig
+from model.train import TrainConfig
+from storage import StageDir, code_version, fingerprint
+
+MODEL_CODE = ("model.gpt", "model.data", "model.train")
+
+
+def _local_dir(out: StageDir) -> str:
+    """Training writes checkpoints to a local folder: the stage folder itself on a local store."""
+    proto = out.fs.protocol if isinstance(out.fs.protocol, str) else out.fs.protocol[0]
+    if proto in ("file", "local"):
+        out.fs.makedirs(out.path, exist_ok=True)
+        return out.path
+    path = os.path.join(os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")),
+                        "train", out.fingerprint)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _token_files(tok: StageDir) -> tuple[list[str], list[str], int]:
+    manifest = tok.read_manifest()
+    train = [tok.local_path(s["train"]) for s in manifest["shards"]]
+    val = [tok.local_path(s["val"]) for s in manifest["shards"]]
+    tokenizer = json.loads(tok.store.stage("tokenizer", _tokenizer_fp(manifest)).read_bytes("data/tokenizer.json"))
+    vocab = len(tokenizer["model"]["vocab"]) + sum(1 for t in tokenizer.get("added_tokens", [])
+                                                   if t["content"] not in tokenizer["model"]["vocab"])
+    return train, val, vocab
+
+
+def _tokenizer_fp(manifest: dict) -> str:
+    return manifest["tokenizer"].rstrip("/").split("/")[-3]
+
+
+@task(task_run_name="train-{out.fingerprint}")
+def _train_task(out: StageDir, train_files: list[str], val_files: list[str], vocab: int, config: TrainConfig) -> dict:
+    from model.train import train as run_train
+
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, description="training steps done")
+    bar = tqdm(total=config.max_steps, desc="train", unit="step", leave=False)
+    losses: list[tuple[int, float]] = []
+
+    def log(event: dict) -> None:
+        step = event.get("step", 0)
+        if "loss" in event:
+            losses.append((step, event["loss"]))
+            bar.n = step
+            bar.set_postfix(loss=f"{event['loss']:.3f}")
+            if step % max(1, config.max_steps // 20) == 0 or step == config.max_steps:
+                update_progress_artifact(progress, 100.0 * step / config.max_steps)
+                logger.info("step %d loss %.4f lr %.2e %.0f tok/s", step, event["loss"], event.get("lr", 0),
+                            event.get("tokens_per_s", 0))
+        if "val_loss" in event:
+            logger.info("step %d val_loss %.4f", step, event["val_loss"])
+
+    try:
+        result = run_train(train_files, val_files, vocab, config, _local_dir(out), log=log)
+    finally:
+        bar.close()
+    update_progress_artifact(progress, 100.0)
+    return result
+
+
+@flow(name="train")
+def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
+    """Pretrain a GPT on a tokenize output; killed and re-run, it resumes from its last checkpoint."""
+    tok = open_stage(source)
+    code = code_version(*MODEL_CODE)
+    upstream = {"stage": tok.name, "fingerprint": tok.fingerprint}
+    out = tok.store.stage("train", fingerprint("train", code, config, upstream))
+    cached = out.is_committed()
+    with Timer() as t:
+        if not cached:
+            train_files, val_files, vocab = _token_files(tok)
+            result = _train_task(out, train_files, val_files, vocab, config)
+            local = _local_dir(out)
+            if os.path.abspath(local) != os.path.abspath(out.path):
+                with open(os.path.join(local, "model.pt"), "rb") as f:
+                    out.write_bytes("model.pt", f.read())
+            result = {k: v for k, v in result.items() if k != "timing"}
+            out.commit({"config": config, "code": code, "upstream": upstream, "vocab_size": vocab,
+                        "model": "model.pt", "tokenizer": tok.read_manifest()["tokenizer"], "counts": result})
+    manifest = out.read_manifest()
+    _publish_training(out, manifest, t.seconds, cached)
+    return summary(out, manifest)
+
+
+def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: bool) -> None:
+    counts = manifest["counts"]
+    rows = [{"metric": k, "value": v} for k, v in counts.items() if not isinstance(v, (list, dict))]
+    rows += [{"metric": "cached", "value": str(cached)}, {"metric": "wall seconds", "value": round(seconds, 2)}]
+    create_table_artifact(rows, key="train-summary", description=f"train {out.fingerprint}")
+    create_link_artifact(out.url("model.pt"), link_text="final model weights", key="train-model")
+    history = counts.get("history", [])
+    if history:
+        create_markdown_artifact(_loss_chart(history), key="train-loss-curve", description="loss curve")
+
+
+def _loss_chart(history: list[dict]) -> str:
+    """The loss curve as an inline SVG (Prefect's image artifacts need a public URL)."""
+    pts = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
+    vals = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
+    lines = ["# Training loss", "", "| step | train loss | val loss |", "|---:|---:|---:|"]
+    lines += [f"| {h['step']} | {h.get('loss', ''):.4} | {h['val_loss']:.4} |" if h.get("val_loss") is not None
+              else f"| {h['step']} | {h.get('loss', 0):.4} | |" for h in history]
+    return "\n".join(lines) + "\n\n" + _svg(pts, vals)
+
+
+def _svg(train_pts, val_pts, w: int = 600, h: int = 300) -> str:
+    allp = train_pts + val_pts
+    if len(allp) < 2:
+        return ""
+    x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp) or 1
+    y0, y1 = min(p[1] for p in allp), max(p[1] for p in allp)
+    sx = lambda x: 40 + (w - 60) * (x - x0) / max(1e-9, x1 - x0)  # noqa: E731
+    sy = lambda y: 20 + (h - 50) * (1 - (y - y0) / max(1e-9, y1 - y0))  # noqa: E731
+    path = lambda pts: " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)  # noqa: E731
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">'
+            f'<polyline fill="none" stroke="steelblue" stroke-width="2" points="{path(train_pts)}"/>'
+            f'<polyline fill="none" stroke="darkorange" stroke-width="2" points="{path(val_pts)}"/>'
+            f'<text x="40" y="14" font-size="12">loss {y1:.2f} → {y0:.2f}; blue train, orange val</text></svg>')
+
+
+@task(task_run_name="evaluate-{out.fingerprint}")
+def _eval_task(out: StageDir, model_path: str, tokenizer_path: str, val_files: list[str], config: EvalConfig) -> dict:
+    from model.evaluate import evaluate as run_eval
+
+    return run_eval(model_path, tokenizer_path, val_files, config)
+
+
+@flow(name="evaluate")
+def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
+    """Held-out loss and perplexity plus generated samples for a train output (any checkpoint dir)."""
+    run = open_stage(source)
+    code = code_version("model.evaluate", "model.gpt", "model.data")
+    upstream = {"stage": run.name, "fingerprint": run.fingerprint}
+    out = run.store.stage("evaluate", fingerprint("evaluate", code, config, upstream))
+    cached = out.is_committed()
+    if not cached:
+        rm = run.read_manifest()
+        tok = run.store.stage(rm["upstream"]["stage"], rm["upstream"]["fingerprint"])
+        _, val_files, _ = _token_files(tok)
+        tok_dir = run.store.stage("tokenizer", _tokenizer_fp(tok.read_manifest()))
+        result = _eval_task(out, run.local_path("model.pt"), tok_dir.local_path("data/tokenizer.json"), val_files,
+                            config)
+        out.commit({"config": config, "code": code, "upstream": upstream, "counts": result})
+    manifest = out.read_manifest()
+    res = manifest["counts"]
+    rows = [{"metric": k, "value": v} for k, v in res.items() if not isinstance(v, (list, dict))]
+    create_table_artifact(rows, key="evaluate-summary", description=f"evaluation of {run.url()}")
+    md = ["# Evaluation", "", f"Model: `{run.url('model.pt')}`", ""]
+    md += [f"- **{r['metric']}**: {r['value']}" for r in rows]
+    md += ["", "## Samples", ""]
+    for s in res.get("samples", []):
+        md += [f"**{s['prompt']}**{s['completion']}", ""]
+    create_markdown_artifact("\n".join(md), key="evaluate-report", description="evaluation report")
+    return summary(out, manifest)

@@ -1,0 +1,194 @@
+"""Run one stage step over one stored shard and commit its outputs.
+
+These are the units of work a flow maps over shards. Each takes plain, picklable arguments (store
+URL, fingerprints, config) so it can run in a worker process, reads its input from the store,
+writes its outputs atomically, and writes the shard's stats file last as the shard's commit point.
+A shard whose stats file exists is never recomputed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from storage import StageDir, Store
+
+from pipeline.stage import ShardResult
+
+
+def stage_dir(store_url: str, stage: str, fp: str) -> StageDir:
+    return Store(store_url).stage(stage, fp)
+
+
+def read_docs(upstream: StageDir, index: int):
+    """The documents of one committed upstream shard."""
+    return upstream.read_parquet(StageDir.part("data", index, "parquet"))
+
+
+def commit_docs(out: StageDir, index: int, result: ShardResult, seconds: float) -> dict:
+    """Write kept and removed documents, then the stats file that marks the shard done."""
+    data = StageDir.part("data", index, "parquet")
+    removed = StageDir.part("removed", index, "parquet")
+    out.write_parquet(data, result.kept)
+    out.write_parquet(removed, result.removed)
+    stats = {"index": index, "outputs": {"data": data, "removed": removed}, "counts": result.counts,
+             "seconds": round(seconds, 3)}
+    out.commit_shard(index, stats)
+    return stats
+
+
+def run_if_needed(out: StageDir, index: int, work: Callable[[], dict]) -> dict:
+    """Skip a shard already committed (a resumed or concurrent run did it)."""
+    if out.shard_done(index):
+        return out.read_shard_stats(index)
+    return work()
+
+
+# -- the steps --------------------------------------------------------------------------------
+
+def ingest_shard(store_url: str, fp: str, index: int, source: str, config: Any) -> dict:
+    from pipeline.ingest import ingest_file
+
+    out = stage_dir(store_url, "ingest", fp)
+
+    def work():
+        t0 = time.perf_counter()
+        result = ingest_file(source, config)
+        result.counts["sources"] = 1
+        return commit_docs(out, index, result, time.perf_counter() - t0)
+
+    return run_if_needed(out, index, work)
+
+
+def filter_shard(store_url: str, stage: str, fp: str, index: int, upstream: tuple[str, str],
+                 config: Any) -> dict:
+    """quality or pii over one shard of the upstream stage's documents."""
+    out = stage_dir(store_url, stage, fp)
+
+    def work():
+        t0 = time.perf_counter()
+        table = read_docs(stage_dir(store_url, *upstream), index)
+        result = FILTERS[stage]()(table, config)
+        return commit_docs(out, index, result, time.perf_counter() - t0)
+
+    return run_if_needed(out, index, work)
+
+
+def _quality():
+    from pipeline.quality import filter_quality
+    return filter_quality
+
+
+def _pii():
+    from pipeline.pii import scrub
+    return scrub
+
+
+FILTERS = {"quality": _quality, "pii": _pii}
+
+
+def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any) -> dict:
+    from pipeline.dedup import signatures
+
+    out = stage_dir(store_url, "dedup-signatures", fp)
+
+    def work():
+        t0 = time.perf_counter()
+        table = read_docs(stage_dir(store_url, *upstream), index)
+        sigs = signatures(table, config)
+        rel = StageDir.part("data", index, "parquet")
+        out.write_parquet(rel, sigs)
+        stats = {"index": index, "outputs": {"data": rel}, "counts": {"docs_in": table.num_rows},
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        out.commit_shard(index, stats)
+        return stats
+
+    return run_if_needed(out, index, work)
+
+
+def cluster_shard(store_url: str, fp: str, signatures_fp: str, shard_indexes: list[int], config: Any) -> dict:
+    """The one corpus-wide step: find duplicates across all signature shards in corpus order."""
+    from pipeline.dedup import find_duplicates
+
+    out = stage_dir(store_url, "dedup-clusters", fp)
+    sig_dir = stage_dir(store_url, "dedup-signatures", signatures_fp)
+
+    def work():
+        t0 = time.perf_counter()
+        tables = (sig_dir.read_parquet(StageDir.part("data", i, "parquet")) for i in shard_indexes)
+        dups = find_duplicates(tables, config)
+        rel = "data/duplicates.parquet"
+        out.write_parquet(rel, dups)
+        reasons = dups.column("reason").to_pylist() if dups.num_rows else []
+        counts = {"duplicates": dups.num_rows,
+                  "by_reason": {r: reasons.count(r) for r in sorted(set(reasons))}}
+        stats = {"index": 0, "outputs": {"data": rel}, "counts": counts,
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        out.commit_shard(0, stats)
+        return stats
+
+    return run_if_needed(out, 0, work)
+
+
+def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], clusters_fp: str,
+                      config: Any) -> dict:
+    from pipeline.dedup import apply_duplicates
+
+    out = stage_dir(store_url, "dedup", fp)
+
+    def work():
+        t0 = time.perf_counter()
+        table = read_docs(stage_dir(store_url, *upstream), index)
+        dups = stage_dir(store_url, "dedup-clusters", clusters_fp).read_parquet("data/duplicates.parquet")
+        result = apply_duplicates(table, dups)
+        return commit_docs(out, index, result, time.perf_counter() - t0)
+
+    return run_if_needed(out, index, work)
+
+
+def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_indexes: list[int],
+                    config: Any) -> dict:
+    """Train the BPE on a deterministic sample of the cleaned corpus; save tokenizer.json."""
+    from pipeline.tokenize import sample_texts, train_tokenizer
+
+    out = stage_dir(store_url, "tokenizer", fp)
+    up = stage_dir(store_url, *upstream)
+
+    def work():
+        t0 = time.perf_counter()
+        tables = (read_docs(up, i) for i in shard_indexes)
+        tok = train_tokenizer(sample_texts(tables, config), config)
+        rel = "data/tokenizer.json"
+        out.write_bytes(rel, tok.to_str(pretty=True).encode())
+        stats = {"index": 0, "outputs": {"data": rel}, "counts": {"vocab_size": tok.get_vocab_size()},
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        out.commit_shard(0, stats)
+        return stats
+
+    return run_if_needed(out, 0, work)
+
+
+def encode_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], tokenizer_fp: str,
+                 config: Any) -> dict:
+    from tokenizers import Tokenizer
+
+    from pipeline.tokenize import encode_table
+
+    out = stage_dir(store_url, "tokenize", fp)
+
+    def work():
+        t0 = time.perf_counter()
+        table = read_docs(stage_dir(store_url, *upstream), index)
+        tok_json = stage_dir(store_url, "tokenizer", tokenizer_fp).read_bytes("data/tokenizer.json")
+        tok = Tokenizer.from_str(tok_json.decode())
+        train, val, counts = encode_table(table, tok, config)
+        outputs = {"train": StageDir.part("data/train", index, "arrow"),
+                   "val": StageDir.part("data/val", index, "arrow")}
+        out.write_arrow(outputs["train"], train)
+        out.write_arrow(outputs["val"], val)
+        stats = {"index": index, "outputs": outputs, "counts": counts,
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        out.commit_shard(index, stats)
+        return stats
+
+    return run_if_needed(out, index, work)
