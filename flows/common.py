@@ -136,15 +136,24 @@ class Timer:
 
 
 def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
-              workers_n: int | None = None, examples: bool = False) -> dict:
-    """The shape every sharded stage shares: map shards, commit the manifest, publish artifacts."""
+              workers_n: int | None = None, examples: bool = False) -> tuple[dict, bool]:
+    """The shape every sharded stage shares: map shards, commit the manifest, publish artifacts.
+
+    Returns the manifest and whether the stage was already committed (nothing to do)."""
     cached = out.is_committed()
+    if _in_memory(out):
+        workers_n = 0  # a memory:// store lives in this process only
     with Timer() as t:
         results = map_shards(out, jobs, workers_n)
         manifest = commit_stage(out, results, header)
     publish_stage(out, manifest, results, t.seconds, cached,
                   removed_examples(out, manifest) if examples else "")
-    return manifest
+    return manifest, cached
+
+
+def _in_memory(out: StageDir) -> bool:
+    proto = out.fs.protocol if isinstance(out.fs.protocol, str) else out.fs.protocol[0]
+    return proto == "memory"
 
 
 def bind(fn: Callable[..., dict], *args: Any) -> Callable[[], dict]:

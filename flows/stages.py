@@ -37,9 +37,9 @@ def open_stage(url: str) -> StageDir:
     return sd
 
 
-def summary(out: StageDir, manifest: dict) -> dict:
+def summary(out: StageDir, manifest: dict, cached: bool) -> dict:
     """What a flow returns: small, and enough for the next stage to find its input."""
-    return {"stage": out.name, "fingerprint": out.fingerprint, "url": out.url(),
+    return {"stage": out.name, "fingerprint": out.fingerprint, "url": out.url(), "cached": cached,
             "counts": manifest.get("counts", {})}
 
 
@@ -76,7 +76,7 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
                         "counts": counts})
     manifest = out.read_manifest()
     publish_stage(out, manifest, {}, t.seconds, cached)
-    return summary(out, manifest)
+    return summary(out, manifest, cached)
 
 
 @flow(name="ingest", task_runner=RUNNER)
@@ -89,7 +89,7 @@ def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str 
     jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, src, config)
             for i, src in enumerate(sources)}
     header = {"config": config, "code": code, "upstream": upstream, "sources": sources}
-    return summary(out, run_stage(out, jobs, header, workers_n, examples=True))
+    return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
 
 
 def _ingest_sources(inputs: list[str]) -> tuple[list[str], object]:
@@ -126,7 +126,7 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
     out = st.stage("dedup", fingerprint("dedup", code, config, upstream))
     jobs = {i: bind(shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint),
                     clu.fingerprint, config) for i in idx}
-    return summary(out, run_stage(out, jobs, header, workers_n, examples=True))
+    return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
 
 
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
@@ -136,7 +136,7 @@ def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict
     jobs = {i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
             for i in _indexes(up)}
     header = {"config": config, "code": code, "upstream": upstream}
-    return summary(out, run_stage(out, jobs, header, workers_n, examples=True))
+    return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
 
 
 @flow(name="quality", task_runner=RUNNER)
@@ -165,4 +165,4 @@ def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: 
     jobs = {i: bind(shards.encode_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), tok.fingerprint,
                     config) for i in idx}
     header = {**header, "tokenizer": tok.url("data/tokenizer.json"), "vocab_size": config.vocab_size}
-    return summary(out, run_stage(out, jobs, header, workers_n))
+    return summary(out, *run_stage(out, jobs, header, workers_n))

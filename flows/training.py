@@ -96,7 +96,7 @@ def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
                         "model": "model.pt", "tokenizer": tok.read_manifest()["tokenizer"], "counts": result})
     manifest = out.read_manifest()
     _publish_training(out, manifest, t.seconds, cached)
-    return summary(out, manifest)
+    return summary(out, manifest, cached)
 
 
 def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: bool) -> None:
@@ -168,4 +168,4 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
     for s in res.get("samples", []):
         md += [f"**{s['prompt']}**{s['completion']}", ""]
     create_markdown_artifact("\n".join(md), key="evaluate-report", description="evaluation report")
-    return summary(out, manifest)
+    return summary(out, manifest, cached)

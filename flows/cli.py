@@ -1,0 +1,172 @@
+"""The `crawl2llm` command: the demo, a whole pipeline from a YAML config, or one stage at a time.
+
+Flows are imported only after the Prefect environment is set, because Prefect reads its settings
+at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+STAGE_HELP = {
+    "crawl": "crawl seed URLs into WARC files",
+    "ingest": "WARC/WET/JSONL files, folders or globs → document shards",
+    "dedup": "exact + MinHash near-duplicate removal over a stage output",
+    "quality": "Gopher quality rules over a stage output",
+    "pii": "presidio PII scrubbing over a stage output",
+    "tokenize": "train a BPE and write Arrow token shards from a stage output",
+    "train": "pretrain a GPT on a tokenize output",
+    "evaluate": "held-out loss and samples for a train output",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crawl2llm", description="Web crawl archives to a trained, evaluated GPT.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="offline demo: crawl a local site, run every stage, train a tiny GPT")
+    d.add_argument("--store", default="store/demo", help="store folder or fsspec URL (default: store/demo)")
+    d.add_argument("--pages", type=int, default=None, help="pages to crawl (default: the demo's own)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+
+    r = sub.add_parser("run", help="the whole pipeline from a YAML config (fields as in the Prefect UI form)")
+    r.add_argument("config", help="YAML file with PipelineConfig fields (see `crawl2llm config`)")
+    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field, e.g. --set quality.min_words=30 (repeatable)")
+
+    c = sub.add_parser("config", help="print a full default pipeline config as YAML")
+    c.add_argument("--inputs", nargs="*", default=["path/to/*.warc.gz"])
+
+    for name, text in STAGE_HELP.items():
+        s = sub.add_parser(name, help=text, description=text)
+        if name == "crawl":
+            s.add_argument("seeds", nargs="+", help="seed URLs")
+        elif name == "ingest":
+            s.add_argument("inputs", nargs="+", help="files, folders, globs, fsspec URLs or a crawl output")
+        else:
+            s.add_argument("source", help="the upstream stage output (a folder holding manifest.json)")
+        if name in ("crawl", "ingest"):
+            s.add_argument("--store", default="store", help="store folder or fsspec URL (default: ./store)")
+        s.add_argument("--config", help=f"YAML file with the {name} config fields")
+        s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+        if name not in ("crawl", "train", "evaluate"):
+            s.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+
+    srv = sub.add_parser("server", help="start (or stop) the local Prefect server used by the commands")
+    srv.add_argument("action", choices=["start", "stop"])
+    return p
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _stage_config(name: str, args) -> object:
+    from flows.config import PipelineConfig
+
+    cls = PipelineConfig.model_fields[name].annotation
+    cls = getattr(cls, "__args__", (cls,))[0]  # Optional[CrawlConfig] -> CrawlConfig
+    data = {}
+    if args.config:
+        data = yaml.safe_load(open(args.config)) or {}
+    if name == "crawl":
+        data["seeds"] = args.seeds
+    for k, v in _overrides(args.set).items():
+        data[k] = v
+    from pydantic import ValidationError
+
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise SystemExit(f"invalid {name} config: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from flows import prefect_env
+
+    home = prefect_env.configure()
+    if args.command == "server":
+        if args.action == "stop":
+            print("stopped" if prefect_env.stop_server(home) else "no server started by crawl2llm is running")
+        else:
+            print(f"Prefect UI: {prefect_env.ensure_server(home).removesuffix('/api')}")
+        return 0
+    if args.command == "config":
+        from flows.config import PipelineConfig
+
+        print(yaml.safe_dump(PipelineConfig(inputs=args.inputs).model_dump(mode="json"), sort_keys=False))
+        return 0
+    if args.command == "demo":
+        from flows.demo import run_demo
+
+        return run_demo(args.store, home, pages=args.pages, steps=args.steps)
+
+    from flows.config import ConfigError, load_config
+    from pipeline.inputs import InputError, resolve_inputs
+    from storage import StoreError
+
+    try:
+        if args.command == "run":
+            config = load_config(args.config, _overrides(args.set))
+            if config.inputs:
+                resolve_inputs(config.inputs)  # before starting anything
+        else:
+            config = _stage_config(args.command, args)
+            if args.command == "ingest" and len(args.inputs) > 0:
+                _check_ingest_inputs(args.inputs)
+    except (ConfigError, InputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    url = prefect_env.ensure_server(home)
+    print(f"Prefect UI: {url.removesuffix('/api')}", file=sys.stderr)
+    try:
+        result = _run(args, config)
+    except (InputError, StoreError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _check_ingest_inputs(inputs: list[str]) -> None:
+    import fsspec
+
+    from pipeline.inputs import resolve_inputs
+
+    if len(inputs) == 1:
+        fs, path = fsspec.core.url_to_fs(inputs[0])
+        if fs.exists(f"{path.rstrip('/')}/manifest.json"):
+            return
+    resolve_inputs(inputs)
+
+
+def _run(args, config) -> dict:
+    from flows import stages, training
+    from flows.pipeline import pipeline
+
+    if args.command == "run":
+        return pipeline(config)
+    if args.command == "crawl":
+        return stages.crawl(config, args.store)
+    if args.command == "ingest":
+        return stages.ingest(args.inputs, config, args.store, args.workers)
+    if args.command in ("train", "evaluate"):
+        return getattr(training, args.command)(args.source, config)
+    return getattr(stages, args.command)(args.source, config, args.workers)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

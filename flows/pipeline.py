@@ -1,0 +1,40 @@
+"""The pipeline flow: every stage in order, each cached and resumable on its own."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.config import STAGES, PipelineConfig
+from flows.stages import crawl, dedup, ingest, pii, quality, tokenize
+from flows.training import evaluate, train
+from pipeline.inputs import resolve_inputs
+
+
+@flow(name="pipeline")
+def pipeline(config: PipelineConfig) -> dict:
+    """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate."""
+    log = get_run_logger()
+    if config.inputs:
+        resolve_inputs(config.inputs)  # fail before any work on a missing or unreadable input
+    last = STAGES.index(config.stop_after)
+    results: dict[str, dict] = {}
+    if config.crawl:
+        results["crawl"] = crawl(config.crawl, config.store)
+        inputs = [results["crawl"]["url"]]
+    else:
+        inputs = config.inputs
+    results["ingest"] = ingest(inputs, config.ingest, config.store, config.workers)
+    steps = [("dedup", dedup, config.dedup), ("quality", quality, config.quality), ("pii", pii, config.pii),
+             ("tokenize", tokenize, config.tokenize)]
+    prev = results["ingest"]
+    for name, fn, cfg in steps:
+        if STAGES.index(name) > last:
+            return results
+        prev = results[name] = fn(prev["url"], cfg, config.workers)
+    if STAGES.index("train") <= last:
+        prev = results["train"] = train(prev["url"], config.train)
+    if STAGES.index("evaluate") <= last:
+        results["evaluate"] = evaluate(prev["url"], config.evaluate)
+    for name, r in results.items():
+        log.info("%-9s %s", name, r["url"])
+    return results
