@@ -1,0 +1,100 @@
+"""The artifact store: fingerprints, atomic writes, commit points, fsspec URLs, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pyarrow as pa
+import pytest
+
+from storage import Store, StoreError, canonical_json, file_identity, fingerprint
+
+
+def test_fingerprint_depends_on_every_part():
+    base = fingerprint("quality", "code1", {"a": 1, "b": [1, 2]}, "up")
+    assert base == fingerprint("quality", "code1", {"b": [1, 2], "a": 1}, "up")  # key order is irrelevant
+    assert base != fingerprint("dedup", "code1", {"a": 1, "b": [1, 2]}, "up")
+    assert base != fingerprint("quality", "code2", {"a": 1, "b": [1, 2]}, "up")
+    assert base != fingerprint("quality", "code1", {"a": 2, "b": [1, 2]}, "up")
+    assert base != fingerprint("quality", "code1", {"a": 1, "b": [1, 2]}, "other")
+
+
+def test_canonical_json_handles_pydantic_models():
+    from pipeline.stage import StageConfig
+
+    class C(StageConfig):
+        x: int = 1
+
+    assert canonical_json({"c": C()}) == '{"c":{"x":1}}'
+
+
+def test_file_identity(tmp_path):
+    f = tmp_path / "a.warc.gz"
+    f.write_bytes(b"x" * 3_000_000)
+    ident = file_identity(str(f))
+    assert ident["size"] == 3_000_000
+    f.write_bytes(b"x" * 2_999_999 + b"y")  # a change in the tail changes the identity
+    assert file_identity(str(f))["sample_sha256"] != ident["sample_sha256"]
+    with pytest.raises(FileNotFoundError, match="missing.warc"):
+        file_identity(str(tmp_path / "missing.warc"))
+
+
+@pytest.mark.parametrize("url", ["memory://c2l-test", "file://{tmp}", "{tmp}"])
+def test_stage_roundtrip_on_fsspec_urls(url, tmp_path):
+    store = Store(url.format(tmp=tmp_path / "store"))
+    sd = store.stage("quality", "abc")
+    table = pa.table({"id": ["a", "b"], "text": ["x", "y"]})
+    assert not sd.is_committed() and not sd.shard_done(0)
+    sd.write_parquet("data/part-00000.parquet", table)
+    assert not sd.shard_done(0)  # data alone is not a committed shard
+    sd.commit_shard(0, {"index": 0, "counts": {"docs_in": 2}})
+    assert sd.shard_done(0)
+    assert sd.read_parquet("data/part-00000.parquet").equals(table)
+    sd.write_arrow("data/tokens.arrow", table)
+    assert sd.read_arrow("data/tokens.arrow").equals(table)
+    manifest = sd.commit({"counts": {"docs_in": 2}})
+    assert sd.is_committed() and sd.read_manifest() == manifest
+    assert sd.list("data") == ["data/part-00000.parquet", "data/tokens.arrow"]
+
+
+def test_missing_shard_file_names_the_file(tmp_path):
+    sd = Store(str(tmp_path)).stage("dedup", "f00")
+    with pytest.raises(StoreError, match="part-00003.parquet"):
+        sd.read_parquet("data/part-00003.parquet")
+    with pytest.raises(StoreError, match="never committed"):
+        sd.read_manifest()
+
+
+def test_temporary_files_are_invisible_and_never_trusted(tmp_path):
+    sd = Store(str(tmp_path)).stage("pii", "f01")
+    os.makedirs(sd.abspath("data"))
+    open(sd.abspath("data/part-00000.parquet.tmp-deadbeef"), "wb").write(b"half a file")  # a killed writer
+    assert sd.list("data") == []
+    assert not sd.shard_done(0)
+
+
+def _writer(root: str, n: int) -> None:
+    sd = Store(root).stage("tokenize", "same")
+    table = pa.table({"tokens": [list(range(i, i + 50)) for i in range(2000)]})
+    for _ in range(n):
+        sd.write_arrow("data/part-00000.arrow", table)
+        sd.commit_shard(0, {"index": 0, "counts": {"rows": 2000}})
+    sd.commit({"counts": {"rows": 2000}})
+
+
+def test_two_concurrent_writers_leave_a_valid_stage(tmp_path):
+    """Outputs are a pure function of the fingerprint and every write is a rename, so two runs
+    writing the same stage at once leave identical, complete files and no partial ones."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), 20)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    sd = Store(str(tmp_path)).stage("tokenize", "same")
+    assert sd.read_arrow("data/part-00000.arrow").num_rows == 2000
+    assert sd.read_manifest()["counts"] == {"rows": 2000}
+    leftovers = [f for f in os.listdir(sd.abspath("data")) if ".tmp-" in f]
+    assert leftovers == []
