@@ -11,6 +11,7 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact, c
 from tqdm import tqdm
 
 from flows.common import Timer
+from pipeline.failpoints import failpoint
 from flows.stages import open_stage, summary
 from model.evaluate import EvalConfig
 from model.train import TrainConfig
@@ -56,6 +57,7 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
 
     def log(event: dict) -> None:
         step = event.get("step", 0)
+        failpoint(f"train:step:{step}")
         if "loss" in event:
             losses.append((step, event["loss"]))
             bar.n = step

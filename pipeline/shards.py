@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from storage import StageDir, Store
 
+from pipeline.failpoints import failpoint
 from pipeline.stage import ShardResult
 
 
@@ -33,6 +34,11 @@ def commit_docs(out: StageDir, index: int, result: ShardResult, seconds: float) 
     out.write_parquet(removed, result.removed)
     stats = {"index": index, "outputs": {"data": data, "removed": removed}, "counts": result.counts,
              "seconds": round(seconds, 3)}
+    return commit_shard(out, index, stats)
+
+
+def commit_shard(out: StageDir, index: int, stats: dict) -> dict:
+    failpoint(f"{out.name}:{index}")
     out.commit_shard(index, stats)
     return stats
 
@@ -100,8 +106,7 @@ def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, st
         out.write_parquet(rel, sigs)
         stats = {"index": index, "outputs": {"data": rel}, "counts": {"docs_in": table.num_rows},
                  "seconds": round(time.perf_counter() - t0, 3)}
-        out.commit_shard(index, stats)
-        return stats
+        return commit_shard(out, index, stats)
 
     return run_if_needed(out, index, work)
 
@@ -124,8 +129,7 @@ def cluster_shard(store_url: str, fp: str, signatures_fp: str, shard_indexes: li
                   "by_reason": {r: reasons.count(r) for r in sorted(set(reasons))}}
         stats = {"index": 0, "outputs": {"data": rel}, "counts": counts,
                  "seconds": round(time.perf_counter() - t0, 3)}
-        out.commit_shard(0, stats)
-        return stats
+        return commit_shard(out, 0, stats)
 
     return run_if_needed(out, 0, work)
 
@@ -162,8 +166,7 @@ def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_in
         out.write_bytes(rel, tok.to_str(pretty=True).encode())
         stats = {"index": 0, "outputs": {"data": rel}, "counts": {"vocab_size": tok.get_vocab_size()},
                  "seconds": round(time.perf_counter() - t0, 3)}
-        out.commit_shard(0, stats)
-        return stats
+        return commit_shard(out, 0, stats)
 
     return run_if_needed(out, 0, work)
 
@@ -188,7 +191,6 @@ def encode_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str],
         out.write_arrow(outputs["val"], val)
         stats = {"index": index, "outputs": outputs, "counts": counts,
                  "seconds": round(time.perf_counter() - t0, 3)}
-        out.commit_shard(index, stats)
-        return stats
+        return commit_shard(out, index, stats)
 
     return run_if_needed(out, index, work)
