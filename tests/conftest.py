@@ -26,3 +26,55 @@ def require_data(rel: str) -> Path:
 def shared_data():
     """Call with a relative path: shared_data('warc/cc-whirlwind.warc.gz')."""
     return require_data
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (SQLite in a temp PREFECT_HOME) shared by every flow test.
+
+    Yields (api_url, env) where env is the environment a subprocess needs to use it."""
+    import subprocess
+    import sys
+    import time
+
+    from flows.prefect_env import api_healthy
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": ""}
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not api_healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url, {**env, "PREFECT_API_URL": url}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def prefect_api(prefect_server, tmp_path, monkeypatch):
+    """Point in-process flows at the shared server; results and cache records under tmp_path."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    url, _ = prefect_server
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_HOME: str(tmp_path / "prefect"),
+                             PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect" / "storage")}):
+        yield url

@@ -1,0 +1,89 @@
+"""Each flow through a real Prefect server: caching, invalidation, artifacts, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.flow_inputs import WARCS, tiny_config
+
+pytestmark = pytest.mark.slow
+
+AFTER_QUALITY = ["quality", "pii", "tokenize", "train", "evaluate"]
+
+
+@pytest.fixture
+def inputs(shared_data):
+    return [str(shared_data(rel)) for rel in WARCS]
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> state name, for a flow run and all its subflow runs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        ids, frontier = [flow_run_id], [flow_run_id]
+        while frontier:
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+            frontier = [c.id for c in children]
+            ids += frontier
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=1000)
+        return {r.name: r.state.name for r in runs}
+
+
+def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_path, inputs):
+    from flows.config import PipelineConfig
+    from flows.pipeline import pipeline
+
+    config = PipelineConfig.model_validate(tiny_config(str(tmp_path / "store"), inputs))
+    first = pipeline(config)
+    assert list(first) == ["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
+    assert not any(r["cached"] for r in first.values())
+    assert first["ingest"]["counts"]["docs_kept"] > 20
+    assert first["tokenize"]["counts"]["train_tokens"] > 10_000
+    assert first["evaluate"]["counts"]["perplexity"] > 1
+
+    state = pipeline(config, return_state=True)
+    again = state.result()
+    assert all(r["cached"] for r in again.values()), {k: r["cached"] for k, r in again.items()}
+    assert {k: r["url"] for k, r in again.items()} == {k: r["url"] for k, r in first.items()}
+    states = _task_states(state.state_details.flow_run_id)
+    assert any(name.startswith("quality-") for name in states), states
+    assert all(s == "Cached" for s in states.values()), states
+
+    changed = config.model_copy(deep=True)
+    changed.quality = type(config.quality).model_validate(
+        {**config.quality.model_dump(), **_one_quality_change(config.quality)})
+    third = pipeline(changed)
+    assert third["ingest"]["cached"] and third["dedup"]["cached"]
+    assert not any(third[s]["cached"] for s in AFTER_QUALITY), {k: r["cached"] for k, r in third.items()}
+
+
+def _one_quality_change(quality) -> dict:
+    """Loosen the first numeric threshold field of the quality config."""
+    for name, value in quality.model_dump().items():
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            return {name: value - 1}
+    raise AssertionError("quality config has no integer threshold to change")
+
+
+def test_missing_input_stops_before_any_work(prefect_api, tmp_path, inputs):
+    from flows.config import PipelineConfig
+    from flows.pipeline import pipeline
+    from pipeline.inputs import InputError
+
+    config = PipelineConfig.model_validate(tiny_config(str(tmp_path / "store"), [*inputs, str(tmp_path / "nope.warc.gz")]))
+    with pytest.raises(InputError, match="nope.warc.gz"):
+        pipeline(config)
+    assert not (tmp_path / "store" / "ingest").exists()
+
+
+def test_stage_flow_on_its_own_with_memory_store(prefect_api, shared_data):
+    """Any fsspec URL works as a store; memory:// runs shards inline in this process."""
+    from flows.stages import dedup, ingest
+
+    r = ingest([str(shared_data("warc/resiliparse-warcfile.warc.gz"))], store="memory://c2l-flow-test")
+    assert r["url"].startswith("memory://") and r["counts"]["docs_in"] > 0
+    d = dedup(r["url"])
+    assert d["counts"]["docs_in"] == r["counts"]["docs_kept"]
