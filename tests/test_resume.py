@@ -45,11 +45,11 @@ def test_sigkill_then_rerun_gives_identical_bytes(prefect_server, tmp_path, shar
     done = _run(configs["straight"], env)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    for point in ["dedup-signatures:1", "tokenize:1", "train:step:15"]:
+    for point, stage in [("dedup-signatures:1", "dedup-signatures"), ("tokenize:1", "tokenize"),
+                         ("train:step:15", "train")]:
         killed = _run(configs["killed"], env, failpoint=point)
         assert killed.returncode == -9, f"{point}: expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
-    stage_of = {"dedup-signatures:1": "dedup-signatures", "tokenize:1": "tokenize", "train:step:15": "train"}
-    for stage in stage_of.values():  # each kill landed inside its stage: started, never committed
+        # the kill landed inside the stage: it had started and was not committed
         assert list((tmp_path / "killed" / stage).glob("*")), stage
         assert not list((tmp_path / "killed" / stage).glob("*/manifest.json")), stage
 
