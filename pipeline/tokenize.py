@@ -1,0 +1,171 @@
+"""Byte-level BPE (HF `tokenizers`) and the encoding of document tables to token tables.
+
+Byte-level means every string can be encoded and decoded back exactly: no unknown tokens, no
+normalization. `<|endoftext|>` is appended after every document so the model learns where one
+document ends; document text that happens to contain the literal string "<|endoftext|>" is encoded
+as plain text, never as the special token.
+
+Determinism: the BPE trainer counts words in parallel (rayon) but sums the counts, and breaks ties
+between equally frequent pairs by token id, so the same texts give a byte-identical tokenizer.json
+whatever the thread count (tests/test_tokenize.py checks this with RAYON_NUM_THREADS=1 and 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from pipeline.stage import StageConfig
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
+EOT = SPECIAL_TOKENS[0]
+
+# Documents are encoded in batches of about this many characters: big enough for the parallel
+# encoder, small enough that the per-token Encoding objects stay a few hundred MB at most.
+BATCH_CHARS = 2_000_000
+
+
+class TokenizeConfig(StageConfig):
+    """Byte-level BPE training and the train/validation split of the encoded documents."""
+
+    vocab_size: int = Field(8192, ge=256 + len(SPECIAL_TOKENS), le=2**32,
+                            description="Tokens in the vocabulary: 256 bytes + special tokens + BPE merges. "
+                                        "Up to 65536 the token files hold uint16, above that uint32.")
+    min_frequency: int = Field(2, ge=1, description="A pair must occur at least this often in the sample to be merged.")
+    sample_chars: int = Field(20_000_000, ge=1, description="Characters of text (the first ones, in corpus order) "
+                                                           "used to train the BPE.")
+    val_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Share of documents held out for validation, "
+                                                                  "chosen by a hash of the document id.")
+    seed: int = Field(0, ge=0, description="Salt of the id hash that picks validation documents: "
+                                           "change it for a different split.")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every token id."""
+    if vocab_size < 1 or vocab_size > 2**32:
+        raise ValueError(f"vocab_size must be in 1..2**32, got {vocab_size}")
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def token_schema(vocab_size: int) -> pa.Schema:
+    """TOKEN_SCHEMA: one row per document, its tokens (EOT last) as list<uint16> or list<uint32>."""
+    return pa.schema([pa.field("id", pa.string(), nullable=False),
+                      pa.field("tokens", pa.list_(pa.from_numpy_dtype(token_dtype(vocab_size))), nullable=False)])
+
+
+def sample_texts(tables: Iterable[pa.Table], config: TokenizeConfig) -> Iterator[str]:
+    """The first `sample_chars` characters of text in corpus order (the last document cut short).
+
+    Tables are consumed lazily, so later shards are never read once the sample is full."""
+    left = config.sample_chars
+    for table in tables:
+        for text in table.column("text").to_pylist():
+            if not text:
+                continue
+            yield text[:left]
+            left -= min(left, len(text))
+            if left == 0:
+                return
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizeConfig) -> Tokenizer:
+    """Train a byte-level BPE on `texts`; the result saves as a standard tokenizer.json."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+                                  special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    seen = {"chars": 0}
+
+    def counted():
+        for text in texts:
+            seen["chars"] += len(text)
+            yield text
+
+    tok.train_from_iterator(counted(), trainer)
+    if seen["chars"] == 0:
+        raise ValueError("no text to train the tokenizer on: every sampled document was empty")
+    return tok
+
+
+def val_draw(doc_id: str, seed: int = 0) -> float:
+    """A number in [0, 1) fixed by the document id: documents below val_fraction go to validation."""
+    digest = hashlib.sha1(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig) -> tuple[pa.Table, pa.Table, dict]:
+    """Encode every document (EOT appended) and split them into (train, val, counts).
+
+    Rows without an id or text are skipped and counted under counts["skipped"][reason]."""
+    for col in ("id", "text"):
+        if col not in table.column_names:
+            raise ValueError(f"table to tokenize has no `{col}` column (columns: {table.column_names})")
+    n_vocab = tokenizer.get_vocab_size()
+    if n_vocab > config.vocab_size:
+        raise ValueError(f"tokenizer has {n_vocab} tokens but config.vocab_size is {config.vocab_size}")
+    eot = tokenizer.token_to_id(EOT)
+    if eot is None:
+        raise ValueError(f"tokenizer has no {EOT} token")
+    dtype = token_dtype(config.vocab_size)
+
+    ids, texts, skipped = [], [], {}
+    for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
+        reason = "null_id" if doc_id is None else "null_text" if text is None else None
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        ids.append(doc_id)
+        texts.append(text)
+
+    tokens = [np.append(np.asarray(e, dtype=dtype), np.array([eot], dtype)) for e in _encode(tokenizer, texts)]
+    is_val = [val_draw(i, config.seed) < config.val_fraction for i in ids]
+    train = _token_table([i for i, v in zip(ids, is_val) if not v], [t for t, v in zip(tokens, is_val) if not v],
+                         config.vocab_size)
+    val = _token_table([i for i, v in zip(ids, is_val) if v], [t for t, v in zip(tokens, is_val) if v],
+                       config.vocab_size)
+    counts = {"docs": len(ids), "train_docs": train.num_rows, "val_docs": val.num_rows,
+              "train_tokens": _n_tokens(train), "val_tokens": _n_tokens(val), "chars": sum(len(t) for t in texts)}
+    if skipped:
+        counts["skipped"] = dict(sorted(skipped.items()))
+    return train, val, counts
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str]) -> Iterator[list[int]]:
+    """Token ids of each text, encoded in batches; special-token strings in the text stay plain text."""
+    before = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = True
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    try:
+        start = 0
+        while start < len(texts):
+            end, chars = start, 0
+            while end < len(texts) and (end == start or chars + len(texts[end]) <= BATCH_CHARS):
+                chars += len(texts[end])
+                end += 1
+            for enc in encode(texts[start:end], add_special_tokens=False):
+                yield enc.ids
+            start = end
+    finally:
+        tokenizer.encode_special_tokens = before
+
+
+def _token_table(ids: list[str], tokens: list[np.ndarray], vocab_size: int) -> pa.Table:
+    schema, dtype = token_schema(vocab_size), token_dtype(vocab_size)
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    if lengths.sum() > np.iinfo(np.int32).max:
+        raise ValueError(f"{lengths.sum()} tokens in one shard: more than a list<> column holds; use smaller shards")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(tokens) if tokens else np.array([], dtype=dtype)
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pa.Table.from_arrays([pa.array(ids, pa.string()), column], schema=schema)
+
+
+def _n_tokens(table: pa.Table) -> int:
+    return int(sum(len(chunk.flatten()) for chunk in table.column("tokens").chunks))
