@@ -1,0 +1,224 @@
+"""Gopher quality rules (Rae et al. 2021, "Scaling Language Models: Methods, Analysis & Insights
+from Training Gopher", appendix A), with the published thresholds as defaults (the same as
+datatrove's GopherQualityFilter).
+
+Rules run in this fixed order, cheap ones first, and a document is removed by the first one it
+fails (its reason); a rule left out of `QualityConfig.rules` is off:
+
+    gopher_word_count        50 <= words <= 100,000
+    gopher_mean_word_length  3 <= mean characters per word <= 10
+    gopher_hash_ratio        '#' per word <= 0.1
+    gopher_ellipsis_ratio    ('...' or '…') per word <= 0.1
+    gopher_bullet_lines      <= 90% of lines start with a bullet point
+    gopher_ellipsis_lines    <= 30% of lines end with an ellipsis
+    gopher_alpha_words       >= 80% of whitespace tokens hold a letter
+    gopher_stop_words        >= 2 occurrences of the, be, to, of, and, that, have, with
+
+A "word" is a whitespace token holding a letter or digit, trimmed of leading and trailing
+punctuation (pipeline.text.words); symbol-only tokens ("|", "--") are not words, but they are
+tokens, so they count against gopher_alpha_words. Lines are non-blank lines. Words are split once
+per document and shared by every rule.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Callable, Literal
+
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.stage import ShardResult, StageConfig, split_by_reason
+from pipeline.text import has_letter, tokens, words
+
+Rule = Literal["gopher_word_count", "gopher_mean_word_length", "gopher_hash_ratio", "gopher_ellipsis_ratio",
+               "gopher_bullet_lines", "gopher_ellipsis_lines", "gopher_alpha_words", "gopher_stop_words"]
+RULES: tuple[str, ...] = Rule.__args__  # the evaluation order
+
+GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
+BULLETS = ["•", "●", "○", "◦", "▪", "‣", "·", "-", "*"]
+ELLIPSES = ("...", "…")
+
+
+class QualityConfig(StageConfig):
+    rules: list[Rule] = Field(default_factory=lambda: list(RULES),
+                              description="Rules to apply; leave a rule out to switch it off. They always run in "
+                                          "the documented order (" + ", ".join(RULES) + ").")
+    min_words: int = Field(50, ge=0, description="gopher_word_count: fewest words a document may have.")
+    max_words: int = Field(100_000, ge=0, description="gopher_word_count: most words a document may have.")
+    min_mean_word_length: float = Field(3.0, ge=0, description="gopher_mean_word_length: lowest mean word "
+                                                                "length, in characters.")
+    max_mean_word_length: float = Field(10.0, ge=0, description="gopher_mean_word_length: highest mean word "
+                                                                 "length, in characters.")
+    max_hash_ratio: float = Field(0.1, ge=0, description="gopher_hash_ratio: most '#' characters per word.")
+    max_ellipsis_ratio: float = Field(0.1, ge=0, description="gopher_ellipsis_ratio: most ellipses ('...' or "
+                                                              "'…') per word.")
+    max_bullet_lines_ratio: float = Field(0.9, ge=0, le=1, description="gopher_bullet_lines: largest share of "
+                                                                        "lines that may start with a bullet.")
+    max_ellipsis_lines_ratio: float = Field(0.3, ge=0, le=1, description="gopher_ellipsis_lines: largest share "
+                                                                          "of lines that may end with an ellipsis.")
+    min_alpha_words_ratio: float = Field(0.8, ge=0, le=1, description="gopher_alpha_words: smallest share of "
+                                                                       "tokens that must hold a letter.")
+    min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest occurrences of stop words.")
+    stop_words: list[str] = Field(default_factory=lambda: list(GOPHER_STOP_WORDS),
+                                  description="gopher_stop_words: the words counted (matched lowercased).")
+    bullets: list[str] = Field(default_factory=lambda: list(BULLETS),
+                               description="gopher_bullet_lines: prefixes that mark a bullet line "
+                                           "(after leading spaces).")
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"rules lists a rule twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "QualityConfig":
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words {self.min_words} > max_words {self.max_words}")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError(f"min_mean_word_length {self.min_mean_word_length} > "
+                             f"max_mean_word_length {self.max_mean_word_length}")
+        if any(not b for b in self.bullets):
+            raise ValueError("bullets must not hold an empty string (every line would be a bullet)")
+        return self
+
+
+class Doc:
+    """One document's text, split lazily and at most once, shared by all rules."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    @cached_property
+    def words(self) -> list[str]:
+        return words(self.text)
+
+    @cached_property
+    def tokens(self) -> list[str]:
+        return tokens(self.text)
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return [line.strip() for line in self.text.splitlines() if line.strip()]
+
+
+def _ratio(n: int, d: int) -> float:
+    return n / d if d else 0.0
+
+
+# Each rule: (doc, config) -> detail string when it fails, None when it passes.
+
+def _word_count(d: Doc, c: QualityConfig) -> str | None:
+    n = len(d.words)
+    if n < c.min_words:
+        return f"words={n} < min_words={c.min_words}"
+    if n > c.max_words:
+        return f"words={n} > max_words={c.max_words}"
+    return None
+
+
+def _mean_word_length(d: Doc, c: QualityConfig) -> str | None:
+    mean = _ratio(sum(map(len, d.words)), len(d.words))
+    if mean < c.min_mean_word_length:
+        return f"mean_word_length={mean:.3f} < min_mean_word_length={c.min_mean_word_length}"
+    if mean > c.max_mean_word_length:
+        return f"mean_word_length={mean:.3f} > max_mean_word_length={c.max_mean_word_length}"
+    return None
+
+
+def _symbol_ratio(d: Doc, count: int, limit: float, name: str) -> str | None:
+    ratio = count / max(len(d.words), 1)
+    return f"{name}={ratio:.3f} > max_{name}={limit}" if ratio > limit else None
+
+
+def _hash_ratio(d: Doc, c: QualityConfig) -> str | None:
+    return _symbol_ratio(d, d.text.count("#"), c.max_hash_ratio, "hash_ratio")
+
+
+def _ellipsis_ratio(d: Doc, c: QualityConfig) -> str | None:
+    return _symbol_ratio(d, sum(d.text.count(e) for e in ELLIPSES), c.max_ellipsis_ratio, "ellipsis_ratio")
+
+
+def _bullet_lines(d: Doc, c: QualityConfig) -> str | None:
+    marks = tuple(c.bullets)
+    ratio = _ratio(sum(line.startswith(marks) for line in d.lines), len(d.lines))
+    if ratio > c.max_bullet_lines_ratio:
+        return f"bullet_lines_ratio={ratio:.3f} > max_bullet_lines_ratio={c.max_bullet_lines_ratio}"
+    return None
+
+
+def _ellipsis_lines(d: Doc, c: QualityConfig) -> str | None:
+    ratio = _ratio(sum(line.endswith(ELLIPSES) for line in d.lines), len(d.lines))
+    if ratio > c.max_ellipsis_lines_ratio:
+        return f"ellipsis_lines_ratio={ratio:.3f} > max_ellipsis_lines_ratio={c.max_ellipsis_lines_ratio}"
+    return None
+
+
+def _alpha_words(d: Doc, c: QualityConfig) -> str | None:
+    ratio = _ratio(sum(map(has_letter, d.tokens)), len(d.tokens))
+    if ratio < c.min_alpha_words_ratio:
+        return f"alpha_words_ratio={ratio:.3f} < min_alpha_words_ratio={c.min_alpha_words_ratio}"
+    return None
+
+
+def _stop_words(d: Doc, c: QualityConfig) -> str | None:
+    stop, n = frozenset(c.stop_words), 0
+    for w in d.words:
+        if w.lower() in stop:
+            n += 1
+            if n >= c.min_stop_words:
+                return None
+    return f"stop_words={n} < min_stop_words={c.min_stop_words}" if n < c.min_stop_words else None
+
+
+CHECKS: dict[str, Callable[[Doc, QualityConfig], str | None]] = {
+    "gopher_word_count": _word_count,
+    "gopher_mean_word_length": _mean_word_length,
+    "gopher_hash_ratio": _hash_ratio,
+    "gopher_ellipsis_ratio": _ellipsis_ratio,
+    "gopher_bullet_lines": _bullet_lines,
+    "gopher_ellipsis_lines": _ellipsis_lines,
+    "gopher_alpha_words": _alpha_words,
+    "gopher_stop_words": _stop_words,
+}
+assert tuple(CHECKS) == RULES
+
+
+def enabled(config: QualityConfig) -> list[str]:
+    """The configured rules, in evaluation order."""
+    on = set(config.rules)
+    return [r for r in RULES if r in on]
+
+
+def evaluate(text: str, config: QualityConfig) -> dict[str, str | None]:
+    """Every enabled rule's verdict on one text (failure detail, or None when it passes), without
+    stopping at the first failure: for reports and for tuning thresholds."""
+    doc = Doc(text)
+    return {rule: CHECKS[rule](doc, config) for rule in enabled(config)}
+
+
+def filter_quality(table: pa.Table, config: QualityConfig) -> ShardResult:
+    """Remove documents failing a rule; reason = the first failing rule, detail = value vs threshold.
+
+    Extra counts: rules[rule] = {checked: documents that reached the rule, failed: removed by it}.
+    """
+    if "text" not in table.column_names:
+        raise ValueError(f"filter_quality: the table has no 'text' column (columns: {table.column_names})")
+    rules = enabled(config)
+    checked, failed = dict.fromkeys(rules, 0), dict.fromkeys(rules, 0)
+    reasons, details = [], []
+    for text in table.column("text").to_pylist():
+        doc, reason, detail = Doc(text or ""), None, None
+        for rule in rules:
+            checked[rule] += 1
+            detail = CHECKS[rule](doc, config)
+            if detail is not None:
+                reason = rule
+                failed[rule] += 1
+                break
+        reasons.append(reason)
+        details.append(detail)
+    counts = {"rules": {r: {"checked": checked[r], "failed": failed[r]} for r in rules}}
+    return split_by_reason(table, reasons, details, counts)

@@ -1,0 +1,159 @@
+"""Gopher quality rules: real prose passes, real junk pages (Common Crawl, data.gov.uk, the pydoc
+pages the demo crawls) fail the rule you would expect, and hand-made texts fail exactly one rule."""
+
+from __future__ import annotations
+
+import pydoc
+
+import pyarrow as pa
+import pytest
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+from pydantic import ValidationError
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+from pipeline.quality import RULES, QualityConfig, evaluate, filter_quality
+from pipeline.schema import docs_from_rows
+from tests.test_dedup import GUTENBERG, gutenberg_windows
+
+# ~120 words of plain English prose that passes every rule.
+PROSE = (
+    "It was the best of times and the worst of times, and nobody in the town could agree on which "
+    "of the two it was. The baker said that bread had never been cheaper, while the miller swore "
+    "that his wheels had never turned so slowly. Children ran between the stalls of the market with "
+    "their pockets full of chestnuts, and their mothers called after them to come home before dark. "
+    "In the evening the lamps were lit along the river, and the boats drifted past with their sails "
+    "folded, carrying timber and wool to the cities of the south. Travellers who stopped at the inn "
+    "found the beds clean and the soup warm, and most of them stayed longer than they had planned."
+)
+
+
+def failing(text, config=QualityConfig()):
+    return [rule for rule, detail in evaluate(text, config).items() if detail]
+
+
+def html_pages(path):
+    """(url, main text) of every HTML 200 response in a WARC file."""
+    with open(path, "rb") as f:
+        for rec in ArchiveIterator(f, record_types=WarcRecordType.response):
+            if rec.http_headers is None or rec.http_headers.status_code != 200:
+                continue
+            if "html" not in (rec.http_content_type or ""):
+                continue
+            body = rec.reader.read()
+            html = bytes_to_str(body, detect_encoding(body))
+            yield rec.headers.get("WARC-Target-URI").strip("<>"), extract_plain_text(html, main_content=True)
+
+
+def run_pages(pages):
+    table = docs_from_rows([{"id": url, "url": url, "text": text} for url, text in pages])
+    result = filter_quality(table, QualityConfig())
+    reasons = dict(zip(result.removed.column("id").to_pylist(), result.removed.column("reason").to_pylist()))
+    return result, {url: reasons.get(url) for url, _ in pages}
+
+
+def test_prose_passes():
+    assert failing(PROSE) == []
+
+
+def test_gutenberg_paragraphs_pass(shared_data):
+    docs = [d for shard in gutenberg_windows(shared_data(GUTENBERG)) for d in shard if "footer" not in d["id"]]
+    result = filter_quality(docs_from_rows(docs), QualityConfig())
+    assert len(docs) > 400 and result.counts["docs_kept"] == len(docs), result.removed.to_pylist()[:3]
+    assert result.counts["rules"]["gopher_stop_words"] == {"checked": len(docs), "failed": 0}
+
+
+def test_real_common_crawl_pages(shared_data):
+    pages = list(html_pages(shared_data("warc/resiliparse-warcfile.warc.gz")))
+    result, reason = run_pages(pages)
+    assert reason["http://01spb.ru/company/"] == "gopher_stop_words"  # Russian: no English stop words
+    assert reason["http://041696.com/15477/list_6_4.html"] == "gopher_alpha_words"  # a table of numbers
+    assert reason["http://06.live-radsport.ch/tippspiel/stats_140_petzi.html"] == "gopher_alpha_words"
+    assert reason["http://05925.net/index.php/vod/type/id/53.html"] == "gopher_word_count"
+    assert reason["http://037426.cn/"] is None  # an English company page
+    assert result.counts["docs_kept"] <= 4 and result.counts["docs_in"] == len(pages) == 16
+
+
+def test_real_gov_uk_pages(shared_data):
+    pages = list(html_pages(shared_data("warc/ukwa-govuk-BL-20140325121225068.warc.gz")))
+    result, reason = run_pages(pages)
+    assert reason["http://data.gov.uk/data/site-usage"] == "gopher_mean_word_length"  # URL/stat tables
+    assert reason["http://data.gov.uk/contact"] == "gopher_word_count"
+    assert reason["http://data.gov.uk/data/openspending-browse"] == "gopher_word_count"  # "Loading..."
+    for url in ("http://data.gov.uk/moderation-policy", "http://data.gov.uk/privacy", "http://data.gov.uk/about",
+                "http://data.gov.uk/blog/open-data-vision-leeds"):
+        assert reason[url] is None, url
+    assert result.counts["docs_kept"] >= 20
+    removed = result.removed.to_pylist()
+    site_usage = next(r for r in removed if r["id"] == "http://data.gov.uk/data/site-usage")
+    assert site_usage["detail"].startswith("mean_word_length=") and "> max_mean_word_length=10.0" in site_usage["detail"]
+
+
+def test_pydoc_pages():
+    """The demo crawls a local pydoc server: its reference pages pass, its lists and tables do not."""
+    def text(url):
+        return extract_plain_text(pydoc._url_handler(url, "text/html"), main_content=False)
+    assert failing(text("json.html")) == []
+    assert failing(text("errno.html"))[0] == "gopher_alpha_words"  # symbol = number table
+    assert failing(text("topics.html")) == ["gopher_stop_words"]  # a list of upper-case topic names
+
+
+@pytest.mark.parametrize("rule, text", [
+    ("gopher_word_count", " ".join(PROSE.split()[:40])),
+    ("gopher_word_count", " ".join([PROSE] * 900)),
+    ("gopher_mean_word_length", "the cat and the dog sat on a mat. " * 20),
+    ("gopher_mean_word_length", "the " + "internationalization incomprehensibilities " * 40 + "and the end"),
+    ("gopher_hash_ratio", PROSE + " #news" * 14),
+    ("gopher_ellipsis_ratio", PROSE.replace(" the ", " the... ")),
+    ("gopher_bullet_lines", "\n".join("• " + s for s in PROSE.split(". "))),
+    ("gopher_bullet_lines", "\n".join("  - " + s for s in PROSE.split(". "))),
+    ("gopher_ellipsis_lines", PROSE.replace(". ", " …\n", 3)),
+    ("gopher_alpha_words", PROSE + " " + " ".join(str(i) for i in range(36)) + " | | -- -- 3.14 2,024"),
+    ("gopher_stop_words", "Apples, pears, plums, cherries, peaches. " * 12),
+])
+def test_hand_made_texts_fail_exactly_one_rule(rule, text):
+    assert failing(text) == [rule]
+    result = filter_quality(docs_from_rows([{"id": "x", "text": text}, {"id": "ok", "text": PROSE}]), QualityConfig())
+    assert result.removed.column("reason").to_pylist() == [rule]
+    assert result.kept.column("id").to_pylist() == ["ok"]
+    assert result.counts["rules"][rule]["failed"] == 1
+
+
+def test_thresholds_and_switches_change_decisions():
+    short = " ".join(PROSE.split()[:40])
+    assert failing(short) == ["gopher_word_count"]
+    assert failing(short, QualityConfig(min_words=30)) == []
+    hashy = PROSE + " #news" * 14
+    assert failing(hashy, QualityConfig(max_hash_ratio=0.2)) == []
+    off = QualityConfig(rules=[r for r in RULES if r != "gopher_hash_ratio"])
+    assert "gopher_hash_ratio" not in evaluate(hashy, off) and failing(hashy, off) == []
+    # The first failing rule is the reason, later rules are not even checked.
+    junk = "1 2 3"
+    result = filter_quality(docs_from_rows([{"id": "j", "text": junk}]), QualityConfig())
+    assert result.removed.to_pylist()[0]["reason"] == "gopher_word_count"
+    assert result.counts["rules"]["gopher_word_count"] == {"checked": 1, "failed": 1}
+    assert result.counts["rules"]["gopher_stop_words"] == {"checked": 0, "failed": 0}
+    assert result.removed.to_pylist()[0]["detail"] == "words=3 < min_words=50"
+
+
+def test_deterministic_counts_and_empty_input():
+    docs = [{"id": str(i), "text": t} for i, t in enumerate([PROSE, "", "1 2 3", PROSE + " #a" * 20])]
+    a = filter_quality(docs_from_rows(docs), QualityConfig())
+    b = filter_quality(docs_from_rows(docs), QualityConfig())
+    assert a.counts == b.counts and a.kept.equals(b.kept) and a.removed.equals(b.removed)
+    assert a.counts["removed"] == {"gopher_hash_ratio": 1, "gopher_word_count": 2}
+    empty = filter_quality(docs_from_rows([]), QualityConfig())
+    assert empty.counts["docs_in"] == 0 and empty.kept.num_rows == 0
+
+
+def test_config_errors():
+    with pytest.raises(ValidationError, match="min_words"):
+        QualityConfig(min_words=200, max_words=100)
+    with pytest.raises(ValidationError):
+        QualityConfig(rules=["gopher_word_count", "gopher_nonsense"])
+    with pytest.raises(ValidationError, match="twice"):
+        QualityConfig(rules=["gopher_word_count", "gopher_word_count"])
+    with pytest.raises(ValidationError):
+        QualityConfig(min_word=3)  # misspelled field
+    with pytest.raises(ValueError, match="no 'text' column"):
+        filter_quality(pa.table({"id": ["a"]}), QualityConfig())
