@@ -1,0 +1,143 @@
+"""Token shards to training batches.
+
+The tokenize stage writes Arrow IPC files with one row per document (`tokens`, EOT last). Here the
+files are memory-mapped and read as one long stream of tokens, in file order. The stream is cut into
+non-overlapping windows of block_size + 1 tokens (inputs and the same tokens shifted by one); an
+epoch visits every window once, in a seeded order, so no data is seen twice before all is seen once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import torch
+
+
+class TokenStream:
+    """The concatenated `tokens` of Arrow IPC token files, memory-mapped (nothing read until sliced)."""
+
+    def __init__(self, files: list[str]):
+        if not files:
+            raise ValueError("no token files given")
+        self.files = [str(f) for f in files]
+        self.chunks: list[np.ndarray] = []
+        self.file_tokens: list[int] = []
+        for path in self.files:
+            chunks = _read_tokens(path)
+            self.chunks += chunks
+            self.file_tokens.append(sum(len(c) for c in chunks))
+        self.chunks = [c for c in self.chunks if len(c)]
+        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])  # chunk i covers [starts[i], starts[i+1])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) as int64 (copied out of the mapped files; may span file boundaries)."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"token range [{start}, {stop}) outside a stream of {len(self)} tokens")
+        out = np.empty(stop - start, dtype=np.int64)
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pos = start
+        while pos < stop:
+            chunk, base = self.chunks[i], int(self.starts[i])
+            n = min(stop, base + len(chunk)) - pos
+            out[pos - start:pos - start + n] = chunk[pos - base:pos - base + n]
+            pos += n
+            i += 1
+        return out
+
+    def max_token(self) -> int:
+        """The largest token id (one pass over the data; checks the stream fits a vocabulary)."""
+        return max((int(c.max()) for c in self.chunks), default=-1)
+
+    def describe(self) -> str:
+        return ", ".join(f"{f} ({n} tokens)" for f, n in zip(self.files, self.file_tokens))
+
+
+def _read_tokens(path: str) -> list[np.ndarray]:
+    """The flattened `tokens` values of one file, one zero-copy numpy view per record batch."""
+    try:
+        reader = ipc.open_file(pa.memory_map(path, "r"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"token file not found: {path}") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"{path} is not an Arrow IPC token file: {e}") from None
+    if "tokens" not in reader.schema.names:
+        raise ValueError(f"{path} has no `tokens` column (columns: {reader.schema.names})")
+    kind = reader.schema.field("tokens").type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or kind.value_type not in (pa.uint16(),
+                                                                                                 pa.uint32()):
+        raise ValueError(f"{path}: `tokens` must be list<uint16> or list<uint32>, not {kind}")
+    chunks = []
+    for b in range(reader.num_record_batches):
+        values = reader.get_batch(b).column("tokens").flatten()
+        if values.null_count:
+            raise ValueError(f"{path}: record batch {b} has {values.null_count} null tokens")
+        chunks.append(values.to_numpy(zero_copy_only=True))
+    return chunks
+
+
+class Batches:
+    """Endless (x, y) batches of packed windows; state_dict() pins the exact position for resume."""
+
+    def __init__(self, stream: TokenStream, block_size: int, batch_size: int, seed: int):
+        self.stream, self.block_size, self.batch_size, self.seed = stream, block_size, batch_size, seed
+        self.n_windows = len(stream) // (block_size + 1)
+        if self.n_windows == 0:
+            raise ValueError(f"{len(stream)} tokens is less than one window of block_size + 1 = {block_size + 1} "
+                             f"tokens: {stream.describe()}")
+        self.epoch, self.cursor = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch_size windows of the current epoch (rolling over into the next epoch)."""
+        picks = []
+        while len(picks) < self.batch_size:
+            if self.cursor == self.n_windows:
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            take = min(self.batch_size - len(picks), self.n_windows - self.cursor)
+            picks += self._order[self.cursor:self.cursor + take].tolist()
+            self.cursor += take
+        return windows_to_batch(self.stream, picks, self.block_size)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "n_windows": self.n_windows,
+                "block_size": self.block_size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "n_windows", "block_size", "batch_size"):
+            if state[key] != mine[key]:
+                raise ValueError(f"cannot resume batches: saved {key}={state[key]} but now {key}={mine[key]} "
+                                 f"(the token files or the config changed)")
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = self._permutation(self.epoch)
+
+
+def windows_to_batch(stream: TokenStream, windows: list[int], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (both (len(windows), block_size) int64) of the given windows."""
+    w = block_size + 1
+    rows = np.stack([stream.slice(i * w, (i + 1) * w) for i in windows])
+    rows = torch.from_numpy(rows)
+    return rows[:, :-1], rows[:, 1:]
+
+
+def sequential_batches(stream: TokenStream, block_size: int, batch_size: int,
+                       max_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Windows 0, 1, 2, ... in order, for evaluation (max_batches=0: all; the last batch may be short)."""
+    n = len(stream) // (block_size + 1)
+    if n == 0:
+        raise ValueError(f"{len(stream)} tokens is less than one window of block_size + 1 = {block_size + 1} "
+                         f"tokens: {stream.describe()}")
+    if max_batches:
+        n = min(n, max_batches * batch_size)
+    for start in range(0, n, batch_size):
+        yield windows_to_batch(stream, list(range(start, min(n, start + batch_size))), block_size)

@@ -1,0 +1,244 @@
+"""Pretraining loop: AdamW, linear warmup + cosine decay, gradient accumulation and clipping,
+periodic validation, and checkpoints that resume exactly.
+
+A checkpoint holds everything the next step depends on (weights, optimizer moments, step, data
+position, every RNG), so on CPU a run killed and resumed gives bitwise the same losses and the
+same model.pt as a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from model.data import Batches, TokenStream, sequential_batches
+from model.gpt import GPT, GPTConfig, autocast, resolve_device
+from pipeline.stage import StageConfig
+
+CHECKPOINT = os.path.join("checkpoints", "latest.pt")
+# Changing these between a run and its resume does not change the weights, so it is allowed.
+RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "device", "compile"}
+
+
+class TrainConfig(StageConfig):
+    """Model shape (vocab size comes from the tokenizer) and optimization."""
+
+    block_size: int = Field(256, ge=1, description="Context length in tokens.")
+    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, description="Attention heads; must divide n_embd.")
+    n_embd: int = Field(256, ge=1, description="Width of the residual stream.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate (0 for short pretraining runs).")
+    bias: bool = Field(False, description="Biases in Linear and LayerNorm layers.")
+    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step "
+                                                       "(tokens per step = batch_size x grad_accum_steps x block_size).")
+    max_steps: int = Field(300, ge=1, description="Optimizer steps; also the length of the LR schedule.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate, reached after warmup.")
+    min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_steps: int = Field(30, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, applied to 2-D weights only.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = no clipping).")
+    eval_interval: int = Field(100, ge=1, description="Compute validation loss every this many steps (and at the end).")
+    eval_batches: int = Field(10, ge=0, description="Validation batches per evaluation (0 = no validation).")
+    checkpoint_interval: int = Field(50, ge=1, description="Save a resumable checkpoint every this many steps "
+                                                           "(and at the end).")
+    seed: int = Field(1337, ge=0, description="Seed of the initialization, data order and dropout.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 autocast on CUDA, "
+                                                                              "float32 on CPU.")
+    compile: bool = Field(False, description="torch.compile the model (faster on GPU after a slow first step).")
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, **self.model_dump(include=set(GPTConfig.model_fields) - {"vocab_size"}))
+
+
+def lr_at(step: int, c: TrainConfig) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at max_steps (fixed by the plan,
+    not by where a run stops)."""
+    if step < c.warmup_steps:
+        return c.learning_rate * (step + 1) / c.warmup_steps
+    progress = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (c.learning_rate - c.min_lr)
+
+
+def make_optimizer(model: GPT, c: TrainConfig, device: str) -> torch.optim.AdamW:
+    """Decay matrices (linear and embedding weights); never biases or LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=device == "cuda")
+
+
+@torch.no_grad()
+def val_loss(model: GPT, stream: TokenStream, block_size: int, batch_size: int, max_batches: int, device: str,
+             dtype: str) -> float:
+    """Mean loss over the first max_batches batches of validation windows, always the same ones."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in sequential_batches(stream, block_size, batch_size, max_batches):
+        with autocast(device, dtype):
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * y.numel()
+        n += y.numel()
+    model.train(was_training)
+    return total / n
+
+
+def train(train_files: list[str], val_files: list[str], vocab_size: int, config: TrainConfig, out_dir: str,
+          log: Optional[Callable[[dict], None]] = None, stop_after: Optional[int] = None) -> dict:
+    """Train (or resume) in out_dir; write out_dir/model.pt; return a JSON-ready summary.
+
+    stop_after=N stops after step N as if the process were killed there: no final checkpoint and no
+    model.pt, so the next call resumes from the last periodic checkpoint."""
+    c = config
+    device = resolve_device(c.device)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    random.seed(c.seed)
+    np.random.seed(c.seed)
+    torch.manual_seed(c.seed)
+
+    train_stream = TokenStream(train_files)
+    _check_vocab(train_stream, vocab_size)
+    batches = Batches(train_stream, c.block_size, c.batch_size, c.seed)
+    val_stream = TokenStream(val_files) if val_files and c.eval_batches else None
+    if val_stream is not None:
+        _check_vocab(val_stream, vocab_size)
+        next(sequential_batches(val_stream, c.block_size, c.batch_size, 1))  # fail now, not at the first eval
+
+    raw_model = GPT(c.gpt_config(vocab_size)).to(device)
+    optimizer = make_optimizer(raw_model, c, device)
+    step, history, last_loss = 0, [], None
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if os.path.exists(ckpt_path):
+        step, history, last_loss = _load_checkpoint(ckpt_path, raw_model, optimizer, batches, c, vocab_size, device)
+    model = torch.compile(raw_model) if c.compile else raw_model
+    model.train()
+
+    tokens_per_step = c.batch_size * c.grad_accum_steps * c.block_size
+    t_start, steps_run = time.perf_counter(), 0
+    while step < c.max_steps and (stop_after is None or step < stop_after):
+        t0 = time.perf_counter()
+        lr = lr_at(step, c)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(c.grad_accum_steps):
+            x, y = batches.next()
+            with autocast(device, c.dtype):
+                _, loss = model(x.to(device), y.to(device))
+            (loss / c.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+        max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_run += 1
+        last_loss = (loss_sum / c.grad_accum_steps).item()
+        if log:
+            log({"step": step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm,
+                 "tokens_per_s": tokens_per_step / max(1e-9, time.perf_counter() - t0)})
+
+        if step % c.eval_interval == 0 or step == c.max_steps:
+            point = {"step": step, "loss": last_loss}
+            if val_stream is not None:
+                point["val_loss"] = val_loss(raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches,
+                                             device, c.dtype)
+                if log:
+                    log({"step": step, "val_loss": point["val_loss"]})
+            history.append(point)
+        if step % c.checkpoint_interval == 0 or step == c.max_steps:
+            _save_checkpoint(ckpt_path, raw_model, optimizer, batches, c, vocab_size, step, history, last_loss)
+
+    seconds = time.perf_counter() - t_start
+    done = step >= c.max_steps
+    if done:
+        _atomic_save({"model": _cpu_state(raw_model), "config": raw_model.config.model_dump(), "vocab_size": vocab_size},
+                     os.path.join(out_dir, "model.pt"))
+    val_points = [h["val_loss"] for h in history if "val_loss" in h]
+    return {
+        "steps": step,
+        "completed": done,
+        "tokens_seen": step * tokens_per_step,
+        "params": raw_model.num_params(),
+        "final_train_loss": last_loss,
+        "final_val_loss": val_points[-1] if val_points else None,
+        "history": history,
+        "timing": {"seconds": round(seconds, 3), "steps_this_run": steps_run,
+                   "tokens_per_s": round(steps_run * tokens_per_step / max(1e-9, seconds), 1)},
+    }
+
+
+def _check_vocab(stream: TokenStream, vocab_size: int) -> None:
+    top = stream.max_token()
+    if top >= vocab_size:
+        raise ValueError(f"token id {top} does not fit vocab_size {vocab_size}: {stream.describe()}")
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary name, then rename: a kill leaves the old file or the new, never half."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     gauss], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(path, model, optimizer, batches, c, vocab_size, step, history, last_loss) -> None:
+    _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                  "batches": batches.state_dict(), "rng": _rng_state(), "history": history, "last_loss": last_loss,
+                  "config": c.model_dump(), "vocab_size": vocab_size}, path)
+
+
+def _load_checkpoint(path, model, optimizer, batches, c, vocab_size, device):
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
+    saved = {k: v for k, v in ckpt["config"].items() if k not in RESUMABLE_CHANGES}
+    now = {k: v for k, v in c.model_dump().items() if k not in RESUMABLE_CHANGES}
+    changed = sorted(k for k in now if saved.get(k) != now[k])
+    if changed or ckpt["vocab_size"] != vocab_size:
+        what = ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed) or \
+            f"vocab_size: {ckpt['vocab_size']} -> {vocab_size}"
+        raise ValueError(f"checkpoint {path} was written with another config ({what}); "
+                         f"use the same config or a new out_dir")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    batches.load_state_dict(ckpt["batches"])
+    _set_rng_state(ckpt["rng"])
+    return ckpt["step"], ckpt["history"], ckpt["last_loss"]
