@@ -1,0 +1,231 @@
+"""The GPT and the token-shard loader, on real Gutenberg text tokenized by pipeline.tokenize and
+written by the store exactly as the tokenize stage writes it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from model.data import Batches, TokenStream, sequential_batches, windows_to_batch
+from model.gpt import GPT, GPTConfig
+from pipeline.tokenize import TokenizeConfig, encode_table, sample_texts, train_tokenizer
+from storage import Store
+
+GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
+_CORPUS: dict = {}
+
+
+def build_corpus(path: Path, folder: Path) -> dict:
+    """Two books (first 250k chars each) as paragraph documents, one token shard per book."""
+    tables = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            book = json.loads(line)
+            paras = [p for p in book["text"][:250_000].split("\n\n") if p.strip()]
+            tables.append(pa.table({"id": [f"{book['id']}/{k}" for k in range(len(paras))], "text": paras}))
+            if len(tables) == 2:
+                break
+    config = TokenizeConfig(vocab_size=512, sample_chars=200_000, val_fraction=0.1)
+    tokenizer = train_tokenizer(sample_texts(tables, config), config)
+    out = Store(str(folder)).stage("tokenize", "test")
+    train_files, val_files, train_tables = [], [], []
+    for i, table in enumerate(tables):
+        train, val, _ = encode_table(table, tokenizer, config)
+        train_files.append(out.write_arrow(f"data/train/part-{i:05d}.arrow", train))
+        val_files.append(out.write_arrow(f"data/val/part-{i:05d}.arrow", val))
+        train_tables.append(train)
+    return {"tokenizer": tokenizer, "config": config, "tables": tables, "train_files": train_files,
+            "val_files": val_files, "train_tables": train_tables}
+
+
+@pytest.fixture
+def corpus(shared_data, tmp_path_factory):
+    path = shared_data(GUTENBERG)
+    if path not in _CORPUS:  # built once per session; the fixture itself is per test
+        _CORPUS[path] = build_corpus(path, tmp_path_factory.mktemp("tokens"))
+    return _CORPUS[path]
+
+
+def all_tokens(tables: list[pa.Table]) -> np.ndarray:
+    return np.concatenate([np.asarray(t.column("tokens").combine_chunks().flatten()) for t in tables]).astype(np.int64)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+def test_stream_concatenates_files_in_order_without_copying(corpus):
+    stream = TokenStream(corpus["train_files"])
+    expected = all_tokens(corpus["train_tables"])
+    assert len(stream) == len(expected) > 100_000
+    assert np.array_equal(stream.slice(0, len(stream)), expected)
+    first = len(all_tokens(corpus["train_tables"][:1]))
+    assert np.array_equal(stream.slice(first - 5, first + 5), expected[first - 5:first + 5])  # across the file edge
+    for chunk in stream.chunks:  # views into the memory-mapped files, not copies
+        assert not chunk.flags.owndata and not chunk.flags.writeable
+    assert stream.max_token() == expected.max() < corpus["tokenizer"].get_vocab_size()
+    with pytest.raises(IndexError):
+        stream.slice(0, len(stream) + 1)
+
+
+def test_stream_reads_uint32_files(corpus, tmp_path):
+    big = TokenizeConfig(vocab_size=70_000, val_fraction=0.0)
+    table, _, _ = encode_table(corpus["tables"][0].slice(0, 300), corpus["tokenizer"], big)
+    small, _, _ = encode_table(corpus["tables"][0].slice(0, 300), corpus["tokenizer"], big.model_copy(
+        update={"vocab_size": 512}))
+    st = Store(str(tmp_path)).stage("tokenize", "u32")
+    s32 = TokenStream([st.write_arrow("a.arrow", table)])
+    s16 = TokenStream([st.write_arrow("b.arrow", small)])
+    assert s32.chunks[0].dtype == np.uint32 and s16.chunks[0].dtype == np.uint16
+    assert np.array_equal(s32.slice(0, len(s32)), s16.slice(0, len(s16)))
+
+
+def test_batches_visit_every_window_once_per_epoch(corpus):
+    stream = TokenStream(corpus["train_files"])
+    block, bs = 64, 7
+    batches = Batches(stream, block, bs, seed=3)
+    n = batches.n_windows
+    assert n == len(stream) // (block + 1)
+    everything = stream.slice(0, n * (block + 1)).reshape(n, block + 1)
+    all_windows = Counter(w.tobytes() for w in everything)
+    seen = []
+    while len(seen) < 2 * n:
+        x, y = batches.next()
+        assert x.shape == y.shape == (bs, block) and x.dtype == torch.int64
+        assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one token
+        seen += [torch.cat([xr, yr[-1:]]).numpy().tobytes() for xr, yr in zip(x, y)]
+    assert Counter(seen[:n]) == all_windows and Counter(seen[n:2 * n]) == all_windows
+    assert seen[:n] != seen[n:2 * n]  # each epoch has its own order
+    x, y = windows_to_batch(stream, [5], block)
+    assert np.array_equal(torch.cat([x[0], y[0, -1:]]).numpy(), everything[5])
+
+
+def test_batches_resume_with_the_very_next_batch(corpus):
+    stream = TokenStream(corpus["train_files"])
+    a = Batches(stream, 32, 16, seed=1)
+    for _ in range(500):  # more than one epoch
+        a.next()
+    state = json.loads(json.dumps(a.state_dict()))  # plain ints: fits any checkpoint format
+    assert state["epoch"] >= 1
+    b = Batches(stream, 32, 16, seed=1)
+    b.load_state_dict(state)
+    for _ in range(20):
+        xa, ya = a.next()
+        xb, yb = b.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    c = Batches(stream, 32, 16, seed=2)
+    with pytest.raises(ValueError, match="seed"):
+        c.load_state_dict(state)
+    assert not torch.equal(Batches(stream, 32, 16, seed=2).next()[0], Batches(stream, 32, 16, seed=1).next()[0])
+
+
+def test_sequential_batches_cover_windows_in_order(corpus):
+    stream = TokenStream(corpus["val_files"])
+    block, bs = 128, 16
+    n = len(stream) // (block + 1)
+    got = list(sequential_batches(stream, block, bs))
+    assert sum(x.shape[0] for x, _ in got) == n and got[-1][0].shape[0] == n - bs * (len(got) - 1)
+    assert torch.equal(got[1][0], windows_to_batch(stream, list(range(bs, 2 * bs)), block)[0])
+    assert len(list(sequential_batches(stream, block, bs, max_batches=2))) == 2
+
+
+def test_loader_errors_name_the_file(corpus, tmp_path):
+    with pytest.raises(ValueError, match="no token files"):
+        TokenStream([])
+    with pytest.raises(FileNotFoundError, match="nope.arrow"):
+        TokenStream([str(tmp_path / "nope.arrow")])
+    text = tmp_path / "notes.arrow"
+    text.write_text("not arrow at all")
+    with pytest.raises(ValueError, match="notes.arrow is not an Arrow IPC token file"):
+        TokenStream([str(text)])
+    st = Store(str(tmp_path)).stage("x", "y")
+    docs = st.write_arrow("docs.arrow", pa.table({"id": ["a"], "text": ["b"]}))
+    with pytest.raises(ValueError, match="docs.arrow has no `tokens` column"):
+        TokenStream([docs])
+    short = st.write_arrow("short.arrow", corpus["train_tables"][0].slice(0, 2))
+    n = len(TokenStream([short]))
+    with pytest.raises(ValueError, match=rf"{n} tokens is less than one window .* 1025 .*short.arrow \({n} tokens\)"):
+        Batches(TokenStream([short]), 1024, 4, seed=0)
+
+
+# -- model -------------------------------------------------------------------------------------
+
+def tiny(vocab: int = 512, **kw) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab, **{"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, **kw})
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        GPTConfig(vocab_size=10, n_embd=30, n_head=4)
+    with pytest.raises(ValueError):
+        GPTConfig(vocab_size=10, n_layers=3)
+    assert all(f.description for f in GPTConfig.model_fields.values())
+
+
+def test_shapes_params_tying_and_init():
+    torch.manual_seed(0)
+    c = GPTConfig(vocab_size=512, block_size=64, n_layer=4, n_head=4, n_embd=64)
+    m = GPT(c)
+    V, T, L, C = 512, 64, 4, 64
+    assert m.num_params() == V * C + T * C + L * (12 * C * C + 2 * C) + C
+    assert m.lm_head.weight is m.tok_emb.weight
+    assert abs(m.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.002
+    assert abs(m.blocks[0].mlp.proj.weight.std().item() - 0.02 / math.sqrt(2 * L)) < 0.001
+    idx = torch.randint(0, V, (3, 20))
+    logits, loss = m(idx)
+    assert logits.shape == (3, 20, V) and loss is None
+    _, loss = m(idx, torch.randint(0, V, (3, 20)))
+    assert abs(loss.item() - math.log(V)) < 0.1  # untrained: close to uniform
+    with pytest.raises(ValueError, match="longer than block_size 64"):
+        m(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    m = GPT(tiny()).eval()
+    idx = torch.randint(0, 512, (2, 32))
+    changed = idx.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % 512
+    a, _ = m(idx)
+    b, _ = m(changed)
+    assert torch.allclose(a[:, :20], b[:, :20], atol=1e-6)
+    assert not torch.allclose(a[:, 20:], b[:, 20:], atol=1e-3)
+
+
+def test_learns_real_text(corpus):
+    """A few hundred AdamW steps on one batch of real text: the loss must fall far below uniform."""
+    torch.manual_seed(0)
+    m = GPT(tiny())
+    x, y = Batches(TokenStream(corpus["train_files"]), 32, 8, seed=0).next()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        _, loss = m(x, y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 6.0 and loss.item() < 2.0
+
+
+def test_generate_is_seeded_and_stops_at_eos():
+    torch.manual_seed(0)
+    m = GPT(tiny()).eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    run = lambda seed, **kw: m.generate(prompt, 40, temperature=1.0, top_k=20,  # noqa: E731
+                                        generator=torch.Generator().manual_seed(seed), **kw)
+    a, b, other = run(7), run(7), run(8)
+    assert a.shape == (1, 43) and torch.equal(a[:, :3], prompt)  # longer than block_size: the context is cropped
+    assert torch.equal(a, b) and not torch.equal(a, other)
+    greedy = m.generate(prompt, 5, temperature=0)
+    assert torch.equal(greedy, m.generate(prompt, 5, temperature=0))
+    stop = m.generate(prompt, 5, temperature=0, eos_id=int(greedy[0, 3]))
+    assert torch.equal(stop, greedy[:, :4])
+    # top_k=1 sampling is greedy whatever the seed
+    assert torch.equal(m.generate(prompt, 5, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
