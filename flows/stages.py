@@ -6,11 +6,12 @@ from __future__ import annotations
 import posixpath
 
 import fsspec
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import workers
-from flows.common import Timer, bind, commit_stage, publish_stage, run_stage
+from flows.common import Timer, bind, publish_stage, run_stage
 from pipeline import shards
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold
@@ -47,7 +48,7 @@ def _indexes(sd: StageDir) -> list[int]:
     return [s["index"] for s in sd.read_manifest()["shards"]]
 
 
-@task(task_run_name="crawl-{out.fingerprint}")
+@task(task_run_name="crawl-{out.fingerprint}", cache_policy=NO_CACHE)
 def _crawl_task(out: StageDir, config: CrawlConfig) -> dict:
     from tqdm import tqdm
 
@@ -164,5 +165,6 @@ def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: 
     out = st.stage("tokenize", fingerprint("tokenize", code, config, upstream))
     jobs = {i: bind(shards.encode_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), tok.fingerprint,
                     config) for i in idx}
-    header = {**header, "tokenizer": tok.url("data/tokenizer.json"), "vocab_size": config.vocab_size}
+    header = {**header, "tokenizer": {"stage": tok.name, "fingerprint": tok.fingerprint, "file": "data/tokenizer.json"},
+              "vocab_size": tok.read_manifest()["counts"]["vocab_size"]}
     return summary(out, *run_stage(out, jobs, header, workers_n))

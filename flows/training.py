@@ -6,6 +6,7 @@ import json
 import os
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 from tqdm import tqdm
@@ -33,20 +34,19 @@ def _local_dir(out: StageDir) -> str:
 
 
 def _token_files(tok: StageDir) -> tuple[list[str], list[str], int]:
+    """Local paths of a tokenize output's train and validation shards, and its vocabulary size."""
     manifest = tok.read_manifest()
     train = [tok.local_path(s["train"]) for s in manifest["shards"]]
     val = [tok.local_path(s["val"]) for s in manifest["shards"]]
-    tokenizer = json.loads(tok.store.stage("tokenizer", _tokenizer_fp(manifest)).read_bytes("data/tokenizer.json"))
-    vocab = len(tokenizer["model"]["vocab"]) + sum(1 for t in tokenizer.get("added_tokens", [])
-                                                   if t["content"] not in tokenizer["model"]["vocab"])
-    return train, val, vocab
+    return train, val, manifest["vocab_size"]
 
 
-def _tokenizer_fp(manifest: dict) -> str:
-    return manifest["tokenizer"].rstrip("/").split("/")[-3]
+def _tokenizer(tok: StageDir) -> StageDir:
+    ref = tok.read_manifest()["tokenizer"]
+    return tok.store.stage(ref["stage"], ref["fingerprint"])
 
 
-@task(task_run_name="train-{out.fingerprint}")
+@task(task_run_name="train-{out.fingerprint}", cache_policy=NO_CACHE)
 def _train_task(out: StageDir, train_files: list[str], val_files: list[str], vocab: int, config: TrainConfig) -> dict:
     from model.train import train as run_train
 
@@ -137,7 +137,7 @@ def _svg(train_pts, val_pts, w: int = 600, h: int = 300) -> str:
             f'<text x="40" y="14" font-size="12">loss {y1:.2f} → {y0:.2f}; blue train, orange val</text></svg>')
 
 
-@task(task_run_name="evaluate-{out.fingerprint}")
+@task(task_run_name="evaluate-{out.fingerprint}", cache_policy=NO_CACHE)
 def _eval_task(out: StageDir, model_path: str, tokenizer_path: str, val_files: list[str], config: EvalConfig) -> dict:
     from model.evaluate import evaluate as run_eval
 
@@ -156,9 +156,8 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
         rm = run.read_manifest()
         tok = run.store.stage(rm["upstream"]["stage"], rm["upstream"]["fingerprint"])
         _, val_files, _ = _token_files(tok)
-        tok_dir = run.store.stage("tokenizer", _tokenizer_fp(tok.read_manifest()))
-        result = _eval_task(out, run.local_path("model.pt"), tok_dir.local_path("data/tokenizer.json"), val_files,
-                            config)
+        result = _eval_task(out, run.local_path("model.pt"), _tokenizer(tok).local_path("data/tokenizer.json"),
+                            val_files, config)
         out.commit({"config": config, "code": code, "upstream": upstream, "counts": result})
     manifest = out.read_manifest()
     res = manifest["counts"]
