@@ -8,7 +8,8 @@ bundled snapshot instead.
 
 Found spans are replaced by typed placeholders (<EMAIL>, <PHONE>, ...). Documents are kept; with
 `max_spans_per_doc` set, documents with more spans are removed (still scrubbed, so the removed
-files hold no PII either).
+files hold no PII either). A document presidio fails on is removed (reason pii_error) with its
+text emptied, for the same reason.
 """
 
 from __future__ import annotations
@@ -237,12 +238,18 @@ def scrub(table: pa.Table, config: PiiConfig) -> ShardResult:
     per_entity = dict.fromkeys(sorted(config.entities), 0)
     texts, reasons, details = [], [], []
     scanned = with_pii = 0
-    for text in table.column("text").to_pylist():
+    for row, text in enumerate(table.column("text").to_pylist()):
         text = text or ""
         spans = []
         if could_contain_pii(text, config.entities):
             scanned += 1
-            spans = find_spans(text, config)
+            try:
+                spans = find_spans(text, config)
+            except Exception as e:  # one bad document must not stop the shard; it cannot be kept unscrubbed
+                texts.append("")  # nor written, unscrubbed, to the removed files
+                reasons.append("pii_error")
+                details.append(f"row {row}: {type(e).__name__}: {e}"[:500])
+                continue
         for s in spans:
             per_entity[s.entity] += 1
         with_pii += bool(spans)

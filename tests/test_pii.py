@@ -4,7 +4,6 @@ cheap pre-check never changes a result, huge documents, determinism, and no netw
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 import logging
 import socket
@@ -198,3 +197,21 @@ def test_config_errors():
         PiiConfig(max_chars=2_000_000)  # over spaCy's limit
     with pytest.raises(ValueError, match="no 'text' column"):
         scrub(pa.table({"id": ["a"]}), PiiConfig())
+
+
+def test_a_failing_document_is_removed_emptied_and_counted(monkeypatch):
+    real = pii.find_spans
+
+    def flaky(text, config):  # stands in for presidio raising on one pathological document
+        if "boom" in text:
+            raise TimeoutError("regex timed out")
+        return real(text, config)
+
+    monkeypatch.setattr(pii, "find_spans", flaky)
+    docs = docs_from_rows([{"id": "a", "text": "boom 1 x@example.com"}, {"id": "b", "text": "mail y@example.com"}])
+    result = scrub(docs, PiiConfig())
+    assert result.kept.column("text").to_pylist() == ["mail <EMAIL>"]
+    row = result.removed.to_pylist()[0]
+    assert (row["id"], row["reason"], row["text"]) == ("a", "pii_error", "")
+    assert row["detail"] == "row 0: TimeoutError: regex timed out"
+    assert result.counts["removed"] == {"pii_error": 1} and result.counts["docs_scanned"] == 2
