@@ -165,7 +165,8 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     seconds = time.perf_counter() - t_start
     done = step >= c.max_steps
     if done:
-        _atomic_save({"model": _cpu_state(raw_model), "config": raw_model.config.model_dump(), "vocab_size": vocab_size},
+        weights = raw_model.cpu().state_dict()  # on CPU whatever trained it; the tied matrix stored once
+        _atomic_save({"model": weights, "config": raw_model.config.model_dump(), "vocab_size": vocab_size},
                      os.path.join(out_dir, "model.pt"))
     val_points = [h["val_loss"] for h in history if "val_loss" in h]
     return {
@@ -185,10 +186,6 @@ def _check_vocab(stream: TokenStream, vocab_size: int) -> None:
     top = stream.max_token()
     if top >= vocab_size:
         raise ValueError(f"token id {top} does not fit vocab_size {vocab_size}: {stream.describe()}")
-
-
-def _cpu_state(model: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _atomic_save(obj, path: str) -> None:

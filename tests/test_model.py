@@ -84,6 +84,12 @@ def test_stream_reads_uint32_files(corpus, tmp_path):
     s16 = TokenStream([st.write_arrow("b.arrow", small)])
     assert s32.chunks[0].dtype == np.uint32 and s16.chunks[0].dtype == np.uint16
     assert np.array_equal(s32.slice(0, len(s32)), s16.slice(0, len(s16)))
+    # A file of several record batches (sliced lists) and an empty shard read the same stream.
+    parts = pa.concat_tables([small.slice(0, 100), small.slice(100)])
+    empty = st.write_arrow("empty.arrow", small.slice(0, 0))
+    multi = TokenStream([empty, st.write_arrow("c.arrow", parts), empty])
+    assert len(multi.chunks) == 2 and multi.file_tokens[0] == 0
+    assert np.array_equal(multi.slice(0, len(multi)), s16.slice(0, len(s16)))
 
 
 def test_batches_visit_every_window_once_per_epoch(corpus):

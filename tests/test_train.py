@@ -1,0 +1,255 @@
+"""Training and evaluation of a tiny GPT on real Gutenberg tokens: exact resume after a stop or a
+real SIGKILL, the LR schedule, gradient accumulation, config checks, and deterministic evaluation."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from model.data import TokenStream
+from model.evaluate import EvalConfig, evaluate, load_model, token_bytes
+from model.gpt import GPT
+from model.train import CHECKPOINT, TrainConfig, lr_at, make_optimizer, train
+from pipeline.tokenize import EOT, TokenizeConfig, encode_table, sample_texts, train_tokenizer
+from storage import Store
+
+GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
+ROOT = Path(__file__).resolve().parents[1]
+_CACHE: dict = {}
+
+CONFIG = TrainConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, batch_size=8, max_steps=40, warmup_steps=5,
+                     learning_rate=3e-3, min_lr=3e-4, eval_interval=10, eval_batches=4, checkpoint_interval=10,
+                     device="cpu")
+
+
+def build_corpus(path: Path, folder: Path) -> dict:
+    """The first 300k chars of one book as paragraph documents: a tokenizer, train and val token files."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        book = json.loads(f.readline())
+    paras = [p for p in book["text"][:300_000].split("\n\n") if p.strip()]
+    table = pa.table({"id": [f"{book['id']}/{k}" for k in range(len(paras))], "text": paras})
+    config = TokenizeConfig(vocab_size=512, sample_chars=200_000, val_fraction=0.1)
+    tokenizer = train_tokenizer(sample_texts([table], config), config)
+    train_t, val_t, _ = encode_table(table, tokenizer, config)
+    out = Store(str(folder)).stage("tokenize", "test")
+    tok_path = out.write_bytes("tokenizer.json", tokenizer.to_str().encode())
+    return {"train": [out.write_arrow("data/train/part-00000.arrow", train_t)],
+            "val": [out.write_arrow("data/val/part-00000.arrow", val_t)],
+            "vocab": tokenizer.get_vocab_size(), "tokenizer": tokenizer, "tokenizer_path": tok_path,
+            "val_table": val_t, "docs": table}
+
+
+@pytest.fixture
+def corpus(shared_data, tmp_path_factory):
+    path = shared_data(GUTENBERG)
+    if path not in _CACHE:  # built once per session; the fixture itself is per test
+        _CACHE[path] = build_corpus(path, tmp_path_factory.mktemp("tokens"))
+    return _CACHE[path]
+
+
+def run(corpus, out: Path, config: TrainConfig = CONFIG, stop_after=None) -> tuple[dict, list[dict]]:
+    events: list[dict] = []
+    summary = train(corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append,
+                    stop_after=stop_after)
+    return summary, events
+
+
+@pytest.fixture
+def baseline(corpus, tmp_path_factory):
+    """One uninterrupted 40-step run (shared by the tests that compare against it)."""
+    if "baseline" not in _CACHE:
+        out = tmp_path_factory.mktemp("baseline")
+        summary, events = run(corpus, out)
+        _CACHE["baseline"] = {"out": out, "summary": summary, "events": events}
+    return _CACHE["baseline"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def losses(events: list[dict]) -> dict[int, float]:
+    """step -> loss; a resumed run that redoes steps must redo them with the same loss."""
+    out: dict[int, float] = {}
+    for e in events:
+        if "loss" in e:
+            assert out.setdefault(e["step"], e["loss"]) == e["loss"], f"step {e['step']} redone differently"
+    return out
+
+
+def test_run_learns_and_reports(baseline, corpus):
+    s, events = baseline["summary"], baseline["events"]
+    assert s["steps"] == 40 and s["completed"] is True
+    assert s["tokens_seen"] == 40 * 8 * 32
+    assert json.loads(json.dumps(s)) == s  # JSON-ready
+    steps = [e for e in events if "loss" in e]
+    assert [e["step"] for e in steps] == list(range(1, 41))
+    assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s"}
+    assert [e["step"] for e in events if "val_loss" in e] == [10, 20, 30, 40]
+    assert [h["step"] for h in s["history"]] == [10, 20, 30, 40] and all("val_loss" in h for h in s["history"])
+    assert s["final_val_loss"] == s["history"][-1]["val_loss"] and s["final_train_loss"] == steps[-1]["loss"]
+    # Real learning: from uniform (ln 512 = 6.24) to well below it, on held-out text too.
+    assert steps[0]["loss"] > 6.0 and s["final_train_loss"] < 5.6 and s["final_val_loss"] < 5.6
+    assert s["history"][0]["val_loss"] > s["final_val_loss"]
+    saved = torch.load(baseline["out"] / "model.pt", weights_only=True)
+    assert saved["vocab_size"] == corpus["vocab"] and saved["config"]["n_embd"] == 32
+    assert s["params"] == load_model(str(baseline["out"] / "model.pt")).num_params()
+    assert set(s["timing"]) == {"seconds", "steps_this_run", "tokens_per_s"}
+
+
+def test_stop_and_resume_is_bitwise_identical(baseline, corpus, tmp_path):
+    """Stopped after step 25 (last checkpoint at 20), then resumed: same losses, same model.pt bytes."""
+    first, ev1 = run(corpus, tmp_path, stop_after=25)
+    assert first["steps"] == 25 and first["completed"] is False
+    assert not (tmp_path / "model.pt").exists()
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 20
+    second, ev2 = run(corpus, tmp_path)
+    assert [e["step"] for e in ev2 if "loss" in e] == list(range(21, 41))
+    assert losses(ev1 + ev2) == losses(baseline["events"])
+    assert [e["lr"] for e in ev2 if "loss" in e] == [e["lr"] for e in baseline["events"] if "loss" in e][20:]
+    strip = lambda s: {k: v for k, v in s.items() if k != "timing"}  # noqa: E731
+    assert strip(second) == strip(baseline["summary"])
+    assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
+    # Running a finished run again trains nothing and rewrites the same bytes.
+    third, ev3 = run(corpus, tmp_path)
+    assert not ev3 and strip(third) == strip(baseline["summary"])
+    assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
+
+
+def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
+    """SIGKILL in another process at step 23, resume here: the same model.pt as the uninterrupted run."""
+    script = ("import json, os, signal, sys\n"
+              "from model.train import TrainConfig, train\n"
+              "a = json.loads(sys.argv[1])\n"
+              "def log(e):\n"
+              "    if e.get('step') == 23 and 'loss' in e:\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'], log=log)\n")
+    args = {"train": corpus["train"], "val": corpus["val"], "vocab": corpus["vocab"],
+            "config": CONFIG.model_dump(), "out": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 20
+    assert not (tmp_path / "model.pt").exists()
+    summary, events = run(corpus, tmp_path)
+    assert [e["step"] for e in events if "loss" in e] == list(range(21, 41))
+    assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 20}
+    assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
+
+
+def test_lr_schedule_depends_on_the_plan_only():
+    c = TrainConfig(max_steps=100, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    lrs = [lr_at(s, c) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warmup
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay
+    assert lrs[55] == pytest.approx((1e-3 + 1e-4) / 2)  # halfway down the cosine
+    assert lr_at(100, c) == pytest.approx(1e-4) and lr_at(500, c) == pytest.approx(1e-4)
+    assert lr_at(0, c.model_copy(update={"warmup_steps": 0})) == pytest.approx(1e-3)
+
+
+def test_weight_decay_on_matrices_only():
+    c = CONFIG.model_copy(update={"bias": True})
+    model = GPT(c.gpt_config(512))
+    decay, no_decay = make_optimizer(model, c, "cpu").param_groups
+    assert decay["weight_decay"] == c.weight_decay and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(p is model.tok_emb.weight for p in decay["params"])
+
+
+def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
+    """4 x 2 micro-batches draw the same windows as one batch of 8, so training matches closely."""
+    short = CONFIG.model_copy(update={"max_steps": 8, "eval_interval": 4})
+    big, ev_big = run(corpus, tmp_path / "big", short)
+    acc, ev_acc = run(corpus, tmp_path / "acc", short.model_copy(update={"batch_size": 4, "grad_accum_steps": 2}))
+    assert acc["tokens_seen"] == big["tokens_seen"]
+    for a, b in zip(losses(ev_acc).values(), losses(ev_big).values()):
+        assert a == pytest.approx(b, rel=1e-4)
+    wa = torch.load(tmp_path / "acc" / "model.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "big" / "model.pt", weights_only=True)["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wb)
+
+
+def test_bfloat16_autocast_on_cpu(corpus, tmp_path):
+    s, _ = run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 3, "dtype": "bfloat16", "eval_interval": 3}))
+    assert s["steps"] == 3 and math.isfinite(s["final_train_loss"]) and math.isfinite(s["final_val_loss"])
+
+
+def test_resume_refuses_a_changed_config(baseline, corpus, tmp_path):
+    run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 10}))
+    with pytest.raises(ValueError, match=r"another config \(learning_rate: 0.003 -> 0.001, max_steps: 10 -> 12\)"):
+        run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 12, "learning_rate": 1e-3}))
+    with pytest.raises(ValueError, match="vocab_size: 512 -> 600"):
+        train(corpus["train"], corpus["val"], 600, CONFIG.model_copy(update={"max_steps": 10}), str(tmp_path))
+    # Evaluation and checkpoint cadence do not change the weights: resuming with new ones is fine.
+    s, _ = run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 10, "eval_interval": 5}))
+    assert s["steps"] == 10
+
+
+def test_bad_inputs_are_named(corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"token id \d+ does not fit vocab_size 100: .*part-00000.arrow"):
+        train(corpus["train"], corpus["val"], 100, CONFIG, str(tmp_path))
+    with pytest.raises(ValueError, match=r"less than one window of block_size \+ 1 = 50001 tokens: .*val/part-00000"):
+        train(corpus["train"], corpus["val"], corpus["vocab"],
+              CONFIG.model_copy(update={"block_size": 50_000}), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+    with pytest.raises(ValueError):
+        TrainConfig(n_layers=3)
+    with pytest.raises(ValueError):
+        TrainConfig(device="tpu")
+    assert all(f.description for f in TrainConfig.model_fields.values())
+    assert all(f.description for f in EvalConfig.model_fields.values())
+
+
+def test_token_bytes_count_utf8_bytes(corpus):
+    tok = corpus["tokenizer"]
+    sizes = token_bytes(tok)
+    assert sizes[tok.token_to_id(EOT)] == 0
+    text = "\n\n".join(corpus["docs"].column("text").to_pylist()[:300]) + " naïve “café” 🙂"
+    ids = tok.encode(text).ids
+    assert int(sizes[ids].sum()) == len(text.encode("utf-8"))
+
+
+def test_evaluate_is_deterministic_and_consistent(baseline, corpus):
+    model_path = str(baseline["out"] / "model.pt")
+    config = EvalConfig(max_new_tokens=20, val_batches=0, batch_size=16, device="cpu")
+    a = evaluate(model_path, corpus["tokenizer_path"], corpus["val"], config)
+    b = evaluate(model_path, corpus["tokenizer_path"], corpus["val"], config)
+    assert a == b and json.loads(json.dumps(a)) == a
+    n_val = len(TokenStream(corpus["val"]))
+    assert a["val_tokens"] == n_val // 33 * 32  # every window, none twice
+    assert a["perplexity"] == pytest.approx(math.exp(a["val_loss"]))
+    assert a["bits_per_byte"] == pytest.approx(a["val_loss"] * a["val_tokens"] / math.log(2) / a["val_bytes"])
+    assert 1.5 < a["val_bytes"] / a["val_tokens"] < 4  # English BPE at vocab 512
+    assert a["val_loss"] < math.log(corpus["vocab"]) - 0.5  # trained: far better than uniform
+    # The training-time val_loss covered the first 4 batches of 8 windows; evaluate sees the same start.
+    first = evaluate(model_path, corpus["tokenizer_path"], corpus["val"],
+                     config.model_copy(update={"val_batches": 2}))
+    assert first["val_loss"] == pytest.approx(baseline["summary"]["final_val_loss"], rel=1e-5)
+    assert [s["prompt"] for s in a["samples"]] == config.prompts
+    assert all(isinstance(s["completion"], str) and s["completion"] for s in a["samples"])
+    other = evaluate(model_path, corpus["tokenizer_path"], corpus["val"],
+                     config.model_copy(update={"seed": 1, "val_batches": 1}))
+    assert other["samples"] != a["samples"]
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found: .*missing.pt"):
+        load_model(str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.pt is not a readable model file"):
+        load_model(str(tmp_path / "junk.pt"))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a crawl2llm model file"):
+        load_model(str(tmp_path / "other.pt"))
