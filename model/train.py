@@ -37,8 +37,8 @@ class TrainConfig(StageConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate (0 for short pretraining runs).")
     bias: bool = Field(False, description="Biases in Linear and LayerNorm layers.")
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step "
-                                                       "(tokens per step = batch_size x grad_accum_steps x block_size).")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (tokens per step = "
+                                                       "batch_size x grad_accum_steps x block_size).")
     max_steps: int = Field(300, ge=1, description="Optimizer steps; also the length of the LR schedule.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate, reached after warmup.")
     min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the cosine decay.")

@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
