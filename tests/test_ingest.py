@@ -146,3 +146,14 @@ def test_bad_inputs_are_named(tmp_path):
         detect_format("crawl.arc.gz")
     with pytest.raises(IngestError, match="unknown input format"):
         detect_format("notes.txt")
+
+
+def test_language_id_reads_past_the_first_line(shared_data):
+    from pipeline.ingest import detect_language
+
+    english = gzip.decompress(shared_data("text/dolma-ccnet-cc_en_head-0091.jsonl.gz").read_bytes()).splitlines()[0]
+    text = "Startseite Über uns Kontakt Impressum Datenschutzerklärung Anmelden Suche Warenkorb\n" + \
+        json.loads(english)["text"][:3000]
+    lang, score = detect_language(text)
+    assert lang == "en" and score > 0.65
+    assert detect_language("   \n ") == (None, 0.0)
