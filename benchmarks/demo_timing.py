@@ -4,8 +4,8 @@
 
 Clones the repository's HEAD into a temporary folder (so nothing installed or cached in this
 checkout is reused), runs `make demo` twice and prints the wall time of each run plus the stage
-lines of the second run's report. Uses a fresh PREFECT_HOME and a free Prefect port is not needed:
-the demo starts its own server on 127.0.0.1:4200, so stop any other one first.
+lines of the second run's report. The clone has its own PREFECT_HOME (its .prefect folder); the
+demo starts its server on 127.0.0.1:4200, so stop any other one first.
 """
 
 from __future__ import annotations

@@ -1,0 +1,215 @@
+"""The crawler against a tiny site served on 127.0.0.1 (nothing else is ever contacted): what it
+records, what it leaves alone (robots.txt, depth, scope, exclusions), resume, config errors."""
+
+from __future__ import annotations
+
+import functools
+import io
+import socket
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.crawl import CrawlConfig, crawl
+from storage import Store
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean; remember what was asked instead
+        self.server.requests.append(self.path)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Base URL of a small site: pages, a robots.txt rule, a redirect, a 404, text, outside links."""
+    root = tmp_path_factory.mktemp("site")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    server.requests = []
+    port = server.server_address[1]
+    pages = {
+        "index.html": '<a href="a.html">A</a> <a href="b.html">B</a> <a href="private/secret.html">S</a> '
+                      '<a href="file.txt">T</a> <a href="missing.html">404</a> <a href="sub">dir</a> '
+                      f'<a href="http://example.com/">out</a> <a href="http://localhost:{port}/other.html">lh</a>',
+        "a.html": '<p>A</p><a href="deep1.html">deeper</a>',
+        "b.html": '<a href="./">home</a> <a href="a.html#top">A again</a> <a href="mailto:x@y">mail</a>',
+        "deep1.html": '<a href="deep2.html">deeper still</a>',
+        "deep2.html": "<p>too deep</p>",
+        "private/secret.html": "<p>robots.txt keeps crawlers out</p>",
+        "sub/index.html": '<a href="../a.html">A</a>',
+        "other.html": "<p>on localhost</p>",
+        "file.txt": "plain text, no links: a.html",
+        "robots.txt": "User-agent: *\nDisallow: /private/\n",
+    }
+    for rel, text in pages.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"<html><body>{text}</body></html>" if rel.endswith(".html") else text)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def _out(tmp_path, name="store"):
+    return Store(str(tmp_path / name)).stage("crawl", "fp1")
+
+
+def _records(out) -> list[dict]:
+    """Every record of every WARC file, read back with fastwarc."""
+    from fastwarc.warc import ArchiveIterator
+
+    recs = []
+    for rel in out.list("data"):
+        for r in ArchiveIterator(io.BytesIO(out.read_bytes(rel)), parse_http=False):
+            assert r.verify_block_digest()
+            block = r.reader.read()
+            h = r.headers
+            recs.append({"file": rel, "type": h.get("WARC-Type"), "id": h.get("WARC-Record-ID"),
+                         "uri": h.get("WARC-Target-URI"), "to": h.get("WARC-Concurrent-To"),
+                         "truncated": h.get("WARC-Truncated"), "block": block,
+                         "status": int(block.split(b" ", 2)[1]) if h.get("WARC-Type") == "response" else None})
+    return recs
+
+
+def _urls(recs, base):
+    return [r["uri"].removeprefix(base) for r in recs if r["type"] == "response"]
+
+
+def test_crawl_records_pages_politely(site, tmp_path):
+    server, base = site
+    out = _out(tmp_path)
+    config = CrawlConfig(seeds=[base], max_depth=2, pages_per_file=3)
+    done = []
+    result = crawl(config, out, progress=lambda n, total: done.append((n, total)))
+
+    recs = _records(out)
+    # breadth first; robots.txt, depth 3, text links, mailto, fragments and other hosts left alone
+    assert _urls(recs, base) == ["", "a.html", "b.html", "file.txt", "missing.html", "sub", "deep1.html", "sub/"]
+    assert result == {"pages": 8, "files": 3, "status": {"200": 6, "301": 1, "404": 1}, "errors": 0,
+                      "robots_blocked": 1, "bytes": sum(len(out.read_bytes(f)) for f in out.list("data"))}
+    assert out.list("data") == ["data/part-00000.warc.gz", "data/part-00001.warc.gz", "data/part-00002.warc.gz"]
+    assert done == [(i, 200) for i in range(1, 9)]
+    assert not any("example.com" in (r["uri"] or "") or "localhost" in (r["uri"] or "") for r in recs)
+    assert not any("/private/" in p or "deep2" in p for p in server.requests)
+
+    # each file opens with warcinfo, then a request and its response per page
+    for rel in out.list("data"):
+        kinds = [r["type"] for r in recs if r["file"] == rel]
+        assert kinds[0] == "warcinfo" and kinds[1:] == ["request", "response"] * ((len(kinds) - 1) // 2)
+    ids = [r["id"] for r in recs]
+    assert len(set(ids)) == len(ids)
+    requests = {r["id"]: r for r in recs if r["type"] == "request"}
+    for resp in (r for r in recs if r["type"] == "response"):
+        assert requests[resp["to"]]["uri"] == resp["uri"]
+        assert requests[resp["to"]]["block"].startswith(b"GET /")
+    by_url = {r["uri"]: r for r in recs if r["type"] == "response"}
+    assert by_url[base + "missing.html"]["status"] == 404
+    assert b"Location: /sub/" in by_url[base + "sub"]["block"]
+    assert by_url[base + "a.html"]["block"].endswith(b'<a href="deep1.html">deeper</a></body></html>')
+    assert out.read_json("state.json")["pages"] == 8
+
+
+def test_max_pages_and_truncation(site, tmp_path):
+    _, base = site
+    out = _out(tmp_path)
+    result = crawl(CrawlConfig(seeds=[base], max_pages=3, max_page_bytes=100), out)
+    recs = _records(out)
+    assert result["pages"] == 3 and _urls(recs, base) == ["", "a.html", "b.html"]
+    first = next(r for r in recs if r["type"] == "response")
+    head, _, body = first["block"].partition(b"\r\n\r\n")
+    assert len(body) == 100 and first["truncated"] == "length"  # links before the cut are still followed
+    assert b"\r\nContent-Length: 100" in head and b"X-Crawler-Content-Length:" in head
+
+
+def test_exclude_patterns_and_allow_list(site, tmp_path):
+    _, base = site
+    out = _out(tmp_path, "excluded")
+    crawl(CrawlConfig(seeds=[base], max_depth=1, exclude_patterns=[r"/b\.html$", "missing", r"\.txt$"]), out)
+    assert _urls(_records(out), base) == ["", "a.html", "sub", "sub/"]
+
+    out = _out(tmp_path, "allow")
+    result = crawl(CrawlConfig(seeds=[base], scope="allow-list", allow_hosts=["localhost"]), out)
+    port = base.rsplit(":", 1)[1]
+    # the seed is always fetched; only links to the allowed host are followed from it
+    assert _urls(_records(out), "http://") == [f"127.0.0.1:{port}", f"localhost:{port}other.html"]
+    assert result["status"] == {"200": 2}
+
+
+def test_resume_after_interruption(site, tmp_path):
+    server, base = site
+    config = CrawlConfig(seeds=[base], max_depth=2, pages_per_file=1)
+    full = _out(tmp_path, "a")
+    crawl(config, full)
+
+    resumed = _out(tmp_path, "b")
+
+    def killed(done, total):
+        if done == 2:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        crawl(config, resumed, progress=killed)
+    assert resumed.list("data") == ["data/part-00000.warc.gz", "data/part-00001.warc.gz"]
+    resumed.write_bytes("data/part-00009.warc.gz", b"left by a run killed before its checkpoint")
+    server.requests.clear()
+    result = crawl(config, resumed)
+    assert "/" not in server.requests and "/a.html" not in server.requests  # already in files: not fetched again
+    assert "/b.html" in server.requests
+
+    a, b = _records(full), _records(resumed)
+    assert result["pages"] == 8 and resumed.list("data") == full.list("data")
+    assert _urls(a, base) == _urls(b, base)
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+
+    def payloads(recs):
+        return [r["block"].partition(b"\r\n\r\n")[2] for r in recs if r["type"] == "response"]
+
+    assert payloads(a) == payloads(b)
+    # a finished crawl run again does nothing more
+    assert crawl(config, resumed)["pages"] == 8 and len(resumed.list("data")) == 8
+
+
+def test_per_host_delay(site, tmp_path):
+    _, base = site
+    start = time.monotonic()
+    crawl(CrawlConfig(seeds=[base], max_pages=3, delay_s=0.15), _out(tmp_path))
+    assert time.monotonic() - start >= 0.45  # robots.txt, then three pages, 0.15 s apart
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"seeds": ["ftp://x"]}, "ftp://x"),
+    ({"seeds": ["not a url"]}, "not a url"),
+    ({"seeds": []}, "seeds"),
+    ({"seeds": ["http://x/"], "exclude_patterns": ["(unclosed"]}, "exclude_patterns"),
+    ({"seeds": ["http://x/"], "scope": "allow-list"}, "allow_hosts"),
+    ({"seeds": ["http://x/"], "allow_hosts": ["http://y/"]}, "allow_hosts"),
+    ({"seeds": ["http://x/"], "max_pages": 0}, "max_pages"),
+    ({"seeds": ["http://x/"], "max_page": 10}, "max_page"),
+])
+def test_config_errors_name_the_field(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        CrawlConfig(**fields)
+
+
+@pytest.mark.parametrize("robots", [True, False])
+def test_unreachable_seed_is_a_clear_error(tmp_path, robots):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    seed = f"http://127.0.0.1:{port}/"
+    out = _out(tmp_path)
+    with pytest.raises(RuntimeError, match=f"{seed}.*refused"):
+        crawl(CrawlConfig(seeds=[seed], respect_robots=robots, timeout_s=2), out)
+    assert out.list("data") == [] and not out.exists("state.json")
+
+
+def test_one_dead_seed_among_live_ones(site, tmp_path):
+    _, base = site
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    result = crawl(CrawlConfig(seeds=[dead, base], max_depth=0), _out(tmp_path))
+    assert result["pages"] == 1 and result["errors"] == 1
