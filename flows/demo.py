@@ -78,7 +78,7 @@ def report(results: dict, seconds: float, ui: str) -> str:
     lines = ["", "crawl2llm demo", "=" * 72]
     for name, r in results.items():
         c = r.get("counts", {})
-        what = ", ".join(f"{k}={c[k]}" for k in ("pages", "docs_in", "docs_kept", "train_tokens", "val_tokens",
+        what = ", ".join(f"{k}={_num(c[k])}" for k in ("pages", "docs_in", "docs_kept", "train_tokens", "val_tokens",
                                                    "steps", "final_val_loss", "val_loss", "perplexity") if k in c)
         lines.append(f"{name:<9} {'cached' if r.get('cached') else 'ran   '}  {what}")
         lines.append(f"{'':<9} {r['url']}")
@@ -87,8 +87,13 @@ def report(results: dict, seconds: float, ui: str) -> str:
         lines += ["", "Evaluation", "-" * 72]
         for k in ("val_loss", "perplexity", "bits_per_byte", "val_tokens"):
             if k in ev:
-                lines.append(f"{k:<14} {ev[k]}")
+                lines.append(f"{k:<14} {_num(ev[k])}")
         for s in ev.get("samples", [])[:3]:
             lines += ["", f"> {s['prompt']}{s['completion']}"]
     lines += ["", f"Prefect UI with every run and artifact: {ui}", f"Total time: {seconds:.0f} s"]
     return "\n".join(lines)
+
+
+def _num(value):
+    """Floats to 4 significant digits, so the report reads as numbers, not float noise."""
+    return f"{value:.4g}" if isinstance(value, float) else value

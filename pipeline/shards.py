@@ -21,9 +21,9 @@ def stage_dir(store_url: str, stage: str, fp: str) -> StageDir:
     return Store(store_url).stage(stage, fp)
 
 
-def read_docs(upstream: StageDir, index: int):
-    """The documents of one committed upstream shard."""
-    return upstream.read_parquet(StageDir.part("data", index, "parquet"))
+def read_docs(upstream: StageDir, index: int, columns: list[str] | None = None):
+    """The documents of one committed upstream shard (only `columns` when given)."""
+    return upstream.read_parquet(StageDir.part("data", index, "parquet"), columns)
 
 
 def commit_docs(out: StageDir, index: int, result: ShardResult, seconds: float) -> dict:
@@ -152,8 +152,9 @@ def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, 
 
 def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_indexes: list[int],
                     config: Any) -> dict:
-    """Train the BPE on a deterministic sample of the cleaned corpus; save tokenizer.json."""
-    from pipeline.tokenize import sample_texts, train_tokenizer
+    """Train the BPE on a deterministic sample of the cleaned corpus; save tokenizer.json. Also fix
+    the corpus-wide validation cut-off (val_cut), so every encode shard splits by the same rule."""
+    from pipeline.tokenize import sample_texts, train_tokenizer, val_cut
 
     out = stage_dir(store_url, "tokenizer", fp)
     up = stage_dir(store_url, *upstream)
@@ -164,7 +165,9 @@ def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_in
         tok = train_tokenizer(sample_texts(tables, config), config)
         rel = "data/tokenizer.json"
         out.write_bytes(rel, tok.to_str(pretty=True).encode())
-        stats = {"index": 0, "outputs": {"data": rel}, "counts": {"vocab_size": tok.get_vocab_size()},
+        ids = (i for index in shard_indexes for i in read_docs(up, index, ["id"]).column("id").to_pylist())
+        counts = {"vocab_size": tok.get_vocab_size(), "val_cut": val_cut(ids, config)}
+        stats = {"index": 0, "outputs": {"data": rel}, "counts": counts,
                  "seconds": round(time.perf_counter() - t0, 3)}
         return commit_shard(out, 0, stats)
 
@@ -182,9 +185,10 @@ def encode_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str],
     def work():
         t0 = time.perf_counter()
         table = read_docs(stage_dir(store_url, *upstream), index)
-        tok_json = stage_dir(store_url, "tokenizer", tokenizer_fp).read_bytes("data/tokenizer.json")
-        tok = Tokenizer.from_str(tok_json.decode())
-        train, val, counts = encode_table(table, tok, config)
+        tok_dir = stage_dir(store_url, "tokenizer", tokenizer_fp)
+        tok = Tokenizer.from_str(tok_dir.read_bytes("data/tokenizer.json").decode())
+        cut = tok_dir.read_manifest()["counts"]["val_cut"]
+        train, val, counts = encode_table(table, tok, config, cut)
         outputs = {"train": StageDir.part("data/train", index, "arrow"),
                    "val": StageDir.part("data/val", index, "arrow")}
         out.write_arrow(outputs["train"], train)

@@ -13,6 +13,7 @@ whatever the thread count (tests/test_tokenize.py checks this with RAYON_NUM_THR
 from __future__ import annotations
 
 import hashlib
+import heapq
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -41,6 +42,8 @@ class TokenizeConfig(StageConfig):
                                                            "used to train the BPE.")
     val_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Share of documents held out for validation, "
                                                                   "chosen by a hash of the document id.")
+    min_val_docs: int = Field(4, ge=0, description="Hold out at least this many documents (never all of them) "
+                                                   "even when val_fraction of a small corpus rounds to fewer.")
     seed: int = Field(0, ge=0, description="Salt of the id hash that picks validation documents: "
                                            "change it for a different split.")
 
@@ -100,10 +103,26 @@ def val_draw(doc_id: str, seed: int = 0) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig) -> tuple[pa.Table, pa.Table, dict]:
+def val_cut(doc_ids: Iterable[str | None], config: TokenizeConfig) -> float:
+    """The corpus-wide threshold on val_draw below which a document is held out.
+
+    It is val_fraction, raised just enough that at least min_val_docs documents (but never every
+    document) fall below it: a small corpus still gets a validation set, a large one gets exactly
+    val_fraction. val_fraction 0 means no validation set at all. Computed once over all ids, applied per shard by encode_table."""
+    draws = [val_draw(i, config.seed) for i in doc_ids if i is not None]
+    want = min(config.min_val_docs, len(draws) - 1)
+    if want <= 0 or config.val_fraction in (0.0, 1.0):
+        return config.val_fraction
+    smallest = heapq.nsmallest(want, draws)
+    return max(config.val_fraction, float(np.nextafter(smallest[-1], 1.0)))
+
+
+def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig,
+                 cut: float | None = None) -> tuple[pa.Table, pa.Table, dict]:
     """Encode every document (EOT appended) and split them into (train, val, counts).
 
-    Rows without an id or text are skipped and counted under counts["skipped"][reason]."""
+    A document goes to validation when its val_draw is below `cut` (from val_cut; default
+    val_fraction). Rows without an id or text are skipped and counted under counts["skipped"][reason]."""
     for col in ("id", "text"):
         if col not in table.column_names:
             raise ValueError(f"table to tokenize has no `{col}` column (columns: {table.column_names})")
@@ -125,7 +144,8 @@ def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig) 
         texts.append(text)
 
     tokens = [np.append(np.asarray(e, dtype=dtype), np.array([eot], dtype)) for e in _encode(tokenizer, texts)]
-    is_val = [val_draw(i, config.seed) < config.val_fraction for i in ids]
+    cut = config.val_fraction if cut is None else cut
+    is_val = [val_draw(i, config.seed) < cut for i in ids]
     train = _token_table([i for i, v in zip(ids, is_val) if not v], [t for t, v in zip(tokens, is_val) if not v],
                          config.vocab_size)
     val = _token_table([i for i, v in zip(ids, is_val) if v], [t for t, v in zip(tokens, is_val) if v],

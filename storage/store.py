@@ -133,10 +133,10 @@ class StageDir:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
-    def read_parquet(self, rel: str) -> pa.Table:
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         try:
             with self.fs.open(self.abspath(rel), "rb") as f:
-                return pq.read_table(f)
+                return pq.read_table(f, columns=columns)
         except FileNotFoundError as e:
             raise StoreError(f"missing shard file {self.url(rel)}") from e
 

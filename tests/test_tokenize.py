@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.tokenize import (EOT, SPECIAL_TOKENS, TokenizeConfig, encode_table, sample_texts, token_dtype,
-                               train_tokenizer, val_draw)
+                               train_tokenizer, val_cut, val_draw)
 
 GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +154,25 @@ def test_split_by_id_hash(books, tokenizer):
     assert set(other.column("id").to_pylist()) != set(val.column("id").to_pylist())
     assert encode_table(table, tokenizer, config.model_copy(update={"val_fraction": 0.0}))[1].num_rows == 0
     assert encode_table(table, tokenizer, config.model_copy(update={"val_fraction": 1.0}))[0].num_rows == 0
+
+
+def test_val_cut_holds_out_a_minimum_on_small_corpora(books, tokenizer):
+    table = paragraphs_table(books, limit=4000)
+    ids = table.column("id").to_pylist()
+    config = TokenizeConfig(vocab_size=1024, val_fraction=0.05, min_val_docs=4)
+    # a large corpus: the cut is exactly val_fraction
+    assert val_cut(ids, config) == 0.05
+    # 12 documents: 5% would hold out none or one; the cut takes the 4 lowest draws, the same in any shard
+    small = table.slice(0, 12)
+    cut = val_cut(small.column("id").to_pylist(), config)
+    lowest = sorted(small.column("id").to_pylist(), key=val_draw)[:4]
+    halves = [encode_table(small.slice(o, 6), tokenizer, config, cut)[1] for o in (0, 6)]
+    assert sorted(i for h in halves for i in h.column("id").to_pylist()) == sorted(lowest)
+    # never every document, and val_fraction 0 means no validation set
+    assert val_cut(ids[:3], config.model_copy(update={"min_val_docs": 10})) == pytest.approx(
+        sorted(val_draw(i) for i in ids[:3])[1], rel=1e-12)
+    assert val_cut(ids[:1], config) == 0.05
+    assert val_cut(ids[:12], config.model_copy(update={"val_fraction": 0.0})) == 0.0
 
 
 def test_token_dtype_switch(books, tokenizer):
