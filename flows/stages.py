@@ -24,7 +24,8 @@ from storage import StageDir, Store, StoreError, code_version, file_identity, fi
 
 DEFAULT_STORE = "store"
 RUNNER = ThreadPoolTaskRunner(max_workers=max(1, workers.default_workers()))
-CORE = ("pipeline.schema", "pipeline.stage")
+# With each stage module, the glue that reads and writes its shards (code_version adds their imports).
+CORE = ("pipeline.shards",)
 
 
 def open_stage(url: str) -> StageDir:
@@ -65,7 +66,7 @@ def _crawl_task(out: StageDir, config: CrawlConfig) -> dict:
 @flow(name="crawl", task_runner=RUNNER)
 def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
     """Crawl seed URLs politely and record the pages as WARC files."""
-    out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl", "pipeline.warc"),
+    out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"),
                                                     config, None))
     cached = out.is_committed()
     with Timer() as t:

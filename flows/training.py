@@ -18,7 +18,7 @@ from model.evaluate import EvalConfig
 from model.train import TrainConfig
 from storage import StageDir, code_version, fingerprint
 
-MODEL_CODE = ("model.gpt", "model.data", "model.train")
+MODEL_CODE = ("model.train",)  # code_version adds model.gpt, model.data and the rest it imports
 
 
 def _local_dir(out: StageDir) -> str:
@@ -148,7 +148,7 @@ def _eval_task(out: StageDir, model_path: str, tokenizer_path: str, val_files: l
 def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
     """Held-out loss and perplexity plus generated samples for a train output (any checkpoint dir)."""
     run = open_stage(source)
-    code = code_version("model.evaluate", "model.gpt", "model.data")
+    code = code_version("model.evaluate")
     upstream = {"stage": run.name, "fingerprint": run.fingerprint}
     out = run.store.stage("evaluate", fingerprint("evaluate", code, config, upstream))
     cached = out.is_committed()

@@ -7,8 +7,10 @@ work and lets two concurrent writers of one stage produce identical files.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 from typing import Any
@@ -37,17 +39,53 @@ def fingerprint(stage: str, code: str, config: Any, upstream: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def code_version(*modules: str) -> str:
-    """Hash of the source of the modules a stage's output depends on.
+# Packages whose source decides what a stage writes. storage/ is left out: its file layout is
+# tested on its own, and hashing it would invalidate every cache on any change to this module.
+CODE_PACKAGES = ("pipeline", "model")
 
-    Editing the code of a stage invalidates its outputs; Prefect's TASK_SOURCE would only see the
+
+def code_version(*modules: str) -> str:
+    """Hash of the source of the modules a stage's output depends on, and of every project module
+    they import at module level (transitively), so editing a shared helper invalidates its users.
+
+    Imports inside functions are not followed: pipeline/shards.py imports each stage lazily, and a
+    change to one stage must not invalidate the others. Prefect's TASK_SOURCE would only see the
     thin task wrapper, not pipeline/.
     """
     h = hashlib.sha256()
-    for name in sorted(modules):
+    for name in sorted(module_closure(modules)):
         h.update(name.encode())
         h.update(inspect.getsource(importlib.import_module(name)).encode())
     return h.hexdigest()[:16]
+
+
+def module_closure(modules: tuple[str, ...] | list[str]) -> set[str]:
+    """The modules and the project modules (CODE_PACKAGES) they import at module level."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if _ours(a.name)]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _ours(node.module):
+                todo.append(node.module)
+                if _is_package(node.module):  # `from pipeline import warc` names a module too
+                    todo += [f"{node.module}.{a.name}" for a in node.names
+                             if importlib.util.find_spec(f"{node.module}.{a.name}")]
+    return seen
+
+
+def _ours(module: str) -> bool:
+    return module.split(".")[0] in CODE_PACKAGES
+
+
+def _is_package(module: str) -> bool:
+    return hasattr(importlib.import_module(module), "__path__")
 
 
 def file_identity(url: str) -> dict:

@@ -20,6 +20,20 @@ def test_fingerprint_depends_on_every_part():
     assert base != fingerprint("quality", "code1", {"a": 1, "b": [1, 2]}, "other")
 
 
+def test_code_version_follows_shared_helpers_not_lazy_imports():
+    from storage.fingerprint import code_version, module_closure
+
+    # quality and dedup share pipeline/text.py: editing it must invalidate both
+    assert "pipeline.text" in module_closure(["pipeline.quality"]) & module_closure(["pipeline.dedup"])
+    assert "pipeline.warc" in module_closure(["pipeline.crawl"])  # `from pipeline import warc`
+    assert {"model.gpt", "model.data"} <= module_closure(["model.train"])
+    # shards.py imports every stage inside functions: a change to one stage leaves the others cached
+    glue = module_closure(["pipeline.shards"])
+    assert not glue & {"pipeline.quality", "pipeline.dedup", "pipeline.pii", "pipeline.tokenize", "pipeline.ingest"}
+    assert code_version("pipeline.quality", "pipeline.shards") != code_version("pipeline.pii", "pipeline.shards")
+    assert code_version("pipeline.quality") == code_version("pipeline.quality", "pipeline.text")
+
+
 def test_canonical_json_handles_pydantic_models():
     from pipeline.stage import StageConfig
 
