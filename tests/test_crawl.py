@@ -213,3 +213,20 @@ def test_one_dead_seed_among_live_ones(site, tmp_path):
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
     result = crawl(CrawlConfig(seeds=[dead, base], max_depth=0), _out(tmp_path))
     assert result["pages"] == 1 and result["errors"] == 1
+
+
+def test_crawled_warc_reads_back_through_ingest(site, tmp_path):
+    """What the crawler records is what ingest reads: one document per HTML 200 page, with its URL
+    and text; redirects, 404s and plain text are counted as skipped, never documents."""
+    from pipeline.ingest import IngestConfig, ingest_file
+
+    _, base = site
+    out = _out(tmp_path)
+    crawl(CrawlConfig(seeds=[base], max_depth=2, pages_per_file=20), out)
+    (warc_file,) = out.list("data")
+    result = ingest_file(out.url(warc_file), IngestConfig(min_chars=0, languages=[]))
+    docs = {r["url"].removeprefix(base): r for r in result.kept.to_pylist()}
+    assert sorted(docs) == ["", "a.html", "b.html", "deep1.html", "sub/"]
+    assert docs["a.html"]["text"] == "A\n\ndeeper" and docs["a.html"]["source"] == out.url(warc_file)
+    assert result.counts["skipped"] == {"mime": 1, "status": 2}  # file.txt; the 301 and the 404
+    assert result.counts["damaged"] == {} and result.counts["records"] == 1 + 2 * 8
