@@ -12,6 +12,8 @@ import sys
 
 import yaml
 
+from pipeline.inputs import CC_BASE_URL
+
 STAGE_HELP = {
     "crawl": "crawl seed URLs into WARC files",
     "ingest": "WARC/WET/JSONL files, folders or globs → document shards",
@@ -46,11 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "crawl":
             s.add_argument("seeds", nargs="+", help="seed URLs")
         elif name == "ingest":
-            s.add_argument("inputs", nargs="+", help="files, folders, globs, fsspec URLs or a crawl output")
+            s.add_argument("inputs", nargs="+", help="files, folders, globs, fsspec URLs, a Common Crawl listing "
+                                                     "(CC-MAIN-2024-51, CC-MAIN-2024-51/wet, *.paths.gz) or a crawl output")
         else:
             s.add_argument("source", help="the upstream stage output (a folder holding manifest.json)")
         if name in ("crawl", "ingest"):
             s.add_argument("--store", default="store", help="store folder or fsspec URL (default: ./store)")
+        if name == "ingest":
+            s.add_argument("--limit", type=int, default=None, help="ingest only the first N input files")
+            s.add_argument("--cc-base-url", default=CC_BASE_URL,
+                           help=f"base URL of a Common Crawl listing's paths (default: {CC_BASE_URL})")
         s.add_argument("--config", help=f"YAML file with the {name} config fields")
         s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
         if name not in ("crawl", "train", "evaluate"):
@@ -121,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             config = load_config(args.config, _overrides(args.set))
             if config.inputs:
-                resolve_inputs(config.inputs)  # before starting anything
+                resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # before starting anything
         else:
             config = _stage_config(args.command, args)
-            if args.command == "ingest" and len(args.inputs) > 0:
-                _check_ingest_inputs(args.inputs)
+            if args.command == "ingest":
+                if args.limit is not None and args.limit < 1:
+                    raise InputError(f"--limit must be at least 1, got {args.limit}")
+                _check_ingest_inputs(args.inputs, args.limit, args.cc_base_url)
     except (ConfigError, InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check_ingest_inputs(inputs: list[str]) -> None:
+def _check_ingest_inputs(inputs: list[str], limit: int | None, cc_base_url: str) -> None:
     import fsspec
 
     from pipeline.inputs import resolve_inputs
@@ -150,7 +159,7 @@ def _check_ingest_inputs(inputs: list[str]) -> None:
         fs, path = fsspec.core.url_to_fs(inputs[0])
         if fs.exists(f"{path.rstrip('/')}/manifest.json"):
             return
-    resolve_inputs(inputs)
+    resolve_inputs(inputs, limit, cc_base_url)
 
 
 def _run(args, config) -> dict:
@@ -162,7 +171,7 @@ def _run(args, config) -> dict:
     if args.command == "crawl":
         return stages.crawl(config, args.store)
     if args.command == "ingest":
-        return stages.ingest(args.inputs, config, args.store, args.workers)
+        return stages.ingest(args.inputs, config, args.store, args.workers, args.limit, args.cc_base_url)
     if args.command in ("train", "evaluate"):
         return getattr(training, args.command)(args.source, config)
     return getattr(stages, args.command)(args.source, config, args.workers)

@@ -14,6 +14,7 @@ from model.train import TrainConfig
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig
 from pipeline.ingest import IngestConfig
+from pipeline.inputs import CC_BASE_URL
 from pipeline.pii import PiiConfig
 from pipeline.quality import QualityConfig
 from pipeline.tokenize import TokenizeConfig
@@ -28,8 +29,14 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     store: str = Field("store", description="Where every stage writes: a folder or an fsspec URL (s3://bucket/path).")
-    inputs: list[str] = Field(default_factory=list, description="WARC/WET/JSONL files, folders, globs or URLs. "
-                              "Leave empty when crawling seed URLs instead.")
+    inputs: list[str] = Field(default_factory=list, description="WARC/WET/JSONL files, folders, globs, URLs, or "
+                              "Common Crawl listings: a crawl name such as CC-MAIN-2024-51 (its WARC files; "
+                              "CC-MAIN-2024-51/wet for WET) or a *.paths.gz file. Leave empty when crawling "
+                              "seed URLs instead.")
+    input_limit: Optional[int] = Field(None, ge=1, description="Ingest only the first this many input files "
+                                       "(in listing order): start small on a whole Common Crawl snapshot.")
+    cc_base_url: str = Field(CC_BASE_URL, min_length=1, description="Where the relative paths of a Common Crawl "
+                             "listing are fetched from (https://data.commoncrawl.org/, s3://commoncrawl/ or a mirror).")
     crawl: Optional[CrawlConfig] = Field(None, description="Crawl these seed URLs into WARC first (instead of inputs).")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Record filtering, HTML to text, language id.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and MinHash near-duplicate removal.")

@@ -15,7 +15,7 @@ def pipeline(config: PipelineConfig) -> dict:
     """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate."""
     log = get_run_logger()
     if config.inputs:
-        resolve_inputs(config.inputs)  # fail before any work on a missing or unreadable input
+        resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # fail before any work
     last = STAGES.index(config.stop_after)
     results: dict[str, dict] = {}
     if config.crawl:
@@ -23,7 +23,8 @@ def pipeline(config: PipelineConfig) -> dict:
         inputs = [results["crawl"]["url"]]
     else:
         inputs = config.inputs
-    results["ingest"] = ingest(inputs, config.ingest, config.store, config.workers)
+    results["ingest"] = ingest(inputs, config.ingest, config.store, config.workers, config.input_limit,
+                               config.cc_base_url)
     steps = [("dedup", dedup, config.dedup), ("quality", quality, config.quality), ("pii", pii, config.pii),
              ("tokenize", tokenize, config.tokenize)]
     prev = results["ingest"]

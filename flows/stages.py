@@ -16,7 +16,7 @@ from pipeline import shards
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold
 from pipeline.ingest import IngestConfig
-from pipeline.inputs import resolve_inputs
+from pipeline.inputs import CC_BASE_URL, resolve_inputs
 from pipeline.pii import PiiConfig
 from pipeline.quality import QualityConfig
 from pipeline.tokenize import TokenizeConfig
@@ -83,9 +83,10 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
 
 @flow(name="ingest", task_runner=RUNNER)
 def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
-           workers_n: int | None = None) -> dict:
-    """Read WARC/WET/JSONL files (or a crawl output) into document shards: extraction, language id."""
-    sources, upstream = _ingest_sources(inputs)
+           workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL) -> dict:
+    """Read WARC/WET/JSONL files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
+    document shards: extraction, language id. `limit` keeps the first that many input files."""
+    sources, upstream = _ingest_sources(inputs, limit, cc_base_url)
     code = code_version("pipeline.ingest", *CORE)
     out = Store(store).stage("ingest", fingerprint("ingest", code, config, upstream))
     jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, src, config)
@@ -94,7 +95,7 @@ def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str 
     return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
 
 
-def _ingest_sources(inputs: list[str]) -> tuple[list[str], object]:
+def _ingest_sources(inputs: list[str], limit: int | None, cc_base_url: str) -> tuple[list[str], object]:
     """Input files and their identity: a crawl output's fingerprint, or each file's identity."""
     if len(inputs) == 1:
         fs, path = fsspec.core.url_to_fs(inputs[0])
@@ -102,7 +103,7 @@ def _ingest_sources(inputs: list[str]) -> tuple[list[str], object]:
             up = open_stage(inputs[0])
             files = [up.url(s["data"]) for s in up.read_manifest()["shards"]]
             return files, {"stage": up.name, "fingerprint": up.fingerprint}
-    files = resolve_inputs(inputs)
+    files = resolve_inputs(inputs, limit, cc_base_url)
     return files, [file_identity(f) for f in files]
 
 

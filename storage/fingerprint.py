@@ -89,15 +89,23 @@ def _is_package(module: str) -> bool:
 
 
 def file_identity(url: str) -> dict:
-    """What identifies an input file cheaply: its URL, size and a hash of its first and last MiB.
+    """What identifies an input file cheaply: its URL, size and the server's ETag when it gives one
+    (S3, HTTP), else a hash of its first and last MiB.
 
     Reading whole multi-GB crawl files just to name them would cost as much as ingesting them.
     Raises FileNotFoundError naming the file when it is missing.
     """
     fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"input file not found: {url}")
-    size = fs.size(path)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"input file not found: {url}") from None
+    size = info.get("size")
+    etag = info.get("ETag") or info.get("etag")
+    if etag and size is not None:
+        return {"url": url, "size": size, "etag": str(etag).strip('"')}
+    if size is None:
+        size = fs.size(path)
     h = hashlib.sha256()
     with fs.open(path, "rb") as f:
         h.update(f.read(SAMPLE_BYTES))
