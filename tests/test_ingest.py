@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import fsspec
 import pytest
@@ -157,3 +158,135 @@ def test_language_id_reads_past_the_first_line(shared_data):
     lang, score = detect_language(text)
     assert lang == "en" and score > 0.65
     assert detect_language("   \n ") == (None, 0.0)
+
+
+# -- extractors and per-page limits -----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["dolma-sample-0000.warc.gz", "dolma-sample-0001.warc.gz",
+                                  "ukwa-govuk-BL-20140325121225068.warc.gz", "pywb-iana.warc.gz"])
+def test_trafilatura_gives_english_text_for_html_pages(shared_data, name):
+    path = str(shared_data(f"warc/{name}"))
+    fast = ingest_file(path, IngestConfig())
+    r = ingest_file(path, IngestConfig(extractor="trafilatura"))
+    assert r.counts["docs_in"] == fast.counts["docs_in"]  # the same records reach the extractor
+    assert r.counts["docs_kept"] >= r.counts["docs_in"] - 2
+    titles = dict(zip(fast.kept.column("id").to_pylist() + fast.removed.column("id").to_pylist(),
+                      fast.kept.column("title").to_pylist() + fast.removed.column("title").to_pylist()))
+    for doc in r.kept.to_pylist():
+        assert doc["language"] == "en" and doc["language_score"] >= 0.65 and len(doc["text"]) >= 100
+        assert len(doc["text"].split()) >= 15 and doc["text"] == doc["text"].strip()
+        assert doc["title"] == titles[doc["id"]]  # both extractors take the title from the same parse
+    full = ingest_file(path, IngestConfig(main_content=False))
+    n_words = lambda result: len(re.findall(r"\w+", " ".join(result.kept.column("text").to_pylist())))  # noqa: E731
+    assert n_words(r) < n_words(full)  # main content only (chars would count trafilatura's table pipes)
+
+
+def test_config_rejects_unknown_extractors_and_bad_timeouts():
+    from pydantic import ValidationError
+
+    assert IngestConfig().extractor == "resiliparse" and IngestConfig().extract_timeout_s == 10.0
+    with pytest.raises(ValidationError, match="extractor"):
+        IngestConfig(extractor="readability")
+    with pytest.raises(ValidationError, match="extract_timeout_s"):
+        IngestConfig(extract_timeout_s=0)
+
+
+def _slow_every_other_page(monkeypatch):
+    """Make every odd-numbered trafilatura call hang for 2 s; the others run for real."""
+    import time
+
+    import pipeline.ingest as ingest
+
+    real, calls = ingest._trafilatura_text, []
+
+    def extract(html):
+        calls.append(1)
+        if len(calls) % 2:
+            time.sleep(2)
+            return "too late"
+        return real(html)
+
+    monkeypatch.setattr(ingest, "_trafilatura_text", extract)
+
+
+def test_extract_timeout_skips_and_counts_the_page_on_the_main_thread(shared_data, monkeypatch):
+    import signal
+    import time
+
+    _slow_every_other_page(monkeypatch)
+    outer = signal.setitimer(signal.ITIMER_REAL, 60)  # someone else's alarm, as pytest-timeout sets one
+    try:
+        start = time.monotonic()
+        r = ingest_file(str(shared_data("warc/dolma-sample-0001.warc.gz")),
+                        IngestConfig(extractor="trafilatura", extract_timeout_s=0.05))
+        assert time.monotonic() - start < 8  # 8 pages cut at 0.05 s each, not 8 x 2 s of sleeping
+        assert 50 < signal.getitimer(signal.ITIMER_REAL)[0] <= 60  # the outer alarm is still set
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *outer)
+    assert r.counts["skipped"] == {"extract_timeout": 8}  # 15 pages, calls 1, 3, ..., 15 hang
+    assert r.counts["docs_in"] == 7 and "too late" not in r.kept.column("text").to_pylist()
+
+
+def test_extract_timeout_off_the_main_thread(shared_data, monkeypatch):
+    import threading
+
+    _slow_every_other_page(monkeypatch)
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(r=ingest_file(
+        str(shared_data("warc/dolma-sample-0001.warc.gz")), IngestConfig(extractor="trafilatura",
+                                                                          extract_timeout_s=0.05))))
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert out["r"].counts["skipped"] == {"extract_timeout": 8} and out["r"].counts["docs_in"] == 7
+
+
+def test_extract_timeout_works_in_a_spawned_worker_process():
+    """Pipeline workers are spawned processes that run each job on their main thread: SIGALRM works there."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.ingest import ExtractTimeout, _with_timeout
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_with_timeout, len, "abc", seconds=5).result() == 3
+        start = time.monotonic()
+        with pytest.raises(ExtractTimeout):
+            pool.submit(_with_timeout, time.sleep, 30, seconds=0.2).result(timeout=20)
+        assert time.monotonic() - start < 10
+
+
+def test_gzip_content_encoding_is_bounded_too(tmp_path):
+    from pipeline.warc import record_id, response_record, warc_date
+
+    page = b"<html><head><title>t</title></head><body><p>" + b"word " * 400_000 + b"</p></body></html>"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\n\r\n"
+    body, small = gzip.compress(page), gzip.compress(page[:5000])
+    records = [response_record("https://example.org/big", head + body, warc_date(0), record_id("big")),
+               response_record("https://example.org/cut", head + small[:len(small) // 2], warc_date(0),
+                               record_id("cut"))]
+    (tmp_path / "bomb.warc.gz").write_bytes(b"".join(records))
+    assert len(body) < 100_000 < len(page)
+    r = ingest_file(str(tmp_path / "bomb.warc.gz"), IngestConfig(languages=[], max_record_bytes=100_000))
+    assert r.counts["skipped"] == {"too_large": 1} and r.counts["damaged"] == {"bad_content_encoding": 1}
+    r = ingest_file(str(tmp_path / "bomb.warc.gz"), IngestConfig(languages=[]))
+    assert r.counts["docs_in"] == 1 and r.counts["damaged"] == {"bad_content_encoding": 1}
+
+
+def test_our_text_of_the_whirlwind_page_agrees_with_common_crawls_wet(shared_data):
+    """benchmarks/wet_comparison.py prints the details; docs/INGEST.md explains them."""
+    from collections import Counter
+
+    def words(text):
+        return Counter(re.findall(r"\w+", text))
+
+    def text(name, **settings):
+        [doc] = ingest_file(str(shared_data(f"warc/{name}")), IngestConfig(languages=[], **settings)).kept.to_pylist()
+        return doc["text"]
+
+    wet = words(text("cc-whirlwind.warc.wet.gz"))
+    full, main = words(text("cc-whirlwind.warc.gz", main_content=False)), words(text("cc-whirlwind.warc.gz"))
+    assert sum((full & wet).values()) > 0.9 * sum(wet.values())  # all visible text: about what CC's WET holds
+    assert sum((main & wet).values()) > 0.95 * sum(main.values())  # main content: a part of it...
+    assert sum(main.values()) < 0.5 * sum(wet.values())  # ...without the menus, language list and footer
