@@ -28,10 +28,11 @@ from collections import Counter
 from typing import Iterator, Literal
 
 import fsspec
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, split_by_reason
+from pipeline.url_filter import UrlFilter
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
@@ -57,8 +58,24 @@ class IngestConfig(StageConfig):
     max_record_bytes: int = Field(10_000_000, ge=1, description="Larger payloads (also after gzip content "
                                                                 "decoding) are skipped unparsed, so one "
                                                                 "pathological page cannot exhaust a worker.")
+    url_block_domains: list[str] = Field([], description="Remove pages on these domains or their subdomains "
+                                                         "(url_blocked).")
+    url_block_words: list[str] = Field([], description="Remove pages whose URL has one of these words as a whole "
+                                                       "token (url_blocked).")
+    url_blocklist_files: list[str] = Field([], description="Files (paths or fsspec URLs) of blocked domains, one "
+                                                           "per line, # for comments; e.g. the UT1 lists.")
     extract_timeout_s: float = Field(10.0, gt=0, description="Seconds trafilatura may spend on one page; slower "
                                                              "pages are skipped (counted as extract_timeout).")
+
+
+    @field_validator("url_blocklist_files")
+    @classmethod
+    def _lists_exist(cls, files: list[str]) -> list[str]:
+        for url in files:
+            fs, path = fsspec.core.url_to_fs(url)
+            if not fs.isfile(path):
+                raise ValueError(f"URL blocklist file not found: {url}")
+        return files
 
 
 class IngestError(ValueError):
@@ -98,8 +115,9 @@ def ingest_file(url: str, config: IngestConfig) -> ShardResult:
     if counts["records"] == 0 and _nonempty(url):
         raise IngestError(f"{url}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
     reasons, details = [], []
+    blocklist = UrlFilter(config.url_block_domains, config.url_block_words, config.url_blocklist_files)
     for row in rows:
-        reason, detail = _verdict(row, config)
+        reason, detail = _verdict(row, config, blocklist)
         reasons.append(reason)
         details.append(detail)
     extra = {"records": counts["records"], "responses": counts["responses"],
@@ -107,7 +125,10 @@ def ingest_file(url: str, config: IngestConfig) -> ShardResult:
     return split_by_reason(docs_from_rows(rows), reasons, details, extra)
 
 
-def _verdict(row: dict, config: IngestConfig) -> tuple[str | None, str | None]:
+def _verdict(row: dict, config: IngestConfig, blocklist: UrlFilter) -> tuple[str | None, str | None]:
+    blocked = blocklist.why_blocked(row["url"]) if blocklist else None
+    if blocked:
+        return "url_blocked", blocked
     if len(row["text"]) < config.min_chars:
         return "too_short", f"{len(row['text'])} chars"
     if config.languages and (row["language"] not in config.languages

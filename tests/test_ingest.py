@@ -290,3 +290,27 @@ def test_our_text_of_the_whirlwind_page_agrees_with_common_crawls_wet(shared_dat
     assert sum((full & wet).values()) > 0.9 * sum(wet.values())  # all visible text: about what CC's WET holds
     assert sum((main & wet).values()) > 0.95 * sum(main.values())  # main content: a part of it...
     assert sum(main.values()) < 0.5 * sum(wet.values())  # ...without the menus, language list and footer
+
+
+def test_url_blocklist_removes_pages_with_the_entry_named(shared_data, tmp_path):
+    from urllib.parse import urlsplit
+
+    from pydantic import ValidationError
+
+    path = str(shared_data("warc/resiliparse-warcfile.warc.gz"))
+    plain = ingest_file(path, IngestConfig(languages=[], min_chars=0))
+    urls = plain.kept.column("url").to_pylist()
+    host = urlsplit(urls[0]).hostname
+    lists = tmp_path / "domains.txt"
+    lists.write_text(f"# test list\n{host}\n")
+    config = IngestConfig(languages=[], min_chars=0, url_blocklist_files=[str(lists)], url_block_words=["zzqq"])
+    result = ingest_file(path, config)
+    blocked = [u for u in urls if urlsplit(u).hostname == host]
+    removed = result.removed.to_pylist()
+    assert sorted(r["url"] for r in removed) == sorted(blocked)
+    assert {(r["reason"], r["detail"]) for r in removed} == {("url_blocked", f"domain {host}")}
+    assert all(r["text"] for r in removed)  # removed documents keep their text, so a person can judge the list
+    assert result.kept.num_rows == plain.kept.num_rows - len(blocked)
+    assert result.counts["removed"] == {"url_blocked": len(blocked)}
+    with pytest.raises(ValidationError, match="blocklist file not found: .*nope.txt"):
+        IngestConfig(url_blocklist_files=[str(tmp_path / "nope.txt")])
