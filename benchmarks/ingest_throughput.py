@@ -1,8 +1,9 @@
-"""Ingest throughput in documents per second per core: crawl2llm's ingest_file vs datatrove, same run.
+"""Ingest throughput in documents per second per core: crawl2llm's ingest stage vs datatrove, same run.
 
     .venv/bin/python benchmarks/ingest_throughput.py               # 200 MiB, about 5 minutes
     .venv/bin/python benchmarks/ingest_throughput.py --quick       # 20 MiB, for development
     .venv/bin/python benchmarks/ingest_throughput.py --profile     # cProfile of ours on one file, by step
+    .venv/bin/python benchmarks/ingest_throughput.py --memory-file # peak RSS of one worker on one ~200 MiB file
 
 Options: --mb N (default 200), --work DIR (default $TMPDIR/crawl2llm-ingest-bench, reused),
 --core N (the core both systems are pinned to; default the last one this process may use).
@@ -13,10 +14,11 @@ to 8 times (~41 MiB). Every record is its own gzip member, so a concatenation is
 file. 200 MiB gives 5 files of 8 copies. The replicas live in <work>/replicas-<copies>x/ and are reused
 when they are already there with the right sizes. MiB = 2**20 bytes of gzipped WARC.
 
-Ours. pipeline.ingest.ingest_file(path, IngestConfig()): the default config (resiliparse extractor,
-fastText language id, min_chars). Each file runs in a fresh child process pinned to one core
-(os.sched_setaffinity); imports and the language model load happen before the clock starts, as in a
-long-lived pipeline worker. Arrow table building is inside the clock; no file is written.
+Ours. The ingest stage's shard step, pipeline.shards.ingest_shard(store, fp, 0, path, IngestConfig()):
+the default config (resiliparse extractor, fastText language id, min_chars), documents read, judged
+and written to Parquet 1000 at a time into a throwaway store, as a pipeline worker runs it. Each file
+runs in a fresh child process pinned to one core (os.sched_setaffinity); imports and the language
+model load happen before the clock starts, as in a long-lived pipeline worker.
 
 Baseline. datatrove's LocalPipelineExecutor(tasks=1, workers=1) with [WarcReader, Trafilatura()]
 (FineWeb's first steps, every option at datatrove's default: favour_precision=True, timeout=1 s),
@@ -27,7 +29,7 @@ range datatrove's `processing` extra pins); the project's .venv is not touched. 
 the system libmagic.
 
 What is counted. docs = documents that reached HTML-to-text extraction. Ours: kept + removed rows of
-ingest_file (responses with HTTP 200 and an HTML Content-Type; too_short and language removals
+the ingest shard (responses with HTTP 200 and an HTML Content-Type; too_short and language removals
 included). Baseline: the Trafilatura step's "total" (response records that WarcReader turned into
 documents: HTML by WARC-Identified-Payload-Type or libmagic, any HTTP status; timeouts included). The
 two readers select slightly different records (datatrove does not look at the HTTP status), so
@@ -35,12 +37,7 @@ docs differ; MiB/s per core compares the same input bytes. docs/s per core = doc
 (user + system, of every process involved); wall seconds are shown too. Peak RSS: VmHWM of our worker
 on the largest file; for the baseline, the max RSS of the reader and of its extractor child.
 
-Recorded run (the first command above): 2-core AMD EPYC VM, 24 GiB RAM, Linux, Python 3.11.7, both
-systems pinned to core 1, load average 1.4-2.3 (other jobs may share the machine; it is printed).
-203.8 MiB in 5 files: ours 9120 docs, 20.1 CPU s, 453 docs/s per core, 10.1 MiB/s per core, peak RSS
-238 MiB; datatrove 0.10.1 + trafilatura 1.11.0: 10040 docs, 248.0 CPU s, 40.5 docs/s per core,
-0.82 MiB/s per core; ours/baseline 11.2x docs/s per core, 12.3x MiB/s per core. The 20 MiB --quick
-run gave 454 vs 39.5 docs/s; a repeat of ours alone 439 docs/s.
+Recorded runs, with the machine and the load: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -128,21 +125,24 @@ def cpu_seconds(who: int) -> float:
 
 
 def ours_worker(path: str, core: int | None) -> None:
-    """Child process: one ingest_file call on one file; prints one JSON line."""
+    """Child process: the ingest stage's shard step on one file (read, extract, judge, write Parquet
+    batch by batch into a throwaway store), as a pipeline worker runs it; prints one JSON line."""
     t_start = time.monotonic()
     pinned = pin(core)
     sys.path.insert(0, ROOT)
-    from pipeline.ingest import IngestConfig, detect_language, ingest_file
+    from pipeline.ingest import IngestConfig, detect_language
+    from pipeline.shards import ingest_shard
 
-    import resiliparse.extract.html2text  # noqa: F401  (imported lazily by ingest_file)
+    import resiliparse.extract.html2text  # noqa: F401  (imported lazily by ingest)
 
     config = IngestConfig()
     detect_language("warm up the language model")
     startup = time.monotonic() - t_start
+    store = tempfile.mkdtemp(prefix="c2l-bench-store-")
     cpu0, t0 = cpu_seconds(resource.RUSAGE_SELF), time.monotonic()
-    result = ingest_file(path, config)
+    c = ingest_shard(store, "bench", 0, path, config)["counts"]
     wall, cpu = time.monotonic() - t0, cpu_seconds(resource.RUSAGE_SELF) - cpu0
-    c = result.counts
+    shutil.rmtree(store)
     print(json.dumps({"file": path, "bytes": os.path.getsize(path), "docs": c["docs_in"], "kept": c["docs_kept"],
                       "removed": c["removed"], "records": c["records"], "responses": c["responses"],
                       "wall_s": wall, "cpu_s": cpu, "startup_s": startup, "peak_rss_kib": vm_hwm_kib(),
@@ -151,14 +151,14 @@ def ours_worker(path: str, core: int | None) -> None:
 
 def run_ours(files: list[str], core: int | None) -> dict:
     per_file = []
-    for path in tqdm(files, desc="ours: ingest_file", unit="file"):
+    for path in tqdm(files, desc="ours: ingest", unit="file"):
         cmd = [sys.executable, os.path.abspath(__file__), "--ours-worker", path]
         proc = subprocess.run(cmd + ([] if core is None else ["--core", str(core)]), capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"ours worker failed on {path}:\n{proc.stderr[-3000:]}")
         per_file.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     largest = max(per_file, key=lambda r: r["bytes"])
-    return {"system": f"crawl2llm ingest_file ({per_file[0]['extractor']}, lid, min_chars)",
+    return {"system": f"crawl2llm ingest shard ({per_file[0]['extractor']}, lid, min_chars, Parquet)",
             "files": len(files), "bytes": sum(r["bytes"] for r in per_file), "docs": sum(r["docs"] for r in per_file),
             "kept": sum(r["kept"] for r in per_file), "wall_s": sum(r["wall_s"] for r in per_file),
             "cpu_s": sum(r["cpu_s"] for r in per_file), "peak_rss_mib": largest["peak_rss_kib"] / 1024,
@@ -387,6 +387,8 @@ def main() -> int:
     ap.add_argument("--core", type=int, default=default_core, help="core to pin both systems to")
     ap.add_argument("--no-baseline", action="store_true", help="measure ours only")
     ap.add_argument("--profile", action="store_true", help="cProfile ours on one replica file instead")
+    ap.add_argument("--memory-file", action="store_true",
+                    help="peak RSS of one worker on all replicas joined into one file (about --mb MiB)")
     ap.add_argument("--ours-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     core = args.core
@@ -397,6 +399,18 @@ def main() -> int:
     files = replicate(args.work, 20 if args.quick else args.mb)
     if args.profile:
         profile_ours(files[0], core)
+        return 0
+    if args.memory_file:
+        one = os.path.join(args.work, f"joined-{len(files)}.warc.gz")
+        if not os.path.exists(one):
+            with open(one + ".tmp", "wb") as f:
+                for path in files:
+                    with open(path, "rb") as src:
+                        shutil.copyfileobj(src, f)
+            os.replace(one + ".tmp", one)
+        r = run_ours([one], core)
+        print(f"one worker on one {r['bytes'] / MIB:.1f} MiB file ({r['docs']} docs): peak RSS "
+              f"{r['peak_rss_mib']:.0f} MiB, {r['cpu_s']:.1f} CPU s")
         return 0
     print(f"{len(files)} files, {sum(map(os.path.getsize, files)) / MIB:.1f} MiB in {os.path.dirname(files[0])}")
     load_before = [round(x, 2) for x in os.getloadavg()]

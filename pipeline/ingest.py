@@ -28,13 +28,16 @@ from collections import Counter
 from typing import Iterator, Literal
 
 import fsspec
+import pyarrow as pa
 from pydantic import Field, field_validator
 
 from pipeline.schema import docs_from_rows
-from pipeline.stage import ShardResult, StageConfig, split_by_reason
+from pipeline.stage import ShardResult, StageConfig, merge_counts, split_by_reason
 from pipeline.url_filter import UrlFilter
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
+# Documents judged and written together: a worker holds one batch, not a whole input file.
+BATCH_DOCS = 1000
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 
@@ -99,30 +102,49 @@ def detect_format(url: str) -> str:
 
 
 def ingest_file(url: str, config: IngestConfig) -> ShardResult:
-    """All documents of one input file, kept or removed with a reason, with record counts."""
+    """All documents of one input file, kept or removed with a reason, with record counts.
+
+    Holds the whole file's documents in memory: the stage itself writes ingest_batches as they come."""
+    batches = list(ingest_batches(url, config))
+    counts: dict = {}
+    for batch in batches:
+        counts = merge_counts(counts, batch.counts)
+    return ShardResult(pa.concat_tables([b.kept for b in batches]), pa.concat_tables([b.removed for b in batches]),
+                       counts)
+
+
+def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS) -> Iterator[ShardResult]:
+    """The documents of one input file, kept or removed with a reason, `batch_docs` at a time, so a
+    worker's memory does not grow with the file. The counts of all batches add up (merge_counts)
+    to the file's; the record counts come with the last batch, which may hold no documents."""
     fmt = detect_format(url)
     counts: Counter = Counter()
     skipped: Counter = Counter()
     damaged: Counter = Counter()
+    blocklist = UrlFilter(config.url_block_domains, config.url_block_words, config.url_blocklist_files)
+    rows: list[dict] = []
     try:
         with fsspec.open(url, "rb") as f:
             reader = _warc_docs if fmt == "warc" else _jsonl_docs
-            rows = list(reader(f, url, config, counts, skipped, damaged))
+            for row in reader(f, url, config, counts, skipped, damaged):
+                rows.append(row)
+                if len(rows) >= batch_docs:
+                    yield _judge(rows, config, blocklist)
+                    rows = []
     except FileNotFoundError as e:
         raise FileNotFoundError(f"input file not found: {url}") from e
     if counts["records"] == 0 and damaged:
         raise IngestError(f"{url}: no readable record ({_describe(damaged)}); is it a {fmt.upper()} file?")
     if counts["records"] == 0 and _nonempty(url):
         raise IngestError(f"{url}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
-    reasons, details = [], []
-    blocklist = UrlFilter(config.url_block_domains, config.url_block_words, config.url_blocklist_files)
-    for row in rows:
-        reason, detail = _verdict(row, config, blocklist)
-        reasons.append(reason)
-        details.append(detail)
-    extra = {"records": counts["records"], "responses": counts["responses"],
-             "skipped": dict(sorted(skipped.items())), "damaged": dict(sorted(damaged.items()))}
-    return split_by_reason(docs_from_rows(rows), reasons, details, extra)
+    yield _judge(rows, config, blocklist, {"records": counts["records"], "responses": counts["responses"],
+                                           "skipped": dict(sorted(skipped.items())),
+                                           "damaged": dict(sorted(damaged.items()))})
+
+
+def _judge(rows: list[dict], config: IngestConfig, blocklist: UrlFilter, extra: dict | None = None) -> ShardResult:
+    verdicts = [_verdict(row, config, blocklist) for row in rows]
+    return split_by_reason(docs_from_rows(rows), [v[0] for v in verdicts], [v[1] for v in verdicts], extra)
 
 
 def _verdict(row: dict, config: IngestConfig, blocklist: UrlFilter) -> tuple[str | None, str | None]:

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from storage import StageDir, Store
 
 from pipeline.failpoints import failpoint
-from pipeline.stage import ShardResult
+from pipeline.schema import DOC_SCHEMA, REMOVED_SCHEMA
+from pipeline.stage import ShardResult, merge_counts
 
 
 def stage_dir(store_url: str, stage: str, fp: str) -> StageDir:
@@ -53,15 +54,24 @@ def run_if_needed(out: StageDir, index: int, work: Callable[[], dict]) -> dict:
 # -- the steps --------------------------------------------------------------------------------
 
 def ingest_shard(store_url: str, fp: str, index: int, source: str, config: Any) -> dict:
-    from pipeline.ingest import ingest_file
+    """One input file's documents, written batch by batch so memory does not grow with the file."""
+    from pipeline.ingest import ingest_batches
 
     out = stage_dir(store_url, "ingest", fp)
 
     def work():
         t0 = time.perf_counter()
-        result = ingest_file(source, config)
-        result.counts["sources"] = 1
-        return commit_docs(out, index, result, time.perf_counter() - t0)
+        data, removed = StageDir.part("data", index, "parquet"), StageDir.part("removed", index, "parquet")
+        counts: dict = {"sources": 1}
+        with (out.parquet_writer(data, DOC_SCHEMA) as kept_out,
+              out.parquet_writer(removed, REMOVED_SCHEMA) as removed_out):
+            for batch in ingest_batches(source, config):
+                kept_out.write_table(batch.kept)
+                removed_out.write_table(batch.removed)
+                counts = merge_counts(counts, batch.counts)
+        stats = {"index": index, "outputs": {"data": data, "removed": removed}, "counts": counts,
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        return commit_shard(out, index, stats)
 
     return run_if_needed(out, index, work)
 

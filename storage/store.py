@@ -14,6 +14,7 @@ the last rename wins harmlessly; a killed run leaves only temporary files, which
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import posixpath
@@ -99,13 +100,31 @@ class StageDir:
 
     # -- atomic writes -----------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> str:
+        with self._atomic(rel) as f:
+            f.write(data)
+        return self.abspath(rel)
+
+    @contextlib.contextmanager
+    def _atomic(self, rel: str):
+        """A file object whose bytes appear under `rel` only if the block ends without error."""
         final = self.abspath(rel)
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                yield f
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
         self.fs.mv(tmp, final)
-        return final
+
+    @contextlib.contextmanager
+    def parquet_writer(self, rel: str, schema: pa.Schema):
+        """A pq.ParquetWriter for writing a large shard batch by batch in bounded memory; the file
+        appears under `rel` only when the block ends without error."""
+        with self._atomic(rel) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
+            yield writer
 
     def write_json(self, rel: str, obj: Any) -> str:
         return self.write_bytes(rel, _pretty_json(obj))

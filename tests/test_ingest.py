@@ -7,6 +7,7 @@ import json
 import re
 
 import fsspec
+import pyarrow as pa
 import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
@@ -314,3 +315,21 @@ def test_url_blocklist_removes_pages_with_the_entry_named(shared_data, tmp_path)
     assert result.counts["removed"] == {"url_blocked": len(blocked)}
     with pytest.raises(ValidationError, match="blocklist file not found: .*nope.txt"):
         IngestConfig(url_blocklist_files=[str(tmp_path / "nope.txt")])
+
+
+def test_batches_add_up_to_the_whole_file(shared_data):
+    """The stage writes ingest_batches as they come; together they are exactly ingest_file's result."""
+    from pipeline.ingest import ingest_batches
+    from pipeline.stage import merge_counts
+
+    path = str(shared_data("warc/aut-example.warc.gz"))
+    whole = ingest_file(path, IngestConfig())
+    batches = list(ingest_batches(path, IngestConfig(), batch_docs=7))
+    assert len(batches) == -(-whole.counts["docs_in"] // 7) + (whole.counts["docs_in"] % 7 == 0)
+    assert all(b.kept.num_rows + b.removed.num_rows <= 7 for b in batches)
+    counts: dict = {}
+    for b in batches:
+        counts = merge_counts(counts, b.counts)
+    assert counts == merge_counts({}, whole.counts)
+    assert pa.concat_tables([b.kept for b in batches]).equals(whole.kept)
+    assert pa.concat_tables([b.removed for b in batches]).equals(whole.removed)

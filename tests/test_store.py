@@ -112,3 +112,19 @@ def test_two_concurrent_writers_leave_a_valid_stage(tmp_path):
     assert sd.read_manifest()["counts"] == {"rows": 2000}
     leftovers = [f for f in os.listdir(sd.abspath("data")) if ".tmp-" in f]
     assert leftovers == []
+
+
+def test_parquet_writer_commits_only_a_finished_file(tmp_path):
+    sd = Store(str(tmp_path)).stage("ingest", "fp")
+    schema = pa.schema([("x", pa.int64())])
+    with sd.parquet_writer("data/part-00000.parquet", schema) as w:
+        w.write_table(pa.table({"x": [1, 2]}, schema=schema))
+        w.write_table(pa.table({"x": [3]}, schema=schema))
+        assert sd.list("data") == []  # nothing visible while writing
+    assert sd.read_parquet("data/part-00000.parquet").column("x").to_pylist() == [1, 2, 3]
+    with pytest.raises(RuntimeError, match="worker died"):
+        with sd.parquet_writer("data/part-00001.parquet", schema) as w:
+            w.write_table(pa.table({"x": [4]}, schema=schema))
+            raise RuntimeError("worker died")
+    assert sd.list("data") == ["data/part-00000.parquet"]
+    assert not list((tmp_path / "ingest" / "fp" / "data").glob("*.tmp-*"))
