@@ -14,6 +14,7 @@ from typing import Any, Callable
 from storage import StageDir, Store
 
 from pipeline.failpoints import failpoint
+from pipeline.remote import with_retries
 from pipeline.schema import DOC_SCHEMA, REMOVED_SCHEMA
 from pipeline.stage import ShardResult, merge_counts
 
@@ -59,9 +60,9 @@ def ingest_shard(store_url: str, fp: str, index: int, source: str, config: Any) 
 
     out = stage_dir(store_url, "ingest", fp)
 
-    def work():
-        t0 = time.perf_counter()
-        data, removed = StageDir.part("data", index, "parquet"), StageDir.part("removed", index, "parquet")
+    data, removed = StageDir.part("data", index, "parquet"), StageDir.part("removed", index, "parquet")
+
+    def attempt() -> dict:
         counts: dict = {"sources": 1}
         with (out.parquet_writer(data, DOC_SCHEMA) as kept_out,
               out.parquet_writer(removed, REMOVED_SCHEMA) as removed_out):
@@ -69,8 +70,13 @@ def ingest_shard(store_url: str, fp: str, index: int, source: str, config: Any) 
                 kept_out.write_table(batch.kept)
                 removed_out.write_table(batch.removed)
                 counts = merge_counts(counts, batch.counts)
+        return counts
+
+    def work():
+        t0 = time.perf_counter()
+        counts, retries = with_retries(attempt, source)  # throttled or dropped: the whole file again
         stats = {"index": index, "outputs": {"data": data, "removed": removed}, "counts": counts,
-                 "seconds": round(time.perf_counter() - t0, 3)}
+                 "seconds": round(time.perf_counter() - t0, 3), "retries": retries}
         return commit_shard(out, index, stats)
 
     return run_if_needed(out, index, work)

@@ -3,51 +3,18 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import shutil
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pipeline.inputs import InputError, read_listing, resolve_inputs
 from storage import file_identity
+from tests.object_store import object_store
 
 CRAWL = "CC-MAIN-2099-01"
 REAL = ["warc/resiliparse-warcfile.warc.gz", "warc/dolma-sample-0000.warc.gz", "warc/dolma-sample-0001.warc.gz"]
-
-
-class _ObjectStoreHandler(SimpleHTTPRequestHandler):
-    """Static files with what S3 and CloudFront add: byte ranges (fsspec reads in blocks) and ETags."""
-
-    def log_message(self, *args):
-        pass
-
-    def send_head(self):
-        path = self.translate_path(self.path)
-        try:
-            data = open(path, "rb").read()
-        except OSError:
-            self.send_error(404)
-            return None
-        start, end = 0, len(data) - 1
-        ranged = self.headers.get("Range", "").startswith("bytes=")
-        if ranged:
-            first, _, last = self.headers["Range"][6:].partition("-")
-            start, end = int(first or 0), min(int(last) if last else end, end)
-        self.send_response(206 if ranged else 200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{hashlib.md5(data).hexdigest()}"')
-        if ranged:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        self.end_headers()
-        import io
-
-        return io.BytesIO(data[start:end + 1])
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +31,8 @@ def cc_mirror(tmp_path_factory, request):
         lines.append(path)
     with gzip.open(root / "crawl-data" / CRAWL / "warc.paths.gz", "wt") as f:
         f.write("\n".join(lines) + "\n")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_ObjectStoreHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", lines
-    server.shutdown()
-    server.server_close()
+    with object_store(root) as base:
+        yield base, lines
 
 
 def test_crawl_name_expands_to_its_listing_with_a_limit(cc_mirror):
