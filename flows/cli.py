@@ -16,7 +16,7 @@ from pipeline.inputs import CC_BASE_URL
 
 STAGE_HELP = {
     "crawl": "crawl seed URLs into WARC files",
-    "ingest": "WARC/WET/JSONL files, folders or globs → document shards",
+    "ingest": "WARC/WET/ARC/JSONL/Parquet files, folders, globs or a Common Crawl listing → document shards",
     "dedup": "exact + MinHash near-duplicate removal over a stage output",
     "quality": "Gopher quality rules over a stage output",
     "pii": "presidio PII scrubbing over a stage output",

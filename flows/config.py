@@ -29,7 +29,8 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     store: str = Field("store", description="Where every stage writes: a folder or an fsspec URL (s3://bucket/path).")
-    inputs: list[str] = Field(default_factory=list, description="WARC/WET/JSONL files, folders, globs, URLs, or "
+    inputs: list[str] = Field(default_factory=list, description="WARC/WET/ARC/JSONL/Parquet files, folders, globs, URLs, "
+                              "or "
                               "Common Crawl listings: a crawl name such as CC-MAIN-2024-51 (its WARC files; "
                               "CC-MAIN-2024-51/wet for WET) or a *.paths.gz file. Leave empty when crawling "
                               "seed URLs instead.")

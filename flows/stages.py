@@ -84,7 +84,7 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
 @flow(name="ingest", task_runner=RUNNER)
 def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
            workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL) -> dict:
-    """Read WARC/WET/JSONL files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
+    """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
     document shards: extraction, language id. `limit` keeps the first that many input files."""
     sources, upstream = _ingest_sources(inputs, limit, cc_base_url)
     code = code_version("pipeline.ingest", *CORE)

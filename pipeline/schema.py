@@ -11,7 +11,7 @@ DOC_SCHEMA = pa.schema(
         pa.field("title", pa.string()),
         pa.field("text", pa.string(), nullable=False),
         pa.field("source", pa.string()),  # input file the record came from
-        pa.field("offset", pa.int64()),  # byte offset of the record (line number for JSONL)
+        pa.field("offset", pa.int64()),  # byte offset of the record (line number for JSONL, row for Parquet)
         pa.field("date", pa.string()),  # crawl date, ISO 8601 as the archive gives it
         pa.field("language", pa.string()),
         pa.field("language_score", pa.float32()),

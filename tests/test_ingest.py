@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import itertools
 import json
 import re
+import zlib
 
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zstandard
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from pipeline.ingest import IngestConfig, IngestError, detect_format, ingest_file
+from pipeline.ingest import INPUT_SUFFIXES, IngestConfig, IngestError, detect_format, ingest_file
 from pipeline.schema import DOC_SCHEMA
 
 ALL_WARCS = ["aut-example.warc.gz", "cc-whirlwind.warc.gz", "cc-whirlwind.warc.wet.gz", "dolma-sample-0000.warc.gz",
@@ -144,10 +149,11 @@ def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "garbage.warc.gz").write_bytes(b"this is not an archive\n" * 50)
     with pytest.raises(IngestError, match="garbage.warc.gz"):
         ingest_file(str(tmp_path / "garbage.warc.gz"), IngestConfig())
-    with pytest.raises(IngestError, match="ARC"):
-        detect_format("crawl.arc.gz")
-    with pytest.raises(IngestError, match="unknown input format"):
+    assert [detect_format(f"x{suffix}") for suffix in (".arc.gz", ".warc.gz", ".wet.zst", ".jsonl.zst", ".parquet")] \
+        == ["arc", "warc", "warc", "jsonl", "parquet"]  # every WARC name also ends in .arc[.gz]
+    with pytest.raises(IngestError, match="unknown input format") as error:
         detect_format("notes.txt")
+    assert all(suffix in str(error.value) for suffix in INPUT_SUFFIXES)
 
 
 def test_language_id_reads_past_the_first_line(shared_data):
@@ -333,3 +339,181 @@ def test_batches_add_up_to_the_whole_file(shared_data):
     assert counts == merge_counts({}, whole.counts)
     assert pa.concat_tables([b.kept for b in batches]).equals(whole.kept)
     assert pa.concat_tables([b.removed for b in batches]).equals(whole.removed)
+
+
+def test_warc_gzipped_as_one_member_reads_every_record(shared_data, tmp_path):
+    """`gzip crawl.warc` makes one member: fastwarc then gives many records the same offset."""
+    path = shared_data("warc/dolma-sample-0000.warc.gz")
+    (tmp_path / "one-member.warc.gz").write_bytes(gzip.compress(gzip.decompress(path.read_bytes())))
+    r = ingest_file(str(tmp_path / "one-member.warc.gz"), IngestConfig())
+    reference = ingest_file(str(path), IngestConfig())
+    assert r.counts == reference.counts
+    assert r.kept.column("text").equals(reference.kept.column("text"))
+
+
+# -- zstd -------------------------------------------------------------------------------------
+
+def _zstd(data: bytes) -> bytes:
+    """`data` as two zstd frames, as a writer that flushes now and then leaves it."""
+    half = len(data) // 2
+    return zstandard.ZstdCompressor().compress(data[:half]) + zstandard.ZstdCompressor().compress(data[half:])
+
+
+@pytest.mark.parametrize("name", ["warc/dolma-sample-0000.warc.gz", "warc/cc-whirlwind.warc.wet.gz",
+                                  "text/dolma-ccnet-cc_en_head-0091.jsonl.gz"])
+def test_zstd_files_give_the_documents_of_their_gzip_twins(shared_data, tmp_path, name):
+    path = shared_data(name)
+    twin = tmp_path / path.name.replace(".gz", ".zst")
+    twin.write_bytes(_zstd(gzip.decompress(path.read_bytes())))
+    config = IngestConfig(languages=[])
+    r, reference = ingest_file(str(twin), config), ingest_file(str(path), config)
+    assert r.counts == reference.counts and r.counts["docs_kept"] >= 1
+    assert r.kept.drop_columns(["source", "offset"]).equals(reference.kept.drop_columns(["source", "offset"]))
+    assert r.removed.drop_columns(["source", "offset"]).equals(reference.removed.drop_columns(["source", "offset"]))
+
+
+def test_damage_in_a_zstd_file_ends_it_and_keeps_what_came_before(shared_data, tmp_path):
+    path = shared_data("warc/dolma-sample-0001.warc.gz")
+    reference = ingest_file(str(path), IngestConfig())
+    packed = zstandard.ZstdCompressor().compress(gzip.decompress(path.read_bytes()))
+    middle = len(packed) // 2
+    (tmp_path / "corrupt.warc.zst").write_bytes(packed[:middle] + bytes(64) + packed[middle + 64:])
+    (tmp_path / "cut.warc.zst").write_bytes(packed[:middle])
+    for name, damage in {"corrupt.warc.zst": {"zstd_error": 1}, "cut.warc.zst": {"truncated_record": 1}}.items():
+        r = ingest_file(str(tmp_path / name), IngestConfig())
+        assert r.counts["damaged"] == damage, name
+        assert 1 <= r.counts["docs_kept"] < reference.counts["docs_kept"], name  # no resync past the damage
+        assert r.kept.column("text").to_pylist() == reference.kept.column("text").to_pylist()[:r.kept.num_rows]
+    lines = gzip.decompress(shared_data("text/dolma-ccnet-cc_en_head-0091.jsonl.gz").read_bytes())
+    packed = _zstd(lines)
+    (tmp_path / "corrupt.jsonl.zst").write_bytes(packed[:-200] + bytes(64) + packed[-136:])
+    r = ingest_file(str(tmp_path / "corrupt.jsonl.zst"), IngestConfig())
+    assert r.counts["damaged"] == {"zstd_error": 1} and r.counts["docs_kept"] >= 1
+
+
+# -- ARC --------------------------------------------------------------------------------------
+
+def _arc_record(url: str, ip: str, date: str, mime: str, block: bytes) -> bytes:
+    return f"{url} {ip} {date} {mime} {len(block)}\n".encode() + block + b"\n"
+
+
+def _arc_records(warc) -> list[bytes]:
+    """The HTTP responses of a real WARC as ARC v1 records, after the filedesc:// record ARC files begin with."""
+    about = b"1 0 crawl2llm tests\nURL IP-address Archive-date Content-type Archive-length\n"
+    records = [_arc_record("filedesc://test.arc", "0.0.0.0", "20240101000000", "text/plain", about)]
+    with open(warc, "rb") as f:
+        for r in ArchiveIterator(f, record_types=WarcRecordType.response, parse_http=False):
+            block = r.reader.read()
+            mime = re.search(rb"(?im)^content-type:[ \t]*([^;\s]+)", block.partition(b"\r\n\r\n")[0])
+            records.append(_arc_record(r.headers["WARC-Target-URI"].strip("<>"), r.headers.get("WARC-IP-Address") or
+                                       "0.0.0.0", re.sub(r"\D", "", r.headers["WARC-Date"])[:14],
+                                       mime.group(1).decode() if mime else "no-type", block))
+    return records
+
+
+@pytest.mark.parametrize("name", ["dolma-sample-0000.warc.gz", "pywb-iana.warc.gz"])
+@pytest.mark.parametrize("suffix", [".arc", ".arc.gz"])
+def test_arc_gives_the_documents_of_the_same_responses_in_warc(shared_data, tmp_path, name, suffix):
+    path = shared_data(f"warc/{name}")
+    records = _arc_records(path)
+    arc = tmp_path / f"converted{suffix}"
+    arc.write_bytes(b"".join(gzip.compress(r) if suffix == ".arc.gz" else r for r in records))
+    r, reference = ingest_file(str(arc), IngestConfig()), ingest_file(str(path), IngestConfig())
+    assert r.kept.schema == DOC_SCHEMA and r.counts["docs_kept"] >= 10
+    same = ["url", "title", "text", "date", "language", "language_score"]
+    assert r.kept.select(same).equals(reference.kept.select(same))  # dates: WARC-Date from ARC's 14 digits
+    assert r.removed.select(same + ["reason"]).equals(reference.removed.select(same + ["reason"]))
+    assert r.counts["records"] == len(records) and r.counts["responses"] == reference.counts["responses"]
+    assert r.counts["skipped"] == {k: n for k, n in reference.counts["skipped"].items() if k != "revisit"}
+    data = arc.read_bytes()
+    for doc in r.kept.to_pylist():  # no record ids in ARC: the fallback id, from the offset of the record
+        assert doc["id"] == hashlib.sha1(f"{arc.name}:{doc['offset']}".encode()).hexdigest()
+        at = zlib.decompressobj(31).decompress(data[doc["offset"]:]) if suffix == ".arc.gz" else data[doc["offset"]:]
+        assert at.startswith(f"{doc['url']} ".encode())
+
+
+def test_damaged_arc_records_are_counted_and_the_rest_kept(shared_data, tmp_path):
+    path = shared_data("warc/dolma-sample-0000.warc.gz")
+    records = _arc_records(path)
+    clean = tmp_path / "clean.arc.gz"
+    clean.write_bytes(b"".join(gzip.compress(r) for r in records))
+    reference = ingest_file(str(clean), IngestConfig(languages=[], min_chars=0))
+    members = [gzip.compress(r) for r in records]
+    members[3] = gzip.compress(b"not an ARC header\n" + records[3])
+    members[6] = members[6][:40] + bytes(32) + members[6][72:]  # corrupt deflate data
+    head, _, rest = records[9].partition(b"\n")
+    members[9] = gzip.compress(head.rsplit(b" ", 1)[0] + b" %d\n" % (len(rest) + 100) + rest)  # body cut short
+    members[-1] = members[-1][:len(members[-1]) // 2]  # the file ends inside the last record
+    damaged = tmp_path / "damaged.arc.gz"
+    damaged.write_bytes(b"".join(members))
+    r = ingest_file(str(damaged), IngestConfig(languages=[], min_chars=0))
+    assert r.counts["damaged"] == {"bad_header": 1, "gzip_error": 1, "truncated_record": 2}
+    urls = [record.split(b" ", 1)[0].decode() for record in records]
+    lost = {urls[i] for i in (3, 6, 9, len(records) - 1)}
+    expected = [doc for doc in reference.kept.to_pylist() if doc["url"] not in lost]
+    assert r.kept.column("text").to_pylist() == [doc["text"] for doc in expected]
+    starts = list(itertools.accumulate((len(m) for m in members), initial=0))
+    assert r.kept.column("offset").to_pylist() == [starts[urls.index(doc["url"])] for doc in expected]
+    plain = tmp_path / "cut.arc"
+    plain.write_bytes(b"".join(records)[:-5000])
+    r = ingest_file(str(plain), IngestConfig(languages=[], min_chars=0))
+    assert r.counts["damaged"] == {"truncated_record": 1}
+    assert r.kept.column("text").to_pylist() == reference.kept.column("text").to_pylist()[:-1]
+
+
+def test_arc_version_2_header_lines_are_read(shared_data, tmp_path):
+    """Version 2 puts result code, checksum, location, offset and file name before the length."""
+    records = _arc_records(shared_data("warc/dolma-sample-0000.warc.gz"))
+    (tmp_path / "v1.arc").write_bytes(b"".join(records))
+    v2 = []
+    for record in records:
+        head, _, rest = record.partition(b"\n")
+        url, ip, date, mime, length = head.split(b" ")
+        v2.append(b" ".join([url, ip, date, mime, b"200", b"-", b"-", b"0", b"v2.arc", length]) + b"\n" + rest)
+    (tmp_path / "v2.arc").write_bytes(b"".join(v2))
+    r = ingest_file(str(tmp_path / "v2.arc"), IngestConfig())
+    reference = ingest_file(str(tmp_path / "v1.arc"), IngestConfig())
+    assert r.counts == reference.counts and r.counts["docs_kept"] >= 10
+    assert r.kept.select(["url", "text", "date"]).equals(reference.kept.select(["url", "text", "date"]))
+
+
+def test_not_an_arc_file_is_named(tmp_path):
+    (tmp_path / "garbage.arc.gz").write_bytes(b"this is not an archive\n" * 50)
+    with pytest.raises(IngestError, match="garbage.arc.gz.*gzip_error"):
+        ingest_file(str(tmp_path / "garbage.arc.gz"), IngestConfig())
+
+
+# -- Parquet ----------------------------------------------------------------------------------
+
+def test_parquet_rows_give_the_documents_of_the_same_jsonl_lines(shared_data, tmp_path):
+    path = shared_data("text/dolma-ccnet-cc_en_head-0091.jsonl.gz")
+    objs = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    pq.write_table(pa.Table.from_pylist(objs), tmp_path / "dolma.parquet", row_group_size=3)  # batches cross groups
+    r, reference = ingest_file(str(tmp_path / "dolma.parquet"), IngestConfig()), ingest_file(str(path), IngestConfig())
+    assert r.counts == reference.counts and r.counts["docs_kept"] == 10
+    assert r.kept.drop_columns(["source", "offset"]).equals(reference.kept.drop_columns(["source", "offset"]))
+    assert r.kept.column("offset").to_pylist() == list(range(10))  # row numbers, from 0
+    assert r.kept.column("date").to_pylist() == [obj["created"] for obj in objs]  # dolma's names, as in JSONL
+
+
+def test_parquet_rows_without_text_are_damaged_and_a_file_without_the_column_is_named(tmp_path):
+    text = "A page of text that is long enough to be kept by the length rule of ingest. " * 3
+    pq.write_table(pa.table({"text": [text, None], "url": ["https://example.org/a", None]}), tmp_path / "some.parquet")
+    r = ingest_file(str(tmp_path / "some.parquet"), IngestConfig())
+    assert r.counts["records"] == 2 and r.counts["damaged"] == {"no_text": 1} and r.counts["docs_kept"] == 1
+    assert r.kept.column("url").to_pylist() == ["https://example.org/a"]
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "numbers.parquet")
+    assert ingest_file(str(tmp_path / "numbers.parquet"), IngestConfig()).counts["damaged"] == {"no_text": 2}
+    pq.write_table(pa.table({"content": ["text under another name"]}), tmp_path / "other.parquet")
+    with pytest.raises(IngestError, match="other.parquet: no `text` column"):
+        ingest_file(str(tmp_path / "other.parquet"), IngestConfig())
+    (tmp_path / "fake.parquet").write_bytes(b"not parquet at all" * 10)
+    with pytest.raises(IngestError, match="fake.parquet: not a readable Parquet file"):
+        ingest_file(str(tmp_path / "fake.parquet"), IngestConfig())
+
+
+def test_every_ingest_format_is_an_input_file():
+    from pipeline.inputs import is_input_file
+
+    assert all(is_input_file(f"crawl/part-0{suffix}") for suffix in INPUT_SUFFIXES)
+    assert not is_input_file("crawl/part-0.warc.wat.gz") and not is_input_file("notes.txt")
