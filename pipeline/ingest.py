@@ -16,6 +16,7 @@ extract_timeout_s.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -125,8 +126,9 @@ def ingest_file(url: str, config: IngestConfig) -> ShardResult:
                        counts)
 
 
-def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS) -> Iterator[ShardResult]:
-    """The documents of one input file, kept or removed with a reason, `batch_docs` at a time, so a
+def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS, start: int = 0,
+                   end: int | None = None) -> Iterator[ShardResult]:
+    """The documents of one input file (or of its byte range [start, end), see _records), kept or removed with a reason, `batch_docs` at a time, so a
     worker's memory does not grow with the file. The counts of all batches add up (merge_counts)
     to the file's; the record counts come with the last batch, which may hold no documents."""
     fmt = detect_format(url)
@@ -137,7 +139,8 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS)
     rows: list[dict] = []
     try:
         with open_input(url) as f:  # remote: large read-ahead blocks
-            reader = {"warc": _warc_docs, "arc": _arc_docs, "jsonl": _jsonl_docs, "parquet": _parquet_docs}[fmt]
+            reader = {"warc": functools.partial(_warc_docs, span=(start, end)), "arc": _arc_docs,
+                      "jsonl": _jsonl_docs, "parquet": _parquet_docs}[fmt]
             for row in reader(f, url, config, counts, skipped, damaged):
                 rows.append(row)
                 if len(rows) >= batch_docs:
@@ -145,9 +148,10 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS)
                     rows = []
     except FileNotFoundError as e:
         raise FileNotFoundError(f"input file not found: {url}") from e
-    if counts["records"] == 0 and damaged:
+    whole = start == 0 and end is None  # a piece of a cut file may hold no record start at all
+    if whole and counts["records"] == 0 and damaged:
         raise IngestError(f"{url}: no readable record ({_describe(damaged)}); is it a {fmt.upper()} file?")
-    if counts["records"] == 0 and _nonempty(url):
+    if whole and counts["records"] == 0 and _nonempty(url):
         raise IngestError(f"{url}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
     yield _judge(rows, config, blocklist, {"records": counts["records"], "responses": counts["responses"],
                                            "skipped": dict(sorted(skipped.items())),
@@ -183,11 +187,11 @@ def _nonempty(url: str) -> bool:
 # -- WARC / WET -------------------------------------------------------------------------------
 
 def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-               damaged: Counter) -> Iterator[dict]:
+               damaged: Counter, span: tuple[int, int | None] = (0, None)) -> Iterator[dict]:
     if url.lower().endswith(".zst"):
         records = _records(_zstd_stream(f), damaged, resync=False)
     else:
-        records = _records(f, damaged)
+        records = _records(f, damaged, span=span)
     for record, offset in records:
         counts["records"] += 1
         kind = str(record.record_type)
@@ -205,23 +209,35 @@ def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Coun
             yield row
 
 
-def _records(f, damaged: Counter, resync: bool = True):
+def _records(f, damaged: Counter, resync: bool = True, span: tuple[int, int | None] = (0, None)):
     """(record, byte offset) for every readable record; resyncs at the next gzip member after damage,
     or, without resync (a zstd stream, which cannot seek back), stops there.
 
     Offsets are gzip member offsets, or positions in the decompressed stream of a zstd file. In a file
-    gzipped as one member fastwarc gives many records the same offset: they are all kept."""
+    gzipped as one member fastwarc gives many records the same offset: they are all kept.
+
+    `span` (start, end) reads only the records from the first WARC gzip member at or after start up to
+    the first one at or after end (pipeline/ingest_plan.py cuts big files so)."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.revisit | \
         WarcRecordType.request | WarcRecordType.metadata | WarcRecordType.warcinfo | WarcRecordType.resource
-    start, last = 0, -1
+    start = 0 if span[0] == 0 else warc_member_at(f, span[0])
+    stop = None if span[1] is None else warc_member_at(f, span[1])
+    if start is None or (stop is not None and start >= stop):
+        return
+    last = -1
     while True:
         if resync:
             f.seek(start)
         try:
+            shift = None
             for record in ArchiveIterator(f, parse_http=False, record_types=wanted):
-                last = start + record.stream_pos  # after a resync, past every record yielded before
+                if shift is None:  # fastwarc counts from the file's start when it can tell() where it is
+                    shift = start if record.stream_pos < start else 0
+                last = shift + record.stream_pos  # after a resync, past every record yielded before
+                if stop is not None and last >= stop:
+                    return
                 yield record, last
             return
         except Exception as e:  # fastwarc raises plain exceptions for broken gzip or headers
@@ -243,6 +259,23 @@ def _zstd_stream(f):
     import zstandard
 
     return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
+
+
+def warc_member_at(f, position: int) -> int | None:
+    """Offset of the first gzip member at or after `position` that holds a WARC record (it inflates to
+    "WARC/"), or None: the gzip magic bytes alone also turn up inside compressed data."""
+    while True:
+        found = _next_member(f, position)
+        if found is None:
+            return None
+        f.seek(found)
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read(1 << 16), 16)
+        except zlib.error:
+            head = b""
+        if head.startswith(b"WARC/"):
+            return found
+        position = found + 1
 
 
 def _next_member(f, position: int, chunk: int = 1 << 20) -> int | None:

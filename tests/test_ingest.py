@@ -113,6 +113,10 @@ def test_corrupt_member_mid_file_resumes_at_the_next_member(shared_data, tmp_pat
     assert r.counts["records"] >= reference.counts["records"] - 3  # at most the damaged members are lost
     assert set(r.kept.column("id").to_pylist()) <= set(reference.kept.column("id").to_pylist())
     assert r.counts["docs_kept"] >= reference.counts["docs_kept"] - 2
+    # offsets after the resync still point at their record
+    offsets = dict(zip(reference.kept.column("id").to_pylist(), reference.kept.column("offset").to_pylist()))
+    assert [offsets[i] for i in r.kept.column("id").to_pylist()] == r.kept.column("offset").to_pylist()
+    assert max(r.kept.column("offset").to_pylist()) > middle
 
 
 def test_jsonl_with_bad_lines(shared_data, tmp_path):
