@@ -14,7 +14,7 @@ to 8 times (~41 MiB). Every record is its own gzip member, so a concatenation is
 file. 200 MiB gives 5 files of 8 copies. The replicas live in <work>/replicas-<copies>x/ and are reused
 when they are already there with the right sizes. MiB = 2**20 bytes of gzipped WARC.
 
-Ours. The ingest stage's shard step, pipeline.shards.ingest_shard(store, fp, 0, path, IngestConfig()):
+Ours. The ingest stage's shard step, pipeline.shards.ingest_shard(store, fp, 0, [whole file], IngestConfig()):
 the default config (resiliparse extractor, fastText language id, min_chars), documents read, judged
 and written to Parquet 1000 at a time into a throwaway store, as a pipeline worker runs it. Each file
 runs in a fresh child process pinned to one core (os.sched_setaffinity); imports and the language
@@ -140,7 +140,7 @@ def ours_worker(path: str, core: int | None) -> None:
     startup = time.monotonic() - t_start
     store = tempfile.mkdtemp(prefix="c2l-bench-store-")
     cpu0, t0 = cpu_seconds(resource.RUSAGE_SELF), time.monotonic()
-    c = ingest_shard(store, "bench", 0, path, config)["counts"]
+    c = ingest_shard(store, "bench", 0, [{"url": path, "start": 0, "end": None}], config)["counts"]
     wall, cpu = time.monotonic() - t0, cpu_seconds(resource.RUSAGE_SELF) - cpu0
     shutil.rmtree(store)
     print(json.dumps({"file": path, "bytes": os.path.getsize(path), "docs": c["docs_in"], "kept": c["docs_kept"],

@@ -51,6 +51,7 @@ def demo_config(store: str, seed: str, pages: int | None = None, steps: int | No
         "store": store,
         "crawl": {"seeds": [seed], "max_pages": pages or 300, "max_depth": 3, "pages_per_file": 40,
                   "exclude_patterns": [SKIP, r"[?&]key=.*(search|get)"]},
+        "ingest": {"shard_bytes": 256 << 10},  # a few shards of the small crawl, so both cores work
         "tokenize": {"vocab_size": 4096, "sample_chars": 8_000_000},
         "train": {"max_steps": steps or 600, "batch_size": 16, "block_size": 128, "n_layer": 4, "n_head": 4,
                   "n_embd": 128, "learning_rate": 3e-3, "warmup_steps": 30, "eval_interval": 150,

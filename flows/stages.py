@@ -16,6 +16,7 @@ from pipeline import shards
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold
 from pipeline.ingest import IngestConfig
+from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, resolve_inputs
 from pipeline.pii import PiiConfig
 from pipeline.quality import QualityConfig
@@ -86,25 +87,29 @@ def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str 
            workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL) -> dict:
     """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
     document shards: extraction, language id. `limit` keeps the first that many input files."""
-    sources, upstream = _ingest_sources(inputs, limit, cc_base_url)
-    code = code_version("pipeline.ingest", *CORE)
+    sources, upstream, sizes = _ingest_sources(inputs, limit, cc_base_url)
+    code = code_version("pipeline.ingest", "pipeline.ingest_plan", *CORE)
     out = Store(store).stage("ingest", fingerprint("ingest", code, config, upstream))
-    jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, src, config)
-            for i, src in enumerate(sources)}
-    header = {"config": config, "code": code, "upstream": upstream, "sources": sources}
+    plan = plan_shards(list(zip(sources, sizes)), config.shard_bytes)
+    jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, pieces, config)
+            for i, pieces in enumerate(plan)}
+    header = {"config": config, "code": code, "upstream": upstream, "sources": sources, "plan": plan}
     return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
 
 
-def _ingest_sources(inputs: list[str], limit: int | None, cc_base_url: str) -> tuple[list[str], object]:
-    """Input files and their identity: a crawl output's fingerprint, or each file's identity."""
+def _ingest_sources(inputs: list[str], limit: int | None,
+                    cc_base_url: str) -> tuple[list[str], object, list[int]]:
+    """Input files, their identity (a crawl output's fingerprint, or each file's) and their sizes."""
     if len(inputs) == 1:
         fs, path = fsspec.core.url_to_fs(inputs[0])
         if fs.exists(posixpath.join(path, "manifest.json")):
             up = open_stage(inputs[0])
-            files = [up.url(s["data"]) for s in up.read_manifest()["shards"]]
-            return files, {"stage": up.name, "fingerprint": up.fingerprint}
+            rels = [s["data"] for s in up.read_manifest()["shards"]]
+            sizes = [up.fs.size(up.abspath(rel)) for rel in rels]
+            return [up.url(rel) for rel in rels], {"stage": up.name, "fingerprint": up.fingerprint}, sizes
     files = resolve_inputs(inputs, limit, cc_base_url)
-    return files, [file_identity(f) for f in files]
+    identities = [file_identity(f) for f in files]
+    return files, identities, [i["size"] for i in identities]
 
 
 def _upstream(source: str) -> tuple[StageDir, dict]:

@@ -74,6 +74,9 @@ class IngestConfig(StageConfig):
     language_threshold: float = Field(0.65, ge=0, le=1, description="Minimum language-id confidence to keep a "
                                                                     "document (FineWeb uses 0.65).")
     min_chars: int = Field(100, ge=0, description="Documents with fewer characters of text are removed.")
+    shard_bytes: int = Field(256 << 20, ge=1 << 16, description="Input bytes per ingest shard: bigger .warc.gz/.wet.gz "
+                                                              "files are cut into byte ranges, smaller files grouped "
+                                                              "(256 MiB of Common Crawl WARC is about 10,000 pages).")
     max_record_bytes: int = Field(10_000_000, ge=1, description="Larger payloads (also after gzip content "
                                                                 "decoding) are skipped unparsed, so one "
                                                                 "pathological page cannot exhaust a worker.")

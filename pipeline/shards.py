@@ -54,27 +54,28 @@ def run_if_needed(out: StageDir, index: int, work: Callable[[], dict]) -> dict:
 
 # -- the steps --------------------------------------------------------------------------------
 
-def ingest_shard(store_url: str, fp: str, index: int, source: str, config: Any) -> dict:
-    """One input file's documents, written batch by batch so memory does not grow with the file."""
+def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config: Any) -> dict:
+    """The documents of a shard's input pieces (whole files or byte ranges, pipeline/ingest_plan.py),
+    written batch by batch so memory does not grow with the input."""
     from pipeline.ingest import ingest_batches
 
     out = stage_dir(store_url, "ingest", fp)
-
     data, removed = StageDir.part("data", index, "parquet"), StageDir.part("removed", index, "parquet")
 
     def attempt() -> dict:
-        counts: dict = {"sources": 1}
+        counts: dict = {"sources": sum(p["start"] == 0 for p in pieces)}  # files, counted once however cut
         with (out.parquet_writer(data, DOC_SCHEMA) as kept_out,
               out.parquet_writer(removed, REMOVED_SCHEMA) as removed_out):
-            for batch in ingest_batches(source, config):
-                kept_out.write_table(batch.kept)
-                removed_out.write_table(batch.removed)
-                counts = merge_counts(counts, batch.counts)
+            for piece in pieces:
+                for batch in ingest_batches(piece["url"], config, start=piece["start"], end=piece["end"]):
+                    kept_out.write_table(batch.kept)
+                    removed_out.write_table(batch.removed)
+                    counts = merge_counts(counts, batch.counts)
         return counts
 
     def work():
         t0 = time.perf_counter()
-        counts, retries = with_retries(attempt, source)  # throttled or dropped: the whole file again
+        counts, retries = with_retries(attempt, ", ".join(p["url"] for p in pieces))  # throttled: all again
         stats = {"index": index, "outputs": {"data": data, "removed": removed}, "counts": counts,
                  "seconds": round(time.perf_counter() - t0, 3), "retries": retries}
         return commit_shard(out, index, stats)

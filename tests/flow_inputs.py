@@ -12,6 +12,7 @@ def tiny_config(store: str, inputs: list[str], **overrides) -> dict:
     cfg = {
         "store": store,
         "inputs": inputs,
+        "ingest": {"shard_bytes": 200_000},  # several shards (the big WARC is cut), as on real crawls
         "tokenize": {"vocab_size": 512, "min_frequency": 2},
         "train": {"max_steps": 30, "batch_size": 4, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32,
                   "warmup_steps": 5, "eval_interval": 10, "eval_batches": 2, "checkpoint_interval": 10},

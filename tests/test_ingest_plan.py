@@ -44,3 +44,21 @@ def test_pieces_of_a_cut_file_give_the_whole_file(shared_data, name):
     assert pa.concat_tables(kept).equals(whole.kept)
     assert pa.concat_tables(removed).equals(whole.removed)
     assert counts == merge_counts({}, whole.counts)
+
+
+@pytest.mark.slow
+def test_ingest_stage_output_does_not_depend_on_the_shard_size(prefect_api, shared_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    from flows.stages import ingest
+
+    inputs = [str(shared_data(rel)) for rel in ("warc/ukwa-govuk-BL-20140325121225068.warc.gz",
+                                                 "warc/cc-whirlwind.warc.gz", "text/dolma-ccnet-cc_en_head-0091.jsonl.gz")]
+    outputs = {}
+    for shard_bytes in (200_000, 1 << 30):
+        r = ingest(inputs, IngestConfig(shard_bytes=shard_bytes), store=str(tmp_path / str(shard_bytes)))
+        parts = sorted((tmp_path / str(shard_bytes)).glob("ingest/*/data/part-*.parquet"))
+        outputs[shard_bytes] = (len(parts), pa.concat_tables([pq.read_table(p) for p in parts]), r["counts"])
+    (n_small, small, c_small), (n_big, big, c_big) = outputs[200_000], outputs[1 << 30]
+    assert n_small == 5 and n_big == 1  # the 785 KB WARC cut in 4; whirlwind and the JSONL together
+    assert small.equals(big) and c_small == c_big and c_small["sources"] == 3

@@ -24,6 +24,10 @@ def _wrapped(inner: BaseException) -> Exception:
         return outer
 
 
+def _whole(url: str) -> dict:
+    return {"url": url, "start": 0, "end": None}
+
+
 def test_transient_errors():
     from aiohttp import ClientResponseError, ServerDisconnectedError
     from aiohttp.client_reqrep import RequestInfo
@@ -73,14 +77,14 @@ def test_ingest_shard_retries_a_throttled_file(shared_data, tmp_path, monkeypatc
     servers: list = []
     with object_store(site, servers) as base:
         (server,) = servers
-        local = ingest_shard(str(tmp_path / "s1"), "fp", 0, str(site / "a.warc.gz"), IngestConfig())
+        local = ingest_shard(str(tmp_path / "s1"), "fp", 0, [_whole(str(site / "a.warc.gz"))], IngestConfig())
         server.throttle = 2
-        stats = ingest_shard(str(tmp_path / "s2"), "fp", 0, base + "a.warc.gz", IngestConfig())
+        stats = ingest_shard(str(tmp_path / "s2"), "fp", 0, [_whole(base + "a.warc.gz")], IngestConfig())
         # fsspec asks for the size with HEAD, then with GET: one try meets both 503s
         assert server.throttled == 2 and stats["retries"] == 1
         assert stats["counts"] == local["counts"]
         with pytest.raises(FileNotFoundError):
-            ingest_shard(str(tmp_path / "s3"), "fp", 0, base + "missing.warc.gz", IngestConfig())
+            ingest_shard(str(tmp_path / "s3"), "fp", 0, [_whole(base + "missing.warc.gz")], IngestConfig())
     # the throttled tries left nothing behind but the finished shard
     leftovers = [p for p in (tmp_path / "s2").rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
