@@ -521,3 +521,22 @@ def test_every_ingest_format_is_an_input_file():
 
     assert all(is_input_file(f"crawl/part-0{suffix}") for suffix in INPUT_SUFFIXES)
     assert not is_input_file("crawl/part-0.warc.wat.gz") and not is_input_file("notes.txt")
+
+
+def test_deeply_nested_page_is_skipped_not_a_hang(tmp_path):
+    """resiliparse's main-content pass is quadratic in nesting depth (hours for a 10 MB record of
+    nested divs, inside one C call no timeout can stop): such pages are skipped and counted."""
+    from pipeline import warc
+
+    def page(body: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + body
+
+    deep = b"<html><body>" + b"<div>" * 50_000 + b"deep" + b"</div>" * 50_000 + b"</body></html>"
+    normal = b"<html><body><p>" + b"A perfectly ordinary paragraph of text. " * 20 + b"</p></body></html>"
+    date = warc.warc_date(0)
+    data = b"".join(warc.response_record(url, page(body), date, warc.record_id(url))
+                    for url, body in [("http://a.test/deep", deep), ("http://a.test/ok", normal)])
+    (tmp_path / "pathological.warc.gz").write_bytes(data)
+    r = ingest_file(str(tmp_path / "pathological.warc.gz"), IngestConfig(languages=[], min_chars=0))
+    assert r.counts["skipped"] == {"html_too_deep": 1}
+    assert r.kept.column("url").to_pylist() == ["http://a.test/ok"]
