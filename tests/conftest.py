@@ -62,6 +62,12 @@ def prefect_server(tmp_path_factory):
             pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
     yield url, {**env, "PREFECT_API_URL": url}
+    # Send the logs and events flows left queued while the server still answers, not at exit.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
     proc.terminate()
     try:
         proc.wait(timeout=20)
