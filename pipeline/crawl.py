@@ -13,7 +13,6 @@ time of the fetch.
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import re
 import time
@@ -28,6 +27,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 from pydantic import Field, field_validator, model_validator
 
 from pipeline import warc
+from pipeline.http_message import content_type, gunzip, known_codec
 from pipeline.stage import StageConfig
 from storage import StageDir
 
@@ -280,16 +280,15 @@ class _Crawler:
                     self.hosts = sorted({*self.hosts, host})
             self._enqueue([target] if target else [], depth)
             return
-        mime, charset = _content_type(f.headers.get("Content-Type", ""))
+        mime, charset = content_type(f.headers.get("Content-Type", ""))
         if f.status != 200 or mime not in self.config.mime_types or depth >= self.config.max_depth:
             return
         body = f.body
         if (f.headers.get("Content-Encoding") or "").lower() in ("gzip", "x-gzip"):  # sent despite identity
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError):
+            body, problem = gunzip(body, self.config.max_page_bytes)
+            if problem:
                 return
-        html = body.decode(_codec(charset), errors="replace")
+        html = body.decode(known_codec(charset) or "utf-8", errors="replace")
         self._enqueue(extract_links(html, url), depth + 1)
 
     def _enqueue(self, links: list[str], depth: int) -> None:
@@ -419,22 +418,3 @@ def _response_bytes(version: int, status: int, reason: str, headers, body: bytes
     if declared != str(len(body)):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace") + body
-
-
-def _content_type(value: str) -> tuple[str, str | None]:
-    mime, *params = [p.strip() for p in value.split(";")]
-    charset = None
-    for p in params:
-        key, _, val = p.partition("=")
-        if key.strip().lower() == "charset":
-            charset = val.strip(' "\'') or None
-    return mime.lower(), charset
-
-
-def _codec(charset: str | None) -> str:
-    import codecs
-
-    try:
-        return codecs.lookup(charset).name if charset else "utf-8"
-    except LookupError:
-        return "utf-8"

@@ -37,6 +37,7 @@ from pydantic import Field, field_validator
 
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, split_by_reason
+from pipeline.http_message import content_type, gunzip, known_codec
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
 
@@ -369,14 +370,14 @@ def _http_page(block: bytes, config: IngestConfig, skipped: Counter,
     if status != 200:
         skipped["status"] += 1
         return None
-    mime, charset = _content_type(headers.get("content-type", ""))
+    mime, charset = content_type(headers.get("content-type", ""))
     if mime not in config.mime_types:
         skipped["mime"] += 1
         return None
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = _dechunk(body)
     if headers.get("content-encoding", "").lower() in ("gzip", "x-gzip") and body.startswith(GZIP_MAGIC):
-        body, problem = _gunzip(body, config.max_record_bytes)
+        body, problem = gunzip(body, config.max_record_bytes)
         if problem == "too_large":
             skipped["too_large"] += 1  # a gzip bomb would otherwise get past max_record_bytes
             return None
@@ -409,16 +410,6 @@ def _http_head(head: bytes) -> tuple[int | None, dict]:
     return int(parts[1]), headers
 
 
-def _content_type(value: str) -> tuple[str, str | None]:
-    mime, *params = [p.strip() for p in value.split(";")]
-    charset = None
-    for p in params:
-        key, _, val = p.partition("=")
-        if key.strip().lower() == "charset" and val.strip(' "\''):
-            charset = val.strip(' "\'')
-    return mime.lower(), charset
-
-
 def _dechunk(body: bytes) -> bytes:
     """Undo HTTP chunked transfer encoding (some crawlers record it verbatim); best effort."""
     if not re.match(rb"[0-9a-fA-F]+[ \t;]*[^\r\n]*\r\n", body[:64]):
@@ -439,20 +430,6 @@ def _dechunk(body: bytes) -> bytes:
     return out.getvalue()
 
 
-def _gunzip(body: bytes, limit: int) -> tuple[bytes, str | None]:
-    """(gzip-decoded body, None), or (b"", why not): too_large past `limit`, else bad_content_encoding."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        return b"", "bad_content_encoding"
-    if len(out) > limit:
-        return b"", "too_large"
-    if not inflater.eof:
-        return b"", "bad_content_encoding"  # truncated
-    return out, None
-
-
 def html_to_text(body: bytes, charset: str | None, config: IngestConfig) -> tuple[str | None, str]:
     """(title, text) of an HTML page with the configured extractor; raises ExtractTimeout.
 
@@ -462,7 +439,7 @@ def html_to_text(body: bytes, charset: str | None, config: IngestConfig) -> tupl
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
     from resiliparse.parse.html import HTMLTree
 
-    encoding = _known_codec(charset) or detect_encoding(body, from_html_meta=True)
+    encoding = known_codec(charset) or detect_encoding(body, from_html_meta=True)
     html = bytes_to_str(body, encoding)
     tree = HTMLTree.parse(html)
     title = (tree.title or "").strip() or None
@@ -537,17 +514,6 @@ def _with_alarm(fn, args, seconds: float):
         if outer_delay:  # someone else's timer (pytest-timeout, say) was running: give it back
             remaining = outer_delay - (time.monotonic() - start)
             signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-3), outer_interval)
-
-
-def _known_codec(name: str | None) -> str | None:
-    import codecs
-
-    if not name:
-        return None
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return None
 
 
 def _doc(url: str, offset: int, record_id: str | None, target: str | None, date: str | None, title: str | None,
