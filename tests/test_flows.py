@@ -97,3 +97,18 @@ def test_stage_flow_on_its_own_with_memory_store(prefect_api, shared_data):
     assert r["url"].startswith("memory://") and r["counts"]["docs_in"] > 0
     d = dedup(r["url"])
     assert d["counts"]["docs_in"] == r["counts"]["docs_kept"]
+
+
+def test_editing_a_url_blocklist_file_reruns_ingest(prefect_api, tmp_path, shared_data):
+    from flows.stages import ingest
+    from pipeline.ingest import IngestConfig
+
+    lists = tmp_path / "domains.txt"
+    lists.write_text("nothing.example\n")
+    config = IngestConfig(url_blocklist_files=[str(lists)])
+    inputs = [str(shared_data("warc/resiliparse-warcfile.warc.gz"))]
+    first = ingest(inputs, config, store=str(tmp_path / "store"))
+    assert ingest(inputs, config, store=str(tmp_path / "store"))["cached"]
+    lists.write_text("nothing.example\nanother.example\n")  # same name, new contents
+    again = ingest(inputs, config, store=str(tmp_path / "store"))
+    assert not again["cached"] and again["url"] != first["url"]

@@ -540,3 +540,20 @@ def test_deeply_nested_page_is_skipped_not_a_hang(tmp_path):
     r = ingest_file(str(tmp_path / "pathological.warc.gz"), IngestConfig(languages=[], min_chars=0))
     assert r.counts["skipped"] == {"html_too_deep": 1}
     assert r.kept.column("url").to_pylist() == ["http://a.test/ok"]
+
+
+def test_blocklist_files_are_read_once_per_content(tmp_path, monkeypatch):
+    """A worker ingests many pieces: the (large) list files are read again only when they change."""
+    import pipeline.url_filter as url_filter
+    from pipeline.ingest import url_blocklist
+
+    lists = tmp_path / "domains.txt"
+    lists.write_text("a.example\n")
+    reads = []
+    real = url_filter._read_lists
+    monkeypatch.setattr(url_filter, "_read_lists", lambda urls: reads.append(urls) or real(urls))
+    config = IngestConfig(url_blocklist_files=[str(lists)])
+    first = url_blocklist(config)
+    assert url_blocklist(config) is first and len(reads) == 2  # domain files and word files, once
+    lists.write_text("a.example\nb.example\n")
+    assert url_blocklist(config).why_blocked("http://b.example/") == "domain b.example"
