@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/ingest_throughput.py --quick       # 20 MiB, for development
     .venv/bin/python benchmarks/ingest_throughput.py --profile     # cProfile of ours on one file, by step
     .venv/bin/python benchmarks/ingest_throughput.py --memory-file # peak RSS of one worker on one ~200 MiB file
+    .venv/bin/python benchmarks/ingest_throughput.py --memory-file --whole-file  # the same, file held whole
 
 Options: --mb N (default 200), --work DIR (default $TMPDIR/crawl2llm-ingest-bench, reused),
 --core N (the core both systems are pinned to; default the last one this process may use).
@@ -124,7 +125,7 @@ def cpu_seconds(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def ours_worker(path: str, core: int | None) -> None:
+def ours_worker(path: str, core: int | None, whole_file: bool = False) -> None:
     """Child process: the ingest stage's shard step on one file (read, extract, judge, write Parquet
     batch by batch into a throwaway store), as a pipeline worker runs it; prints one JSON line."""
     t_start = time.monotonic()
@@ -138,9 +139,14 @@ def ours_worker(path: str, core: int | None) -> None:
     config = IngestConfig()
     detect_language("warm up the language model")
     startup = time.monotonic() - t_start
+    from pipeline.ingest import ingest_file
+
     store = tempfile.mkdtemp(prefix="c2l-bench-store-")
     cpu0, t0 = cpu_seconds(resource.RUSAGE_SELF), time.monotonic()
-    c = ingest_shard(store, "bench", 0, [{"url": path, "start": 0, "end": None}], config)["counts"]
+    if whole_file:  # every document of the file in memory at once, as ingest_file returns them
+        c = ingest_file(path, config).counts
+    else:
+        c = ingest_shard(store, "bench", 0, [{"url": path, "start": 0, "end": None}], config)["counts"]
     wall, cpu = time.monotonic() - t0, cpu_seconds(resource.RUSAGE_SELF) - cpu0
     shutil.rmtree(store)
     print(json.dumps({"file": path, "bytes": os.path.getsize(path), "docs": c["docs_in"], "kept": c["docs_kept"],
@@ -149,10 +155,11 @@ def ours_worker(path: str, core: int | None) -> None:
                       "pinned": pinned, "extractor": getattr(config, "extractor", "resiliparse")}))
 
 
-def run_ours(files: list[str], core: int | None) -> dict:
+def run_ours(files: list[str], core: int | None, whole_file: bool = False) -> dict:
     per_file = []
     for path in tqdm(files, desc="ours: ingest", unit="file"):
         cmd = [sys.executable, os.path.abspath(__file__), "--ours-worker", path]
+        cmd += ["--whole-file"] if whole_file else []
         proc = subprocess.run(cmd + ([] if core is None else ["--core", str(core)]), capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"ours worker failed on {path}:\n{proc.stderr[-3000:]}")
@@ -389,11 +396,13 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile ours on one replica file instead")
     ap.add_argument("--memory-file", action="store_true",
                     help="peak RSS of one worker on all replicas joined into one file (about --mb MiB)")
+    ap.add_argument("--whole-file", action="store_true",
+                    help="with --memory-file: hold the file's documents in memory (ingest_file), for comparison")
     ap.add_argument("--ours-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     core = args.core
     if args.ours_worker:
-        ours_worker(args.ours_worker, core)
+        ours_worker(args.ours_worker, core, args.whole_file)
         return 0
     os.makedirs(args.work, exist_ok=True)
     files = replicate(args.work, 20 if args.quick else args.mb)
@@ -408,7 +417,7 @@ def main() -> int:
                     with open(path, "rb") as src:
                         shutil.copyfileobj(src, f)
             os.replace(one + ".tmp", one)
-        r = run_ours([one], core)
+        r = run_ours([one], core, args.whole_file)
         print(f"one worker on one {r['bytes'] / MIB:.1f} MiB file ({r['docs']} docs): peak RSS "
               f"{r['peak_rss_mib']:.0f} MiB, {r['cpu_s']:.1f} CPU s")
         return 0
