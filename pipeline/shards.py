@@ -28,14 +28,22 @@ def read_docs(upstream: StageDir, index: int, columns: list[str] | None = None):
     return upstream.read_parquet(StageDir.part("data", index, "parquet"), columns)
 
 
+def docs_parts(index: int) -> dict:
+    """Where a document stage writes shard `index`: kept documents and removed ones."""
+    return {"data": StageDir.part("data", index, "parquet"), "removed": StageDir.part("removed", index, "parquet")}
+
+
 def commit_docs(out: StageDir, index: int, result: ShardResult, seconds: float) -> dict:
     """Write kept and removed documents, then the stats file that marks the shard done."""
-    data = StageDir.part("data", index, "parquet")
-    removed = StageDir.part("removed", index, "parquet")
-    out.write_parquet(data, result.kept)
-    out.write_parquet(removed, result.removed)
-    stats = {"index": index, "outputs": {"data": data, "removed": removed}, "counts": result.counts,
-             "seconds": round(seconds, 3)}
+    parts = docs_parts(index)
+    out.write_parquet(parts["data"], result.kept)
+    out.write_parquet(parts["removed"], result.removed)
+    return commit_docs_stats(out, index, result.counts, seconds)
+
+
+def commit_docs_stats(out: StageDir, index: int, counts: dict, seconds: float, **extra) -> dict:
+    """The stats file of a document shard whose files are written: the shard's commit point."""
+    stats = {"index": index, "outputs": docs_parts(index), "counts": counts, "seconds": round(seconds, 3), **extra}
     return commit_shard(out, index, stats)
 
 
@@ -60,12 +68,12 @@ def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config
     from pipeline.ingest import ingest_batches
 
     out = stage_dir(store_url, "ingest", fp)
-    data, removed = StageDir.part("data", index, "parquet"), StageDir.part("removed", index, "parquet")
+    parts = docs_parts(index)
 
     def attempt() -> dict:
         counts: dict = {"sources": sum(p["start"] == 0 for p in pieces)}  # files, counted once however cut
-        with (out.parquet_writer(data, DOC_SCHEMA) as kept_out,
-              out.parquet_writer(removed, REMOVED_SCHEMA) as removed_out):
+        with (out.parquet_writer(parts["data"], DOC_SCHEMA) as kept_out,
+              out.parquet_writer(parts["removed"], REMOVED_SCHEMA) as removed_out):
             for piece in pieces:
                 for batch in ingest_batches(piece["url"], config, start=piece["start"], end=piece["end"]):
                     kept_out.write_table(batch.kept)
@@ -76,9 +84,7 @@ def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config
     def work():
         t0 = time.perf_counter()
         counts, retries = with_retries(attempt, ", ".join(p["url"] for p in pieces))  # throttled: all again
-        stats = {"index": index, "outputs": {"data": data, "removed": removed}, "counts": counts,
-                 "seconds": round(time.perf_counter() - t0, 3), "retries": retries}
-        return commit_shard(out, index, stats)
+        return commit_docs_stats(out, index, counts, time.perf_counter() - t0, retries=retries)
 
     return run_if_needed(out, index, work)
 
