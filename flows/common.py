@@ -97,6 +97,11 @@ def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_
     get_run_logger().info("%s %s: %s", out.name, "cached" if cached else "done", _short(counts))
 
 
+def publish_table(key: str, values: dict, description: str) -> None:
+    """A two-column table artifact (metric, value) under a stable key."""
+    create_table_artifact([{"metric": k, "value": v} for k, v in values.items()], key=key, description=description)
+
+
 def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: int = 300) -> str:
     """Markdown with a few removed documents per reason, so a person can judge a threshold."""
     import pyarrow as pa

@@ -11,10 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import workers
-from flows.common import Timer, bind, publish_stage, run_stage
+from flows.common import Timer, bind, publish_stage, publish_table, run_stage
 from pipeline import shards
 from pipeline.crawl import CrawlConfig
-from pipeline.dedup import DedupConfig, implied_threshold
+from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, resolve_inputs
@@ -121,22 +121,35 @@ def _upstream(source: str) -> tuple[StageDir, dict]:
 
 @flow(name="dedup", task_runner=RUNNER)
 def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | None = None) -> dict:
-    """Exact and MinHash-LSH near-duplicate removal across the whole corpus (first occurrence kept)."""
+    """Exact and MinHash-LSH near-duplicate removal across the whole corpus, in bounded memory:
+    signatures and bucket keys per shard, verified pairs per bucket partition, union-find clusters
+    (each keeps its first document), then apply per shard. Each step is cached on its own."""
     up, upstream = _upstream(source)
     st, idx = up.store, _indexes(up)
     code = code_version("pipeline.dedup", *CORE)
     header = {"config": config, "code": code, "upstream": upstream}
-    sig = st.stage("dedup-signatures", fingerprint("dedup-signatures", code, config, upstream))
-    run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config)
-                    for i in idx}, header, workers_n)
-    clu = st.stage("dedup-clusters", fingerprint("dedup-clusters", code, config, sig.fingerprint))
-    run_stage(clu, {0: bind(shards.cluster_shard, st.url, clu.fingerprint, sig.fingerprint, idx, config)},
-              {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint},
-               "implied_threshold": round(implied_threshold(config.bands, config.rows), 4)}, 0)
+    partitions = partitions_for(up.read_manifest()["counts"].get("docs_kept", 0), config)
+    sig = st.stage("dedup-signatures", fingerprint("dedup-signatures", code,
+                                                   {**config.signature_fields(), "partitions": partitions}, upstream))
+    run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config,
+                            partitions) for i in idx}, {**header, "partitions": partitions}, workers_n)
+    pairs = st.stage("dedup-pairs", fingerprint("dedup-pairs", code, config, sig.fingerprint))
+    pairs_manifest, _ = run_stage(pairs, {p: bind(shards.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint,
+                                                  idx, config) for p in range(partitions)},
+                                  {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint}}, workers_n)
+    clu = st.stage("dedup-clusters", fingerprint("dedup-clusters", code, config, pairs.fingerprint))
+    clu_manifest, _ = run_stage(clu, {0: bind(shards.cluster_shard, st.url, clu.fingerprint, pairs.fingerprint,
+                                              sig.fingerprint, idx, config)},
+                                {**header, "upstream": {"stage": pairs.name, "fingerprint": pairs.fingerprint}}, 0)
     out = st.stage("dedup", fingerprint("dedup", code, config, upstream))
     jobs = {i: bind(shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint),
                     clu.fingerprint, config) for i in idx}
-    return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
+    lsh = {"num_perm": config.num_perm, "bands": config.bands, "rows": config.rows,
+           "implied_threshold": round(implied_threshold(config.bands, config.rows), 4),
+           "threshold": config.threshold, "partitions": partitions,
+           **pairs_manifest["counts"], **{k: v for k, v in clu_manifest["counts"].items() if k != "by_reason"}}
+    publish_table("dedup-lsh", lsh, "MinHash LSH settings and clustering totals")
+    return summary(out, *run_stage(out, jobs, {**header, "lsh": lsh}, workers_n, examples=True))
 
 
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:

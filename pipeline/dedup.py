@@ -1,55 +1,72 @@
-"""Corpus-wide exact and MinHash-LSH near-duplicate removal, in three steps a flow caches apart:
+"""Corpus-wide exact and MinHash-LSH near-duplicate removal, in bounded memory.
 
-1. `signatures(table)` per shard (parallel): a hash of the normalized text and a MinHash of its
-   word n-grams.
-2. `find_duplicates(tables)` once over all signature tables in corpus order (shard order, then
-   row order). The rule: the FIRST occurrence is kept; every later document whose normalized
-   text is identical (exact), or whose estimated Jaccard similarity with an already kept document
-   reaches `threshold` (near), is a duplicate of that kept document. Duplicates always point at
-   a kept document, never at another duplicate, so there are no chains.
-3. `apply_duplicates(table, duplicates)` per shard (parallel): drop the listed documents.
+Four steps, each cached and resumable on its own (flows/stages.py runs them, pipeline/shards.py
+stores them):
 
-Document ids must be unique across the corpus: step 3 removes by id.
+1. signatures, per document shard (parallel): the hash of each document's normalized text and the
+   MinHash of its word n-grams (pipeline/minhash.py), stored as Arrow; and its bucket keys, one
+   per LSH band plus one for its exact text, spread over `partitions` files by key.
+2. pairs, per partition (parallel): documents with the same key are candidates, each paired with
+   the bucket's first document. A candidate pair is kept when both texts are identical after
+   normalization (`exact`), or their estimated Jaccard similarity reaches `threshold` (`near`).
+3. clusters, once: union-find over all kept pairs. The rule: each cluster keeps its FIRST document
+   in corpus order (shard order, then row order). Every other member is a duplicate, written per
+   shard with its cluster id (the kept document's corpus position), the kept document's id, and
+   its estimated similarity to it. Clusters are transitive: A~B and B~C put C with A even when
+   A and C are further apart than `threshold`; the similarity column shows it.
+4. apply, per shard (parallel): drop the listed documents and write them aside.
+
+A document is named by its position: shard << 32 | row ("doc" below; ids need not be unique).
+Memory: step 1 holds one batch of documents; step 2 one partition's keys and pairs (about
+`_BYTES_PER_KEY` per key); step 3 eight bytes per corpus document plus one shard's duplicates.
+`memory_mb` picks the partitions so that step 2 fits, and step 3 checks its share.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+import math
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 from pydantic import Field, model_validator
 
+from pipeline import minhash
+from pipeline.schema import REMOVED_SCHEMA
 from pipeline.stage import ShardResult, StageConfig, split_by_reason
-from pipeline.text import normalize, word_ngrams
+from pipeline.text import normalize_texts
+from pipeline.union_find import DisjointSets
 
-# datasketch >= 2.0 default: 32-bit affine permutations; stored explicitly so saved signatures
-# stay readable if the library default changes.
-SCHEME = "affine32"
-# Shingles hashed per datasketch update_batch call: bounds the (shingles x num_perm) matrix.
-BATCH = 8192
+# Documents per batch of the signature step: bounds its memory whatever the shard size.
+BATCH_DOCS = 4096
+# Candidate pairs verified at once: two signatures each are gathered (num_perm * 4 bytes).
+VERIFY_PAIRS = 65536
+# Working memory of the pairs step per bucket key: the key and doc (16), the sort order (8),
+# sorted copies (16), candidate pairs (16) and slack.
+_BYTES_PER_KEY = 64
+_ROW_BITS = np.uint64(32)
+_ROW_MASK = np.uint64(0xFFFFFFFF)
 
-SIGNATURE_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("content_hash", pa.binary(16), nullable=False),  # blake2b-128 of the normalized text
-    pa.field("minhash", pa.list_(pa.uint32()), nullable=False),  # empty when the text has no words
-])
-
+KEYS_SCHEMA = pa.schema([pa.field("key", pa.uint64(), nullable=False), pa.field("doc", pa.uint64(), nullable=False)])
+PAIRS_SCHEMA = pa.schema([pa.field("a", pa.uint64(), nullable=False), pa.field("b", pa.uint64(), nullable=False)])
 DUPLICATES_SCHEMA = pa.schema([
+    pa.field("row", pa.int64(), nullable=False),  # row of the document in its shard
     pa.field("id", pa.string(), nullable=False),
     pa.field("reason", pa.string(), nullable=False),  # exact_duplicate | near_duplicate
-    pa.field("duplicate_of", pa.string(), nullable=False),  # id of the kept representative
-    pa.field("similarity", pa.float64(), nullable=False),  # 1.0 for exact; estimated Jaccard for near
+    pa.field("cluster_id", pa.int64(), nullable=False),  # corpus position of the kept document
+    pa.field("duplicate_of", pa.string(), nullable=False),  # id of the kept document
+    pa.field("similarity", pa.float64(), nullable=False),  # estimated Jaccard with it; 1.0 for exact
 ])
+# Removed documents of the dedup stage: the usual columns plus their cluster.
+DEDUP_REMOVED_SCHEMA = pa.schema(list(REMOVED_SCHEMA) + [DUPLICATES_SCHEMA.field(c) for c in
+                                                         ("cluster_id", "duplicate_of", "similarity")])
 
 
 class DedupConfig(StageConfig):
     exact: bool = Field(True, description="Remove documents whose normalized text equals an earlier one's.")
-    near: bool = Field(True, description="Remove documents whose MinHash-estimated Jaccard similarity with an "
-                                         "earlier kept document reaches `threshold`.")
+    near: bool = Field(True, description="Remove documents whose MinHash-estimated Jaccard similarity with "
+                                         "another document of their cluster reaches `threshold`.")
     lowercase: bool = Field(True, description="Normalize: compare texts case-insensitively.")
     strip_punctuation: bool = Field(True, description="Normalize: replace punctuation and symbols by spaces.")
     fold_whitespace: bool = Field(True, description="Normalize: collapse runs of whitespace into one space and "
@@ -57,11 +74,15 @@ class DedupConfig(StageConfig):
                                                     "only matters for exact duplicates).")
     ngram: int = Field(5, ge=1, le=64, description="Words per shingle (word n-grams) for near-dedup.")
     num_perm: int = Field(112, ge=2, le=1024, description="MinHash permutations (signature length).")
-    bands: int = Field(14, ge=2, description="LSH bands; candidates share all rows of at least one band.")
+    bands: int = Field(14, ge=1, description="LSH bands; candidates share all rows of at least one band.")
     rows: int = Field(8, ge=1, description="LSH rows per band; bands * rows must be <= num_perm.")
     seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (fixed: signatures are reproducible).")
-    threshold: float = Field(0.8, ge=0.0, le=1.0, description="Estimated Jaccard similarity an LSH candidate must "
-                                                              "reach to count as a near duplicate.")
+    threshold: float = Field(0.8, ge=0.0, le=1.0, description="Estimated Jaccard similarity a candidate pair must "
+                                                              "reach to count as near duplicates.")
+    memory_mb: int = Field(2048, ge=64, description="Memory budget of the clustering steps (pairs per partition, "
+                                                    "union-find); sets how many partitions the buckets use.")
+    partitions: int = Field(0, ge=0, description="Bucket partitions (files per signature shard); 0: chosen from "
+                                                 "the corpus size and memory_mb. Results do not depend on it.")
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "DedupConfig":
@@ -70,6 +91,10 @@ class DedupConfig(StageConfig):
                              f"exceeds num_perm = {self.num_perm}")
         return self
 
+    def signature_fields(self) -> dict:
+        """The settings steps 1 depends on (threshold is not one: changing it keeps signatures)."""
+        return self.model_dump(exclude={"threshold"})
+
 
 def implied_threshold(bands: int, rows: int) -> float:
     """Jaccard similarity at which a pair becomes an LSH candidate with probability ~1/2
@@ -77,106 +102,294 @@ def implied_threshold(bands: int, rows: int) -> float:
     return (1.0 / bands) ** (1.0 / rows)
 
 
-# -- step 1: signatures per shard -------------------------------------------------------------
+def candidate_probability(similarity: np.ndarray | float, bands: int, rows: int):
+    """The LSH S-curve: chance that two documents of this Jaccard similarity share a band."""
+    return 1.0 - (1.0 - np.asarray(similarity, float) ** rows) ** bands
+
+
+def partitions_for(docs: int, config: DedupConfig) -> int:
+    """Bucket partitions so that one partition's pairs step fits in half the memory budget."""
+    if config.partitions:
+        return config.partitions
+    keys = docs * (config.bands * config.near + config.exact)
+    return max(1, math.ceil(keys * _BYTES_PER_KEY / (config.memory_mb * 2**20 / 2)))
+
+
+def doc_keys(shard: int, rows: np.ndarray) -> np.ndarray:
+    return (np.uint64(shard) << _ROW_BITS) | rows.astype(np.uint64)
+
+
+def split_doc(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, row) of packed document positions."""
+    return (doc >> _ROW_BITS).astype(np.int64), (doc & _ROW_MASK).astype(np.int64)
+
+
+# -- step 1: signatures and bucket keys per shard ---------------------------------------------
+
+def signature_schema(num_perm: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("content_hash", pa.binary(16), nullable=False),  # blake2b-128 of the normalized text
+        pa.field("shingles", pa.int32(), nullable=False),  # 0: no words, no near-dedup keys
+        pa.field("minhash", pa.list_(pa.uint32(), num_perm), nullable=False),  # datasketch affine32 values
+    ])
+
 
 def signatures(table: pa.Table, config: DedupConfig) -> pa.Table:
-    """id, content_hash and MinHash of every document in `table`, in row order."""
+    """id, content hash, shingle count and MinHash of every document in `table`, in row order."""
     _require(table, ("id", "text"), "signatures")
-    ids = table.column("id").to_pylist()
-    texts = table.column("text").to_pylist()
-    base = MinHash(num_perm=config.num_perm, seed=config.seed, scheme=SCHEME)
-    hashes, sigs = [], []
-    for text in texts:
-        norm = normalize(text or "", config.lowercase, config.strip_punctuation, config.fold_whitespace)
-        hashes.append(hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest())
-        shingles = [s.encode("utf-8") for s in word_ngrams(norm.split(), config.ngram)] if config.near else []
-        if not shingles:
-            sigs.append(np.empty(0, np.uint32))
-            continue
-        m = base.copy()
-        for i in range(0, len(shingles), BATCH):
-            m.update_batch(shingles[i:i + BATCH])
-        sigs.append(m.hashvalues.astype(np.uint32))
-    offsets = np.zeros(len(sigs) + 1, np.int32)
-    np.cumsum([len(s) for s in sigs], out=offsets[1:])
-    values = np.concatenate(sigs) if sigs else np.empty(0, np.uint32)
-    minhash = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.uint32()))
-    return pa.table([pa.array(ids, pa.string()), pa.array(hashes, pa.binary(16)), minhash],
-                    schema=SIGNATURE_SCHEMA)
+    parts = [_signature_batch(batch, config) for batch in table.select(["id", "text"]).to_batches(BATCH_DOCS)]
+    return pa.concat_tables(parts).combine_chunks() if parts else signature_schema(config.num_perm).empty_table()
 
 
-# -- step 2: one corpus-wide pass -------------------------------------------------------------
-
-def find_duplicates(signature_tables: Iterable[pa.Table], config: DedupConfig) -> pa.Table:
-    """Duplicates over the whole corpus, in corpus order; first occurrence kept (module docstring).
-
-    Near duplicates: the LSH index holds kept documents only; among a document's candidates the
-    most similar one (earliest on ties) is its representative, if it reaches `threshold`.
-    """
-    lsh = MinHashLSH(num_perm=config.num_perm, params=(config.bands, config.rows))
-    first_with_hash: dict[bytes, str] = {}
-    kept: list[tuple[str, np.ndarray]] = []  # LSH key (int, corpus order) -> (id, signature)
-    seen_ids: dict[str, tuple[int, int]] = {}
-    out_id, out_reason, out_of, out_sim = [], [], [], []
-
-    for t, table in enumerate(signature_tables):
-        _require(table, ("id", "content_hash", "minhash"), f"signature table {t}")
-        ids = table.column("id").to_pylist()
-        hashes = table.column("content_hash").to_pylist()
-        col = table.column("minhash").combine_chunks()
-        offsets = col.offsets.to_numpy()
-        values = col.values.to_numpy(zero_copy_only=False)
-        for r, doc_id in enumerate(ids):
-            if doc_id in seen_ids:
-                raise ValueError(f"document id {doc_id!r} occurs twice in the corpus (signature table "
-                                 f"{seen_ids[doc_id][0]} row {seen_ids[doc_id][1]}, and table {t} row {r}): "
-                                 f"ids must be unique; was the same input ingested twice?")
-            seen_ids[doc_id] = (t, r)
-            h = hashes[r]
-            if config.exact and h in first_with_hash:
-                out_id.append(doc_id), out_reason.append("exact_duplicate")
-                out_of.append(first_with_hash[h]), out_sim.append(1.0)
-                continue
-            sig = values[offsets[r]:offsets[r + 1]]
-            if not config.near or len(sig) == 0:
-                first_with_hash.setdefault(h, doc_id)
-                continue
-            if len(sig) != config.num_perm:
-                raise ValueError(f"signature of {doc_id!r} (table {t} row {r}) has {len(sig)} values, config "
-                                 f"num_perm is {config.num_perm}: signatures were made with another config")
-            query = LeanMinHash(seed=config.seed, hashvalues=sig, scheme=SCHEME)
-            best_key, best_sim = -1, -1.0
-            for key in sorted(lsh.query(query)):
-                sim = float(np.count_nonzero(kept[key][1] == sig)) / config.num_perm
-                if sim > best_sim:
-                    best_key, best_sim = key, sim
-            if best_key >= 0 and best_sim >= config.threshold:
-                out_id.append(doc_id), out_reason.append("near_duplicate")
-                out_of.append(kept[best_key][0]), out_sim.append(best_sim)
-                continue
-            first_with_hash.setdefault(h, doc_id)
-            lsh.insert(len(kept), query, check_duplication=False)
-            kept.append((doc_id, sig))
-
-    return pa.table([pa.array(out_id, pa.string()), pa.array(out_reason, pa.string()),
-                     pa.array(out_of, pa.string()), pa.array(out_sim, pa.float64())], schema=DUPLICATES_SCHEMA)
+def _signature_batch(batch: pa.RecordBatch, config: DedupConfig) -> pa.Table:
+    norm, words = normalize_texts(batch.column("text"), config.lowercase, config.strip_punctuation,
+                                  config.fold_whitespace)
+    hashes = np.frombuffer(b"".join(hashlib.blake2b(_utf8_view(norm, i), digest_size=16).digest()
+                                    for i in range(len(norm))), np.uint8)
+    n = len(norm)
+    if config.near:
+        counts = np.diff(words.offsets.to_numpy())
+        shingle, doc_of = minhash.shingle_hashes(minhash.word_hashes(words.flatten()), counts, config.ngram)
+        sigs = minhash.signatures(shingle, doc_of, n, config.num_perm, config.seed)
+        shingles = np.bincount(doc_of, minlength=n).astype(np.int32)
+    else:
+        sigs = np.full((n, config.num_perm), minhash.EMPTY, np.uint32)
+        shingles = np.zeros(n, np.int32)
+    return pa.table([batch.column("id"), pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(hashes)]),
+                     pa.array(shingles), pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1)), config.num_perm)],
+                    schema=signature_schema(config.num_perm))
 
 
-# -- step 3: apply per shard ------------------------------------------------------------------
+def _utf8_view(strings: pa.Array, i: int) -> memoryview:
+    """The UTF-8 bytes of strings[i], without a Python str in between."""
+    offsets = np.frombuffer(strings.buffers()[1], np.int32 if pa.types.is_string(strings.type) else np.int64)
+    lo, hi = offsets[strings.offset + i], offsets[strings.offset + i + 1]
+    return memoryview(strings.buffers()[2])[lo:hi]
+
+
+def bucket_keys(sigs: pa.Table, shard: int, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(key, doc) for every document's LSH bands and exact text, documents in row order. Keys of
+    different bands never meet: the band number is hashed in."""
+    n = sigs.num_rows
+    rows = np.arange(n)
+    keys, docs = [], []
+    if config.exact:
+        keys.append(content_hashes(sigs)[:, :8].copy().view(np.uint64).reshape(-1))
+        docs.append(rows)
+    if config.near:
+        has = np.flatnonzero(sigs.column("shingles").to_numpy() > 0)
+        sig = signature_matrix(sigs)[has]
+        for band in range(config.bands):
+            h = np.full(len(has), minhash.fmix64(np.array([band + 1], np.uint64))[0], np.uint64)
+            for col in sig[:, band * config.rows:(band + 1) * config.rows].T:
+                h = minhash.fmix64(h ^ col.astype(np.uint64))
+            keys.append(h)
+            docs.append(has)
+    if not keys:
+        return np.empty(0, np.uint64), np.empty(0, np.uint64)
+    key, row = np.concatenate(keys), np.concatenate(docs)
+    order = np.argsort(row, kind="stable")  # documents in row order: pairs step relies on it
+    return key[order], doc_keys(shard, row[order])
+
+
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    return (keys % np.uint64(partitions)).astype(np.int64)
+
+
+def content_hashes(sigs: pa.Table) -> np.ndarray:
+    col = _one_chunk(sigs.column("content_hash"))
+    return np.frombuffer(col.buffers()[1], np.uint8)[col.offset * 16:(col.offset + len(col)) * 16].reshape(-1, 16)
+
+
+def signature_matrix(sigs: pa.Table) -> np.ndarray:
+    col = _one_chunk(sigs.column("minhash"))
+    width = col.type.list_size
+    return col.values.to_numpy()[col.offset * width:(col.offset + len(col)) * width].reshape(-1, width)
+
+
+def _one_chunk(col):
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
+# -- step 2: candidate pairs per partition ----------------------------------------------------
+
+class SignatureLookup:
+    """Signatures of any documents, read from the stored per-shard tables on demand (memory-mapped,
+    so only the pages of the documents asked for are read)."""
+
+    def __init__(self, open_shard: Callable[[int], pa.Table]):
+        self._open, self._tables = open_shard, {}
+
+    def table(self, shard: int) -> pa.Table:
+        if shard not in self._tables:
+            self._tables[shard] = self._open(shard)
+        return self._tables[shard]
+
+    def gather(self, docs: np.ndarray, what: str) -> np.ndarray | list:
+        """`what` of each doc, in the order given: "hash" (n x 16 uint8), "minhash" (n x num_perm)
+        or "id" (a list of str)."""
+        shard, row = split_doc(docs)
+        out = None
+        for s in np.unique(shard):
+            mask = shard == s
+            table = self.table(int(s))
+            if what == "id":
+                got = np.array(table.column("id").take(pa.array(row[mask])).to_pylist(), object)
+            else:
+                got = (content_hashes(table) if what == "hash" else signature_matrix(table))[row[mask]]
+            if out is None:
+                out = np.empty((len(docs),) + got.shape[1:], got.dtype)
+            out[mask] = got
+        if out is None:
+            return [] if what == "id" else np.empty((0, 16), np.uint8)
+        return out.tolist() if what == "id" else out
+
+
+def candidate_pairs(keys: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (first document of a bucket, other document), each pair once, sorted. `docs` must
+    be ascending for equal keys (step 1 writes them so)."""
+    order = np.argsort(keys, kind="stable")
+    keys, docs = keys[order], docs[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    first = np.repeat(docs[starts], np.diff(np.r_[starts, len(keys)]))
+    other = first != docs
+    a, b = first[other], docs[other]
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    fresh = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])] if len(a) else np.empty(0, bool)
+    return a[fresh], b[fresh]
+
+
+def verify_pairs(a: np.ndarray, b: np.ndarray, lookup: SignatureLookup,
+                 config: DedupConfig) -> np.ndarray:
+    """Which candidate pairs are duplicates: same normalized text, or estimated Jaccard >= threshold."""
+    keep = np.zeros(len(a), bool)
+    for lo in range(0, len(a), VERIFY_PAIRS):
+        x, y = a[lo:lo + VERIFY_PAIRS], b[lo:lo + VERIFY_PAIRS]
+        ok = np.zeros(len(x), bool)
+        if config.exact:
+            ok |= (lookup.gather(x, "hash") == lookup.gather(y, "hash")).all(axis=1)
+        if config.near:
+            ok |= minhash.jaccard(lookup.gather(x, "minhash"), lookup.gather(y, "minhash")) >= config.threshold
+        keep[lo:lo + VERIFY_PAIRS] = ok
+    return keep
+
+
+def pairs_table(a: np.ndarray, b: np.ndarray) -> pa.Table:
+    return pa.table([pa.array(a, pa.uint64()), pa.array(b, pa.uint64())], schema=PAIRS_SCHEMA)
+
+
+# -- step 3: clusters ---------------------------------------------------------------------------
+
+class Corpus:
+    """Dense corpus positions (0..docs-1, corpus order) of packed document positions."""
+
+    def __init__(self, rows_per_shard: dict[int, int]):
+        self.shards = sorted(rows_per_shard)
+        self.rows = np.array([rows_per_shard[s] for s in self.shards], np.int64)
+        self.start = np.concatenate([[0], np.cumsum(self.rows)[:-1]]).astype(np.int64)
+        self.docs = int(self.rows.sum())
+        self._slot = np.full(max(self.shards, default=-1) + 1, -1, np.int64)
+        self._slot[self.shards] = np.arange(len(self.shards))
+
+    def position(self, docs: np.ndarray) -> np.ndarray:
+        shard, row = split_doc(docs)
+        return self.start[self._slot[shard]] + row
+
+    def doc(self, position: np.ndarray) -> np.ndarray:
+        slot = np.searchsorted(self.start, position, side="right") - 1
+        return (np.array(self.shards, np.uint64)[slot] << _ROW_BITS) | (position - self.start[slot]).astype(np.uint64)
+
+
+def cluster_memory_mb(docs: int) -> float:
+    """What union-find over `docs` documents needs: the parent array and one rebuilt copy."""
+    return docs * 8 * 2 / 2**20
+
+
+def clusters(corpus: Corpus, pair_tables, config: DedupConfig) -> np.ndarray:
+    """Union-find over all pairs: the corpus position of each document's kept representative."""
+    need = cluster_memory_mb(corpus.docs)
+    if need > config.memory_mb / 2:
+        raise MemoryError(f"clustering {corpus.docs} documents needs about {need:.0f} MiB, over half the "
+                          f"memory budget (dedup.memory_mb = {config.memory_mb}): raise memory_mb")
+    sets = DisjointSets(corpus.docs)
+    for pairs in pair_tables:
+        sets.union(corpus.position(pairs.column("a").to_numpy()), corpus.position(pairs.column("b").to_numpy()))
+    return sets.roots()
+
+
+def shard_duplicates(corpus: Corpus, roots: np.ndarray, shard: int, lookup: SignatureLookup,
+                     config: DedupConfig) -> pa.Table:
+    """The duplicates among one shard's documents, with their cluster and kept document."""
+    slot = corpus.shards.index(shard)
+    lo, n = corpus.start[slot], corpus.rows[slot]
+    rows = np.flatnonzero(roots[lo:lo + n] != np.arange(lo, lo + n))
+    kept = roots[lo + rows]
+    me, rep = doc_keys(shard, rows), corpus.doc(kept)
+    same = (lookup.gather(me, "hash") == lookup.gather(rep, "hash")).all(axis=1) if len(rows) else np.zeros(0, bool)
+    sim = minhash.jaccard(lookup.gather(me, "minhash"), lookup.gather(rep, "minhash")) if config.near and len(rows) \
+        else np.zeros(len(rows))
+    sim = np.where(same, 1.0, sim)
+    reason = np.where(same & config.exact, "exact_duplicate", "near_duplicate")
+    return pa.table([pa.array(rows, pa.int64()), pa.array(lookup.gather(me, "id"), pa.string()),
+                     pa.array(reason.tolist(), pa.string()), pa.array(kept, pa.int64()),
+                     pa.array(lookup.gather(rep, "id"), pa.string()), pa.array(sim, pa.float64())],
+                    schema=DUPLICATES_SCHEMA)
+
+
+def cluster_counts(corpus: Corpus, roots: np.ndarray) -> dict:
+    sizes = np.bincount(roots, minlength=corpus.docs)
+    sizes = sizes[sizes > 1]
+    return {"docs": corpus.docs, "clusters": int(len(sizes)), "largest_cluster": int(sizes.max(initial=0)),
+            "duplicates": int(sizes.sum() - len(sizes))}
+
+
+def find_duplicates(tables: list[pa.Table], config: DedupConfig, partitions: int = 1) -> list[pa.Table]:
+    """Steps 1-3 in memory over document tables given in corpus order (shard i = tables[i]): each
+    shard's duplicates. The store-backed steps (pipeline/shards.py) do the same in bounded memory;
+    this is for small corpora, tests and benchmarks."""
+    sigs = [signatures(t, config) for t in tables]
+    keyed = [bucket_keys(s, i, config) for i, s in enumerate(sigs)]
+    lookup = SignatureLookup(lambda shard: sigs[shard])
+    pair_tables = []
+    for p in range(partitions):
+        mine = [partition_of(k, partitions) == p for k, _ in keyed]
+        a, b = candidate_pairs(np.concatenate([k[m] for (k, _), m in zip(keyed, mine)]),
+                               np.concatenate([d[m] for (_, d), m in zip(keyed, mine)]))
+        keep = verify_pairs(a, b, lookup, config)
+        pair_tables.append(pairs_table(a[keep], b[keep]))
+    corpus = Corpus({i: s.num_rows for i, s in enumerate(sigs)})
+    roots = clusters(corpus, pair_tables, config)
+    return [shard_duplicates(corpus, roots, i, lookup, config) for i in range(len(tables))]
+
+
+# -- step 4: apply per shard --------------------------------------------------------------------
 
 def apply_duplicates(table: pa.Table, duplicates: pa.Table) -> ShardResult:
-    """Drop this shard's documents listed in `duplicates`; detail names the kept document."""
+    """Drop this shard's documents listed in `duplicates` (rows of this shard); the removed ones
+    keep their cluster id, kept document and similarity."""
     _require(table, ("id",), "apply_duplicates documents")
     _require(duplicates, DUPLICATES_SCHEMA.names, "apply_duplicates duplicates")
-    mine = duplicates.filter(pc.is_in(duplicates.column("id"), value_set=table.column("id").combine_chunks()))
-    found = {i: (reason, of, sim) for i, reason, of, sim in zip(*(mine.column(c).to_pylist()
-                                                                   for c in DUPLICATES_SCHEMA.names))}
-    reasons, details = [], []
-    for doc_id in table.column("id").to_pylist():
-        hit = found.get(doc_id)
-        reasons.append(hit[0] if hit else None)
-        details.append(f"duplicate_of={hit[1]} similarity={hit[2]:.4f}" if hit else None)
-    return split_by_reason(table, reasons, details)
+    duplicates = duplicates.sort_by("row")
+    rows = duplicates.column("row").to_numpy()
+    if len(rows) and (rows.max() >= table.num_rows or
+                      duplicates.column("id").to_pylist() != table.column("id").take(pa.array(rows)).to_pylist()):
+        raise ValueError("duplicates list does not match this shard's documents (row or id differ): "
+                         "was it made from another upstream output?")
+    reasons: list[str | None] = [None] * table.num_rows
+    details: list[str | None] = [None] * table.num_rows
+    for r, reason, cid, of, sim in zip(rows.tolist(), *(duplicates.column(c).to_pylist() for c in
+                                                         ("reason", "cluster_id", "duplicate_of", "similarity"))):
+        reasons[r], details[r] = reason, f"cluster={cid} duplicate_of={of} similarity={sim:.4f}"
+    result = split_by_reason(table, reasons, details)
+    removed = result.removed
+    for c in ("cluster_id", "duplicate_of", "similarity"):
+        removed = removed.append_column(DUPLICATES_SCHEMA.field(c), duplicates.column(c))
+    result.removed = removed.cast(DEDUP_REMOVED_SCHEMA)
+    return result
 
 
 def _require(table: pa.Table, columns, what: str) -> None:

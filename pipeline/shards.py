@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from storage import StageDir, Store
 
 from pipeline.failpoints import failpoint
@@ -116,8 +118,11 @@ def _pii():
 FILTERS = {"quality": _quality, "pii": _pii}
 
 
-def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any) -> dict:
-    from pipeline.dedup import signatures
+def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any,
+                    partitions: int) -> dict:
+    """Dedup step 1 on one document shard: its signatures, and its bucket keys in one file per
+    partition (every partition gets a file, maybe empty, so step 2 reads a fixed set)."""
+    from pipeline.dedup import KEYS_SCHEMA, bucket_keys, partition_of, signatures
 
     out = stage_dir(store_url, "dedup-signatures", fp)
 
@@ -125,32 +130,83 @@ def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, st
         t0 = time.perf_counter()
         table = read_docs(stage_dir(store_url, *upstream), index)
         sigs = signatures(table, config)
-        rel = StageDir.part("data", index, "parquet")
-        out.write_parquet(rel, sigs)
-        stats = {"index": index, "outputs": {"data": rel}, "counts": {"docs_in": table.num_rows},
+        out.write_arrow(signature_part(index), sigs)
+        keys, docs = bucket_keys(sigs, index, config)
+        part = partition_of(keys, partitions)
+        for p in range(partitions):
+            mine = part == p
+            out.write_arrow(bucket_part(p, index), pa.table([keys[mine], docs[mine]], schema=KEYS_SCHEMA))
+        stats = {"index": index, "outputs": {"data": signature_part(index)},
+                 "counts": {"docs_in": table.num_rows, "bucket_keys": int(len(keys))},
                  "seconds": round(time.perf_counter() - t0, 3)}
         return commit_shard(out, index, stats)
 
     return run_if_needed(out, index, work)
 
 
-def cluster_shard(store_url: str, fp: str, signatures_fp: str, shard_indexes: list[int], config: Any) -> dict:
-    """The one corpus-wide step: find duplicates across all signature shards in corpus order."""
-    from pipeline.dedup import find_duplicates
+def signature_part(index: int) -> str:
+    return StageDir.part("data", index, "arrow")
 
-    out = stage_dir(store_url, "dedup-clusters", fp)
+
+def bucket_part(partition: int, index: int) -> str:
+    return StageDir.part(f"buckets/p-{partition:05d}", index, "arrow")
+
+
+def signature_lookup(sig_dir: StageDir):
+    """Stored signatures of any document, memory-mapped (pipeline.dedup.SignatureLookup)."""
+    from pipeline.dedup import SignatureLookup
+
+    return SignatureLookup(lambda shard: sig_dir.map_arrow(signature_part(shard)))
+
+
+def pairs_shard(store_url: str, fp: str, partition: int, signatures_fp: str, shard_indexes: list[int],
+                config: Any) -> dict:
+    """Dedup step 2 on one bucket partition: candidate pairs from every shard's keys, verified."""
+    from pipeline.dedup import candidate_pairs, pairs_table, verify_pairs
+
+    out = stage_dir(store_url, "dedup-pairs", fp)
     sig_dir = stage_dir(store_url, "dedup-signatures", signatures_fp)
 
     def work():
         t0 = time.perf_counter()
-        tables = (sig_dir.read_parquet(StageDir.part("data", i, "parquet")) for i in shard_indexes)
-        dups = find_duplicates(tables, config)
-        rel = "data/duplicates.parquet"
-        out.write_parquet(rel, dups)
-        reasons = dups.column("reason").to_pylist() if dups.num_rows else []
-        counts = {"duplicates": dups.num_rows,
-                  "by_reason": {r: reasons.count(r) for r in sorted(set(reasons))}}
-        stats = {"index": 0, "outputs": {"data": rel}, "counts": counts,
+        keys = pa.concat_tables([sig_dir.read_arrow(bucket_part(partition, i)) for i in shard_indexes])
+        a, b = candidate_pairs(keys.column("key").to_numpy(), keys.column("doc").to_numpy())
+        del keys
+        keep = verify_pairs(a, b, signature_lookup(sig_dir), config)
+        rel = StageDir.part("data", partition, "arrow")
+        out.write_arrow(rel, pairs_table(a[keep], b[keep]))
+        counts = {"candidate_pairs": int(len(a)), "duplicate_pairs": int(keep.sum())}
+        stats = {"index": partition, "outputs": {"data": rel}, "counts": counts,
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        return commit_shard(out, partition, stats)
+
+    return run_if_needed(out, partition, work)
+
+
+def cluster_shard(store_url: str, fp: str, pairs_fp: str, signatures_fp: str, shard_indexes: list[int],
+                  config: Any) -> dict:
+    """Dedup step 3, the one corpus-wide step: union-find over all pairs, then each shard's
+    duplicates with their cluster written to their own file."""
+    from pipeline.dedup import Corpus, cluster_counts, clusters, shard_duplicates
+
+    out = stage_dir(store_url, "dedup-clusters", fp)
+    sig_dir = stage_dir(store_url, "dedup-signatures", signatures_fp)
+    pairs_dir = stage_dir(store_url, "dedup-pairs", pairs_fp)
+
+    def work():
+        t0 = time.perf_counter()
+        corpus = Corpus({i: sig_dir.read_shard_stats(i)["counts"]["docs_in"] for i in shard_indexes})
+        pair_files = [s["data"] for s in pairs_dir.read_manifest()["shards"]]
+        roots = clusters(corpus, (pairs_dir.read_arrow(rel) for rel in pair_files), config)
+        lookup = signature_lookup(sig_dir)
+        by_reason: dict = {}
+        for i in shard_indexes:
+            dups = shard_duplicates(corpus, roots, i, lookup, config)
+            out.write_parquet(StageDir.part("data", i, "parquet"), dups)
+            for r in dups.column("reason").to_pylist():
+                by_reason[r] = by_reason.get(r, 0) + 1
+        counts = {**cluster_counts(corpus, roots), "by_reason": dict(sorted(by_reason.items()))}
+        stats = {"index": 0, "outputs": {"data": "data"}, "counts": counts,
                  "seconds": round(time.perf_counter() - t0, 3)}
         return commit_shard(out, 0, stats)
 
@@ -159,6 +215,7 @@ def cluster_shard(store_url: str, fp: str, signatures_fp: str, shard_indexes: li
 
 def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], clusters_fp: str,
                       config: Any) -> dict:
+    """Dedup step 4 on one shard: drop its duplicates, write them aside with their cluster."""
     from pipeline.dedup import apply_duplicates
 
     out = stage_dir(store_url, "dedup", fp)
@@ -166,7 +223,7 @@ def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, 
     def work():
         t0 = time.perf_counter()
         table = read_docs(stage_dir(store_url, *upstream), index)
-        dups = stage_dir(store_url, "dedup-clusters", clusters_fp).read_parquet("data/duplicates.parquet")
+        dups = stage_dir(store_url, "dedup-clusters", clusters_fp).read_parquet(StageDir.part("data", index, "parquet"))
         result = apply_duplicates(table, dups)
         return commit_docs(out, index, result, time.perf_counter() - t0)
 

@@ -1,32 +1,61 @@
 """Word splitting and text normalization shared by the dedup and quality stages.
 
-Both are single regex passes in C: the stages call them once per document and share the result.
+Regex passes in C: quality calls them once per document and shares the result; dedup normalizes
+a whole Arrow column at once.
 """
 
 from __future__ import annotations
 
 import re
 
-# Anything that is neither a word character nor whitespace: punctuation and symbols (Unicode-aware).
-_PUNCT = re.compile(r"[^\w\s]+")
-_SPACE = re.compile(r"\s+")
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Punctuation and symbols (RE2, Unicode-aware): anything not a letter, digit, mark, "_" or space.
+_PUNCT_RE2 = r"[^\pL\pN\pM_\s]+"
 # A word: from the first to the last letter or digit of a whitespace-separated token, so
 # "(hello," -> "hello" and "don't" -> "don't"; tokens with no letter or digit ("|", "--") give none.
 _WORD = re.compile(r"[^\W_](?:\S*[^\W_])?")
 _LETTER = re.compile(r"[^\W\d_]")
 
 
+def normalize_texts(texts: pa.Array, lowercase: bool = True, strip_punctuation: bool = True,
+                    fold_whitespace: bool = True) -> tuple[pa.Array, pa.ListArray]:
+    """Canonical forms for duplicate detection, a whole column at once (Arrow kernels, no Python
+    loop per document), and each form's words. Texts that differ only in case, punctuation or
+    spacing get the same form. Punctuation and symbols become a space, so "end.Start" stays two
+    words; letters, digits, combining marks and "_" are kept."""
+    if lowercase:
+        texts = pc.utf8_lower(texts)
+    if strip_punctuation:
+        texts = pc.replace_substring_regex(texts, _PUNCT_RE2, " ")
+    # after strip_punctuation only ASCII spaces are left (RE2's \s), and Arrow's ASCII split is faster
+    ws = split_whitespace(texts, ascii_only=strip_punctuation)
+    if fold_whitespace:
+        texts = pc.binary_join(ws, " ")  # the words joined by single spaces: same as folding runs
+    return texts, ws
+
+
+def split_whitespace(texts: pa.Array, ascii_only: bool = False) -> pa.ListArray:
+    """Each text's whitespace-separated tokens, like str.split() (Arrow's kernel gives an empty
+    token at every extra whitespace character; they are dropped here). `ascii_only` when the
+    texts hold no other whitespace than ASCII's."""
+    parts = (pc.ascii_split_whitespace if ascii_only else pc.utf8_split_whitespace)(texts)
+    if isinstance(parts, pa.ChunkedArray):
+        parts = parts.combine_chunks()
+    flat = parts.flatten()
+    keep = pc.not_equal(pc.binary_length(flat), 0)
+    kept_before = np.concatenate([[0], np.cumsum(keep.to_numpy(zero_copy_only=False), dtype=np.int64)])
+    offsets = kept_before[parts.offsets.to_numpy()]
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), flat.filter(keep))
+
+
 def normalize(text: str, lowercase: bool = True, strip_punctuation: bool = True,
               fold_whitespace: bool = True) -> str:
-    """Canonical form for duplicate detection: texts that differ only in case, punctuation or
-    spacing compare equal. Punctuation becomes a space, so "end.Start" stays two words."""
-    if lowercase:
-        text = text.lower()
-    if strip_punctuation:
-        text = _PUNCT.sub(" ", text)
-    if fold_whitespace:
-        text = _SPACE.sub(" ", text).strip()
-    return text
+    """normalize_texts for one text."""
+    return normalize_texts(pa.array([text], pa.string()), lowercase, strip_punctuation,
+                           fold_whitespace)[0][0].as_py()
 
 
 def tokens(text: str) -> list[str]:

@@ -163,6 +163,13 @@ class StageDir:
         with self.fs.open(self.abspath(rel), "rb") as f:
             return ipc.open_file(pa.BufferReader(f.read())).read_all()
 
+    def map_arrow(self, rel: str) -> pa.Table:
+        """An Arrow IPC file, memory-mapped: taking a few rows reads only their pages."""
+        try:
+            return ipc.open_file(pa.memory_map(self.local_path(rel))).read_all()
+        except FileNotFoundError as e:
+            raise StoreError(f"missing shard file {self.url(rel)}") from e
+
     def list(self, sub: str) -> list[str]:
         """Committed files under a sub-folder (relative paths, sorted, temporary files left out)."""
         base = self.abspath(sub)

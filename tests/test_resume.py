@@ -1,5 +1,6 @@
-"""SIGKILL the whole run mid-dedup, mid-tokenize and mid-training; each re-run resumes, and the final
-manifests, token shards and model are byte-identical to an uninterrupted run's."""
+"""SIGKILL the whole run in each dedup step, mid-tokenize and mid-training; each re-run resumes, and the
+final manifests, document and token shards, removed documents and model are byte-identical to an
+uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def _committed_files(store: Path) -> dict[str, bytes]:
     files = {}
     for p in sorted(store.rglob("*")):
         rel = p.relative_to(store).as_posix()
-        if p.is_file() and (p.name == "manifest.json" or "/data/" in rel and p.suffix == ".arrow" or p.name == "model.pt"):
+        data = ("/data/" in rel or "/removed/" in rel) and p.suffix in (".arrow", ".parquet")
+        if p.is_file() and (p.name == "manifest.json" or data or p.name == "model.pt"):
             files[rel] = p.read_bytes()
     return files
 
@@ -45,7 +47,8 @@ def test_sigkill_then_rerun_gives_identical_bytes(prefect_server, tmp_path, shar
     done = _run(configs["straight"], env)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    for point, stage in [("dedup-signatures:1", "dedup-signatures"), ("tokenize:1", "tokenize"),
+    for point, stage in [("dedup-signatures:1", "dedup-signatures"), ("dedup-pairs:0", "dedup-pairs"),
+                         ("dedup-clusters:0", "dedup-clusters"), ("dedup:1", "dedup"), ("tokenize:1", "tokenize"),
                          ("train:step:15", "train")]:
         killed = _run(configs["killed"], env, failpoint=point)
         assert killed.returncode == -9, f"{point}: expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
@@ -59,6 +62,8 @@ def test_sigkill_then_rerun_gives_identical_bytes(prefect_server, tmp_path, shar
     straight, again = _committed_files(tmp_path / "straight"), _committed_files(tmp_path / "killed")
     assert any(k.startswith("tokenize/") and k.endswith(".arrow") for k in straight)
     assert any(k.endswith("model.pt") for k in straight)
+    assert any(k.startswith("dedup-clusters/") and k.endswith(".parquet") for k in straight)
+    assert any(k.startswith("dedup/") and "/removed/" in k for k in straight)
     assert sorted(straight) == sorted(again)
     different = [k for k in straight if straight[k] != again[k]]
     assert different == []
