@@ -120,28 +120,34 @@ FILTERS = {"quality": _quality, "pii": _pii}
 
 def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any,
                     partitions: int) -> dict:
-    """Dedup step 1 on one document shard: its signatures, and its bucket keys in one file per
-    partition (every partition gets a file, maybe empty, so step 2 reads a fixed set)."""
-    from pipeline.dedup import KEYS_SCHEMA, bucket_keys, partition_of, signatures
+    """Dedup step 1 on one document shard: its signatures and bucket keys."""
+    from pipeline.dedup import signatures
 
     out = stage_dir(store_url, "dedup-signatures", fp)
 
     def work():
         t0 = time.perf_counter()
         table = read_docs(stage_dir(store_url, *upstream), index)
-        sigs = signatures(table, config)
-        out.write_arrow(signature_part(index), sigs)
-        keys, docs = bucket_keys(sigs, index, config)
-        part = partition_of(keys, partitions)
-        for p in range(partitions):
-            mine = part == p
-            out.write_arrow(bucket_part(p, index), pa.table([keys[mine], docs[mine]], schema=KEYS_SCHEMA))
-        stats = {"index": index, "outputs": {"data": signature_part(index)},
-                 "counts": {"docs_in": table.num_rows, "bucket_keys": int(len(keys))},
-                 "seconds": round(time.perf_counter() - t0, 3)}
-        return commit_shard(out, index, stats)
+        return commit_signatures(out, index, signatures(table, config), config, partitions, t0)
 
     return run_if_needed(out, index, work)
+
+
+def commit_signatures(out: StageDir, index: int, sigs, config: Any, partitions: int, t0: float) -> dict:
+    """Write a shard's signatures, then its bucket keys in one file per partition (every partition
+    gets a file, maybe empty, so step 2 reads a fixed set), then the stats file."""
+    from pipeline.dedup import KEYS_SCHEMA, bucket_keys, partition_of
+
+    out.write_arrow(signature_part(index), sigs)
+    keys, docs = bucket_keys(sigs, index, config)
+    part = partition_of(keys, partitions)
+    for p in range(partitions):
+        mine = part == p
+        out.write_arrow(bucket_part(p, index), pa.table([keys[mine], docs[mine]], schema=KEYS_SCHEMA))
+    stats = {"index": index, "outputs": {"data": signature_part(index)},
+             "counts": {"docs_in": sigs.num_rows, "bucket_keys": int(len(keys))},
+             "seconds": round(time.perf_counter() - t0, 3)}
+    return commit_shard(out, index, stats)
 
 
 def signature_part(index: int) -> str:

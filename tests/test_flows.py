@@ -97,6 +97,16 @@ def test_stage_flow_on_its_own_with_memory_store(prefect_api, shared_data):
     assert r["url"].startswith("memory://") and r["counts"]["docs_in"] > 0
     d = dedup(r["url"])
     assert d["counts"]["docs_in"] == r["counts"]["docs_kept"]
+    # A new threshold keeps step 1 (signatures, bucket keys) and re-runs pairs, clusters and apply.
+    import fsspec
+
+    from pipeline.dedup import DedupConfig
+
+    again = dedup(r["url"], DedupConfig(threshold=0.9))
+    assert not again["cached"] and again["fingerprint"] != d["fingerprint"]
+    fs = fsspec.filesystem("memory")
+    steps = {step: len(fs.ls(f"/c2l-flow-test/{step}")) for step in ("dedup-signatures", "dedup-pairs", "dedup")}
+    assert steps == {"dedup-signatures": 1, "dedup-pairs": 2, "dedup": 2}
 
 
 def test_editing_a_url_blocklist_file_reruns_ingest(prefect_api, tmp_path, shared_data):
