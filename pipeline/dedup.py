@@ -42,9 +42,10 @@ from pipeline.union_find import DisjointSets
 BATCH_DOCS = 4096
 # Candidate pairs verified at once: two signatures each are gathered (num_perm * 4 bytes).
 VERIFY_PAIRS = 65536
-# Working memory of the pairs step per bucket key: the key and doc (16), the sort order (8),
-# sorted copies (16), candidate pairs (16) and slack.
-_BYTES_PER_KEY = 64
+# Working memory of the pairs step per bucket key: the key and doc as read (16) and as arrays (16),
+# the sort order (8), sorted copies (16), each bucket's first doc (8) and slack; 85 measured on
+# 2M synthetic signatures (benchmarks/dedup_memory.py).
+_BYTES_PER_KEY = 96
 _ROW_BITS = np.uint64(32)
 _ROW_MASK = np.uint64(0xFFFFFFFF)
 
