@@ -164,7 +164,7 @@ def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict
 
 @flow(name="quality", task_runner=RUNNER)
 def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
-    """Gopher quality rules; every removed document keeps the first rule that removed it."""
+    """Gopher quality and repetition rules; every removed document keeps the first rule that removed it."""
     return _filter_stage("quality", source, config, workers_n)
 
 

@@ -13,6 +13,16 @@ fails (its reason); a rule left out of `QualityConfig.rules` is off:
     gopher_ellipsis_lines    <= 30% of lines end with an ellipsis
     gopher_alpha_words       >= 80% of whitespace tokens hold a letter
     gopher_stop_words        >= 2 occurrences of the, be, to, of, and, that, have, with
+    gopher_dup_paragraphs    <= 30% of paragraphs repeat an earlier one, and they hold <= 20% of the characters
+    gopher_dup_lines         <= 30% of lines repeat an earlier line, and they hold <= 20% of the characters
+    gopher_top_ngrams        the most frequent word 2/3/4-gram covers <= 20/18/16% of the characters
+    gopher_dup_ngrams        word 5..10-grams that repeat cover <= 15/14/13/12/11/10% of the characters
+
+The last four are Gopher's repetition rules (table A1), cheapest first. Paragraphs are separated by
+blank lines. Character shares are of the whole text: a repeated line or paragraph counts its own
+length; an n-gram counts its words' characters (spaces left out), once per occurrence for the top
+n-gram and, for repeated n-grams, once per repeated occurrence that does not overlap the previous
+counted one (so a long repeated passage is not counted n times).
 
 A "word" is a whitespace token holding a letter or digit, trimmed of leading and trailing
 punctuation (pipeline.text.words); symbol-only tokens ("|", "--") are not words, but they are
@@ -22,6 +32,8 @@ per document and shared by every rule.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from functools import cached_property
 from typing import Callable, Literal
 
@@ -32,12 +44,18 @@ from pipeline.stage import ShardResult, StageConfig, split_by_reason
 from pipeline.text import has_letter, tokens, words
 
 Rule = Literal["gopher_word_count", "gopher_mean_word_length", "gopher_hash_ratio", "gopher_ellipsis_ratio",
-               "gopher_bullet_lines", "gopher_ellipsis_lines", "gopher_alpha_words", "gopher_stop_words"]
+               "gopher_bullet_lines", "gopher_ellipsis_lines", "gopher_alpha_words", "gopher_stop_words",
+               "gopher_dup_paragraphs", "gopher_dup_lines", "gopher_top_ngrams", "gopher_dup_ngrams"]
 RULES: tuple[str, ...] = Rule.__args__  # the evaluation order
+GOPHER_REPETITION = ("gopher_dup_paragraphs", "gopher_dup_lines", "gopher_top_ngrams", "gopher_dup_ngrams")
+GOPHER_QUALITY = tuple(r for r in RULES if r not in GOPHER_REPETITION)
 
 GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 BULLETS = ["•", "●", "○", "◦", "▪", "‣", "·", "-", "*"]
 ELLIPSES = ("...", "…")
+TOP_NGRAM_MAX_CHARS = {2: 0.20, 3: 0.18, 4: 0.16}
+DUP_NGRAM_MAX_CHARS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 class QualityConfig(StageConfig):
@@ -62,6 +80,20 @@ class QualityConfig(StageConfig):
     min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest occurrences of stop words.")
     stop_words: list[str] = Field(default_factory=lambda: list(GOPHER_STOP_WORDS),
                                   description="gopher_stop_words: the words counted (matched lowercased).")
+    max_dup_lines_ratio: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: largest share of lines "
+                                                                    "that may repeat an earlier line.")
+    max_dup_lines_chars: float = Field(0.2, ge=0, le=1, description="gopher_dup_lines: largest share of the "
+                                                                    "characters repeated lines may hold.")
+    max_dup_paragraphs_ratio: float = Field(0.3, ge=0, le=1, description="gopher_dup_paragraphs: largest share of "
+                                                                         "paragraphs that may repeat an earlier one.")
+    max_dup_paragraphs_chars: float = Field(0.2, ge=0, le=1, description="gopher_dup_paragraphs: largest share of "
+                                                                         "the characters repeated paragraphs may hold.")
+    max_top_ngram_chars: dict[int, float] = Field(default_factory=lambda: dict(TOP_NGRAM_MAX_CHARS),
+                                                  description="gopher_top_ngrams: n -> largest share of the characters "
+                                                              "the most frequent word n-gram may cover.")
+    max_dup_ngram_chars: dict[int, float] = Field(default_factory=lambda: dict(DUP_NGRAM_MAX_CHARS),
+                                                  description="gopher_dup_ngrams: n -> largest share of the characters "
+                                                              "repeated word n-grams may cover.")
     bullets: list[str] = Field(default_factory=lambda: list(BULLETS),
                                description="gopher_bullet_lines: prefixes that mark a bullet line "
                                            "(after leading spaces).")
@@ -102,6 +134,10 @@ class Doc:
     @cached_property
     def lines(self) -> list[str]:
         return [line.strip() for line in self.text.splitlines() if line.strip()]
+
+    @cached_property
+    def paragraphs(self) -> list[str]:
+        return [p.strip() for p in _PARAGRAPH_BREAK.split(self.text) if p.strip()]
 
 
 def _ratio(n: int, d: int) -> float:
@@ -173,6 +209,68 @@ def _stop_words(d: Doc, c: QualityConfig) -> str | None:
     return f"stop_words={n} < min_stop_words={c.min_stop_words}" if n < c.min_stop_words else None
 
 
+def _repeats(parts: list[str]) -> tuple[int, int]:
+    """How many parts repeat an earlier part, and their characters."""
+    seen: set[str] = set()
+    n = chars = 0
+    for part in parts:
+        if part in seen:
+            n, chars = n + 1, chars + len(part)
+        else:
+            seen.add(part)
+    return n, chars
+
+
+def _dup_parts(parts: list[str], text: str, max_ratio: float, max_chars: float, name: str) -> str | None:
+    n, chars = _repeats(parts)
+    ratio, share = _ratio(n, len(parts)), _ratio(chars, len(text))
+    if ratio > max_ratio:
+        return f"dup_{name}_ratio={ratio:.3f} > max_dup_{name}_ratio={max_ratio}"
+    if share > max_chars:
+        return f"dup_{name}_chars={share:.3f} > max_dup_{name}_chars={max_chars}"
+    return None
+
+
+def _dup_lines(d: Doc, c: QualityConfig) -> str | None:
+    return _dup_parts(d.lines, d.text, c.max_dup_lines_ratio, c.max_dup_lines_chars, "lines")
+
+
+def _dup_paragraphs(d: Doc, c: QualityConfig) -> str | None:
+    return _dup_parts(d.paragraphs, d.text, c.max_dup_paragraphs_ratio, c.max_dup_paragraphs_chars, "paragraphs")
+
+
+def _ngrams(ws: list[str], n: int) -> list[tuple[str, ...]]:
+    return list(zip(*(ws[i:] for i in range(n))))
+
+
+def _top_ngrams(d: Doc, c: QualityConfig) -> str | None:
+    for n, limit in sorted(c.max_top_ngram_chars.items()):
+        grams = _ngrams(d.words, n)
+        if not grams:
+            continue
+        top, count = Counter(grams).most_common(1)[0]
+        share = _ratio(sum(map(len, top)) * count, len(d.text))
+        if share > limit:
+            return f"top_{n}gram_chars={share:.3f} > max={limit}"
+    return None
+
+
+def _dup_ngrams(d: Doc, c: QualityConfig) -> str | None:
+    for n, limit in sorted(c.max_dup_ngram_chars.items()):
+        grams, seen, chars, i = _ngrams(d.words, n), set(), 0, 0
+        while i < len(grams):
+            if grams[i] in seen:  # count this occurrence, then skip past it (no overlapping counts)
+                chars += sum(map(len, grams[i]))
+                i += n
+            else:
+                seen.add(grams[i])
+                i += 1
+        share = _ratio(chars, len(d.text))
+        if share > limit:
+            return f"dup_{n}gram_chars={share:.3f} > max={limit}"
+    return None
+
+
 CHECKS: dict[str, Callable[[Doc, QualityConfig], str | None]] = {
     "gopher_word_count": _word_count,
     "gopher_mean_word_length": _mean_word_length,
@@ -182,6 +280,10 @@ CHECKS: dict[str, Callable[[Doc, QualityConfig], str | None]] = {
     "gopher_ellipsis_lines": _ellipsis_lines,
     "gopher_alpha_words": _alpha_words,
     "gopher_stop_words": _stop_words,
+    "gopher_dup_paragraphs": _dup_paragraphs,
+    "gopher_dup_lines": _dup_lines,
+    "gopher_top_ngrams": _top_ngrams,
+    "gopher_dup_ngrams": _dup_ngrams,
 }
 assert tuple(CHECKS) == RULES
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-from pipeline.quality import RULES, QualityConfig, evaluate, filter_quality
+from pipeline.quality import GOPHER_QUALITY, RULES, QualityConfig, evaluate, filter_quality
 from pipeline.schema import docs_from_rows
 from tests.test_dedup import GUTENBERG, gutenberg_windows
 
@@ -93,7 +93,8 @@ def test_pydoc_pages():
     """The demo crawls a local pydoc server: its reference pages pass, its lists and tables do not."""
     def text(url):
         return extract_plain_text(pydoc._url_handler(url, "text/html"), main_content=False)
-    assert failing(text("json.html")) == []
+    # API reference repeats its phrasing ("If specified, ...") past Gopher's repeated 5-gram limit
+    assert failing(text("json.html")) == ["gopher_dup_ngrams"]
     assert failing(text("errno.html"))[0] == "gopher_alpha_words"  # symbol = number table
     assert failing(text("topics.html")) == ["gopher_stop_words"]  # a list of upper-case topic names
 
@@ -112,20 +113,44 @@ def test_pydoc_pages():
     ("gopher_stop_words", "Apples, pears, plums, cherries, peaches. " * 12),
 ])
 def test_hand_made_texts_fail_exactly_one_rule(rule, text):
-    assert failing(text) == [rule]
-    result = filter_quality(docs_from_rows([{"id": "x", "text": text}, {"id": "ok", "text": PROSE}]), QualityConfig())
+    """Gopher's quality rules one by one (some texts are repetitive too: repetition rules off)."""
+    config = QualityConfig(rules=list(GOPHER_QUALITY))
+    assert failing(text, config) == [rule]
+    result = filter_quality(docs_from_rows([{"id": "x", "text": text}, {"id": "ok", "text": PROSE}]), config)
     assert result.removed.column("reason").to_pylist() == [rule]
     assert result.kept.column("id").to_pylist() == ["ok"]
     assert result.counts["rules"][rule]["failed"] == 1
+
+
+SENTENCES = [s.strip() + "." for s in PROSE.split(".") if s.strip()]
+
+
+@pytest.mark.parametrize("rule, text", [
+    # 8 lines, 3 of them repeats of the first: 3/8 > 30% of lines
+    ("gopher_dup_lines", "\n".join(SENTENCES[:5] + [SENTENCES[0]] * 3)),
+    # a long paragraph repeated once in a text of short ones: few repeats, but > 20% of the characters
+    ("gopher_dup_paragraphs", "\n\n".join([PROSE] + [f"Note {i} of the day, with the sun and the rain."
+                                                     for i in range(12)] + [PROSE])),
+    # one 2-gram everywhere: "of the" covers > 20% of the characters
+    ("gopher_top_ngrams", " ".join(f"{w} of the" for w in PROSE.split()[:60])),
+    # a 40-word passage said twice, words otherwise distinct: repeated 5-grams cover > 15%
+    ("gopher_dup_ngrams", PROSE + " " + " ".join(PROSE.split()[:40])),
+])
+def test_repetition_rules(rule, text):
+    """Each text's first failing rule (its reason) is the one it was made for, and it passes
+    Gopher's quality rules; repetition rules overlap (repeated lines are repeated n-grams too)."""
+    assert failing(text, QualityConfig(rules=list(GOPHER_QUALITY))) == []
+    assert failing(text)[0] == rule
+    assert failing(PROSE) == [] and failing(PROSE + "\n\n" + PROSE)[0] == "gopher_dup_paragraphs"
 
 
 def test_thresholds_and_switches_change_decisions():
     short = " ".join(PROSE.split()[:40])
     assert failing(short) == ["gopher_word_count"]
     assert failing(short, QualityConfig(min_words=30)) == []
-    hashy = PROSE + " #news" * 14
-    assert failing(hashy, QualityConfig(max_hash_ratio=0.2)) == []
-    off = QualityConfig(rules=[r for r in RULES if r != "gopher_hash_ratio"])
+    hashy = PROSE + " #news" * 14  # also repetitive ("news news news"): repetition rules off here
+    assert failing(hashy, QualityConfig(rules=list(GOPHER_QUALITY), max_hash_ratio=0.2)) == []
+    off = QualityConfig(rules=[r for r in GOPHER_QUALITY if r != "gopher_hash_ratio"])
     assert "gopher_hash_ratio" not in evaluate(hashy, off) and failing(hashy, off) == []
     # The first failing rule is the reason, later rules are not even checked.
     junk = "1 2 3"
