@@ -13,12 +13,17 @@ fails (its reason); a rule left out of `QualityConfig.rules` is off:
     gopher_ellipsis_lines    <= 30% of lines end with an ellipsis
     gopher_alpha_words       >= 80% of whitespace tokens hold a letter
     gopher_stop_words        >= 2 occurrences of the, be, to, of, and, that, have, with
+    fineweb_line_punct       >= 12% of lines end with terminal punctuation (. ! ? " ')
+    fineweb_short_lines      <= 67% of lines are 30 characters or shorter
+    fineweb_dup_line_chars   lines that repeat an earlier line hold <= 1% of the characters
+    fineweb_newline_ratio    <= 0.3 line breaks per word
     gopher_dup_paragraphs    <= 30% of paragraphs repeat an earlier one, and they hold <= 20% of the characters
     gopher_dup_lines         <= 30% of lines repeat an earlier line, and they hold <= 20% of the characters
     gopher_top_ngrams        the most frequent word 2/3/4-gram covers <= 20/18/16% of the characters
     gopher_dup_ngrams        word 5..10-grams that repeat cover <= 15/14/13/12/11/10% of the characters
 
-The last four are Gopher's repetition rules (table A1), cheapest first. Paragraphs are separated by
+The fineweb_ rules are FineWeb's own (Penedo et al. 2024; datatrove's FineWebQualityFilter
+defaults), off by default (QualityConfig.rules) because hard-wrapped text fails them; the last four are Gopher's repetition rules (table A1), cheapest first. Paragraphs are separated by
 blank lines. Character shares are of the whole text: a repeated line or paragraph counts its own
 length; an n-gram counts its words' characters (spaces left out), once per occurrence for the top
 n-gram and, for repeated n-grams, once per repeated occurrence that does not overlap the previous
@@ -45,10 +50,16 @@ from pipeline.text import has_letter, tokens, words
 
 Rule = Literal["gopher_word_count", "gopher_mean_word_length", "gopher_hash_ratio", "gopher_ellipsis_ratio",
                "gopher_bullet_lines", "gopher_ellipsis_lines", "gopher_alpha_words", "gopher_stop_words",
+               "fineweb_line_punct", "fineweb_short_lines", "fineweb_dup_line_chars", "fineweb_newline_ratio",
                "gopher_dup_paragraphs", "gopher_dup_lines", "gopher_top_ngrams", "gopher_dup_ngrams"]
 RULES: tuple[str, ...] = Rule.__args__  # the evaluation order
 GOPHER_REPETITION = ("gopher_dup_paragraphs", "gopher_dup_lines", "gopher_top_ngrams", "gopher_dup_ngrams")
-GOPHER_QUALITY = tuple(r for r in RULES if r not in GOPHER_REPETITION)
+FINEWEB = ("fineweb_line_punct", "fineweb_short_lines", "fineweb_dup_line_chars", "fineweb_newline_ratio")
+GOPHER_QUALITY = tuple(r for r in RULES if r not in GOPHER_REPETITION + FINEWEB)
+TERMINAL_PUNCTUATION = [".", "!", "?", '"', "'"]
+# FineWeb's line rules remove hard-wrapped prose (a Gutenberg window has ~10% of its lines ending a
+# sentence): off until they are switched on for web text.
+DEFAULT_RULES = tuple(r for r in RULES if r not in FINEWEB)
 
 GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 BULLETS = ["•", "●", "○", "◦", "▪", "‣", "·", "-", "*"]
@@ -59,9 +70,11 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 class QualityConfig(StageConfig):
-    rules: list[Rule] = Field(default_factory=lambda: list(RULES),
+    rules: list[Rule] = Field(default_factory=lambda: list(DEFAULT_RULES),
                               description="Rules to apply; leave a rule out to switch it off. They always run in "
-                                          "the documented order (" + ", ".join(RULES) + ").")
+                                          "the documented order (" + ", ".join(RULES) + "). FineWeb's rules are "
+                                          "off by default: they judge lines, and hard-wrapped text (books, "
+                                          "mail) fails them.")
     min_words: int = Field(50, ge=0, description="gopher_word_count: fewest words a document may have.")
     max_words: int = Field(100_000, ge=0, description="gopher_word_count: most words a document may have.")
     min_mean_word_length: float = Field(3.0, ge=0, description="gopher_mean_word_length: lowest mean word "
@@ -80,6 +93,17 @@ class QualityConfig(StageConfig):
     min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest occurrences of stop words.")
     stop_words: list[str] = Field(default_factory=lambda: list(GOPHER_STOP_WORDS),
                                   description="gopher_stop_words: the words counted (matched lowercased).")
+    min_line_punct_ratio: float = Field(0.12, ge=0, le=1, description="fineweb_line_punct: smallest share of lines "
+                                                                      "that must end with terminal punctuation.")
+    terminal_punctuation: list[str] = Field(default_factory=lambda: list(TERMINAL_PUNCTUATION),
+                                            description="fineweb_line_punct: what a line may end with.")
+    max_short_lines_ratio: float = Field(0.67, ge=0, le=1, description="fineweb_short_lines: largest share of "
+                                                                       "short lines.")
+    short_line_chars: int = Field(30, ge=0, description="fineweb_short_lines: a line this long or shorter is short.")
+    max_dup_line_chars: float = Field(0.01, ge=0, le=1, description="fineweb_dup_line_chars: largest share of the "
+                                                                    "characters lines repeating an earlier line "
+                                                                    "may hold.")
+    max_newline_ratio: float = Field(0.3, ge=0, description="fineweb_newline_ratio: most line breaks per word.")
     max_dup_lines_ratio: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: largest share of lines "
                                                                     "that may repeat an earlier line.")
     max_dup_lines_chars: float = Field(0.2, ge=0, le=1, description="gopher_dup_lines: largest share of the "
@@ -209,6 +233,32 @@ def _stop_words(d: Doc, c: QualityConfig) -> str | None:
     return f"stop_words={n} < min_stop_words={c.min_stop_words}" if n < c.min_stop_words else None
 
 
+def _line_punct(d: Doc, c: QualityConfig) -> str | None:
+    ratio = _ratio(sum(line.endswith(tuple(c.terminal_punctuation)) for line in d.lines), len(d.lines))
+    if ratio < c.min_line_punct_ratio:
+        return f"line_punct_ratio={ratio:.3f} < min_line_punct_ratio={c.min_line_punct_ratio}"
+    return None
+
+
+def _short_lines(d: Doc, c: QualityConfig) -> str | None:
+    ratio = _ratio(sum(len(line) <= c.short_line_chars for line in d.lines), len(d.lines))
+    if ratio > c.max_short_lines_ratio:
+        return f"short_lines_ratio={ratio:.3f} > max_short_lines_ratio={c.max_short_lines_ratio}"
+    return None
+
+
+def _dup_line_chars(d: Doc, c: QualityConfig) -> str | None:
+    share = _ratio(_repeats(d.lines)[1], len(d.text))
+    return f"dup_line_chars={share:.3f} > max_dup_line_chars={c.max_dup_line_chars}" if share > c.max_dup_line_chars \
+        else None
+
+
+def _newline_ratio(d: Doc, c: QualityConfig) -> str | None:
+    ratio = d.text.count("\n") / max(len(d.words), 1)
+    return f"newline_ratio={ratio:.3f} > max_newline_ratio={c.max_newline_ratio}" if ratio > c.max_newline_ratio \
+        else None
+
+
 def _repeats(parts: list[str]) -> tuple[int, int]:
     """How many parts repeat an earlier part, and their characters."""
     seen: set[str] = set()
@@ -280,6 +330,10 @@ CHECKS: dict[str, Callable[[Doc, QualityConfig], str | None]] = {
     "gopher_ellipsis_lines": _ellipsis_lines,
     "gopher_alpha_words": _alpha_words,
     "gopher_stop_words": _stop_words,
+    "fineweb_line_punct": _line_punct,
+    "fineweb_short_lines": _short_lines,
+    "fineweb_dup_line_chars": _dup_line_chars,
+    "fineweb_newline_ratio": _newline_ratio,
     "gopher_dup_paragraphs": _dup_paragraphs,
     "gopher_dup_lines": _dup_lines,
     "gopher_top_ngrams": _top_ngrams,

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-from pipeline.quality import GOPHER_QUALITY, RULES, QualityConfig, evaluate, filter_quality
+from pipeline.quality import FINEWEB, GOPHER_QUALITY, RULES, QualityConfig, evaluate, filter_quality
 from pipeline.schema import docs_from_rows
 from tests.test_dedup import GUTENBERG, gutenberg_windows
 
@@ -142,6 +142,30 @@ def test_repetition_rules(rule, text):
     assert failing(text, QualityConfig(rules=list(GOPHER_QUALITY))) == []
     assert failing(text)[0] == rule
     assert failing(PROSE) == [] and failing(PROSE + "\n\n" + PROSE)[0] == "gopher_dup_paragraphs"
+
+
+@pytest.mark.parametrize("rule, text", [
+    # a list of links: few lines end a sentence
+    ("fineweb_line_punct", "\n".join(f"Read the story of the {w} and the river here" for w in PROSE.split()[:40])),
+    # a menu of short lines under a paragraph
+    ("fineweb_short_lines", PROSE + "\n" + "\n".join(f"See the {w} page." for w in PROSE.split()[:20])),
+    # one repeated line is over 1% of the characters
+    ("fineweb_dup_line_chars", PROSE + "\nAll rights reserved by the town council.\nAll rights reserved by the town council."),
+    # two long words per line, each line a sentence
+    ("fineweb_newline_ratio", "\n".join(f"Extraordinarily incomprehensible-{i}." for i in range(80))),
+])
+def test_fineweb_rules(rule, text):
+    fineweb = QualityConfig(rules=list(FINEWEB))
+    assert failing(text, fineweb)[0] == rule
+    assert failing(PROSE, fineweb) == []
+    assert rule not in QualityConfig().rules  # off by default
+
+
+def test_fineweb_rules_remove_hard_wrapped_books(shared_data):
+    """Why FineWeb's rules are off by default: Gutenberg's 70-column lines end mid-sentence."""
+    docs = [d for shard in gutenberg_windows(shared_data(GUTENBERG)) for d in shard if "footer" not in d["id"]][:100]
+    reasons = [failing(d["text"], QualityConfig(rules=list(FINEWEB)))[:1] for d in docs]
+    assert sum(r == ["fineweb_line_punct"] for r in reasons) > 50
 
 
 def test_thresholds_and_switches_change_decisions():
