@@ -71,11 +71,6 @@ class AnonPeak:
         return self.peak_kib / 1024
 
 
-def peaks(t0: float, anon: AnonPeak, stats: dict) -> dict:
-    return {"seconds": time.perf_counter() - t0, "peak_mib": vm_hwm_kib() / 1024, "anon_mib": anon.stop(),
-            "counts": stats["counts"]}
-
-
 def synthetic_shard(shard: int, rows: int, seed: int):
     """Signatures of one shard: (id, content_hash, shingles, minhash) as the stage stores them."""
     import pyarrow as pa
@@ -104,32 +99,34 @@ def synthetic_shard(shard: int, rows: int, seed: int):
 
 
 def step1(store: str, fp: str, shard: int, rows: int, seed: int, memory_mb: int, partitions: int) -> dict:
-    from pipeline.dedup import DedupConfig
     from pipeline.shards import commit_signatures, stage_dir
 
     sigs = synthetic_shard(shard, rows, seed)
-    t0, anon = time.perf_counter(), AnonPeak()
-    stats = commit_signatures(stage_dir(store, "dedup-signatures", fp), shard, sigs, DedupConfig(memory_mb=memory_mb),
-                              partitions, t0)
-    return peaks(t0, anon, stats)
+    out = stage_dir(store, "dedup-signatures", fp)
+    return measured(lambda config: commit_signatures(out, shard, sigs, config, partitions, time.perf_counter()),
+                    memory_mb)
 
 
 def step2(store: str, fp: str, sig_fp: str, partition: int, shards: list[int], memory_mb: int) -> dict:
-    from pipeline.dedup import DedupConfig
     from pipeline.shards import pairs_shard
 
-    t0, anon = time.perf_counter(), AnonPeak()
-    stats = pairs_shard(store, fp, partition, sig_fp, shards, DedupConfig(memory_mb=memory_mb))
-    return peaks(t0, anon, stats)
+    return measured(lambda config: pairs_shard(store, fp, partition, sig_fp, shards, config), memory_mb)
 
 
 def step3(store: str, fp: str, pairs_fp: str, sig_fp: str, shards: list[int], memory_mb: int) -> dict:
-    from pipeline.dedup import DedupConfig
     from pipeline.shards import cluster_shard
 
+    return measured(lambda config: cluster_shard(store, fp, pairs_fp, sig_fp, shards, config), memory_mb)
+
+
+def measured(step, memory_mb: int) -> dict:
+    """Run one stage step, given DedupConfig(memory_mb=...): its time, memory and counts."""
+    from pipeline.dedup import DedupConfig
+
     t0, anon = time.perf_counter(), AnonPeak()
-    stats = cluster_shard(store, fp, pairs_fp, sig_fp, shards, DedupConfig(memory_mb=memory_mb))
-    return peaks(t0, anon, stats)
+    stats = step(DedupConfig(memory_mb=memory_mb))
+    return {"seconds": time.perf_counter() - t0, "peak_mib": vm_hwm_kib() / 1024, "anon_mib": anon.stop(),
+            "counts": stats["counts"]}
 
 
 def in_fresh_processes(fn, jobs: list[tuple], workers: int) -> list[dict]:
@@ -171,13 +168,15 @@ def main() -> int:
         steps["3 clusters (once)"] = in_fresh_processes(step3, [(work, "clu", "pairs", "sig", shards, args.memory_mb)], 1)
         t3 = time.perf_counter()
         disk = sum(f.stat().st_size for f in Path(work).rglob("*") if f.is_file())
+        signature_bytes = sum(f.stat().st_size for f in Path(work, "dedup-signatures", "sig", "data").glob("*.arrow"))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
     m = machine()
     print(f"{rows * args.shards} synthetic signatures (num_perm {NUM_PERM}) in {args.shards} shards; "
-          f"budget memory_mb={args.memory_mb} -> {partitions} partition(s); store on disk {disk / 2**20:.0f} MiB")
+          f"budget memory_mb={args.memory_mb} -> {partitions} partition(s); store on disk {disk / 2**20:.0f} MiB, "
+          f"signature files {signature_bytes / 2**20:.0f} MiB")
     print(f"machine: {m['cores']} x {m['cpu']}, {m['memory']}, Python {m['python']}\n")
     print("| step | tasks | peak RSS (MiB) | peak anonymous (MiB) | budget (MiB) | wall s | totals |")
     print("|---|---|---|---|---|---|---|")

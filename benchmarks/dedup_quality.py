@@ -30,6 +30,7 @@ share detected beside the candidate probability times P(estimate >= t) (a binomi
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 from pathlib import Path
@@ -51,8 +52,10 @@ from pipeline.text import normalize, word_ngrams  # noqa: E402
 RATES = {"substitute": (0.002, 0.08), "insert": (0.002, 0.08), "delete": (0.002, 0.08), "reorder_lines": (0.05, 0.6)}
 
 
-def shingle_set(text: str, n: int = 5) -> set[str]:
-    return set(word_ngrams(normalize(text).split(), n))
+@functools.lru_cache(maxsize=None)
+def shingle_set(text: str, n: int = 5) -> frozenset[str]:
+    """Cached: each of the six runs judges mostly the same removed documents."""
+    return frozenset(word_ngrams(normalize(text).split(), n))
 
 
 def jaccard(a: set, b: set) -> float:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -36,16 +37,11 @@ import pyarrow as pa  # noqa: E402
 from datasketch import MinHash  # noqa: E402
 
 from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import machine, pin  # noqa: E402
+from ingest_throughput import cpu_seconds, machine, pin  # noqa: E402
 from pipeline import minhash  # noqa: E402
 from pipeline.dedup import DedupConfig, signature_matrix, signatures  # noqa: E402
 from pipeline.schema import docs_from_rows  # noqa: E402
 from pipeline.text import normalize_texts, word_ngrams  # noqa: E402
-
-
-def cpu_now() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def words_of(table: pa.Table) -> list[list[str]]:
@@ -85,9 +81,9 @@ def check_equal(table: pa.Table, config: DedupConfig, sample: int = 200) -> None
 def measure(fn, table, config, repeat: int) -> dict:
     best = None
     for _ in range(repeat):
-        c0, w0 = cpu_now(), time.perf_counter()
+        c0, w0 = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
         fn(table, config)
-        cpu, wall = cpu_now() - c0, time.perf_counter() - w0
+        cpu, wall = cpu_seconds(resource.RUSAGE_SELF) - c0, time.perf_counter() - w0
         if best is None or cpu < best["cpu_s"]:
             best = {"cpu_s": cpu, "wall_s": wall}
     return best

@@ -125,10 +125,11 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
     signatures and bucket keys per shard, verified pairs per bucket partition, union-find clusters
     (each keeps its first document), then apply per shard. Each step is cached on its own."""
     up, upstream = _upstream(source)
-    st, idx = up.store, _indexes(up)
+    up_manifest = up.read_manifest()
+    st, idx = up.store, [s["index"] for s in up_manifest["shards"]]
     code = code_version("pipeline.dedup", *CORE)
     header = {"config": config, "code": code, "upstream": upstream}
-    partitions = partitions_for(up.read_manifest()["counts"].get("docs_kept", 0), config)
+    partitions = partitions_for(up_manifest["counts"].get("docs_kept", 0), config)
     sig = st.stage("dedup-signatures", fingerprint("dedup-signatures", code,
                                                    {**config.signature_fields(), "partitions": partitions}, upstream))
     run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config,

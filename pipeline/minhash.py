@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEME = "affine32"  # datasketch >= 2.0 default; stored with signatures so they stay readable
+SCHEME = "affine32"  # datasketch >= 2.0 default, named so a change of default cannot change our signatures
 EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's value for a MinHash that saw nothing
 _FOLD = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the n-gram fold
 _MASK64 = (1 << 64) - 1

@@ -163,6 +163,11 @@ class Doc:
     def paragraphs(self) -> list[str]:
         return [p.strip() for p in _PARAGRAPH_BREAK.split(self.text) if p.strip()]
 
+    @cached_property
+    def line_repeats(self) -> tuple[int, int]:
+        """(lines repeating an earlier line, their characters): two rules read it."""
+        return _repeats(self.lines)
+
 
 def _ratio(n: int, d: int) -> float:
     return n / d if d else 0.0
@@ -248,7 +253,7 @@ def _short_lines(d: Doc, c: QualityConfig) -> str | None:
 
 
 def _dup_line_chars(d: Doc, c: QualityConfig) -> str | None:
-    share = _ratio(_repeats(d.lines)[1], len(d.text))
+    share = _ratio(d.line_repeats[1], len(d.text))
     return f"dup_line_chars={share:.3f} > max_dup_line_chars={c.max_dup_line_chars}" if share > c.max_dup_line_chars \
         else None
 
@@ -271,9 +276,10 @@ def _repeats(parts: list[str]) -> tuple[int, int]:
     return n, chars
 
 
-def _dup_parts(parts: list[str], text: str, max_ratio: float, max_chars: float, name: str) -> str | None:
-    n, chars = _repeats(parts)
-    ratio, share = _ratio(n, len(parts)), _ratio(chars, len(text))
+def _dup_parts(repeats: tuple[int, int], parts: int, text: str, max_ratio: float, max_chars: float,
+               name: str) -> str | None:
+    n, chars = repeats
+    ratio, share = _ratio(n, parts), _ratio(chars, len(text))
     if ratio > max_ratio:
         return f"dup_{name}_ratio={ratio:.3f} > max_dup_{name}_ratio={max_ratio}"
     if share > max_chars:
@@ -282,11 +288,12 @@ def _dup_parts(parts: list[str], text: str, max_ratio: float, max_chars: float, 
 
 
 def _dup_lines(d: Doc, c: QualityConfig) -> str | None:
-    return _dup_parts(d.lines, d.text, c.max_dup_lines_ratio, c.max_dup_lines_chars, "lines")
+    return _dup_parts(d.line_repeats, len(d.lines), d.text, c.max_dup_lines_ratio, c.max_dup_lines_chars, "lines")
 
 
 def _dup_paragraphs(d: Doc, c: QualityConfig) -> str | None:
-    return _dup_parts(d.paragraphs, d.text, c.max_dup_paragraphs_ratio, c.max_dup_paragraphs_chars, "paragraphs")
+    return _dup_parts(_repeats(d.paragraphs), len(d.paragraphs), d.text, c.max_dup_paragraphs_ratio,
+                      c.max_dup_paragraphs_chars, "paragraphs")
 
 
 def _ngrams(ws: list[str], n: int) -> list[tuple[str, ...]]:
