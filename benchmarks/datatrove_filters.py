@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -76,6 +77,8 @@ def values(text: str) -> dict:
     non_symbol = [w for w in words if any(ch not in PUNCTUATION_SET for ch in w)]
     lines = text.splitlines() or [""]
     nonblank = [line for line in text.split("\n") if line.strip()] or [""]
+    paragraphs = [p for p in re.split(r"\n{2,}", text.strip()) if p.strip()] or [""]
+    split_lines = [line for line in re.split("\n+", text) if line.strip()] or [""]
     return {
         "dt_tokens": len(words),
         "dt_words": len(non_symbol),
@@ -85,7 +88,13 @@ def values(text: str) -> dict:
         "dt_bullet_lines": sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines),
         "dt_ellipsis_lines": sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines),
         "dt_alpha_words": sum(any(c.isalpha() for c in w) for w in words) / n,
+        # the same with punctuation-only tokens left out of the denominator
+        "dt_alpha_words_no_punct": sum(any(c.isalpha() for c in w) for w in words) / max(len(non_symbol), 1),
         "dt_stop_words": len(set(STOP_WORDS) & set(words)),
+        "dt_stop_words_lower": len(set(STOP_WORDS) & {w.lower() for w in words}),
+        # repeated paragraphs / lines with whitespace-only ones left out
+        "dt_dup_paragraphs_nonblank": find_duplicates(paragraphs)[0] / len(paragraphs),
+        "dt_dup_lines_nonblank": find_duplicates(split_lines)[0] / len(split_lines),
         "dt_line_punct": sum(line.endswith(tuple(TERMINAL_PUNCTUATION)) for line in nonblank) / len(nonblank),
         "dt_short_lines": sum(len(line) <= 30 for line in nonblank) / len(nonblank),
         "dt_dup_line_chars": find_duplicates(nonblank)[1] / max(len(text.replace("\n", "")), 1),

@@ -107,6 +107,7 @@ OFF = {"GopherQualityFilter": GQ_OFF, "GopherRepetitionFilter": GR_OFF, "C4Quali
 C4_RULES = [r for r in SINGLE if r.startswith("c4_")]
 C4_LINE_RULES = C4_RULES[:6]
 SYMBOL_JOB = "gopher_symbol_ratio"  # the one datatrove job behind gopher_hash_ratio and gopher_ellipsis_ratio
+CHAIN_NAMES = ("chain_gopher", "chain_fineweb")
 DT_REASON = {"gopher_hash_ratio": "gopher_too_many_hashes", "gopher_ellipsis_ratio": "gopher_too_many_ellipsis"}
 
 # the value each datatrove rule compares with its threshold (datatrove_filters.values), for the examples
@@ -139,6 +140,48 @@ def our_signals(text: str, rule: str) -> str:
     kept = Q.filter_quality(docs_from_rows([{"id": "x", "text": text}]), config).kept
     return ", ".join(f"{c[len('signal_'):]}={kept.column(c)[0].as_py():.4g}" for c in kept.column_names
                      if c.startswith("signal_") and kept.column(c)[0].as_py() is not None)
+
+
+TOKENS = ("datatrove's words are spaCy tokens, punctuation marks included and \"don't\" split in two; ours "
+          "are whitespace tokens trimmed of punctuation")
+GENERIC = {
+    "gopher_word_count": "word count: " + TOKENS,
+    "gopher_mean_word_length": "mean word length: " + TOKENS,
+    "gopher_hash_ratio": "denominator: datatrove divides by every spaCy token, punctuation included; we by words",
+    "gopher_ellipsis_ratio": "denominator: datatrove divides by every spaCy token, punctuation included; we by words",
+    "fineweb_newline_ratio": "denominator: datatrove divides by every spaCy token, punctuation included; we by words",
+    "gopher_top_ngrams": "n-grams: datatrove's are of spaCy tokens (punctuation included) and its top n-gram length "
+                         "counts the spaces between words; ours are of trimmed words, spaces left out",
+    "gopher_dup_ngrams": "n-grams: datatrove's are of spaCy tokens (punctuation included); ours of trimmed words",
+    "c4_min_sentences": "sentence splitting: spaCy's sentencizer (knows abbreviations, splits on some other marks) "
+                        "vs our Sentence_Terminal regex",
+}
+
+
+def cause(rule: str, side: str, d: dict, r: dict, our_detail: str | None, dt_reason: str | None) -> str:
+    """The disagreement class of one document ('ours': only we drop it, 'dt': only datatrove does)."""
+    if rule == "gopher_alpha_words" and side == "dt":
+        return ("punctuation tokens (',' '.') count as words without a letter in datatrove's ratio"
+                if r["dt_alpha_words_no_punct"] >= 0.8 else "alpha words: " + TOKENS)
+    if rule == "gopher_stop_words" and side == "dt":
+        return ("datatrove matches stop words case-sensitively ('The' is not 'the')" if r["dt_stop_words_lower"] >= 2
+                else "datatrove needs 2 distinct stop words; we count occurrences")
+    if rule in ("gopher_dup_lines", "gopher_dup_paragraphs") and side == "dt":
+        key = "dt_dup_lines_nonblank" if rule == "gopher_dup_lines" else "dt_dup_paragraphs_nonblank"
+        return ("datatrove counts whitespace-only lines/paragraphs (a lone no-break space) as repeats; we skip blank ones"
+                if r[key] <= 0.3 else "lines/paragraphs split or stripped differently")
+    if rule in C4_LINE_RULES and side == "ours" and (our_detail or "").startswith("lines_kept=0"):
+        return ("every line dropped: we remove the emptied document, datatrove keeps it empty "
+                "(its min_num_sentences, off here, is what removes it in the recipe)")
+    if rule == "c4_min_sentences" and side == "ours":
+        blank = sum(not line.strip() for line in d["text"].splitlines())
+        sentences = int((our_detail or "sentences=0 ").split("=")[1].split()[0])
+        if sentences + blank >= 5:
+            return ("datatrove counts every blank line as one sentence (split_into_sentences('') gives ['']) "
+                    "while C4's min-words line rule is off")
+    if rule in CHAIN_NAMES:
+        return f"first failing rule: ours {our_detail}" if side == "ours" else f"first failing check: datatrove's {dt_reason}"
+    return GENERIC.get(rule, "other")
 
 
 def chain_jobs(c4: list[str]) -> dict:
@@ -311,6 +354,14 @@ def main() -> int:
                   + "; by source: " + ", ".join(
                       f"{s} {sum(by_id[i]['source'] == s for i in only_ours)}/{sum(by_id[i]['source'] == s for i in only_dt)}"
                       for s in ("warc", "ccnet", "gutenberg")) + " (only we / only datatrove)\n")
+            classes = Counter()
+            for side, pool in (("ours", only_ours), ("dt", only_dt)):
+                for i in pool:
+                    classes[(side, cause(rule, side, by_id[i], dt[i], reasons[i] if rule in CHAIN_NAMES else details.get(i),
+                                          dt[i][f"reason_{job}"]))] += 1
+            for (side, label), n in sorted(classes.items(), key=lambda kv: -kv[1]):
+                print(f"- class ({'only we drop' if side == 'ours' else 'only datatrove drops'}, {n} docs): {label}")
+            print()
             for label, pool in (("only we drop", only_ours), ("only datatrove drops", only_dt),
                                 ("kept texts differ", text_differs)):
                 for i in sorted(rng.sample(pool, min(args.examples, len(pool)))):
