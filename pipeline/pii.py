@@ -1,70 +1,86 @@
-"""PII scrubbing with presidio-analyzer's pattern recognizers, fully offline.
+"""PII scrubbing with presidio-analyzer's pattern recognizers, fully offline, run only where a
+recognizer could fire (docs/PII.md has the proof that this finds exactly what presidio finds on
+the whole document).
 
 presidio's default AnalyzerEngine downloads a spaCy model; the recognizers used here are regexes
 and checksums (plus python-phonenumbers) that need no NLP artifacts, so the engine runs with
-presidio's NoOpNlpEngine (no spaCy pass at all). EmailRecognizer validates domains with
-tldextract, which would fetch the public suffix list from the internet: it is pointed at its
-bundled snapshot instead.
+presidio's NoOpNlpEngine. With it, context enhancement never changes a score (no tokens, no
+lemmas), so a recognizer's results on a text are all there is. EmailRecognizer validates domains
+with tldextract, which would fetch the public suffix list: it is pointed at its bundled snapshot.
 
-Found spans are replaced by typed placeholders (<EMAIL>, <PHONE>, ...). Documents are kept; with
-`max_spans_per_doc` set, documents with more spans are removed (still scrubbed, so the removed
-files hold no PII either). A document presidio fails on is removed (reason pii_error) with its
-text emptied, for the same reason.
+Fast path: for each recognizer, cheap regexes find the regions that every possible match lies in
+(the run of email characters around an '@', the chain of digit groups a phone number or card can
+span, ...). The regions, widened by MARGIN, are joined with SEP into one string per recognizer and
+batch of documents, presidio's recognizer runs on that string once, and offsets are mapped back.
+The engine's own post-processing (score threshold, then remove_duplicates) is applied per document.
+
+Optional spaCy NER (PERSON, LOCATION) needs a model the user installed; it reads the whole text, in
+chunks of at most max_chars (spaCy's max_length).
+
+Found spans become typed placeholders (<EMAIL>) or keyed pseudonyms (<EMAIL_3f2a9c0b>, the same for
+the same value everywhere); with `max_spans_per_doc` set, documents with more spans are removed
+(still scrubbed). A document presidio fails on is removed (pii_error) with its text emptied.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import hmac
+import os
 import re
 import threading
+from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import regex
 from pydantic import Field, field_validator
 
 from pipeline.stage import ShardResult, StageConfig, split_by_reason
 
 Entity = Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "CRYPTO"]
+NerEntity = Literal["PERSON", "LOCATION"]
 ENTITIES: tuple[str, ...] = Entity.__args__
 DEFAULT_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE"]
 SHORT_NAMES = {"EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "IP_ADDRESS": "IP_ADDRESS",
-               "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN", "US_SSN": "SSN", "CRYPTO": "CRYPTO"}
-
-# Characters every match of a recognizer must contain (read off their patterns: the email regex
-# has a literal '@'; IPv4, cards, IBANs, SSNs, bitcoin addresses and phone numbers need a digit,
-# IPv6 a ':'). A document with none of them cannot match, so presidio is not run on it: the
-# result is the same, only faster. `\d` is Unicode-aware, a superset of what the recognizers take.
-_DIGIT = re.compile(r"\d")
-_NEEDS = {
-    "EMAIL_ADDRESS": lambda t: "@" in t,
-    "PHONE_NUMBER": lambda t: _DIGIT.search(t) is not None,
-    "IP_ADDRESS": lambda t: ":" in t or _DIGIT.search(t) is not None,
-    "CREDIT_CARD": lambda t: _DIGIT.search(t) is not None,
-    "IBAN_CODE": lambda t: _DIGIT.search(t) is not None,
-    "US_SSN": lambda t: _DIGIT.search(t) is not None,
-    "CRYPTO": lambda t: _DIGIT.search(t) is not None,
-}
-# Texts longer than max_chars go to presidio in chunks overlapping by this much; it is far longer
-# than any entity (an email address is at most 254 characters), so each entity is whole in a chunk.
+               "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN", "US_SSN": "SSN", "CRYPTO": "CRYPTO",
+               "PERSON": "PERSON", "LOCATION": "LOCATION"}
+# NER chunks overlap by this much so that a name cut by a chunk border is whole in the next chunk.
 OVERLAP = 500
 
 
 class PiiConfig(StageConfig):
     entities: list[Entity] = Field(default_factory=lambda: list(DEFAULT_ENTITIES),
-                                   description="PII types to find and replace: " + ", ".join(ENTITIES) + ".")
+                                   description="PII types found by presidio's pattern recognizers: "
+                                               + ", ".join(ENTITIES) + ".")
     score_threshold: float = Field(0.4, ge=0.0, le=1.0,
                                    description="Lowest presidio score a span needs. 0.4 keeps phone numbers, "
                                                "which presidio scores 0.4 (no context boost without an NLP model); emails, cards, IBANs and bitcoin addresses "
                                                "pass checksums/validation and score 1.0, IPs 0.6, SSNs 0.5 "
                                                "(weak SSN patterns, 0.05, and '::' as IPv6, 0.1, stay out).")
+    replacement: Literal["placeholder", "pseudonym"] = Field(
+        "placeholder", description="placeholder: every span becomes `placeholder`; pseudonym: `pseudonym`, whose "
+                                   "{hash} is a keyed hash of the value (same value, same pseudonym, corpus-wide).")
     placeholder: str = Field("<{entity}>", description="Replacement text; {entity} becomes the entity name.")
-    short_names: bool = Field(True, description="Use short entity names in placeholders: <EMAIL>, <PHONE>, "
-                                                "<IP_ADDRESS>, <CREDIT_CARD>, <IBAN>, <SSN>, <CRYPTO>; "
-                                                "otherwise presidio's names (<EMAIL_ADDRESS>, ...).")
+    pseudonym: str = Field("<{entity}_{hash}>", description="Replacement text with replacement=pseudonym.")
+    pseudonym_secret_env: str = Field("CRAWL2LLM_PII_SECRET",
+                                      description="Environment variable holding the pseudonym key (kept out of the "
+                                                  "config and manifest so the hashes cannot be reversed by "
+                                                  "hashing guesses); required with replacement=pseudonym.")
+    pseudonym_hex: int = Field(8, ge=4, le=64, description="Hex digits of the keyed hash in a pseudonym.")
+    short_names: bool = Field(True, description="Use short entity names: <EMAIL>, <PHONE>, <IP_ADDRESS>, "
+                                                "<CREDIT_CARD>, <IBAN>, <SSN>, <CRYPTO>; otherwise presidio's "
+                                                "names (<EMAIL_ADDRESS>, ...).")
+    ner_model: Optional[str] = Field(None, description="spaCy model (installed package name or folder) for "
+                                                       "PERSON/LOCATION; None: no NER (the default).")
+    ner_entities: list[NerEntity] = Field(default_factory=lambda: ["PERSON", "LOCATION"],
+                                          description="Entity types taken from the NER model.")
     max_chars: int = Field(100_000, ge=4 * OVERLAP, le=1_000_000,
-                           description="Longest text given to presidio at once; longer documents are split at "
-                                       "whitespace into overlapping chunks (spaCy refuses texts over 1,000,000).")
+                           description="Longest text given to spaCy NER at once; longer documents are split at "
+                                       "whitespace into overlapping chunks (spaCy refuses texts over 1,000,000). "
+                                       "Pattern recognizers always see the whole document.")
     max_spans_per_doc: Optional[int] = Field(None, ge=0, description="Remove documents with more PII spans than "
                                                                      "this (reason pii_spans); None keeps all.")
 
@@ -77,13 +93,28 @@ class PiiConfig(StageConfig):
             raise ValueError(f"entities lists a type twice: {v}")
         return v
 
-    @field_validator("placeholder")
+    @field_validator("placeholder", "pseudonym")
     @classmethod
-    def _placeholder(cls, v: str) -> str:
+    def _templates(cls, v: str, info) -> str:
+        fields = {"entity": "X", "hash": "0"} if info.field_name == "pseudonym" else {"entity": "X"}
         try:
-            v.format(entity="X")
+            v.format(**fields)
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"placeholder {v!r} must use only the field {{entity}}: {e!r}") from None
+            raise ValueError(f"{info.field_name} {v!r} may use only the fields {{{'}, {'.join(fields)}}}: "
+                             f"{e!r}") from None
+        return v
+
+    @field_validator("ner_model")
+    @classmethod
+    def _ner_model(cls, v: Optional[str]) -> Optional[str]:
+        """Fail at configuration time, not in the middle of a run, when the model is not there."""
+        if v is None:
+            return v
+        import spacy.util
+
+        if not (spacy.util.is_package(v) or (Path(v) / "config.cfg").is_file()):
+            raise ValueError(f"spaCy model {v!r} is not installed and is no model folder: install it "
+                             f"(python -m spacy download {v}) or set ner_model to null")
         return v
 
 
@@ -94,9 +125,9 @@ class Span(NamedTuple):
     score: float
 
 
-# -- the engine, built once per process -------------------------------------------------------
+# -- engines, built once per process ----------------------------------------------------------
 
-_ENGINES: dict[tuple[str, ...], object] = {}
+_ENGINES: dict[tuple, object] = {}
 _LOCK = threading.Lock()
 
 
@@ -124,7 +155,7 @@ def analyzer(entities: tuple[str, ...]):
         classes = {"EMAIL_ADDRESS": EmailRecognizer, "PHONE_NUMBER": PhoneRecognizer, "IP_ADDRESS": IpRecognizer,
                    "CREDIT_CARD": CreditCardRecognizer, "IBAN_CODE": IbanRecognizer, "US_SSN": UsSsnRecognizer,
                    "CRYPTO": CryptoRecognizer}
-        # Pattern recognizers need no NLP artifacts; a spaCy pass (even a blank pipeline) only cost
+        # Pattern recognizers need no NLP artifacts; a spaCy pass (even a blank pipeline) only costs
         # time: measured identical spans on 3,609 labelled texts at half the time without it.
         nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
         registry = RecognizerRegistry(supported_languages=["en"])
@@ -135,11 +166,192 @@ def analyzer(entities: tuple[str, ...]):
         return engine
 
 
-# -- finding and replacing spans --------------------------------------------------------------
+def ner_analyzer(model: str, entities: tuple[str, ...]):
+    """presidio AnalyzerEngine with a spaCy NLP engine on `model` and only its SpacyRecognizer."""
+    key = ("ner", model, tuple(sorted(entities)))
+    with _LOCK:
+        if key in _ENGINES:
+            return _ENGINES[key]
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
-def could_contain_pii(text: str, entities) -> bool:
-    """False only when no enabled recognizer can match (see _NEEDS): presidio is skipped then."""
-    return any(_NEEDS[e](text) for e in entities)
+        nlp = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}])
+        nlp.load()
+        registry = RecognizerRegistry(supported_languages=["en"])
+        registry.add_recognizer(SpacyRecognizer(supported_entities=list(key[2])))
+        engine = AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
+        _ENGINES[key] = engine
+        return engine
+
+
+# -- candidate regions --------------------------------------------------------------------------
+#
+# For each recognizer, `_REGIONS[entity](text)` returns [start, end) regions such that every match
+# any of its patterns can make in any text lies inside one region (docs/PII.md derives each from the
+# recognizer's own regexes). Character classes are compiled with the same module (regex, or re for
+# phonenumbers) and flags as the recognizer's, so \w, \d and case folding mean the same thing.
+
+# Wider than any lookaround or neighbour a recognizer reads outside its match: \b (1 character),
+# IPv6's (?![\w:]|\.\d) (2), the card pattern's (?!1\d{12}(?!\d)) (at most 1 past a match), and
+# phonenumbers' previous/next character and ':mm' time-stamp suffix (3).
+MARGIN = 4
+# Joins regions into one string. It is in no class of any pattern (so no match crosses it) and reads
+# like the edge of the text to every lookaround, \b and phonenumbers' neighbour checks.
+SEP = "\n"
+_PRESIDIO = regex.IGNORECASE | regex.DOTALL | regex.MULTILINE  # PatternRecognizer's default flags
+_EMAIL_CHARS = r"[!#$%&'*+\-/=?^_`{|}~\w.@]"  # local part, '@', domain (\w, '-', '.')
+_IP_CHARS = r"[0-9a-zA-Z:./%]|\d"  # hex groups, ':', '.', prefix '/' with \d, zone id '%' + [0-9a-zA-Z]
+_CRYPTO_CHARS = r"[a-zA-HJ-NP-Z0-9]"  # 'bc1'/'1'/'3' + 25..59 of these: at least 26 in a row
+
+
+def _runs_around(trigger: str, chars: str, flags: int):
+    """Regions: the maximal runs of `chars` that contain a match of `trigger` (itself in `chars`)."""
+    find, fwd, back = (regex.compile(trigger, flags), regex.compile(f"(?:{chars})*+", flags),
+                       regex.compile(f"(?r)(?:{chars})*+", flags))
+
+    def regions(text: str) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for m in find.finditer(text):
+            if out and m.start() < out[-1][1]:
+                continue
+            out.append((back.match(text, 0, m.start()).start(), fwd.match(text, m.start()).end()))
+        return out
+    return regions
+
+
+def _matches(pattern: str, flags: int, before: int = 0, after: int = 0, min_digits: int = 0, module=regex):
+    """Regions: the matches of `pattern`, widened by before/after, with at least min_digits digits."""
+    compiled = module.compile(pattern, flags)
+    digit = module.compile(r"\d", flags)
+
+    def regions(text: str) -> list[tuple[int, int]]:
+        return [(m.start() - before, m.end() + after) for m in compiled.finditer(text)
+                if len(digit.findall(m.group())) >= min_digits]
+    return regions
+
+
+def _phone_regions():
+    """python-phonenumbers' matcher takes candidates of (lead){0,2}, digit blocks joined by <= 4
+    punctuation characters, and an optional extension ending in digits (and '#'). Regions: maximal
+    chains of digit runs joined by such gaps or an extension's connector, plus 10 characters for the
+    lead and 1 for '#'. Built from the library's own pieces; if its pattern ever changes shape, every
+    document with a digit is scanned whole (still exact)."""
+    import phonenumbers.phonenumbermatcher as pm
+
+    punct, ext = pm._PUNCTUATION, pm._EXTN_PATTERNS_FOR_MATCHING
+    same = pm._PATTERN.pattern == (f"(?:{pm._LEAD_CLASS}{punct}){{0,2}}\\d{{1,20}}(?:{punct}\\d{{1,20}}){{0,20}}"
+                                   f"(?:{ext})?")
+    if not (same and punct.endswith("{0,4}")):
+        return _matches(r"(?s).+", 0, module=re), False
+    connector = re.sub(r"\(\\d\{1,\d+\}\)(?:#\?|#)?", "", ext)  # the extension without its digits
+    gap = f"(?:{punct[:-len('{0,4}')]}{{1,4}}|{connector})"
+    return _matches(rf"\d+(?:{gap}\d+)*", pm._REGEX_FLAGS, before=10, after=1, module=re), True
+
+
+_phone, PHONE_REGIONS_EXACT = _phone_regions()
+_REGIONS = {
+    "EMAIL_ADDRESS": _runs_around("@", _EMAIL_CHARS, _PRESIDIO),
+    "IP_ADDRESS": _runs_around(r":|[0-9]\.", _IP_CHARS, _PRESIDIO),
+    # Cards (13-20 digits in groups split by an optional '-' or ' ') and SSNs (9 digits split by
+    # '-', ' ' or '.') lie in a chain of digit runs joined by single separators with >= 9 digits.
+    "CREDIT_CARD": _matches(r"\d++(?:[- .]\d++)*+", _PRESIDIO, min_digits=13),
+    "US_SSN": _matches(r"\d++(?:[- .]\d++)*+", _PRESIDIO, min_digits=9),
+    # An IBAN match starts with two capitals and two digits and is at most 4 + 6*5 + 5 + 4 = 43 long.
+    "IBAN_CODE": _matches(r"[A-Z]{2}[0-9]{2}", regex.DOTALL | regex.MULTILINE, after=43 - 4),
+    "CRYPTO": _matches(rf"(?<!{_CRYPTO_CHARS}){_CRYPTO_CHARS}{{26,}}+", _PRESIDIO),
+    "PHONE_NUMBER": _phone,
+}
+
+
+def windows(text: str, entity: str) -> list[tuple[int, int]]:
+    """Disjoint, sorted [start, end) windows of `text` where `entity`'s recognizer must be run:
+    its regions widened by MARGIN, clipped to the text, overlapping or touching ones merged."""
+    out: list[list[int]] = []
+    n = len(text)
+    for s, e in _REGIONS[entity](text):
+        s, e = max(0, s - MARGIN), min(n, e + MARGIN)
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+# phonenumbers' PhoneNumberMatcher gives up after 65,535 failed tries per text. A candidate costs at
+# most 1 + 34 inner patterns x (its length + 2) tries, so a string of n characters costs at most
+# (1 + 3 x 34) n: batches of documents stay under this many characters and can never reach the cap
+# (a single document longer than that is scanned alone, where it meets the cap exactly as presidio
+# on the whole document would: the same candidates in the same order).
+def _phone_batch_chars() -> int:
+    import phonenumbers.phonenumbermatcher as pm
+
+    return 65535 // (1 + 3 * len(pm._INNER_MATCHES)) - 1
+
+
+BATCH_CHARS = {"PHONE_NUMBER": _phone_batch_chars()}
+DEFAULT_BATCH_CHARS = 1 << 20  # any size is exact for stateless regexes; this bounds memory
+
+
+# -- finding spans -------------------------------------------------------------------------------
+
+def scan(texts: list[str], config: PiiConfig) -> tuple[list[list[Span]], int, list[bool]]:
+    """Pattern spans per text (presidio's engine results: threshold, remove_duplicates), the
+    number of characters given to presidio and whether each text had any window."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    engine = analyzer(tuple(config.entities))
+    found: list[list] = [[] for _ in texts]
+    scanned, touched = 0, [False] * len(texts)
+    for recognizer in engine.registry.recognizers:
+        entity = recognizer.supported_entities[0]
+        if not recognizer.is_loaded:
+            recognizer.load()
+            recognizer.is_loaded = True
+        limit = BATCH_CHARS.get(entity, DEFAULT_BATCH_CHARS)
+        batch: list[tuple[int, int, int]] = []  # (text index, start, end)
+        size = 0
+        for i, text in enumerate(texts):
+            wins = windows(text, entity)
+            touched[i] = touched[i] or bool(wins)
+            need = sum(e - s + 1 for s, e in wins)
+            if batch and size + need > limit:
+                scanned += _run(recognizer, texts, batch, found)
+                batch, size = [], 0
+            batch += [(i, s, e) for s, e in wins]
+            size += need
+        if batch:
+            scanned += _run(recognizer, texts, batch, found)
+    out = []
+    for results in found:
+        kept = [r for r in results if r[3] >= config.score_threshold]
+        kept = EntityRecognizer.remove_duplicates([RecognizerResult(*r) for r in kept]) if kept else []
+        out.append(sorted(Span(r.start, r.end, r.entity_type, float(r.score)) for r in kept))
+    return out, scanned, touched
+
+
+def _run(recognizer, texts: list[str], batch: list[tuple[int, int, int]], found: list[list]) -> int:
+    """Run one recognizer on the batch's windows joined by SEP; results go to found[text index]
+    as (entity, start, end, score) in that text's offsets. Returns the characters scanned."""
+    joined = SEP.join(texts[i][s:e] for i, s, e in batch)
+    starts, pos = [], 0
+    for _, s, e in batch:
+        starts.append(pos)
+        pos += e - s + len(SEP)
+    for r in recognizer.analyze(text=joined, entities=recognizer.supported_entities, nlp_artifacts=None):
+        k = bisect.bisect_right(starts, r.start) - 1
+        i, s, e = batch[k]
+        shift = s - starts[k]
+        assert r.end + shift <= e, "a match crossed a window edge"  # impossible by construction
+        found[i].append((r.entity_type, r.start + shift, r.end + shift, r.score))
+    return len(joined)
+
+
+def presidio_spans(text: str, config: PiiConfig) -> list[Span]:
+    """Reference: presidio's AnalyzerEngine on the whole text (what `scan` must equal)."""
+    results = analyzer(tuple(config.entities)).analyze(text, language="en", entities=list(config.entities),
+                                                      score_threshold=config.score_threshold)
+    return sorted(Span(r.start, r.end, r.entity_type, float(r.score)) for r in results)
 
 
 def chunk_bounds(text: str, max_chars: int, overlap: int = OVERLAP) -> list[tuple[int, int]]:
@@ -159,17 +371,26 @@ def chunk_bounds(text: str, max_chars: int, overlap: int = OVERLAP) -> list[tupl
     return bounds
 
 
-def find_spans(text: str, config: PiiConfig) -> list[Span]:
-    """Non-overlapping PII spans in `text`, sorted by start (always runs presidio)."""
-    engine = analyzer(tuple(config.entities))
+def ner_spans(text: str, config: PiiConfig) -> list[Span]:
+    """PERSON/LOCATION from the spaCy model, chunk by chunk (each chunk owns the spans starting
+    before the next chunk's start)."""
+    engine = ner_analyzer(config.ner_model, tuple(config.ner_entities))
     bounds = chunk_bounds(text, config.max_chars)
     spans = []
     for i, (start, end) in enumerate(bounds):
-        owned_until = bounds[i + 1][0] if i + 1 < len(bounds) else end  # the next chunk owns the rest
-        for r in engine.analyze(text[start:end], language="en", entities=list(config.entities),
+        owned_until = bounds[i + 1][0] if i + 1 < len(bounds) else end
+        for r in engine.analyze(text[start:end], language="en", entities=list(config.ner_entities),
                                 score_threshold=config.score_threshold):
             if start + r.start < owned_until:
                 spans.append(Span(start + r.start, start + r.end, r.entity_type, float(r.score)))
+    return spans
+
+
+def find_spans(text: str, config: PiiConfig) -> list[Span]:
+    """Non-overlapping PII spans in `text`, sorted by start."""
+    spans = scan([text], config)[0][0]
+    if config.ner_model:
+        spans = spans + ner_spans(text, config)
     return resolve_overlaps(spans)
 
 
@@ -188,48 +409,108 @@ def resolve_overlaps(spans: list[Span]) -> list[Span]:
     return kept
 
 
-def replace_spans(text: str, spans: list[Span], config: PiiConfig) -> str:
-    """Replace sorted, non-overlapping spans; offsets all refer to the original text."""
+# -- replacing ----------------------------------------------------------------------------------
+
+def pseudonym_key(config: PiiConfig) -> bytes:
+    key = os.environ.get(config.pseudonym_secret_env, "")
+    if not key:
+        raise ValueError(f"replacement=pseudonym needs a secret key in the environment variable "
+                         f"{config.pseudonym_secret_env} (on every worker)")
+    return key.encode()
+
+
+def replace_spans(text: str, spans: list[Span], config: PiiConfig, key: bytes = b"") -> str:
+    """Replace sorted, non-overlapping spans; offsets all refer to the original text. Pseudonyms
+    hash (HMAC-SHA256 with `key`) the entity type and the exact value."""
     out, pos = [], 0
     for s in spans:
         name = SHORT_NAMES[s.entity] if config.short_names else s.entity
-        out += [text[pos:s.start], config.placeholder.format(entity=name)]
+        if config.replacement == "pseudonym":
+            digest = hmac.new(key, f"{s.entity}\0{text[s.start:s.end]}".encode(), hashlib.sha256).hexdigest()
+            new = config.pseudonym.format(entity=name, hash=digest[:config.pseudonym_hex])
+        else:
+            new = config.placeholder.format(entity=name)
+        out += [text[pos:s.start], new]
         pos = s.end
     out.append(text[pos:])
     return "".join(out)
 
 
-def scrub(table: pa.Table, config: PiiConfig) -> ShardResult:
-    """Replace PII in every document's text by placeholders.
+# Control characters (not tab/newline/carriage return) and U+FFFD, the marks of bytes decoded as text.
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+BINARY_SHARE = 0.05
 
-    Counts: pii_spans per entity type, docs_with_pii, docs_scanned (given to presidio; the others
-    could not contain any enabled type), chars_in (before scrubbing; chars_kept is after).
+
+def binary_like(text: str) -> bool:
+    """More than 5% control or replacement characters: bytes that were decoded as text."""
+    return _BINARY.search(text) is not None and len(_BINARY.findall(text)) > BINARY_SHARE * len(text)
+
+
+def _find_all(texts: list[str], config: PiiConfig) -> tuple[list[Optional[list[Span]]], list[Optional[str]], int,
+                                                          list[bool]]:
+    """Spans per text (None where presidio failed on it, with the error), characters scanned and
+    which texts were scanned. A failing batch is retried text by text so that one bad document
+    does not take the others down."""
+    try:
+        found, chars, touched = scan(texts, config)
+        errors: list[Optional[str]] = [None] * len(texts)
+    except Exception:  # noqa: BLE001 - isolate the document below
+        found, errors, chars, touched = [], [], 0, []
+        for text in texts:
+            try:
+                spans, n, hit = scan([text], config)
+                found.append(spans[0])
+                errors.append(None)
+                chars, touched = chars + n, touched + hit
+            except Exception as e:  # noqa: BLE001 - the document cannot be kept unscrubbed
+                found.append(None)
+                errors.append(f"{type(e).__name__}: {e}")
+                touched.append(True)
+    for i, text in enumerate(texts):
+        if found[i] is not None and config.ner_model and text:
+            touched[i] = True
+            try:
+                found[i] = found[i] + ner_spans(text, config)
+            except Exception as e:  # noqa: BLE001
+                found[i], errors[i] = None, f"{type(e).__name__}: {e}"
+    return [resolve_overlaps(f) if f is not None else None for f in found], errors, chars, touched
+
+
+def scrub(table: pa.Table, config: PiiConfig) -> ShardResult:
+    """Replace PII in every document's text.
+
+    Counts: pii_spans per entity type, docs_with_pii, docs_scanned (with at least one window given
+    to presidio), chars_scanned (window characters given to presidio), chars_in (before scrubbing;
+    chars_kept is after), docs_non_english (language column set and not 'en'), docs_binary_like,
+    docs_over_max_chars (longer than spaCy's chunk size; only NER chunks them).
     """
     if "text" not in table.column_names:
         raise ValueError(f"scrub: the table has no 'text' column (columns: {table.column_names})")
-    per_entity = dict.fromkeys(sorted(config.entities), 0)
+    key = pseudonym_key(config) if config.replacement == "pseudonym" else b""
+    per_entity = dict.fromkeys(sorted(config.entities + (config.ner_entities if config.ner_model else [])), 0)
+    raw = [t or "" for t in table.column("text").to_pylist()]
+    found, errors, chars_scanned, touched = _find_all(raw, config)
     texts, reasons, details = [], [], []
-    scanned = with_pii = 0
-    for row, text in enumerate(table.column("text").to_pylist()):
-        text = text or ""
-        spans = []
-        if could_contain_pii(text, config.entities):
-            scanned += 1
-            try:
-                spans = find_spans(text, config)
-            except Exception as e:  # one bad document must not stop the shard; it cannot be kept unscrubbed
-                texts.append("")  # nor written, unscrubbed, to the removed files
-                reasons.append("pii_error")
-                details.append(f"row {row}: {type(e).__name__}: {e}"[:500])
-                continue
+    with_pii = 0
+    for row, (text, spans, error) in enumerate(zip(raw, found, errors)):
+        if spans is None:
+            texts.append("")  # nor written, unscrubbed, to the removed files
+            reasons.append("pii_error")
+            details.append(f"row {row}: {error}"[:500])
+            continue
         for s in spans:
             per_entity[s.entity] += 1
         with_pii += bool(spans)
-        texts.append(replace_spans(text, spans, config) if spans else text)
+        texts.append(replace_spans(text, spans, config, key) if spans else text)
         too_many = config.max_spans_per_doc is not None and len(spans) > config.max_spans_per_doc
         reasons.append("pii_spans" if too_many else None)
         details.append(f"spans={len(spans)} > max_spans_per_doc={config.max_spans_per_doc}" if too_many else None)
-    chars_in = int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0) if table.num_rows else 0
+    languages = table.column("language").to_pylist() if "language" in table.column_names else []
+    counts = {"pii_spans": per_entity, "docs_with_pii": with_pii, "docs_scanned": sum(touched),
+              "chars_scanned": chars_scanned,
+              "chars_in": int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0) if table.num_rows else 0,
+              "docs_non_english": sum(1 for lang in languages if lang and lang != "en"),
+              "docs_binary_like": sum(map(binary_like, raw)),
+              "docs_over_max_chars": sum(len(t) > config.max_chars for t in raw)}
     scrubbed = table.set_column(table.column_names.index("text"), "text", pa.array(texts, pa.string()))
-    counts = {"pii_spans": per_entity, "docs_with_pii": with_pii, "docs_scanned": scanned, "chars_in": chars_in}
     return split_by_reason(scrubbed, reasons, details, counts)

@@ -1,11 +1,13 @@
 """PII scrubbing with presidio, offline: recall on presidio-research's labelled synthetic data, the
-cheap pre-check never changes a result, huge documents, determinism, and no network use."""
+fast path equal to presidio on the whole document span for span, replacement policies, optional
+spaCy NER, huge/non-English/binary documents, determinism, and no network use."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import logging
+import random
 import socket
 
 import pyarrow as pa
@@ -13,13 +15,14 @@ import pytest
 from pydantic import ValidationError
 
 import pipeline.pii as pii
-from pipeline.pii import (ENTITIES, PiiConfig, Span, chunk_bounds, could_contain_pii, find_spans, replace_spans,
-                          resolve_overlaps, scrub)
+from pipeline.pii import (BATCH_CHARS, ENTITIES, PHONE_REGIONS_EXACT, PiiConfig, Span, chunk_bounds, find_spans,
+                          presidio_spans, replace_spans, resolve_overlaps, scan, scrub, windows)
 from pipeline.schema import docs_from_rows
 from tests.test_dedup import GUTENBERG, gutenberg_windows
 
 SMALL = "pii/presidio-generated_small.json"
 LARGE = "pii/presidio-generated_large.json"
+SYNTH = "pii/presidio-synth_dataset_v2.json"
 
 
 def gold_table(path):
@@ -68,25 +71,65 @@ def test_small_file_placeholders_and_untouched_text(shared_data):
         for span in rec["spans"]:
             if span["entity_type"] in ("EMAIL_ADDRESS", "CREDIT_CARD", "IP_ADDRESS"):
                 assert span["entity_value"] not in text, (span, text)
-        if not could_contain_pii(rec["full_text"], ENTITIES):
+        if not any(windows(rec["full_text"], e) for e in PiiConfig().entities):
             assert text == rec["full_text"]
     assert any("<EMAIL>" in t for t in out) and any("<CREDIT_CARD>" in t for t in out)
     assert result.counts["chars_in"] == sum(len(r["full_text"]) for r in records)
     assert result.counts["chars_kept"] == sum(map(len, out))
 
 
-def test_precheck_skips_only_documents_presidio_would_not_change(shared_data):
-    """Run presidio on every document the pre-check would skip: it must find nothing there."""
-    records = json.loads(shared_data(LARGE).read_text())
-    texts = [r["full_text"] for r in records]
+ALL = PiiConfig(entities=list(ENTITIES))
+
+
+def assert_same_as_presidio(texts):
+    """The fast path, batched and text by text, equals presidio's engine on each whole text."""
+    fast = scan(texts, ALL)[0]
+    for text, spans in zip(texts, fast):
+        assert spans == presidio_spans(text, ALL), text[:300]
+
+
+def adversarial_texts():
+    edge = ["a@b.co", "call 212-555-0123", "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32",
+            "10.0.0.1", "fe80::1%eth0", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", "536-90-4399"]
+    texts = [e for e in edge] + [e + "x" for e in edge] + ["x" + e for e in edge] + [" ".join(edge), "".join(edge)]
+    texts += [
+        "jane.doe@example.com,john@example.org;x@y.io", "mail:" + "a" * 3000 + "@example.com.",
+        "(212) 555-0123" + " " * 2000 + "ext. 12 and 555-0100#", "1" + " " * 3000 + "x 2", "9" * 500,
+        "1 2 3 4 5 6 7 8 9 0 " * 20, "+44 20 7946 0958, +49 30 901820, +33 1 42 68 53 00, +91 22 2778 2000",
+        "０２０ ７９４６ ０９５８ and （２１２）５５５－０１２３", "٤١١١١١١١١١١١١١١١ ۵۳۶-۹۰-۴۳۹۹",  # Unicode digits
+        "2012-01-02 08:00:00 and 3/10/2011 and pp. 211-227 (2003)", "::ffff:192.168.0.1/96 and 2001:db8::1:0:0:1",
+        "x::y 1::2 :: ::1 1:2:3:4:5:6:7:8 a:b:c", "DE89370400440532013000 2 days; DE89 3704 0044 0532 0130 00",
+        "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq and 3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy",
+        "\x00\x01 4111-1111-1111-1111 \ufffd", "tel:+1-212-555-0123;ext=42 ok",
+    ]
+    book = ("The quick brown fox, in 1885, paid 12.50 at 10:30 to 555 0199 people. " * 300)
+    texts.append(book + " reader@example.org 212-555-0123 " + book)
+    rng = random.Random(5)
+    alphabet = "0123456789" * 4 + "  -.:@+()/x#,abcdeEXT\t\n%_ABCDGBZ"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for _ in range(200)]
+    return texts
+
+
+def test_fast_path_equals_presidio_on_labelled_data(shared_data):
+    texts = [r["full_text"] for f in (LARGE, SMALL, SYNTH) for r in json.loads(shared_data(f).read_text())]
     texts += [d["text"] for shard in gutenberg_windows(shared_data(GUTENBERG), books=1) for d in shard][:150]
-    skipped = [t for t in texts if not could_contain_pii(t, ENTITIES)]
-    assert len(skipped) > 300
-    config = PiiConfig(entities=list(ENTITIES))
-    assert all(find_spans(t, config) == [] for t in skipped)
-    table = docs_from_rows([{"id": str(i), "text": t} for i, t in enumerate(texts)])
-    counts = scrub(table, config).counts
-    assert counts["docs_scanned"] == len(texts) - len(skipped)
+    assert_same_as_presidio(texts)
+
+
+def test_fast_path_equals_presidio_on_adversarial_texts():
+    assert PHONE_REGIONS_EXACT  # phonenumbers' pattern still has the shape the phone regions assume
+    assert_same_as_presidio(adversarial_texts())
+
+
+def test_batching_does_not_change_results():
+    """One document's windows larger than a phone batch is scanned alone; others are batched."""
+    texts = adversarial_texts()[-60:]
+    big = " ".join(f"call 212-555-{1000 + i} or (0{i % 9 + 1}) {i:04d} {i:03d}" for i in range(120))
+    assert sum(e - s for s, e in windows(big, "PHONE_NUMBER")) > BATCH_CHARS["PHONE_NUMBER"]
+    texts.insert(7, big)
+    together = scan(texts, ALL)[0]
+    assert together == [scan([t], ALL)[0][0] for t in texts]
+    assert together[7] == presidio_spans(big, ALL) and len(together[7]) > 100
 
 
 @pytest.mark.parametrize("entities, text, expected", [
@@ -99,7 +142,6 @@ def test_precheck_skips_only_documents_presidio_would_not_change(shared_data):
     (["CRYPTO"], "wallet 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa here", "wallet <CRYPTO> here"),
 ])
 def test_each_recognizer(entities, text, expected):
-    assert could_contain_pii(text, entities)
     result = scrub(docs_from_rows([{"id": "a", "text": text}]), PiiConfig(entities=entities))
     assert result.kept.column("text").to_pylist() == [expected]
 
@@ -197,14 +239,14 @@ def test_config_errors():
 
 
 def test_a_failing_document_is_removed_emptied_and_counted(monkeypatch):
-    real = pii.find_spans
+    real = pii.scan
 
-    def flaky(text, config):  # stands in for presidio raising on one pathological document
-        if "boom" in text:
+    def flaky(texts, config):  # stands in for presidio raising on one pathological document
+        if any("boom" in t for t in texts):
             raise TimeoutError("regex timed out")
-        return real(text, config)
+        return real(texts, config)
 
-    monkeypatch.setattr(pii, "find_spans", flaky)
+    monkeypatch.setattr(pii, "scan", flaky)
     docs = docs_from_rows([{"id": "a", "text": "boom 1 x@example.com"}, {"id": "b", "text": "mail y@example.com"}])
     result = scrub(docs, PiiConfig())
     assert result.kept.column("text").to_pylist() == ["mail <EMAIL>"]
