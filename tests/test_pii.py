@@ -254,3 +254,68 @@ def test_a_failing_document_is_removed_emptied_and_counted(monkeypatch):
     assert (row["id"], row["reason"], row["text"]) == ("a", "pii_error", "")
     assert row["detail"] == "row 0: TimeoutError: regex timed out"
     assert result.counts["removed"] == {"pii_error": 1} and result.counts["docs_scanned"] == 2
+
+
+def test_pseudonyms_are_consistent_and_keyed(monkeypatch):
+    docs = docs_from_rows([{"id": "a", "text": "mail bob@example.com or ann@example.com"},
+                           {"id": "b", "text": "again bob@example.com"}])
+    config = PiiConfig(replacement="pseudonym")
+    monkeypatch.delenv(config.pseudonym_secret_env, raising=False)
+    with pytest.raises(ValueError, match="CRAWL2LLM_PII_SECRET"):
+        scrub(docs, config)
+    monkeypatch.setenv(config.pseudonym_secret_env, "k1")
+    a, b = scrub(docs, config).kept.column("text").to_pylist()
+    bob = b.split()[-1]
+    assert bob.startswith("<EMAIL_") and len(bob) == len("<EMAIL_>") + 8 and bob in a and a.count("<EMAIL_") == 2
+    assert a.split()[1] != a.split()[3]  # different values, different pseudonyms
+    monkeypatch.setenv(config.pseudonym_secret_env, "k2")
+    assert scrub(docs, config).kept.column("text").to_pylist()[1].split()[-1] != bob
+    with pytest.raises(ValidationError, match="pseudonym"):
+        PiiConfig(pseudonym="<{entity}_{digest}>")
+
+
+def ruler_model(folder):
+    """A real spaCy pipeline with an entity ruler (no downloaded model needed)."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Jane Doe"},
+                                               {"label": "GPE", "pattern": "Paris"}])
+    nlp.to_disk(folder)
+    return str(folder)
+
+
+def test_optional_ner_with_a_spacy_pipeline(tmp_path):
+    config = PiiConfig(ner_model=ruler_model(tmp_path / "ruler"), max_chars=2_000)
+    text = "Jane Doe moved to Paris; mail jane@example.com. " + "filler words here " * 300 + "Jane Doe again."
+    result = scrub(docs_from_rows([{"id": "a", "text": text}]), config)
+    out = result.kept.column("text")[0].as_py()
+    assert "Jane Doe" not in out and "Paris" not in out and out.startswith("<PERSON> moved to <LOCATION>; mail <EMAIL>")
+    assert result.counts["pii_spans"]["PERSON"] == 2 and result.counts["pii_spans"]["LOCATION"] == 1
+    assert result.counts["docs_over_max_chars"] == 1  # NER read it in chunks; the last name is still found
+
+
+def test_missing_ner_model_is_a_config_error():
+    with pytest.raises(ValidationError, match="not installed"):
+        PiiConfig(ner_model="en_core_web_nonexistent")
+
+
+def test_installed_english_model_if_any():
+    import spacy.util
+
+    if not spacy.util.is_package("en_core_web_sm"):
+        pytest.skip("no spaCy model installed (en_core_web_sm is not on this machine's package index)")
+    out = scrub(docs_from_rows([{"id": "a", "text": "Barack Obama was born in Hawaii."}]),
+                PiiConfig(ner_model="en_core_web_sm")).kept.column("text")[0].as_py()
+    assert "Obama" not in out
+
+
+def test_non_english_binary_and_empty_documents_pass_with_counts():
+    rows = [{"id": "de", "text": "Ruf mich an: +49 30 901820, Mail an anna@beispiel.de", "language": "de"},
+            {"id": "bin", "text": "\x00\x01\x02\ufffd\x07 PK\x03\x04 4111 1111 1111 1111 \x00" * 50, "language": None},
+            {"id": "en", "text": "", "language": "en"}]
+    result = scrub(docs_from_rows(rows), PiiConfig())
+    de, binary, empty = result.kept.column("text").to_pylist()
+    assert de == "Ruf mich an: <PHONE>, Mail an <EMAIL>" and "4111" not in binary and empty == ""
+    counts = result.counts
+    assert (counts["docs_non_english"], counts["docs_binary_like"], counts["docs_kept"]) == (1, 1, 3)
