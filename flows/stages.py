@@ -165,7 +165,8 @@ def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict
 
 @flow(name="quality", task_runner=RUNNER)
 def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
-    """Gopher quality and repetition rules; every removed document keeps the first rule that removed it."""
+    """Gopher quality and repetition rules (C4 and FineWeb optional); every removed document keeps the
+    first rule that removed it, or with `signals` every document is kept with its signals as columns."""
     return _filter_stage("quality", source, config, workers_n)
 
 

@@ -75,3 +75,23 @@ def merge_counts(a: dict, b: dict) -> dict:
         else:
             out[k] = v
     return dict(sorted(out.items()))
+
+
+# Control characters other than tab and line breaks, and U+FFFD (what a wrong decoding leaves).
+_BINARY_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x{FFFD}]"
+
+
+def text_kinds(table: pa.Table) -> dict:
+    """How many documents are not English (by their language column) and how many look binary (over
+    1% control or replacement characters): a stage reports what went through it, not only what it
+    removed."""
+    if table.num_rows == 0:
+        return {"docs_binary_like": 0, "docs_non_english": 0}
+    text = table.column("text")
+    odd = pc.count_substring_regex(text, _BINARY_CHARS)
+    binary = pc.sum(pc.greater(pc.multiply(odd, 100), pc.utf8_length(text))).as_py() or 0
+    non_english = 0
+    if "language" in table.column_names:
+        lang = table.column("language")
+        non_english = pc.sum(pc.and_(pc.is_valid(lang), pc.not_equal(lang, "en"))).as_py() or 0
+    return {"docs_binary_like": int(binary), "docs_non_english": int(non_english)}

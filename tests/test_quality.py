@@ -1,5 +1,6 @@
-"""Gopher quality rules: real prose passes, real junk pages (Common Crawl, data.gov.uk, the pydoc
-pages the demo crawls) fail the rule you would expect, and hand-made texts fail exactly one rule."""
+"""Quality rules: real prose passes, real junk pages (Common Crawl, data.gov.uk, the pydoc pages the
+demo crawls) fail the rule you would expect, hand-made texts fail exactly one rule, C4's line
+cleaning rewrites what it should, and signals mode flags exactly what filtering removes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pydantic import ValidationError
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-from pipeline.quality import FINEWEB, GOPHER_QUALITY, RULES, QualityConfig, evaluate, filter_quality
+from pipeline.quality import (C4, C4_LINE_RULES, FINEWEB, FINEWEB_RECIPE, GOPHER_QUALITY, RULES, QualityConfig,
+                              evaluate, filter_quality, signal_names)
 from pipeline.schema import docs_from_rows
 from tests.test_dedup import GUTENBERG, gutenberg_windows
 
@@ -206,3 +208,121 @@ def test_config_errors():
         QualityConfig(min_word=3)  # misspelled field
     with pytest.raises(ValueError, match="no 'text' column"):
         filter_quality(pa.table({"id": ["a"]}), QualityConfig())
+
+
+WEB_PAGE = "\n".join(SENTENCES) + (
+    "\nHome\nAbout us\n"  # fewer than 3 words
+    "This site uses cookies to improve your experience, as the law says it must.\n"  # policy
+    "Please enable JavaScript to view the comments below.\n"  # javascript
+    "The river was first bridged in 1802 [1] and again in 1911 [citation needed].\n"  # citations cut
+    "Read more about the history of the town\n"  # no terminal punctuation
+    "The rest, as they say, is history...\n"  # an ellipsis is not an end
+    + "A" * 1001 + " is a very long word indeed.\n")  # a word over 1,000 characters
+
+
+def c4(*rules, **fields):
+    return QualityConfig(rules=list(rules), **fields)
+
+
+def test_c4_line_cleaning_rewrites_kept_documents():
+    result = filter_quality(docs_from_rows([{"id": "p", "text": WEB_PAGE}]), c4(*C4))
+    text = result.kept.column("text")[0].as_py()
+    assert text.split("\n") == SENTENCES + ["The river was first bridged in 1802  and again in 1911 ."]
+    assert result.counts["c4_lines"] == {"lines_in": len(SENTENCES) + 8, "c4_line_word_length": 1,
+                                         "c4_citations": 2, "c4_line_punct": 4, "c4_line_words": 0,
+                                         "c4_line_javascript": 1, "c4_line_policy": 1}
+    # Each line rule alone drops only its own lines (C4 checks punctuation before words, so above
+    # "Home" went for its punctuation); FineWeb's recipe leaves line punctuation alone.
+    for rule, gone, n in [("c4_line_words", "About us", 2), ("c4_line_policy", "uses cookies", 1),
+                          ("c4_line_javascript", "JavaScript", 1), ("c4_line_punct", "history of the town", 4)]:
+        kept = filter_quality(docs_from_rows([{"id": "p", "text": WEB_PAGE}]), c4(rule)).kept.column("text")[0]
+        assert gone not in kept.as_py() and len(kept.as_py().split("\n")) == len(WEB_PAGE.split("\n")) - 1 - n, rule
+    assert "c4_line_punct" not in FINEWEB_RECIPE and set(C4) - {"c4_line_punct"} <= set(FINEWEB_RECIPE)
+    assert not set(C4) & set(QualityConfig().rules)  # off by default
+
+
+@pytest.mark.parametrize("rule, text", [
+    ("c4_lorem_ipsum", PROSE + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."),
+    ("c4_curly_bracket", PROSE + "\nWrite {name} in the template to show the value."),
+    ("c4_min_sentences", "One sentence here. Two of them now.\nThree is here! And four?"),
+])
+def test_c4_document_rules(rule, text):
+    assert failing(text, c4(*C4)) == [rule]
+    removed = filter_quality(docs_from_rows([{"id": "x", "text": text}]), c4(*C4)).removed.to_pylist()[0]
+    assert removed["reason"] == rule and removed["text"] == text  # removed documents keep their text
+    # C4 reads the kept lines only: a code line without terminal punctuation is dropped, not fatal.
+    assert failing(PROSE + "\nif (x) { y }", c4(*C4)) == []
+
+
+def test_c4_document_left_without_lines():
+    menu = "Home\nAbout us\nContact"
+    result = filter_quality(docs_from_rows([{"id": "m", "text": menu}]), c4("c4_line_punct", "c4_line_words"))
+    removed = result.removed.to_pylist()[0]
+    assert removed["reason"] == "c4_line_words"  # the last C4 line rule switched on
+    assert removed["detail"] == "lines_kept=0 < a line=1 (of 3: c4_line_punct dropped 3, c4_line_words dropped 0)"
+
+
+def test_fineweb_line_punct_counts_unicode_terminals():
+    chinese = "\n".join(["这是一个句子。"] * 5 + ["目录"] * 20)
+    assert failing(chinese, QualityConfig(rules=["fineweb_line_punct"])) == []
+    assert failing(chinese.replace("。", ""), QualityConfig(rules=["fineweb_line_punct"])) == ["fineweb_line_punct"]
+
+
+def test_signals_mode_flags_exactly_what_filtering_removes(shared_data):
+    pages = list(html_pages(shared_data("warc/ukwa-govuk-BL-20140325121225068.warc.gz")))
+    table = docs_from_rows([{"id": url, "url": url, "text": text} for url, text in pages] + [
+        {"id": "web", "text": WEB_PAGE}, {"id": "empty", "text": ""}])
+    config = QualityConfig(rules=list(FINEWEB_RECIPE))
+    filtered = filter_quality(table, config)
+    signals = filter_quality(table, config.model_copy(update={"signals": True}))
+    rows = signals.kept.to_pylist()
+    assert signals.removed.num_rows == 0 and len(rows) == table.num_rows
+    assert [(r["id"], r["text"]) for r in rows if r["quality_reason"] is None] == \
+        [(r["id"], r["text"]) for r in filtered.kept.to_pylist()]
+    assert [(r["id"], r["quality_reason"], r["quality_detail"], r["text"]) for r in rows if r["quality_reason"]] == \
+        [(r["id"], r["reason"], r["detail"], r["text"]) for r in filtered.removed.to_pylist()]
+    assert signals.counts["flagged"] == filtered.counts["removed"] and len(filtered.counts["removed"]) >= 3
+    names = signal_names(config)
+    assert [c for c in signals.kept.column_names if c.startswith("signal_")] == [f"signal_{n}" for n in names]
+    assert "signal_words" in signals.kept.column_names and "signal_sentences" in signals.kept.column_names
+    web = next(r for r in rows if r["id"] == "web")
+    assert web["signal_c4_line_policy_lines"] == 1 and web["signal_words"] > 100
+    assert all(r[f"signal_{n}"] is not None for r in rows for n in names)  # every signal, every document
+
+
+def test_size_guard_and_odd_text_pass_through():
+    huge = "word " * 500_000  # 2.5 M characters: removed unread, fast, without a crash
+    odd = [{"id": "bin", "text": "\x00\x01\x02 ab \ufffd" * 100, "language": None},
+           {"id": "de", "text": "Der Fluss und die Stadt sind alt. " * 20, "language": "de"},
+           {"id": "huge", "text": huge, "language": "en"}, {"id": "ok", "text": PROSE, "language": "en"}]
+    result = filter_quality(docs_from_rows(odd), QualityConfig(rules=list(RULES)))
+    reasons = dict(zip(result.removed.column("id").to_pylist(), result.removed.column("reason").to_pylist()))
+    assert reasons["huge"] == "doc_max_chars" and reasons["bin"] == "gopher_mean_word_length"
+    assert reasons["de"] == "gopher_stop_words" and result.kept.column("id").to_pylist() == ["ok"]
+    assert result.counts["docs_binary_like"] == 1 and result.counts["docs_non_english"] == 1
+    assert failing(huge, QualityConfig(max_doc_chars=3_000_000))[0] == "gopher_word_count"  # 500,000 words
+
+
+def test_repeated_ngram_scan_matches_the_plain_loop():
+    """The numpy scan of gopher_dup_ngrams equals the plain left-to-right loop (count a repeat,
+    jump past it) on texts with many overlapping repeats."""
+    import random
+
+    from pipeline.quality import Doc, _repeated_ngram_chars
+
+    def plain(ws, n):
+        grams, seen, chars, i = [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)], set(), 0, 0
+        while i < len(grams):
+            if grams[i] in seen:
+                chars, i = chars + sum(map(len, grams[i])), i + n
+            else:
+                seen.add(grams[i])
+                i += 1
+        return chars
+
+    rng = random.Random(5)
+    for trial in range(300):
+        ws = [rng.choice(["a", "bb", "ccc", "the", "of"][: rng.randint(1, 5)]) for _ in range(rng.randint(0, 60))]
+        doc = Doc(" ".join(ws), QualityConfig(), frozenset())
+        for n in (2, 5, 7):
+            assert _repeated_ngram_chars(doc.grams(n), n, doc.word_chars) == plain(ws, n), (ws, n)
