@@ -153,6 +153,10 @@ GENERIC = {
     "gopher_top_ngrams": "n-grams: datatrove's are of spaCy tokens (punctuation included) and its top n-gram length "
                          "counts the spaces between words; ours are of trimmed words, spaces left out",
     "gopher_dup_ngrams": "n-grams: datatrove's are of spaCy tokens (punctuation included); ours of trimmed words",
+    "gopher_ellipsis_lines": "denominator: datatrove divides by every line, blank ones included; we by non-blank lines",
+    "gopher_bullet_lines": "denominator: datatrove divides by every line, blank ones included; we by non-blank lines",
+    "gopher_dup_paragraphs": "paragraph split: ours at blank lines that may hold spaces (\\n\\s*\\n), datatrove's "
+                             "only at \\n\\n+ (a line of spaces keeps two paragraphs together)",
     "c4_min_sentences": "sentence splitting: spaCy's sentencizer (knows abbreviations, splits on some other marks) "
                         "vs our Sentence_Terminal regex",
 }
