@@ -15,7 +15,7 @@ first rule it fails (its reason); a rule left out of `QualityConfig.rules` is of
     gopher_bullet_lines      <= 90% of lines start with a bullet point
     gopher_ellipsis_lines    <= 30% of lines end with an ellipsis
     gopher_alpha_words       >= 80% of whitespace tokens hold a letter
-    gopher_stop_words        >= 2 occurrences of the, be, to, of, and, that, have, with
+    gopher_stop_words        >= 2 of the words the, be, to, of, and, that, have, with (any case)
     gopher_dup_paragraphs    <= 30% of paragraphs repeat an earlier one, and they hold <= 20% of the characters
     gopher_dup_lines         <= 30% of lines repeat an earlier line, and they hold <= 20% of the characters
     gopher_top_ngrams        the most frequent word 2/3/4-gram covers <= 20/18/16% of the characters
@@ -138,7 +138,8 @@ class QualityConfig(StageConfig):
                                                                           "of lines that may end with an ellipsis.")
     min_alpha_words_ratio: float = Field(0.8, ge=0, le=1, description="gopher_alpha_words: smallest share of "
                                                                        "tokens that must hold a letter.")
-    min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest occurrences of stop words.")
+    min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest distinct stop words a document "
+                                                     "must hold (Gopher: 'at least two of' them).")
     stop_words: list[str] = Field(default_factory=lambda: list(GOPHER_STOP_WORDS),
                                   description="gopher_stop_words: the words counted (matched lowercased).")
     max_dup_lines_ratio: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: largest share of lines "
@@ -318,17 +319,11 @@ class Doc:
     @cached_property
     def vocabulary(self) -> dict[str, int]:
         """Each distinct word's id, in order of first use."""
-        return {}
+        return {w: i for i, w in enumerate(dict.fromkeys(self.words))}
 
     @cached_property
     def _grams(self) -> dict[int, np.ndarray]:
-        ids = self.vocabulary
-        return {1: np.array([ids.setdefault(w, len(ids)) for w in self.words], np.int64)}
-
-    @cached_property
-    def word_counts(self) -> dict[str, int]:
-        """Occurrences of each distinct word."""
-        return dict(zip(self.vocabulary, np.bincount(self.grams(1)).tolist())) if self.words else {}
+        return {1: np.fromiter(map(self.vocabulary.__getitem__, self.words), np.int64, len(self.words))}
 
     @cached_property
     def tokens_with_letter(self) -> int:
@@ -406,7 +401,7 @@ def _alpha_words(d: Doc, c: QualityConfig) -> Checks:
 
 def _stop_words(d: Doc, c: QualityConfig) -> Checks:
     stop = frozenset(c.stop_words)
-    n = sum(k for w, k in d.word_counts.items() if w.lower() in stop)
+    n = len(stop.intersection(w.lower() for w in d.vocabulary))
     yield _at_least("stop_words", n, "min_stop_words", c.min_stop_words)
 
 

@@ -113,6 +113,7 @@ def test_pydoc_pages():
     ("gopher_ellipsis_lines", PROSE.replace(". ", " …\n", 3)),
     ("gopher_alpha_words", PROSE + " " + " ".join(str(i) for i in range(36)) + " | | -- -- 3.14 2,024"),
     ("gopher_stop_words", "Apples, pears, plums, cherries, peaches. " * 12),
+    ("gopher_stop_words", "Apples and pears, plums AND cherries, peaches And figs. " * 12),  # one stop word, often
 ])
 def test_hand_made_texts_fail_exactly_one_rule(rule, text):
     """Gopher's quality rules one by one (some texts are repetitive too: repetition rules off)."""
