@@ -279,8 +279,8 @@ def windows(text: str, entity: str) -> list[tuple[int, int]]:
 
 
 # phonenumbers' PhoneNumberMatcher gives up after 65,535 failed tries per text. A candidate costs at
-# most 1 + 34 inner patterns x (its length + 2) tries, so a string of n characters costs at most
-# (1 + 3 x 34) n: batches of documents stay under this many characters and can never reach the cap
+# most 1 + 6 inner patterns x (its length + 2) tries, so a string of n characters costs at most
+# (1 + 3 x 6) n: batches of documents stay under this many characters and can never reach the cap
 # (a single document longer than that is scanned alone, where it meets the cap exactly as presidio
 # on the whole document would: the same candidates in the same order).
 def _phone_batch_chars() -> int:
@@ -293,6 +293,176 @@ BATCH_CHARS = {"PHONE_NUMBER": _phone_batch_chars()}
 DEFAULT_BATCH_CHARS = 1 << 20  # any size is exact for stateless regexes; this bounds memory
 
 
+# -- phone numbers without parsing hopeless candidates -------------------------------------------
+#
+# PhoneRecognizer.analyze runs PhoneNumberMatcher(text, region, leniency) per supported region and
+# keeps every match as a 0.4-score result (a phonenumbers.parse of the match only names the region
+# in the explanation), then remove_duplicates. Nearly all of its time is phonenumbers' parse of
+# candidates that cannot be valid. _PhoneMatcher is that matcher with two changes that cannot alter
+# any result or the count of failed tries (docs/PII.md, "Phone numbers"):
+# - a candidate with fewer than _min_alnum() letters and digits is not parsed: every phone number
+#   the matcher accepts (leniency VALID or stricter) is valid, so its national significant number
+#   has one of the possible lengths of some region's general description (>= 4 digits), and each of
+#   those digits comes from a distinct digit or letter of the candidate;
+# - _parse_and_verify is a function of the candidate, the characters just before and after it and
+#   the matcher's region and leniency: its result is cached on those.
+# Both rest on phonenumbers' and presidio's source; PHONE_SOURCE_DIGEST pins the methods they read,
+# and with any other source the recognizer's own analyze runs.
+
+# sha256 of the sources of PhoneNumberMatcher.__init__, _find, _extract_match, _extract_inner_match,
+# _parse_and_verify and PhoneRecognizer.analyze (phonenumbers 9.0.43, presidio-analyzer 2.2.366).
+PHONE_SOURCE_DIGEST = "3d00a89e679489aa08110c3048ad2fa0deb3159eb1bdd63ac05e64645b5eaab3"
+
+
+def _phone_source_digest() -> str:
+    import inspect
+
+    import phonenumbers.phonenumbermatcher as pm
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    parts = [inspect.getsource(getattr(pm.PhoneNumberMatcher, name))
+             for name in ("__init__", "_find", "_extract_match", "_extract_inner_match", "_parse_and_verify")]
+    parts.append(inspect.getsource(PhoneRecognizer.analyze))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+_MIN_ALNUM: list[int] = []
+
+
+def _min_alnum() -> int:
+    """Fewest letters and digits a candidate the matcher accepts can have: the shortest possible
+    length of a national significant number over all of phonenumbers' metadata (general_desc). 0
+    (parse everything) if some description lists no lengths, or if a national-prefix transform rule
+    could make a national number that short longer (checked on every digit string that short)."""
+    if _MIN_ALNUM:
+        return _MIN_ALNUM[0]
+    import itertools
+
+    import phonenumbers
+    from phonenumbers.phonemetadata import PhoneMetadata
+    from phonenumbers.phonenumberutil import _maybe_strip_national_prefix_carrier_code
+
+    metadata = ([PhoneMetadata.metadata_for_region(r) for r in sorted(phonenumbers.SUPPORTED_REGIONS)]
+                + [PhoneMetadata.metadata_for_nongeo_region(c)
+                   for c in sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)])
+    lengths = [m.general_desc.possible_length if m and m.general_desc else () for m in metadata]
+    low = min(min(pl) for pl in lengths) if all(lengths) else 0
+    for m in metadata:
+        if low and m.national_prefix_transform_rule:
+            for n in range(low):
+                for digits in itertools.product("0123456789", repeat=n):
+                    if len(_maybe_strip_national_prefix_carrier_code("".join(digits), m)[1]) >= low:
+                        low = 0
+    _MIN_ALNUM.append(low)
+    return low
+
+
+def _phone_matcher_class():
+    import phonenumbers.phonenumbermatcher as pm
+
+    slash_dates, time_stamps, suffix = pm._SLASH_SEPARATED_DATES, pm._TIME_STAMPS, pm._TIME_STAMPS_SUFFIX
+    inner, lead, valid = pm._INNER_MATCHES, pm._LEAD_PATTERN, pm.Leniency.VALID
+
+    def _overlapping(pattern, candidate):
+        """The matches _extract_inner_match visits: search, then search again one past each start."""
+        group_match = pattern.search(candidate)
+        while group_match:
+            yield group_match
+            group_match = pattern.search(candidate, group_match.start() + 1)
+
+    class _PhoneMatcher(pm.PhoneNumberMatcher):
+        def __init__(self, text, region, leniency, cache: dict, min_alnum: int):
+            super().__init__(text, region, leniency=leniency)
+            self._cache, self._min_alnum = cache, min_alnum
+
+        def _extract_match(self, candidate, offset):
+            if sum(map(str.isalnum, candidate)) >= self._min_alnum:
+                return super()._extract_match(candidate, offset)
+            # PhoneNumberMatcher._extract_match and _extract_inner_match with every
+            # _parse_and_verify returning None (no group of the candidate has more letters and
+            # digits than the candidate): the same early exits and the same failed tries. Those
+            # depend on the candidate alone while they stay under max_tries (every `max_tries > 0`
+            # check passes when max_tries >= tries), so they are counted once per distinct candidate.
+            info = self._cache.get(candidate)
+            if info is None:
+                tries = 0
+                for pattern in inner:
+                    n = sum(1 for _ in _overlapping(pattern, candidate))
+                    tries += n + 1 if n else 0
+                info = self._cache[candidate] = (slash_dates.search(candidate) is not None,
+                                                 time_stamps.search(candidate) is not None, tries)
+            if info[0]:
+                return None
+            if info[1] and suffix.match(self.text, offset + len(candidate)):
+                return None
+            if self._max_tries >= info[2]:
+                self._max_tries -= info[2]
+                return None
+            for pattern in inner:
+                group_match = pattern.search(candidate)
+                is_first_match = True
+                while group_match and self._max_tries > 0:
+                    if is_first_match:
+                        self._max_tries -= 1
+                        is_first_match = False
+                    self._max_tries -= 1
+                    group_match = pattern.search(candidate, group_match.start() + 1)
+            return None
+
+        def _parse_and_verify(self, candidate, offset):
+            if sum(map(str.isalnum, candidate)) < self._min_alnum:
+                return None
+            # What _parse_and_verify reads besides the candidate (region, leniency: per matcher).
+            end = offset + len(candidate)
+            before = self.text[offset - 1] if offset > 0 and self.leniency >= valid and not lead.match(candidate) \
+                else None
+            after = self.text[end] if end < len(self.text) and self.leniency >= valid else None
+            key = (self.preferred_region, self.leniency, candidate, before, after)
+            if key not in self._cache:
+                found = super()._parse_and_verify(candidate, offset)
+                self._cache[key] = None if found is None else found.number
+            number = self._cache[key]
+            return None if number is None else pm.PhoneNumberMatch(offset, candidate, number)
+
+    return _PhoneMatcher
+
+
+_PHONE_FAST: list = []
+
+
+def _phone_fast():
+    """(_PhoneMatcher, _min_alnum()) where phonenumbers and presidio are the versions read, else None."""
+    if not _PHONE_FAST:
+        ok = _phone_source_digest() == PHONE_SOURCE_DIGEST and _min_alnum() > 0
+        _PHONE_FAST.append((_phone_matcher_class(), _min_alnum()) if ok else None)
+    return _PHONE_FAST[0]
+
+
+def _phone_fast_ok(recognizer) -> bool:
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    return (type(recognizer) is PhoneRecognizer and recognizer.leniency is not None and recognizer.leniency >= 1
+            and _phone_fast() is not None)
+
+
+def _phone_analyze(recognizer, text: str, cache: dict) -> list:
+    """PhoneRecognizer.analyze(text) with _PhoneMatcher: the same results (entity, start, end, score)."""
+    import phonenumbers
+    from phonenumbers.phonenumberutil import NumberParseException
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    (matcher, low), results = _phone_fast(), []
+    for region in recognizer.supported_regions:
+        for match in matcher(text, region, recognizer.leniency, cache, low):
+            try:  # as presidio does (it names the region in the explanation); may raise the same way
+                phonenumbers.region_code_for_number(phonenumbers.parse(text[match.start:match.end]))
+            except NumberParseException:
+                pass
+            results.append(RecognizerResult(entity_type=recognizer.supported_entities[0], start=match.start,
+                                            end=match.end, score=recognizer.SCORE))
+    return EntityRecognizer.remove_duplicates(results)
+
+
 # -- finding spans -------------------------------------------------------------------------------
 
 def scan(texts: list[str], config: PiiConfig) -> tuple[list[list[Span]], int, list[bool]]:
@@ -302,6 +472,7 @@ def scan(texts: list[str], config: PiiConfig) -> tuple[list[list[Span]], int, li
 
     engine = analyzer(tuple(config.entities))
     found: list[list] = [[] for _ in texts]
+    phone_cache: dict = {}  # _parse_and_verify results by candidate and neighbours, for this call
     scanned, touched = 0, [False] * len(texts)
     for recognizer in engine.registry.recognizers:
         entity = recognizer.supported_entities[0]
@@ -316,12 +487,12 @@ def scan(texts: list[str], config: PiiConfig) -> tuple[list[list[Span]], int, li
             touched[i] = touched[i] or bool(wins)
             need = sum(e - s + 1 for s, e in wins)
             if batch and size + need > limit:
-                scanned += _run(recognizer, texts, batch, found)
+                scanned += _run(recognizer, texts, batch, found, phone_cache)
                 batch, size = [], 0
             batch += [(i, s, e) for s, e in wins]
             size += need
         if batch:
-            scanned += _run(recognizer, texts, batch, found)
+            scanned += _run(recognizer, texts, batch, found, phone_cache)
     out = []
     for results in found:
         kept = [r for r in results if r[3] >= config.score_threshold]
@@ -330,7 +501,8 @@ def scan(texts: list[str], config: PiiConfig) -> tuple[list[list[Span]], int, li
     return out, scanned, touched
 
 
-def _run(recognizer, texts: list[str], batch: list[tuple[int, int, int]], found: list[list]) -> int:
+def _run(recognizer, texts: list[str], batch: list[tuple[int, int, int]], found: list[list],
+         phone_cache: Optional[dict] = None) -> int:
     """Run one recognizer on the batch's windows joined by SEP; results go to found[text index]
     as (entity, start, end, score) in that text's offsets. Returns the characters scanned."""
     joined = SEP.join(texts[i][s:e] for i, s, e in batch)
@@ -338,7 +510,11 @@ def _run(recognizer, texts: list[str], batch: list[tuple[int, int, int]], found:
     for _, s, e in batch:
         starts.append(pos)
         pos += e - s + len(SEP)
-    for r in recognizer.analyze(text=joined, entities=recognizer.supported_entities, nlp_artifacts=None):
+    if phone_cache is not None and _phone_fast_ok(recognizer):
+        results = _phone_analyze(recognizer, joined, phone_cache)
+    else:
+        results = recognizer.analyze(text=joined, entities=recognizer.supported_entities, nlp_artifacts=None)
+    for r in results:
         k = bisect.bisect_right(starts, r.start) - 1
         i, s, e = batch[k]
         shift = s - starts[k]

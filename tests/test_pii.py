@@ -319,3 +319,32 @@ def test_non_english_binary_and_empty_documents_pass_with_counts():
     assert de == "Ruf mich an: <PHONE>, Mail an <EMAIL>" and "4111" not in binary and empty == ""
     counts = result.counts
     assert (counts["docs_non_english"], counts["docs_binary_like"], counts["docs_kept"]) == (1, 1, 3)
+
+
+def _phone_results(results):
+    return sorted((r.entity_type, r.start, r.end, r.score) for r in results)
+
+
+def test_phone_fast_path_matches_presidio_and_its_try_cap():
+    """The phone path (hopeless candidates not parsed, parse results cached) is in use with these
+    phonenumbers/presidio versions, and equals PhoneRecognizer.analyze, also where the matcher's
+    65,535-try cap cuts the scan, mid-candidate or between candidates."""
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    assert pii._phone_fast() is not None and pii._min_alnum() == 4
+    us, every = PhoneRecognizer(supported_regions=("US",)), PhoneRecognizer()
+    number = " call 212-555-0123 or +49 30 901820."
+    # "1/2" costs 3 failed tries (the candidate, the group before '/', the group after), "1" one:
+    # 3 x 21845 = 65535, so the numbers are found after 21844 units, not after 21845; with "1" first
+    # the last unit starts with 2 tries left (counted one by one, not from the cache).
+    for head, n, found in (("", 21844, 2), ("", 21845, 0), ("1 a ", 21844, 2), ("1 a ", 21845, 0)):
+        text = head + "1/2 a " * n + number
+        expected = _phone_results(us.analyze(text, ["PHONE_NUMBER"]))
+        assert len(expected) == found and _phone_results(pii._phone_analyze(us, text, {})) == expected
+    texts = ["1 ext 2 and 12 x 3 and 123 ext. 4567", "x1x 1x2 (1) 2-3 +1 2 ++1 (2)", "1-800-FLOWERS 2023-11-05 12:30",
+             "12:30 2012-01-02 08:00 3/10/2011 211-227 (2003) 030 901820 0049 30 901820 +1 (212) 555-0123#"]
+    for text in texts + adversarial_texts()[-40:]:
+        cache: dict = {}
+        for _ in range(2):  # the second time from the cache
+            assert _phone_results(pii._phone_analyze(every, text, cache)) == \
+                _phone_results(every.analyze(text, ["PHONE_NUMBER"])), text
