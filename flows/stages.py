@@ -18,7 +18,7 @@ from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, resolve_inputs
-from pipeline.pii import PiiConfig
+from pipeline.pii import PiiConfig, pseudonym_key_id
 from pipeline.quality import QualityConfig
 from pipeline.tokenize import TokenizeConfig
 from storage import StageDir, Store, StoreError, code_version, file_identity, fingerprint
@@ -153,10 +153,12 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
     return summary(out, *run_stage(out, jobs, {**header, "lsh": lsh}, workers_n, examples=True))
 
 
-def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
+def _filter_stage(name: str, source: str, config, workers_n: int | None, secret_id: str | None = None) -> dict:
+    """`secret_id` names a secret the output depends on (never the secret itself) for the fingerprint."""
     up, upstream = _upstream(source)
     code = code_version(f"pipeline.{name}", *CORE)
-    out = up.store.stage(name, fingerprint(name, code, config, upstream))
+    inputs = upstream if secret_id is None else {**upstream, "secret_id": secret_id}
+    out = up.store.stage(name, fingerprint(name, code, config, inputs))
     jobs = {i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
             for i in _indexes(up)}
     header = {"config": config, "code": code, "upstream": upstream}
@@ -172,8 +174,9 @@ def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int
 
 @flow(name="pii", task_runner=RUNNER)
 def pii(source: str, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
-    """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders."""
-    return _filter_stage("pii", source, config, workers_n)
+    """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders or keyed
+    pseudonyms (the key's id, not the key, is part of the fingerprint)."""
+    return _filter_stage("pii", source, config, workers_n, pseudonym_key_id(config))
 
 
 @flow(name="tokenize", task_runner=RUNNER)

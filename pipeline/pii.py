@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import regex
 from pydantic import Field, field_validator
 
-from pipeline.stage import ShardResult, StageConfig, split_by_reason
+from pipeline.stage import ShardResult, StageConfig, split_by_reason, text_kinds
 
 Entity = Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "CRYPTO"]
 NerEntity = Literal["PERSON", "LOCATION"]
@@ -595,6 +595,14 @@ def pseudonym_key(config: PiiConfig) -> bytes:
     return key.encode()
 
 
+def pseudonym_key_id(config: PiiConfig) -> str | None:
+    """A name for the pseudonym key that does not reveal it (an HMAC of a fixed message): it goes
+    into the stage fingerprint, so a new key means new output. None without pseudonyms."""
+    if config.replacement != "pseudonym":
+        return None
+    return hmac.new(pseudonym_key(config), b"crawl2llm pseudonym key id", hashlib.sha256).hexdigest()[:16]
+
+
 def replace_spans(text: str, spans: list[Span], config: PiiConfig, key: bytes = b"") -> str:
     """Replace sorted, non-overlapping spans; offsets all refer to the original text. Pseudonyms
     hash (HMAC-SHA256 with `key`) the entity type and the exact value."""
@@ -610,16 +618,6 @@ def replace_spans(text: str, spans: list[Span], config: PiiConfig, key: bytes = 
         pos = s.end
     out.append(text[pos:])
     return "".join(out)
-
-
-# Control characters (not tab/newline/carriage return) and U+FFFD, the marks of bytes decoded as text.
-_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
-BINARY_SHARE = 0.05
-
-
-def binary_like(text: str) -> bool:
-    """More than 5% control or replacement characters: bytes that were decoded as text."""
-    return _BINARY.search(text) is not None and len(_BINARY.findall(text)) > BINARY_SHARE * len(text)
 
 
 def _find_all(texts: list[str], config: PiiConfig) -> tuple[list[Optional[list[Span]]], list[Optional[str]], int,
@@ -657,7 +655,7 @@ def scrub(table: pa.Table, config: PiiConfig) -> ShardResult:
 
     Counts: pii_spans per entity type, docs_with_pii, docs_scanned (with at least one window given
     to presidio), chars_scanned (window characters given to presidio), chars_in (before scrubbing;
-    chars_kept is after), docs_non_english (language column set and not 'en'), docs_binary_like,
+    chars_kept is after), docs_non_english and docs_binary_like (pipeline.stage.text_kinds),
     docs_over_max_chars (longer than spaCy's chunk size; only NER chunks them).
     """
     if "text" not in table.column_names:
@@ -681,12 +679,9 @@ def scrub(table: pa.Table, config: PiiConfig) -> ShardResult:
         too_many = config.max_spans_per_doc is not None and len(spans) > config.max_spans_per_doc
         reasons.append("pii_spans" if too_many else None)
         details.append(f"spans={len(spans)} > max_spans_per_doc={config.max_spans_per_doc}" if too_many else None)
-    languages = table.column("language").to_pylist() if "language" in table.column_names else []
     counts = {"pii_spans": per_entity, "docs_with_pii": with_pii, "docs_scanned": sum(touched),
               "chars_scanned": chars_scanned,
               "chars_in": int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0) if table.num_rows else 0,
-              "docs_non_english": sum(1 for lang in languages if lang and lang != "en"),
-              "docs_binary_like": sum(map(binary_like, raw)),
-              "docs_over_max_chars": sum(len(t) > config.max_chars for t in raw)}
+              "docs_over_max_chars": sum(len(t) > config.max_chars for t in raw), **text_kinds(table)}
     scrubbed = table.set_column(table.column_names.index("text"), "text", pa.array(texts, pa.string()))
     return split_by_reason(scrubbed, reasons, details, counts)
