@@ -25,6 +25,7 @@ the same value everywhere); with `max_spans_per_doc` set, documents with more sp
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import hmac
 import os
@@ -326,16 +327,12 @@ def _phone_source_digest() -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-_MIN_ALNUM: list[int] = []
-
-
+@functools.cache
 def _min_alnum() -> int:
     """Fewest letters and digits a candidate the matcher accepts can have: the shortest possible
     length of a national significant number over all of phonenumbers' metadata (general_desc). 0
     (parse everything) if some description lists no lengths, or if a national-prefix transform rule
     could make a national number that short longer (checked on every digit string that short)."""
-    if _MIN_ALNUM:
-        return _MIN_ALNUM[0]
     import itertools
 
     import phonenumbers
@@ -353,7 +350,6 @@ def _min_alnum() -> int:
                 for digits in itertools.product("0123456789", repeat=n):
                     if len(_maybe_strip_national_prefix_carrier_code("".join(digits), m)[1]) >= low:
                         low = 0
-    _MIN_ALNUM.append(low)
     return low
 
 
@@ -427,15 +423,11 @@ def _phone_matcher_class():
     return _PhoneMatcher
 
 
-_PHONE_FAST: list = []
-
-
+@functools.cache
 def _phone_fast():
     """(_PhoneMatcher, _min_alnum()) where phonenumbers and presidio are the versions read, else None."""
-    if not _PHONE_FAST:
-        ok = _phone_source_digest() == PHONE_SOURCE_DIGEST and _min_alnum() > 0
-        _PHONE_FAST.append((_phone_matcher_class(), _min_alnum()) if ok else None)
-    return _PHONE_FAST[0]
+    ok = _phone_source_digest() == PHONE_SOURCE_DIGEST and _min_alnum() > 0
+    return (_phone_matcher_class(), _min_alnum()) if ok else None
 
 
 def _phone_fast_ok(recognizer) -> bool:

@@ -73,7 +73,7 @@ import regex
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.stage import ShardResult, StageConfig, split_by_reason, text_kinds
-from pipeline.text import tokens, words
+from pipeline.text import count_tokens_with_letter, tokens, words
 
 Rule = Literal["doc_max_chars",
                "gopher_word_count", "gopher_mean_word_length", "gopher_hash_ratio", "gopher_ellipsis_ratio",
@@ -109,7 +109,6 @@ _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 # same except after abbreviations its tokenizer knows ("Mr.", "U.S.").
 _SENTENCE_BREAK = regex.compile(r"\p{Sentence_Terminal}+[\"'”’)\]]*\s+(?=\S)")
 _STERM = regex.compile(r"\p{Sentence_Terminal}")
-_TOKEN_WITH_LETTER = re.compile(r"\S*[^\W\d_]\S*")  # pipeline.text.has_letter, over whole tokens
 
 
 class QualityConfig(StageConfig):
@@ -325,16 +324,12 @@ class Doc:
     def _grams(self) -> dict[int, np.ndarray]:
         return {1: np.fromiter(map(self.vocabulary.__getitem__, self.words), np.int64, len(self.words))}
 
-    @cached_property
-    def tokens_with_letter(self) -> int:
-        return len(_TOKEN_WITH_LETTER.findall(self.text))
-
     def grams(self, n: int) -> np.ndarray:
         """Word n-grams as dense integer ids, position by position (equal ids: equal n-grams).
         Built from the (n-1)-grams, so the 2..10-grams of Gopher's rules cost one pass each."""
         if n not in self._grams:
             shorter, words_ = self.grams(n - 1), self._grams[1]
-            pairs = shorter[:-1] * (len(words_) + 1) + words_[n - 1:] if len(shorter) > 1 else shorter[:0]
+            pairs = shorter[:-1] * (len(words_) + 1) + words_[n - 1:]
             self._grams[n] = np.unique(pairs, return_inverse=True)[1].astype(np.int64)
         return self._grams[n]
 
@@ -395,7 +390,7 @@ def _ellipsis_lines(d: Doc, c: QualityConfig) -> Checks:
 
 
 def _alpha_words(d: Doc, c: QualityConfig) -> Checks:
-    ratio = _ratio(d.tokens_with_letter, len(d.tokens))
+    ratio = _ratio(count_tokens_with_letter(d.text), len(d.tokens))
     yield _at_least("alpha_words_ratio", ratio, "min_alpha_words_ratio", c.min_alpha_words_ratio)
 
 

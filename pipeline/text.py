@@ -17,7 +17,8 @@ _PUNCT_RE2 = r"[^\pL\pN\pM_\s]+"
 # A word: from the first to the last letter or digit of a whitespace-separated token, so
 # "(hello," -> "hello" and "don't" -> "don't"; tokens with no letter or digit ("|", "--") give none.
 _WORD = re.compile(r"[^\W_](?:\S*[^\W_])?")
-_LETTER = re.compile(r"[^\W\d_]")
+# A whitespace token holding a letter (not a digit or "_").
+_TOKEN_WITH_LETTER = re.compile(r"\S*[^\W\d_]\S*")
 
 
 def normalize_texts(texts: pa.Array, lowercase: bool = True, strip_punctuation: bool = True,
@@ -68,8 +69,9 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def has_letter(token: str) -> bool:
-    return _LETTER.search(token) is not None
+def count_tokens_with_letter(text: str) -> int:
+    """Whitespace tokens holding at least one letter, counted in one regex pass."""
+    return len(_TOKEN_WITH_LETTER.findall(text))
 
 
 def word_ngrams(ws: list[str], n: int) -> list[str]:
