@@ -1,18 +1,27 @@
-"""A GPT-2 style decoder-only transformer, small enough to read in one sitting.
+"""A decoder-only transformer, small enough to read in one sitting, with the switches that separate
+GPT-2 from a modern model (see GPT2 and MODERN below).
 
-token + position embeddings -> n_layer x [x + attn(ln(x)); x + mlp(ln(x))] -> ln -> lm_head,
-with the lm_head sharing its weight with the token embedding (GPT-2's weight tying).
+token embedding (+ learned positions) -> n_layer x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> head.
+Rotary positions, RMSNorm, SwiGLU, QK-norm and an untied head are each one config field, laid out
+the way Llama/Qwen3 lay them out so the weights export to transformers without reshuffling.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.checkpoint import checkpoint
+
+# The two architectures compared in docs/BENCHMARKS.md: GPT-2 as published, and the usual modern
+# choices (Llama-style RoPE, RMSNorm and SwiGLU; Qwen3/OLMo2-style QK-norm; an untied output head).
+GPT2 = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "tie_embeddings": True}
+MODERN = {"positions": "rotary", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "tie_embeddings": False}
 
 
 class GPTConfig(BaseModel):
@@ -21,19 +30,65 @@ class GPTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vocab_size: int = Field(..., ge=1, description="Number of token ids (from the tokenizer).")
-    block_size: int = Field(256, ge=1, description="Longest context in tokens (learned position embeddings).")
+    block_size: int = Field(256, ge=1, description="Longest context in tokens.")
     n_layer: int = Field(4, ge=1, description="Transformer blocks.")
     n_head: int = Field(4, ge=1, description="Attention heads per block; must divide n_embd.")
     n_embd: int = Field(256, ge=1, description="Width of the residual stream.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residual branches.")
     bias: bool = Field(False, description="Biases in Linear and LayerNorm layers (GPT-2 had them; without is "
                                           "slightly better and faster).")
+    positions: Literal["learned", "rotary"] = Field("learned", description="learned: GPT-2's position embedding "
+                                                    "table; rotary: RoPE on queries and keys (Llama).")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency (rotary positions only).")
+    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="Normalization before each sub-layer "
+                                                  "and before the head.")
+    norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every normalization layer.")
+    mlp: Literal["gelu", "swiglu"] = Field("gelu", description="gelu: GPT-2's 4x GELU MLP; swiglu: gated SiLU "
+                                           "(Llama), hidden width 8/3 x n_embd rounded up to 64.")
+    qk_norm: bool = Field(False, description="RMSNorm each head's queries and keys before attention (Qwen3, "
+                                             "OLMo2): keeps attention logits bounded, fewer loss spikes.")
+    tie_embeddings: bool = Field(True, description="The output head reuses the token embedding matrix (GPT-2); "
+                                                   "false gives the head its own weights.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "GPTConfig":
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
         return self
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+
+def make_norm(c: GPTConfig, dim: int) -> nn.Module:
+    if c.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=c.norm_eps)
+    return nn.LayerNorm(dim, eps=c.norm_eps, bias=c.bias)
+
+
+def rotary_tables(c: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, (block_size, head_size), for rotating each pair (i, i + head_size/2) by position."""
+    inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_size, 2, dtype=torch.int64).float() / c.head_size))
+    angles = torch.outer(torch.arange(c.block_size, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) rotated by the first T rows of the tables (the half-split pairing HF Llama uses)."""
+    T = x.size(-2)
+    cos, sin = cos[:T].to(x.dtype), sin[:T].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class SelfAttention(nn.Module):
@@ -45,26 +100,41 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
         self.proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
         self.resid_drop = nn.Dropout(c.dropout)
+        self.q_norm = nn.RMSNorm(c.head_size, eps=c.norm_eps) if c.qk_norm else None
+        self.k_norm = nn.RMSNorm(c.head_size, eps=c.norm_eps) if c.qk_norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_size)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_size)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
 
 class MLP(nn.Module):
+    """GELU MLP, or SwiGLU: `fc` holds the gate and the up projection side by side (one matmul)."""
+
     def __init__(self, c: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
-        self.proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
+        self.gated = c.mlp == "swiglu"
+        self.fc = nn.Linear(c.n_embd, (2 if self.gated else 1) * c.mlp_hidden, bias=c.bias)
+        self.proj = nn.Linear(c.mlp_hidden, c.n_embd, bias=c.bias)
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.drop(self.proj(h))
 
 
 class Block(nn.Module):
@@ -72,13 +142,13 @@ class Block(nn.Module):
 
     def __init__(self, c: GPTConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.ln1 = make_norm(c, c.n_embd)
         self.attn = SelfAttention(c)
-        self.ln2 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.ln2 = make_norm(c, c.n_embd)
         self.mlp = MLP(c)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rotary)
         return x + self.mlp(self.ln2(x))
 
 
@@ -87,12 +157,20 @@ class GPT(nn.Module):
         super().__init__()
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
-        self.pos_emb = nn.Embedding(c.block_size, c.n_embd)
+        self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.positions == "learned" else None
+        if c.positions == "rotary":  # not saved: recomputed from the config
+            cos, sin = rotary_tables(c)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
-        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.ln_f = make_norm(c, c.n_embd)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        self.lm_head.weight = self.tok_emb.weight  # one matrix both reads and writes tokens
+        if c.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # one matrix both reads and writes tokens
+        # Recompute each block's activations in the backward pass instead of storing them: less
+        # memory for more compute. A training switch, not part of the shape (the trainer sets it).
+        self.activation_checkpointing = False
 
         # GPT-2 init: N(0, 0.02) everywhere; the projections that write into the residual stream are
         # scaled by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth.
@@ -109,18 +187,36 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self) -> int:
-        """Parameters, counting the tied embedding/lm_head matrix once."""
+        """Parameters, counting a tied embedding/lm_head matrix once."""
         return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token, 6N + 12·L·H·Q·T (PaLM appendix B; nanoGPT's estimate_mfu): N counts
+        the weights used in matrix multiplies (not the position table, nor an untied input embedding,
+        which are lookups), the second term is attention's scores and weighted sum over T tokens."""
+        c = self.config
+        n = self.num_params()
+        if self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        if not c.tie_embeddings:
+            n -= self.tok_emb.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: (B, T) token ids. Returns logits (B, T, vocab) and the mean loss (or None)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        rotary = (self.rope_cos, self.rope_sin) if self.pos_emb is None else None
+        x = self.drop(x)
         for block in self.blocks:
-            x = block(x)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, rotary, use_reentrant=False)
+            else:
+                x = block(x, rotary)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
@@ -162,10 +258,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def autocast(device: str, dtype: str):
-    """The mixed-precision context for forward passes: bfloat16 autocast, or nothing for float32."""
+def amp_dtype(device: str, dtype: str) -> torch.dtype | None:
+    """The autocast dtype forward passes run in: bfloat16, or None for plain float32."""
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return torch.bfloat16 if dtype == "bfloat16" else None
+
+
+def autocast(device: str, dtype: str):
+    """The mixed-precision context for forward passes: bfloat16 autocast, or nothing for float32."""
+    kind = amp_dtype(device, dtype)
+    return nullcontext() if kind is None else torch.autocast(device_type=device, dtype=kind)

@@ -8,6 +8,7 @@ same model.pt as a run never interrupted.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -19,30 +20,51 @@ import torch
 from pydantic import Field
 
 from model.data import Batches, TokenStream, sequential_batches
-from model.gpt import GPT, GPTConfig, autocast, resolve_device
+from model.gpt import GPT, GPTConfig, amp_dtype, autocast, resolve_device
+from model.guard import LossGuard
+from model.mfu import device_name, mfu, peak_flops
 from pipeline.stage import StageConfig
 
 CHECKPOINT = os.path.join("checkpoints", "latest.pt")
 # Changing these between a run and its resume does not change the weights, so it is allowed.
-RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "device", "compile"}
+RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "device", "compile",
+                     "activation_checkpointing"}
+
+
+def _shape(name: str):
+    """GPTConfig's field `name` (default, limits, description) for TrainConfig: one definition of each."""
+    return copy.copy(GPTConfig.model_fields[name])
 
 
 class TrainConfig(StageConfig):
-    """Model shape (vocab size comes from the tokenizer) and optimization."""
+    """Model shape (vocab size comes from the tokenizer) and optimization. The defaults are GPT-2's
+    architecture; model.gpt.MODERN lists the switches of the modern one (RoPE, RMSNorm, SwiGLU,
+    QK-norm, untied head)."""
 
-    block_size: int = Field(256, ge=1, description="Context length in tokens.")
-    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
-    n_head: int = Field(4, ge=1, description="Attention heads; must divide n_embd.")
-    n_embd: int = Field(256, ge=1, description="Width of the residual stream.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate (0 for short pretraining runs).")
-    bias: bool = Field(False, description="Biases in Linear and LayerNorm layers.")
+    block_size: int = _shape("block_size")
+    n_layer: int = _shape("n_layer")
+    n_head: int = _shape("n_head")
+    n_embd: int = _shape("n_embd")
+    dropout: float = _shape("dropout")
+    bias: bool = _shape("bias")
+    positions: Literal["learned", "rotary"] = _shape("positions")
+    rope_theta: float = _shape("rope_theta")
+    norm: Literal["layernorm", "rmsnorm"] = _shape("norm")
+    norm_eps: float = _shape("norm_eps")
+    mlp: Literal["gelu", "swiglu"] = _shape("mlp")
+    qk_norm: bool = _shape("qk_norm")
+    tie_embeddings: bool = _shape("tie_embeddings")
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (tokens per step = "
                                                        "batch_size x grad_accum_steps x block_size).")
     max_steps: int = Field(300, ge=1, description="Optimizer steps; also the length of the LR schedule.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate, reached after warmup.")
-    min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the decay.")
     warmup_steps: int = Field(30, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
+    schedule: Literal["cosine", "wsd"] = Field("cosine", description="After warmup: cosine decay to min_lr over "
+                                               "the remaining steps, or warmup-stable-decay (constant, then a "
+                                               "linear decay over the last decay_fraction of the steps).")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd only: share of max_steps spent decaying.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, applied to 2-D weights only.")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
@@ -56,16 +78,29 @@ class TrainConfig(StageConfig):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 autocast on CUDA, "
                                                                               "float32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (faster on GPU after a slow first step).")
+    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in the "
+                                                              "backward pass: less memory, about 1/3 more compute.")
+    loss_guard: Literal["skip", "stop", "off"] = Field("skip", description="On a non-finite loss or gradient, or "
+                                                       "a loss spike: skip that update (the batch is used up), "
+                                                       "stop with an error, or do nothing.")
+    spike_factor: float = Field(3.0, ge=0, description="A loss above this many times the mean of the last 50 "
+                                                       "accepted losses (after warmup) is a spike; 0 = only "
+                                                       "non-finite values count.")
+    max_skipped_steps: int = Field(5, ge=1, description="Stop after this many updates in a row are skipped.")
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, **self.model_dump(include=set(GPTConfig.model_fields) - {"vocab_size"}))
 
 
 def lr_at(step: int, c: TrainConfig) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at max_steps (fixed by the plan,
-    not by where a run stops)."""
+    """Linear warmup to learning_rate, then cosine decay (or stable, then linear decay) to min_lr at
+    max_steps: fixed by the plan, not by where a run stops."""
     if step < c.warmup_steps:
         return c.learning_rate * (step + 1) / c.warmup_steps
+    if c.schedule == "wsd":
+        decay_start = max(c.warmup_steps, c.max_steps - round(c.decay_fraction * c.max_steps))
+        progress = max(0.0, (step - decay_start) / max(1, c.max_steps - decay_start))
+        return c.learning_rate + min(1.0, progress) * (c.min_lr - c.learning_rate)
     progress = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
     return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (c.learning_rate - c.min_lr)
 
@@ -118,21 +153,27 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         next(sequential_batches(val_stream, c.block_size, c.batch_size, 1))  # fail now, not at the first eval
 
     raw_model = GPT(c.gpt_config(vocab_size)).to(device)
+    raw_model.activation_checkpointing = c.activation_checkpointing
     optimizer = make_optimizer(raw_model, c, device)
+    guard = LossGuard(c.loss_guard, c.spike_factor, c.max_skipped_steps)
     step, history, last_loss = 0, [], None
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     if os.path.exists(ckpt_path):
-        step, history, last_loss = _load_checkpoint(ckpt_path, raw_model, optimizer, batches, c, vocab_size, device)
+        step, history, last_loss = _load_checkpoint(ckpt_path, raw_model, optimizer, batches, guard, c, vocab_size,
+                                                    device)
     model = torch.compile(raw_model) if c.compile else raw_model
     model.train()
 
     tokens_per_step = c.batch_size * c.grad_accum_steps * c.block_size
+    flops_per_token = raw_model.flops_per_token()
+    peak = peak_flops(device_name(device), "bfloat16" if amp_dtype(device, c.dtype) else "float32")
     t_start, steps_run = time.perf_counter(), 0
     while step < c.max_steps and (stop_after is None or step < stop_after):
         t0 = time.perf_counter()
         lr = lr_at(step, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        where = f"data epoch {batches.epoch} window {batches.cursor}"
         loss_sum = torch.zeros((), device=device)
         for _ in range(c.grad_accum_steps):
             x, y = batches.next()
@@ -142,14 +183,18 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
             loss_sum += loss.detach()
         max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm).item()
-        optimizer.step()
+        step_loss = (loss_sum / c.grad_accum_steps).item()
+        applied = guard.check(step + 1, step_loss, grad_norm, step >= c.warmup_steps, where)
+        if applied:
+            optimizer.step()
+            last_loss = step_loss
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_run += 1
-        last_loss = (loss_sum / c.grad_accum_steps).item()
         if log:
-            log({"step": step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm,
-                 "tokens_per_s": tokens_per_step / max(1e-9, time.perf_counter() - t0)})
+            tokens_per_s = tokens_per_step / max(1e-9, time.perf_counter() - t0)
+            log({"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+                 "mfu": mfu(flops_per_token, tokens_per_s, peak), **({} if applied else {"skipped": True})})
 
         if step % c.eval_interval == 0 or step == c.max_steps:
             point = {"step": step, "loss": last_loss}
@@ -160,7 +205,8 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
                     log({"step": step, "val_loss": point["val_loss"]})
             history.append(point)
         if step % c.checkpoint_interval == 0 or step == c.max_steps:
-            _save_checkpoint(ckpt_path, raw_model, optimizer, batches, c, vocab_size, step, history, last_loss)
+            _save_checkpoint(ckpt_path, raw_model, optimizer, batches, guard, c, vocab_size, step, history,
+                             last_loss)
 
     seconds = time.perf_counter() - t_start
     done = step >= c.max_steps
@@ -177,8 +223,12 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         "final_train_loss": last_loss,
         "final_val_loss": val_points[-1] if val_points else None,
         "history": history,
+        "skipped_steps": guard.skipped_total,
+        "flops_per_token": flops_per_token,
         "timing": {"seconds": round(seconds, 3), "steps_this_run": steps_run,
-                   "tokens_per_s": round(steps_run * tokens_per_step / max(1e-9, seconds), 1)},
+                   "tokens_per_s": round(steps_run * tokens_per_step / max(1e-9, seconds), 1),
+                   "device": device_name(device), "peak_flops": peak,
+                   "mfu": mfu(flops_per_token, steps_run * tokens_per_step / max(1e-9, seconds), peak)},
     }
 
 
@@ -215,13 +265,13 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(path, model, optimizer, batches, c, vocab_size, step, history, last_loss) -> None:
+def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss) -> None:
     _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                  "batches": batches.state_dict(), "rng": _rng_state(), "history": history, "last_loss": last_loss,
+                  "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": _rng_state(), "history": history, "last_loss": last_loss,
                   "config": c.model_dump(), "vocab_size": vocab_size}, path)
 
 
-def _load_checkpoint(path, model, optimizer, batches, c, vocab_size, device):
+def _load_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, device):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
@@ -237,5 +287,6 @@ def _load_checkpoint(path, model, optimizer, batches, c, vocab_size, device):
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     batches.load_state_dict(ckpt["batches"])
+    guard.load_state_dict(ckpt["guard"])
     _set_rng_state(ckpt["rng"])
     return ckpt["step"], ckpt["history"], ckpt["last_loss"]

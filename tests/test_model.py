@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from model.data import Batches, TokenStream, sequential_batches, windows_to_batch
-from model.gpt import GPT, GPTConfig
+from model.gpt import GPT, GPT2, MODERN, GPTConfig, apply_rotary, rotary_tables
+from model.mfu import mfu, peak_flops
 from pipeline.tokenize import TokenizeConfig, encode_table, sample_texts, train_tokenizer
 from storage import Store
 
@@ -192,9 +193,57 @@ def test_shapes_params_tying_and_init():
         m(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_attention_is_causal():
+def test_modern_switches_shapes_and_param_counts():
+    V, T, L, C = 512, 64, 4, 64
     torch.manual_seed(0)
-    m = GPT(tiny()).eval()
+    base = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C, **GPT2))
+    modern = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C, **MODERN))
+    hidden = 192  # 8/3 x 64 = 170.7, rounded up to a multiple of 64
+    assert modern.config.mlp_hidden == hidden and modern.pos_emb is None
+    # untied head: V*C twice; attention 4C^2; SwiGLU 3*C*hidden; RMSNorm gains 2C per block + QK-norm 2 * head size
+    assert modern.num_params() == 2 * V * C + L * (4 * C * C + 3 * C * hidden + 2 * C + 2 * 16) + C
+    assert modern.lm_head.weight is not modern.tok_emb.weight
+    assert isinstance(modern.ln_f, torch.nn.RMSNorm) and isinstance(base.ln_f, torch.nn.LayerNorm)
+    idx = torch.randint(0, V, (2, T))
+    for m in (base, modern):
+        logits, loss = m(idx, torch.randint(0, V, (2, T)))
+        assert logits.shape == (2, T, V) and abs(loss.item() - math.log(V)) < 0.15
+    # 6N + 12 L H Q T, N = weights in matmuls (no position table; the untied input embedding is a lookup).
+    assert base.flops_per_token() == 6 * (base.num_params() - T * C) + 12 * L * 4 * 16 * T
+    assert modern.flops_per_token(32) == 6 * (modern.num_params() - V * C) + 12 * L * 4 * 16 * 32
+    with pytest.raises(ValueError, match="even head size"):
+        GPTConfig(vocab_size=10, n_embd=12, n_head=4, positions="rotary")
+
+
+def test_rotary_is_relative():
+    """RoPE makes q.k depend on the distance between positions only, and keeps vector norms."""
+    c = GPTConfig(vocab_size=10, block_size=16, n_head=1, n_embd=8, positions="rotary")
+    cos, sin = rotary_tables(c)
+    q, k = torch.randn(8), torch.randn(8)
+    def at(v, pos):  # noqa: E306
+        x = torch.zeros(1, 1, 16, 8)
+        x[0, 0, pos] = v
+        return apply_rotary(x, cos, sin)[0, 0, pos]
+    assert torch.allclose(at(q, 3) @ at(k, 1), at(q, 12) @ at(k, 10), atol=1e-5)
+    assert not torch.allclose(at(q, 3) @ at(k, 1), at(q, 3) @ at(k, 2), atol=1e-3)
+    assert torch.allclose(at(q, 5).norm(), q.norm(), atol=1e-5)
+
+
+def test_mfu_uses_the_dense_peak_of_the_device():
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+    assert peak_flops("NVIDIA H200", "float32") == 494e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312e12
+    assert peak_flops("cpu", "bfloat16") is None and peak_flops("NVIDIA GeForce RTX 4090", "bfloat16") is None
+    assert mfu(1e9, 500_000, 989e12) == pytest.approx(1e9 * 500_000 / 989e12)
+    assert mfu(1e9, 500_000, 989e12, devices=8) == pytest.approx(1e9 * 500_000 / 989e12 / 8)
+    assert mfu(1e9, 500_000, None) is None
+
+
+@pytest.mark.parametrize("arch", [GPT2, MODERN], ids=["gpt2", "modern"])
+def test_attention_is_causal(arch):
+    torch.manual_seed(0)
+    m = GPT(tiny(**arch)).eval()
     idx = torch.randint(0, 512, (2, 32))
     changed = idx.clone()
     changed[:, 20] = (changed[:, 20] + 1) % 512

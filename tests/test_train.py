@@ -17,7 +17,8 @@ import torch
 
 from model.data import TokenStream
 from model.evaluate import EvalConfig, evaluate, load_model, token_bytes
-from model.gpt import GPT
+from model.gpt import GPT, MODERN
+from model.guard import TrainingDiverged
 from model.train import CHECKPOINT, TrainConfig, lr_at, make_optimizer, train
 from pipeline.tokenize import EOT, TokenizeConfig, encode_table, sample_texts, train_tokenizer
 from storage import Store
@@ -93,7 +94,8 @@ def test_run_learns_and_reports(baseline, corpus):
     assert json.loads(json.dumps(s)) == s  # JSON-ready
     steps = [e for e in events if "loss" in e]
     assert [e["step"] for e in steps] == list(range(1, 41))
-    assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s"}
+    assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"}
+    assert steps[0]["mfu"] is None  # a CPU has no peak in the table: "unknown", never a made-up figure
     assert [e["step"] for e in events if "val_loss" in e] == [10, 20, 30, 40]
     assert [h["step"] for h in s["history"]] == [10, 20, 30, 40] and all("val_loss" in h for h in s["history"])
     assert s["final_val_loss"] == s["history"][-1]["val_loss"] and s["final_train_loss"] == steps[-1]["loss"]
@@ -103,7 +105,10 @@ def test_run_learns_and_reports(baseline, corpus):
     saved = torch.load(baseline["out"] / "model.pt", weights_only=True)
     assert saved["vocab_size"] == corpus["vocab"] and saved["config"]["n_embd"] == 32
     assert s["params"] == load_model(str(baseline["out"] / "model.pt")).num_params()
-    assert set(s["timing"]) == {"seconds", "steps_this_run", "tokens_per_s"}
+    assert set(s["timing"]) == {"seconds", "steps_this_run", "tokens_per_s", "device", "peak_flops", "mfu"}
+    assert s["timing"]["device"] == "cpu" and s["timing"]["mfu"] is None and s["skipped_steps"] == 0
+    model = load_model(str(baseline["out"] / "model.pt"))
+    assert s["flops_per_token"] == model.flops_per_token(32)
 
 
 def test_stop_and_resume_is_bitwise_identical(baseline, corpus, tmp_path):
@@ -155,6 +160,13 @@ def test_lr_schedule_depends_on_the_plan_only():
     assert lrs[55] == pytest.approx((1e-3 + 1e-4) / 2)  # halfway down the cosine
     assert lr_at(100, c) == pytest.approx(1e-4) and lr_at(500, c) == pytest.approx(1e-4)
     assert lr_at(0, c.model_copy(update={"warmup_steps": 0})) == pytest.approx(1e-3)
+    # Warmup-stable-decay: flat at the peak, then linear to min_lr over the last 20% of the steps.
+    wsd = c.model_copy(update={"schedule": "wsd", "decay_fraction": 0.2})
+    lrs = [lr_at(s, wsd) for s in range(101)]
+    assert lrs[:10] == [lr_at(s, c) for s in range(10)]
+    assert all(lr == pytest.approx(1e-3) for lr in lrs[9:81])
+    assert lrs[90] == pytest.approx((1e-3 + 1e-4) / 2) and lrs[100] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(lrs[80:100], lrs[81:101]))
 
 
 def test_weight_decay_on_matrices_only():
@@ -209,6 +221,37 @@ def test_bad_inputs_are_named(corpus, tmp_path):
         TrainConfig(device="tpu")
     assert all(f.description for f in TrainConfig.model_fields.values())
     assert all(f.description for f in EvalConfig.model_fields.values())
+
+
+def test_modern_architecture_resumes_bitwise_and_checkpointing_changes_nothing(corpus, tmp_path):
+    """RoPE + RMSNorm + SwiGLU + QK-norm + untied head: learns, resumes bitwise after a stop, and
+    activation checkpointing (recompute in backward) gives the very same losses and weights."""
+    modern = CONFIG.model_copy(update={**MODERN, "max_steps": 12, "eval_interval": 6, "checkpoint_interval": 5})
+    whole, ev_whole = run(corpus, tmp_path / "whole", modern)
+    assert ev_whole[0]["loss"] > 6.0 and whole["final_train_loss"] < ev_whole[0]["loss"] - 0.2
+    run(corpus, tmp_path / "resumed", modern, stop_after=7)
+    _, ev_rest = run(corpus, tmp_path / "resumed", modern)
+    assert losses(ev_rest) == {k: v for k, v in losses(ev_whole).items() if k > 5}
+    assert sha(tmp_path / "resumed" / "model.pt") == sha(tmp_path / "whole" / "model.pt")
+    ckpt, ev_ckpt = run(corpus, tmp_path / "ckpt", modern.model_copy(update={"activation_checkpointing": True}))
+    assert losses(ev_ckpt) == losses(ev_whole)
+    assert sha(tmp_path / "ckpt" / "model.pt") == sha(tmp_path / "whole" / "model.pt")
+    saved = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    assert saved["config"]["positions"] == "rotary" and "lm_head.weight" in saved["model"]
+    assert "pos_emb.weight" not in saved["model"] and "rope_cos" not in saved["model"]
+
+
+def test_loss_guard_skips_or_stops_a_diverging_run(corpus, tmp_path):
+    """An absurd learning rate blows the loss up: 'stop' names the step and the data position,
+    'skip' skips updates until too many in a row, 'off' lets the run go on."""
+    bad = CONFIG.model_copy(update={"learning_rate": 50.0, "min_lr": 50.0, "warmup_steps": 0, "grad_clip": 0,
+                                    "max_steps": 30, "eval_interval": 30, "spike_factor": 1.5})
+    with pytest.raises(TrainingDiverged, match=r"step \d+: .*\(data epoch 0 window \d+\); loss_guard='stop'"):
+        run(corpus, tmp_path / "stop", bad.model_copy(update={"loss_guard": "stop"}))
+    with pytest.raises(TrainingDiverged, match="6 updates in a row skipped"):
+        run(corpus, tmp_path / "skip", bad.model_copy(update={"max_skipped_steps": 5}))
+    s, events = run(corpus, tmp_path / "off", bad.model_copy(update={"loss_guard": "off"}))
+    assert s["completed"] and s["skipped_steps"] == 0 and not any(e.get("skipped") for e in events)
 
 
 def test_token_bytes_count_utf8_bytes(corpus):
