@@ -16,6 +16,7 @@ from pydantic import Field
 from tokenizers import Tokenizer
 
 from model.data import TokenStream, sequential_batches
+from model.generate import generate
 from model.gpt import GPT, GPTConfig, autocast, resolve_device
 from pipeline.stage import StageConfig
 
@@ -31,6 +32,10 @@ class EvalConfig(StageConfig):
     max_new_tokens: int = Field(48, ge=0, description="Tokens generated per prompt (fewer if it emits end-of-text).")
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
     top_k: int = Field(40, ge=0, description="Sample only among the k most likely tokens (0 = all).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Sample only among the most likely tokens whose "
+                                                        "probabilities add up to top_p (1 = all).")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="Divide the logits of tokens already in the text "
+                                                               "by this (CTRL; 1 = off, 1.1-1.3 is typical).")
     seed: int = Field(0, ge=0, description="Seed of the sampling generator.")
     val_batches: int = Field(50, ge=0, description="Validation batches to score, in order (0 = all windows).")
     batch_size: int = Field(16, ge=1, description="Windows per validation batch.")
@@ -106,8 +111,9 @@ def samples(model: GPT, tokenizer: Tokenizer, config: EvalConfig, device: str) -
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eot]
         idx = torch.tensor([ids], dtype=torch.long, device=device)
         with autocast(device, "auto"):
-            full = model.generate(idx, config.max_new_tokens, temperature=config.temperature,
-                                  top_k=config.top_k or None, eos_id=eot, generator=generator)
+            full = generate(model, idx, config.max_new_tokens, temperature=config.temperature,
+                            top_k=config.top_k or None, top_p=config.top_p,
+                            repetition_penalty=config.repetition_penalty, eos_id=eot, generator=generator)
         new = full[0, len(ids):].tolist()
         if eot in new:
             new = new[:new.index(eot)]

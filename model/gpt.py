@@ -103,7 +103,8 @@ class SelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(c.head_size, eps=c.norm_eps) if c.qk_norm else None
         self.k_norm = nn.RMSNorm(c.head_size, eps=c.norm_eps) if c.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: "LayerCache | None" = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))
@@ -112,7 +113,13 @@ class SelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_size)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        mask = None
+        if cache is not None:
+            k, v = cache.extend(k, v)
+            if 1 < T < k.size(2):  # new queries see every cached key, and each other causally
+                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=T == k.size(2) and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -147,8 +154,9 @@ class Block(nn.Module):
         self.ln2 = make_norm(c, c.n_embd)
         self.mlp = MLP(c)
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rotary)
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: "LayerCache | None" = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rotary, cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -202,50 +210,53 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx, targets: (B, T) token ids. Returns logits (B, T, vocab) and the mean loss (or None)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: "KVCache | None" = None):
+        """idx, targets: (B, T) token ids. Returns logits (B, T, vocab) and the mean loss (or None).
+        With a KVCache, idx continues the tokens the cache already holds (their keys and values are
+        reused, the new ones are appended)."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
-        rotary = (self.rope_cos, self.rope_sin) if self.pos_emb is None else None
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        rotary = None if self.pos_emb is not None else (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.drop(x)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rotary, use_reentrant=False)
             else:
-                x = block(x, rotary)
+                x = block(x, rotary, cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.length += T
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 eos_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Append up to max_new_tokens sampled tokens to idx (B, T); stop early once every row has
-        produced eos_id. temperature <= 0 means greedy. Pass a seeded generator for repeatable samples."""
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :].float()
-            if temperature <= 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.size(-1):
-                    kth = torch.topk(logits, top_k).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
-            if eos_id is not None:
-                done |= nxt.squeeze(1) == eos_id
-                if bool(done.all()):
-                    break
-        return idx
+
+class LayerCache:
+    """One layer's keys and values so far, (B, n_head, T, head_size) each."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so generating one more token costs
+    one position's forward pass instead of the whole sequence's."""
+
+    def __init__(self, n_layer: int):
+        self.layers = [LayerCache() for _ in range(n_layer)]
+        self.length = 0
 
 
 # -- where and in what precision it runs (shared by training and evaluation) -----------------

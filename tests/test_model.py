@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from model.data import Batches, TokenStream, sequential_batches, windows_to_batch
-from model.gpt import GPT, GPT2, MODERN, GPTConfig, apply_rotary, rotary_tables
+from model.generate import generate, next_token_logits
+from model.gpt import GPT, GPT2, MODERN, GPTConfig, KVCache, apply_rotary, rotary_tables
 from model.mfu import mfu, peak_flops
 from pipeline.tokenize import TokenizeConfig, encode_table, sample_texts, train_tokenizer
 from storage import Store
@@ -273,14 +274,49 @@ def test_generate_is_seeded_and_stops_at_eos():
     torch.manual_seed(0)
     m = GPT(tiny()).eval()
     prompt = torch.tensor([[1, 2, 3]])
-    run = lambda seed, **kw: m.generate(prompt, 40, temperature=1.0, top_k=20,  # noqa: E731
-                                        generator=torch.Generator().manual_seed(seed), **kw)
+    run = lambda seed, **kw: generate(m, prompt, 40, temperature=1.0, top_k=20,  # noqa: E731
+                                      generator=torch.Generator().manual_seed(seed), **kw)
     a, b, other = run(7), run(7), run(8)
-    assert a.shape == (1, 43) and torch.equal(a[:, :3], prompt)  # longer than block_size: the context is cropped
+    assert a.shape == (1, 43) and torch.equal(a[:, :3], prompt)  # longer than block_size: the context slides
     assert torch.equal(a, b) and not torch.equal(a, other)
-    greedy = m.generate(prompt, 5, temperature=0)
-    assert torch.equal(greedy, m.generate(prompt, 5, temperature=0))
-    stop = m.generate(prompt, 5, temperature=0, eos_id=int(greedy[0, 3]))
+    greedy = generate(m, prompt, 5, temperature=0)
+    assert torch.equal(greedy, generate(m, prompt, 5, temperature=0))
+    stop = generate(m, prompt, 5, temperature=0, eos_id=int(greedy[0, 3]))
     assert torch.equal(stop, greedy[:, :4])
-    # top_k=1 sampling is greedy whatever the seed
-    assert torch.equal(m.generate(prompt, 5, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
+    # top_k=1 and a tiny top_p are greedy whatever the seed
+    assert torch.equal(generate(m, prompt, 5, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
+    assert torch.equal(generate(m, prompt, 5, top_p=1e-6, generator=torch.Generator().manual_seed(1)), greedy)
+
+
+@pytest.mark.parametrize("arch", [GPT2, MODERN], ids=["gpt2", "modern"])
+def test_kv_cache_gives_the_same_tokens(arch):
+    """Greedy and sampled, 100 new tokens: the same with and without the cache, also once the
+    context slides past block_size; the cached logits equal a full forward pass."""
+    torch.manual_seed(0)
+    m = GPT(tiny(block_size=128, **arch)).eval()
+    prompt = torch.randint(0, 512, (2, 9))
+    for kw in ({"temperature": 0}, {"temperature": 0.9, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.3}):
+        cached = generate(m, prompt, 100, use_cache=True, generator=torch.Generator().manual_seed(3), **kw)
+        plain = generate(m, prompt, 100, use_cache=False, generator=torch.Generator().manual_seed(3), **kw)
+        assert cached.shape == (2, 109) and torch.equal(cached, plain)
+    slid = generate(tiny_model := GPT(tiny(block_size=16, **arch)).eval(), prompt, 30, temperature=0)
+    assert torch.equal(slid, generate(tiny_model, prompt, 30, temperature=0, use_cache=False))
+    cache = KVCache(m.config.n_layer)
+    seq = torch.randint(0, 512, (1, 40))
+    first, _ = m(seq[:, :30], cache=cache)
+    rest = torch.cat([m(seq[:, i:i + 1], cache=cache)[0] for i in range(30, 35)] + [m(seq[:, 35:], cache=cache)[0]], 1)
+    full, _ = m(seq)
+    assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-5) and cache.length == 40
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0]])
+    seen = torch.tensor([[4, 3]])
+    pen = next_token_logits(logits, seen, 0, None, None, 2.0)
+    assert pen.tolist() == [[2.0, 1.0, 0.5, -2.0, 1.5]]  # positive divided, negative multiplied
+    k2 = next_token_logits(logits, seen, 1.0, 2, None, 1.0)
+    assert torch.isfinite(k2).tolist() == [[True, False, False, False, True]]
+    probs = torch.softmax(logits, -1)[0]  # 0.61, 0.23, 0.08, ...: top_p 0.7 keeps the first two
+    assert probs[4] < 0.7 < probs[4] + probs[0]
+    p = next_token_logits(logits, seen, 1.0, None, 0.7, 1.0)
+    assert torch.isfinite(p).tolist() == [[True, False, False, False, True]]
