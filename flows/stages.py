@@ -3,6 +3,7 @@ tasks, commits a manifest and publishes artifacts. The logic lives in pipeline/.
 
 from __future__ import annotations
 
+import os
 import posixpath
 
 import fsspec
@@ -20,7 +21,7 @@ from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, resolve_inputs
 from pipeline.pii import PiiConfig, pseudonym_key_id
 from pipeline.quality import QualityConfig
-from pipeline.tokenize import TokenizeConfig
+from pipeline.tokenize import TokenizeConfig, shard_order
 from storage import StageDir, Store, StoreError, code_version, file_identity, fingerprint
 
 DEFAULT_STORE = "store"
@@ -181,7 +182,8 @@ def pii(source: str, config: PiiConfig = PiiConfig(), workers_n: int | None = No
 
 @flow(name="tokenize", task_runner=RUNNER)
 def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: int | None = None) -> dict:
-    """Train a byte-level BPE on a sample, encode every shard to Arrow token shards, split train/val."""
+    """Train a byte-level BPE on a sample, encode every shard to Arrow token shards, split train/val;
+    the manifest's train_order is the seeded shuffle training reads the shards in."""
     up, upstream = _upstream(source)
     st, idx = up.store, _indexes(up)
     code = code_version("pipeline.tokenize", *CORE)
@@ -190,8 +192,11 @@ def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: 
     run_stage(tok, {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
               header, 0)
     out = st.stage("tokenize", fingerprint("tokenize", code, config, upstream))
+    # A worker process per core: each encodes on one thread. Fewer workers: HF's threads use the rest.
+    n = workers.default_workers() if workers_n is None else workers_n
+    parallel = n < (os.cpu_count() or 1)
     jobs = {i: bind(shards.encode_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), tok.fingerprint,
-                    config) for i in idx}
+                    config, parallel) for i in idx}
     header = {**header, "tokenizer": {"stage": tok.name, "fingerprint": tok.fingerprint, "file": "data/tokenizer.json"},
-              "vocab_size": tok.read_manifest()["counts"]["vocab_size"]}
+              "vocab_size": tok.read_manifest()["counts"]["vocab_size"], "train_order": shard_order(idx, config.seed)}
     return summary(out, *run_stage(out, jobs, header, workers_n))

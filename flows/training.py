@@ -34,9 +34,11 @@ def _local_dir(out: StageDir) -> str:
 
 
 def _token_files(tok: StageDir) -> tuple[list[str], list[str], int]:
-    """Local paths of a tokenize output's train and validation shards, and its vocabulary size."""
+    """Local paths of a tokenize output's train shards in its train_order (the seeded shuffle), its
+    validation shards in index order, and its vocabulary size."""
     manifest = tok.read_manifest()
-    train = [tok.local_path(s["train"]) for s in manifest["shards"]]
+    by_index = {s["index"]: s for s in manifest["shards"]}
+    train = [tok.local_path(by_index[i]["train"]) for i in manifest.get("train_order", sorted(by_index))]
     val = [tok.local_path(s["val"]) for s in manifest["shards"]]
     return train, val, manifest["vocab_size"]
 

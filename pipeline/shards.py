@@ -238,9 +238,10 @@ def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, 
 
 def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_indexes: list[int],
                     config: Any) -> dict:
-    """Train the BPE on a deterministic sample of the cleaned corpus; save tokenizer.json. Also fix
-    the corpus-wide validation cut-off (val_cut), so every encode shard splits by the same rule."""
-    from pipeline.tokenize import sample_texts, train_tokenizer, val_cut
+    """Train the BPE on a deterministic sample of the cleaned corpus; save tokenizer.json and the
+    files that make its folder loadable by transformers. Also fix the corpus-wide validation
+    cut-off (val_cut), so every encode shard splits by the same rule."""
+    from pipeline.tokenize import sample_texts, train_tokenizer, transformers_files, val_cut
 
     out = stage_dir(store_url, "tokenizer", fp)
     up = stage_dir(store_url, *upstream)
@@ -251,6 +252,8 @@ def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_in
         tok = train_tokenizer(sample_texts(tables, config), config)
         rel = "data/tokenizer.json"
         out.write_bytes(rel, tok.to_str(pretty=True).encode())
+        for name, data in transformers_files().items():
+            out.write_bytes(f"data/{name}", data)
         ids = (i for index in shard_indexes for i in read_docs(up, index, ["id"]).column("id").to_pylist())
         counts = {"vocab_size": tok.get_vocab_size(), "val_cut": val_cut(ids, config)}
         stats = {"index": 0, "outputs": {"data": rel}, "counts": counts,
@@ -261,10 +264,12 @@ def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_in
 
 
 def encode_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], tokenizer_fp: str,
-                 config: Any) -> dict:
+                 config: Any, parallel: bool = True) -> dict:
+    """Encode one document shard to train and val token files. `parallel`: whether HF tokenizers
+    may use a thread per core in this process (off when there is a worker process per core)."""
     from tokenizers import Tokenizer
 
-    from pipeline.tokenize import encode_table
+    from pipeline.tokenize import encode_table, encode_threads
 
     out = stage_dir(store_url, "tokenize", fp)
 
@@ -274,7 +279,8 @@ def encode_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str],
         tok_dir = stage_dir(store_url, "tokenizer", tokenizer_fp)
         tok = Tokenizer.from_str(tok_dir.read_bytes("data/tokenizer.json").decode())
         cut = tok_dir.read_manifest()["counts"]["val_cut"]
-        train, val, counts = encode_table(table, tok, config, cut)
+        with encode_threads(parallel):
+            train, val, counts = encode_table(table, tok, config, cut)
         outputs = {"train": StageDir.part("data/train", index, "arrow"),
                    "val": StageDir.part("data/val", index, "arrow")}
         out.write_arrow(outputs["train"], train)

@@ -8,12 +8,18 @@ as plain text, never as the special token.
 Determinism: the BPE trainer counts words in parallel (rayon) but sums the counts, and breaks ties
 between equally frequent pairs by token id, so the same texts give a byte-identical tokenizer.json
 whatever the thread count (tests/test_tokenize.py checks this with RAYON_NUM_THREADS=1 and 2).
+
+The tokenizer stage saves tokenizer.json with transformers_files() beside it, so the folder loads
+with `transformers.AutoTokenizer.from_pretrained` and encodes text to exactly our ids.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import json
+import os
+from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -24,7 +30,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pipeline.stage import StageConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
-EOT = SPECIAL_TOKENS[0]
+EOT, PAD = SPECIAL_TOKENS
 
 # Documents are encoded in batches of about this many characters: big enough for the parallel
 # encoder, small enough that the per-token Encoding objects stay a few hundred MB at most.
@@ -34,7 +40,7 @@ BATCH_CHARS = 2_000_000
 class TokenizeConfig(StageConfig):
     """Byte-level BPE training and the train/validation split of the encoded documents."""
 
-    vocab_size: int = Field(8192, ge=256 + len(SPECIAL_TOKENS), le=2**32,
+    vocab_size: int = Field(32768, ge=256 + len(SPECIAL_TOKENS), le=2**32,
                             description="Tokens in the vocabulary: 256 bytes + special tokens + BPE merges. "
                                         "Up to 65536 the token files hold uint16, above that uint32.")
     min_frequency: int = Field(2, ge=1, description="A pair must occur at least this often in the sample to be merged.")
@@ -44,8 +50,8 @@ class TokenizeConfig(StageConfig):
                                                                   "chosen by a hash of the document id.")
     min_val_docs: int = Field(4, ge=0, description="Hold out at least this many documents (never all of them) "
                                                    "even when val_fraction of a small corpus rounds to fewer.")
-    seed: int = Field(0, ge=0, description="Salt of the id hash that picks validation documents: "
-                                           "change it for a different split.")
+    seed: int = Field(0, ge=0, description="Salt of the hashes that pick validation documents and order "
+                                           "the training shards: change it for another split and order.")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -97,10 +103,28 @@ def train_tokenizer(texts: Iterable[str], config: TokenizeConfig) -> Tokenizer:
     return tok
 
 
+def transformers_files() -> dict[str, bytes]:
+    """The files that, beside tokenizer.json, make its folder a transformers tokenizer with our
+    special tokens. split_special_tokens: a literal "<|endoftext|>" in text stays text, as in
+    encode_table, so transformers gives exactly the ids we train on."""
+    tokens = {"bos_token": EOT, "eos_token": EOT, "pad_token": PAD}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens, "split_special_tokens": True,
+              "clean_up_tokenization_spaces": False}
+    return {"tokenizer_config.json": json.dumps(config, indent=2).encode(),
+            "special_tokens_map.json": json.dumps(tokens, indent=2).encode()}
+
+
 def val_draw(doc_id: str, seed: int = 0) -> float:
     """A number in [0, 1) fixed by the document id: documents below val_fraction go to validation."""
     digest = hashlib.sha1(f"{seed}:{doc_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def shard_order(indexes: Iterable[int], seed: int = 0) -> list[int]:
+    """The shard indexes in a seeded, shuffled order, so training does not read the corpus in
+    crawl order. A hash of each index, not a random generator: the same order on any machine and
+    numpy version."""
+    return sorted(indexes, key=lambda i: val_draw(f"shard/{i}", seed))
 
 
 def val_cut(doc_ids: Iterable[str | None], config: TokenizeConfig) -> float:
@@ -158,11 +182,28 @@ def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig,
     return train, val, counts
 
 
+@contextmanager
+def encode_threads(parallel: bool):
+    """Switch HF tokenizers' batch threads (a thread per core, TOKENIZERS_PARALLELISM is read at each
+    call) on or off for this process. With one worker process per core they only compete for the
+    cores; with fewer workers than cores they use the rest (docs/BENCHMARKS.md measures both)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def _encode(tokenizer: Tokenizer, texts: list[str]) -> Iterator[list[int]]:
-    """Token ids of each text, encoded in batches; special-token strings in the text stay plain text."""
+    """Token ids of each text, encoded in batches; special-token strings in the text stay plain text.
+    encode_batch_fast skips the character offsets, which we never read."""
     before = tokenizer.encode_special_tokens
     tokenizer.encode_special_tokens = True
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    encode = tokenizer.encode_batch_fast
     try:
         start = 0
         while start < len(texts):

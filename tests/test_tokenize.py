@@ -1,5 +1,6 @@
 """Byte-level BPE on real Gutenberg text: exact round trips, a deterministic tokenizer.json,
-the id-hash train/val split, and the uint16/uint32 switch."""
+the id-hash train/val split, the uint16/uint32 switch, loading with transformers, and the tokenize
+flow's shuffled shard order."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from tokenizers import Tokenizer
 
-from pipeline.tokenize import (EOT, SPECIAL_TOKENS, TokenizeConfig, encode_table, sample_texts, token_dtype,
-                               train_tokenizer, val_cut, val_draw)
+from pipeline.tokenize import (EOT, PAD, SPECIAL_TOKENS, TokenizeConfig, encode_table, encode_threads, sample_texts,
+                               shard_order, token_dtype, train_tokenizer, transformers_files, val_cut, val_draw)
+from storage import StageDir, Store
 
 GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,3 +206,101 @@ def test_bad_input(tokenizer):
         TokenizeConfig(vocab_size=100)
     with pytest.raises(ValueError):
         TokenizeConfig(vocab_sise=1000)
+
+
+def test_default_vocab_is_32768():
+    assert TokenizeConfig().vocab_size == 32768
+
+
+def _upstream_store(root: Path, books: list[dict], shards: int) -> StageDir:
+    """A committed document stage of `shards` parquet shards, as the pii stage leaves it."""
+    up = Store(str(root)).stage("pii", "fixture")
+    table = paragraphs_table(books, limit=3000)
+    size = -(-table.num_rows // shards)
+    parts = []
+    for i in range(shards):
+        rel = StageDir.part("data", i, "parquet")
+        up.write_parquet(rel, table.slice(i * size, size))
+        parts.append({"index": i, "data": rel})
+    up.commit({"shards": parts, "counts": {}})
+    return up
+
+
+def test_tokenizer_folder_loads_in_transformers_with_our_ids(books, config, tmp_path):
+    """The tokenizer stage's folder, loaded by transformers, encodes real book text to exactly
+    encode_table's ids (without the EOT it appends), decodes back, and names EOT and PAD."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from pipeline.shards import tokenizer_shard
+
+    _upstream_store(tmp_path, books[:1], 1)
+    tokenizer_shard(str(tmp_path), "t", ("pii", "fixture"), [0], config)
+    folder = Path(Store(str(tmp_path)).stage("tokenizer", "t").local_path("data"))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["tokenizer.json", *transformers_files()])
+    ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    options = json.loads((folder / "tokenizer_config.json").read_text())
+    loaded = [AutoTokenizer.from_pretrained(str(folder)),
+              PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **options)]
+    table = pa.concat_tables([paragraphs_table(books[1:2], limit=500),
+                              pa.table({"id": ["odd"], "text": ["naïve 🙂 x<|endoftext|>y\r\n  "]})])
+    train, val, _ = encode_table(table, ours, config.model_copy(update={"val_fraction": 0.0}))
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+    for hf in loaded:
+        assert (hf.eos_token, hf.bos_token, hf.pad_token) == (EOT, EOT, PAD)
+        assert (hf.eos_token_id, hf.pad_token_id) == (ours.token_to_id(EOT), ours.token_to_id(PAD))
+        for doc_id, tokens in zip(train.column("id").to_pylist(), train.column("tokens").to_pylist()):
+            ids = hf(texts[doc_id])["input_ids"]
+            assert ids + [hf.eos_token_id] == tokens, doc_id
+            assert hf.decode(ids) == texts[doc_id]
+
+
+def test_encode_threads_switch_and_restore(books, tokenizer, config, monkeypatch):
+    """Serial or parallel HF encoding gives the same tokens, and the process's setting comes back."""
+    table = paragraphs_table(books[1:2], limit=500)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    results = []
+    for parallel in (True, False):
+        with encode_threads(parallel):
+            assert os.environ["TOKENIZERS_PARALLELISM"] == str(parallel).lower()
+            results.append(encode_table(table, tokenizer, config))
+        assert "TOKENIZERS_PARALLELISM" not in os.environ
+    assert results[0][0].equals(results[1][0]) and results[0][1].equals(results[1][1])
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "maybe")
+    with encode_threads(False):
+        pass
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "maybe"
+
+
+def test_shard_order_is_a_seeded_permutation():
+    order = shard_order(range(40), seed=0)
+    assert sorted(order) == list(range(40)) and order != list(range(40))
+    assert shard_order(reversed(range(40)), seed=0) == order  # depends on the indexes, not their order
+    assert shard_order(range(40), seed=1) != order
+    # A fixed function of index and seed: the same order on any machine and in any later run.
+    assert shard_order(range(8), seed=0) == sorted(range(8), key=lambda i: val_draw(f"shard/{i}", 0))
+
+
+@pytest.mark.slow
+def test_flow_records_shard_order_and_training_reads_it(prefect_api, books, tmp_path):
+    """The tokenize flow (two worker processes) writes train_order into its manifest, and training
+    gets its train files in that order; the token files equal encode_table's."""
+    from flows.stages import tokenize
+    from flows.training import _token_files
+
+    up = _upstream_store(tmp_path, books[:2], 6)
+    config = TokenizeConfig(vocab_size=512, sample_chars=200_000, seed=3)
+    result = tokenize(up.url(), config, workers_n=2)
+    out = Store(str(tmp_path)).stage("tokenize", result["fingerprint"])
+    manifest = out.read_manifest()
+    assert manifest["train_order"] == shard_order(range(6), seed=3) != list(range(6))
+    train, val, vocab = _token_files(out)
+    assert train == [out.local_path(StageDir.part("data/train", i, "arrow")) for i in manifest["train_order"]]
+    assert val == [out.local_path(StageDir.part("data/val", i, "arrow")) for i in range(6)]
+    assert vocab == 512
+    tok_dir = Store(str(tmp_path)).stage("tokenizer", manifest["tokenizer"]["fingerprint"])
+    tok = Tokenizer.from_file(tok_dir.local_path("data/tokenizer.json"))
+    cut = tok_dir.read_manifest()["counts"]["val_cut"]
+    for i in range(6):
+        want_train, want_val, _ = encode_table(up.read_parquet(StageDir.part("data", i, "parquet")), tok, config, cut)
+        assert out.read_arrow(StageDir.part("data/train", i, "arrow")).equals(want_train)
+        assert out.read_arrow(StageDir.part("data/val", i, "arrow")).equals(want_val)
