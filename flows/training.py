@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -50,6 +51,9 @@ def _tokenizer(tok: StageDir) -> StageDir:
 
 @task(task_run_name="train-{out.fingerprint}", cache_policy=NO_CACHE)
 def _train_task(out: StageDir, train_files: list[str], val_files: list[str], vocab: int, config: TrainConfig) -> dict:
+    """Train in this process, or under torchrun when the config asks for more than one process
+    (model.launch; its events drive the same progress bar, artifact and log lines)."""
+    from model.launch import launch
     from model.train import train as run_train
 
     logger = get_run_logger()
@@ -71,8 +75,18 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
         if "val_loss" in event:
             logger.info("step %d val_loss %.4f", step, event["val_loss"])
 
+    def announce(cmd: list[str]) -> None:
+        logger.info("torchrun: %s", shlex.join(cmd))
+        if config.nnodes > 1:
+            logger.info("run the same command on each of the other %d machines (out_dir and token files on "
+                        "storage they share)", config.nnodes - 1)
+
     try:
-        result = run_train(train_files, val_files, vocab, config, _local_dir(out), log=log)
+        if config.processes == 1:
+            result = run_train(train_files, val_files, vocab, config, _local_dir(out), log=log)
+        else:
+            result = launch(train_files, val_files, vocab, config, _local_dir(out), log=log, run_id=out.fingerprint,
+                            on_command=announce)
     finally:
         bar.close()
     update_progress_artifact(progress, 100.0)

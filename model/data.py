@@ -4,6 +4,11 @@ The tokenize stage writes Arrow IPC files with one row per document (`tokens`, E
 files are memory-mapped and read as one long stream of tokens, in file order. The stream is cut into
 non-overlapping windows of block_size + 1 tokens (inputs and the same tokens shifted by one); an
 epoch visits every window once, in a seeded order, so no data is seen twice before all is seen once.
+
+Under W processes the order and the position are global: each micro-batch draws the next
+batch_size x W windows of that order, exactly what one process with batch_size x W would draw, and
+rank r takes the r-th slice of batch_size. So the ranks never share a window, and a checkpointed
+position means the same thing at any world size.
 """
 
 from __future__ import annotations
@@ -82,10 +87,16 @@ def _read_tokens(path: str) -> list[np.ndarray]:
 
 
 class Batches:
-    """Endless (x, y) batches of packed windows; state_dict() pins the exact position for resume."""
+    """Endless (x, y) batches of packed windows; state_dict() pins the exact position for resume.
 
-    def __init__(self, stream: TokenStream, block_size: int, batch_size: int, seed: int):
+    batch_size is this process's share; rank and world_size pick the share (see the module doc)."""
+
+    def __init__(self, stream: TokenStream, block_size: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         self.stream, self.block_size, self.batch_size, self.seed = stream, block_size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
         self.n_windows = len(stream) // (block_size + 1)
         if self.n_windows == 0:
             raise ValueError(f"{len(stream)} tokens is less than one window of block_size + 1 = {block_size + 1} "
@@ -97,24 +108,28 @@ class Batches:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch_size windows of the current epoch (rolling over into the next epoch)."""
-        picks = []
-        while len(picks) < self.batch_size:
+        """This rank's slice of the next batch_size x world_size windows of the current epoch
+        (rolling over into the next epoch)."""
+        picks, wanted = [], self.batch_size * self.world_size
+        while len(picks) < wanted:
             if self.cursor == self.n_windows:
                 self.epoch, self.cursor = self.epoch + 1, 0
                 self._order = self._permutation(self.epoch)
-            take = min(self.batch_size - len(picks), self.n_windows - self.cursor)
+            take = min(wanted - len(picks), self.n_windows - self.cursor)
             picks += self._order[self.cursor:self.cursor + take].tolist()
             self.cursor += take
-        return windows_to_batch(self.stream, picks, self.block_size)
+        mine = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return windows_to_batch(self.stream, mine, self.block_size)
 
     def state_dict(self) -> dict:
+        """The global position (the same on every rank); batch_size is the global micro-batch."""
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "n_windows": self.n_windows,
-                "block_size": self.block_size, "batch_size": self.batch_size}
+                "block_size": self.block_size, "batch_size": self.batch_size * self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """The batch split may differ from the saved one: the position counts windows, not batches."""
         mine = self.state_dict()
-        for key in ("seed", "n_windows", "block_size", "batch_size"):
+        for key in ("seed", "n_windows", "block_size"):
             if state[key] != mine[key]:
                 raise ValueError(f"cannot resume batches: saved {key}={state[key]} but now {key}={mine[key]} "
                                  f"(the token files or the config changed)")

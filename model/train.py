@@ -4,6 +4,11 @@ periodic validation, and checkpoints that resume exactly.
 A checkpoint holds everything the next step depends on (weights, optimizer moments, step, data
 position, every RNG), so on CPU a run killed and resumed gives bitwise the same losses and the
 same model.pt as a run never interrupted.
+
+Under torchrun (model.launch) the same loop runs in every process: each takes its slice of every
+micro-batch (model.data), DDP or FSDP2 (model.distributed) averages the gradients, and the logged
+loss and gradient norm are those of the whole global batch. Rank 0 alone writes checkpoints,
+model.pt and log events; every rank reads the checkpoint to resume.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from model import distributed
 from model.data import Batches, TokenStream, sequential_batches
 from model.gpt import GPT, GPTConfig, amp_dtype, autocast, resolve_device
 from model.guard import LossGuard
@@ -28,7 +34,10 @@ from pipeline.stage import StageConfig
 CHECKPOINT = os.path.join("checkpoints", "latest.pt")
 # Changing these between a run and its resume does not change the weights, so it is allowed.
 RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "device", "compile",
-                     "activation_checkpointing"}
+                     "activation_checkpointing", "parallel", "rdzv_endpoint"}
+# How the global batch is split into processes and micro-batches: any split of the same global batch
+# (batch_size x grad_accum_steps x processes) draws the same windows per step, so it may change too.
+BATCH_SPLIT = ("batch_size", "grad_accum_steps", "nproc_per_node", "nnodes")
 
 
 def _shape(name: str):
@@ -54,9 +63,9 @@ class TrainConfig(StageConfig):
     mlp: Literal["gelu", "swiglu"] = _shape("mlp")
     qk_norm: bool = _shape("qk_norm")
     tie_embeddings: bool = _shape("tie_embeddings")
-    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
+    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch of each process.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (tokens per step = "
-                                                       "batch_size x grad_accum_steps x block_size).")
+                                                       "batch_size x grad_accum_steps x processes x block_size).")
     max_steps: int = Field(300, ge=1, description="Optimizer steps; also the length of the LR schedule.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate, reached after warmup.")
     min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the decay.")
@@ -87,6 +96,27 @@ class TrainConfig(StageConfig):
                                                        "accepted losses (after warmup) is a spike; 0 = only "
                                                        "non-finite values count.")
     max_skipped_steps: int = Field(5, ge=1, description="Stop after this many updates in a row are skipped.")
+    nproc_per_node: int = Field(1, ge=1, description="Training processes per machine (one per GPU); more than "
+                                                     "one process in all runs under torchrun.")
+    nnodes: int = Field(1, ge=1, description="Machines; above 1, torchrun meets the others at rdzv_endpoint.")
+    rdzv_endpoint: str = Field("", description="host:port of the torchrun rendezvous when nnodes > 1 (a port "
+                                               "free on that host; every machine names the same one).")
+    parallel: Literal["none", "ddp", "fsdp"] = Field("none", description="How processes share the work: "
+                                                     "ddp (each holds the model, gradients averaged) or fsdp "
+                                                     "(FSDP2: weights, gradients and optimizer state sharded). "
+                                                     "Needed when processes > 1; no effect with one.")
+
+    @model_validator(mode="after")
+    def _processes_have_a_plan(self) -> "TrainConfig":
+        if self.processes > 1 and self.parallel == "none":
+            raise ValueError(f"{self.processes} processes (nproc_per_node x nnodes) need parallel 'ddp' or 'fsdp'")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port every machine can reach)")
+        return self
+
+    @property
+    def processes(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, **self.model_dump(include=set(GPTConfig.model_fields) - {"vocab_size"}))
@@ -115,17 +145,25 @@ def make_optimizer(model: GPT, c: TrainConfig, device: str) -> torch.optim.AdamW
 
 @torch.no_grad()
 def val_loss(model: GPT, stream: TokenStream, block_size: int, batch_size: int, max_batches: int, device: str,
-             dtype: str) -> float:
-    """Mean loss over the first max_batches batches of validation windows, always the same ones."""
+             dtype: str, rank: int = 0, world: int = 1) -> float:
+    """Mean loss over the first max_batches batches of validation windows, always the same ones.
+    Under `world` processes a batch is batch_size x world windows, each rank scoring its slice."""
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
-    for x, y in sequential_batches(stream, block_size, batch_size, max_batches):
+    for x, y in sequential_batches(stream, block_size, batch_size * world, max_batches):
+        mine = slice(rank * batch_size, (rank + 1) * batch_size)
+        # A rank left without rows by a short last batch still runs the forward (FSDP's
+        # all-gathers need every rank) and counts nothing.
+        counts = len(y[mine]) > 0
+        x, y = (x[mine], y[mine]) if counts else (x[:1], y[:1])
         with autocast(device, dtype):
             _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
-        n += y.numel()
+        if counts:
+            total += loss.item() * y.numel()
+            n += y.numel()
     model.train(was_training)
+    total, n = distributed.sums([total, n])
     return total / n
 
 
@@ -137,6 +175,10 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     model.pt, so the next call resumes from the last periodic checkpoint."""
     c = config
     device = resolve_device(c.device)
+    rank, world = distributed.rank(), distributed.world_size()
+    if world != c.processes:
+        raise ValueError(f"the config asks for {c.processes} processes (nproc_per_node x nnodes) but "
+                         f"{world} run: start several with torchrun (model.launch)")
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -146,27 +188,38 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
 
     train_stream = TokenStream(train_files)
     _check_vocab(train_stream, vocab_size)
-    batches = Batches(train_stream, c.block_size, c.batch_size, c.seed)
+    batches = Batches(train_stream, c.block_size, c.batch_size, c.seed, rank, world)
     val_stream = TokenStream(val_files) if val_files and c.eval_batches else None
     if val_stream is not None:
         _check_vocab(val_stream, vocab_size)
         next(sequential_batches(val_stream, c.block_size, c.batch_size, 1))  # fail now, not at the first eval
 
-    raw_model = GPT(c.gpt_config(vocab_size)).to(device)
+    raw_model = GPT(c.gpt_config(vocab_size)).to(device)  # the same initial weights on every rank
     raw_model.activation_checkpointing = c.activation_checkpointing
+    if rank:
+        torch.manual_seed(distributed.rank_seed(c.seed, rank, 0))
+    flops_per_token = raw_model.flops_per_token()
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    found = os.path.exists(ckpt_path)
+    if not distributed.same_on_all(found):
+        raise RuntimeError(f"only some ranks see {ckpt_path}: out_dir must be on storage every machine shares")
+    ckpt = _read_checkpoint(ckpt_path, c, vocab_size, device) if found else None
+    if ckpt:
+        raw_model.load_state_dict(ckpt["model"])  # before FSDP shards it
+    wrapped = distributed.wrap(raw_model, c.parallel, device)
     optimizer = make_optimizer(raw_model, c, device)
     guard = LossGuard(c.loss_guard, c.spike_factor, c.max_skipped_steps)
     step, history, last_loss = 0, [], None
-    ckpt_path = os.path.join(out_dir, CHECKPOINT)
-    if os.path.exists(ckpt_path):
-        step, history, last_loss = _load_checkpoint(ckpt_path, raw_model, optimizer, batches, guard, c, vocab_size,
-                                                    device)
-    model = torch.compile(raw_model) if c.compile else raw_model
+    if ckpt:
+        step, history, last_loss = _restore(ckpt, raw_model, optimizer, batches, guard, c, rank)
+        del ckpt
+    model = torch.compile(wrapped) if c.compile else wrapped
     model.train()
 
-    tokens_per_step = c.batch_size * c.grad_accum_steps * c.block_size
-    flops_per_token = raw_model.flops_per_token()
+    tokens_per_step = c.batch_size * c.grad_accum_steps * world * c.block_size
+    log = log if distributed.is_main() else None
     peak = peak_flops(device_name(device), "bfloat16" if amp_dtype(device, c.dtype) else "float32")
+    mfu_of = lambda tokens_per_s: mfu(flops_per_token, tokens_per_s, peak, devices=world)  # noqa: E731
     t_start, steps_run = time.perf_counter(), 0
     while step < c.max_steps and (stop_after is None or step < stop_after):
         t0 = time.perf_counter()
@@ -175,15 +228,17 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
             group["lr"] = lr
         where = f"data epoch {batches.epoch} window {batches.cursor}"
         loss_sum = torch.zeros((), device=device)
-        for _ in range(c.grad_accum_steps):
+        for micro in range(c.grad_accum_steps):
             x, y = batches.next()
-            with autocast(device, c.dtype):
-                _, loss = model(x.to(device), y.to(device))
-            (loss / c.grad_accum_steps).backward()
+            with distributed.grad_sync(wrapped, last=micro == c.grad_accum_steps - 1):
+                with autocast(device, c.dtype):
+                    _, loss = model(x.to(device), y.to(device))
+                (loss / c.grad_accum_steps).backward()
             loss_sum += loss.detach()
         max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm).item()
-        step_loss = (loss_sum / c.grad_accum_steps).item()
+        # After the reduction every rank holds the global gradient (or its shard): a global norm.
+        grad_norm = distributed.scalar(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm))
+        step_loss = distributed.mean(loss_sum / c.grad_accum_steps)
         applied = guard.check(step + 1, step_loss, grad_norm, step >= c.warmup_steps, where)
         if applied:
             optimizer.step()
@@ -194,13 +249,13 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         if log:
             tokens_per_s = tokens_per_step / max(1e-9, time.perf_counter() - t0)
             log({"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-                 "mfu": mfu(flops_per_token, tokens_per_s, peak), **({} if applied else {"skipped": True})})
+                 "mfu": mfu_of(tokens_per_s), **({} if applied else {"skipped": True})})
 
         if step % c.eval_interval == 0 or step == c.max_steps:
             point = {"step": step, "loss": last_loss}
             if val_stream is not None:
                 point["val_loss"] = val_loss(raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches,
-                                             device, c.dtype)
+                                             device, c.dtype, rank, world)
                 if log:
                     log({"step": step, "val_loss": point["val_loss"]})
             history.append(point)
@@ -211,9 +266,13 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     seconds = time.perf_counter() - t_start
     done = step >= c.max_steps
     if done:
-        weights = raw_model.cpu().state_dict()  # on CPU whatever trained it; the tied matrix stored once
-        _atomic_save({"model": weights, "config": raw_model.config.model_dump(), "vocab_size": vocab_size},
-                     os.path.join(out_dir, "model.pt"))
+        if distributed.is_sharded(raw_model):
+            weights = distributed.full_state_dict(raw_model)
+        else:
+            weights = raw_model.cpu().state_dict()  # on CPU whatever trained it; the tied matrix stored once
+        if distributed.is_main():
+            _atomic_save({"model": weights, "config": raw_model.config.model_dump(), "vocab_size": vocab_size},
+                         os.path.join(out_dir, "model.pt"))
     val_points = [h["val_loss"] for h in history if "val_loss" in h]
     return {
         "steps": step,
@@ -228,7 +287,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         "timing": {"seconds": round(seconds, 3), "steps_this_run": steps_run,
                    "tokens_per_s": round(steps_run * tokens_per_step / max(1e-9, seconds), 1),
                    "device": device_name(device), "peak_flops": peak,
-                   "mfu": mfu(flops_per_token, steps_run * tokens_per_step / max(1e-9, seconds), peak)},
+                   "mfu": mfu_of(steps_run * tokens_per_step / max(1e-9, seconds))},
     }
 
 
@@ -266,27 +325,56 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss) -> None:
-    _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                  "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": _rng_state(), "history": history, "last_loss": last_loss,
-                  "config": c.model_dump(), "vocab_size": vocab_size}, path)
+    """Every rank calls it (FSDP gathers the shards, each rank's RNG is collected); rank 0 writes.
+    The tensors are whole, laid out as one process lays them out."""
+    if distributed.is_sharded(model):
+        weights, optim = distributed.full_state_dict(model), distributed.full_tensors(optimizer.state_dict())
+    else:
+        weights, optim = model.state_dict(), optimizer.state_dict()
+    rng = distributed.gather(_rng_state())
+    if not distributed.is_main():
+        return
+    extra = {"rng_ranks": rng} if len(rng) > 1 else {}
+    _atomic_save({"model": weights, "optimizer": optim, "step": step,
+                  "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": rng[0], "history": history,
+                  "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size, **extra}, path)
 
 
-def _load_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, device):
+def _read_checkpoint(path, c, vocab_size, device) -> dict:
+    """The checkpoint, after checking it was written by the same config (up to RESUMABLE_CHANGES
+    and the split of the same global batch)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise RuntimeError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
-    saved = {k: v for k, v in ckpt["config"].items() if k not in RESUMABLE_CHANGES}
-    now = {k: v for k, v in c.model_dump().items() if k not in RESUMABLE_CHANGES}
-    changed = sorted(k for k in now if saved.get(k) != now[k])
+    fields = TrainConfig.model_fields
+    # A field added since the checkpoint was written has its default: the behaviour before it existed.
+    saved = {k: ckpt["config"].get(k, fields[k].default) for k in fields}
+    now = c.model_dump()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k not in BATCH_SPLIT and saved[k] != now[k])
+    glob = lambda cfg: math.prod(cfg[k] for k in BATCH_SPLIT)  # noqa: E731
+    if glob(saved) != glob(now):
+        changed += [k for k in BATCH_SPLIT if saved[k] != now[k]]
     if changed or ckpt["vocab_size"] != vocab_size:
         what = ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed) or \
             f"vocab_size: {ckpt['vocab_size']} -> {vocab_size}"
         raise ValueError(f"checkpoint {path} was written with another config ({what}); "
                          f"use the same config or a new out_dir")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt
+
+
+def _restore(ckpt, model, optimizer, batches, guard, c, rank):
+    """Optimizer, data position, guard and RNG from a checkpoint whose weights are already loaded.
+    Each rank takes its own saved RNG state; a rank the saved run did not have gets a fresh seed."""
+    state = ckpt["optimizer"]
+    if distributed.is_sharded(model):
+        state = distributed.shard_optimizer_state(state, optimizer)
+    optimizer.load_state_dict(state)
     batches.load_state_dict(ckpt["batches"])
     guard.load_state_dict(ckpt["guard"])
-    _set_rng_state(ckpt["rng"])
+    rngs = ckpt.get("rng_ranks", [ckpt["rng"]])
+    if rank < len(rngs):
+        _set_rng_state(rngs[rank])
+    else:
+        torch.manual_seed(distributed.rank_seed(c.seed, rank, ckpt["step"]))
     return ckpt["step"], ckpt["history"], ckpt["last_loss"]

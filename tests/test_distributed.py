@@ -1,0 +1,177 @@
+"""Training in 2 processes (torchrun, gloo, CPU) against one process with the same global batch, on
+real Gutenberg tokens: the same losses and weights with DDP and with FSDP2, exact resume, resume at
+another world size, the Prefect flow, and failures that name their cause."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from model.data import Batches, TokenStream
+from model.launch import launch, torchrun_command
+from model.train import CHECKPOINT, TrainConfig, train
+from tests.test_train import CONFIG, corpus, losses, run, sha  # noqa: F401 (corpus is a fixture)
+
+SINGLE = CONFIG.model_copy(update={"max_steps": 8, "eval_interval": 4, "checkpoint_interval": 4})
+# The same global batch (8 windows a step) as 2 processes x 4.
+TWO = {"batch_size": 4, "nproc_per_node": 2}
+DDP = SINGLE.model_copy(update={**TWO, "parallel": "ddp"})
+FSDP = SINGLE.model_copy(update={**TWO, "parallel": "fsdp"})
+_RUNS: dict = {}
+
+
+def run2(corpus, out, config, stop_after=None) -> tuple[dict, list[dict]]:
+    """tests.test_train.run, in processes started by torchrun."""
+    events: list[dict] = []
+    return launch(corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append,
+                  stop_after=stop_after), events
+
+
+def once(name: str, tmp_path_factory, go) -> dict:
+    """go(out) run once per session, for every test that compares against it."""
+    if name not in _RUNS:
+        out = tmp_path_factory.mktemp(name)
+        summary, events = go(out)
+        _RUNS[name] = {"out": out, "summary": summary, "events": events}
+    return _RUNS[name]
+
+
+@pytest.fixture
+def single(corpus, tmp_path_factory):
+    """One process, batch 8: the reference."""
+    return once("single", tmp_path_factory, lambda out: run(corpus, out, SINGLE))
+
+
+@pytest.fixture
+def ddp(corpus, tmp_path_factory):
+    """2 DDP processes, batch 4 each, uninterrupted."""
+    return once("ddp", tmp_path_factory, lambda out: run2(corpus, out, DDP))
+
+
+def weights(out) -> dict:
+    return torch.load(out / "model.pt", weights_only=True)["model"]
+
+
+def assert_close_runs(events, reference, rel=1e-5) -> None:
+    """Per-step loss and gradient norm, and validation losses, within rel of the reference run's."""
+    for key in ("loss", "grad_norm", "val_loss"):
+        mine = {e["step"]: e[key] for e in events if key in e}
+        theirs = {e["step"]: e[key] for e in reference if key in e and e["step"] in mine}
+        assert mine and mine.keys() == theirs.keys(), key
+        for step in mine:
+            assert mine[step] == pytest.approx(theirs[step], rel=rel), (key, step)
+
+
+def assert_close_weights(a, b, atol=1e-5) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k], wb[k], atol=atol) for k in wa)
+
+
+def test_ranks_take_disjoint_slices_of_the_single_process_batch(corpus):
+    stream = TokenStream(corpus["train"])
+    whole = Batches(stream, 32, 8, seed=5)
+    ranks = [Batches(stream, 32, 4, seed=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(whole.n_windows // 8 + 3):  # across an epoch boundary
+        x, y = whole.next()
+        parts = [b.next() for b in ranks]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert all(b.state_dict() == whole.state_dict() for b in ranks)  # one global position
+    assert whole.epoch == 1
+    with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
+        Batches(stream, 32, 4, seed=5, rank=2, world_size=2)
+
+
+def test_ddp_matches_one_process_with_the_same_global_batch(single, ddp):
+    s, events = ddp["summary"], ddp["events"]
+    assert [e["step"] for e in events if "loss" in e] == list(range(1, 9))  # rank 0 alone reports
+    assert_close_runs(events, single["events"])
+    assert s["tokens_seen"] == single["summary"]["tokens_seen"] == 8 * 8 * 32
+    assert s["final_val_loss"] == pytest.approx(single["summary"]["final_val_loss"], rel=1e-5)
+    assert_close_weights(ddp["out"], single["out"])
+    assert sha(ddp["out"] / "model.pt") != sha(single["out"] / "model.pt")  # close, not bitwise: sums reorder
+    assert not list(ddp["out"].glob("**/*.tmp-*"))
+
+
+def test_ddp_stop_and_resume_is_bitwise_and_resumes_in_one_process(corpus, ddp, single, tmp_path):
+    """Stopped after step 6 (checkpoint at 4): resumed in 2 processes, the same losses and model.pt
+    bytes as the uninterrupted 2-process run; resumed in one process with batch 8 (the same global
+    batch), the same losses within float rounding."""
+    first, ev1 = run2(corpus, tmp_path / "two", DDP, stop_after=6)
+    assert first["steps"] == 6 and not (tmp_path / "two" / "model.pt").exists()
+    ckpt = torch.load(tmp_path / "two" / CHECKPOINT, weights_only=True)
+    assert ckpt["step"] == 4 and len(ckpt["rng_ranks"]) == 2 and ckpt["batches"]["cursor"] == 4 * 8
+    shutil.copytree(tmp_path / "two", tmp_path / "one")
+    second, ev2 = run2(corpus, tmp_path / "two", DDP)
+    assert [e["step"] for e in ev2 if "loss" in e] == [5, 6, 7, 8]
+    assert losses(ev1 + ev2) == losses(ddp["events"])
+    assert sha(tmp_path / "two" / "model.pt") == sha(ddp["out"] / "model.pt")
+    strip = lambda s: {k: v for k, v in s.items() if k != "timing"}  # noqa: E731
+    assert strip(second) == strip(ddp["summary"])
+
+    _, events = run(corpus, tmp_path / "one", SINGLE)
+    assert [e["step"] for e in events if "loss" in e] == [5, 6, 7, 8]
+    assert_close_runs(events, single["events"])
+    assert_close_weights(tmp_path / "one", single["out"])
+
+
+def test_fsdp_matches_one_process_and_resumes(corpus, single, ddp, tmp_path):
+    """FSDP2 shards weights, gradients and optimizer state, yet checkpoints hold whole tensors: the
+    same losses as one process, and its checkpoint resumes under FSDP2 as exactly as a DDP one."""
+    first, ev1 = run2(corpus, tmp_path, FSDP, stop_after=6)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert saved["model"]["tok_emb.weight"].shape == (corpus["vocab"], 32)  # whole, not a shard
+    assert saved["optimizer"]["state"][0]["exp_avg"].shape == saved["model"]["tok_emb.weight"].shape
+    second, ev2 = run2(corpus, tmp_path, FSDP)
+    assert [e["step"] for e in ev2 if "loss" in e] == [5, 6, 7, 8]
+    assert_close_runs(ev1 + ev2, single["events"])
+    assert_close_runs(ev1 + ev2, ddp["events"], rel=1e-6)
+    assert_close_weights(tmp_path, single["out"])
+    tied = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert tied["lm_head.weight"].data_ptr() == tied["tok_emb.weight"].data_ptr()  # the tied matrix saved once
+
+
+def test_launch_failures_name_their_cause(corpus, tmp_path):
+    with pytest.raises(RuntimeError, match=r"(?s)torchrun exited with status 1.*does not fit vocab_size 100"):
+        launch(corpus["train"], corpus["val"], 100, DDP, str(tmp_path))
+    with pytest.raises(ValueError, match=r"asks for 2 processes .* but 1 run: start several with torchrun"):
+        train(corpus["train"], corpus["val"], corpus["vocab"], DDP, str(tmp_path))
+    with pytest.raises(ValueError, match="2 processes .* need parallel 'ddp' or 'fsdp'"):
+        TrainConfig(nproc_per_node=2)
+    with pytest.raises(ValueError, match="nnodes > 1 needs rdzv_endpoint"):
+        TrainConfig(nnodes=2, parallel="ddp")
+
+
+def test_torchrun_commands():
+    one_node = torchrun_command(DDP, "run.json")
+    assert one_node[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1", "--standalone",
+                            "-m", "model.launch", "--args-json", "run.json"]
+    nodes = torchrun_command(DDP.model_copy(update={"nnodes": 2, "rdzv_endpoint": "node0:29400"}), "run.json", "fp")
+    assert nodes[4:8] == ["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=fp"]
+
+
+@pytest.mark.slow
+def test_train_flow_with_two_processes(prefect_api, corpus, single, tmp_path):
+    """nproc_per_node=2 in the flow's config: torchrun under the task, the same result as one process."""
+    from flows.training import train as train_flow
+    from storage import Store
+
+    tok = Store(str(tmp_path / "store")).stage("tokenize", "t0")
+    rels = {}
+    for split in ("train", "val"):
+        with open(corpus[split][0], "rb") as f:
+            rels[split] = f"data/{split}/part-00000.arrow"
+            tok.write_bytes(rels[split], f.read())
+    tok.commit({"shards": [{"index": 0, **rels}], "train_order": [0], "vocab_size": corpus["vocab"],
+                "tokenizer": {"stage": "tokenizer", "fingerprint": "none", "file": "data/tokenizer.json"}})
+    result = train_flow(tok.url(), DDP)
+    counts = result["counts"]
+    assert not result["cached"] and counts["completed"] and counts["steps"] == 8
+    assert counts["final_train_loss"] == pytest.approx(single["summary"]["final_train_loss"], rel=1e-5)
+    assert counts["final_val_loss"] == pytest.approx(single["summary"]["final_val_loss"], rel=1e-5)
+    out = tmp_path / "store" / "train" / result["fingerprint"]
+    assert_close_weights(out, single["out"])
+    assert train_flow(tok.url(), DDP)["cached"]
+
