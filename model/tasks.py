@@ -1,0 +1,151 @@
+"""Multiple-choice and cloze benchmarks scored the way lm-evaluation-harness scores them.
+
+Every item is a context and some continuations. A continuation's score is the sum of the log
+probabilities of its tokens after the context (lm-eval's `loglikelihood`), with the same split of
+context and continuation into tokens: trailing spaces of the context move to the continuation, the
+pair is encoded whole, and the continuation's tokens are what the whole has beyond the context's.
+acc picks the highest sum; acc_norm divides each sum by the continuation's length in characters
+first, and compares those. LAMBADA is scored by its last word: accuracy when greedy decoding
+reproduces every token, and perplexity over those tokens.
+
+Files are read in their common JSONL layouts: HellaSwag (`ctx`, `endings`, `label`, with
+`activity_label`), llm-foundry's `{query, choices, gold}` (PIQA, ARC, COPA, HellaSwag),
+`{context_options, continuation, gold}` (WinoGrande, WSC) and `{context, continuation}` (LAMBADA).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from model.gpt import GPT, autocast
+from pipeline.tokenize import EOT
+
+# Published zero-shot GPT-2 124M scores (lm-evaluation-harness; HellaSwag acc_norm, LAMBADA acc and
+# perplexity), shown beside ours in reports.
+GPT2_124M_REFERENCE = {"hellaswag": {"acc_norm": 0.311}, "lambada_openai": {"acc": 0.326, "perplexity": 40.1},
+                       "piqa": {"acc": 0.629}, "arc_easy": {"acc": 0.438}, "winogrande": {"acc": 0.516}}
+
+
+@dataclass
+class Item:
+    """Candidate (context, continuation) pairs; `gold` indexes the right one."""
+
+    contexts: list[str]
+    continuations: list[str]
+    gold: int
+    choices: list[str]  # what acc_norm measures the length of (the answer text, no delimiter)
+
+
+def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n}: not JSON ({e})") from None
+
+
+def item_from_record(rec: dict) -> Item | tuple[str, str]:
+    """One record in any of the supported layouts (a (context, word) pair for LAMBADA)."""
+    if "endings" in rec:  # HellaSwag (rowanz or klosax's preprocessed file)
+        context = f"{rec['activity_label']}: {rec['ctx']}" if rec.get("activity_label") else rec["ctx"]
+        return Item([context] * len(rec["endings"]), [" " + e for e in rec["endings"]], int(rec["label"]),
+                    list(rec["endings"]))
+    if "context_options" in rec:  # WinoGrande / WSC partial scoring: the options differ before the blank
+        n = len(rec["context_options"])
+        return Item(list(rec["context_options"]), [" " + rec["continuation"]] * n, int(rec["gold"]),
+                    [rec["continuation"]] * n)
+    if "choices" in rec:
+        return Item([rec["query"]] * len(rec["choices"]), [" " + c for c in rec["choices"]], int(rec["gold"]),
+                    list(rec["choices"]))
+    if "context" in rec and "continuation" in rec:  # LAMBADA
+        return rec["context"], " " + rec["continuation"]
+    raise ValueError(f"unknown record layout with keys {sorted(rec)}")
+
+
+def load_task(path: str, limit: int = 0) -> list:
+    """The items of one file (the first `limit`, 0 = all); errors name the file and line."""
+    out = []
+    for n, rec in _read_jsonl(path):
+        try:
+            out.append(item_from_record(rec))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} line {n}: {e}") from None
+        if limit and len(out) == limit:
+            break
+    if not out:
+        raise ValueError(f"{path}: no items")
+    return out
+
+
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: context tokens and continuation tokens (context's trailing spaces moved over;
+    an empty context becomes <|endoftext|>)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
+    if not context:
+        return [tokenizer.token_to_id(EOT)], enc(continuation)
+    whole, ctx = enc(context + continuation), enc(context)
+    return ctx, whole[len(ctx):]
+
+
+@torch.no_grad()
+def score_pairs(model: GPT, pairs: list[tuple[list[int], list[int]]], batch_size: int, device: str,
+                progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+    """For each (context tokens, continuation tokens): the summed log probability of the
+    continuation, and whether greedy decoding gives exactly it. Sequences keep their last
+    block_size + 1 tokens, as lm-eval truncates on the left; batches group similar lengths."""
+    block = model.config.block_size
+    seqs = [(ctx + cont)[-(block + 1):][:-1] for ctx, cont in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: -len(seqs[i]))
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = len(seqs[idx[0]])
+        x = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, i in enumerate(idx):
+            x[row, :len(seqs[i])] = torch.tensor(seqs[i])
+        with autocast(device, "auto"):
+            logits, _ = model(x.to(device))
+        logp = F.log_softmax(logits.float(), dim=-1)
+        for row, i in enumerate(idx):
+            n, cont = len(seqs[i]), pairs[i][1][-len(seqs[i]):]  # a continuation longer than the window: its end
+            span = logp[row, n - len(cont):n]
+            target = torch.tensor(cont, device=span.device)
+            out[i] = (float(span.gather(1, target[:, None]).sum()), bool((span.argmax(-1) == target).all()))
+        if progress:
+            progress(len(idx))
+    return out
+
+
+def evaluate_task(model: GPT, tokenizer: Tokenizer, items: list, batch_size: int, device: str,
+                  progress: Callable[[int], None] | None = None) -> dict:
+    """acc and acc_norm of multiple-choice items, or acc and perplexity of LAMBADA pairs."""
+    if isinstance(items[0], tuple):
+        pairs = [encode_pair(tokenizer, c, w) for c, w in items]
+        scores = score_pairs(model, pairs, batch_size, device, progress)
+        tokens = sum(len(p[1]) for p in pairs)
+        return {"items": len(items), "acc": sum(g for _, g in scores) / len(items),
+                "perplexity": math.exp(-sum(s for s, _ in scores) / tokens)}
+    pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
+    scores = [s for s, _ in score_pairs(model, pairs, batch_size, device, progress)]
+    acc = acc_norm = 0
+    pos = 0
+    for it in items:
+        mine = scores[pos:pos + len(it.continuations)]
+        pos += len(it.continuations)
+        acc += max(range(len(mine)), key=lambda k: mine[k]) == it.gold
+        acc_norm += max(range(len(mine)), key=lambda k: mine[k] / max(1, len(it.choices[k]))) == it.gold
+    return {"items": len(items), "acc": acc / len(items), "acc_norm": acc_norm / len(items)}

@@ -1,0 +1,94 @@
+"""Benchmark scoring: every eval file in ../shared/data/eval loads, lm-eval's token split, batched
+scores equal one-by-one scores, and acc/acc_norm/LAMBADA follow their definitions."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.gpt import GPT, MODERN, GPTConfig
+from model.tasks import Item, encode_pair, evaluate_task, load_task, score_pairs
+from pipeline.tokenize import TokenizeConfig, sample_texts, train_tokenizer
+
+FILES = {"hellaswag_val.klosax-preprocessed.jsonl.gz": 10042, "llm-foundry/piqa.jsonl": 1838,
+         "llm-foundry/arc_easy.jsonl": 2376, "llm-foundry/arc_challenge.jsonl": 1172,
+         "llm-foundry/winogrande.jsonl": 1267, "llm-foundry/lambada_openai.jsonl": 5153,
+         "llm-foundry/copa.jsonl": 100, "llm-foundry/hellaswag_small.jsonl": 4}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tests.conftest import require_data
+
+    with gzip.open(require_data("text/gutenberg-top-authors-subset.jsonl.gz"), "rt") as f:
+        text = json.loads(f.readline())["text"][:300_000]
+    config = TokenizeConfig(vocab_size=1024, sample_chars=300_000)
+    return train_tokenizer(sample_texts([pa.table({"text": [text]})], config), config)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_eval_file_loads(name, shared_data):
+    items = load_task(str(shared_data(f"eval/{name}")))
+    assert len(items) == FILES[name]
+    first = items[0]
+    if isinstance(first, tuple):
+        assert first[1].startswith(" ") and not first[0].endswith(" ")
+    else:
+        assert 0 <= first.gold < len(first.continuations) == len(first.contexts) == len(first.choices)
+        assert all(k == " " + c or k.endswith(c) for k, c in zip(first.continuations, first.choices))
+    if name.startswith("hellaswag_val"):
+        assert first.contexts[0] == "Roof shingle removal: A man is sitting on a roof. he" and first.gold == 3
+
+
+def test_bad_file_is_named(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"query": "q", "choices": ["a"], "gold": 0}\n{"foo": 1}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl line 2: unknown record layout with keys \['foo'\]"):
+        load_task(str(tmp_path / "x.jsonl"))
+
+
+def test_token_split_follows_lm_eval(tokenizer):
+    ctx, cont = encode_pair(tokenizer, "The cat sat on the", " mat.")
+    assert tokenizer.decode(ctx) == "The cat sat on the" and tokenizer.decode(cont) == " mat."
+    moved = encode_pair(tokenizer, "The cat sat on the ", "mat.")  # trailing space moves to the continuation
+    assert moved == (ctx, cont)
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    assert encode_pair(tokenizer, "", " mat.") == ([eot], cont)
+
+
+def test_batched_scores_equal_one_by_one(tokenizer, shared_data):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=1024, block_size=96, n_layer=2, n_head=2, n_embd=32, **MODERN)).eval()
+    items = load_task(str(shared_data("eval/llm-foundry/piqa.jsonl")), limit=6)
+    pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
+    assert any(len(c) + len(k) > 97 for c, k in pairs)  # some are cut on the left
+    assert all(len(k) < 97 for c, k in pairs)
+    batched = score_pairs(model, pairs, batch_size=5, device="cpu")
+    for (ctx, cont), (score, greedy) in zip(pairs, batched):
+        seq = (ctx + cont)[-97:]
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].float(), -1)
+        span = logp[len(seq) - 1 - len(cont):]
+        assert score == pytest.approx(float(span[range(len(cont)), cont].sum()), abs=1e-4)
+        assert greedy == (span.argmax(-1).tolist() == cont)
+
+
+def test_acc_acc_norm_and_lambada(tokenizer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=1024, block_size=64, n_layer=1, n_head=2, n_embd=32)).eval()
+    item = Item(["Q:"] * 2, [" a", " a b c d e f"], gold=1, choices=["a", "a b c d e f"])
+    pairs = [encode_pair(tokenizer, "Q:", k) for k in item.continuations]
+    (s0, _), (s1, _) = score_pairs(model, pairs, 2, "cpu")
+    res = evaluate_task(model, tokenizer, [item], 2, "cpu")
+    assert res["acc"] == float(s1 > s0) and res["acc_norm"] == float(s1 / 11 > s0 / 1)
+    lam = [("The cat sat on the", " mat"), ("Once upon a", " time")]
+    out = evaluate_task(model, tokenizer, lam, 2, "cpu")
+    scores = score_pairs(model, [encode_pair(tokenizer, *p) for p in lam], 2, "cpu")
+    n = sum(len(encode_pair(tokenizer, *p)[1]) for p in lam)
+    assert out["perplexity"] == pytest.approx(math.exp(-sum(s for s, _ in scores) / n))
+    assert out["acc"] == sum(g for _, g in scores) / 2
