@@ -27,8 +27,12 @@ def setup(device: str) -> None:
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
 
 
-def teardown() -> None:
+def teardown(ok: bool = True) -> None:
+    """Leave the process group; after a success all ranks first wait for each other (one leaving
+    while another still writes model.pt can abort gloo's threads at exit)."""
     if dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -108,8 +112,7 @@ def wrap(model: torch.nn.Module, parallel: str, device: str) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [torch.cuda.current_device()] if device == "cuda" else None
-        # The only buffers (rotary tables) are computed from the config: nothing to broadcast.
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -39,14 +39,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         a = json.load(f)
     config = TrainConfig.model_validate(a["config"])
     distributed.setup(resolve_device(config.device))
+    ok = False
     try:
         emit = _emitter(a.get("events")) if distributed.is_main() else None
         summary = train(a["train_files"], a["val_files"], a["vocab_size"], config, a["out_dir"],
                         log=(lambda e: emit({"log": e})) if emit else None, stop_after=a.get("stop_after"))
         if emit:
             emit({"result": summary})
+        ok = True
     finally:
-        distributed.teardown()
+        distributed.teardown(ok)
 
 
 def _emitter(path: Optional[str]) -> Callable[[dict], None]:

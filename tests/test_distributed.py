@@ -5,6 +5,7 @@ another world size, the Prefect flow, and failures that name their cause."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import torch
@@ -133,6 +134,35 @@ def test_fsdp_matches_one_process_and_resumes(corpus, single, ddp, tmp_path):
     assert tied["lm_head.weight"].data_ptr() == tied["tok_emb.weight"].data_ptr()  # the tied matrix saved once
 
 
+@pytest.mark.slow
+def test_dropout_differs_per_rank_and_resumes_bitwise(corpus, tmp_path):
+    """With dropout each rank draws its own masks; the checkpoint keeps every rank's RNG, so a
+    stopped 2-process run still resumes to the very bytes of an uninterrupted one."""
+    config = DDP.model_copy(update={"dropout": 0.1})
+    _, ev_whole = run2(corpus, tmp_path / "whole", config)
+    _, ev1 = run2(corpus, tmp_path / "resumed", config, stop_after=6)
+    rngs = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["rng_ranks"]
+    assert not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
+    _, ev2 = run2(corpus, tmp_path / "resumed", config)
+    assert losses(ev1 + ev2) == losses(ev_whole)
+    assert sha(tmp_path / "resumed" / "model.pt") == sha(tmp_path / "whole" / "model.pt")
+
+
+def test_a_failing_follower_stops_the_processes(corpus, tmp_path):
+    """An error in the parent's log callback (a failpoint, a cancelled task) ends torchrun and its
+    workers before it propagates: nothing goes on training behind the caller's back."""
+    def log(event: dict) -> None:
+        raise KeyboardInterrupt("stop")
+
+    with pytest.raises(KeyboardInterrupt):
+        launch(corpus["train"], corpus["val"], corpus["vocab"], DDP.model_copy(update={"max_steps": 10_000}),
+               str(tmp_path), log=log)
+    events = tmp_path / "launch" / "events.jsonl"
+    size = events.stat().st_size
+    time.sleep(1.5)
+    assert events.stat().st_size == size and size < 10_000 * 100
+
+
 def test_launch_failures_name_their_cause(corpus, tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)torchrun exited with status 1.*does not fit vocab_size 100"):
         launch(corpus["train"], corpus["val"], 100, DDP, str(tmp_path))
@@ -142,6 +172,14 @@ def test_launch_failures_name_their_cause(corpus, tmp_path):
         TrainConfig(nproc_per_node=2)
     with pytest.raises(ValueError, match="nnodes > 1 needs rdzv_endpoint"):
         TrainConfig(nnodes=2, parallel="ddp")
+
+
+def test_resume_takes_another_split_of_the_same_global_batch_only(corpus, single, tmp_path):
+    shutil.copytree(single["out"], tmp_path, dirs_exist_ok=True)
+    with pytest.raises(ValueError, match=r"another config \(batch_size: 8 -> 4\)"):
+        run(corpus, tmp_path, SINGLE.model_copy(update={"batch_size": 4}))
+    done, events = run(corpus, tmp_path, SINGLE.model_copy(update={"batch_size": 4, "grad_accum_steps": 2}))
+    assert done["steps"] == 8 and not events
 
 
 def test_torchrun_commands():
