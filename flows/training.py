@@ -70,8 +70,13 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
             bar.set_postfix(loss=f"{event['loss']:.3f}")
             if step % max(1, config.max_steps // 20) == 0 or step == config.max_steps:
                 update_progress_artifact(progress, 100.0 * step / config.max_steps)
-                logger.info("step %d loss %.4f lr %.2e %.0f tok/s", step, event["loss"], event.get("lr", 0),
-                            event.get("tokens_per_s", 0))
+                mfu = event.get("mfu")
+                logger.info("step %d loss %.4f lr %.2e grad norm %.3f %.0f tok/s MFU %s%s", step, event["loss"],
+                            event.get("lr", 0), event.get("grad_norm", 0), event.get("tokens_per_s", 0),
+                            "unknown" if mfu is None else f"{100 * mfu:.1f}%",
+                            " (update skipped by the loss guard)" if event.get("skipped") else "")
+            elif event.get("skipped"):
+                logger.warning("step %d: update skipped by the loss guard (loss %.4f)", step, event["loss"])
         if "val_loss" in event:
             logger.info("step %d val_loss %.4f", step, event["val_loss"])
 
@@ -101,6 +106,7 @@ def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
     upstream = {"stage": tok.name, "fingerprint": tok.fingerprint}
     out = tok.store.stage("train", fingerprint("train", code, config, upstream))
     cached = out.is_committed()
+    timing = None
     with Timer() as t:
         if not cached:
             train_files, val_files, vocab = _token_files(tok)
@@ -109,20 +115,34 @@ def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
             if os.path.abspath(local) != os.path.abspath(out.path):
                 with open(os.path.join(local, "model.pt"), "rb") as f:
                     out.write_bytes("model.pt", f.read())
+            timing = result["timing"]  # not in the manifest: it differs between identical runs
             result = {k: v for k, v in result.items() if k != "timing"}
             out.commit({"config": config, "code": code, "upstream": upstream, "vocab_size": vocab,
                         "model": "model.pt", "tokenizer": tok.read_manifest()["tokenizer"], "counts": result})
     manifest = out.read_manifest()
-    _publish_training(out, manifest, t.seconds, cached)
+    _publish_training(out, manifest, t.seconds, cached, timing)
     return summary(out, manifest, cached)
 
 
-def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: bool) -> None:
+def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: bool, timing: dict | None) -> None:
+    from model.train import CHECKPOINT
+
     counts = manifest["counts"]
     rows = [{"metric": k, "value": v} for k, v in counts.items() if not isinstance(v, (list, dict))]
     rows += [{"metric": "cached", "value": str(cached)}, {"metric": "wall seconds", "value": round(seconds, 2)}]
+    if timing:
+        mfu = timing.get("mfu")
+        rows += [{"metric": "device", "value": timing.get("device")},
+                 {"metric": "tokens/s (this run)", "value": timing.get("tokens_per_s")},
+                 {"metric": "MFU (this run)", "value": "unknown" if mfu is None else f"{100 * mfu:.1f}%"}]
     create_table_artifact(rows, key="train-summary", description=f"train {out.fingerprint}")
     create_link_artifact(out.url("model.pt"), link_text="final model weights", key="train-model")
+    local = _local_dir(out)
+    if os.path.exists(os.path.join(local, CHECKPOINT)):
+        link = out.url(CHECKPOINT) if os.path.abspath(local) == os.path.abspath(out.path) else \
+            "file://" + os.path.abspath(os.path.join(local, CHECKPOINT))
+        create_link_artifact(link, link_text="last resumable checkpoint (weights, optimizer, data position, RNG)",
+                             key="train-checkpoint")
     history = counts.get("history", [])
     if history:
         create_markdown_artifact(_loss_chart(history), key="train-loss-curve", description="loss curve")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.flow_inputs import WARCS, tiny_config
@@ -42,6 +44,20 @@ def _task_states(flow_run_id) -> dict[str, str]:
             offset += 200
 
 
+def _latest_artifacts(keys: list[str]) -> dict[str, dict]:
+    """key -> the newest artifact with that key (as the API returns it)."""
+    from prefect import get_client
+
+    # 3.8.8's clients send null flow/task run filters, which the server rejects: post the filter itself
+    with get_client(sync_client=True) as client:
+        found = client._client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": keys}},
+                                                               "sort": "CREATED_DESC", "limit": 50}).json()
+    out: dict = {}
+    for a in found:
+        out.setdefault(a["key"], a)
+    return out
+
+
 def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_path, inputs):
     from flows.config import PipelineConfig
     from flows.pipeline import pipeline
@@ -53,6 +69,10 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
     assert first["ingest"]["counts"]["docs_kept"] > 20
     assert first["tokenize"]["counts"]["train_tokens"] > 10_000
     assert first["evaluate"]["counts"]["perplexity"] > 1
+    artifacts = _latest_artifacts(["train-summary", "train-checkpoint", "train-model", "train-loss-curve"])
+    assert set(artifacts) == {"train-summary", "train-checkpoint", "train-model", "train-loss-curve"}
+    assert "latest.pt" in artifacts["train-checkpoint"]["data"] and "model.pt" in artifacts["train-model"]["data"]
+    assert {"metric": "MFU (this run)", "value": "unknown"} in json.loads(artifacts["train-summary"]["data"])
 
     state = pipeline(config, return_state=True)
     again = state.result()
