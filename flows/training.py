@@ -17,7 +17,8 @@ from pipeline.failpoints import failpoint
 from flows.stages import open_stage, summary
 from model.evaluate import EvalConfig
 from model.train import TrainConfig
-from storage import StageDir, code_version, fingerprint
+from model.tasks import GPT2_124M_REFERENCE
+from storage import StageDir, code_version, file_identity, fingerprint
 
 MODEL_CODE = ("model.train",)  # code_version adds model.gpt, model.data and the rest it imports
 
@@ -182,10 +183,12 @@ def _eval_task(out: StageDir, model_path: str, tokenizer_path: str, val_files: l
 
 @flow(name="evaluate")
 def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
-    """Held-out loss and perplexity plus generated samples for a train output (any checkpoint dir)."""
+    """Held-out loss and perplexity, benchmarks (config.tasks) and generated samples for a train
+    output (any checkpoint dir); cached on the model, the config and each benchmark file's identity."""
     run = open_stage(source)
     code = code_version("model.evaluate")
-    upstream = {"stage": run.name, "fingerprint": run.fingerprint}
+    upstream = {"stage": run.name, "fingerprint": run.fingerprint,
+                **({"tasks": {n: file_identity(p) for n, p in sorted(config.tasks.items())}} if config.tasks else {})}
     out = run.store.stage("evaluate", fingerprint("evaluate", code, config, upstream))
     cached = out.is_committed()
     if not cached:
@@ -198,9 +201,19 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
     manifest = out.read_manifest()
     res = manifest["counts"]
     rows = [{"metric": k, "value": v} for k, v in res.items() if not isinstance(v, (list, dict))]
+    rows += [{"metric": f"{task}.{m}", "value": v} for task, scores in res.get("tasks", {}).items()
+             for m, v in scores.items()]
     create_table_artifact(rows, key="evaluate-summary", description=f"evaluation of {run.url()}")
     md = ["# Evaluation", "", f"Model: `{run.url('model.pt')}`", ""]
-    md += [f"- **{r['metric']}**: {r['value']}" for r in rows]
+    md += [f"- **{r['metric']}**: {r['value']}" for r in rows if "." not in r["metric"]]
+    if res.get("tasks"):
+        md += ["", "## Benchmarks", "", "| benchmark | items | metric | this model | GPT-2 124M (lm-eval) |",
+               "|---|---:|---|---:|---:|"]
+        for task, scores in res["tasks"].items():
+            for m, v in scores.items():
+                if m != "items":
+                    ref = GPT2_124M_REFERENCE.get(task, {}).get(m)
+                    md.append(f"| {task} | {scores['items']} | {m} | {v:.4f} | {'' if ref is None else ref} |")
     md += ["", "## Samples", ""]
     for s in res.get("samples", []):
         md += [f"**{s['prompt']}**{s['completion']}", ""]

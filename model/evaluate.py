@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from tokenizers import Tokenizer
+from tqdm import tqdm
 
 from model.data import TokenStream, sequential_batches
 from model.generate import generate
 from model.gpt import GPT, GPTConfig, autocast, resolve_device
+from model.tasks import evaluate_task, load_task
 from pipeline.stage import StageConfig
 
 DEFAULT_PROMPTS = ["It was a dark and stormy night", "The history of the world", "Once upon a time, there was",
@@ -40,6 +42,11 @@ class EvalConfig(StageConfig):
     val_batches: int = Field(50, ge=0, description="Validation batches to score, in order (0 = all windows).")
     batch_size: int = Field(16, ge=1, description="Windows per validation batch.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    tasks: dict[str, str] = Field(default_factory=dict, description="Benchmarks to score: a name (hellaswag, piqa, "
+                                  "arc_easy, winogrande, lambada_openai, copa, ...) -> its local JSONL file. "
+                                  "Scored as lm-evaluation-harness scores them (docs/EVALUATION.md).")
+    task_limit: int = Field(0, ge=0, description="Score only the first this many items of each benchmark (0 = all).")
+    task_batch_size: int = Field(32, ge=1, description="Sequences per forward pass when scoring benchmarks.")
 
 
 def load_model(model_path: str, device: str = "cpu") -> GPT:
@@ -99,7 +106,17 @@ def evaluate(model_path: str, tokenizer_path: str, val_files: list[str], config:
         "val_bytes": n_bytes,
         "params": model.num_params(),
         "samples": samples(model, tokenizer, config, device),
+        "tasks": {name: score_task(model, tokenizer, name, path, config, device)
+                  for name, path in sorted(config.tasks.items())},
     }
+
+
+def score_task(model: GPT, tokenizer: Tokenizer, name: str, path: str, config: EvalConfig, device: str) -> dict:
+    """One benchmark file scored, with a progress bar over its sequences."""
+    items = load_task(path, config.task_limit)
+    total = sum(1 if isinstance(it, tuple) else len(it.continuations) for it in items)
+    with tqdm(total=total, desc=name, unit="seq", leave=False) as bar:
+        return evaluate_task(model, tokenizer, items, config.task_batch_size, device, progress=bar.update)
 
 
 def samples(model: GPT, tokenizer: Tokenizer, config: EvalConfig, device: str) -> list[dict]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.conftest import require_data
 from tests.flow_inputs import WARCS, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -62,14 +63,20 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
     from flows.config import PipelineConfig
     from flows.pipeline import pipeline
 
-    config = PipelineConfig.model_validate(tiny_config(str(tmp_path / "store"), inputs))
+    copa = str(require_data("eval/llm-foundry/copa.jsonl"))
+    config = PipelineConfig.model_validate(tiny_config(str(tmp_path / "store"), inputs, evaluate={
+        "tasks": {"copa": copa}, "task_limit": 40}))
     first = pipeline(config)
     assert list(first) == ["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
     assert not any(r["cached"] for r in first.values())
     assert first["ingest"]["counts"]["docs_kept"] > 20
     assert first["tokenize"]["counts"]["train_tokens"] > 10_000
     assert first["evaluate"]["counts"]["perplexity"] > 1
-    artifacts = _latest_artifacts(["train-summary", "train-checkpoint", "train-model", "train-loss-curve"])
+    copa_scores = first["evaluate"]["counts"]["tasks"]["copa"]
+    assert copa_scores["items"] == 40 and 0 <= copa_scores["acc"] <= 1 and 0 <= copa_scores["acc_norm"] <= 1
+    artifacts = _latest_artifacts(["train-summary", "train-checkpoint", "train-model", "train-loss-curve",
+                                   "evaluate-report"])
+    assert "| copa | 40 | acc_norm |" in artifacts.pop("evaluate-report")["data"]
     assert set(artifacts) == {"train-summary", "train-checkpoint", "train-model", "train-loss-curve"}
     assert "latest.pt" in artifacts["train-checkpoint"]["data"] and "model.pt" in artifacts["train-model"]["data"]
     assert {"metric": "MFU (this run)", "value": "unknown"} in json.loads(artifacts["train-summary"]["data"])
