@@ -1,7 +1,7 @@
 """Tokenization throughput in MB/s per core: the tokenize stage's encode path vs a plain
 `Tokenizer.encode_batch` loop over the same texts, same run.
 
-    .venv/bin/python benchmarks/tokenize_throughput.py               # all Gutenberg windows (~39 MB), ~3 min
+    .venv/bin/python benchmarks/tokenize_throughput.py               # all Gutenberg windows (~39 MB), ~4 min on 2 cores
     .venv/bin/python benchmarks/tokenize_throughput.py --docs 3000   # for development
 
 Corpus: the Gutenberg books in ../shared/data/text cut into ~200-word windows of whole paragraphs
