@@ -1,0 +1,209 @@
+"""Our HellaSwag scorer (model.tasks) against lm-evaluation-harness's: same exported model, same items.
+
+    .venv/bin/python benchmarks/hellaswag_lm_eval.py               # 2 small models, ~10 min on 2 idle cores
+    .venv/bin/python benchmarks/hellaswag_lm_eval.py --arch modern --block 128 --tokens 500000 --limit 9000
+    .venv/bin/python benchmarks/hellaswag_lm_eval.py --model-pt run/model.pt --tokenizer run/tokenizer.json
+
+Each model has the demo's shape (context --block) and is trained with the project's trainer on the
+Gutenberg books (arch_comparison's token files). It is exported with model.export.export_hf (modern
+-> Qwen3ForCausalLM, gpt2 -> GPT2LMHeadModel) and scored on the first --limit items of the local
+HellaSwag file twice: by model.tasks.evaluate_task on our GPT, and by `lm_eval --model hf` on the
+exported folder with benchmarks/lm_eval_tasks/hellaswag_local.yaml (the same prompt), offline.
+lm-eval is not a project dependency; it runs from its own venv (--lm-eval):
+
+    python3 -m venv /work/lmeval-venv
+    /work/lmeval-venv/bin/pip install "lm_eval[hf]==0.4.13" torch==2.13.0 transformers==5.24.0
+
+Per item, the four log likelihoods of both scorers are compared too (lm-eval's --log_samples).
+lm-eval stops with an AssertionError on a continuation longer than the model's context, which ours
+scores by its end: with --block 64 some HellaSwag endings are that long, so use 128 or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+import arch_comparison  # noqa: E402
+from ingest_throughput import machine  # noqa: E402
+from model.evaluate import load_model  # noqa: E402
+from model.export import export_hf  # noqa: E402
+from model.tasks import encode_pair, evaluate_task, load_task, score_pairs  # noqa: E402
+from model.train import TrainConfig, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_YAML = ROOT / "benchmarks" / "lm_eval_tasks" / "hellaswag_local.yaml"
+HELLASWAG = ROOT.parent / "shared" / "data" / "eval" / "hellaswag_val.klosax-preprocessed.jsonl.gz"
+YAML_PATH = "../shared/data/eval/hellaswag_val.klosax-preprocessed.jsonl.gz"
+# The demo's model (flows/demo.py): 4 x 128 wide, 4096-token BPE, 16 sequences a step at lr 3e-3.
+SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}
+VOCAB, BATCH, LR = 4096, 16, 3e-3
+
+
+def train_models(folder: str, args) -> tuple[dict[str, str], str]:
+    """model.pt of each --arch, trained on the Gutenberg token files, and the tokenizer file
+    (models already in `folder` are reused, so a rerun with --work skips training)."""
+    tokenizer_file = str(Path(folder) / "tokenizer.json")
+    models = {name: str(Path(folder) / name / "model.pt") for name in args.arch}
+    if all(os.path.exists(f) for f in [tokenizer_file, *models.values()]):
+        return models, tokenizer_file
+    kept = {}
+    original = arch_comparison.train_tokenizer
+
+    def keep(*a, **k):  # token_files does not hand back its tokenizer, and export needs it
+        kept["tokenizer"] = original(*a, **k)
+        return kept["tokenizer"]
+
+    arch_comparison.train_tokenizer = keep
+    try:
+        train_files, _, vocab = arch_comparison.token_files(folder, VOCAB)
+    finally:
+        arch_comparison.train_tokenizer = original
+    kept["tokenizer"].save(tokenizer_file)
+    steps = max(1, args.tokens // (BATCH * args.block))
+    for name in args.arch:
+        config = TrainConfig(block_size=args.block, **SHAPE, **arch_comparison.ARCHITECTURES[name], batch_size=BATCH,
+                             max_steps=steps, warmup_steps=max(1, steps // 10), learning_rate=LR, min_lr=LR / 10,
+                             eval_interval=steps, eval_batches=0, checkpoint_interval=steps, device="cpu")
+        out = str(Path(folder) / name)
+        t0 = time.perf_counter()
+        summary = train(train_files, [], vocab, config, out)
+        print(f"trained {name}: {summary['params']:,} params, {steps} steps, loss {summary['final_train_loss']:.3f},"
+              f" {time.perf_counter() - t0:.0f} s", flush=True)
+    return models, tokenizer_file
+
+
+def ours(model_pt: str, tokenizer_file: str, limit: int, batch: int) -> dict:
+    """evaluate_task's acc/acc_norm with its CPU and wall time, and every choice's log likelihood."""
+    model, tokenizer = load_model(model_pt, "cpu"), Tokenizer.from_file(tokenizer_file)
+    items = load_task(str(HELLASWAG), limit)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    result = evaluate_task(model, tokenizer, items, batch, "cpu")
+    result |= {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - t0}
+    pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
+    scores = [s for s, _ in score_pairs(model, pairs, batch, "cpu")]
+    result["lls"] = [scores[4 * i:4 * i + 4] for i in range(len(items))]
+    result["truncated"] = sum(len(c) + len(k) > model.config.block_size + 1 for c, k in pairs)
+    return result
+
+
+def lm_eval(lm_eval_bin: str, hf_dir: str, folder: str, limit: int, batch: int) -> dict:
+    """lm-eval's acc/acc_norm on the exported folder, offline, with its per-item log likelihoods."""
+    tasks, out = Path(folder) / "tasks", Path(folder) / "lm_eval_out"
+    tasks.mkdir(parents=True, exist_ok=True)  # the committed task, with the data path made absolute
+    (tasks / TASK_YAML.name).write_text(TASK_YAML.read_text().replace(YAML_PATH, str(HELLASWAG)))
+    cmd = [lm_eval_bin, "--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32",
+           "--tasks", "hellaswag_local", "--include_path", str(tasks), "--limit", str(limit), "--device", "cpu",
+           "--batch_size", str(batch), "--log_samples", "--output_path", str(out)]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if run.returncode:
+        raise RuntimeError(f"lm_eval failed ({run.returncode}):\n{run.stderr[-4000:]}")
+    newest = lambda pattern: max(glob.glob(f"{out}/**/{pattern}", recursive=True), key=os.path.getmtime)  # noqa: E731
+    metrics = json.loads(Path(newest("results_*.json")).read_text())["results"]["hellaswag_local"]
+    samples = [json.loads(line) for line in open(newest("samples_hellaswag_local_*.jsonl"))]
+    samples.sort(key=lambda s: s["doc_id"])
+    return {"items": len(samples), "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"],
+            "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, "wall_s": wall,
+            "lls": [[float(r[0][0]) for r in s["resps"]] for s in samples],
+            "per_item": [(s["acc"], s["acc_norm"]) for s in samples],
+            "command": " ".join(cmd)}
+
+
+def compare(a: dict, b: dict, items: list) -> dict:
+    """Share of items where both pick the same ending (acc, acc_norm) and where lm-eval's own
+    right/wrong verdicts equal ours, and the largest gap between the two log likelihoods."""
+    def pick(lls: list[float], lengths: list[int]) -> int:
+        return max(range(len(lls)), key=lambda k: lls[k] / lengths[k])
+
+    same = same_norm = verdicts = 0
+    gap = 0.0
+    for x, y, it, v in zip(a["lls"], b["lls"], items, b["per_item"]):
+        ones, chars = [1] * len(x), [max(1, len(c)) for c in it.choices]
+        same += pick(x, ones) == pick(y, ones)
+        same_norm += pick(x, chars) == pick(y, chars)
+        verdicts += (pick(x, ones) == it.gold, pick(x, chars) == it.gold) == (v[0] == 1, v[1] == 1)
+        gap = max(gap, max(abs(p - q) for p, q in zip(x, y)))
+    n = len(items)
+    return {"agree_acc": same / n, "agree_acc_norm": same_norm / n, "same_verdicts": verdicts / n,
+            "max_ll_gap": gap}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=2000, help="first N HellaSwag items")
+    ap.add_argument("--arch", nargs="+", choices=list(arch_comparison.ARCHITECTURES), default=["modern", "gpt2"])
+    ap.add_argument("--model-pt", help="score this model.pt instead of training (needs --tokenizer)")
+    ap.add_argument("--tokenizer", help="tokenizer.json of --model-pt")
+    ap.add_argument("--lm-eval", default=os.environ.get("LM_EVAL", "/work/lmeval-venv/bin/lm_eval"),
+                    help="lm_eval executable of the separate venv")
+    ap.add_argument("--work", help="keep models, exports and lm-eval outputs here (a rerun reuses the trained "
+                    "models); default: a temporary folder")
+    ap.add_argument("--eval-batch", type=int, default=32, help="sequences per forward pass, both scorers")
+    ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per model")
+    ap.add_argument("--block", type=int, default=256, help="context of the trained models (128 or more)")
+    args = ap.parse_args()
+    if args.model_pt and not args.tokenizer:
+        ap.error("--model-pt needs --tokenizer")
+    items = load_task(str(HELLASWAG), args.limit)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.work or tmp
+        if args.model_pt:
+            models, tokenizer_file = {Path(args.model_pt).parent.name or "model": args.model_pt}, args.tokenizer
+        else:
+            models, tokenizer_file = train_models(tmp, args)
+        for name, model_pt in models.items():
+            hf_dir = str(Path(tmp) / f"{name}-hf")
+            config = export_hf(load_model(model_pt), tokenizer_file, hf_dir)
+            a = ours(model_pt, tokenizer_file, args.limit, args.eval_batch)
+            print(f"{name} ours: acc {a['acc']:.4f} acc_norm {a['acc_norm']:.4f} ({a['cpu_s']:.1f} CPU s)", flush=True)
+            b = lm_eval(args.lm_eval, hf_dir, str(Path(tmp) / f"{name}-lm-eval"), args.limit, args.eval_batch)
+            print(f"{name} lm-eval: acc {b['acc']:.4f} acc_norm {b['acc_norm']:.4f} ({b['cpu_s']:.1f} CPU s)\n"
+                  f"  {b['command']}", flush=True)
+            c = compare(a, b, items)
+            rows.append({"model": name, "arch": config["architectures"][0], "params": load_model(model_pt).num_params(),
+                         "items": a["items"], "lm_eval_items": b["items"], "truncated_pairs": a["truncated"],
+                         **{f"ours_{k}": a[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")},
+                         **{f"lm_eval_{k}": b[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")}, **c})
+            print(json.dumps(rows[-1]), flush=True)
+    m = machine()
+    print(f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {torch.__version__}, "
+          f"1-minute load average at the end {os.getloadavg()[0]:.1f} (this run alone makes about 2)\n")
+    print("| model | exported as | params | items | scorer | acc | acc_norm | CPU s | wall s | items/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for who, label in (("ours", "ours (model.tasks)"), ("lm_eval", "lm-eval (hf)")):
+            print(f"| {r['model']} | {r['arch']} | {r['params']:,} | {r['items']} | {label} | {r[who + '_acc']:.4f} | "
+                  f"{r[who + '_acc_norm']:.4f} | {r[who + '_cpu_s']:.1f} | {r[who + '_wall_s']:.1f} | "
+                  f"{r['items'] / r[who + '_wall_s']:.0f} |")
+    print("\n| model | acc diff (points) | acc_norm diff (points) | same pick, acc | same pick, acc_norm | "
+          "same per-item verdicts | max log-likelihood gap | pairs truncated |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {100 * (r['ours_acc'] - r['lm_eval_acc']):+.2f} | "
+              f"{100 * (r['ours_acc_norm'] - r['lm_eval_acc_norm']):+.2f} | {r['agree_acc']:.2%} | "
+              f"{r['agree_acc_norm']:.2%} | {r['same_verdicts']:.2%} | {r['max_ll_gap']:.2e} | "
+              f"{r['truncated_pairs']} |")
+    print(json.dumps({"rows": rows, "args": vars(args), "machine": m}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
