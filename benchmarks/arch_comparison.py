@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 
 from dedup_corpus import windows  # noqa: E402
 from ingest_throughput import machine  # noqa: E402
@@ -43,8 +44,9 @@ HELDOUT_BOOKS = DATA / "gutenberg-heldout-authors-val.jsonl.gz"
 ARCHITECTURES = {"gpt2": GPT2, "modern": MODERN}
 
 
-def token_files(folder: str, vocab_size: int) -> tuple[list[str], list[str], int]:
-    """Train token files (all training books) and held-out token files (the held-out authors)."""
+def token_files(folder: str, vocab_size: int) -> tuple[list[str], list[str], Tokenizer]:
+    """Train token files (all training books), held-out token files (the held-out authors) and the
+    tokenizer that made them."""
     config = TokenizeConfig(vocab_size=vocab_size, sample_chars=20_000_000, val_fraction=0.0, min_val_docs=0)
     books = pa.Table.from_pylist(windows(TRAIN_BOOKS))
     tokenizer = train_tokenizer(sample_texts([books], config), config)
@@ -52,7 +54,7 @@ def token_files(folder: str, vocab_size: int) -> tuple[list[str], list[str], int
     train_t, _, _ = encode_table(books, tokenizer, config)
     heldout_t, _, _ = encode_table(pa.Table.from_pylist(windows(HELDOUT_BOOKS)), tokenizer, config)
     return ([stage.write_arrow("data/train.arrow", train_t)], [stage.write_arrow("data/heldout.arrow", heldout_t)],
-            tokenizer.get_vocab_size())
+            tokenizer)
 
 
 def main() -> int:
@@ -70,7 +72,8 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        train_files, heldout_files, vocab = token_files(tmp, args.vocab)
+        train_files, heldout_files, tokenizer = token_files(tmp, args.vocab)
+        vocab = tokenizer.get_vocab_size()
         steps = max(1, args.tokens // (args.batch * args.block))
         heldout = TokenStream(heldout_files)
         print(f"train tokens available: {len(TokenStream(train_files))}; held-out tokens: {len(heldout)}; "

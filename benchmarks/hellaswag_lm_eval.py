@@ -8,8 +8,10 @@ Each model has the demo's shape (context --block) and is trained with the projec
 Gutenberg books (arch_comparison's token files). It is exported with model.export.export_hf (modern
 -> Qwen3ForCausalLM, gpt2 -> GPT2LMHeadModel) and scored on the first --limit items of the local
 HellaSwag file twice: by model.tasks.evaluate_task on our GPT, and by `lm_eval --model hf` on the
-exported folder with benchmarks/lm_eval_tasks/hellaswag_local.yaml (the same prompt), offline.
-lm-eval is not a project dependency; it runs from its own venv (--lm-eval):
+exported folder with the lm-eval task `hellaswag_local` this script writes (TASK_YAML: the same
+prompt, reading the HellaSwag file in ../shared/data), offline. `--write-task DIR` only writes that
+task, for running lm_eval by hand (README). lm-eval is not a project dependency; it runs from its
+own venv (--lm-eval):
 
     python3 -m venv /work/lmeval-venv
     /work/lmeval-venv/bin/pip install "lm_eval[hf]==0.4.13" torch==2.13.0 transformers==5.24.0
@@ -42,13 +44,36 @@ import arch_comparison  # noqa: E402
 from ingest_throughput import machine  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.export import export_hf  # noqa: E402
-from model.tasks import encode_pair, evaluate_task, load_task, score_pairs  # noqa: E402
+from model.tasks import accuracy, choice_scores, encode_pair, load_task, picks  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_YAML = ROOT / "benchmarks" / "lm_eval_tasks" / "hellaswag_local.yaml"
-HELLASWAG = ROOT.parent / "shared" / "data" / "eval" / "hellaswag_val.klosax-preprocessed.jsonl.gz"
-YAML_PATH = "../shared/data/eval/hellaswag_val.klosax-preprocessed.jsonl.gz"
+DATA = Path(os.environ.get("CRAWL2LLM_DATA", ROOT.parent / "shared" / "data"))
+HELLASWAG = DATA / "eval" / "hellaswag_val.klosax-preprocessed.jsonl.gz"
+# HellaSwag validation from the local file with the prompt model.tasks builds: "<activity_label>:
+# <ctx>", each ending scored after a space, acc and acc_norm (by characters).
+TASK_YAML = """task: hellaswag_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+output_type: multiple_choice
+validation_split: validation
+test_split: null
+doc_to_text: "{{{{activity_label}}}}: {{{{ctx}}}}"
+doc_to_choice: endings
+doc_to_target: label
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
 # The demo's model (flows/demo.py): 4 x 128 wide, 4096-token BPE, 16 sequences a step at lr 3e-3.
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}
 VOCAB, BATCH, LR = 4096, 16, 3e-3
@@ -61,19 +86,9 @@ def train_models(folder: str, args) -> tuple[dict[str, str], str]:
     models = {name: str(Path(folder) / name / "model.pt") for name in args.arch}
     if all(os.path.exists(f) for f in [tokenizer_file, *models.values()]):
         return models, tokenizer_file
-    kept = {}
-    original = arch_comparison.train_tokenizer
-
-    def keep(*a, **k):  # token_files does not hand back its tokenizer, and export needs it
-        kept["tokenizer"] = original(*a, **k)
-        return kept["tokenizer"]
-
-    arch_comparison.train_tokenizer = keep
-    try:
-        train_files, _, vocab = arch_comparison.token_files(folder, VOCAB)
-    finally:
-        arch_comparison.train_tokenizer = original
-    kept["tokenizer"].save(tokenizer_file)
+    train_files, _, tokenizer = arch_comparison.token_files(folder, VOCAB)
+    tokenizer.save(tokenizer_file)
+    vocab = tokenizer.get_vocab_size()
     steps = max(1, args.tokens // (BATCH * args.block))
     for name in args.arch:
         config = TrainConfig(block_size=args.block, **SHAPE, **arch_comparison.ARCHITECTURES[name], batch_size=BATCH,
@@ -87,25 +102,26 @@ def train_models(folder: str, args) -> tuple[dict[str, str], str]:
     return models, tokenizer_file
 
 
-def ours(model_pt: str, tokenizer_file: str, limit: int, batch: int) -> dict:
-    """evaluate_task's acc/acc_norm with its CPU and wall time, and every choice's log likelihood."""
+def ours(model_pt: str, tokenizer_file: str, items: list, batch: int) -> dict:
+    """acc/acc_norm of our scorer with its CPU and wall time, and every choice's log likelihood."""
     model, tokenizer = load_model(model_pt, "cpu"), Tokenizer.from_file(tokenizer_file)
-    items = load_task(str(HELLASWAG), limit)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result = evaluate_task(model, tokenizer, items, batch, "cpu")
-    result |= {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - t0}
+    lls = choice_scores(model, tokenizer, items, batch, "cpu")
+    result = accuracy(items, lls) | {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - t0}
     pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
-    scores = [s for s, _ in score_pairs(model, pairs, batch, "cpu")]
-    result["lls"] = [scores[4 * i:4 * i + 4] for i in range(len(items))]
-    result["truncated"] = sum(len(c) + len(k) > model.config.block_size + 1 for c, k in pairs)
-    return result
+    return result | {"lls": lls, "truncated": sum(len(c) + len(k) > model.config.block_size + 1 for c, k in pairs)}
+
+
+def write_task(folder: str) -> str:
+    """The lm-eval task folder holding hellaswag_local.yaml, with the data file's absolute path."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / "hellaswag_local.yaml").write_text(TASK_YAML.format(data=HELLASWAG.resolve()))
+    return folder
 
 
 def lm_eval(lm_eval_bin: str, hf_dir: str, folder: str, limit: int, batch: int) -> dict:
     """lm-eval's acc/acc_norm on the exported folder, offline, with its per-item log likelihoods."""
-    tasks, out = Path(folder) / "tasks", Path(folder) / "lm_eval_out"
-    tasks.mkdir(parents=True, exist_ok=True)  # the committed task, with the data path made absolute
-    (tasks / TASK_YAML.name).write_text(TASK_YAML.read_text().replace(YAML_PATH, str(HELLASWAG)))
+    tasks, out = write_task(str(Path(folder) / "tasks")), Path(folder) / "lm_eval_out"
     cmd = [lm_eval_bin, "--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32",
            "--tasks", "hellaswag_local", "--include_path", str(tasks), "--limit", str(limit), "--device", "cpu",
            "--batch_size", str(batch), "--log_samples", "--output_path", str(out)]
@@ -129,16 +145,13 @@ def lm_eval(lm_eval_bin: str, hf_dir: str, folder: str, limit: int, batch: int) 
 def compare(a: dict, b: dict, items: list) -> dict:
     """Share of items where both pick the same ending (acc, acc_norm) and where lm-eval's own
     right/wrong verdicts equal ours, and the largest gap between the two log likelihoods."""
-    def pick(lls: list[float], lengths: list[int]) -> int:
-        return max(range(len(lls)), key=lambda k: lls[k] / lengths[k])
-
     same = same_norm = verdicts = 0
     gap = 0.0
     for x, y, it, v in zip(a["lls"], b["lls"], items, b["per_item"]):
-        ones, chars = [1] * len(x), [max(1, len(c)) for c in it.choices]
-        same += pick(x, ones) == pick(y, ones)
-        same_norm += pick(x, chars) == pick(y, chars)
-        verdicts += (pick(x, ones) == it.gold, pick(x, chars) == it.gold) == (v[0] == 1, v[1] == 1)
+        mine, theirs = picks(it, x), picks(it, y)
+        same += mine[0] == theirs[0]
+        same_norm += mine[1] == theirs[1]
+        verdicts += (mine[0] == it.gold, mine[1] == it.gold) == (v[0] == 1, v[1] == 1)
         gap = max(gap, max(abs(p - q) for p, q in zip(x, y)))
     n = len(items)
     return {"agree_acc": same / n, "agree_acc_norm": same_norm / n, "same_verdicts": verdicts / n,
@@ -158,7 +171,11 @@ def main() -> int:
     ap.add_argument("--eval-batch", type=int, default=32, help="sequences per forward pass, both scorers")
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per model")
     ap.add_argument("--block", type=int, default=256, help="context of the trained models (128 or more)")
+    ap.add_argument("--write-task", metavar="DIR", help="only write the lm-eval task hellaswag_local into DIR")
     args = ap.parse_args()
+    if args.write_task:
+        print(write_task(args.write_task))
+        return 0
     if args.model_pt and not args.tokenizer:
         ap.error("--model-pt needs --tokenizer")
     items = load_task(str(HELLASWAG), args.limit)
@@ -171,14 +188,15 @@ def main() -> int:
             models, tokenizer_file = train_models(tmp, args)
         for name, model_pt in models.items():
             hf_dir = str(Path(tmp) / f"{name}-hf")
-            config = export_hf(load_model(model_pt), tokenizer_file, hf_dir)
-            a = ours(model_pt, tokenizer_file, args.limit, args.eval_batch)
+            model = load_model(model_pt)
+            config = export_hf(model, tokenizer_file, hf_dir)
+            a = ours(model_pt, tokenizer_file, items, args.eval_batch)
             print(f"{name} ours: acc {a['acc']:.4f} acc_norm {a['acc_norm']:.4f} ({a['cpu_s']:.1f} CPU s)", flush=True)
             b = lm_eval(args.lm_eval, hf_dir, str(Path(tmp) / f"{name}-lm-eval"), args.limit, args.eval_batch)
             print(f"{name} lm-eval: acc {b['acc']:.4f} acc_norm {b['acc_norm']:.4f} ({b['cpu_s']:.1f} CPU s)\n"
                   f"  {b['command']}", flush=True)
             c = compare(a, b, items)
-            rows.append({"model": name, "arch": config["architectures"][0], "params": load_model(model_pt).num_params(),
+            rows.append({"model": name, "arch": config["architectures"][0], "params": model.num_params(),
                          "items": a["items"], "lm_eval_items": b["items"], "truncated_pairs": a["truncated"],
                          **{f"ours_{k}": a[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")},
                          **{f"lm_eval_{k}": b[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")}, **c})

@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from ingest_throughput import machine  # noqa: E402
 from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast  # noqa: E402
 from model.mfu import device_name, mfu, peak_flops  # noqa: E402
 from model.train import TrainConfig, make_optimizer, train  # noqa: E402
-from pipeline.tokenize import token_schema  # noqa: E402
+from pipeline.tokenize import token_dtype, token_table  # noqa: E402
+from storage import Store  # noqa: E402
 
 GPT2_124M = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304}
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 512}
@@ -76,16 +76,10 @@ def baseline(shape: dict, batch: int, steps: int, warmup: int, device: str, comp
 
 
 def token_file(folder: str, shape: dict, tokens: int) -> str:
-    """Random tokens as one Arrow IPC token file, in the tokenize stage's format (one long document)."""
-    rng = np.random.default_rng(0)
-    values = rng.integers(0, shape["vocab_size"], tokens, dtype=np.uint16 if shape["vocab_size"] <= 2**16 else np.uint32)
-    schema = token_schema(shape["vocab_size"])
-    column = pa.ListArray.from_arrays(pa.array([0, tokens], pa.int32()), pa.array(values))
-    table = pa.Table.from_arrays([pa.array(["random"]), column], schema=schema)
-    path = str(Path(folder) / "tokens.arrow")
-    with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, schema) as writer:
-        writer.write_table(table)
-    return path
+    """Random tokens as one token file in the tokenize stage's format (one long document)."""
+    values = np.random.default_rng(0).integers(0, shape["vocab_size"], tokens)
+    table = token_table(["random"], [values.astype(token_dtype(shape["vocab_size"]))], shape["vocab_size"])
+    return Store(folder).stage("tokenize", "random").write_arrow("data/tokens.arrow", table)
 
 
 def ours(shape: dict, arch: dict, batch: int, steps: int, warmup: int, device: str, compile_: bool) -> dict:

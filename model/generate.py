@@ -45,16 +45,13 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     eos_id. temperature <= 0 means greedy. Pass a seeded generator for repeatable samples."""
     block = model.config.block_size
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-    cache = KVCache(model.config.n_layer) if use_cache and idx.size(1) < block else None
-    if cache is not None:
-        logits, _ = model(idx, cache=cache)
-    for step in range(max_new_tokens):
-        if step or cache is None:
-            if cache is not None and cache.length < block:
-                logits, _ = model(idx[:, -1:], cache=cache)
-            else:
-                cache = None
-                logits, _ = model(idx[:, -block:])
+    cache = KVCache(model.config.n_layer) if use_cache else None
+    for _ in range(max_new_tokens):
+        if cache is not None and idx.size(1) <= block:  # the tokens the cache has not seen yet
+            logits, _ = model(idx[:, cache.length:], cache=cache)
+        else:
+            cache = None
+            logits, _ = model(idx[:, -block:])
         logits = next_token_logits(logits[:, -1, :], idx, temperature, top_k, top_p, repetition_penalty)
         if temperature <= 0:
             nxt = logits.argmax(dim=-1, keepdim=True)

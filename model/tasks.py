@@ -130,6 +130,29 @@ def score_pairs(model: GPT, pairs: list[tuple[list[int], list[int]]], batch_size
     return out
 
 
+def choice_scores(model: GPT, tokenizer: Tokenizer, items: list[Item], batch_size: int, device: str,
+                  progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Each item's log likelihood of each continuation."""
+    pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
+    flat = iter(s for s, _ in score_pairs(model, pairs, batch_size, device, progress))
+    return [[next(flat) for _ in it.continuations] for it in items]
+
+
+def picks(item: Item, lls: list[float]) -> tuple[int, int]:
+    """The chosen continuation by log likelihood (acc) and by log likelihood per character of the
+    answer (acc_norm); the first one on a tie, as numpy's argmax."""
+    chars = [max(1, len(c)) for c in item.choices]
+    return (max(range(len(lls)), key=lambda k: lls[k]), max(range(len(lls)), key=lambda k: lls[k] / chars[k]))
+
+
+def accuracy(items: list[Item], scores: list[list[float]]) -> dict:
+    """acc and acc_norm: the share of items whose pick is the gold continuation."""
+    chosen = [picks(it, s) for it, s in zip(items, scores)]
+    acc = sum(a == it.gold for it, (a, _) in zip(items, chosen))
+    acc_norm = sum(n == it.gold for it, (_, n) in zip(items, chosen))
+    return {"items": len(items), "acc": acc / len(items), "acc_norm": acc_norm / len(items)}
+
+
 def evaluate_task(model: GPT, tokenizer: Tokenizer, items: list, batch_size: int, device: str,
                   progress: Callable[[int], None] | None = None) -> dict:
     """acc and acc_norm of multiple-choice items, or acc and perplexity of LAMBADA pairs."""
@@ -139,13 +162,4 @@ def evaluate_task(model: GPT, tokenizer: Tokenizer, items: list, batch_size: int
         tokens = sum(len(p[1]) for p in pairs)
         return {"items": len(items), "acc": sum(g for _, g in scores) / len(items),
                 "perplexity": math.exp(-sum(s for s, _ in scores) / tokens)}
-    pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
-    scores = [s for s, _ in score_pairs(model, pairs, batch_size, device, progress)]
-    acc = acc_norm = 0
-    pos = 0
-    for it in items:
-        mine = scores[pos:pos + len(it.continuations)]
-        pos += len(it.continuations)
-        acc += max(range(len(mine)), key=lambda k: mine[k]) == it.gold
-        acc_norm += max(range(len(mine)), key=lambda k: mine[k] / max(1, len(it.choices[k]))) == it.gold
-    return {"items": len(items), "acc": acc / len(items), "acc_norm": acc_norm / len(items)}
+    return accuracy(items, choice_scores(model, tokenizer, items, batch_size, device, progress))

@@ -171,9 +171,9 @@ def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig,
     tokens = [np.append(np.asarray(e, dtype=dtype), np.array([eot], dtype)) for e in _encode(tokenizer, texts)]
     cut = config.val_fraction if cut is None else cut
     is_val = [val_draw(i, config.seed) < cut for i in ids]
-    train = _token_table([i for i, v in zip(ids, is_val) if not v], [t for t, v in zip(tokens, is_val) if not v],
+    train = token_table([i for i, v in zip(ids, is_val) if not v], [t for t, v in zip(tokens, is_val) if not v],
                          config.vocab_size)
-    val = _token_table([i for i, v in zip(ids, is_val) if v], [t for t, v in zip(tokens, is_val) if v],
+    val = token_table([i for i, v in zip(ids, is_val) if v], [t for t, v in zip(tokens, is_val) if v],
                        config.vocab_size)
     counts = {"docs": len(ids), "train_docs": train.num_rows, "val_docs": val.num_rows,
               "train_tokens": _n_tokens(train), "val_tokens": _n_tokens(val), "chars": sum(len(t) for t in texts)}
@@ -218,7 +218,8 @@ def _encode(tokenizer: Tokenizer, texts: list[str]) -> Iterator[list[int]]:
         tokenizer.encode_special_tokens = before
 
 
-def _token_table(ids: list[str], tokens: list[np.ndarray], vocab_size: int) -> pa.Table:
+def token_table(ids: list[str], tokens: list[np.ndarray], vocab_size: int) -> pa.Table:
+    """A TOKEN_SCHEMA table: one row per document id with its tokens."""
     schema, dtype = token_schema(vocab_size), token_dtype(vocab_size)
     lengths = np.array([len(t) for t in tokens], dtype=np.int64)
     if lengths.sum() > np.iinfo(np.int32).max:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ def book(tmp_path_factory):
         text = json.loads(f.readline())["text"][:200_000]
     config = TokenizeConfig(vocab_size=512, sample_chars=200_000)
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_tokenizer(sample_texts([__import__("pyarrow").table({"text": [text]})], config), config).save(str(path))
+    train_tokenizer(sample_texts([pa.table({"text": [text]})], config), config).save(str(path))
     return {"text": text, "tokenizer": str(path)}
 
 
