@@ -6,17 +6,25 @@ context and continuation into tokens: trailing spaces of the context move to the
 pair is encoded whole, and the continuation's tokens are what the whole has beyond the context's.
 acc picks the highest sum; acc_norm divides each sum by the continuation's length in characters
 first, and compares those. LAMBADA is scored by its last word: accuracy when greedy decoding
-reproduces every token, and perplexity over those tokens.
+reproduces every token, and perplexity as lm-eval aggregates it, exp(-mean log likelihood of the
+word), per word and not per token (what GPT-2's published 40.1 measures).
 
-Files are read in their common JSONL layouts: HellaSwag (`ctx`, `endings`, `label`, with
+Files are read in their common layouts: HellaSwag (`ctx`, `endings`, `label`, with
 `activity_label`), llm-foundry's `{query, choices, gold}` (PIQA, ARC, COPA, HellaSwag),
-`{context_options, continuation, gold}` (WinoGrande, WSC) and `{context, continuation}` (LAMBADA).
+`{context_options, continuation, gold}` (WinoGrande, WSC), `{context, continuation}` (LAMBADA), all
+JSONL (gzip too), and llama.cpp's HellaSwag text layout (`.txt`/`.txt.bz2`: six lines per item, the
+context, the label, four endings). llm-foundry's queries leave the prompt's tail to a per-task
+delimiter, so for the benchmarks named in PROMPTS (by task name or file stem) the query gets the
+tail lm-eval's prompt has: PIQA and ARC end in "\nAnswer:", COPA joins premise and connector with a
+space ("The man turned on the faucet therefore"), not llm-foundry's comma.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import os
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -55,8 +63,27 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
                     raise ValueError(f"{path} line {n}: not JSON ({e})") from None
 
 
-def item_from_record(rec: dict) -> Item | tuple[str, str]:
-    """One record in any of the supported layouts (a (context, word) pair for LAMBADA)."""
+def _question_answer(query: str) -> str:
+    """PIQA and ARC: "Question: ...\nAnswer:", as lm-eval prompts them."""
+    query = query.rstrip()
+    return query if query.endswith("Answer:") else query + "\nAnswer:"
+
+
+def _copa(query: str) -> str:
+    """COPA: lm-eval writes the premise without its full stop, then " because" or " therefore"."""
+    for connector in ("because", "therefore"):
+        if query.endswith(f", {connector}"):
+            return query[:-len(connector) - 2] + " " + connector
+    return query
+
+
+PROMPTS: dict[str, Callable[[str], str]] = {"piqa": _question_answer, "arc_easy": _question_answer,
+                                            "arc_challenge": _question_answer, "copa": _copa}
+
+
+def item_from_record(rec: dict, prompt: Callable[[str], str] | None = None) -> Item | tuple[str, str]:
+    """One record in any of the supported layouts (a (context, word) pair for LAMBADA); `prompt`
+    rewrites an llm-foundry query into lm-eval's prompt."""
     if "endings" in rec:  # HellaSwag (rowanz or klosax's preprocessed file)
         context = f"{rec['activity_label']}: {rec['ctx']}" if rec.get("activity_label") else rec["ctx"]
         return Item([context] * len(rec["endings"]), [" " + e for e in rec["endings"]], int(rec["label"]),
@@ -66,19 +93,44 @@ def item_from_record(rec: dict) -> Item | tuple[str, str]:
         return Item(list(rec["context_options"]), [" " + rec["continuation"]] * n, int(rec["gold"]),
                     [rec["continuation"]] * n)
     if "choices" in rec:
-        return Item([rec["query"]] * len(rec["choices"]), [" " + c for c in rec["choices"]], int(rec["gold"]),
+        query = prompt(rec["query"]) if prompt else rec["query"]
+        return Item([query] * len(rec["choices"]), [" " + c for c in rec["choices"]], int(rec["gold"]),
                     list(rec["choices"]))
     if "context" in rec and "continuation" in rec:  # LAMBADA
         return rec["context"], " " + rec["continuation"]
     raise ValueError(f"unknown record layout with keys {sorted(rec)}")
 
 
-def load_task(path: str, limit: int = 0) -> list:
-    """The items of one file (the first `limit`, 0 = all); errors name the file and line."""
+def _read_hellaswag_text(path: str) -> Iterator[tuple[int, dict]]:
+    """llama.cpp's HellaSwag layout as HellaSwag records: per item a context line (activity label
+    already joined), the label and four endings."""
+    opener = bz2.open if path.endswith(".bz2") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) % 6:
+        raise ValueError(f"{path}: {len(lines)} lines, not six per item (context, label, four endings)")
+    for start in range(0, len(lines), 6):
+        yield start + 1, {"ctx": lines[start], "label": lines[start + 1], "endings": lines[start + 2:start + 6]}
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in (".gz", ".bz2", ".jsonl", ".json", ".txt"):
+        name = name.removesuffix(ext)
+    return name
+
+
+def load_task(path: str, limit: int = 0, name: str = "") -> list:
+    """The items of one file (the first `limit`, 0 = all); errors name the file and line. The task
+    `name`, or else the file's stem, picks an lm-eval prompt from PROMPTS."""
+    prompt = PROMPTS.get(name) or PROMPTS.get(_stem(path))
+    records = _read_hellaswag_text(path) if path.endswith((".txt", ".txt.bz2")) else _read_jsonl(path)
     out = []
-    for n, rec in _read_jsonl(path):
+    for n, rec in records:
         try:
-            out.append(item_from_record(rec))
+            out.append(item_from_record(rec, prompt))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path} line {n}: {e}") from None
         if limit and len(out) == limit:
@@ -159,7 +211,6 @@ def evaluate_task(model: GPT, tokenizer: Tokenizer, items: list, batch_size: int
     if isinstance(items[0], tuple):
         pairs = [encode_pair(tokenizer, c, w) for c, w in items]
         scores = score_pairs(model, pairs, batch_size, device, progress)
-        tokens = sum(len(p[1]) for p in pairs)
         return {"items": len(items), "acc": sum(g for _, g in scores) / len(items),
-                "perplexity": math.exp(-sum(s for s, _ in scores) / tokens)}
+                "perplexity": math.exp(-sum(s for s, _ in scores) / len(items))}
     return accuracy(items, choice_scores(model, tokenizer, items, batch_size, device, progress))

@@ -1,5 +1,7 @@
-"""Benchmark scoring: every eval file in ../shared/data/eval loads, lm-eval's token split, batched
-scores equal one-by-one scores, and acc/acc_norm/LAMBADA follow their definitions."""
+"""Benchmark scoring: every eval file in ../shared/data/eval loads (HellaSwag in JSONL and in
+llama.cpp's text layout, PIQA, ARC-Easy/Challenge, WinoGrande, WSC, LAMBADA, COPA) with lm-eval's
+prompts, scores on its real items with a tiny model, lm-eval's token split, batched scores equal
+one-by-one scores, and acc/acc_norm/LAMBADA follow their definitions."""
 
 from __future__ import annotations
 
@@ -13,13 +15,31 @@ import torch
 import torch.nn.functional as F
 
 from model.gpt import GPT, MODERN, GPTConfig
-from model.tasks import Item, encode_pair, evaluate_task, load_task, score_pairs
+from model.tasks import Item, accuracy, encode_pair, evaluate_task, load_task, score_pairs
 from pipeline.tokenize import TokenizeConfig, sample_texts, train_tokenizer
 
-FILES = {"hellaswag_val.klosax-preprocessed.jsonl.gz": 10042, "llm-foundry/piqa.jsonl": 1838,
-         "llm-foundry/arc_easy.jsonl": 2376, "llm-foundry/arc_challenge.jsonl": 1172,
-         "llm-foundry/winogrande.jsonl": 1267, "llm-foundry/lambada_openai.jsonl": 5153,
-         "llm-foundry/copa.jsonl": 100, "llm-foundry/hellaswag_small.jsonl": 4}
+FILES = {"hellaswag_val.klosax-preprocessed.jsonl.gz": 10042, "hellaswag_val_full.txt.bz2": 10042,
+         "llm-foundry/piqa.jsonl": 1838, "llm-foundry/arc_easy.jsonl": 2376, "llm-foundry/arc_challenge.jsonl": 1172,
+         "llm-foundry/winogrande.jsonl": 1267, "llm-foundry/winograd_wsc.jsonl": 273,
+         "llm-foundry/lambada_openai.jsonl": 5153, "llm-foundry/copa.jsonl": 100,
+         "llm-foundry/hellaswag_small.jsonl": 4}
+# The first item of each file as lm-eval prompts it: (context of the gold choice, gold continuation).
+FIRST = {"llm-foundry/piqa.jsonl": ("Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:",
+                                    " Provide the guinea pig with a cage full of a few inches of bedding made of "
+                                    "ripped paper strips, you will also need to supply it with a water bottle and "
+                                    "a food dish."),
+         "llm-foundry/arc_easy.jsonl": ("Question: Which statement best explains why photosynthesis is the "
+                                        "foundation of most food webs?\nAnswer:",
+                                        " Sunlight is the source of energy for nearly all ecosystems."),
+         "llm-foundry/arc_challenge.jsonl": ("Question: An astronomer observes that a planet rotates faster after a "
+                                             "meteorite impact. Which is the most likely effect of this increase "
+                                             "in rotation?\nAnswer:", " Planetary days will become shorter."),
+         "llm-foundry/copa.jsonl": ("The man turned on the faucet therefore", " water flowed from the spout."),
+         "llm-foundry/winogrande.jsonl": ("Sarah was a much better surgeon than Maria so Maria",
+                                          " always got the easier cases."),
+         "hellaswag_val_full.txt.bz2": ("Roof shingle removal: A man is sitting on a roof. he",
+                                        " starts pulling up roofing on a roof."),
+         "llm-foundry/lambada_openai.jsonl": ("In my palm is a clear stone", " signs")}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +64,49 @@ def test_every_eval_file_loads(name, shared_data):
         assert all(k == " " + c or k.endswith(c) for k, c in zip(first.continuations, first.choices))
     if name.startswith("hellaswag_val"):
         assert first.contexts[0] == "Roof shingle removal: A man is sitting on a roof. he" and first.gold == 3
+    if name in FIRST:
+        context, continuation = FIRST[name]
+        if isinstance(first, tuple):
+            assert first[0].startswith(context) and first[1] == continuation
+        else:
+            assert (first.contexts[first.gold], first.continuations[first.gold]) == (context, continuation)
+
+
+def test_hellaswag_text_layout_equals_jsonl(shared_data):
+    """llama.cpp's six-lines-per-item file and the JSONL made from it give the same 10,042 items."""
+    text = load_task(str(shared_data("eval/hellaswag_val_full.txt.bz2")))
+    jsonl = load_task(str(shared_data("eval/hellaswag_val.klosax-preprocessed.jsonl.gz")))
+    assert text == jsonl
+
+
+def _loglik(model, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+    """One pair scored alone, as lm-eval does: the last block_size + 1 tokens, the continuation's end."""
+    block = model.config.block_size
+    seq = (ctx + cont)[-(block + 1):]
+    cont = cont[-(len(seq) - 1):]
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].float(), -1)[len(seq) - 1 - len(cont):]
+    return float(logp[range(len(cont)), cont].sum()), logp.argmax(-1).tolist() == cont
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if n != "llm-foundry/hellaswag_small.jsonl"])
+def test_each_format_scores_real_items(name, tokenizer, shared_data):
+    """The first items of every real file, scored batched, give the metrics that one-by-one log
+    likelihoods give: acc/acc_norm for multiple choice, last-word acc and per-word perplexity for LAMBADA."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=1024, block_size=96, n_layer=2, n_head=2, n_embd=32, **MODERN)).eval()
+    items = load_task(str(shared_data(f"eval/{name}")), limit=5)
+    res = evaluate_task(model, tokenizer, items, batch_size=3, device="cpu")
+    assert res["items"] == 5
+    if isinstance(items[0], tuple):
+        alone = [_loglik(model, *encode_pair(tokenizer, c, w)) for c, w in items]
+        assert res["acc"] == sum(g for _, g in alone) / 5
+        assert res["perplexity"] == pytest.approx(math.exp(-sum(s for s, _ in alone) / 5), rel=1e-4)
+        assert set(res) == {"items", "acc", "perplexity"}
+    else:
+        alone = [[_loglik(model, *encode_pair(tokenizer, c, k))[0] for c, k in zip(it.contexts, it.continuations)]
+                 for it in items]
+        assert res == accuracy(items, alone)
 
 
 def test_bad_file_is_named(tmp_path):
@@ -89,6 +152,5 @@ def test_acc_acc_norm_and_lambada(tokenizer):
     lam = [("The cat sat on the", " mat"), ("Once upon a", " time")]
     out = evaluate_task(model, tokenizer, lam, 2, "cpu")
     scores = score_pairs(model, [encode_pair(tokenizer, *p) for p in lam], 2, "cpu")
-    n = sum(len(encode_pair(tokenizer, *p)[1]) for p in lam)
-    assert out["perplexity"] == pytest.approx(math.exp(-sum(s for s, _ in scores) / n))
+    assert out["perplexity"] == pytest.approx(math.exp(-sum(s for s, _ in scores) / 2))  # per word, as lm-eval
     assert out["acc"] == sum(g for _, g in scores) / 2
