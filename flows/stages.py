@@ -22,23 +22,12 @@ from pipeline.inputs import CC_BASE_URL, resolve_inputs
 from pipeline.pii import PiiConfig, pseudonym_key_id
 from pipeline.quality import QualityConfig
 from pipeline.tokenize import TokenizeConfig, shard_order
-from storage import StageDir, Store, StoreError, code_version, file_identity, fingerprint
+from storage import StageDir, Store, code_version, file_identity, fingerprint, open_stage
 
 DEFAULT_STORE = "store"
 RUNNER = ThreadPoolTaskRunner(max_workers=max(1, workers.default_workers()))
 # With each stage module, the glue that reads and writes its shards (code_version adds their imports).
 CORE = ("pipeline.shards",)
-
-
-def open_stage(url: str) -> StageDir:
-    """A committed stage output named by its URL: {root}/{stage}/{fingerprint}."""
-    fs, path = fsspec.core.url_to_fs(url.rstrip("/"))
-    fp, name = posixpath.basename(path), posixpath.basename(posixpath.dirname(path))
-    root_url = url.rstrip("/")[: -len(f"/{name}/{fp}")] or "/"
-    sd = Store(root_url).stage(name, fp)
-    if not sd.is_committed():
-        raise StoreError(f"{url} is not a committed stage output (no manifest.json): run that stage first")
-    return sd
 
 
 def summary(out: StageDir, manifest: dict, cached: bool) -> dict:

@@ -16,8 +16,10 @@ from flows.common import Timer
 from pipeline.failpoints import failpoint
 from flows.stages import open_stage, summary
 from model.evaluate import EvalConfig
+from model.report import comparison_rows, markdown, read_evaluations, summary_rows
+from model.source import UPSTREAM_FILE, resolve
+from model.source import token_files as _token_files
 from model.train import TrainConfig
-from model.tasks import GPT2_124M_REFERENCE
 from storage import StageDir, code_version, file_identity, fingerprint
 
 MODEL_CODE = ("model.train",)  # code_version adds model.gpt, model.data and the rest it imports
@@ -33,21 +35,6 @@ def _local_dir(out: StageDir) -> str:
                         "train", out.fingerprint)
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def _token_files(tok: StageDir) -> tuple[list[str], list[str], int]:
-    """Local paths of a tokenize output's train shards in its train_order (the seeded shuffle), its
-    validation shards in index order, and its vocabulary size."""
-    manifest = tok.read_manifest()
-    by_index = {s["index"]: s for s in manifest["shards"]}
-    train = [tok.local_path(by_index[i]["train"]) for i in manifest.get("train_order", sorted(by_index))]
-    val = [tok.local_path(s["val"]) for s in manifest["shards"]]
-    return train, val, manifest["vocab_size"]
-
-
-def _tokenizer(tok: StageDir) -> StageDir:
-    ref = tok.read_manifest()["tokenizer"]
-    return tok.store.stage(ref["stage"], ref["fingerprint"])
 
 
 @task(task_run_name="train-{out.fingerprint}", cache_policy=NO_CACHE)
@@ -111,8 +98,10 @@ def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
     with Timer() as t:
         if not cached:
             train_files, val_files, vocab = _token_files(tok)
-            result = _train_task(out, train_files, val_files, vocab, config)
             local = _local_dir(out)
+            with open(os.path.join(local, UPSTREAM_FILE), "w") as f:  # lets evaluate find a checkpoint's data
+                json.dump({"tokenize": tok.url()}, f)
+            result = _train_task(out, train_files, val_files, vocab, config)
             if os.path.abspath(local) != os.path.abspath(out.path):
                 with open(os.path.join(local, "model.pt"), "rb") as f:
                     out.write_bytes("model.pt", f.read())
@@ -183,39 +172,26 @@ def _eval_task(out: StageDir, model_path: str, tokenizer_path: str, val_files: l
 
 @flow(name="evaluate")
 def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
-    """Held-out loss and perplexity, benchmarks (config.tasks) and generated samples for a train
-    output (any checkpoint dir); cached on the model, the config and each benchmark file's identity."""
-    run = open_stage(source)
+    """Held-out loss, perplexity and bits per byte (validation shards and config.text_files),
+    benchmarks (config.tasks) and samples for any checkpoint: a train output URL, a model.pt or
+    checkpoint file, or a folder holding one (model.source). Cached on the model's identity, the
+    config and each text and benchmark file's identity."""
+    src = resolve(source, config.data)
     code = code_version("model.evaluate")
-    upstream = {"stage": run.name, "fingerprint": run.fingerprint,
-                **({"tasks": {n: file_identity(p) for n, p in sorted(config.tasks.items())}} if config.tasks else {})}
-    out = run.store.stage("evaluate", fingerprint("evaluate", code, config, upstream))
+    files = {group: {n: file_identity(p) for n, p in sorted(paths.items())}
+             for group, paths in (("tasks", config.tasks), ("texts", config.text_files)) if paths}
+    upstream = {**src.identity, **files}
+    # config.data is in the identity as the tokenize fingerprint it names, not as a path
+    out = src.store.stage("evaluate", fingerprint("evaluate", code, config.model_dump(exclude={"data"}), upstream))
     cached = out.is_committed()
     if not cached:
-        rm = run.read_manifest()
-        tok = run.store.stage(rm["upstream"]["stage"], rm["upstream"]["fingerprint"])
-        _, val_files, _ = _token_files(tok)
-        result = _eval_task(out, run.local_path("model.pt"), _tokenizer(tok).local_path("data/tokenizer.json"),
-                            val_files, config)
+        result = _eval_task(out, src.model_path, src.tokenizer_path, src.val_files, config)
+        result["source"] = {"url": source, **src.trained}
         out.commit({"config": config, "code": code, "upstream": upstream, "counts": result})
     manifest = out.read_manifest()
     res = manifest["counts"]
-    rows = [{"metric": k, "value": v} for k, v in res.items() if not isinstance(v, (list, dict))]
-    rows += [{"metric": f"{task}.{m}", "value": v} for task, scores in res.get("tasks", {}).items()
-             for m, v in scores.items()]
-    create_table_artifact(rows, key="evaluate-summary", description=f"evaluation of {run.url()}")
-    md = ["# Evaluation", "", f"Model: `{run.url('model.pt')}`", ""]
-    md += [f"- **{r['metric']}**: {r['value']}" for r in rows if "." not in r["metric"]]
-    if res.get("tasks"):
-        md += ["", "## Benchmarks", "", "| benchmark | items | metric | this model | GPT-2 124M (lm-eval) |",
-               "|---|---:|---|---:|---:|"]
-        for task, scores in res["tasks"].items():
-            for m, v in scores.items():
-                if m != "items":
-                    ref = GPT2_124M_REFERENCE.get(task, {}).get(m)
-                    md.append(f"| {task} | {scores['items']} | {m} | {v:.4f} | {'' if ref is None else ref} |")
-    md += ["", "## Samples", ""]
-    for s in res.get("samples", []):
-        md += [f"**{s['prompt']}**{s['completion']}", ""]
-    create_markdown_artifact("\n".join(md), key="evaluate-report", description="evaluation report")
+    create_table_artifact(summary_rows(res), key="evaluate-summary", description=f"evaluation of {source}")
+    create_markdown_artifact(markdown(res, src.model_path), key="evaluate-report", description="evaluation report")
+    create_table_artifact(comparison_rows(read_evaluations(src.store)), key="evaluation-runs",
+                          description=f"every evaluation in {src.store.url}, by tokens trained")
     return summary(out, manifest, cached)

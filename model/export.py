@@ -116,3 +116,14 @@ def export_hf(model: GPT, tokenizer_file: str, out_dir: str) -> dict:
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(data)
     return config
+
+
+def export_checkpoint(source: str, out_dir: str, data: str = "") -> dict:
+    """Export any checkpoint with its run's tokenizer: a train output URL, a model.pt or training
+    checkpoint, or a folder holding one (model.source.resolve; `data` names the tokenize output
+    of a file found outside a run). Returns config.json's content."""
+    from model.evaluate import load_model
+    from model.source import resolve
+
+    src = resolve(source, data)
+    return export_hf(load_model(src.model_path), src.tokenizer_path, out_dir)

@@ -1,7 +1,7 @@
 """The artifact store: fingerprints, atomic shard commits and manifests on any fsspec filesystem."""
 
 from storage.fingerprint import canonical_json, code_version, file_identity, fingerprint
-from storage.store import StageDir, Store, StoreError
+from storage.store import StageDir, Store, StoreError, open_stage
 
 __all__ = [
     "StageDir",
@@ -11,4 +11,5 @@ __all__ = [
     "code_version",
     "file_identity",
     "fingerprint",
+    "open_stage",
 ]

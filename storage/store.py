@@ -190,5 +190,16 @@ class StageDir:
         return cached if isinstance(cached, str) else cached[0]
 
 
+def open_stage(url: str) -> StageDir:
+    """A committed stage output named by its URL: {root}/{stage}/{fingerprint}."""
+    fs, path = fsspec.core.url_to_fs(url.rstrip("/"))
+    fp, name = posixpath.basename(path), posixpath.basename(posixpath.dirname(path))
+    root_url = url.rstrip("/")[: -len(f"/{name}/{fp}")] or "/"
+    sd = Store(root_url).stage(name, fp)
+    if not sd.is_committed():
+        raise StoreError(f"{url} is not a committed stage output (no manifest.json): run that stage first")
+    return sd
+
+
 def _pretty_json(obj: Any) -> bytes:
     return (json.dumps(json.loads(canonical_json(obj)), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()

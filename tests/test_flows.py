@@ -149,3 +149,106 @@ def test_editing_a_url_blocklist_file_reruns_ingest(prefect_api, tmp_path, share
     lists.write_text("nothing.example\nanother.example\n")  # same name, new contents
     again = ingest(inputs, config, store=str(tmp_path / "store"))
     assert not again["cached"] and again["url"] != first["url"]
+
+
+@pytest.fixture
+def trained_run(prefect_api, tmp_path, shared_data):
+    """A tiny real run: a committed stage of real book paragraphs, tokenized and trained by the flows."""
+    import gzip
+
+    import pyarrow as pa
+
+    from flows.stages import tokenize
+    from flows.training import train
+    from model.train import TrainConfig
+    from pipeline.tokenize import TokenizeConfig
+    from storage import Store
+
+    with gzip.open(shared_data("text/gutenberg-top-authors-subset.jsonl.gz"), "rt") as f:
+        book = json.loads(f.readline())
+    paras = [p for p in book["text"][:120_000].split("\n\n") if p.strip()]
+    docs = Store(str(tmp_path / "store")).stage("pii", "books")
+    docs.write_parquet("data/part-00000.parquet", pa.table({"id": [f"b/{i}" for i in range(len(paras))],
+                                                            "text": paras}))
+    docs.commit({"shards": [{"index": 0}]})
+    tok = tokenize(docs.url(), TokenizeConfig(vocab_size=512, min_frequency=2), workers_n=0)
+    run = train(tok["url"], TrainConfig(max_steps=12, batch_size=4, block_size=32, n_layer=1, n_head=2, n_embd=32,
+                                        warmup_steps=2, eval_interval=6, eval_batches=1, checkpoint_interval=6,
+                                        device="cpu"))
+    return {"tokenize": tok, "train": run, "store": tmp_path / "store"}
+
+
+def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, shared_data):
+    """A train output, its model.pt, its last checkpoint, a copy of that checkpoint elsewhere: each
+    evaluated once and cached after; a text file's perplexity and bits per byte in the result and
+    the report; the evaluation-runs table has a row per evaluation in the store."""
+    import gzip
+    import shutil
+    from pathlib import Path
+
+    from flows.training import evaluate
+    from model.evaluate import EvalConfig
+
+    with gzip.open(shared_data("text/gutenberg-heldout-authors-val.jsonl.gz"), "rt") as f:
+        held = json.loads(f.readline())["text"][10_000:14_000]
+    texts = tmp_path / "heldout.jsonl"
+    texts.write_text(json.dumps({"text": held}) + "\n")
+    config = EvalConfig(max_new_tokens=4, val_batches=2, device="cpu", text_files={"heldout": str(texts)},
+                        tasks={"copa": str(shared_data("eval/llm-foundry/copa.jsonl"))}, task_limit=8)
+    run_url = trained_run["train"]["url"]
+    first = evaluate(run_url, config)
+    res = first["counts"]
+    assert not first["cached"]
+    assert res["texts"]["heldout"]["bytes"] == len(held.encode("utf-8")) and res["texts"]["heldout"]["stride"] == 32
+    assert res["bits_per_byte"] > 0 and res["texts"]["heldout"]["bits_per_byte"] > 0
+    assert res["source"]["tokens_seen"] == trained_run["train"]["counts"]["tokens_seen"] == 12 * 4 * 32
+    assert res["model"]["architecture"] == "gpt2" and res["tasks"]["copa"]["items"] == 8
+    report = _latest_artifacts(["evaluate-report"])["evaluate-report"]["data"]
+    assert "| heldout | 1 |" in report and "| held-out token shards |" in report
+
+    folder = Path(run_url)
+    assert evaluate(run_url, config)["cached"]
+    same = evaluate(str(folder / "model.pt"), config)  # a train output's model.pt is that train output
+    assert same["cached"] and same["fingerprint"] == first["fingerprint"]
+
+    ckpt = evaluate(str(folder / "checkpoints" / "latest.pt"), config)
+    assert not ckpt["cached"] and ckpt["counts"]["model"]["step"] == 12
+    assert ckpt["counts"]["val_loss"] == pytest.approx(res["val_loss"], rel=1e-6)  # the last checkpoint = model.pt
+
+    # A run still training: checkpoints and upstream.json, no manifest (copied elsewhere).
+    running = tmp_path / "running"
+    shutil.copytree(folder / "checkpoints", running / "checkpoints")
+    shutil.copy(folder / "upstream.json", running / "upstream.json")
+    again = evaluate(str(running), config)
+    assert again["cached"] and again["fingerprint"] == ckpt["fingerprint"]  # same bytes, same data
+    loose = tmp_path / "loose.pt"
+    shutil.copy(folder / "checkpoints" / "latest.pt", loose)
+    with pytest.raises(ValueError, match="data=<store>/tokenize/<fingerprint>"):
+        evaluate(str(loose), config)
+    named = evaluate(str(loose), config.model_copy(update={"data": trained_run["tokenize"]["url"]}))
+    assert named["cached"] and named["fingerprint"] == ckpt["fingerprint"]
+
+    table = json.loads(_latest_artifacts(["evaluation-runs"])["evaluation-runs"]["data"])
+    assert len(table) == len(list((trained_run["store"] / "evaluate").glob("*/manifest.json"))) == 2
+    by_eval = {r["evaluation"]: r for r in table}
+    row = by_eval[first["fingerprint"][:12]]
+    assert row["checkpoint"] == f"train/{trained_run['train']['fingerprint'][:12]}"
+    assert row["tokens_trained"] == 12 * 4 * 32 and row["n_embd"] == 32 and row["vocab_size"] == 512
+    assert row["val_bpb"] == round(res["bits_per_byte"], 4)
+    assert row["heldout bpb"] == round(res["texts"]["heldout"]["bits_per_byte"], 4)
+    assert row["copa acc"] == round(res["tasks"]["copa"]["acc"], 4) and "copa acc_norm" in row
+    assert by_eval[ckpt["fingerprint"][:12]]["checkpoint"].startswith("sha256:")
+
+    # The same sources export to a transformers folder (the call `crawl2llm export` makes).
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from model.evaluate import load_model
+    from model.export import export_checkpoint
+
+    export_checkpoint(str(running), str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    ids = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))(held[:400], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ours = load_model(str(folder / "model.pt"))(ids[:, :32])[0]
+        assert (hf(ids[:, :32]).logits - ours).abs().max().item() < 1e-4

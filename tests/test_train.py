@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from model.data import TokenStream
-from model.evaluate import EvalConfig, evaluate, load_model, token_bytes
+from model.evaluate import EvalConfig, describe, evaluate, load_checkpoint, load_model, token_bytes
 from model.gpt import GPT, MODERN
 from model.guard import TrainingDiverged
 from model.train import CHECKPOINT, TrainConfig, lr_at, make_optimizer, train
@@ -284,6 +284,24 @@ def test_evaluate_is_deterministic_and_consistent(baseline, corpus):
     other = evaluate(model_path, corpus["tokenizer_path"], corpus["val"],
                      config.model_copy(update={"seed": 1, "val_batches": 1}))
     assert other["samples"] != a["samples"]
+
+
+def test_a_training_checkpoint_loads_as_a_model(baseline, corpus):
+    """checkpoints/latest.pt (the whole training config, optimizer and all) gives the same network as
+    model.pt, and says how far training got; evaluate takes either."""
+    final, trained = load_checkpoint(str(baseline["out"] / CHECKPOINT))
+    assert trained == {"step": 40, "tokens_seen": 40 * 8 * 32}
+    assert load_checkpoint(str(baseline["out"] / "model.pt"))[1] == {"step": None, "tokens_seen": None}
+    model = load_model(str(baseline["out"] / "model.pt"))
+    assert final.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), model.state_dict().values()))
+    assert describe(model) == {"architecture": "gpt2", "params": model.num_params(), "n_layer": 2, "n_head": 2,
+                               "n_embd": 32, "block_size": 32, "vocab_size": corpus["vocab"]}
+    config = EvalConfig(max_new_tokens=4, val_batches=2, device="cpu")
+    from_ckpt = evaluate(str(baseline["out"] / CHECKPOINT), corpus["tokenizer_path"], corpus["val"], config)
+    assert from_ckpt["model"]["tokens_seen"] == 40 * 8 * 32
+    assert from_ckpt["val_loss"] == evaluate(str(baseline["out"] / "model.pt"), corpus["tokenizer_path"],
+                                             corpus["val"], config)["val_loss"]
 
 
 def test_load_model_errors(tmp_path):
