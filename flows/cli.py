@@ -63,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("crawl", "train", "evaluate"):
             s.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
 
-    srv = sub.add_parser("server", help="start (or stop) the local Prefect server used by the commands")
-    srv.add_argument("action", choices=["start", "stop"])
+    srv = sub.add_parser(
+        "server", help="Prefect server + deployments + worker in the foreground, so the UI runs flows (Ctrl-C stops)",
+        description="Without an action: start the local Prefect server (or use the one that answers), register "
+                    "the deployments of prefect.yaml and run a worker on the crawl2llm pool, in the foreground "
+                    "until Ctrl-C. `start` / `stop`: only a background server for the other commands.")
+    srv.add_argument("action", nargs="?", choices=["start", "stop"],
+                     help="start or stop a background server only (no deployments, no worker)")
+    srv.add_argument("--port", type=int, default=None, help="server port (default: 4200)")
+    srv.add_argument("--no-deploy", action="store_true",
+                     help="do not register the deployments again (they are kept in the server's database)")
     return p
 
 
@@ -105,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
 
     home = prefect_env.configure()
     if args.command == "server":
+        port = args.port or prefect_env.PORT
+        if args.action is None:
+            from flows.server import run_server
+
+            return run_server(home, port, deploy=not args.no_deploy)
         if args.action == "stop":
             print("stopped" if prefect_env.stop_server(home) else "no server started by crawl2llm is running")
         else:
-            print(f"Prefect UI: {prefect_env.ensure_server(home).removesuffix('/api')}")
+            print(f"Prefect UI: {prefect_env.ensure_server(home, port).removesuffix('/api')}")
         return 0
     if args.command == "config":
         from flows.config import PipelineConfig

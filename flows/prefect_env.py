@@ -45,22 +45,37 @@ def ensure_server(home: Path, port: int = PORT, wait_s: float = 90.0) -> str:
         if not api_healthy(url):
             raise RuntimeError(f"PREFECT_API_URL={url} does not answer: start that server or unset the variable")
         return url
-    url = f"http://{HOST}:{port}/api"
+    url = api_url(port)
     if not api_healthy(url):
-        log = open(home / "server.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PREFECT_API_URL": ""},
-        )
+        proc = start_server(home, port)
         (home / "server.pid").write_text(str(proc.pid))
-        deadline = time.monotonic() + wait_s
-        while not api_healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}")
-            time.sleep(0.5)
+        wait_healthy(url, proc, home, wait_s)
     os.environ["PREFECT_API_URL"] = url
     return url
+
+
+def api_url(port: int = PORT) -> str:
+    return f"http://{HOST}:{port}/api"
+
+
+def start_server(home: Path, port: int = PORT) -> subprocess.Popen:
+    """`prefect server start` in its own session (a terminal's Ctrl-C is ours to pass on), logging to
+    PREFECT_HOME/server.log. The UI asks the API at PREFECT_UI_API_URL, which follows the port only
+    when told."""
+    log = open(home / "server.log", "ab")
+    env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+           "PREFECT_UI_API_URL": api_url(port)}
+    return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, home: Path, wait_s: float = 90.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while not api_healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}")
+        time.sleep(0.5)
 
 
 def stop_server(home: Path) -> bool:

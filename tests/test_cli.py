@@ -90,3 +90,8 @@ def test_config_prints_a_loadable_default(tmp_path, capsys):
     path = tmp_path / "default.yaml"
     path.write_text(capsys.readouterr().out)
     assert load_config(path).inputs == ["a.warc.gz"]
+
+
+def test_server_refuses_a_named_server_that_does_not_answer(capsys):
+    assert main(["server"]) == 2  # PREFECT_API_URL names port 9 (fixture above): nothing is started
+    assert "does not answer" in capsys.readouterr().err

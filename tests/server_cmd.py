@@ -1,0 +1,61 @@
+"""The real `crawl2llm server` command in a subprocess, for the tests that drive it through the API or
+a browser: a free port, a temp PREFECT_HOME, and a clean stop (SIGTERM, as a service manager sends)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+READY = "ready: Prefect UI "
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def crawl2llm_server(home: Path, start_s: float = 180):
+    """Yields (ui_url, api_url, log_path) once the command says it is ready; stops it after."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "CRAWL2LLM_FAILPOINT"}
+    env.update(PREFECT_HOME=str(home), CRAWL2LLM_WORKERS=os.environ.get("CRAWL2LLM_WORKERS", "2"),
+               PREFECT_WORKER_QUERY_SECONDS="1", PYTHONUNBUFFERED="1")
+    log_path = home / "crawl2llm-server.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_s
+        while READY not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"crawl2llm server did not get ready:\n{log_path.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.5)
+        yield api.removesuffix("/api"), api, log_path
+    finally:
+        from flows.server import alive, descendants
+
+        tree = descendants(proc.pid)  # server, worker, flow runs and their shard processes
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        log.close()
+    assert code == 0, f"crawl2llm server did not stop cleanly ({code}):\n{log_path.read_text()[-3000:]}"
+    left = [pid for pid in tree if alive(pid)]
+    assert not left, f"processes left behind by crawl2llm server: {left}"

@@ -1,0 +1,139 @@
+"""`crawl2llm server` end to end, through the API the UI uses: the real command in a subprocess
+(server, deployments, worker). A pipeline run from its deployment, with one quality shard made to
+fail, is retried the way the UI's Retry button does it and resumes: the shards the first attempt
+finished come back Cached, only the failed one runs again."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.flow_inputs import tiny_config
+from tests.server_cmd import crawl2llm_server
+
+pytestmark = pytest.mark.slow
+
+INPUTS = ["warc/dolma-sample-0000.warc.gz", "warc/dolma-sample-0001.warc.gz"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with crawl2llm_server(tmp_path_factory.mktemp("server-home")) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server[1]}), get_client(sync_client=True) as c:
+        yield c
+
+
+def wait_final(client, flow_run_id, timeout_s: float = 300):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = client.read_flow_run(flow_run_id)
+        if run.state and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"flow run still {run.state.name} after {timeout_s} s"
+        time.sleep(1)
+
+
+def set_env(client, deployment_id, env: dict) -> None:
+    """Environment of the deployment's next flow runs (a flow run's own job variables are frozen
+    once it has failed)."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    client.update_deployment(deployment_id, DeploymentUpdate(job_variables={"env": env}))
+
+
+def shard_runs(client, since=None, until=None) -> dict[str, list]:
+    """Shard task runs ({stage}-{shard:05d}; a subflow's own task run is {stage}-{n}) created in
+    [since, until), by name."""
+    from prefect.client.schemas.filters import TaskRunFilter
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    runs = client.read_task_runs(task_run_filter=TaskRunFilter(), sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+    out: dict[str, list] = {}
+    for r in runs:
+        if not re.fullmatch(r"[a-z-]+-\d{5}", r.name) or (since and r.created < since) or \
+                (until and r.created >= until):
+            continue
+        out.setdefault(r.name, []).append(r)
+    return out
+
+
+def test_deployments_registered_nightly_schedule_off_until_switched_on(client):
+    from prefect.client.schemas.sorting import DeploymentSort
+
+    deps = {d.name: d for d in client.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)}
+    assert set(deps) >= {"pipeline", "pipeline-nightly", "crawl", "ingest", "dedup", "quality", "pii", "tokenize",
+                         "train", "evaluate"}
+    nightly = deps["pipeline-nightly"]
+    assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 3 * * *", False)]
+    # switched on in the UI, it stays on when `crawl2llm server` registers the deployments again
+    from flows.server import register_deployments
+
+    client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=True)
+    register_deployments()
+    again = client.read_deployment_by_name("pipeline/pipeline-nightly")
+    assert [(s.schedule.cron, s.active) for s in again.schedules] == [("0 3 * * *", True)]
+    client.update_deployment_schedule(nightly.id, again.schedules[0].id, active=False)
+
+    schema = deps["pipeline"].parameter_openapi_schema
+    pipeline_cfg = schema["definitions"]["PipelineConfig"]["properties"]
+    assert all(field.get("description") for field in pipeline_cfg.values())  # the UI form explains every field
+
+
+def test_retry_from_the_api_resumes_without_recomputing(client, tmp_path, shared_data):
+    from prefect.states import Scheduled
+
+    from pipeline.ingest_plan import plan_shards
+
+    inputs = [shared_data(rel) for rel in INPUTS]
+    cfg = tiny_config(str(tmp_path / "store"), [str(p) for p in inputs], stop_after="quality",
+                      ingest={"shard_bytes": 65_536})
+    n_shards = len(plan_shards([(str(p), p.stat().st_size) for p in inputs], cfg["ingest"]["shard_bytes"]))
+    assert n_shards >= 3
+    failing = f"quality-{n_shards - 1:05d}"  # the last shard: the others are done (or running) when it fails
+
+    deployment = client.read_deployment_by_name("pipeline/pipeline")
+    t0 = datetime.now(timezone.utc)
+    set_env(client, deployment.id, {"CRAWL2LLM_FAILPOINT": f"quality:{n_shards - 1}@raise"})
+    try:
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"config": cfg})
+        first = wait_final(client, run.id)
+        assert first.state.is_failed(), first.state
+        assert "failpoint quality" in (first.state.message or "")
+    finally:  # the cause goes away, as a transient error's would
+        set_env(client, deployment.id, {})
+
+    # Retry: what the UI's button sends (the flow run keeps its id; run_count goes up)
+    t_retry = datetime.now(timezone.utc)
+    client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry", scheduled_time=t_retry,
+                                                message="Retry from the test"), force=True)
+    second = wait_final(client, run.id)
+    assert second.state.is_completed(), second.state
+    assert second.id == run.id and second.run_count == 2
+
+    before, after = shard_runs(client, since=t0, until=t_retry), shard_runs(client, since=t_retry)
+    done_first = {name for name, runs in before.items() if any(r.state.name == "Completed" for r in runs)}
+    assert before[failing][0].state.is_failed()
+    assert sum(n.startswith("quality-") for n in done_first) >= 1, sorted(done_first)
+    assert {f"ingest-{i:05d}" for i in range(n_shards)} <= done_first
+    for name in done_first:  # finished in the first attempt: not computed again
+        ran_again = [r for r in after.get(name, []) if r.state.name != "Cached"]
+        assert not ran_again, f"{name} was recomputed: {[r.state.name for r in ran_again]}"
+    assert [r.state.name for r in after[failing]] == ["Completed"]  # the failed shard ran, once
+    cached = sorted(n for n, runs in after.items() if any(r.state.name == "Cached" for r in runs))
+    assert any(n.startswith("quality-") for n in cached), cached
+    recomputed = sorted(n for n, runs in after.items() if any(r.state.name == "Completed" for r in runs))
+    assert set(recomputed) <= {f"quality-{i:05d}" for i in range(n_shards)} - done_first, recomputed
+
+    manifest = tmp_path / "store" / "quality"
+    assert len(list(manifest.glob("*/manifest.json"))) == 1
