@@ -22,7 +22,7 @@ STAGE_HELP = {
     "pii": "presidio PII scrubbing over a stage output",
     "tokenize": "train a BPE and write Arrow token shards from a stage output",
     "train": "pretrain a GPT on a tokenize output",
-    "evaluate": "held-out loss and samples for a train output",
+    "evaluate": "held-out loss, benchmarks and samples for a train output or any checkpoint",
 }
 
 
@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
         if name not in ("crawl", "train", "evaluate"):
             s.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+
+    e = sub.add_parser("export", help="a checkpoint as a Hugging Face transformers model folder (lm_eval --model hf)",
+                       description="Write config.json, model.safetensors and the tokenizer files of a checkpoint: "
+                                   "GPT2LMHeadModel for the GPT-2 architecture, LlamaForCausalLM or "
+                                   "Qwen3ForCausalLM for the modern one.")
+    e.add_argument("source", help="a train output (store/train/<fp>), its model.pt, a training checkpoint "
+                                  "or a folder holding one")
+    e.add_argument("out_dir", help="the folder to write")
+    e.add_argument("--data", default="", help="the tokenize output whose tokenizer a loose checkpoint file uses")
 
     srv = sub.add_parser(
         "server", help="Prefect server + deployments + worker in the foreground, so the UI runs flows (Ctrl-C stops)",
@@ -122,6 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             print("stopped" if prefect_env.stop_server(home) else "no server started by crawl2llm is running")
         else:
             print(f"Prefect UI: {prefect_env.ensure_server(home, port).removesuffix('/api')}")
+        return 0
+    if args.command == "export":
+        from model.export import export_checkpoint
+        from storage import StoreError
+
+        try:
+            config = export_checkpoint(args.source, args.out_dir, data=args.data)
+        except (StoreError, FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{args.out_dir}: {config['architectures'][0]} ({config['model_type']})")
         return 0
     if args.command == "config":
         from flows.config import PipelineConfig

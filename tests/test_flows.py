@@ -239,14 +239,15 @@ def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, 
     assert row["copa acc"] == round(res["tasks"]["copa"]["acc"], 4) and "copa acc_norm" in row
     assert by_eval[ckpt["fingerprint"][:12]]["checkpoint"].startswith("sha256:")
 
-    # The same sources export to a transformers folder (the call `crawl2llm export` makes).
+    # The same sources export to a transformers folder with `crawl2llm export`; a wrong source is an error.
     transformers = pytest.importorskip("transformers")
     import torch
 
+    from flows.cli import main
     from model.evaluate import load_model
-    from model.export import export_checkpoint
 
-    export_checkpoint(str(running), str(tmp_path / "hf"))
+    assert main(["export", str(running), str(tmp_path / "hf")]) == 0
+    assert main(["export", str(tmp_path / "nowhere"), str(tmp_path / "hf2")]) == 2
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
     ids = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))(held[:400], return_tensors="pt")["input_ids"]
     with torch.no_grad():
