@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from flows import workers
 from pipeline.stage import merge_counts
-from storage import StageDir
+from storage import StageDir, StoreError
 
 
 def _shard_key(context, parameters: dict) -> str:
@@ -147,6 +147,9 @@ def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
     Returns the manifest and whether the stage was already committed (nothing to do)."""
     cached = out.is_committed()
     if _in_memory(out):
+        if workers.runs_on_dask():
+            raise StoreError(f"{out.url()}: a memory:// store lives in this process only; "
+                             "give the Dask workers a store they can reach (a shared folder, s3://...)")
         workers_n = 0  # a memory:// store lives in this process only
     with Timer() as t:
         results = map_shards(out, jobs, workers_n)

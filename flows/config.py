@@ -49,6 +49,10 @@ class PipelineConfig(BaseModel):
     stop_after: Stage = Field("evaluate", description="Run the stages up to and including this one.")
     workers: Optional[int] = Field(None, ge=0, description="Worker processes for CPU-bound stages "
                                    "(default: one per core; 0 runs shards inline).")
+    dask_address: Optional[str] = Field(None, description="Run the shard tasks of ingest to tokenize on this "
+                                        "Dask cluster (tcp://scheduler:8786) instead of local worker processes; "
+                                        "the store must be reachable from every worker (s3://... or a shared "
+                                        "folder). Default: $CRAWL2LLM_DASK_ADDRESS, or none.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "PipelineConfig":

@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 from flows.config import STAGES, PipelineConfig
 from flows.stages import crawl, dedup, ingest, pii, quality, tokenize
 from flows.training import evaluate, train
+from flows.workers import on_cluster
 from pipeline.inputs import resolve_inputs
 
 
@@ -23,15 +24,16 @@ def pipeline(config: PipelineConfig) -> dict:
         inputs = [results["crawl"]["url"]]
     else:
         inputs = config.inputs
-    results["ingest"] = ingest(inputs, config.ingest, config.store, config.workers, config.input_limit,
-                               config.cc_base_url)
+    on = config.dask_address  # shard tasks of ingest..tokenize on this Dask cluster (None: local processes)
+    results["ingest"] = on_cluster(ingest, on)(inputs, config.ingest, config.store, config.workers,
+                                               config.input_limit, config.cc_base_url)
     steps = [("dedup", dedup, config.dedup), ("quality", quality, config.quality), ("pii", pii, config.pii),
              ("tokenize", tokenize, config.tokenize)]
     prev = results["ingest"]
     for name, fn, cfg in steps:
         if STAGES.index(name) > last:
             return results
-        prev = results[name] = fn(prev["url"], cfg, config.workers)
+        prev = results[name] = on_cluster(fn, on)(prev["url"], cfg, config.workers)
     if STAGES.index("train") <= last:
         prev = results["train"] = train(prev["url"], config.train)
     if STAGES.index("evaluate") <= last:

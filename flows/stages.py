@@ -9,7 +9,6 @@ import posixpath
 import fsspec
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import workers
 from flows.common import Timer, bind, publish_stage, publish_table, run_stage
@@ -25,7 +24,7 @@ from pipeline.tokenize import TokenizeConfig, shard_order
 from storage import StageDir, Store, code_version, file_identity, fingerprint, open_stage
 
 DEFAULT_STORE = "store"
-RUNNER = ThreadPoolTaskRunner(max_workers=max(1, workers.default_workers()))
+RUNNER = workers.task_runner()  # local threads + process pool, or the Dask cluster at $CRAWL2LLM_DASK_ADDRESS
 # With each stage module, the glue that reads and writes its shards (code_version adds their imports).
 CORE = ("pipeline.shards",)
 
