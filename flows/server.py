@@ -106,7 +106,8 @@ def ensure_pool() -> None:
                                                    base_job_template=ProcessWorker.get_default_base_job_template()))
 
 
-DEPLOYMENT_KEYS = {"name", "description", "entrypoint", "work_pool", "parameters", "schedules", "tags", "pull"}
+DEPLOYMENT_KEYS = {"name", "description", "entrypoint", "work_pool", "parameters", "schedules", "tags", "pull",
+                   "concurrency_limit"}
 
 
 def register_deployments(project_dir: Path = PROJECT_DIR) -> list[str]:
@@ -153,6 +154,7 @@ def register_deployments(project_dir: Path = PROJECT_DIR) -> list[str]:
                 job_variables=pool.get("job_variables") or {}, parameters=d.get("parameters") or {},
                 parameter_openapi_schema=parameter_schema(flow).model_dump(exclude_unset=True),
                 enforce_parameter_schema=True, schedules=schedules, tags=d.get("tags") or [],
+                concurrency_limit=d.get("concurrency_limit"),
                 pull_steps=d.get("pull", spec.get("pull")) or [])
             names.append(f"{flow.name}/{d['name']}")
     return names

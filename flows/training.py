@@ -139,28 +139,30 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
 
 
 def _loss_chart(history: list[dict]) -> str:
-    """The loss curve as an inline SVG (Prefect's image artifacts need a public URL)."""
+    """The loss curve as a PNG data URI above the table: the UI empties inline SVG, and image
+    artifacts need a public URL."""
     pts = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
     vals = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    lines = ["# Training loss", "", "| step | train loss | val loss |", "|---:|---:|---:|"]
+    lines = ["# Training loss", "", _chart(pts, vals), "", "| step | train loss | val loss |", "|---:|---:|---:|"]
+    every = -(-len(history) // 20)  # about 20 rows, and every evaluation
+    rows = [h for i, h in enumerate(history)
+            if h.get("val_loss") is not None or i % every == 0 or i == len(history) - 1]
     lines += [f"| {h['step']} | {h.get('loss', ''):.4} | {h['val_loss']:.4} |" if h.get("val_loss") is not None
-              else f"| {h['step']} | {h.get('loss', 0):.4} | |" for h in history]
-    return "\n".join(lines) + "\n\n" + _svg(pts, vals)
+              else f"| {h['step']} | {h.get('loss', 0):.4} | |" for h in rows]
+    return "\n".join(lines)
 
 
-def _svg(train_pts, val_pts, w: int = 600, h: int = 300) -> str:
+def _chart(train_pts, val_pts) -> str:
+    from flows.chart import data_uri, line_chart_png
+
     allp = train_pts + val_pts
     if len(allp) < 2:
         return ""
-    x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp) or 1
-    y0, y1 = min(p[1] for p in allp), max(p[1] for p in allp)
-    sx = lambda x: 40 + (w - 60) * (x - x0) / max(1e-9, x1 - x0)  # noqa: E731
-    sy = lambda y: 20 + (h - 50) * (1 - (y - y0) / max(1e-9, y1 - y0))  # noqa: E731
-    path = lambda pts: " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)  # noqa: E731
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">'
-            f'<polyline fill="none" stroke="steelblue" stroke-width="2" points="{path(train_pts)}"/>'
-            f'<polyline fill="none" stroke="darkorange" stroke-width="2" points="{path(val_pts)}"/>'
-            f'<text x="40" y="14" font-size="12">loss {y1:.2f} → {y0:.2f}; blue train, orange val</text></svg>')
+    png = line_chart_png([(train_pts, (70, 130, 180)), (val_pts, (255, 140, 0))])
+    steps, losses = [p[0] for p in allp], [p[1] for p in allp]
+    return (f"![loss curve: blue train, orange validation]({data_uri(png)})\n\n"
+            f"Loss from {max(losses):.3f} to {min(losses):.3f} over steps {min(steps)}–{max(steps)}; "
+            "blue: train, orange: validation.")
 
 
 @task(task_run_name="evaluate-{out.fingerprint}", cache_policy=NO_CACHE)

@@ -59,3 +59,24 @@ def crawl2llm_server(home: Path, start_s: float = 180):
     assert code == 0, f"crawl2llm server did not stop cleanly ({code}):\n{log_path.read_text()[-3000:]}"
     left = [pid for pid in tree if alive(pid)]
     assert not left, f"processes left behind by crawl2llm server: {left}"
+
+
+@contextlib.contextmanager
+def api_client(api: str):
+    """A sync Prefect client for that server, whatever server this test process was set up with."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client
+
+
+def wait_final(client, flow_run_id, timeout_s: float = 300):
+    """The flow run once it is in a final state (Completed, Failed, Crashed, Cancelled)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = client.read_flow_run(flow_run_id)
+        if run.state and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"flow run still {run.state.name} after {timeout_s} s"
+        time.sleep(1)

@@ -6,13 +6,12 @@ finished come back Cached, only the failed one runs again."""
 from __future__ import annotations
 
 import re
-import time
 from datetime import datetime, timezone
 
 import pytest
 
 from tests.flow_inputs import tiny_config
-from tests.server_cmd import crawl2llm_server
+from tests.server_cmd import api_client, crawl2llm_server, wait_final
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +26,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def client(server):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: server[1]}), get_client(sync_client=True) as c:
+    with api_client(server[1]) as c:
         yield c
-
-
-def wait_final(client, flow_run_id, timeout_s: float = 300):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        run = client.read_flow_run(flow_run_id)
-        if run.state and run.state.is_final():
-            return run
-        assert time.monotonic() < deadline, f"flow run still {run.state.name} after {timeout_s} s"
-        time.sleep(1)
 
 
 def set_env(client, deployment_id, env: dict) -> None:

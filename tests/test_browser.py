@@ -1,0 +1,171 @@
+"""The user's journey in a real headless Chromium (Debian's package, driven by Selenium): start
+`crawl2llm server`, open the UI, run the pipeline deployment from its custom-run form on a small real
+WARC, wait for it, then open each stage's summary table and the training loss curve, which must be
+an image the browser decoded. Screenshots go to the test's tmp folder, and to $CRAWL2LLM_SCREENSHOTS
+(e.g. artifacts/browser) when set.
+
+Without chromium/chromedriver/selenium the test skips (`make setup` installs them where it may run
+apt); under CRAWL2LLM_REQUIRE_DATA=1 (CI) it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.server_cmd import api_client, crawl2llm_server, wait_final
+
+pytestmark = pytest.mark.slow
+
+WARC = "warc/dolma-sample-0000.warc.gz"
+STAGES = ["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
+# (form section, field label, value): a tiny tokenizer, GPT and evaluation, seconds on a CPU
+TINY = [("Tokenize", "Vocab Size", 512), ("Train", "Max Steps", 30), ("Train", "Batch Size", 4),
+        ("Train", "Block Size", 32), ("Train", "N Layer", 2), ("Train", "N Head", 2), ("Train", "N Embd", 32),
+        ("Train", "Warmup Steps", 5), ("Train", "Eval Interval", 10), ("Train", "Eval Batches", 2),
+        ("Train", "Checkpoint Interval", 10), ("Evaluate", "Max New Tokens", 8), ("Evaluate", "Val Batches", 2)]
+
+
+def _browser():
+    """Chromium and its driver from Debian's packages, or a skip (a failure in CI) saying what is missing."""
+    missing = [name for name in ("chromium", "chromedriver") if not shutil.which(name)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        msg = f"browser test needs {', '.join(missing)}: apt-get install chromium chromium-driver; make setup"
+        if os.environ.get("CRAWL2LLM_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1200"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def _property(scope, label: str):
+    """A schema-form property by its label (optional ones read 'Label (Optional)')."""
+    from selenium.webdriver.common.by import By
+
+    return scope.find_element(By.XPATH, (
+        ".//div[contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')]"
+        "[./div[contains(@class, 'p-label__header')]//span[contains(@class, 'schema-form-property__label')]"
+        f"[normalize-space()='{label}' or normalize-space()='{label} (Optional)']]"))
+
+
+def _fill(driver, path: list[str], value) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    scope = driver
+    for label in path:
+        scope = _property(scope, label)
+    box = scope.find_element(By.XPATH, "./div[contains(@class, 'p-label__body')]//*[self::input or self::textarea]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value))
+
+
+def _click_text(driver, text: str, tag: str = "*") -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    xpath = f"//{tag}[normalize-space()='{text}']"
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, xpath))
+    driver.find_elements(By.XPATH, xpath)[0].click()
+
+
+@pytest.fixture
+def screenshots(tmp_path):
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
+    yield folder
+    target = os.environ.get("CRAWL2LLM_SCREENSHOTS")
+    if target:
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+
+
+def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screenshots):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    warc = shared_data(WARC)
+    driver = _browser()
+    t0 = time.monotonic()
+    try:
+        with crawl2llm_server(tmp_path / "prefect") as (ui, api, _):
+            wait = WebDriverWait(driver, 60)
+            driver.get(f"{ui}/deployments")
+            wait.until(lambda d: d.find_elements(By.LINK_TEXT, "pipeline"))
+            driver.find_element(By.LINK_TEXT, "pipeline").click()
+            _click_text(driver, "Run", "button")
+            _click_text(driver, "Custom run")
+            wait.until(lambda d: d.current_url.split("?")[0].endswith("/run"))
+            wait.until(lambda d: d.find_elements(By.XPATH, "//span[normalize-space()='Store (Optional)']"))
+            _fill(driver, ["config", "Store"], tmp_path / "store")
+            _fill(driver, ["config", "Inputs"], warc)
+            for section, label, value in TINY:
+                _fill(driver, ["config", section, label], value)
+            driver.execute_script("window.scrollTo(0, 0)")
+            driver.save_screenshot(str(screenshots / "01-custom-run-form.png"))
+            _click_text(driver, "Submit", "button")
+            # back on the deployment's page, which lists the new run: open it
+            run_link = "a[href*='/runs/flow-run/']"
+            wait.until(lambda d: not d.current_url.split("?")[0].endswith("/run") and d.find_elements(
+                By.CSS_SELECTOR, run_link))
+            driver.find_elements(By.CSS_SELECTOR, run_link)[0].click()
+            wait.until(lambda d: "/runs/flow-run/" in d.current_url)
+            run_id = driver.current_url.split("/runs/flow-run/")[1].split("?")[0].split("/")[0]
+
+            with api_client(api) as client:
+                run = wait_final(client, run_id, timeout_s=240)
+            assert run.parameters["config"]["train"]["max_steps"] == 30  # what the form said
+            assert run.parameters["config"]["inputs"] == [str(warc)]
+            assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
+            driver.refresh()
+            wait.until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='Completed']"))
+            driver.save_screenshot(str(screenshots / "02-flow-run-completed.png"))
+
+            for i, stage in enumerate(STAGES, start=3):
+                _open_latest_artifact(driver, ui, f"{stage}-summary")
+                wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "table tr")) >= 3)
+                assert "metric" in driver.find_element(By.TAG_NAME, "table").text
+                driver.save_screenshot(str(screenshots / f"{i:02d}-{stage}-summary.png"))
+
+            _open_latest_artifact(driver, ui, "train-loss-curve")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer img"))
+            img = driver.find_element(By.CSS_SELECTOR, ".markdown-renderer img")
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
+            wait.until(lambda d: d.execute_script("return arguments[0].complete", img))
+            width = driver.execute_script("return arguments[0].naturalWidth", img)
+            assert width > 0 and img.is_displayed(), "the loss curve is not an image the browser shows"
+            driver.save_screenshot(str(screenshots / f"{len(STAGES) + 3:02d}-train-loss-curve.png"))
+    except Exception:
+        driver.save_screenshot(str(screenshots / "failure.png"))  # what the browser showed when it went wrong
+        raise
+    finally:
+        driver.quit()
+    print(f"browser journey {time.monotonic() - t0:.0f} s; screenshots in {screenshots}")
+
+
+def _open_latest_artifact(driver, ui: str, key: str) -> None:
+    """The key's page lists its versions, newest first; open the newest."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{ui}/artifacts/key/{key}")
+    link = "a[href*='/artifacts/artifact/']"
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
+    driver.find_elements(By.CSS_SELECTOR, link)[0].click()
+    WebDriverWait(driver, 30).until(lambda d: "/artifacts/artifact/" in d.current_url)
