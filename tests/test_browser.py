@@ -77,13 +77,25 @@ def _fill(driver, path: list[str], value) -> None:
     box.send_keys(str(value))
 
 
-def _click_text(driver, text: str, tag: str = "*") -> None:
-    from selenium.webdriver.common.by import By
+def _click(driver, by, selector: str, timeout_s: float = 30) -> None:
+    """Click the first match once it exists; the UI may re-render it in between, so retry."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    xpath = f"//{tag}[normalize-space()='{text}']"
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, xpath))
-    driver.find_elements(By.XPATH, xpath)[0].click()
+    def click(d):
+        found = d.find_elements(by, selector)
+        try:
+            return bool(found) and (found[0].click() or True)
+        except StaleElementReferenceException:
+            return False
+
+    WebDriverWait(driver, timeout_s).until(click)
+
+
+def _click_text(driver, text: str, tag: str = "*") -> None:
+    from selenium.webdriver.common.by import By
+
+    _click(driver, By.XPATH, f"//{tag}[normalize-space()='{text}']")
 
 
 @pytest.fixture
@@ -107,8 +119,7 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
         with crawl2llm_server(tmp_path / "prefect") as (ui, api, _):
             wait = WebDriverWait(driver, 60)
             driver.get(f"{ui}/deployments")
-            wait.until(lambda d: d.find_elements(By.LINK_TEXT, "pipeline"))
-            driver.find_element(By.LINK_TEXT, "pipeline").click()
+            _click(driver, By.LINK_TEXT, "pipeline")
             _click_text(driver, "Run", "button")
             _click_text(driver, "Custom run")
             wait.until(lambda d: d.current_url.split("?")[0].endswith("/run"))
@@ -121,10 +132,8 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             driver.save_screenshot(str(screenshots / "01-custom-run-form.png"))
             _click_text(driver, "Submit", "button")
             # back on the deployment's page, which lists the new run: open it
-            run_link = "a[href*='/runs/flow-run/']"
-            wait.until(lambda d: not d.current_url.split("?")[0].endswith("/run") and d.find_elements(
-                By.CSS_SELECTOR, run_link))
-            driver.find_elements(By.CSS_SELECTOR, run_link)[0].click()
+            wait.until(lambda d: not d.current_url.split("?")[0].endswith("/run"))
+            _click(driver, By.CSS_SELECTOR, "a[href*='/runs/flow-run/']")
             wait.until(lambda d: "/runs/flow-run/" in d.current_url)
             run_id = driver.current_url.split("/runs/flow-run/")[1].split("?")[0].split("/")[0]
 
@@ -165,7 +174,5 @@ def _open_latest_artifact(driver, ui: str, key: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{ui}/artifacts/key/{key}")
-    link = "a[href*='/artifacts/artifact/']"
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
-    driver.find_elements(By.CSS_SELECTOR, link)[0].click()
+    _click(driver, By.CSS_SELECTOR, "a[href*='/artifacts/artifact/']")
     WebDriverWait(driver, 30).until(lambda d: "/artifacts/artifact/" in d.current_url)
