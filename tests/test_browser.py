@@ -128,7 +128,7 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             _fill(driver, ["config", "Inputs"], warc)
             for section, label, value in TINY:
                 _fill(driver, ["config", section, label], value)
-            driver.execute_script("window.scrollTo(0, 0)")
+            driver.execute_script("arguments[0].scrollIntoView()", _property(driver, "Store"))  # the filled top
             driver.save_screenshot(str(screenshots / "01-custom-run-form.png"))
             _click_text(driver, "Submit", "button")
             # back on the deployment's page, which lists the new run: open it
