@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from model.gpt import GPT, autocast
@@ -160,23 +159,30 @@ def score_pairs(model: GPT, pairs: list[tuple[list[int], list[int]]], batch_size
     continuation, and whether greedy decoding gives exactly it. Sequences keep their last
     block_size + 1 tokens, as lm-eval truncates on the left; batches group similar lengths."""
     block = model.config.block_size
-    seqs = [(ctx + cont)[-(block + 1):][:-1] for ctx, cont in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: -len(seqs[i]))
+    fulls = [(ctx + cont)[-(block + 1):] for ctx, cont in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: -len(fulls[i]))
     out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = len(seqs[idx[0]])
+        width = len(fulls[idx[0]]) - 1
         x = torch.zeros(len(idx), width, dtype=torch.long)
+        y = torch.zeros(len(idx), width, dtype=torch.long)
+        scored = torch.zeros(len(idx), width, dtype=torch.bool)
         for row, i in enumerate(idx):
-            x[row, :len(seqs[i])] = torch.tensor(seqs[i])
+            n, k = len(fulls[i]) - 1, min(len(pairs[i][1]), len(fulls[i]) - 1)  # a continuation longer than the window: its end
+            x[row, :n] = torch.tensor(fulls[i][:-1])
+            y[row, :n] = torch.tensor(fulls[i][1:])
+            scored[row, n - k:n] = True
+        x, y, scored = x.to(device), y.to(device), scored.to(device)
         with autocast(device, "auto"):
-            logits, _ = model(x.to(device))
-        logp = F.log_softmax(logits.float(), dim=-1)
+            logits, _ = model(x)
+        logits = logits.float()
+        # log p(target) without materializing the whole log-softmax; one transfer per batch
+        logp = logits.gather(-1, y[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        sums = torch.where(scored, logp, 0.0).sum(1).tolist()
+        greedy = ((logits.argmax(-1) == y) | ~scored).all(1).tolist()
         for row, i in enumerate(idx):
-            n, cont = len(seqs[i]), pairs[i][1][-len(seqs[i]):]  # a continuation longer than the window: its end
-            span = logp[row, n - len(cont):n]
-            target = torch.tensor(cont, device=span.device)
-            out[i] = (float(span.gather(1, target[:, None]).sum()), bool((span.argmax(-1) == target).all()))
+            out[i] = (sums[row], greedy[row])
         if progress:
             progress(len(idx))
     return out
