@@ -39,6 +39,12 @@ class PipelineConfig(BaseModel):
     cc_base_url: str = Field(CC_BASE_URL, min_length=1, description="Where the relative paths of a Common Crawl "
                              "listing are fetched from (https://data.commoncrawl.org/, s3://commoncrawl/ or a mirror).")
     crawl: Optional[CrawlConfig] = Field(None, description="Crawl these seed URLs into WARC first (instead of inputs).")
+    incremental: bool = Field(False, description="Each run takes only the input files that earlier runs of these "
+                              "`inputs` did not (a ledger in the store records them): their documents go through "
+                              "ingest to tokenize on their own, duplicates of documents earlier runs kept are "
+                              "removed, they are encoded with the first run's tokenizer, and training reads every "
+                              "run's token shards. Earlier outputs are never changed. For a folder or glob that "
+                              "new crawl files land in; keep `inputs` the same from run to run.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Record filtering, HTML to text, language id.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and MinHash near-duplicate removal.")
     quality: QualityConfig = Field(default_factory=QualityConfig, description="Gopher quality rules.")
@@ -58,6 +64,12 @@ class PipelineConfig(BaseModel):
     def _one_source(self) -> "PipelineConfig":
         if bool(self.inputs) == bool(self.crawl):
             raise ValueError("give either `inputs` (crawl files) or `crawl` (seed URLs), not both and not neither")
+        return self
+
+    @model_validator(mode="after")
+    def _incremental_needs_inputs(self) -> "PipelineConfig":
+        if self.incremental and self.crawl:
+            raise ValueError("`incremental` takes new files of `inputs`; a `crawl` is one output, re-crawled as a whole")
         return self
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.config import STAGES, PipelineConfig
+from flows.increments import run_incremental
 from flows.stages import crawl, dedup, ingest, pii, quality, tokenize
 from flows.training import evaluate, train
 from flows.workers import on_cluster
@@ -15,6 +16,8 @@ from pipeline.inputs import resolve_inputs
 def pipeline(config: PipelineConfig) -> dict:
     """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate."""
     log = get_run_logger()
+    if config.incremental:  # its own input check: finished increments may have moved their files away
+        return run_incremental(config, lambda stage: on_cluster(stage, config.dask_address))
     if config.inputs:
         resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # fail before any work
     last = STAGES.index(config.stop_after)

@@ -76,16 +76,23 @@ def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str 
            workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL) -> dict:
     """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
     document shards: extraction, language id. `limit` keeps the first that many input files."""
-    sources, upstream, sizes = _ingest_sources(inputs, limit, cc_base_url)
-    if config.url_blocklist_files:  # what the lists hold, not only their names, decides the output
-        upstream = {"inputs": upstream, "url_blocklists": [file_identity(f) for f in config.url_blocklist_files]}
-    code = code_version("pipeline.ingest", "pipeline.ingest_plan", *CORE)
-    out = Store(store).stage("ingest", fingerprint("ingest", code, config, upstream))
+    sources, identities, sizes = _ingest_sources(inputs, limit, cc_base_url)
+    out, code, upstream = ingest_output(store, config, identities)
     plan = plan_shards(list(zip(sources, sizes)), config.shard_bytes)
     jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, pieces, config)
             for i, pieces in enumerate(plan)}
     header = {"config": config, "code": code, "upstream": upstream, "sources": sources, "plan": plan}
     return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
+
+
+def ingest_output(store: str, config: IngestConfig, identities) -> tuple[StageDir, str, object]:
+    """Where ingest of these inputs (each file's identity, or a crawl output's) writes; shared with
+    the incremental planner (flows/increments.py) so both name outputs alike."""
+    upstream = identities
+    if config.url_blocklist_files:  # what the lists hold, not only their names, decides the output
+        upstream = {"inputs": upstream, "url_blocklists": [file_identity(f) for f in config.url_blocklist_files]}
+    code = code_version("pipeline.ingest", "pipeline.ingest_plan", *CORE)
+    return Store(store).stage("ingest", fingerprint("ingest", code, config, upstream)), code, upstream
 
 
 def _ingest_sources(inputs: list[str], limit: int | None,
@@ -109,29 +116,37 @@ def _upstream(source: str) -> tuple[StageDir, dict]:
 
 
 @flow(name="dedup", task_runner=RUNNER)
-def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | None = None) -> dict:
+def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | None = None,
+          previous: str | None = None) -> dict:
     """Exact and MinHash-LSH near-duplicate removal across the whole corpus, in bounded memory:
     signatures and bucket keys per shard, verified pairs per bucket partition, union-find clusters
-    (each keeps its first document), then apply per shard. Each step is cached on its own."""
+    (each keeps its first document), then apply per shard. Each step is cached on its own.
+    `previous`: the dedup output of earlier input (an incremental run's last increment); documents
+    that duplicate what it or its own predecessors kept are removed too, and those stay unchanged."""
     up, upstream = _upstream(source)
     up_manifest = up.read_manifest()
     st, idx = up.store, [s["index"] for s in up_manifest["shards"]]
-    code = code_version("pipeline.dedup", *CORE)
+    prev = open_stage(previous) if previous else None
+    earlier = _earlier_increments(prev, config, workers_n)
+    offset = sum(e["docs"] for e in earlier)
+    out, code, upstream = dedup_output(up, config, prev)
     header = {"config": config, "code": code, "upstream": upstream}
     partitions = partitions_for(up_manifest["counts"].get("docs_kept", 0), config)
+    docs = {"stage": up.name, "fingerprint": up.fingerprint}  # signatures depend on no earlier increment
     sig = st.stage("dedup-signatures", fingerprint("dedup-signatures", code,
-                                                   {**config.signature_fields(), "partitions": partitions}, upstream))
-    run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config,
-                            partitions) for i in idx}, {**header, "partitions": partitions}, workers_n)
-    pairs = st.stage("dedup-pairs", fingerprint("dedup-pairs", code, config, sig.fingerprint))
+                                                   {**config.signature_fields(), "partitions": partitions}, docs))
+    sig_manifest, _ = run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i,
+                                              (up.name, up.fingerprint), config, partitions) for i in idx},
+                                {**header, "partitions": partitions}, workers_n)
+    pairs_up = sig.fingerprint if prev is None else {"signatures": sig.fingerprint, "previous": prev.fingerprint}
+    pairs = st.stage("dedup-pairs", fingerprint("dedup-pairs", code, config, pairs_up))
     pairs_manifest, _ = run_stage(pairs, {p: bind(shards.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint,
-                                                  idx, config) for p in range(partitions)},
+                                                  idx, config, earlier) for p in range(partitions)},
                                   {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint}}, workers_n)
     clu = st.stage("dedup-clusters", fingerprint("dedup-clusters", code, config, pairs.fingerprint))
     clu_manifest, _ = run_stage(clu, {0: bind(shards.cluster_shard, st.url, clu.fingerprint, pairs.fingerprint,
-                                              sig.fingerprint, idx, config)},
+                                              sig.fingerprint, idx, config, earlier, offset)},
                                 {**header, "upstream": {"stage": pairs.name, "fingerprint": pairs.fingerprint}}, 0)
-    out = st.stage("dedup", fingerprint("dedup", code, config, upstream))
     jobs = {i: bind(shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint),
                     clu.fingerprint, config) for i in idx}
     lsh = {"num_perm": config.num_perm, "bands": config.bands, "rows": config.rows,
@@ -139,19 +154,62 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
            "threshold": config.threshold, "partitions": partitions,
            **pairs_manifest["counts"], **{k: v for k, v in clu_manifest["counts"].items() if k != "by_reason"}}
     publish_table("dedup-lsh", lsh, "MinHash LSH settings and clustering totals")
-    return summary(out, *run_stage(out, jobs, {**header, "lsh": lsh}, workers_n, examples=True))
+    # What a later increment needs to check its documents against this one (and the ones before).
+    this = {"offset": offset, "docs": sig_manifest["counts"].get("docs_in", 0), "partitions": partitions,
+            "signatures": sig.fingerprint, "clusters": clu.fingerprint}
+    increments = [{k: v for k, v in e.items() if k != "index"} for e in earlier] + [this]
+    return summary(out, *run_stage(out, jobs, {**header, "lsh": lsh, "increments": increments}, workers_n,
+                                   examples=True))
 
 
-def _filter_stage(name: str, source: str, config, workers_n: int | None, secret_id: str | None = None) -> dict:
-    """`secret_id` names a secret the output depends on (never the secret itself) for the fingerprint."""
-    up, upstream = _upstream(source)
-    code = code_version(f"pipeline.{name}", *CORE)
-    inputs = upstream if secret_id is None else {**upstream, "secret_id": secret_id}
-    out = up.store.stage(name, fingerprint(name, code, config, inputs))
+def dedup_output(up: StageDir, config: DedupConfig, previous: StageDir | None) -> tuple[StageDir, str, dict]:
+    """Where dedup of `up` (after the increments up to `previous`) writes."""
+    code = code_version("pipeline.dedup", *CORE)
+    upstream = {"stage": up.name, "fingerprint": up.fingerprint,
+                **({"previous": previous.fingerprint} if previous is not None else {})}
+    return up.store.stage("dedup", fingerprint("dedup", code, config, upstream)), code, upstream
+
+
+def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: int | None) -> list[dict]:
+    """The increments up to `prev` (its manifest's `increments`), each with its bucket index, built
+    here the first time a later increment needs it."""
+    if prev is None:
+        return []
+    manifest = prev.read_manifest()
+    if prev.name != "dedup" or "increments" not in manifest:
+        raise ValueError(f"previous={prev.url()} is not a dedup output")
+    if DedupConfig.model_validate(manifest["config"]).key_fields() != config.key_fields():
+        raise ValueError(f"previous={prev.url()} used other MinHash/LSH settings: its keys cannot be compared")
+    code = code_version("pipeline.dedup", *CORE)
+    earlier = []
+    for e in manifest["increments"]:
+        index = prev.store.stage("dedup-index", fingerprint("dedup-index", code, None, e))
+        if not index.is_committed():
+            sig = prev.store.stage("dedup-signatures", e["signatures"])
+            rows = sorted(shards.shard_rows(sig, _indexes(sig)).items())
+            run_stage(index, {p: bind(shards.index_shard, index.store.url, index.fingerprint, p, e["signatures"],
+                                      e["clusters"], rows, e["offset"]) for p in range(e["partitions"])},
+                      {"code": code, "upstream": e, "rows": rows}, workers_n)
+        earlier.append({**e, "index": index.fingerprint})
+    return earlier
+
+
+def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
+    up, _ = _upstream(source)
+    out, code, upstream = filter_output(name, up, config)
     jobs = {i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
             for i in _indexes(up)}
     header = {"config": config, "code": code, "upstream": upstream}
     return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
+
+
+def filter_output(name: str, up: StageDir, config) -> tuple[StageDir, str, dict]:
+    """Where quality or pii of `up` writes. pii's pseudonym key is named by its id (never the key)."""
+    code = code_version(f"pipeline.{name}", *CORE)
+    upstream = {"stage": up.name, "fingerprint": up.fingerprint}
+    secret_id = pseudonym_key_id(config) if name == "pii" else None
+    inputs = upstream if secret_id is None else {**upstream, "secret_id": secret_id}
+    return up.store.stage(name, fingerprint(name, code, config, inputs)), code, upstream
 
 
 @flow(name="quality", task_runner=RUNNER)
@@ -165,21 +223,22 @@ def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int
 def pii(source: str, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
     """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders or keyed
     pseudonyms (the key's id, not the key, is part of the fingerprint)."""
-    return _filter_stage("pii", source, config, workers_n, pseudonym_key_id(config))
+    return _filter_stage("pii", source, config, workers_n)
 
 
 @flow(name="tokenize", task_runner=RUNNER)
-def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: int | None = None) -> dict:
+def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: int | None = None,
+             tokenizer: str | None = None) -> dict:
     """Train a byte-level BPE on a sample, encode every shard to Arrow token shards, split train/val;
-    the manifest's train_order is the seeded shuffle training reads the shards in."""
+    the manifest's train_order is the seeded shuffle training reads the shards in. `tokenizer`: a
+    tokenizer output to encode with instead (incremental runs keep their first one, so ids agree)."""
     up, upstream = _upstream(source)
     st, idx = up.store, _indexes(up)
-    code = code_version("pipeline.tokenize", *CORE)
+    tok, out, code = tokenize_outputs(up, config, open_stage(tokenizer) if tokenizer else None)
     header = {"config": config, "code": code, "upstream": upstream}
-    tok = st.stage("tokenizer", fingerprint("tokenizer", code, config, upstream))
-    run_stage(tok, {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
-              header, 0)
-    out = st.stage("tokenize", fingerprint("tokenize", code, config, upstream))
+    if not tokenizer:
+        run_stage(tok, {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx,
+                                config)}, header, 0)
     # A worker process per core: each encodes on one thread. Fewer workers: HF's threads use the rest.
     n = workers.default_workers() if workers_n is None else workers_n
     parallel = n < (os.cpu_count() or 1)
@@ -188,3 +247,13 @@ def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: 
     header = {**header, "tokenizer": {"stage": tok.name, "fingerprint": tok.fingerprint, "file": "data/tokenizer.json"},
               "vocab_size": tok.read_manifest()["counts"]["vocab_size"], "train_order": shard_order(idx, config.seed)}
     return summary(out, *run_stage(out, jobs, header, workers_n))
+
+
+def tokenize_outputs(up: StageDir, config: TokenizeConfig,
+                     tokenizer: StageDir | None = None) -> tuple[StageDir, StageDir, str]:
+    """The tokenizer (trained on `up`, or the one given) and where the token shards of `up` go."""
+    code = code_version("pipeline.tokenize", *CORE)
+    upstream = {"stage": up.name, "fingerprint": up.fingerprint}
+    tok = tokenizer or up.store.stage("tokenizer", fingerprint("tokenizer", code, config, upstream))
+    inputs = upstream if tokenizer is None else {**upstream, "tokenizer": tokenizer.fingerprint}
+    return tok, up.store.stage("tokenize", fingerprint("tokenize", code, config, inputs)), code

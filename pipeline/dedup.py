@@ -16,6 +16,13 @@ stores them):
    A and C are further apart than `threshold`; the similarity column shows it.
 4. apply, per shard (parallel): drop the listed documents and write them aside.
 
+Incremental runs (an increment = the documents of new input files) check the new documents against
+earlier increments too: each finished increment gets a bucket index (every bucket key once, sorted,
+with the bucket's first document and that document's kept one), which step 2 looks the new keys up
+in (np.searchsorted on the memory-mapped file). Documents of all increments are numbered in one
+corpus order, earlier increments first, so a cluster still keeps its first document: an earlier
+one when it has one, and earlier outputs never change.
+
 A document is named by its position: shard << 32 | row ("doc" below; ids need not be unique).
 Memory: step 1 holds one batch of documents; step 2 one partition's keys and pairs (about
 `_BYTES_PER_KEY` per key); step 3 eight bytes per corpus document plus one shard's duplicates.
@@ -59,6 +66,12 @@ DUPLICATES_SCHEMA = pa.schema([
     pa.field("duplicate_of", pa.string(), nullable=False),  # id of the kept document
     pa.field("similarity", pa.float64(), nullable=False),  # estimated Jaccard with it; 1.0 for exact
 ])
+# An increment's bucket index: each key once, sorted; its bucket's first document and that document's
+# kept one (itself unless it was a duplicate), as positions in the corpus of all increments.
+INDEX_SCHEMA = pa.schema([pa.field("key", pa.uint64(), nullable=False), pa.field("first", pa.int64(), nullable=False),
+                          pa.field("kept", pa.int64(), nullable=False)])
+# Verified pairs of a new document and an earlier increment's kept document (its corpus position).
+EARLIER_SCHEMA = pa.schema([pa.field("doc", pa.uint64(), nullable=False), pa.field("kept", pa.int64(), nullable=False)])
 # Removed documents of the dedup stage: the usual columns plus their cluster.
 DEDUP_REMOVED_SCHEMA = pa.schema(list(REMOVED_SCHEMA) + [DUPLICATES_SCHEMA.field(c) for c in
                                                          ("cluster_id", "duplicate_of", "similarity")])
@@ -95,6 +108,11 @@ class DedupConfig(StageConfig):
     def signature_fields(self) -> dict:
         """The settings steps 1 depends on (threshold is not one: changing it keeps signatures)."""
         return self.model_dump(exclude={"threshold"})
+
+    def key_fields(self) -> dict:
+        """The settings that decide signatures and bucket keys: increments checked against each
+        other must share them."""
+        return self.model_dump(exclude={"threshold", "memory_mb", "partitions"})
 
 
 def implied_threshold(bands: int, rows: int) -> float:
@@ -233,20 +251,64 @@ class SignatureLookup:
         """`what` of each doc, in the order given: "hash" (n x 16 uint8), "minhash" (n x num_perm)
         or "id" (a list of str)."""
         shard, row = split_doc(docs)
-        out = None
-        for s in np.unique(shard):
-            mask = shard == s
-            table = self.table(int(s))
+
+        def fetch(s: int, mask: np.ndarray):
+            table = self.table(s)
             if what == "id":
-                got = np.array(table.column("id").take(pa.array(row[mask])).to_pylist(), object)
-            else:
-                got = (content_hashes(table) if what == "hash" else signature_matrix(table))[row[mask]]
-            if out is None:
-                out = np.empty((len(docs),) + got.shape[1:], got.dtype)
-            out[mask] = got
+                return np.array(table.column("id").take(pa.array(row[mask])).to_pylist(), object)
+            return (content_hashes(table) if what == "hash" else signature_matrix(table))[row[mask]]
+
+        return _gather_by(shard, fetch, what)
+
+
+def _gather_by(group: np.ndarray, fetch: Callable[[int, np.ndarray], np.ndarray], what: str) -> np.ndarray | list:
+    """Values fetched group by group (fetch(group, mask)), put back in the order asked."""
+    out = None
+    for g in np.unique(group):
+        mask = group == g
+        got = fetch(int(g), mask)
         if out is None:
-            return [] if what == "id" else np.empty((0, 16), np.uint8)
-        return out.tolist() if what == "id" else out
+            out = np.empty((len(group),) + got.shape[1:], got.dtype)
+        out[mask] = got
+    if out is None:
+        return [] if what == "id" else np.empty((0, 16), np.uint8)
+    return out.tolist() if what == "id" else out
+
+
+class Increment:
+    """One increment's documents, numbered from `offset` in the corpus of all increments (earlier
+    increments first): its signatures and, once it is finished, its bucket index per partition.
+    `corpus` may be a function, called the first time a position must be resolved."""
+
+    def __init__(self, offset: int, corpus: "Corpus | Callable[[], Corpus]", signatures: SignatureLookup,
+                 partitions: int = 0, index: Callable[[int], pa.Table] | None = None):
+        self.offset, self._corpus, self.signatures = offset, corpus, signatures
+        self.partitions, self.index = partitions, index
+
+    @property
+    def corpus(self) -> "Corpus":
+        if callable(self._corpus):
+            self._corpus = self._corpus()
+        return self._corpus
+
+
+class Increments:
+    """Signatures of documents of several increments, by corpus position."""
+
+    def __init__(self, parts: list[Increment]):
+        self.parts = parts
+        self.offsets = np.array([p.offset for p in parts], np.int64)
+
+    def gather(self, positions: np.ndarray, what: str) -> np.ndarray | list:
+        positions = np.asarray(positions, np.int64)
+        part = np.searchsorted(self.offsets, positions, side="right") - 1
+
+        def fetch(i: int, mask: np.ndarray):
+            p = self.parts[i]
+            got = p.signatures.gather(p.corpus.doc(positions[mask] - p.offset), what)
+            return np.array(got, object) if what == "id" else got
+
+        return _gather_by(part, fetch, what)
 
 
 def candidate_pairs(keys: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,18 +327,57 @@ def candidate_pairs(keys: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def verify_pairs(a: np.ndarray, b: np.ndarray, lookup: SignatureLookup,
-                 config: DedupConfig) -> np.ndarray:
-    """Which candidate pairs are duplicates: same normalized text, or estimated Jaccard >= threshold."""
+                 config: DedupConfig, lookup_b: SignatureLookup | Increments | None = None) -> np.ndarray:
+    """Which candidate pairs are duplicates: same normalized text, or estimated Jaccard >= threshold.
+    `lookup_b` finds the b documents when they live elsewhere (earlier increments)."""
+    lookup_b = lookup_b or lookup
     keep = np.zeros(len(a), bool)
     for lo in range(0, len(a), VERIFY_PAIRS):
         x, y = a[lo:lo + VERIFY_PAIRS], b[lo:lo + VERIFY_PAIRS]
         ok = np.zeros(len(x), bool)
         if config.exact:
-            ok |= (lookup.gather(x, "hash") == lookup.gather(y, "hash")).all(axis=1)
+            ok |= (lookup.gather(x, "hash") == lookup_b.gather(y, "hash")).all(axis=1)
         if config.near:
-            ok |= minhash.jaccard(lookup.gather(x, "minhash"), lookup.gather(y, "minhash")) >= config.threshold
+            ok |= minhash.jaccard(lookup.gather(x, "minhash"), lookup_b.gather(y, "minhash")) >= config.threshold
         keep[lo:lo + VERIFY_PAIRS] = ok
     return keep
+
+
+def earlier_pairs(keys: np.ndarray, docs: np.ndarray, lookup: SignatureLookup, earlier: list[Increment],
+                  config: DedupConfig) -> tuple[pa.Table, int]:
+    """This increment's documents that duplicate a document of an earlier increment, with that
+    document's kept one (EARLIER_SCHEMA), and how many candidates were checked. A key found in an
+    earlier increment's index pairs the document with the bucket's first document there (the
+    earliest increment holding the key: the same star as within one corpus)."""
+    doc, first, kept = [], [], []
+    todo = np.ones(len(keys), bool)
+    for part in earlier:
+        open_ = np.flatnonzero(todo)
+        which = partition_of(keys[open_], part.partitions)
+        for p in np.unique(which):
+            sel = open_[which == p]
+            index = part.index(int(p))
+            ks = _one_chunk(index.column("key")).to_numpy()
+            if not len(ks):
+                continue
+            at = np.minimum(np.searchsorted(ks, keys[sel]), len(ks) - 1)
+            hit = ks[at] == keys[sel]
+            doc.append(docs[sel[hit]])
+            first.append(_one_chunk(index.column("first")).to_numpy()[at[hit]])
+            kept.append(_one_chunk(index.column("kept")).to_numpy()[at[hit]])
+            todo[sel[hit]] = False
+    if not doc:
+        return EARLIER_SCHEMA.empty_table(), 0
+    doc, first, kept = np.concatenate(doc), np.concatenate(first), np.concatenate(kept)
+    order = np.lexsort((first, doc))
+    doc, first, kept = doc[order], first[order], kept[order]
+    fresh = np.r_[True, (doc[1:] != doc[:-1]) | (first[1:] != first[:-1])] if len(doc) else np.empty(0, bool)
+    doc, first, kept = doc[fresh], first[fresh], kept[fresh]
+    ok = verify_pairs(doc, first, lookup, config, Increments(earlier))
+    doc, kept = doc[ok], kept[ok]
+    fresh = np.r_[True, (doc[1:] != doc[:-1]) | (kept[1:] != kept[:-1])] if len(doc) else np.empty(0, bool)
+    return pa.table([pa.array(doc[fresh], pa.uint64()), pa.array(kept[fresh], pa.int64())],
+                    schema=EARLIER_SCHEMA), int(len(first))
 
 
 def pairs_table(a: np.ndarray, b: np.ndarray) -> pa.Table:
@@ -310,42 +411,76 @@ def cluster_memory_mb(docs: int) -> float:
     return docs * 8 * 2 / 2**20
 
 
-def clusters(corpus: Corpus, pair_tables, config: DedupConfig) -> np.ndarray:
-    """Union-find over all pairs: the corpus position of each document's kept representative."""
-    need = cluster_memory_mb(corpus.docs)
+def clusters(corpus: Corpus, pair_tables, config: DedupConfig, earlier_tables: list[pa.Table] = (),
+             offset: int = 0) -> np.ndarray:
+    """Union-find over all pairs: the corpus position of each document's kept representative.
+    Positions count from `offset` (the documents of earlier increments); `earlier_tables` pair
+    documents with earlier kept ones (EARLIER_SCHEMA), which come first in corpus order and so
+    stay the representative of any cluster they are in."""
+    kept = np.unique(np.concatenate([t.column("kept").to_numpy() for t in earlier_tables])) if earlier_tables \
+        else np.empty(0, np.int64)
+    m = len(kept)  # earlier documents are elements 0..m-1, in corpus order, before this increment's
+    need = cluster_memory_mb(corpus.docs + m)
     if need > config.memory_mb / 2:
-        raise MemoryError(f"clustering {corpus.docs} documents needs about {need:.0f} MiB, over half the "
+        raise MemoryError(f"clustering {corpus.docs + m} documents needs about {need:.0f} MiB, over half the "
                           f"memory budget (dedup.memory_mb = {config.memory_mb}): raise memory_mb")
-    sets = DisjointSets(corpus.docs)
+    sets = DisjointSets(m + corpus.docs)
     for pairs in pair_tables:
-        sets.union(corpus.position(pairs.column("a").to_numpy()), corpus.position(pairs.column("b").to_numpy()))
-    return sets.roots()
+        sets.union(m + corpus.position(pairs.column("a").to_numpy()), m + corpus.position(pairs.column("b").to_numpy()))
+    for t in earlier_tables:
+        sets.union(m + corpus.position(t.column("doc").to_numpy()), np.searchsorted(kept, t.column("kept").to_numpy()))
+    roots = sets.roots()[m:]
+    if not m:
+        return roots + offset
+    return np.where(roots < m, kept[np.minimum(roots, m - 1)], roots - m + offset)
 
 
 def shard_duplicates(corpus: Corpus, roots: np.ndarray, shard: int, lookup: SignatureLookup,
-                     config: DedupConfig) -> pa.Table:
-    """The duplicates among one shard's documents, with their cluster and kept document."""
+                     config: DedupConfig, earlier: list[Increment] = (), offset: int = 0) -> pa.Table:
+    """The duplicates among one shard's documents, with their cluster and kept document (which
+    may belong to an `earlier` increment; this increment's documents count from `offset`)."""
     slot = corpus.shards.index(shard)
     lo, n = corpus.start[slot], corpus.rows[slot]
-    rows = np.flatnonzero(roots[lo:lo + n] != np.arange(lo, lo + n))
+    rows = np.flatnonzero(roots[lo:lo + n] != np.arange(lo, lo + n) + offset)
     kept = roots[lo + rows]
-    me, rep = doc_keys(shard, rows), corpus.doc(kept)
-    same = (lookup.gather(me, "hash") == lookup.gather(rep, "hash")).all(axis=1) if len(rows) else np.zeros(0, bool)
-    sim = minhash.jaccard(lookup.gather(me, "minhash"), lookup.gather(rep, "minhash")) if config.near and len(rows) \
+    me = doc_keys(shard, rows)
+    every = Increments([*earlier, Increment(offset, corpus, lookup)])
+    same = (lookup.gather(me, "hash") == every.gather(kept, "hash")).all(axis=1) if len(rows) else np.zeros(0, bool)
+    sim = minhash.jaccard(lookup.gather(me, "minhash"), every.gather(kept, "minhash")) if config.near and len(rows) \
         else np.zeros(len(rows))
     sim = np.where(same, 1.0, sim)
     reason = np.where(same & config.exact, "exact_duplicate", "near_duplicate")
     return pa.table([pa.array(rows, pa.int64()), pa.array(lookup.gather(me, "id"), pa.string()),
                      pa.array(reason.tolist(), pa.string()), pa.array(kept, pa.int64()),
-                     pa.array(lookup.gather(rep, "id"), pa.string()), pa.array(sim, pa.float64())],
+                     pa.array(every.gather(kept, "id"), pa.string()), pa.array(sim, pa.float64())],
                     schema=DUPLICATES_SCHEMA)
 
 
-def cluster_counts(corpus: Corpus, roots: np.ndarray) -> dict:
-    sizes = np.bincount(roots, minlength=corpus.docs)
-    sizes = sizes[sizes > 1]
-    return {"docs": corpus.docs, "clusters": int(len(sizes)), "largest_cluster": int(sizes.max(initial=0)),
-            "duplicates": int(sizes.sum() - len(sizes))}
+def cluster_counts(corpus: Corpus, roots: np.ndarray, offset: int = 0) -> dict:
+    """Clusters with a duplicate in this increment; a cluster's size counts its kept document,
+    also when an earlier increment holds it (duplicates_of_earlier counts those duplicates)."""
+    dup = roots != np.arange(corpus.docs) + offset
+    reps, members = np.unique(roots[dup], return_counts=True)
+    return {"docs": corpus.docs, "clusters": int(len(reps)), "largest_cluster": int((members + 1).max(initial=0)),
+            "duplicates": int(dup.sum()), "duplicates_of_earlier": int((roots[dup] < offset).sum())}
+
+
+# -- incremental runs: an increment's bucket index -----------------------------------------------
+
+def bucket_index(keys: np.ndarray, docs: np.ndarray, corpus: Corpus, offset: int, dup_positions: np.ndarray,
+                 dup_kept: np.ndarray) -> pa.Table:
+    """Each distinct key of one partition of an increment once, sorted (INDEX_SCHEMA): its bucket's
+    first document and that document's kept one, as corpus positions. `dup_positions` (sorted)
+    and `dup_kept` are the increment's duplicates and their kept documents."""
+    order = np.lexsort((docs, keys))
+    keys, docs = keys[order], docs[order]
+    first = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.empty(0, bool)
+    keys, pos = keys[first], corpus.position(docs[first]) + offset
+    at = np.minimum(np.searchsorted(dup_positions, pos), max(len(dup_positions) - 1, 0))
+    is_dup = dup_positions[at] == pos if len(dup_positions) else np.zeros(len(pos), bool)
+    kept = np.where(is_dup, dup_kept[at] if len(dup_kept) else pos, pos)
+    return pa.table([pa.array(keys, pa.uint64()), pa.array(pos, pa.int64()), pa.array(kept, pa.int64())],
+                    schema=INDEX_SCHEMA)
 
 
 def find_duplicates(tables: list[pa.Table], config: DedupConfig, partitions: int = 1) -> list[pa.Table]:

@@ -166,9 +166,10 @@ def signature_lookup(sig_dir: StageDir):
 
 
 def pairs_shard(store_url: str, fp: str, partition: int, signatures_fp: str, shard_indexes: list[int],
-                config: Any) -> dict:
-    """Dedup step 2 on one bucket partition: candidate pairs from every shard's keys, verified."""
-    from pipeline.dedup import candidate_pairs, pairs_table, verify_pairs
+                config: Any, earlier: list[dict] = ()) -> dict:
+    """Dedup step 2 on one bucket partition: candidate pairs from every shard's keys, verified; and
+    with `earlier` increments (incremental runs), pairs with the documents they kept."""
+    from pipeline.dedup import candidate_pairs, earlier_pairs, pairs_table, verify_pairs
 
     out = stage_dir(store_url, "dedup-pairs", fp)
     sig_dir = stage_dir(store_url, "dedup-signatures", signatures_fp)
@@ -176,23 +177,42 @@ def pairs_shard(store_url: str, fp: str, partition: int, signatures_fp: str, sha
     def work():
         t0 = time.perf_counter()
         keys = pa.concat_tables([sig_dir.read_arrow(bucket_part(partition, i)) for i in shard_indexes])
-        a, b = candidate_pairs(keys.column("key").to_numpy(), keys.column("doc").to_numpy())
+        key, doc = keys.column("key").to_numpy(), keys.column("doc").to_numpy()
         del keys
-        keep = verify_pairs(a, b, signature_lookup(sig_dir), config)
-        rel = StageDir.part("data", partition, "arrow")
-        out.write_arrow(rel, pairs_table(a[keep], b[keep]))
+        a, b = candidate_pairs(key, doc)
+        lookup = signature_lookup(sig_dir)
+        keep = verify_pairs(a, b, lookup, config)
+        outputs = {"data": StageDir.part("data", partition, "arrow")}
+        out.write_arrow(outputs["data"], pairs_table(a[keep], b[keep]))
         counts = {"candidate_pairs": int(len(a)), "duplicate_pairs": int(keep.sum())}
-        stats = {"index": partition, "outputs": {"data": rel}, "counts": counts,
+        if earlier:
+            found, checked = earlier_pairs(key, doc, lookup, [earlier_increment(store_url, e) for e in earlier], config)
+            outputs["earlier"] = StageDir.part("earlier", partition, "arrow")
+            out.write_arrow(outputs["earlier"], found)
+            counts.update(earlier_candidate_pairs=checked, earlier_duplicate_pairs=found.num_rows)
+        stats = {"index": partition, "outputs": outputs, "counts": counts,
                  "seconds": round(time.perf_counter() - t0, 3)}
         return commit_shard(out, partition, stats)
 
     return run_if_needed(out, partition, work)
 
 
+def earlier_increment(store_url: str, entry: dict):
+    """An earlier increment (an entry of a dedup manifest's `increments`, with its index built) as
+    pipeline.dedup.Increment: files are opened only when a lookup needs them."""
+    from pipeline.dedup import Corpus, Increment
+
+    index = stage_dir(store_url, "dedup-index", entry["index"])
+    return Increment(entry["offset"], lambda: Corpus(dict(index.read_manifest()["rows"])),
+                     signature_lookup(stage_dir(store_url, "dedup-signatures", entry["signatures"])),
+                     entry["partitions"], lambda p: index.map_arrow(StageDir.part("data", p, "arrow")))
+
+
 def cluster_shard(store_url: str, fp: str, pairs_fp: str, signatures_fp: str, shard_indexes: list[int],
-                  config: Any) -> dict:
+                  config: Any, earlier: list[dict] = (), offset: int = 0) -> dict:
     """Dedup step 3, the one corpus-wide step: union-find over all pairs, then each shard's
-    duplicates with their cluster written to their own file."""
+    duplicates with their cluster written to their own file. Positions count from `offset`, after
+    the documents of `earlier` increments."""
     from pipeline.dedup import Corpus, cluster_counts, clusters, shard_duplicates
 
     out = stage_dir(store_url, "dedup-clusters", fp)
@@ -201,22 +221,61 @@ def cluster_shard(store_url: str, fp: str, pairs_fp: str, signatures_fp: str, sh
 
     def work():
         t0 = time.perf_counter()
-        corpus = Corpus({i: sig_dir.read_shard_stats(i)["counts"]["docs_in"] for i in shard_indexes})
-        pair_files = [s["data"] for s in pairs_dir.read_manifest()["shards"]]
-        roots = clusters(corpus, (pairs_dir.read_arrow(rel) for rel in pair_files), config)
+        corpus = Corpus(shard_rows(sig_dir, shard_indexes))
+        pair_shards = pairs_dir.read_manifest()["shards"]
+        found = [pairs_dir.read_arrow(s["earlier"]) for s in pair_shards if "earlier" in s]
+        roots = clusters(corpus, (pairs_dir.read_arrow(s["data"]) for s in pair_shards), config, found, offset)
         lookup = signature_lookup(sig_dir)
+        before = [earlier_increment(store_url, e) for e in earlier]
         by_reason: dict = {}
         for i in shard_indexes:
-            dups = shard_duplicates(corpus, roots, i, lookup, config)
+            dups = shard_duplicates(corpus, roots, i, lookup, config, before, offset)
             out.write_parquet(StageDir.part("data", i, "parquet"), dups)
             for r in dups.column("reason").to_pylist():
                 by_reason[r] = by_reason.get(r, 0) + 1
-        counts = {**cluster_counts(corpus, roots), "by_reason": dict(sorted(by_reason.items()))}
+        counts = {**cluster_counts(corpus, roots, offset), "by_reason": dict(sorted(by_reason.items()))}
         stats = {"index": 0, "outputs": {"data": "data"}, "counts": counts,
                  "seconds": round(time.perf_counter() - t0, 3)}
         return commit_shard(out, 0, stats)
 
     return run_if_needed(out, 0, work)
+
+
+def shard_rows(sig_dir: StageDir, shard_indexes: list[int]) -> dict[int, int]:
+    """Documents per shard of a signatures output (from its shard stats)."""
+    return {i: sig_dir.read_shard_stats(i)["counts"]["docs_in"] for i in shard_indexes}
+
+
+def index_shard(store_url: str, fp: str, partition: int, signatures_fp: str, clusters_fp: str,
+                rows: list[list[int]], offset: int) -> dict:
+    """One partition of a finished increment's bucket index (pipeline.dedup.bucket_index), which
+    later increments look their keys up in."""
+    import numpy as np
+
+    from pipeline.dedup import Corpus, bucket_index, doc_keys
+
+    out = stage_dir(store_url, "dedup-index", fp)
+    sig_dir = stage_dir(store_url, "dedup-signatures", signatures_fp)
+    clu_dir = stage_dir(store_url, "dedup-clusters", clusters_fp)
+
+    def work():
+        t0 = time.perf_counter()
+        corpus = Corpus(dict(rows))
+        keys = pa.concat_tables([sig_dir.read_arrow(bucket_part(partition, i)) for i, _ in rows])
+        positions, kept = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for i, _ in sorted(rows):  # positions ascending, as bucket_index needs
+            dups = clu_dir.read_parquet(StageDir.part("data", i, "parquet"), ["row", "cluster_id"])
+            positions.append(offset + corpus.position(doc_keys(i, dups.column("row").to_numpy())))
+            kept.append(dups.column("cluster_id").to_numpy())
+        table = bucket_index(keys.column("key").to_numpy(), keys.column("doc").to_numpy(), corpus, offset,
+                             np.concatenate(positions), np.concatenate(kept))
+        rel = StageDir.part("data", partition, "arrow")
+        out.write_arrow(rel, table)
+        stats = {"index": partition, "outputs": {"data": rel}, "counts": {"index_keys": table.num_rows},
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        return commit_shard(out, partition, stats)
+
+    return run_if_needed(out, partition, work)
 
 
 def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], clusters_fp: str,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import posixpath
 import uuid
 from typing import Any
@@ -29,6 +30,10 @@ import pyarrow.parquet as pq
 from storage.fingerprint import canonical_json
 
 TMP_MARK = ".tmp-"
+
+
+def _protocol(fs) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 class StoreError(RuntimeError):
@@ -60,12 +65,13 @@ class StageDir:
 
     # -- paths -------------------------------------------------------------------------------
     def abspath(self, rel: str) -> str:
-        return posixpath.join(self.path, rel)
+        """`rel` may climb out of the folder (`../{fp}/data/...`: a manifest naming another output's file)."""
+        return posixpath.normpath(posixpath.join(self.path, rel)) if rel else self.path
 
     def url(self, rel: str = "") -> str:
         """A URL a person or another program can open (local paths stay plain paths)."""
-        p = self.abspath(rel) if rel else self.path
-        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        p = self.abspath(rel)
+        proto = _protocol(self.fs)
         return p if proto in ("file", "local") else f"{proto}://{p.lstrip('/')}"
 
     @staticmethod
@@ -103,6 +109,29 @@ class StageDir:
         with self._atomic(rel) as f:
             f.write(data)
         return self.abspath(rel)
+
+    def write_once(self, rel: str, data: bytes) -> bool:
+        """Create `rel` holding `data` unless it exists; False when it did (another writer was first).
+        Exclusive on a local disk (a hard link fails on an existing name); elsewhere a check, then a
+        rename, so two writers at the same instant could both succeed there."""
+        final = self.abspath(rel)
+        if self.fs.exists(final):
+            return False
+        tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        self.fs.pipe_file(tmp, data)
+        try:
+            if _protocol(self.fs) in ("file", "local"):
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    return False
+            else:
+                self.fs.mv(tmp, final)
+            return True
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
 
     @contextlib.contextmanager
     def _atomic(self, rel: str):
@@ -183,8 +212,7 @@ class StageDir:
 
     def local_path(self, rel: str) -> str:
         """The path on this machine of a stored file, for libraries that need one (mmap, torch)."""
-        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        if proto in ("file", "local"):
+        if _protocol(self.fs) in ("file", "local"):
             return self.abspath(rel)
         cached = fsspec.open_local(f"simplecache::{self.url(rel)}")
         return cached if isinstance(cached, str) else cached[0]

@@ -1,0 +1,150 @@
+"""Incremental re-runs (PipelineConfig.incremental): a run takes only the input files that are new
+since the last run, as one more increment, and trains on the token shards of every increment.
+
+The ledger (storage/ledger.py) records each increment's files before any of its work and never
+changes them. Increment k's outputs are then ordinary stage outputs, named by fingerprints that
+follow from the ledger and the config alone:
+
+    ingest_k    ingest of its files
+    dedup_k     dedup of ingest_k with previous=dedup_{k-1}: checked against all earlier kept docs
+    quality_k, pii_k
+    tokenize_k  encoded with increment 0's tokenizer, so token ids agree across increments
+    corpus      a tokenize output listing every increment's shards (train and evaluate read it)
+
+Increment 0 is exactly a plain pipeline run over its files. A stage output that is committed is
+not run again, so a run with no new files starts no stage and a killed run finishes only what is
+missing, with the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prefect import get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows import stages
+from flows.config import STAGES, PipelineConfig
+from flows.training import evaluate, train
+from pipeline.inputs import InputError, resolve_inputs
+from pipeline.stage import merge_counts
+from pipeline.tokenize import shard_order
+from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint
+from storage.ledger import Ledger, series_key
+
+PER_INCREMENT = ("ingest", "dedup", "quality", "pii", "tokenize")
+
+
+def plan(config: PipelineConfig, records: list[dict]) -> list[dict[str, StageDir]]:
+    """Every increment's stage outputs (and increment 0's tokenizer), whether written or not."""
+    plans, previous, tokenizer = [], None, None
+    for rec in records:
+        p = {"ingest": stages.ingest_output(config.store, config.ingest, rec["files"])[0]}
+        p["dedup"] = previous = stages.dedup_output(p["ingest"], config.dedup, previous)[0]
+        p["quality"] = stages.filter_output("quality", p["dedup"], config.quality)[0]
+        p["pii"] = stages.filter_output("pii", p["quality"], config.pii)[0]
+        p["tokenizer"], p["tokenize"], _ = stages.tokenize_outputs(p["pii"], config.tokenize, tokenizer)
+        tokenizer = p["tokenizer"]
+        plans.append(p)
+    return plans
+
+
+def run_incremental(config: PipelineConfig, wrap: Callable = lambda flow: flow) -> dict:
+    """Record the new input files as an increment, finish every increment that is not complete, then
+    train and evaluate on all of them. `wrap` puts a stage flow on another task runner (Dask)."""
+    log = get_run_logger()
+    ledger = Ledger(Store(config.store), series_key(config.inputs, config.cc_base_url))
+    try:
+        files = resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)
+    except InputError as e:
+        if not ledger.records():
+            raise
+        log.warning("no input files now (%s): nothing new; finished increments do not need theirs", e)
+        files = []
+    current = [file_identity(f) for f in files]
+    records, new = ledger.add(current)
+    log.info("incremental: %d increment(s), %d new file(s)", len(records), len(new))
+    plans = plan(config, records)
+    last = STAGES.index(config.stop_after)
+    wanted = [s for s in PER_INCREMENT if STAGES.index(s) <= last]
+    ran: list[dict[str, dict]] = []
+    for k, (rec, p) in enumerate(zip(records, plans)):
+        missing = [s for s in wanted if not p[s].is_committed()]
+        ran.append(_run_increment(k, rec, p, plans[k - 1] if k else None, plans[0], wanted[wanted.index(missing[0]):],
+                                  current, config, wrap) if missing else {})
+    _publish(records, plans, ran)
+    latest, done = plans[-1], ran[-1]
+    results = {s: done.get(s) or stages.summary(latest[s], latest[s].read_manifest(), True) for s in wanted}
+    results["increments"] = {"count": len(records), "new_files": [f["url"] for f in new],
+                             "ran": [k for k, r in enumerate(ran) if r]}
+    if "tokenize" not in wanted:
+        return results
+    results["corpus"] = union(config, [p["tokenize"] for p in plans]) if len(plans) > 1 else results["tokenize"]
+    if STAGES.index("train") <= last:
+        results["train"] = train(results["corpus"]["url"], config.train)
+    if STAGES.index("evaluate") <= last:
+        results["evaluate"] = evaluate(results["train"]["url"], config.evaluate)
+    return results
+
+
+def _run_increment(k: int, rec: dict, p: dict[str, StageDir], before: dict[str, StageDir] | None,
+                   first: dict[str, StageDir], todo: list[str], current: list[dict], config: PipelineConfig,
+                   wrap: Callable) -> dict[str, dict]:
+    """Run increment k's stages `todo` (from the first one not yet written); each must land where
+    planned."""
+    w, out = config.workers, {}
+    for stage in todo:
+        if stage == "ingest":
+            have = {canonical_json(f) for f in current}
+            gone = [f["url"] for f in rec["files"] if canonical_json(f) not in have]
+            if gone:
+                raise InputError(f"increment {k} holds input files that changed or are gone since it was recorded: "
+                                 f"{', '.join(gone)}; restore them to finish it")
+            r = wrap(stages.ingest)([f["url"] for f in rec["files"]], config.ingest, config.store, w, None,
+                                    config.cc_base_url)
+        elif stage == "dedup":
+            r = wrap(stages.dedup)(p["ingest"].url(), config.dedup, w, before["dedup"].url() if before else None)
+        elif stage == "tokenize":
+            r = wrap(stages.tokenize)(p["pii"].url(), config.tokenize, w, first["tokenizer"].url() if k else None)
+        else:
+            upstream = p[PER_INCREMENT[PER_INCREMENT.index(stage) - 1]]
+            r = wrap(getattr(stages, stage))(upstream.url(), getattr(config, stage), w)
+        if r["fingerprint"] != p[stage].fingerprint:
+            raise RuntimeError(f"increment {k}: {stage} wrote {r['url']}, planned {p[stage].url()}")
+        out[stage] = r
+    return out
+
+
+def union(config: PipelineConfig, toks: list[StageDir]) -> dict:
+    """A tokenize output holding every increment's token shards (paths into their folders), in a
+    seeded order over all of them (a flow's summary of it)."""
+    code = code_version("pipeline.tokenize", *stages.CORE)
+    upstream = {"increments": [t.fingerprint for t in toks]}
+    out = toks[0].store.stage("tokenize", fingerprint("tokenize", code, config.tokenize, upstream))
+    if out.is_committed():
+        return stages.summary(out, out.read_manifest(), True)
+    first = toks[0].read_manifest()
+    shards, counts = [], {}
+    for k, tok in enumerate(toks):
+        m = tok.read_manifest()
+        for s in m["shards"]:
+            shards.append({"index": len(shards), "increment": k, "shard": s["index"],
+                           **{kind: f"../{tok.fingerprint}/{s[kind]}" for kind in ("train", "val")}})
+        counts = merge_counts(counts, m["counts"])
+    manifest = out.commit({"config": config.tokenize, "code": code, "upstream": upstream,
+                           "tokenizer": first["tokenizer"], "vocab_size": first["vocab_size"],
+                           "train_order": shard_order(range(len(shards)), config.tokenize.seed), "shards": shards,
+                           "counts": counts})
+    return stages.summary(out, manifest, False)
+
+
+def _publish(records: list[dict], plans: list[dict[str, StageDir]], ran: list[dict]) -> None:
+    """One row per increment: its files, what dedup kept and removed, and whether this run did it."""
+    rows = []
+    for rec, p, r in zip(records, plans, ran):
+        manifest = p["dedup"].read_manifest() if p["dedup"].is_committed() else {}
+        counts, lsh = manifest.get("counts", {}), manifest.get("lsh", {})
+        rows.append({"increment": rec["index"], "files": len(rec["files"]), "docs_in": counts.get("docs_in"),
+                     "docs_kept": counts.get("docs_kept"), "duplicates_of_earlier": lsh.get("duplicates_of_earlier"),
+                     "this_run": ", ".join(r) if r else "cached"})
+    create_table_artifact(rows, key="increments", description="incremental runs: one row per increment")
