@@ -188,7 +188,7 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
     cached = out.is_committed()
     if not cached:
         result = _eval_task(out, src.model_path, src.tokenizer_path, src.val_files, config)
-        result["source"] = {"url": source, **src.trained}
+        result["source"] = {"url": src.store.relative(source), **src.trained}
         out.commit({"config": config, "code": code, "upstream": upstream, "counts": result})
     manifest = out.read_manifest()
     res = manifest["counts"]

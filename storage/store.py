@@ -51,6 +51,13 @@ class Store:
     def stage(self, name: str, fp: str) -> "StageDir":
         return StageDir(self, name, fp)
 
+    def relative(self, url: str) -> str:
+        """`url` as a path inside this store (train/{fp}/model.pt) when it is one, else as given:
+        what a manifest records must not depend on where the store sits."""
+        fs, path = fsspec.core.url_to_fs(url.rstrip("/"))
+        root = self.root.rstrip("/") + "/"
+        return path[len(root):] if type(fs) is type(self.fs) and path.startswith(root) else url
+
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 

@@ -202,6 +202,7 @@ def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, 
     assert res["texts"]["heldout"]["bytes"] == len(held.encode("utf-8")) and res["texts"]["heldout"]["stride"] == 32
     assert res["bits_per_byte"] > 0 and res["texts"]["heldout"]["bits_per_byte"] > 0
     assert res["source"]["tokens_seen"] == trained_run["train"]["counts"]["tokens_seen"] == 12 * 4 * 32
+    assert res["source"]["url"] == f"train/{trained_run['train']['fingerprint']}"  # the store may move
     assert res["model"]["architecture"] == "gpt2" and res["tasks"]["copa"]["items"] == 8
     report = _latest_artifacts(["evaluate-report"])["evaluate-report"]["data"]
     assert "| heldout | 1 |" in report and "| held-out token shards |" in report
