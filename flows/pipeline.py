@@ -14,7 +14,11 @@ from pipeline.inputs import resolve_inputs
 
 @flow(name="pipeline")
 def pipeline(config: PipelineConfig) -> dict:
-    """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate."""
+    """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate.
+
+    Args:
+        config: the inputs (or seed URLs), the store and every stage's settings.
+    """
     log = get_run_logger()
     if config.incremental:  # its own input check: finished increments may have moved their files away
         return run_incremental(config, lambda stage: on_cluster(stage, config.dask_address))

@@ -55,7 +55,12 @@ def _crawl_task(out: StageDir, config: CrawlConfig) -> dict:
 
 @flow(name="crawl", task_runner=RUNNER)
 def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
-    """Crawl seed URLs politely and record the pages as WARC files."""
+    """Crawl seed URLs politely and record the pages as WARC files.
+
+    Args:
+        config: the seed URLs and the crawl's limits and politeness.
+        store: folder or fsspec URL (s3://bucket/prefix) the output goes to, as crawl/{fingerprint}.
+    """
     out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"),
                                                     config, None))
     cached = out.is_committed()
@@ -75,7 +80,17 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
 def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
            workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL) -> dict:
     """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
-    document shards: extraction, language id. `limit` keeps the first that many input files."""
+    document shards: extraction, language id. `limit` keeps the first that many input files.
+
+    Args:
+        inputs: files, folders, globs, fsspec URLs, a Common Crawl listing (CC-MAIN-2024-51,
+            CC-MAIN-2024-51/wet, a *.paths.gz file) or a crawl output folder.
+        config: record filtering, HTML to text and language id settings.
+        store: folder or fsspec URL (s3://bucket/prefix) the output goes to, as ingest/{fingerprint}.
+        workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
+        limit: ingest only the first this many input files (empty: all).
+        cc_base_url: where the relative paths of a Common Crawl listing are fetched from.
+    """
     sources, identities, sizes = _ingest_sources(inputs, limit, cc_base_url)
     out, code, upstream = ingest_output(store, config, identities)
     plan = plan_shards(list(zip(sources, sizes)), config.shard_bytes)
@@ -122,7 +137,14 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
     signatures and bucket keys per shard, verified pairs per bucket partition, union-find clusters
     (each keeps its first document), then apply per shard. Each step is cached on its own.
     `previous`: the dedup output of earlier input (an incremental run's last increment); documents
-    that duplicate what it or its own predecessors kept are removed too, and those stay unchanged."""
+    that duplicate what it or its own predecessors kept are removed too, and those stay unchanged.
+
+    Args:
+        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
+        config: the exact and MinHash near-duplicate settings.
+        workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
+        previous: the dedup output of the previous increment of an incremental run (empty: none).
+    """
     up, upstream = _upstream(source)
     up_manifest = up.read_manifest()
     st, idx = up.store, [s["index"] for s in up_manifest["shards"]]
@@ -215,14 +237,26 @@ def filter_output(name: str, up: StageDir, config) -> tuple[StageDir, str, dict]
 @flow(name="quality", task_runner=RUNNER)
 def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
     """Gopher quality and repetition rules (C4 and FineWeb optional); every removed document keeps the
-    first rule that removed it, or with `signals` every document is kept with its signals as columns."""
+    first rule that removed it, or with `signals` every document is kept with its signals as columns.
+
+    Args:
+        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
+        config: the quality rules and thresholds.
+        workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
+    """
     return _filter_stage("quality", source, config, workers_n)
 
 
 @flow(name="pii", task_runner=RUNNER)
 def pii(source: str, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
     """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders or keyed
-    pseudonyms (the key's id, not the key, is part of the fingerprint)."""
+    pseudonyms (the key's id, not the key, is part of the fingerprint).
+
+    Args:
+        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
+        config: the PII entities and replacement settings.
+        workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
+    """
     return _filter_stage("pii", source, config, workers_n)
 
 
@@ -231,7 +265,14 @@ def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: 
              tokenizer: str | None = None) -> dict:
     """Train a byte-level BPE on a sample, encode every shard to Arrow token shards, split train/val;
     the manifest's train_order is the seeded shuffle training reads the shards in. `tokenizer`: a
-    tokenizer output to encode with instead (incremental runs keep their first one, so ids agree)."""
+    tokenizer output to encode with instead (incremental runs keep their first one, so ids agree).
+
+    Args:
+        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
+        config: the tokenizer training, encoding and validation split settings.
+        workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
+        tokenizer: a tokenizer output ({store}/tokenizer/{fingerprint}) to encode with instead of training one.
+    """
     up, upstream = _upstream(source)
     st, idx = up.store, _indexes(up)
     tok, out, code = tokenize_outputs(up, config, open_stage(tokenizer) if tokenizer else None)

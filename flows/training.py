@@ -88,7 +88,12 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
 
 @flow(name="train")
 def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
-    """Pretrain a GPT on a tokenize output; killed and re-run, it resumes from its last checkpoint."""
+    """Pretrain a GPT on a tokenize output; killed and re-run, it resumes from its last checkpoint.
+
+    Args:
+        source: the tokenize output to train on (a folder or URL, {store}/tokenize/{fingerprint}).
+        config: the model's shape, the optimizer, the schedule, the device and the processes.
+    """
     tok = open_stage(source)
     code = code_version(*MODEL_CODE)
     upstream = {"stage": tok.name, "fingerprint": tok.fingerprint}
@@ -177,7 +182,13 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
     """Held-out loss, perplexity and bits per byte (validation shards and config.text_files),
     benchmarks (config.tasks) and samples for any checkpoint: a train output URL, a model.pt or
     checkpoint file, or a folder holding one (model.source). Cached on the model's identity, the
-    config and each text and benchmark file's identity."""
+    config and each text and benchmark file's identity.
+
+    Args:
+        source: a train output ({store}/train/{fingerprint}), a model.pt or training checkpoint, or a
+            folder holding one.
+        config: what to measure (held-out loss, text files, benchmarks) and the samples to generate.
+    """
     src = resolve(source, config.data)
     code = code_version("model.evaluate")
     files = {group: {n: file_identity(p) for n, p in sorted(paths.items())}

@@ -74,6 +74,12 @@ def test_deployments_registered_nightly_schedule_off_until_switched_on(client):
     schema = deps["pipeline"].parameter_openapi_schema
     pipeline_cfg = schema["definitions"]["PipelineConfig"]["properties"]
     assert all(field.get("description") for field in pipeline_cfg.values())  # the UI form explains every field
+    for dep in deps.values():  # and every flow argument of every deployment (the flows' docstring Args)
+        props = dep.parameter_openapi_schema["properties"]
+        assert props and all(p.get("description") for p in props.values()), dep.name
+    # nightly runs are incremental, one at a time
+    assert nightly.parameters["config"]["incremental"] is True
+    assert nightly.global_concurrency_limit.limit == 1
 
 
 def test_retry_from_the_api_resumes_without_recomputing(client, tmp_path, shared_data):
