@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             config = load_config(args.config, _overrides(args.set))
-            if config.inputs:
+            if config.inputs and not config.incremental:  # an incremental series may find nothing new
                 resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # before starting anything
         else:
             config = _stage_config(args.command, args)

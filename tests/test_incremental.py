@@ -196,3 +196,25 @@ def test_failed_increment_is_finished_first_with_identical_bytes(prefect_api, tm
 def _committed(store: Path) -> dict[str, bytes]:
     """What outputs hold (manifests, data, removed documents, ledger records), without timings."""
     return {k: v for k, v in _files(store).items() if "/stats/" not in k and ".tmp-" not in k}
+
+
+def test_cli_incremental_run_after_the_files_moved_away_does_nothing(prefect_api, tmp_path, capsys, shared_data):
+    """`crawl2llm run` on an incremental series whose landing folder is empty again (the files were
+    moved away after their increment) is not an input error: nothing new, nothing done. A series
+    that never had a file still says what is missing."""
+    import yaml
+
+    from flows.cli import main
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    cfg = tmp_path / "nightly.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(str(tmp_path / "store"), [str(incoming / "*.warc.gz")],
+                                              incremental=True, stop_after="ingest")))
+    assert main(["run", str(cfg)]) == 2 and "matches no" in capsys.readouterr().err
+    shutil.copy(shared_data("warc/dolma-sample-0001.warc.gz"), incoming)
+    assert main(["run", str(cfg)]) == 0
+    before = _files(tmp_path / "store")
+    (incoming / "dolma-sample-0001.warc.gz").unlink()
+    assert main(["run", str(cfg)]) == 0
+    assert _files(tmp_path / "store") == before
