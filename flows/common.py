@@ -13,7 +13,8 @@ import time
 from typing import Any, Callable
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 from prefect.futures import as_completed
 from tqdm import tqdm
 
@@ -94,6 +95,8 @@ def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_
     if examples:
         md += [examples]
     create_markdown_artifact("\n".join(md), key=f"{out.name}-report", description=f"{out.name} report")
+    create_link_artifact(out.url(), link_text=f"{out.name} output: manifest.json, data/, removed/, stats/",
+                         key=f"{out.name}-output", description=f"{out.name} {out.fingerprint}")
     get_run_logger().info("%s %s: %s", out.name, "cached" if cached else "done", _short(counts))
 
 

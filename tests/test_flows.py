@@ -80,6 +80,10 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
     assert set(artifacts) == {"train-summary", "train-checkpoint", "train-model", "train-loss-curve"}
     assert "latest.pt" in artifacts["train-checkpoint"]["data"] and "model.pt" in artifacts["train-model"]["data"]
     assert {"metric": "MFU (this run)", "value": "unknown"} in json.loads(artifacts["train-summary"]["data"])
+    for stage in ("ingest", "dedup", "quality", "pii", "tokenize"):  # each stage: table, report, link to its output
+        published = _latest_artifacts([f"{stage}-summary", f"{stage}-report", f"{stage}-output"])
+        assert published[f"{stage}-output"]["data"].endswith(f"]({first[stage]['url']})"), stage
+        assert len(published) == 3 and first[stage]["fingerprint"] in published[f"{stage}-report"]["data"]
 
     state = pipeline(config, return_state=True)
     again = state.result()
