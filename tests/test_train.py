@@ -147,9 +147,7 @@ def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
     assert not (tmp_path / "model.pt").exists()
     summary, events = run(corpus, tmp_path)
     assert [e["step"] for e in events if "loss" in e] == list(range(21, 41))
-    # The weights are the proof (bitwise below). A logged loss once differed in its 7th digit here in
-    # CI (steps 21 and 23 of 20 resumed, the steps between equal, so not the weights): compare to 1e-6.
-    assert losses(events) == pytest.approx({k: v for k, v in losses(baseline["events"]).items() if k > 20}, rel=1e-6)
+    assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 20}
     assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
 
 
