@@ -21,10 +21,18 @@ def cluster():
     from distributed import Client, LocalCluster
 
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None, env=env) as c, Client(c) as client:
-        client.wait_for_workers(2)
-        yield client
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                          dashboard_address=None, env=env) as c, Client(c) as client:
+            client.wait_for_workers(2)
+            yield client
+    finally:
+        # The in-process nannies leave OMP_NUM_THREADS=1 (and MKL_/OPENBLAS_) in this process's
+        # environment: later tests' subprocesses would then compute with other thread counts
+        # (test_train's resume after SIGKILL got other model bytes).
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
