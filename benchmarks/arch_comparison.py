@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import machine  # noqa: E402
+from ingest_throughput import machine, markdown_table  # noqa: E402
 from model.data import TokenStream  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.gpt import GPT2, MODERN  # noqa: E402
@@ -99,13 +99,11 @@ def main() -> int:
                 print(json.dumps(rows[-1]), flush=True)
     m = machine()
     print(f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {torch.__version__}\n")
-    print("| architecture | seed | params | steps | training tokens | final train loss | held-out loss | "
-          "held-out perplexity | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['arch']} | {r['seed']} | {r['params']:,} | {r['steps']} | {r['tokens']:,} | "
-              f"{r['final_train_loss']:.4f} | {r['heldout_loss']:.4f} | {math.exp(r['heldout_loss']):.1f} | "
-              f"{r['seconds']:.0f} |")
+    print(markdown_table(
+        ["architecture", "seed", "params", "steps", "training tokens", "final train loss", "held-out loss",
+         "held-out perplexity", "seconds"],
+        [[r["arch"], r["seed"], f"{r['params']:,}", r["steps"], f"{r['tokens']:,}", f"{r['final_train_loss']:.4f}",
+          f"{r['heldout_loss']:.4f}", f"{math.exp(r['heldout_loss']):.1f}", f"{r['seconds']:.0f}"] for r in rows]))
     print(json.dumps({"rows": rows, "args": vars(args), "machine": m}))
     return 0
 

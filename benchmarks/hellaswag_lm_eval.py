@@ -41,15 +41,14 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 import arch_comparison  # noqa: E402
-from ingest_throughput import machine  # noqa: E402
+from ingest_throughput import DATA, machine, markdown_table  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.export import export_hf  # noqa: E402
 from model.tasks import accuracy, choice_scores, encode_pair, load_task, picks  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("CRAWL2LLM_DATA", ROOT.parent / "shared" / "data"))
-HELLASWAG = DATA / "eval" / "hellaswag_val.klosax-preprocessed.jsonl.gz"
+HELLASWAG = Path(DATA) / "eval" / "hellaswag_val.klosax-preprocessed.jsonl.gz"
 # HellaSwag validation from the local file with the prompt model.tasks builds: "<activity_label>:
 # <ctx>", each ending scored after a space, acc and acc_norm (by characters).
 TASK_YAML = """task: hellaswag_local
@@ -204,21 +203,20 @@ def main() -> int:
     m = machine()
     print(f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {torch.__version__}, "
           f"1-minute load average at the end {os.getloadavg()[0]:.1f} (this run alone makes about 2)\n")
-    print("| model | exported as | params | items | scorer | acc | acc_norm | CPU s | wall s | items/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        for who, label in (("ours", "ours (model.tasks)"), ("lm_eval", "lm-eval (hf)")):
-            print(f"| {r['model']} | {r['arch']} | {r['params']:,} | {r['items']} | {label} | {r[who + '_acc']:.4f} | "
-                  f"{r[who + '_acc_norm']:.4f} | {r[who + '_cpu_s']:.1f} | {r[who + '_wall_s']:.1f} | "
-                  f"{r['items'] / r[who + '_wall_s']:.0f} |")
-    print("\n| model | acc diff (points) | acc_norm diff (points) | same pick, acc | same pick, acc_norm | "
-          "same per-item verdicts | max log-likelihood gap | pairs truncated |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {100 * (r['ours_acc'] - r['lm_eval_acc']):+.2f} | "
-              f"{100 * (r['ours_acc_norm'] - r['lm_eval_acc_norm']):+.2f} | {r['agree_acc']:.2%} | "
-              f"{r['agree_acc_norm']:.2%} | {r['same_verdicts']:.2%} | {r['max_ll_gap']:.2e} | "
-              f"{r['truncated_pairs']} |")
+    print(markdown_table(
+        ["model", "exported as", "params", "items", "scorer", "acc", "acc_norm", "CPU s", "wall s", "items/s"],
+        [[r["model"], r["arch"], f"{r['params']:,}", r["items"], label, f"{r[who + '_acc']:.4f}",
+          f"{r[who + '_acc_norm']:.4f}", f"{r[who + '_cpu_s']:.1f}", f"{r[who + '_wall_s']:.1f}",
+          f"{r['items'] / r[who + '_wall_s']:.0f}"]
+         for r in rows for who, label in (("ours", "ours (model.tasks)"), ("lm_eval", "lm-eval (hf)"))]))
+    print()
+    print(markdown_table(
+        ["model", "acc diff (points)", "acc_norm diff (points)", "same pick, acc", "same pick, acc_norm",
+         "same per-item verdicts", "max log-likelihood gap", "pairs truncated"],
+        [[r["model"], f"{100 * (r['ours_acc'] - r['lm_eval_acc']):+.2f}",
+          f"{100 * (r['ours_acc_norm'] - r['lm_eval_acc_norm']):+.2f}", f"{r['agree_acc']:.2%}",
+          f"{r['agree_acc_norm']:.2%}", f"{r['same_verdicts']:.2%}", f"{r['max_ll_gap']:.2e}", r["truncated_pairs"]]
+         for r in rows]))
     print(json.dumps({"rows": rows, "args": vars(args), "machine": m}))
     return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -27,23 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from ingest_throughput import machine  # noqa: E402
+from hellaswag_lm_eval import HELLASWAG  # noqa: E402
+from ingest_throughput import cpu_seconds, machine  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.gpt import GPT, GPT2, GPTConfig, resolve_device  # noqa: E402
 from model.tasks import evaluate_task, load_task  # noqa: E402
 from pipeline.tokenize import TokenizeConfig, train_tokenizer  # noqa: E402
 
-DATA = Path(os.environ.get("CRAWL2LLM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-HELLASWAG = DATA / "eval" / "hellaswag_val.klosax-preprocessed.jsonl.gz"
 SHAPES = {
     "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024},
     "demo": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},
 }
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -79,11 +72,11 @@ def main() -> None:
 
     if device == "cuda":
         torch.cuda.synchronize()
-    wall, cpu = time.perf_counter(), cpu_seconds()
+    wall, cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
     result = evaluate_task(model, tokenizer, items, args.batch_size, device)
     if device == "cuda":
         torch.cuda.synchronize()
-    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    wall, cpu = time.perf_counter() - wall, cpu_seconds(resource.RUSAGE_SELF) - cpu
     print(json.dumps({
         "model": what, "params": params, "block_size": model.config.block_size, "device": device,
         "machine": machine(), "items": result["items"], "pairs": sum(len(i.continuations) for i in items),

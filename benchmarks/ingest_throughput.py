@@ -338,6 +338,12 @@ def machine() -> dict:
             "os": platform.platform()}
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """The benchmarks' result tables, as docs/BENCHMARKS.md quotes them."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def rates(r: dict) -> dict:
     mib = r["bytes"] / MIB
     return {"mib": mib, "docs_per_core_s": r["docs"] / r["cpu_s"], "mib_per_core_s": mib / r["cpu_s"],

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ingest_throughput import machine  # noqa: E402
+from ingest_throughput import machine, markdown_table  # noqa: E402
 from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast  # noqa: E402
 from model.mfu import device_name, mfu, peak_flops  # noqa: E402
 from model.train import TrainConfig, make_optimizer, train  # noqa: E402
@@ -129,12 +129,11 @@ def main() -> int:
     m = machine()
     print(f"\nDevice: {name} (dense peak {peak or 'unknown'} FLOP/s); host {m['cpu']}, torch {torch.__version__}; "
           f"shape {shape}, batch {args.batch}, compile {compile_}\n")
-    print("| method | ms/step | tokens/s | MFU | vs baseline |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        share = "unknown" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(f"| {r['method']} | {1000 * r['seconds_per_step']:.1f} | {r['tokens_per_s']:,.0f} | {share} | "
-              f"{r['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x |")
+    print(markdown_table(
+        ["method", "ms/step", "tokens/s", "MFU", "vs baseline"],
+        [[r["method"], f"{1000 * r['seconds_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}",
+          "unknown" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+          f"{r['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x"] for r in rows]))
     print(json.dumps({"rows": rows, "device": name, "args": vars(args), "machine": m}))
     return 0
 
