@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import machine, markdown_table  # noqa: E402
+from ingest_throughput import DATA as SHARED_DATA, machine, markdown_table  # noqa: E402
 from model.data import TokenStream  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.gpt import GPT2, MODERN  # noqa: E402
@@ -38,7 +38,7 @@ from model.train import TrainConfig, train, val_loss  # noqa: E402
 from pipeline.tokenize import TokenizeConfig, encode_table, sample_texts, train_tokenizer  # noqa: E402
 from storage import Store  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
+DATA = Path(SHARED_DATA) / "text"
 TRAIN_BOOKS = DATA / "gutenberg-top-authors-subset.jsonl.gz"
 HELDOUT_BOOKS = DATA / "gutenberg-heldout-authors-val.jsonl.gz"
 ARCHITECTURES = {"gpt2": GPT2, "modern": MODERN}
