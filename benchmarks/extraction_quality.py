@@ -35,10 +35,12 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ingest_throughput import DATA  # noqa: E402
 from pipeline.ingest import ExtractTimeout, IngestConfig, html_to_text  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "html_extraction" / "scrapinghub-aeb"
+DEFAULT_DATA = Path(DATA) / "html_extraction" / "scrapinghub-aeb"
 VARIANTS = {
     "resiliparse (default)": IngestConfig(),
     "trafilatura": IngestConfig(extractor="trafilatura"),

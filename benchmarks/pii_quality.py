@@ -31,12 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest_throughput import machine, pin  # noqa: E402
+from ingest_throughput import DATA as SHARED_DATA, machine, pin  # noqa: E402
 from pipeline.pii import (PiiConfig, Span, analyzer, presidio_spans, replace_spans, resolve_overlaps,  # noqa: E402
                           scan, scrub)
 from pipeline.schema import docs_from_rows  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(SHARED_DATA)
 LABELLED = ["pii/presidio-generated_large.json", "pii/presidio-synth_dataset_v2.json"]
 TYPES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN"]
 

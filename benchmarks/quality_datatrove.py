@@ -56,11 +56,11 @@ import pyarrow.parquet as pq  # noqa: E402
 
 import pipeline.quality as Q  # noqa: E402
 from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import machine  # noqa: E402
+from ingest_throughput import DATA as SHARED_DATA, machine  # noqa: E402
 from pipeline.ingest import INPUT_SUFFIXES, IngestConfig, ingest_file  # noqa: E402
 from pipeline.schema import docs_from_rows  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(SHARED_DATA)
 HELPER = Path(__file__).resolve().parent / "datatrove_filters.py"
 
 GQ_OFF = dict(min_doc_words=None, max_doc_words=None, min_avg_word_length=None, max_avg_word_length=None,

@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extraction_quality import WORD, overlap  # noqa: E402
+from ingest_throughput import DATA  # noqa: E402
 from pipeline.ingest import IngestConfig, ingest_file  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = Path(DATA)
 VARIANTS = {
     "resiliparse (default)": {},
     "resiliparse main_content=False": {"main_content": False},
