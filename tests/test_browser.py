@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 
 import pytest
 
@@ -47,9 +48,12 @@ def _browser():
 
     options = Options()
     options.binary_location = shutil.which("chromium")
+    # no background connections: on a machine with a closed network they are refused, many at a time
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1200"):
+                "--window-size=1400,1200", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for failure messages
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
@@ -72,9 +76,13 @@ def _fill(driver, path: list[str], value) -> None:
         scope = _property(scope, label)
     box = scope.find_element(By.XPATH, "./div[contains(@class, 'p-label__body')]//*[self::input or self::textarea]")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-    box.click()
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(str(value))
+    for _ in range(3):  # a select-all that lands before the box is ready would append: check what it holds
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(value))
+        if box.get_attribute("value") == str(value):
+            return
+    pytest.fail(f"form field {' / '.join(path)} holds {box.get_attribute('value')!r}, not {str(value)!r}")
 
 
 def _click(driver, by, selector: str, timeout_s: float = 30) -> None:
@@ -109,6 +117,7 @@ def screenshots(tmp_path):
 
 
 def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screenshots):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -116,7 +125,7 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
     driver = _browser()
     t0 = time.monotonic()
     try:
-        with crawl2llm_server(tmp_path / "prefect") as (ui, api, _):
+        with crawl2llm_server(tmp_path / "prefect") as (ui, api, log_path):
             wait = WebDriverWait(driver, 60)
             driver.get(f"{ui}/deployments")
             _click(driver, By.LINK_TEXT, "pipeline")
@@ -130,15 +139,21 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
                 _fill(driver, ["config", section, label], value)
             driver.execute_script("arguments[0].scrollIntoView()", _property(driver, "Store"))  # the filled top
             driver.save_screenshot(str(screenshots / "01-custom-run-form.png"))
-            _click_text(driver, "Submit", "button")
-            # back on the deployment's page, which lists the new run: open it
-            wait.until(lambda d: not d.current_url.split("?")[0].endswith("/run"))
-            _click(driver, By.CSS_SELECTOR, "a[href*='/runs/flow-run/']")
-            wait.until(lambda d: "/runs/flow-run/" in d.current_url)
-            run_id = driver.current_url.split("/runs/flow-run/")[1].split("?")[0].split("/")[0]
+            t_submit = time.monotonic()
+            run_id = _submit(driver, api, log_path)
+            timings = {"form filled": t_submit - t0, "run made": time.monotonic() - t_submit}
+            try:  # back on the deployment's page, which lists the new run: open it
+                wait.until(lambda d: not d.current_url.split("?")[0].endswith("/run"))
+                _click(driver, By.CSS_SELECTOR, f"a[href*='/runs/flow-run/{run_id}']")
+            except TimeoutException:
+                warnings.warn(f"the UI made run {run_id} but was still on the form 60 s later: {driver.current_url}")
+                driver.get(f"{ui}/runs/flow-run/{run_id}")
+            wait.until(lambda d: f"/runs/flow-run/{run_id}" in d.current_url)
 
             with api_client(api) as client:
+                t_run = time.monotonic()
                 run = wait_final(client, run_id, timeout_s=240)
+                timings["run final"] = time.monotonic() - t_run
             assert run.parameters["config"]["train"]["max_steps"] == 30  # what the form said
             assert run.parameters["config"]["inputs"] == [str(warc)]
             assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
@@ -165,7 +180,56 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
         raise
     finally:
         driver.quit()
-    print(f"browser journey {time.monotonic() - t0:.0f} s; screenshots in {screenshots}")
+    steps = ", ".join(f"{step} {secs:.0f} s" for step, secs in timings.items())
+    print(f"browser journey {time.monotonic() - t0:.0f} s ({steps}); screenshots in {screenshots}")
+
+
+def _flow_runs(api: str) -> list[dict]:
+    with api_client(api) as client:  # 3.8.8's client sends null filters the server rejects: post our own
+        return client._client.post("/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_DESC"}).json()
+
+
+def _submit(driver, api: str, server_log, timeout_s: float = 90) -> str:
+    """Submit the custom-run form; the id of the run it made. The UI goes back to the deployment's page
+    once the server made the run. When it does not, what the page and the server said makes the error:
+    field errors, toasts (seen while waiting: they fade), the browser console, the server logs. No run
+    and no field error (the server refused, e.g. a busy database, or nothing happened) gets one more
+    click, as a user would give it, and a warning."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    seen: dict[str, list[str]] = {"toasts": [], "console": []}
+
+    def left_form(d):
+        for toast in _shown(d, ".p-toast__card"):
+            if toast not in seen["toasts"]:
+                seen["toasts"].append(toast)
+        seen["console"] += [f"{e['level']}: {e['message']}"[:400] for e in d.get_log("browser")]
+        return not d.current_url.split("?")[0].endswith("/run") or bool(_flow_runs(api))
+
+    for attempt in (1, 2):
+        _click_text(driver, "Submit", "button")
+        try:
+            WebDriverWait(driver, timeout_s, poll_frequency=1).until(left_form)
+            break
+        except TimeoutException:
+            problems = {"field errors": _shown(driver, ".p-label__message--failed"), **seen}
+            if attempt == 2 or problems["field errors"]:
+                logs = "".join(f"\n{log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                               for log in (server_log, server_log.parent / "server.log") if log.exists())
+                pytest.fail(f"the form did not submit in {timeout_s:.0f} s: {problems}{logs}")
+            warnings.warn(f"the custom-run form made no run {timeout_s:.0f} s after a click on Submit, clicking again: "
+                          f"{problems}")
+    runs = _flow_runs(api)
+    assert len(runs) == 1, f"Submit made {len(runs)} runs"
+    return runs[0]["id"]
+
+
+def _shown(driver, css: str) -> list[str]:
+    """The text of the visible elements that match."""
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed() and e.text.strip()]
 
 
 def _open_latest_artifact(driver, ui: str, key: str) -> None:
