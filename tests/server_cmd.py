@@ -31,7 +31,8 @@ def crawl2llm_server(home: Path, start_s: float = 180):
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "CRAWL2LLM_FAILPOINT"}
     env.update(PREFECT_HOME=str(home), CRAWL2LLM_WORKERS=os.environ.get("CRAWL2LLM_WORKERS", "2"),
-               PREFECT_WORKER_QUERY_SECONDS="1", PYTHONUNBUFFERED="1")
+               PREFECT_WORKER_QUERY_SECONDS="1", PYTHONUNBUFFERED="1",
+               PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")  # a 503 (busy database...) leaves its traceback in server.log
     log_path = home / "crawl2llm-server.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port)], env=env,
