@@ -27,9 +27,3 @@ if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
   .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]"
   echo "$want" > "$stamp"
 fi
-
-# Selenium for the browser test, pinned with its dependencies (4.52 wants a newer certifi than the lock's).
-if ! .venv/bin/python -c "import selenium" 2>/dev/null; then
-  .venv/bin/python -m pip install -q -c requirements.lock selenium==4.51.0 trio==0.35.0 trio-websocket==0.12.2 \
-    wsproto==1.3.2 outcome==1.3.0.post0 websocket-client==1.9.2 PySocks==1.7.1
-fi
