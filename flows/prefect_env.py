@@ -61,11 +61,12 @@ def api_url(port: int = PORT) -> str:
 def start_server(home: Path, port: int = PORT) -> subprocess.Popen:
     """`prefect server start` in its own session (a terminal's Ctrl-C is ours to pass on), logging to
     PREFECT_HOME/server.log. The UI asks the API at PREFECT_UI_API_URL, which follows the port only
-    when told."""
+    when told. Started through flows/prefect_server.py, whose SQLite writes wait for the lock."""
     log = open(home / "server.log", "ab")
     env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_UI_API_URL": api_url(port)}
-    return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
+    return subprocess.Popen([sys.executable, "-m", "flows.prefect_server", "server", "start", "--host", HOST,
+                             "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                             env=env)
 

@@ -193,8 +193,9 @@ def _submit(driver, api: str, server_log, timeout_s: float = 90) -> str:
     """Submit the custom-run form; the id of the run it made. The UI goes back to the deployment's page
     once the server made the run. When it does not, what the page and the server said makes the error:
     field errors, toasts (seen while waiting: they fade), the browser console, the server logs. No run
-    and no field error (the server refused, e.g. a busy database, or nothing happened) gets one more
-    click, as a user would give it, and a warning."""
+    and no field error (the server refused, or nothing happened) gets one more click, as a user would
+    give it, and a warning. (The refusal CI met, a 503 "database is locked", is fixed in
+    flows/prefect_server.py and tested in tests/test_server.py.)"""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 

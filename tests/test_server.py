@@ -6,7 +6,10 @@ finished come back Cached, only the failed one runs again."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -80,6 +83,39 @@ def test_deployments_registered_nightly_schedule_off_until_switched_on(client):
     # nightly runs are incremental, one at a time
     assert nightly.parameters["config"]["incremental"] is True
     assert nightly.global_concurrency_limit.limit == 1
+
+
+def test_a_run_made_while_another_connection_writes_waits_instead_of_failing(server, client):
+    """The UI's create call reads the deployment, then inserts the run, in one transaction. Another
+    connection commits a write in between (here: this test, holding the lock; in use: the worker,
+    the event persister). Prefect's own DEFERRED transaction fails then at once with "database is
+    locked", a 503 the UI does not retry; flows/prefect_server.py makes it wait for the lock."""
+    import httpx
+
+    api, home = server[1], server[2].parent
+    deployment = client.read_deployment_by_name("pipeline/pipeline")
+    later = (datetime.now(timezone.utc) + timedelta(days=7)).isoformat()  # never picked up by the worker
+    body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}},  # the UI's request
+            "work_queue_name": deployment.work_queue_name, "parameters": deployment.parameters,
+            "job_variables": {}, "enforce_parameter_schema": True}
+    answer = {}
+
+    def create():  # plain httpx: Prefect's client would retry the 503 the UI shows
+        answer["r"] = httpx.post(f"{api}/deployments/{deployment.id}/create_flow_run", json=body, timeout=120)
+
+    db = sqlite3.connect(home / "prefect.db", timeout=60, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE work_pool SET description = ? WHERE name = 'crawl2llm'", (f"held at {time.time()}",))
+        thread = threading.Thread(target=create)
+        thread.start()
+        time.sleep(3)  # the call has read the deployment by now and waits to write
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    thread.join(120)
+    assert answer["r"].status_code == 201, answer["r"].text
+    client.delete_flow_run(answer["r"].json()["id"])
 
 
 def test_retry_from_the_api_resumes_without_recomputing(client, tmp_path, shared_data):
