@@ -38,18 +38,36 @@ def api_healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def ensure_server(home: Path, port: int = PORT, wait_s: float = 90.0) -> str:
-    """Use PREFECT_API_URL if set; else reuse or start a local server on 127.0.0.1:port."""
+class ServerUnreachable(RuntimeError):
+    """PREFECT_API_URL names a server that does not answer."""
+
+
+def find_or_start_server(home: Path, port: int = PORT, wait_s: float = 90.0) -> tuple[str, subprocess.Popen | None]:
+    """(API URL, the server process when started here): PREFECT_API_URL if set (it must answer), else
+    the server answering on 127.0.0.1:port, else a new one there."""
     url = os.environ.get("PREFECT_API_URL")
     if url:
         if not api_healthy(url):
-            raise RuntimeError(f"PREFECT_API_URL={url} does not answer: start that server or unset the variable")
-        return url
+            raise ServerUnreachable(f"PREFECT_API_URL={url} does not answer: start that server or unset the variable")
+        return url, None
     url = api_url(port)
-    if not api_healthy(url):
-        proc = start_server(home, port)
-        (home / "server.pid").write_text(str(proc.pid))
+    if api_healthy(url):
+        return url, None
+    proc = start_server(home, port)
+    try:
         wait_healthy(url, proc, home, wait_s)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return url, proc
+
+
+def ensure_server(home: Path, port: int = PORT, wait_s: float = 90.0) -> str:
+    """Use PREFECT_API_URL if set; else reuse or start a local server on 127.0.0.1:port (left running:
+    its pid in home/server.pid for `crawl2llm server stop`)."""
+    url, proc = find_or_start_server(home, port, wait_s)
+    if proc is not None:
+        (home / "server.pid").write_text(str(proc.pid))
     os.environ["PREFECT_API_URL"] = url
     return url
 
@@ -58,13 +76,14 @@ def api_url(port: int = PORT) -> str:
     return f"http://{HOST}:{port}/api"
 
 
-def start_server(home: Path, port: int = PORT) -> subprocess.Popen:
+def start_server(home: Path, port: int = PORT, env: dict | None = None) -> subprocess.Popen:
     """`prefect server start` in its own session (a terminal's Ctrl-C is ours to pass on), logging to
-    PREFECT_HOME/server.log. The UI asks the API at PREFECT_UI_API_URL, which follows the port only
-    when told. Started through flows/prefect_server.py, whose SQLite writes wait for the lock."""
+    home/server.log, with `env` (default: ours). The UI asks the API at PREFECT_UI_API_URL, which
+    follows the port only when told. Started through flows/prefect_server.py, whose SQLite writes
+    wait for the lock."""
     log = open(home / "server.log", "ab")
-    env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_UI_API_URL": api_url(port)}
+    env = {**(os.environ if env is None else env), "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": HOST,
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": api_url(port)}
     return subprocess.Popen([sys.executable, "-m", "flows.prefect_server", "server", "start", "--host", HOST,
                              "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

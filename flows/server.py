@@ -35,18 +35,16 @@ def run_server(home: Path, port: int = prefect_env.PORT, deploy: bool = True) ->
     children: list[tuple[str, subprocess.Popen]] = []
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        url = os.environ.get("PREFECT_API_URL") or prefect_env.api_url(port)
-        if prefect_env.api_healthy(url):
-            print(f"using the Prefect server at {url}", flush=True)
-        elif os.environ.get("PREFECT_API_URL"):
-            print(f"error: PREFECT_API_URL={url} does not answer: start that server or unset the variable",
-                  file=sys.stderr)
+        try:
+            url, proc = prefect_env.find_or_start_server(home, port)
+        except prefect_env.ServerUnreachable as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
+        if proc is None:
+            print(f"using the Prefect server at {url}", flush=True)
         else:
-            print(f"starting the Prefect server (log: {home / 'server.log'})", flush=True)
-            proc = prefect_env.start_server(home, port)
+            print(f"started the Prefect server (log: {home / 'server.log'})", flush=True)
             children.append(("server", proc))
-            prefect_env.wait_healthy(url, proc, home)
         os.environ["PREFECT_API_URL"] = url
         os.environ["CRAWL2LLM_PROJECT_DIR"] = str(PROJECT_DIR)  # prefect.yaml's pull step: where flow runs start
         os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")  # a click in the UI starts a run within ~5 s
@@ -170,11 +168,10 @@ def mark_crashed(pids: list[int]) -> None:
 
     try:
         with get_client(sync_client=True) as client:
-            live = [r for r in client.read_flow_runs(
+            live = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(state={"type": {"any_": ["RUNNING", "PENDING", "CANCELLING"]}}),
-                sort=FlowRunSort.START_TIME_DESC, limit=200)]
-            ours = {r.id for r in live if r.infrastructure_pid and r.infrastructure_pid.rpartition(":")[2].isdigit()
-                    and int(r.infrastructure_pid.rpartition(":")[2]) in pids}
+                sort=FlowRunSort.START_TIME_DESC, limit=200)
+            ours = {r.id for r in live if (r.infrastructure_pid or "").rpartition(":")[2] in {str(p) for p in pids}}
             children = [r for r in live if r.parent_task_run_id]
             parents = {t.id: t.flow_run_id for t in client.read_task_runs(
                 task_run_filter=TaskRunFilter(id={"any_": [r.parent_task_run_id for r in children]}),

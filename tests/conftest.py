@@ -28,39 +28,27 @@ def shared_data():
     return require_data
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real Prefect server (SQLite in a temp PREFECT_HOME) shared by every flow test.
 
     Yields (api_url, env) where env is the environment a subprocess needs to use it."""
     import subprocess
-    import sys
-    import time
 
-    from flows.prefect_env import api_healthy
+    from flows.prefect_env import start_server, wait_healthy
+    from tests.server_cmd import free_port
 
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": ""}
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.prefect_server", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not api_healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    proc = start_server(home, port, env)
+    try:
+        wait_healthy(url, proc, home, 120)
+    except RuntimeError:
+        proc.kill()
+        pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
     yield url, {**env, "PREFECT_API_URL": url}
     # Send the logs and events flows left queued while the server still answers, not at exit.
     from prefect.events.worker import EventsWorker
