@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from flows import workers
 from pipeline.stage import merge_counts
-from storage import StageDir, StoreError
+from storage import StageDir, StoreError, protocol
 
 
 def _shard_key(context, parameters: dict) -> str:
@@ -163,8 +163,7 @@ def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
 
 
 def _in_memory(out: StageDir) -> bool:
-    proto = out.fs.protocol if isinstance(out.fs.protocol, str) else out.fs.protocol[0]
-    return proto == "memory"
+    return protocol(out.fs) == "memory"
 
 
 def bind(fn: Callable[..., dict], *args: Any) -> Callable[[], dict]:

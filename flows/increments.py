@@ -18,14 +18,13 @@ missing, with the same bytes.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows import stages
 from flows.config import STAGES, PipelineConfig
 from flows.training import evaluate, train
+from flows.workers import on_cluster
 from pipeline.inputs import InputError, resolve_inputs
 from pipeline.stage import merge_counts
 from pipeline.tokenize import shard_order
@@ -49,9 +48,9 @@ def plan(config: PipelineConfig, records: list[dict]) -> list[dict[str, StageDir
     return plans
 
 
-def run_incremental(config: PipelineConfig, wrap: Callable = lambda flow: flow) -> dict:
+def run_incremental(config: PipelineConfig) -> dict:
     """Record the new input files as an increment, finish every increment that is not complete, then
-    train and evaluate on all of them. `wrap` puts a stage flow on another task runner (Dask)."""
+    train and evaluate on all of them."""
     log = get_run_logger()
     ledger = Ledger(Store(config.store), series_key(config.inputs, config.cc_base_url))
     try:
@@ -70,8 +69,8 @@ def run_incremental(config: PipelineConfig, wrap: Callable = lambda flow: flow) 
     ran: list[dict[str, dict]] = []
     for k, (rec, p) in enumerate(zip(records, plans)):
         missing = [s for s in wanted if not p[s].is_committed()]
-        ran.append(_run_increment(k, rec, p, plans[k - 1] if k else None, plans[0], wanted[wanted.index(missing[0]):],
-                                  current, config, wrap) if missing else {})
+        ran.append(_run_increment(k, rec, plans, wanted[wanted.index(missing[0]):], current, config)
+                   if missing else {})
     _publish(records, plans, ran)
     latest, done = plans[-1], ran[-1]
     results = {s: done.get(s) or stages.summary(latest[s], latest[s].read_manifest(), True) for s in wanted}
@@ -87,12 +86,15 @@ def run_incremental(config: PipelineConfig, wrap: Callable = lambda flow: flow) 
     return results
 
 
-def _run_increment(k: int, rec: dict, p: dict[str, StageDir], before: dict[str, StageDir] | None,
-                   first: dict[str, StageDir], todo: list[str], current: list[dict], config: PipelineConfig,
-                   wrap: Callable) -> dict[str, dict]:
-    """Run increment k's stages `todo` (from the first one not yet written); each must land where
-    planned."""
-    w, out = config.workers, {}
+def _run_increment(k: int, rec: dict, plans: list[dict[str, StageDir]], todo: list[str], current: list[dict],
+                   config: PipelineConfig) -> dict[str, dict]:
+    """Run increment k's stages `todo` (from the first one not yet written), on the Dask cluster when
+    the config names one; each must land where planned."""
+    p, w, out = plans[k], config.workers, {}
+
+    def wrap(stage_flow):
+        return on_cluster(stage_flow, config.dask_address)
+
     for stage in todo:
         if stage == "ingest":
             have = {canonical_json(f) for f in current}
@@ -103,9 +105,9 @@ def _run_increment(k: int, rec: dict, p: dict[str, StageDir], before: dict[str, 
             r = wrap(stages.ingest)([f["url"] for f in rec["files"]], config.ingest, config.store, w, None,
                                     config.cc_base_url)
         elif stage == "dedup":
-            r = wrap(stages.dedup)(p["ingest"].url(), config.dedup, w, before["dedup"].url() if before else None)
+            r = wrap(stages.dedup)(p["ingest"].url(), config.dedup, w, plans[k - 1]["dedup"].url() if k else None)
         elif stage == "tokenize":
-            r = wrap(stages.tokenize)(p["pii"].url(), config.tokenize, w, first["tokenizer"].url() if k else None)
+            r = wrap(stages.tokenize)(p["pii"].url(), config.tokenize, w, plans[0]["tokenizer"].url() if k else None)
         else:
             upstream = p[PER_INCREMENT[PER_INCREMENT.index(stage) - 1]]
             r = wrap(getattr(stages, stage))(upstream.url(), getattr(config, stage), w)

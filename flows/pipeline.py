@@ -21,7 +21,7 @@ def pipeline(config: PipelineConfig) -> dict:
     """
     log = get_run_logger()
     if config.incremental:  # its own input check: finished increments may have moved their files away
-        return run_incremental(config, lambda stage: on_cluster(stage, config.dask_address))
+        return run_incremental(config)
     if config.inputs:
         resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # fail before any work
     last = STAGES.index(config.stop_after)

@@ -145,7 +145,7 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
         previous: the dedup output of the previous increment of an incremental run (empty: none).
     """
-    up, upstream = _upstream(source)
+    up, docs = _upstream(source)  # signatures depend on no earlier increment
     up_manifest = up.read_manifest()
     st, idx = up.store, [s["index"] for s in up_manifest["shards"]]
     prev = open_stage(previous) if previous else None
@@ -154,7 +154,6 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
     out, code, upstream = dedup_output(up, config, prev)
     header = {"config": config, "code": code, "upstream": upstream}
     partitions = partitions_for(up_manifest["counts"].get("docs_kept", 0), config)
-    docs = {"stage": up.name, "fingerprint": up.fingerprint}  # signatures depend on no earlier increment
     sig = st.stage("dedup-signatures", fingerprint("dedup-signatures", code,
                                                    {**config.signature_fields(), "partitions": partitions}, docs))
     sig_manifest, _ = run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i,
@@ -217,7 +216,7 @@ def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: i
 
 
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
-    up, _ = _upstream(source)
+    up = open_stage(source)
     out, code, upstream = filter_output(name, up, config)
     jobs = {i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
             for i in _indexes(up)}

@@ -20,15 +20,14 @@ from model.report import comparison_rows, markdown, read_evaluations, summary_ro
 from model.source import UPSTREAM_FILE, resolve
 from model.source import token_files as _token_files
 from model.train import TrainConfig
-from storage import StageDir, code_version, file_identity, fingerprint
+from storage import StageDir, code_version, file_identity, fingerprint, is_local
 
 MODEL_CODE = ("model.train",)  # code_version adds model.gpt, model.data and the rest it imports
 
 
 def _local_dir(out: StageDir) -> str:
     """Training writes checkpoints to a local folder: the stage folder itself on a local store."""
-    proto = out.fs.protocol if isinstance(out.fs.protocol, str) else out.fs.protocol[0]
-    if proto in ("file", "local"):
+    if is_local(out.fs):
         out.fs.makedirs(out.path, exist_ok=True)
         return out.path
     path = os.path.join(os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")),

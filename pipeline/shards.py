@@ -263,7 +263,7 @@ def index_shard(store_url: str, fp: str, partition: int, signatures_fp: str, clu
         corpus = Corpus(dict(rows))
         keys = pa.concat_tables([sig_dir.read_arrow(bucket_part(partition, i)) for i, _ in rows])
         positions, kept = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-        for i, _ in sorted(rows):  # positions ascending, as bucket_index needs
+        for i, _ in rows:  # sorted by the caller: positions ascending, as bucket_index needs
             dups = clu_dir.read_parquet(StageDir.part("data", i, "parquet"), ["row", "cluster_id"])
             positions.append(offset + corpus.position(doc_keys(i, dups.column("row").to_numpy())))
             kept.append(dups.column("cluster_id").to_numpy())

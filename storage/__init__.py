@@ -1,7 +1,7 @@
 """The artifact store: fingerprints, atomic shard commits and manifests on any fsspec filesystem."""
 
 from storage.fingerprint import canonical_json, code_version, file_identity, fingerprint
-from storage.store import StageDir, Store, StoreError, open_stage
+from storage.store import StageDir, Store, StoreError, is_local, open_stage, protocol
 
 __all__ = [
     "StageDir",
@@ -11,5 +11,7 @@ __all__ = [
     "code_version",
     "file_identity",
     "fingerprint",
+    "is_local",
     "open_stage",
+    "protocol",
 ]

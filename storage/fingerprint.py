@@ -8,6 +8,7 @@ work and lets two concurrent writers of one stage produce identical files.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -44,6 +45,7 @@ def fingerprint(stage: str, code: str, config: Any, upstream: Any) -> str:
 CODE_PACKAGES = ("pipeline", "model")
 
 
+@functools.lru_cache(maxsize=None)  # a process runs the code it loaded: its source does not change
 def code_version(*modules: str) -> str:
     """Hash of the source of the modules a stage's output depends on, and of every project module
     they import at module level (transitively), so editing a shared helper invalidates its users.

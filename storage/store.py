@@ -32,8 +32,13 @@ from storage.fingerprint import canonical_json
 TMP_MARK = ".tmp-"
 
 
-def _protocol(fs) -> str:
+def protocol(fs) -> str:
+    """An fsspec filesystem's protocol name (some list several: the first)."""
     return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def is_local(fs) -> bool:
+    return protocol(fs) in ("file", "local")
 
 
 class StoreError(RuntimeError):
@@ -78,7 +83,7 @@ class StageDir:
     def url(self, rel: str = "") -> str:
         """A URL a person or another program can open (local paths stay plain paths)."""
         p = self.abspath(rel)
-        proto = _protocol(self.fs)
+        proto = protocol(self.fs)
         return p if proto in ("file", "local") else f"{proto}://{p.lstrip('/')}"
 
     @staticmethod
@@ -128,7 +133,7 @@ class StageDir:
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         self.fs.pipe_file(tmp, data)
         try:
-            if _protocol(self.fs) in ("file", "local"):
+            if is_local(self.fs):
                 try:
                     os.link(tmp, final)
                 except FileExistsError:
@@ -219,7 +224,7 @@ class StageDir:
 
     def local_path(self, rel: str) -> str:
         """The path on this machine of a stored file, for libraries that need one (mmap, torch)."""
-        if _protocol(self.fs) in ("file", "local"):
+        if is_local(self.fs):
             return self.abspath(rel)
         cached = fsspec.open_local(f"simplecache::{self.url(rel)}")
         return cached if isinstance(cached, str) else cached[0]
