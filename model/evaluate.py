@@ -21,7 +21,6 @@ batched, longest first, on the GPU when there is one.
 from __future__ import annotations
 
 import gzip
-import json
 import math
 from typing import Literal
 
@@ -35,7 +34,7 @@ from tqdm import tqdm
 from model.data import TokenStream, sequential_batches
 from model.generate import generate
 from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast, resolve_device
-from model.tasks import evaluate_task, load_task
+from model.tasks import evaluate_task, load_task, read_jsonl
 from pipeline.stage import StageConfig
 from pipeline.tokenize import EOT, _encode
 
@@ -99,8 +98,10 @@ def load_checkpoint(model_path: str, device: str = "cpu") -> tuple[GPT, dict]:
     model.load_state_dict(saved["model"])
     trained = {"step": None, "tokens_seen": None}
     if "step" in saved:  # a training checkpoint: tokens per step = global batch x block_size
+        from model.train import BATCH_SPLIT  # in here: evaluations' code fingerprint stays without model.train
+
         c = saved["config"]
-        per_step = math.prod(c.get(k, 1) for k in ("batch_size", "grad_accum_steps", "nproc_per_node", "nnodes"))
+        per_step = math.prod(c.get(k, 1) for k in BATCH_SPLIT)
         trained = {"step": saved["step"], "tokens_seen": saved["step"] * per_step * model.config.block_size}
     return model.to(device).eval(), trained
 
@@ -167,23 +168,18 @@ def evaluate(model_path: str, tokenizer_path: str, val_files: list[str], config:
 
 def read_documents(path: str) -> list[str]:
     """The documents of a text file: a .txt file whole, or the `text` of each .jsonl record."""
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            if not path.endswith((".jsonl", ".jsonl.gz")):
+        if not path.endswith((".jsonl", ".jsonl.gz")):
+            with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
                 return [f.read()]
-            docs = []
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path} line {n}: not a JSON record with a `text` field ({e!r})") from None
-                if not isinstance(text, str):
-                    raise ValueError(f"{path} line {n}: `text` is {type(text).__name__}, not a string")
-                docs.append(text)
-            return docs
+        docs = []
+        for n, rec in read_jsonl(path):
+            if not isinstance(rec, dict) or "text" not in rec:
+                raise ValueError(f"{path} line {n}: not a JSON record with a `text` field")
+            if not isinstance(rec["text"], str):
+                raise ValueError(f"{path} line {n}: `text` is {type(rec['text']).__name__}, not a string")
+            docs.append(rec["text"])
+        return docs
     except FileNotFoundError:
         raise FileNotFoundError(f"text file not found: {path}") from None
     except UnicodeDecodeError as e:

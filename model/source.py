@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from storage import StageDir, Store, open_stage
+from storage import StageDir, Store, is_local, open_stage, protocol
 
 UPSTREAM_FILE = "upstream.json"  # beside a run's checkpoints: {"tokenize": URL of its tokenize output}
 
 
 @dataclass
 class ModelSource:
-    url: str  # what the user named
     model_path: str  # the weights file on this machine
     tokenizer_path: str
     val_files: list[str]
@@ -44,8 +43,13 @@ def token_files(tok: StageDir) -> tuple[list[str], list[str], int]:
     manifest = tok.read_manifest()
     by_index = {s["index"]: s for s in manifest["shards"]}
     train = [tok.local_path(by_index[i]["train"]) for i in manifest.get("train_order", sorted(by_index))]
-    val = [tok.local_path(s["val"]) for s in manifest["shards"]]
-    return train, val, manifest["vocab_size"]
+    return train, val_files(tok), manifest["vocab_size"]
+
+
+def val_files(tok: StageDir) -> list[str]:
+    """Local paths of a tokenize output's validation shards, in index order (the train shards stay
+    where they are: on object storage, fetching them would copy the corpus)."""
+    return [tok.local_path(s["val"]) for s in tok.read_manifest()["shards"]]
 
 
 def tokenizer_file(tok: StageDir) -> str:
@@ -71,9 +75,9 @@ def resolve(source: str, data: str = "") -> ModelSource:
         raise ValueError(f"{source}: no train manifest or {UPSTREAM_FILE} beside it says which tokenize output it "
                          f"was trained on; name one with data=<store>/tokenize/<fingerprint>")
     tok = _tokenize(tok_url)
-    local = model if _is_local(fs) else fsspec.open_local(f"simplecache::{_url(fs, model)}")
-    return ModelSource(source, local, tokenizer_file(tok), token_files(tok)[1], tok.store,
-                       {"model_sha256": _sha256(fs, model), "tokenize": tok.fingerprint})
+    local = model if is_local(fs) else fsspec.open_local(f"simplecache::{_url(fs, model)}")
+    return ModelSource(local, tokenizer_file(tok), val_files(tok), tok.store,
+                       {"model_sha256": _sha256(local), "tokenize": tok.fingerprint})
 
 
 def _from_run(run: StageDir, source: str, data: str) -> ModelSource:
@@ -84,8 +88,8 @@ def _from_run(run: StageDir, source: str, data: str) -> ModelSource:
     tok = _tokenize(data) if data else run.store.stage(manifest["upstream"]["stage"],
                                                        manifest["upstream"]["fingerprint"])
     counts = manifest.get("counts", {})
-    return ModelSource(source, run.local_path(manifest.get("model", "model.pt")), tokenizer_file(tok),
-                       token_files(tok)[1], run.store,
+    return ModelSource(run.local_path(manifest.get("model", "model.pt")), tokenizer_file(tok),
+                       val_files(tok), run.store,
                        {"stage": run.name, "fingerprint": run.fingerprint, "tokenize": tok.fingerprint},
                        {"steps": counts.get("steps"), "tokens_seen": counts.get("tokens_seen")})
 
@@ -120,19 +124,13 @@ def _recorded_upstream(fs, folder: str, run: StageDir | None) -> str:
     return ""
 
 
-def _is_local(fs) -> bool:
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return proto in ("file", "local")
-
-
 def _url(fs, path: str) -> str:
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if _is_local(fs) else f"{proto}://{path.lstrip('/')}"
+    return path if is_local(fs) else f"{protocol(fs)}://{path.lstrip('/')}"
 
 
-def _sha256(fs, path: str) -> str:
+def _sha256(path: str) -> str:
     h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 23):
             h.update(chunk)
     return h.hexdigest()

@@ -51,7 +51,8 @@ class Item:
     choices: list[str]  # what acc_norm measures the length of (the answer text, no delimiter)
 
 
-def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-blank line of a .jsonl(.gz) file."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -125,7 +126,7 @@ def load_task(path: str, limit: int = 0, name: str = "") -> list:
     """The items of one file (the first `limit`, 0 = all); errors name the file and line. The task
     `name`, or else the file's stem, picks an lm-eval prompt from PROMPTS."""
     prompt = PROMPTS.get(name) or PROMPTS.get(_stem(path))
-    records = _read_hellaswag_text(path) if path.endswith((".txt", ".txt.bz2")) else _read_jsonl(path)
+    records = _read_hellaswag_text(path) if path.endswith((".txt", ".txt.bz2")) else read_jsonl(path)
     out = []
     for n, rec in records:
         try:

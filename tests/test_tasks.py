@@ -133,12 +133,9 @@ def test_batched_scores_equal_one_by_one(tokenizer, shared_data):
     assert all(len(k) < 97 for c, k in pairs)
     batched = score_pairs(model, pairs, batch_size=5, device="cpu")
     for (ctx, cont), (score, greedy) in zip(pairs, batched):
-        seq = (ctx + cont)[-97:]
-        with torch.no_grad():
-            logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].float(), -1)
-        span = logp[len(seq) - 1 - len(cont):]
-        assert score == pytest.approx(float(span[range(len(cont)), cont].sum()), abs=1e-4)
-        assert greedy == (span.argmax(-1).tolist() == cont)
+        alone, alone_greedy = _loglik(model, ctx, cont)
+        assert score == pytest.approx(alone, abs=1e-4)
+        assert greedy == alone_greedy
 
 
 def test_acc_acc_norm_and_lambada(tokenizer):
