@@ -41,14 +41,13 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 import arch_comparison  # noqa: E402
-from ingest_throughput import DATA, machine, markdown_table  # noqa: E402
+from ingest_throughput import HELLASWAG, machine, markdown_table  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.export import export_hf  # noqa: E402
 from model.tasks import accuracy, choice_scores, encode_pair, load_task, picks  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HELLASWAG = Path(DATA) / "eval" / "hellaswag_val.klosax-preprocessed.jsonl.gz"
 # HellaSwag validation from the local file with the prompt model.tasks builds: "<activity_label>:
 # <ctx>", each ending scored after a space, acc and acc_norm (by characters).
 TASK_YAML = """task: hellaswag_local
@@ -101,9 +100,9 @@ def train_models(folder: str, args) -> tuple[dict[str, str], str]:
     return models, tokenizer_file
 
 
-def ours(model_pt: str, tokenizer_file: str, items: list, batch: int) -> dict:
+def ours(model, tokenizer_file: str, items: list, batch: int) -> dict:
     """acc/acc_norm of our scorer with its CPU and wall time, and every choice's log likelihood."""
-    model, tokenizer = load_model(model_pt, "cpu"), Tokenizer.from_file(tokenizer_file)
+    tokenizer = Tokenizer.from_file(tokenizer_file)
     cpu0, t0 = time.process_time(), time.perf_counter()
     lls = choice_scores(model, tokenizer, items, batch, "cpu")
     result = accuracy(items, lls) | {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - t0}
@@ -111,10 +110,20 @@ def ours(model_pt: str, tokenizer_file: str, items: list, batch: int) -> dict:
     return result | {"lls": lls, "truncated": sum(len(c) + len(k) > model.config.block_size + 1 for c, k in pairs)}
 
 
+def long_endings(tokenizer_file: str, limit: int, blocks=(64, 96, 128, 160)) -> dict[int, tuple[int, int]]:
+    """Per context: how many endings alone are longer than it (lm-eval stops with an AssertionError on
+    one), among the pairs of the first `limit` items and among all pairs."""
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    lengths = [len(encode_pair(tokenizer, c, k)[1]) for it in load_task(HELLASWAG, 0)
+               for c, k in zip(it.contexts, it.continuations)]
+    first = lengths[:4 * limit]
+    return {b: (sum(n > b for n in first), sum(n > b for n in lengths)) for b in blocks}
+
+
 def write_task(folder: str) -> str:
     """The lm-eval task folder holding hellaswag_local.yaml, with the data file's absolute path."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / "hellaswag_local.yaml").write_text(TASK_YAML.format(data=HELLASWAG.resolve()))
+    (Path(folder) / "hellaswag_local.yaml").write_text(TASK_YAML.format(data=Path(HELLASWAG).resolve()))
     return folder
 
 
@@ -171,13 +180,21 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per model")
     ap.add_argument("--block", type=int, default=256, help="context of the trained models (128 or more)")
     ap.add_argument("--write-task", metavar="DIR", help="only write the lm-eval task hellaswag_local into DIR")
+    ap.add_argument("--long-endings", action="store_true", help="only count, with --tokenizer, the endings longer "
+                    "than contexts 64-160 tokens (in the first --limit items; in all)")
     args = ap.parse_args()
     if args.write_task:
         print(write_task(args.write_task))
         return 0
+    if args.long_endings:
+        if not args.tokenizer:
+            ap.error("--long-endings needs --tokenizer")
+        for block, (first, every) in long_endings(args.tokenizer, args.limit).items():
+            print(f"context {block}: {first} of the first {4 * args.limit:,} pairs, {every} of all, end alone longer")
+        return 0
     if args.model_pt and not args.tokenizer:
         ap.error("--model-pt needs --tokenizer")
-    items = load_task(str(HELLASWAG), args.limit)
+    items = load_task(HELLASWAG, args.limit)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.work or tmp
@@ -189,7 +206,7 @@ def main() -> int:
             hf_dir = str(Path(tmp) / f"{name}-hf")
             model = load_model(model_pt)
             config = export_hf(model, tokenizer_file, hf_dir)
-            a = ours(model_pt, tokenizer_file, items, args.eval_batch)
+            a = ours(model, tokenizer_file, items, args.eval_batch)
             print(f"{name} ours: acc {a['acc']:.4f} acc_norm {a['acc_norm']:.4f} ({a['cpu_s']:.1f} CPU s)", flush=True)
             b = lm_eval(args.lm_eval, hf_dir, str(Path(tmp) / f"{name}-lm-eval"), args.limit, args.eval_batch)
             print(f"{name} lm-eval: acc {b['acc']:.4f} acc_norm {b['acc_norm']:.4f} ({b['cpu_s']:.1f} CPU s)\n"

@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from hellaswag_lm_eval import HELLASWAG  # noqa: E402
-from ingest_throughput import cpu_seconds, machine  # noqa: E402
+from ingest_throughput import HELLASWAG, cpu_seconds, machine  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.gpt import GPT, GPT2, GPTConfig, resolve_device  # noqa: E402
 from model.tasks import evaluate_task, load_task  # noqa: E402
@@ -41,7 +40,7 @@ SHAPES = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--file", default=str(HELLASWAG), help="HellaSwag JSONL (default: the shared data copy)")
+    p.add_argument("--file", default=HELLASWAG, help="HellaSwag JSONL (default: the shared data copy)")
     p.add_argument("--model-pt", help="a trained model.pt (with --tokenizer)")
     p.add_argument("--tokenizer", help="the model's tokenizer.json")
     p.add_argument("--shape", choices=sorted(SHAPES), default="gpt2-124m", help="random-weight model of this shape")

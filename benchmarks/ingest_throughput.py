@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("CRAWL2LLM_DATA", os.path.join(ROOT, "..", "shared", "data"))
+HELLASWAG = os.path.join(DATA, "eval", "hellaswag_val.klosax-preprocessed.jsonl.gz")  # the HellaSwag benchmarks' file
 MIB = 2 ** 20
 COPIES_PER_FILE = 8
 # datatrove's WarcReader needs its `io` extra (warcio, faust-cchardet, python-magic); its `processing`

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flows.prefect_env import api_healthy  # noqa: E402
+from flows.prefect_env import wait_healthy  # noqa: E402
 from ingest_throughput import machine, markdown_table  # noqa: E402
-from tests.server_cmd import free_port  # noqa: E402
+from tests.server_cmd import READY, free_port  # noqa: E402
 
 LAUNCHERS = {"prefect (stock, DEFERRED)": "prefect", "flows.prefect_server (IMMEDIATE)": "flows.prefect_server"}
 FLOW = """
@@ -75,14 +75,13 @@ def measure(module: str, creates: int, tasks: int) -> dict:
                               stderr=subprocess.STDOUT, start_new_session=True)
     tool = None
     try:
-        while not api_healthy(api):
-            time.sleep(0.5)
+        wait_healthy(api, server, home)
         # deployments and a worker polling every second, from `crawl2llm server` on that server
         tool_log = home / "crawl2llm-server.log"
         tool = subprocess.Popen([sys.executable, "-m", "flows.cli", "server"], cwd=ROOT, start_new_session=True,
                                 env={**env, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "1"},
                                 stdout=open(tool_log, "wb"), stderr=subprocess.STDOUT)
-        while b"ready:" not in tool_log.read_bytes():
+        while READY.encode() not in tool_log.read_bytes():
             if tool.poll() is not None:
                 raise SystemExit(f"crawl2llm server failed:\n{tool_log.read_text()[-2000:]}")
             time.sleep(0.5)
