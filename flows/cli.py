@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=None, help="server port (default: 4200)")
     srv.add_argument("--no-deploy", action="store_true",
                      help="do not register the deployments again (they are kept in the server's database)")
+    srv.add_argument("--allow", action="append", default=[], metavar="PATH_OR_URL_PREFIX",
+                     help="a folder or URL prefix flow runs started from the UI/API may read and write, besides "
+                          "the project folder and Common Crawl (repeatable; docs/OPERATIONS.md, Security)")
+    srv.add_argument("--public-url", default="", metavar="URL",
+                     help="where a reverse proxy (TLS) serves this server to other machines, e.g. "
+                          "https://prefect.example:8443: its host is accepted and the UI calls the API there")
     return p
 
 
@@ -126,11 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.action is None:
             from flows.server import run_server
 
-            return run_server(home, port, deploy=not args.no_deploy)
+            return run_server(home, port, deploy=not args.no_deploy, allow=args.allow, public_url=args.public_url)
         if args.action == "stop":
             print("stopped" if prefect_env.stop_server(home) else "no server started by crawl2llm is running")
         else:
-            print(f"Prefect UI: {prefect_env.ensure_server(home, port).removesuffix('/api')}")
+            try:
+                ui = prefect_env.ensure_server(home, port).removesuffix("/api")
+            except prefect_env.ServerUnreachable as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            print(f"Prefect UI: {ui} (sign in: {prefect_env.login_url(ui, prefect_env.auth_string(home))})")
         return 0
     if args.command == "export":
         from model.export import export_checkpoint
@@ -172,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    url = prefect_env.ensure_server(home)
+    try:
+        url = prefect_env.ensure_server(home)
+    except prefect_env.ServerUnreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"Prefect UI: {url.removesuffix('/api')}", file=sys.stderr)
     try:
         result = _run(args, config)

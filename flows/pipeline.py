@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows import access
 from flows.config import STAGES, PipelineConfig
 from flows.increments import run_incremental
 from flows.stages import crawl, dedup, ingest, pii, quality, tokenize
@@ -20,6 +21,7 @@ def pipeline(config: PipelineConfig) -> dict:
         config: the inputs (or seed URLs), the store and every stage's settings.
     """
     log = get_run_logger()
+    access.check_pipeline(config)
     if config.incremental:  # its own input check: finished increments may have moved their files away
         return run_incremental(config)
     if config.inputs:

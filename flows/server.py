@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows import prefect_env
+from flows import access, prefect_env
 
 POOL = "crawl2llm"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -25,9 +25,12 @@ class _Stop(Exception):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
 
-def run_server(home: Path, port: int = prefect_env.PORT, deploy: bool = True) -> int:
+def run_server(home: Path, port: int = prefect_env.PORT, deploy: bool = True, allow: list[str] | None = None,
+               public_url: str = "") -> int:
     """Server (unless PREFECT_API_URL names one, or one already answers on the port), work pool,
-    deployments, worker; then wait until a signal or until a child dies, and stop what we started."""
+    deployments, worker; then wait until a signal or until a child dies, and stop what we started.
+    `allow`: folders and URL prefixes flow runs may read and write besides the defaults
+    (flows/access.py); `public_url`: where a reverse proxy serves this server to other machines."""
     if not (PROJECT_DIR / "prefect.yaml").exists():
         print(f"error: no prefect.yaml in {PROJECT_DIR}: install crawl2llm from its source folder (pip install -e .)",
               file=sys.stderr)
@@ -36,7 +39,7 @@ def run_server(home: Path, port: int = prefect_env.PORT, deploy: bool = True) ->
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         try:
-            url, proc = prefect_env.find_or_start_server(home, port)
+            url, proc = prefect_env.find_or_start_server(home, port, public_url=public_url)
         except prefect_env.ServerUnreachable as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -48,17 +51,22 @@ def run_server(home: Path, port: int = prefect_env.PORT, deploy: bool = True) ->
         os.environ["PREFECT_API_URL"] = url
         os.environ["CRAWL2LLM_PROJECT_DIR"] = str(PROJECT_DIR)  # prefect.yaml's pull step: where flow runs start
         os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")  # a click in the UI starts a run within ~5 s
+        roots = access.default_roots(PROJECT_DIR) + [access.absolute(a) for a in allow or []]
+        os.environ[access.ENV] = access.encode(roots)  # the worker's flow runs read and write only there
         ensure_pool()
         if deploy:
             t0 = time.monotonic()
             names = register_deployments()
             print(f"registered {len(names)} deployments from prefect.yaml in {time.monotonic() - t0:.0f} s: "
                   + ", ".join(names), flush=True)
-        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
-                                   "--install-policy", "never"], cwd=PROJECT_DIR, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
+        worker = subprocess.Popen([sys.executable, "-m", "flows.worker", POOL], cwd=PROJECT_DIR,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
         children.append(("worker", worker))
         ui = url.removesuffix("/api")
+        print(f"flow runs may read and write under: {', '.join(roots)} (add more with --allow)", flush=True)
+        if proc is not None:
+            print(f"sign in to the UI: {prefect_env.login_url(public_url or ui, prefect_env.auth_string(home))} "
+                  f"(or paste {home / prefect_env.AUTH_FILE} into its login form)", flush=True)
         print(f"ready: Prefect UI {ui} · deployments {ui}/deployments · worker on pool {POOL!r} · "
               "Ctrl-C stops everything", flush=True)
         while True:
@@ -89,19 +97,24 @@ def _raise_stop(signum, frame):
 
 
 def ensure_pool() -> None:
-    """The process work pool the deployments name, created with the process worker's default job
-    template so the UI shows its settings."""
+    """The process work pool the deployments name, with flows/worker.py's job template: no variable
+    that changes the command, environment or folder a run starts with (a pool made by an earlier
+    version with Prefect's default template is set to ours)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
 
+    from flows.worker import base_job_template
+
+    template = base_job_template()
     with get_client(sync_client=True) as client:
         try:
-            client.read_work_pool(POOL)
+            pool = client.read_work_pool(POOL)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=POOL, type="process",
-                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+            client.create_work_pool(WorkPoolCreate(name=POOL, type="process", base_job_template=template))
+            return
+        if pool.base_job_template != template:
+            client.update_work_pool(POOL, WorkPoolUpdate(base_job_template=template))
 
 
 DEPLOYMENT_KEYS = {"name", "description", "entrypoint", "work_pool", "parameters", "schedules", "tags", "pull",

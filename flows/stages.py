@@ -10,14 +10,14 @@ import fsspec
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import workers
+from flows import access, workers
 from flows.common import Timer, bind, publish_stage, publish_table, run_stage
 from pipeline import shards
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
-from pipeline.inputs import CC_BASE_URL, resolve_inputs
+from pipeline.inputs import CC_BASE_URL, CC_CRAWL, resolve_inputs
 from pipeline.pii import PiiConfig, pseudonym_key_id
 from pipeline.quality import QualityConfig
 from pipeline.tokenize import TokenizeConfig, shard_order
@@ -61,6 +61,7 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
         config: the seed URLs and the crawl's limits and politeness.
         store: folder or fsspec URL (s3://bucket/prefix) the output goes to, as crawl/{fingerprint}.
     """
+    access.check({"store": store, "config.seeds": config.seeds})
     out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"),
                                                     config, None))
     cached = out.is_committed()
@@ -91,7 +92,10 @@ def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str 
         limit: ingest only the first this many input files (empty: all).
         cc_base_url: where the relative paths of a Common Crawl listing are fetched from.
     """
+    access.check({"store": store, "cc_base_url": cc_base_url, "config.url_blocklist_files": config.url_blocklist_files,
+                  "inputs": [i for i in inputs if not CC_CRAWL.match(i)]})
     sources, identities, sizes = _ingest_sources(inputs, limit, cc_base_url)
+    access.check({"inputs": sources})  # what globs, folders and symlinks resolved to
     out, code, upstream = ingest_output(store, config, identities)
     plan = plan_shards(list(zip(sources, sizes)), config.shard_bytes)
     jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, pieces, config)
@@ -125,7 +129,10 @@ def _ingest_sources(inputs: list[str], limit: int | None,
     return files, identities, [i["size"] for i in identities]
 
 
-def _upstream(source: str) -> tuple[StageDir, dict]:
+def _upstream(source: str, **more: str | None) -> tuple[StageDir, dict]:
+    """The committed output a stage reads, after checking it (and `more`, other outputs the stage
+    reads) against the server's allowed roots."""
+    access.check({"source": source, **more})
     up = open_stage(source)
     return up, {"stage": up.name, "fingerprint": up.fingerprint}
 
@@ -145,7 +152,7 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
         previous: the dedup output of the previous increment of an incremental run (empty: none).
     """
-    up, docs = _upstream(source)  # signatures depend on no earlier increment
+    up, docs = _upstream(source, previous=previous)  # signatures depend on no earlier increment
     up_manifest = up.read_manifest()
     st, idx = up.store, [s["index"] for s in up_manifest["shards"]]
     prev = open_stage(previous) if previous else None
@@ -216,7 +223,7 @@ def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: i
 
 
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
-    up = open_stage(source)
+    up, _ = _upstream(source)
     out, code, upstream = filter_output(name, up, config)
     jobs = {i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
             for i in _indexes(up)}
@@ -272,7 +279,7 @@ def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: 
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
         tokenizer: a tokenizer output ({store}/tokenizer/{fingerprint}) to encode with instead of training one.
     """
-    up, upstream = _upstream(source)
+    up, upstream = _upstream(source, tokenizer=tokenizer)
     st, idx = up.store, _indexes(up)
     tok, out, code = tokenize_outputs(up, config, open_stage(tokenizer) if tokenizer else None)
     header = {"config": config, "code": code, "upstream": upstream}

@@ -12,6 +12,7 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact, c
                                create_table_artifact, update_progress_artifact)
 from tqdm import tqdm
 
+from flows import access
 from flows.common import Timer
 from pipeline.failpoints import failpoint
 from flows.stages import open_stage, summary
@@ -93,6 +94,7 @@ def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
         source: the tokenize output to train on (a folder or URL, {store}/tokenize/{fingerprint}).
         config: the model's shape, the optimizer, the schedule, the device and the processes.
     """
+    access.check({"source": source})
     tok = open_stage(source)
     code = code_version(*MODEL_CODE)
     upstream = {"stage": tok.name, "fingerprint": tok.fingerprint}
@@ -188,6 +190,8 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
             folder holding one.
         config: what to measure (held-out loss, text files, benchmarks) and the samples to generate.
     """
+    access.check({"source": source, "config.data": config.data, "config.tasks": config.tasks,
+                  "config.text_files": config.text_files})
     src = resolve(source, config.data)
     code = code_version("model.evaluate")
     files = {group: {n: file_identity(p) for n, p in sorted(paths.items())}

@@ -35,7 +35,7 @@ def prefect_server(tmp_path_factory):
     Yields (api_url, env) where env is the environment a subprocess needs to use it."""
     import subprocess
 
-    from flows.prefect_env import start_server, wait_healthy
+    from flows.prefect_env import auth_string, start_server, wait_healthy
     from tests.server_cmd import free_port
 
     home = tmp_path_factory.mktemp("prefect-home")
@@ -49,7 +49,7 @@ def prefect_server(tmp_path_factory):
     except RuntimeError:
         proc.kill()
         pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-    yield url, {**env, "PREFECT_API_URL": url}
+    yield url, {**env, "PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": auth_string(home)}
     # Send the logs and events flows left queued while the server still answers, not at exit.
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -66,9 +66,11 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture
 def prefect_api(prefect_server, tmp_path, monkeypatch):
     """Point in-process flows at the shared server; results and cache records under tmp_path."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH,
+                                  temporary_settings)
 
-    url, _ = prefect_server
-    with temporary_settings({PREFECT_API_URL: url, PREFECT_HOME: str(tmp_path / "prefect"),
+    url, env = prefect_server
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
+                             PREFECT_HOME: str(tmp_path / "prefect"),
                              PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect" / "storage")}):
         yield url

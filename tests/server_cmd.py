@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 READY = "ready: Prefect UI "
+AUTH: dict[str, str] = {}  # API URL -> the auth string of the server crawl2llm_server started there
 
 
 def free_port() -> int:
@@ -24,18 +25,23 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def crawl2llm_server(home: Path, start_s: float = 180):
-    """Yields (ui_url, api_url, log_path) once the command says it is ready; stops it after."""
+def crawl2llm_server(home: Path, start_s: float = 180, args: tuple[str, ...] = (), extra_env: dict | None = None):
+    """Yields (ui_url, api_url, log_path) once the command says it is ready; stops it after. `args`:
+    more options of `crawl2llm server` (--allow ...); `extra_env`: more environment for it and its worker."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "CRAWL2LLM_FAILPOINT"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CRAWL2LLM_FAILPOINT"))}
     env.update(PREFECT_HOME=str(home), CRAWL2LLM_WORKERS=os.environ.get("CRAWL2LLM_WORKERS", "2"),
                PREFECT_WORKER_QUERY_SECONDS="1", PYTHONUNBUFFERED="1",
                PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")  # a 503 (busy database...) leaves its traceback in server.log
+    env.update(extra_env or {})
+    from flows.prefect_env import auth_string
+
+    AUTH[api] = auth_string(home)  # what the command will use: it reads the same file
     log_path = home / "crawl2llm-server.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port), *args], env=env,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             cwd=Path(__file__).resolve().parents[1], start_new_session=True)
     try:
@@ -66,10 +72,25 @@ def crawl2llm_server(home: Path, start_s: float = 180):
 def api_client(api: str):
     """A sync Prefect client for that server, whatever server this test process was set up with."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH.get(api)}), \
+            get_client(sync_client=True) as client:
         yield client
+
+
+def ui_headers(api: str) -> dict:
+    """The headers the UI sends with a write: the password, and a CSRF token fetched with it."""
+    import base64
+    import json
+    import urllib.request
+    import uuid
+
+    auth = {"Authorization": "Basic " + base64.b64encode(AUTH[api].encode()).decode()}
+    client = str(uuid.uuid4())
+    with urllib.request.urlopen(urllib.request.Request(f"{api}/csrf-token?client={client}", headers=auth)) as r:
+        token = json.loads(r.read())["token"]
+    return {**auth, "Prefect-Csrf-Token": token, "Prefect-Csrf-Client": client}
 
 
 def wait_final(client, flow_run_id, timeout_s: float = 300):

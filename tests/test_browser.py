@@ -116,6 +116,13 @@ def screenshots(tmp_path):
         shutil.copytree(folder, target, dirs_exist_ok=True)
 
 
+def _login_link(log_path) -> str:
+    for line in log_path.read_text().splitlines():
+        if line.startswith("sign in to the UI: "):
+            return line.split()[5]
+    raise AssertionError(f"crawl2llm server printed no login link:\n{log_path.read_text()[-2000:]}")
+
+
 def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screenshots):
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
@@ -125,8 +132,11 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
     driver = _browser()
     t0 = time.monotonic()
     try:
-        with crawl2llm_server(tmp_path / "prefect") as (ui, api, log_path):
+        allow = ("--allow", str(tmp_path), "--allow", str(warc.parent))
+        with crawl2llm_server(tmp_path / "prefect", args=allow) as (ui, api, log_path):
             wait = WebDriverWait(driver, 60)
+            driver.get(_login_link(log_path))  # what the command printed: signs this browser in
+            wait.until(lambda d: not d.current_url.split("#")[0].endswith("/crawl2llm-login"))
             driver.get(f"{ui}/deployments")
             _click(driver, By.LINK_TEXT, "pipeline")
             _click_text(driver, "Run", "button")

@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.conftest import SHARED_DATA
 from tests.flow_inputs import tiny_config
-from tests.server_cmd import api_client, crawl2llm_server, wait_final
+from tests.server_cmd import api_client, crawl2llm_server, ui_headers, wait_final
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +23,17 @@ INPUTS = ["warc/dolma-sample-0000.warc.gz", "warc/dolma-sample-0001.warc.gz"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with crawl2llm_server(tmp_path_factory.mktemp("server-home")) as s:
+def server_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("server-home")
+
+
+@pytest.fixture(scope="module")
+def server(server_home, tmp_path_factory):
+    """The command, letting flow runs use the tests' temporary folders and the shared data, and
+    reading a failpoint from a file the tests write (no flow run may set the worker's environment)."""
+    allow = ("--allow", str(tmp_path_factory.getbasetemp()), "--allow", str(SHARED_DATA))
+    with crawl2llm_server(server_home, args=allow,
+                          extra_env={"CRAWL2LLM_FAILPOINT_FILE": str(server_home / "failpoint")}) as s:
         yield s
 
 
@@ -31,14 +41,6 @@ def server(tmp_path_factory):
 def client(server):
     with api_client(server[1]) as c:
         yield c
-
-
-def set_env(client, deployment_id, env: dict) -> None:
-    """Environment of the deployment's next flow runs (a flow run's own job variables are frozen
-    once it has failed)."""
-    from prefect.client.schemas.actions import DeploymentUpdate
-
-    client.update_deployment(deployment_id, DeploymentUpdate(job_variables={"env": env}))
 
 
 def shard_runs(client, since=None, until=None) -> dict[str, list]:
@@ -99,9 +101,11 @@ def test_a_run_made_while_another_connection_writes_waits_instead_of_failing(ser
             "work_queue_name": deployment.work_queue_name, "parameters": deployment.parameters,
             "job_variables": {}, "enforce_parameter_schema": True}
     answer = {}
+    headers = ui_headers(api)
 
     def create():  # plain httpx: Prefect's client would retry the 503 the UI shows
-        answer["r"] = httpx.post(f"{api}/deployments/{deployment.id}/create_flow_run", json=body, timeout=120)
+        answer["r"] = httpx.post(f"{api}/deployments/{deployment.id}/create_flow_run", json=body, timeout=120,
+                                 headers=headers)
 
     db = sqlite3.connect(home / "prefect.db", timeout=60, isolation_level=None)
     try:
@@ -118,7 +122,7 @@ def test_a_run_made_while_another_connection_writes_waits_instead_of_failing(ser
     client.delete_flow_run(answer["r"].json()["id"])
 
 
-def test_retry_from_the_api_resumes_without_recomputing(client, tmp_path, shared_data):
+def test_retry_from_the_api_resumes_without_recomputing(client, server_home, tmp_path, shared_data):
     from prefect.states import Scheduled
 
     from pipeline.ingest_plan import plan_shards
@@ -132,14 +136,14 @@ def test_retry_from_the_api_resumes_without_recomputing(client, tmp_path, shared
 
     deployment = client.read_deployment_by_name("pipeline/pipeline")
     t0 = datetime.now(timezone.utc)
-    set_env(client, deployment.id, {"CRAWL2LLM_FAILPOINT": f"quality:{n_shards - 1}@raise"})
+    (server_home / "failpoint").write_text(f"quality:{n_shards - 1}@raise")
     try:
         run = client.create_flow_run_from_deployment(deployment.id, parameters={"config": cfg})
         first = wait_final(client, run.id)
         assert first.state.is_failed(), first.state
         assert "failpoint quality" in (first.state.message or "")
     finally:  # the cause goes away, as a transient error's would
-        set_env(client, deployment.id, {})
+        (server_home / "failpoint").unlink()
 
     # Retry: what the UI's button sends (the flow run keeps its id; run_count goes up)
     t_retry = datetime.now(timezone.utc)
