@@ -65,7 +65,8 @@ def run_demo(store: str, home: Path, pages: int | None = None, steps: int | None
 
     t0 = time.monotonic()
     ui = prefect_env.ensure_server(home).removesuffix("/api")
-    print(f"Prefect UI: {ui}  (left running; `crawl2llm server stop` stops it)", flush=True)
+    print(f"Prefect UI: {ui}  (left running; `crawl2llm server stop` stops it; sign in: "
+          f"{prefect_env.login_url(ui, prefect_env.auth_string(home))})", flush=True)
     from flows.pipeline import pipeline
 
     with pydoc_site() as seed:

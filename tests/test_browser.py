@@ -135,6 +135,9 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
         allow = ("--allow", str(tmp_path), "--allow", str(warc.parent))
         with crawl2llm_server(tmp_path / "prefect", args=allow) as (ui, api, log_path):
             wait = WebDriverWait(driver, 60)
+            driver.get(f"{ui}/deployments")  # not signed in: the UI asks for the password first
+            wait.until(lambda d: "/login" in d.current_url and d.find_elements(By.CSS_SELECTOR, "input"))
+            driver.save_screenshot(str(screenshots / "00-sign-in-asked.png"))
             driver.get(_login_link(log_path))  # what the command printed: signs this browser in
             wait.until(lambda d: not d.current_url.split("#")[0].endswith("/crawl2llm-login"))
             driver.get(f"{ui}/deployments")
