@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 import yaml
 
 from pipeline.inputs import CC_BASE_URL, InputError
-from pipeline.stage import ConfigError
+from pipeline.stage import ConfigError, one_line
 from storage import StoreError
+
+# A bad config, input or store: one line for the user, never a traceback.
+USER_ERRORS = (ConfigError, InputError, StoreError, FileNotFoundError)
 
 STAGE_HELP = {
     "crawl": "crawl seed URLs into WARC files",
@@ -150,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run" or args.command in STAGE_HELP:
         try:
             config = _checked(args)
-        except (ConfigError, InputError, StoreError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except USER_ERRORS as e:
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             return 2
     from flows import prefect_env
 
@@ -191,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Prefect UI: {url.removesuffix('/api')}", file=sys.stderr)
     try:
         result = _run(args, config)
-    except (ConfigError, InputError, StoreError, FileNotFoundError) as e:  # what only a run can find
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # what only a run can find
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -253,6 +257,7 @@ def _run(args, config) -> dict:
     from flows import stages, training
     from flows.pipeline import pipeline
 
+    _no_console_traceback()
     if args.command == "run":
         return pipeline(config)
     if args.command == "crawl":
@@ -262,6 +267,23 @@ def _run(args, config) -> dict:
     if args.command in ("train", "evaluate"):
         return getattr(training, args.command)(args.source, config)
     return getattr(stages, args.command)(args.source, config, args.workers)
+
+
+class _NoTraceback(logging.Filter):
+    """Prefect logs every exception a task or flow raises with its traceback. The errors the CLI
+    prints as one `error:` line (USER_ERRORS) leave the terminal alone; any other exception (a bug)
+    keeps its traceback there, and the Prefect UI's log keeps everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], USER_ERRORS))
+
+
+def _no_console_traceback() -> None:
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # its console handler is the root's
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _NoTraceback)
+                                                                      for f in handler.filters):
+                handler.addFilter(_NoTraceback())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pipeline.ingest import IngestConfig
 from pipeline.inputs import CC_BASE_URL
 from pipeline.pii import PiiConfig
 from pipeline.quality import QualityConfig
-from pipeline.stage import ConfigError, StageConfig
+from pipeline.stage import ConfigError, StageConfig, one_line
 from pipeline.tokenize import TokenizeConfig
 
 STAGES = ("crawl", "ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate")
@@ -168,12 +168,6 @@ def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:
 
 
 def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def one_line(text: str, limit: int = 2000) -> str:
-    """Control characters (a newline in a key, say) escaped, so an error is one line on a terminal."""
-    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -7,6 +7,7 @@ apart by the caller.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
@@ -28,6 +29,13 @@ class ConfigError(ValueError):
     """A config value that cannot work: the message names the field (dotted) and what is allowed.
     Raised up front by the CLI, and by stages for what only a run can check (an environment
     variable on a worker)."""
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """Control characters (a newline in a YAML key, say) escaped and the length bounded, so an
+    error message stays one line on a terminal."""
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class StageConfig(BaseModel):

@@ -242,3 +242,27 @@ def test_the_real_command(argv, names, workdir):
                        text=True, timeout=120)
     _check(p.returncode, p.stderr, workdir, names)
     assert p.stdout == ""
+
+
+def test_a_config_error_a_run_finds_is_one_line_without_traceback(prefect_server, tmp_path, monkeypatch, capfd):
+    """What only the data can tell (here: block_size longer than the corpus) fails inside the train
+    flow; the user still gets one `error:` line naming the field, and no traceback on the terminal."""
+    import json
+
+    import pyarrow as pa
+
+    from storage import Store
+
+    url, _ = prefect_server
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    docs = Store(str(tmp_path / "store")).stage("pii", "docs")
+    texts = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i} times." for i in range(40)]
+    docs.write_parquet("data/part-00000.parquet", pa.table({"id": [f"d/{i}" for i in range(40)], "text": texts}))
+    docs.commit({"shards": [{"index": 0}]})
+    assert main(["tokenize", docs.url(), "--set", "vocab_size=300", "--workers", "0"]) == 0
+    tok = json.loads(capfd.readouterr().out)["url"]
+    assert main(["train", tok, "--set", "block_size=100000", "--set", "device=cpu", "--set", "max_steps=1"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("error: block_size: ") and "less than one window" in err, err
