@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="offline demo: crawl a local site, run every stage, train a tiny GPT")
     d.add_argument("--store", default="store/demo", help="store folder or fsspec URL (default: store/demo)")
-    d.add_argument("--pages", type=int, default=None, help="pages to crawl (default: the demo's own)")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    d.add_argument("--pages", type=_count(1), default=None, help="pages to crawl (default: the demo's own)")
+    d.add_argument("--steps", type=_count(1), default=None, help="training steps (default: the demo's own)")
 
     r = sub.add_parser("run", help="the whole pipeline from a YAML config (fields as in the Prefect UI form)")
     r.add_argument("config", help="YAML file with PipelineConfig fields (see `crawl2llm config`)")

@@ -170,6 +170,8 @@ CASES = [
      ("ingest config", "url_blocklist_files")),
     ("ingest-inputs-missing", {}, ["ingest", "{tmp}/gone.warc.gz", "--store", "{tmp}/store"], "gone.warc.gz"),
     ("stage-source-missing", {}, ["quality", "{tmp}/gone"], "gone"),
+    ("demo-steps-negative", {}, ["demo", "--store", "{tmp}/store", "--steps", "-1"], "--steps"),
+    ("no-command", {}, [], "COMMAND"),
 ]
 
 
