@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 import yaml
 
-from pipeline.inputs import CC_BASE_URL
+from pipeline.inputs import CC_BASE_URL, InputError
+from pipeline.stage import ConfigError, one_line
+from storage import StoreError
+
+# A bad config, input or store: one line for the user, never a traceback.
+USER_ERRORS = (ConfigError, InputError, StoreError, FileNotFoundError)
 
 STAGE_HELP = {
     "crawl": "crawl seed URLs into WARC files",
@@ -26,14 +32,38 @@ STAGE_HELP = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one `error:` line like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(low: int):
+    """An argparse type: a whole number of at least `low` (at most MAX_WORKERS for --workers)."""
+    from flows.config import MAX_WORKERS
+
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < low or (low == 0 and n > MAX_WORKERS):
+            allowed = f"0 to {MAX_WORKERS}" if low == 0 else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {allowed}, got {text!r}")
+        return n
+
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crawl2llm", description="Web crawl archives to a trained, evaluated GPT.")
+    p = Parser(prog="crawl2llm", description="Web crawl archives to a trained, evaluated GPT.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="offline demo: crawl a local site, run every stage, train a tiny GPT")
     d.add_argument("--store", default="store/demo", help="store folder or fsspec URL (default: store/demo)")
-    d.add_argument("--pages", type=int, default=None, help="pages to crawl (default: the demo's own)")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    d.add_argument("--pages", type=_count(1), default=None, help="pages to crawl (default: the demo's own)")
+    d.add_argument("--steps", type=_count(1), default=None, help="training steps (default: the demo's own)")
 
     r = sub.add_parser("run", help="the whole pipeline from a YAML config (fields as in the Prefect UI form)")
     r.add_argument("config", help="YAML file with PipelineConfig fields (see `crawl2llm config`)")
@@ -55,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("crawl", "ingest"):
             s.add_argument("--store", default="store", help="store folder or fsspec URL (default: ./store)")
         if name == "ingest":
-            s.add_argument("--limit", type=int, default=None, help="ingest only the first N input files")
+            s.add_argument("--limit", type=_count(1), default=None, help="ingest only the first N input files")
             s.add_argument("--cc-base-url", default=CC_BASE_URL,
                            help=f"base URL of a Common Crawl listing's paths (default: {CC_BASE_URL})")
         s.add_argument("--config", help=f"YAML file with the {name} config fields")
         s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
         if name not in ("crawl", "train", "evaluate"):
-            s.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+            s.add_argument("--workers", type=_count(0), default=None,
+                           help="worker processes (default: one per core; 0: inline)")
 
     e = sub.add_parser("export", help="a checkpoint as a Hugging Face transformers model folder (lm_eval --model hf)",
                        description="Write config.json, model.safetensors and the tokenizer files of a checkpoint: "
@@ -91,39 +122,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {pair!r}")
-        k, v = pair.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
-
-
 def _stage_config(name: str, args) -> object:
-    from flows.config import PipelineConfig
+    """A stage's config from --config, the seed URLs (crawl) and --set (fields named as they wrote them)."""
+    from flows.config import PipelineConfig, apply_overrides, read_yaml, validate
 
     cls = PipelineConfig.model_fields[name].annotation
     cls = getattr(cls, "__args__", (cls,))[0]  # Optional[CrawlConfig] -> CrawlConfig
-    data = {}
-    if args.config:
-        data = yaml.safe_load(open(args.config)) or {}
+    data = read_yaml(args.config) if args.config else {}
     if name == "crawl":
         data["seeds"] = args.seeds
-    for k, v in _overrides(args.set).items():
-        data[k] = v
-    from pydantic import ValidationError
+    apply_overrides(data, args.set)
+    return validate(cls, data, f"{name} config" + (f" {args.config}" if args.config else ""))
 
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        raise SystemExit(f"invalid {name} config: " + "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+
+def _checked(args) -> object:
+    """The config of `run` or a stage command, and its inputs, source and machine, checked before
+    the Prefect server or any work starts."""
+    from flows.config import check_machine, load_config, stage_configs
+
+    if args.command == "run":
+        config = load_config(args.config, args.set)
+        _check_run_inputs(config)
+        check_machine(stage_configs(config))
+        return config
+    config = _stage_config(args.command, args)
+    if args.command == "ingest":
+        _check_ingest_inputs(args.inputs, args.limit, args.cc_base_url)
+    elif args.command != "crawl":
+        _check_source(args.command, args.source)
+    check_machine({args.command: config})
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = None
+    if args.command == "run" or args.command in STAGE_HELP:
+        try:
+            config = _checked(args)
+        except USER_ERRORS as e:
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
+            return 2
     from flows import prefect_env
 
     home = prefect_env.configure()
@@ -145,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "export":
         from model.export import export_checkpoint
-        from storage import StoreError
 
         try:
             config = export_checkpoint(args.source, args.out_dir, data=args.data)
@@ -164,25 +202,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.store, home, pages=args.pages, steps=args.steps)
 
-    from flows.config import ConfigError, load_config
-    from pipeline.inputs import InputError, resolve_inputs
-    from storage import StoreError
-
-    try:
-        if args.command == "run":
-            config = load_config(args.config, _overrides(args.set))
-            if config.inputs and not config.incremental:  # an incremental series may find nothing new
-                resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # before starting anything
-        else:
-            config = _stage_config(args.command, args)
-            if args.command == "ingest":
-                if args.limit is not None and args.limit < 1:
-                    raise InputError(f"--limit must be at least 1, got {args.limit}")
-                _check_ingest_inputs(args.inputs, args.limit, args.cc_base_url)
-    except (ConfigError, InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
     try:
         url = prefect_env.ensure_server(home)
     except prefect_env.ServerUnreachable as e:
@@ -191,14 +210,53 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Prefect UI: {url.removesuffix('/api')}", file=sys.stderr)
     try:
         result = _run(args, config)
-    except (InputError, StoreError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # what only a run can find
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
+def _check_run_inputs(config) -> None:
+    """The inputs of a run resolve, unless an incremental series already recorded increments (their
+    files may have moved away; a run with nothing new is fine)."""
+    import fsspec
+
+    from pipeline.inputs import resolve_inputs
+
+    if not config.inputs:
+        return
+    try:
+        resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)
+    except InputError:
+        if not config.incremental:
+            raise
+        fs, root = fsspec.core.url_to_fs(config.store)
+        if not fs.exists(root):
+            raise
+        from storage import Store
+        from storage.ledger import Ledger, series_key
+
+        if not Ledger(Store(config.store), series_key(config.inputs, config.cc_base_url)).records():
+            raise
+
+
+def _check_source(command: str, source: str) -> None:
+    """The upstream output a stage reads is there (evaluate: a model file or a folder holding one)."""
+    import fsspec
+
+    from storage import open_stage
+
+    if command != "evaluate":
+        open_stage(source)
+        return
+    fs, path = fsspec.core.url_to_fs(source)
+    if not fs.exists(path):
+        raise StoreError(f"model not found: {source} (give a train output, a model file or a checkpoint)")
+
+
 def _check_ingest_inputs(inputs: list[str], limit: int | None, cc_base_url: str) -> None:
+    """The inputs resolve, or name one crawl output."""
     import fsspec
 
     from pipeline.inputs import resolve_inputs
@@ -214,6 +272,7 @@ def _run(args, config) -> dict:
     from flows import stages, training
     from flows.pipeline import pipeline
 
+    _no_console_traceback()
     if args.command == "run":
         return pipeline(config)
     if args.command == "crawl":
@@ -223,6 +282,23 @@ def _run(args, config) -> dict:
     if args.command in ("train", "evaluate"):
         return getattr(training, args.command)(args.source, config)
     return getattr(stages, args.command)(args.source, config, args.workers)
+
+
+class _NoTraceback(logging.Filter):
+    """Prefect logs every exception a task or flow raises with its traceback. The errors the CLI
+    prints as one `error:` line (USER_ERRORS) leave the terminal alone; any other exception (a bug)
+    keeps its traceback there, and the Prefect UI's log keeps everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], USER_ERRORS))
+
+
+def _no_console_traceback() -> None:
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # its console handler is the root's
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _NoTraceback)
+                                                                      for f in handler.filters):
+                handler.addFilter(_NoTraceback())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
+from pipeline.stage import ConfigError
+
 
 class TokenStream:
     """The concatenated `tokens` of Arrow IPC token files, memory-mapped (nothing read until sliced)."""
@@ -99,8 +101,7 @@ class Batches:
         self.rank, self.world_size = rank, world_size
         self.n_windows = len(stream) // (block_size + 1)
         if self.n_windows == 0:
-            raise ValueError(f"{len(stream)} tokens is less than one window of block_size + 1 = {block_size + 1} "
-                             f"tokens: {stream.describe()}")
+            raise too_short(stream, block_size)
         self.epoch, self.cursor = 0, 0
         self._order = self._permutation(0)
 
@@ -145,13 +146,18 @@ def windows_to_batch(stream: TokenStream, windows: list[int], block_size: int) -
     return rows[:, :-1], rows[:, 1:]
 
 
+def too_short(stream: TokenStream, block_size: int) -> ConfigError:
+    """The error for token files too short for one window: a config (block_size) that does not fit the data."""
+    return ConfigError(f"block_size: {len(stream)} tokens is less than one window of block_size + 1 = "
+                       f"{block_size + 1} tokens: {stream.describe()}; use a smaller block_size or more data")
+
+
 def sequential_batches(stream: TokenStream, block_size: int, batch_size: int,
                        max_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Windows 0, 1, 2, ... in order, for evaluation (max_batches=0: all; the last batch may be short)."""
     n = len(stream) // (block_size + 1)
     if n == 0:
-        raise ValueError(f"{len(stream)} tokens is less than one window of block_size + 1 = {block_size + 1} "
-                         f"tokens: {stream.describe()}")
+        raise too_short(stream, block_size)
     if max_batches:
         n = min(n, max_batches * batch_size)
     for start in range(0, n, batch_size):

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -35,7 +35,7 @@ from model.data import TokenStream, sequential_batches
 from model.generate import generate
 from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast, resolve_device
 from model.tasks import evaluate_task, load_task, read_jsonl
-from pipeline.stage import StageConfig
+from pipeline.stage import StageConfig, require_files
 from pipeline.tokenize import EOT, _encode
 
 DEFAULT_PROMPTS = ["It was a dark and stormy night", "The history of the world", "Once upon a time, there was",
@@ -74,6 +74,18 @@ class EvalConfig(StageConfig):
     data: str = Field("", description="A tokenize output URL whose tokenizer and validation shards to use; "
                       "empty: the one the model was trained on (needed only for a model file outside a train "
                       "output).")
+
+    @field_validator("tasks", "text_files")
+    @classmethod
+    def _files_exist(cls, files: dict[str, str], info) -> dict[str, str]:
+        return require_files(files, "benchmark file" if info.field_name == "tasks" else "text file")
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, url: str) -> str:
+        if url:
+            require_files([url.rstrip("/") + "/manifest.json"], "tokenize output (its manifest.json)")
+        return url
 
 
 def load_model(model_path: str, device: str = "cpu") -> GPT:

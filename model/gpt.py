@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
+from pipeline.stage import ConfigError
+
 # The two architectures compared in docs/BENCHMARKS.md: GPT-2 as published, and the usual modern
 # choices (Llama-style RoPE, RMSNorm and SwiGLU; Qwen3/OLMo2-style QK-norm; an untied output head).
 GPT2 = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "tie_embeddings": True}
@@ -30,10 +32,10 @@ class GPTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vocab_size: int = Field(..., ge=1, description="Number of token ids (from the tokenizer).")
-    block_size: int = Field(256, ge=1, description="Longest context in tokens.")
-    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
-    n_head: int = Field(4, ge=1, description="Attention heads per block; must divide n_embd.")
-    n_embd: int = Field(256, ge=1, description="Width of the residual stream.")
+    block_size: int = Field(256, ge=1, le=1 << 20, description="Longest context in tokens.")
+    n_layer: int = Field(4, ge=1, le=1024, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, le=1024, description="Attention heads per block; must divide n_embd.")
+    n_embd: int = Field(256, ge=1, le=1 << 16, description="Width of the residual stream.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residual branches.")
     bias: bool = Field(False, description="Biases in Linear and LayerNorm layers (GPT-2 had them; without is "
                                           "slightly better and faster).")
@@ -52,10 +54,7 @@ class GPTConfig(BaseModel):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "GPTConfig":
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
+        check_heads(self)
         return self
 
     @property
@@ -67,6 +66,15 @@ class GPTConfig(BaseModel):
         if self.mlp == "gelu":
             return 4 * self.n_embd
         return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+
+def check_heads(c) -> None:
+    """n_head must divide n_embd (and give an even head size for RoPE): GPTConfig's rule, which
+    TrainConfig checks too, so a bad shape fails before the stages before training run."""
+    if c.n_embd % c.n_head:
+        raise ValueError(f"n_embd ({c.n_embd}) must be a multiple of n_head ({c.n_head})")
+    if c.positions == "rotary" and (c.n_embd // c.n_head) % 2:
+        raise ValueError(f"positions 'rotary' needs an even head size (n_embd / n_head), got {c.n_embd // c.n_head}")
 
 
 def make_norm(c: GPTConfig, dim: int) -> nn.Module:
@@ -265,7 +273,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+        raise ConfigError("device: 'cuda' requested but torch sees no CUDA GPU here; use auto or cpu")
     return device
 
 

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from model import distributed
 from model.data import Batches, TokenStream, sequential_batches
-from model.gpt import GPT, GPTConfig, amp_dtype, autocast, resolve_device
+from model.gpt import GPT, GPTConfig, amp_dtype, autocast, check_heads, resolve_device
 from model.guard import LossGuard
 from model.mfu import device_name, mfu, peak_flops
 from pipeline.stage import StageConfig
@@ -109,9 +109,18 @@ class TrainConfig(StageConfig):
     @model_validator(mode="after")
     def _processes_have_a_plan(self) -> "TrainConfig":
         if self.processes > 1 and self.parallel == "none":
-            raise ValueError(f"{self.processes} processes (nproc_per_node x nnodes) need parallel 'ddp' or 'fsdp'")
+            raise ValueError(f"parallel 'none' cannot run {self.processes} processes (nproc_per_node x nnodes): "
+                             "use 'ddp' or 'fsdp'")
         if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port every machine can reach)")
+            raise ValueError("rdzv_endpoint is needed when nnodes > 1 (host:port every machine can reach)")
+        return self
+
+    @model_validator(mode="after")
+    def _shape_and_schedule(self) -> "TrainConfig":
+        check_heads(self)
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate}): "
+                             "the schedule decays to it")
         return self
 
     @property

@@ -37,7 +37,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from pipeline.schema import docs_from_rows
-from pipeline.stage import ShardResult, StageConfig, merge_counts, split_by_reason
+from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files, split_by_reason
 from pipeline.http_message import content_type, gunzip, known_codec
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
@@ -62,6 +62,8 @@ INPUT_SUFFIXES = tuple(suffix for suffixes in FORMAT_SUFFIXES.values() for suffi
 MAX_ARC_HEADER = 1 << 16
 # Columns of a Parquet text source that become document fields (_text_doc); others are not read.
 PARQUET_COLUMNS = ("text", "id", "url", "title", "date", "created", "metadata")
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
+MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 
 class IngestConfig(StageConfig):
@@ -98,11 +100,26 @@ class IngestConfig(StageConfig):
     @field_validator("url_blocklist_files")
     @classmethod
     def _lists_exist(cls, files: list[str]) -> list[str]:
-        for url in files:
-            fs, path = fsspec.core.url_to_fs(url)
-            if not fs.isfile(path):
-                raise ValueError(f"URL blocklist file not found: {url}")
-        return files
+        return require_files(files, "URL blocklist file")
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, codes: list[str]) -> list[str]:
+        """A code lid.176 never gives (english, EN, en-US) would silently remove every document."""
+        for code in codes:
+            if not LANGUAGE_CODE.fullmatch(code):
+                raise ValueError(f"{code!r} is not a language code: lid.176 gives lower-case ISO 639 codes "
+                                 "such as en, de, zh")
+        return codes
+
+    @field_validator("mime_types")
+    @classmethod
+    def _mime_types(cls, types: list[str]) -> list[str]:
+        """Content-Types are compared lower-cased and without parameters: anything else matches nothing."""
+        for t in types:
+            if not MIME_TYPE.fullmatch(t):
+                raise ValueError(f"{t!r} is not a lower-case MIME type such as text/html")
+        return types
 
 
 class IngestError(ValueError):

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import regex
 from pydantic import Field, field_validator
 
-from pipeline.stage import ShardResult, StageConfig, split_by_reason, text_kinds
+from pipeline.stage import ConfigError, ShardResult, StageConfig, split_by_reason, text_kinds
 
 Entity = Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "CRYPTO"]
 NerEntity = Literal["PERSON", "LOCATION"]
@@ -582,8 +582,8 @@ def resolve_overlaps(spans: list[Span]) -> list[Span]:
 def pseudonym_key(config: PiiConfig) -> bytes:
     key = os.environ.get(config.pseudonym_secret_env, "")
     if not key:
-        raise ValueError(f"replacement=pseudonym needs a secret key in the environment variable "
-                         f"{config.pseudonym_secret_env} (on every worker)")
+        raise ConfigError(f"pii.replacement: pseudonym needs a secret key in the environment variable "
+                          f"{config.pseudonym_secret_env} (on every worker)")
     return key.encode()
 
 

@@ -65,7 +65,7 @@ import math
 import re
 from collections import Counter
 from functools import cached_property
-from typing import Callable, Iterator, Literal, NamedTuple
+from typing import Annotated, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +99,8 @@ BULLETS = ["•", "●", "○", "◦", "▪", "‣", "·", "-", "*"]
 ELLIPSES = ("...", "…")
 TOP_NGRAM_MAX_CHARS = {2: 0.20, 3: 0.18, 4: 0.16}
 DUP_NGRAM_MAX_CHARS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+# n -> a share of the characters, in the two n-gram rules
+NgramShares = dict[Annotated[int, Field(ge=1, le=100)], Annotated[float, Field(ge=0, le=1)]]
 C4_END_PUNCTUATION = [".", "?", "!", '"', "'"]
 C4_POLICY_PHRASES = ["terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                      "use cookies"]
@@ -149,10 +151,10 @@ class QualityConfig(StageConfig):
                                                                          "paragraphs that may repeat an earlier one.")
     max_dup_paragraphs_chars: float = Field(0.2, ge=0, le=1, description="gopher_dup_paragraphs: largest share of "
                                                                          "the characters repeated paragraphs may hold.")
-    max_top_ngram_chars: dict[int, float] = Field(default_factory=lambda: dict(TOP_NGRAM_MAX_CHARS),
+    max_top_ngram_chars: NgramShares = Field(default_factory=lambda: dict(TOP_NGRAM_MAX_CHARS),
                                                   description="gopher_top_ngrams: n -> largest share of the characters "
                                                               "the most frequent word n-gram may cover.")
-    max_dup_ngram_chars: dict[int, float] = Field(default_factory=lambda: dict(DUP_NGRAM_MAX_CHARS),
+    max_dup_ngram_chars: NgramShares = Field(default_factory=lambda: dict(DUP_NGRAM_MAX_CHARS),
                                                   description="gopher_dup_ngrams: n -> largest share of the characters "
                                                               "repeated word n-grams may cover.")
     bullets: list[str] = Field(default_factory=lambda: list(BULLETS),

@@ -168,9 +168,9 @@ def test_launch_failures_name_their_cause(corpus, tmp_path):
         launch(corpus["train"], corpus["val"], 100, DDP, str(tmp_path))
     with pytest.raises(ValueError, match=r"asks for 2 processes .* but 1 run: start several with torchrun"):
         train(corpus["train"], corpus["val"], corpus["vocab"], DDP, str(tmp_path))
-    with pytest.raises(ValueError, match="2 processes .* need parallel 'ddp' or 'fsdp'"):
+    with pytest.raises(ValueError, match="parallel 'none' cannot run 2 processes .* use 'ddp' or 'fsdp'"):
         TrainConfig(nproc_per_node=2)
-    with pytest.raises(ValueError, match="nnodes > 1 needs rdzv_endpoint"):
+    with pytest.raises(ValueError, match="rdzv_endpoint is needed when nnodes > 1"):
         TrainConfig(nnodes=2, parallel="ddp")
 
 
