@@ -154,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.store, home, pages=args.pages, steps=args.steps)
 
     from flows.config import ConfigError, load_config
-    from pipeline.inputs import InputError, resolve_inputs
+    from pipeline.inputs import InputError, refuse_credentials, resolve_inputs
     from storage import StoreError
 
     try:
         if args.command == "run":
             config = load_config(args.config, _overrides(args.set))
+            refuse_credentials(config.inputs, config.cc_base_url)  # Prefect would store them with the run
             if config.inputs and not config.incremental:  # an incremental series may find nothing new
                 resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # before starting anything
         else:
@@ -186,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
 def _check_ingest_inputs(inputs: list[str], limit: int | None, cc_base_url: str) -> None:
     import fsspec
 
-    from pipeline.inputs import resolve_inputs
+    from pipeline.inputs import refuse_credentials, resolve_inputs
 
+    refuse_credentials(inputs, cc_base_url)
     if len(inputs) == 1:
         fs, path = fsspec.core.url_to_fs(inputs[0])
         if fs.exists(f"{path.rstrip('/')}/manifest.json"):

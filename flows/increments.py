@@ -25,7 +25,7 @@ from flows import stages
 from flows.config import STAGES, PipelineConfig
 from flows.training import evaluate, train
 from flows.workers import on_cluster
-from pipeline.inputs import InputError, resolve_inputs
+from pipeline.inputs import InputError, refuse_credentials, resolve_inputs
 from pipeline.stage import merge_counts
 from pipeline.tokenize import shard_order
 from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint
@@ -53,6 +53,7 @@ def run_incremental(config: PipelineConfig) -> dict:
     train and evaluate on all of them."""
     log = get_run_logger()
     ledger = Ledger(Store(config.store), series_key(config.inputs, config.cc_base_url))
+    refuse_credentials(config.inputs, config.cc_base_url)  # not "nothing new" below: an error to fix
     try:
         files = resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)
     except InputError as e:

@@ -17,7 +17,7 @@ from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
-from pipeline.inputs import CC_BASE_URL, InputError, InputFile, resolve_inputs
+from pipeline.inputs import CC_BASE_URL, InputError, InputFile, refuse_credentials, resolve_inputs
 from pipeline.pii import PiiConfig, pseudonym_key_id
 from pipeline.quality import QualityConfig
 from pipeline.tokenize import TokenizeConfig, shard_order
@@ -122,6 +122,7 @@ def _ingest_sources(inputs: list[str], limit: int | None, cc_base_url: str,
 
     A crawl output's files are named by their path in the store (crawl/{fp}/data/...), which stays
     the same wherever the store sits."""
+    refuse_credentials(inputs, cc_base_url)
     if len(inputs) == 1:
         fs, path = fsspec.core.url_to_fs(inputs[0])
         if fs.exists(posixpath.join(path, "manifest.json")):

@@ -63,14 +63,11 @@ def resolve_inputs(inputs: list[str], limit: int | None = None,
     if not inputs:
         raise InputError("no inputs given: name WARC/WET/ARC/JSONL/Parquet files, folders, globs or a Common "
                          "Crawl listing")
-    if has_userinfo(cc_base_url):
-        raise InputError(userinfo_error(cc_base_url, "cc_base_url"))
+    refuse_credentials(inputs, cc_base_url)
     files: list[InputFile] = []
     for entry in inputs:
         if limit is not None and len(files) >= limit:
             break
-        if has_userinfo(entry):
-            raise InputError(userinfo_error(entry))
         crawl = CC_CRAWL.match(entry)
         if crawl:
             entry = f"{cc_base_url.rstrip('/')}/crawl-data/{crawl.group(1)}/{crawl.group(2) or 'warc'}.paths.gz"
@@ -85,6 +82,14 @@ def resolve_inputs(inputs: list[str], limit: int | None = None,
         first.setdefault(f.url, f)
     files = list(first.values())
     return files if limit is None else files[:limit]
+
+
+def refuse_credentials(inputs: list[str], cc_base_url: str = CC_BASE_URL) -> None:
+    """InputError for a URL holding a user name or password: checked before a flow run is created,
+    since Prefect stores its parameters as given (storage/locations.py says where they go instead)."""
+    for url, what in [*((i, "input URL") for i in inputs), (cc_base_url, "cc_base_url")]:
+        if has_userinfo(url):
+            raise InputError(userinfo_error(url, what))
 
 
 def read_listing(url: str, cc_base_url: str = CC_BASE_URL, limit: int | None = None) -> list[str]:

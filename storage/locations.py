@@ -23,8 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec.config
 
 # Every HTTP(S) filesystem fsspec makes from now on (in this process and in the worker processes,
-# which import this module too) reads credentials from ~/.netrc and proxies from the environment.
-fsspec.config.conf.setdefault("http", {}).setdefault("client_kwargs", {}).setdefault("trust_env", True)
+# which import this module too) reads credentials from ~/.netrc and proxies from the environment,
+# and sends each URL exactly as written: a signature covers the URL's spelling, which yarl would
+# otherwise rewrite (%2F to /, %3A to :), so S3 and GCS refuse it.
+_HTTP = fsspec.config.conf.setdefault("http", {})
+_HTTP.setdefault("client_kwargs", {}).setdefault("trust_env", True)
+_HTTP.setdefault("encoded", True)
 
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # A URL inside free text (an error message): its query or userinfo is cut out by redact().
