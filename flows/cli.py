@@ -222,8 +222,9 @@ def _check_run_inputs(config) -> None:
     files may have moved away; a run with nothing new is fine)."""
     import fsspec
 
-    from pipeline.inputs import resolve_inputs
+    from pipeline.inputs import refuse_credentials, resolve_inputs
 
+    refuse_credentials(config.inputs, config.cc_base_url)  # Prefect would store them with the run
     if not config.inputs:
         return
     try:
@@ -259,8 +260,9 @@ def _check_ingest_inputs(inputs: list[str], limit: int | None, cc_base_url: str)
     """The inputs resolve, or name one crawl output."""
     import fsspec
 
-    from pipeline.inputs import resolve_inputs
+    from pipeline.inputs import refuse_credentials, resolve_inputs
 
+    refuse_credentials(inputs, cc_base_url)
     if len(inputs) == 1:
         fs, path = fsspec.core.url_to_fs(inputs[0])
         if fs.exists(f"{path.rstrip('/')}/manifest.json"):

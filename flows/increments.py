@@ -25,7 +25,7 @@ from flows import stages
 from flows.config import STAGES, PipelineConfig
 from flows.training import evaluate, train
 from flows.workers import on_cluster
-from pipeline.inputs import InputError, resolve_inputs
+from pipeline.inputs import InputError, refuse_credentials, resolve_inputs
 from pipeline.stage import merge_counts
 from pipeline.tokenize import shard_order
 from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint
@@ -53,6 +53,7 @@ def run_incremental(config: PipelineConfig) -> dict:
     train and evaluate on all of them."""
     log = get_run_logger()
     ledger = Ledger(Store(config.store), series_key(config.inputs, config.cc_base_url))
+    refuse_credentials(config.inputs, config.cc_base_url)  # not "nothing new" below: an error to fix
     try:
         files = resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)
     except InputError as e:
@@ -60,7 +61,7 @@ def run_incremental(config: PipelineConfig) -> dict:
             raise
         log.warning("no input files now (%s): nothing new; finished increments do not need theirs", e)
         files = []
-    current = [file_identity(f) for f in files]
+    current = [file_identity(f.url, f.name) for f in files]
     records, new = ledger.add(current)
     log.info("incremental: %d increment(s), %d new file(s)", len(records), len(new))
     plans = plan(config, records)
@@ -102,8 +103,8 @@ def _run_increment(k: int, rec: dict, plans: list[dict[str, StageDir]], todo: li
             if gone:
                 raise InputError(f"increment {k} holds input files that changed or are gone since it was recorded: "
                                  f"{', '.join(gone)}; restore them to finish it")
-            r = wrap(stages.ingest)([f["url"] for f in rec["files"]], config.ingest, config.store, w, None,
-                                    config.cc_base_url)
+            r = wrap(stages.ingest)(config.inputs, config.ingest, config.store, w, config.input_limit,
+                                    config.cc_base_url, rec["files"])
         elif stage == "dedup":
             r = wrap(stages.dedup)(p["ingest"].url(), config.dedup, w, plans[k - 1]["dedup"].url() if k else None)
         elif stage == "tokenize":

@@ -17,11 +17,11 @@ from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
-from pipeline.inputs import CC_BASE_URL, CC_CRAWL, resolve_inputs
+from pipeline.inputs import CC_BASE_URL, CC_CRAWL, InputError, InputFile, refuse_credentials, resolve_inputs
 from pipeline.pii import PiiConfig, pseudonym_key_id
 from pipeline.quality import QualityConfig
 from pipeline.tokenize import TokenizeConfig, shard_order
-from storage import StageDir, Store, code_version, file_identity, fingerprint, open_stage
+from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint, open_stage
 
 DEFAULT_STORE = "store"
 RUNNER = workers.task_runner()  # local threads + process pool, or the Dask cluster at $CRAWL2LLM_DASK_ADDRESS
@@ -79,7 +79,8 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
 
 @flow(name="ingest", task_runner=RUNNER)
 def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
-           workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL) -> dict:
+           workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL,
+           files: list[dict] | None = None) -> dict:
     """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
     document shards: extraction, language id. `limit` keeps the first that many input files.
 
@@ -91,16 +92,21 @@ def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str 
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
         limit: ingest only the first this many input files (empty: all).
         cc_base_url: where the relative paths of a Common Crawl listing are fetched from.
+        files: only the input files with these identities, in this order (empty: all); an incremental
+            run's increment (storage/ledger.py), named as recorded, so no URL with secrets is needed.
     """
     access.check({"store": store, "cc_base_url": cc_base_url, "config.url_blocklist_files": config.url_blocklist_files,
                   "inputs": [i for i in inputs if not CC_CRAWL.match(i)]})
-    sources, identities, sizes = _ingest_sources(inputs, limit, cc_base_url)
-    access.check({"inputs": sources})  # what globs, folders and symlinks resolved to
+    sources, identities, sizes = _ingest_sources(inputs, limit, cc_base_url, files)
+    access.check({"inputs": [f.url for f in sources]})  # what globs, folders and symlinks resolved to
     out, code, upstream = ingest_output(store, config, identities)
-    plan = plan_shards(list(zip(sources, sizes)), config.shard_bytes)
-    jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i, pieces, config)
-            for i, pieces in enumerate(plan)}
-    header = {"config": config, "code": code, "upstream": upstream, "sources": sources, "plan": plan}
+    name = {f.url: f.name for f in sources}
+    plan = plan_shards([(f.url, size) for f, size in zip(sources, sizes)], config.shard_bytes)
+    jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i,
+                    [{**p, "name": name[p["url"]]} for p in pieces], config) for i, pieces in enumerate(plan)}
+    recorded = [[{**p, "url": name[p["url"]]} for p in pieces] for pieces in plan]  # names: no secrets, no paths
+    header = {"config": config, "code": code, "upstream": upstream, "sources": [f.name for f in sources],
+              "plan": recorded}
     return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
 
 
@@ -114,18 +120,32 @@ def ingest_output(store: str, config: IngestConfig, identities) -> tuple[StageDi
     return Store(store).stage("ingest", fingerprint("ingest", code, config, upstream)), code, upstream
 
 
-def _ingest_sources(inputs: list[str], limit: int | None,
-                    cc_base_url: str) -> tuple[list[str], object, list[int]]:
-    """Input files, their identity (a crawl output's fingerprint, or each file's) and their sizes."""
+def _ingest_sources(inputs: list[str], limit: int | None, cc_base_url: str,
+                    only: list[dict] | None = None) -> tuple[list[InputFile], object, list[int]]:
+    """Input files, their identity (a crawl output's fingerprint, or each file's) and their sizes.
+
+    A crawl output's files are named by their path in the store (crawl/{fp}/data/...), which stays
+    the same wherever the store sits."""
+    refuse_credentials(inputs, cc_base_url)
     if len(inputs) == 1:
         fs, path = fsspec.core.url_to_fs(inputs[0])
         if fs.exists(posixpath.join(path, "manifest.json")):
             up = open_stage(inputs[0])
             rels = [s["data"] for s in up.read_manifest()["shards"]]
-            sizes = [up.fs.size(up.abspath(rel)) for rel in rels]
-            return [up.url(rel) for rel in rels], {"stage": up.name, "fingerprint": up.fingerprint}, sizes
+            sizes = [up.fs.size(up.abspath(rel)) for rel in rels]  # abspath: each path stays in the store
+            files = [InputFile(up.url(rel), posixpath.join(up.name, up.fingerprint, posixpath.normpath(rel)))
+                     for rel in rels]
+            return files, {"stage": up.name, "fingerprint": up.fingerprint}, sizes
     files = resolve_inputs(inputs, limit, cc_base_url)
-    identities = [file_identity(f) for f in files]
+    if only is not None:  # identify only the files an increment may hold (by name), then pick by identity
+        names = {f["url"] for f in only}
+        found = {canonical_json(file_identity(f.url, f.name)): f for f in files if f.name in names}
+        gone = [f["url"] for f in only if canonical_json(f) not in found]
+        if gone:
+            raise InputError(f"input files changed or gone since they were recorded: {', '.join(gone)}")
+        files = [found[canonical_json(f)] for f in only]
+        return files, list(only), [f["size"] for f in only]
+    identities = [file_identity(f.url, f.name) for f in files]
     return files, identities, [i["size"] for i in identities]
 
 

@@ -42,6 +42,7 @@ from pipeline.http_message import content_type, gunzip, known_codec
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
 from storage import canonical_json, file_identity
+from storage.locations import has_userinfo, public_name, userinfo_error
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 # Documents judged and written together: a worker holds one batch, not a whole input file.
@@ -100,6 +101,9 @@ class IngestConfig(StageConfig):
     @field_validator("url_blocklist_files")
     @classmethod
     def _lists_exist(cls, files: list[str]) -> list[str]:
+        for url in files:
+            if has_userinfo(url):
+                raise ValueError(userinfo_error(url, "URL blocklist file"))
         return require_files(files, "URL blocklist file")
 
     @field_validator("languages")
@@ -158,11 +162,15 @@ def ingest_file(url: str, config: IngestConfig) -> ShardResult:
 
 
 def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS, start: int = 0,
-                   end: int | None = None) -> Iterator[ShardResult]:
+                   end: int | None = None, name: str | None = None) -> Iterator[ShardResult]:
     """The documents of one input file (or of its byte range [start, end), see _records), kept or
     removed with a reason, `batch_docs` at a time, so a worker's memory does not grow with the file. The counts of all batches add up (merge_counts)
-    to the file's; the record counts come with the last batch, which may hold no documents."""
-    fmt = detect_format(url)
+    to the file's; the record counts come with the last batch, which may hold no documents.
+
+    `url` reads the file; `name` (pipeline.inputs.InputFile.name, else storage.locations.public_name)
+    is what the `source` column and error messages say, so no password or presigned query is written."""
+    source = public_name(url) if name is None else name
+    fmt = detect_format(source)
     counts: Counter = Counter()
     skipped: Counter = Counter()
     damaged: Counter = Counter()
@@ -172,18 +180,18 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS,
         with open_input(url) as f:  # remote: large read-ahead blocks
             reader = {"warc": functools.partial(_warc_docs, span=(start, end)), "arc": _arc_docs,
                       "jsonl": _jsonl_docs, "parquet": _parquet_docs}[fmt]
-            for row in reader(f, url, config, counts, skipped, damaged):
+            for row in reader(f, source, config, counts, skipped, damaged):
                 rows.append(row)
                 if len(rows) >= batch_docs:
                     yield _judge(rows, config, blocklist)
                     rows = []
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"input file not found: {url}") from e
+    except FileNotFoundError:
+        raise FileNotFoundError(f"input file not found: {source}") from None  # aiohttp's error quotes the URL
     whole = start == 0 and end is None  # a piece of a cut file may hold no record start at all
     if whole and counts["records"] == 0 and damaged:
-        raise IngestError(f"{url}: no readable record ({_describe(damaged)}); is it a {fmt.upper()} file?")
+        raise IngestError(f"{source}: no readable record ({_describe(damaged)}); is it a {fmt.upper()} file?")
     if whole and counts["records"] == 0 and _nonempty(url):
-        raise IngestError(f"{url}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
+        raise IngestError(f"{source}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
     yield _judge(rows, config, blocklist, {"records": counts["records"], "responses": counts["responses"],
                                            "skipped": dict(sorted(skipped.items())),
                                            "damaged": dict(sorted(damaged.items()))})
@@ -556,6 +564,7 @@ def _doc(url: str, offset: int, record_id: str | None, target: str | None, date:
 
 
 def _fallback_id(url: str, offset: int) -> str:
+    """From the file name (never its folder or query), as ids were before names were recorded."""
     return hashlib.sha1(f"{posixpath.basename(url)}:{offset}".encode()).hexdigest()
 
 

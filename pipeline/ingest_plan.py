@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 
+from storage.locations import strip_secrets
+
 SPLITTABLE_SUFFIXES = (".warc.gz", ".wet.gz")
 
 
 def splittable(url: str) -> bool:
-    return url.lower().endswith(SPLITTABLE_SUFFIXES)
+    return strip_secrets(url).lower().endswith(SPLITTABLE_SUFFIXES)  # a presigned URL's name ends before `?`
 
 
 def plan_shards(files: list[tuple[str, int]], shard_bytes: int) -> list[list[dict]]:

@@ -16,6 +16,8 @@ from typing import Callable, TypeVar
 
 import fsspec
 
+from storage.locations import redact
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -53,16 +55,26 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+class RemoteReadError(OSError):
+    """A read failed with an error whose message quoted a URL's secrets (aiohttp names the URL it
+    asked for, presigned query included): the same error, told without them."""
+
+
 def with_retries(work: Callable[[], T], what: str, tries: int = 6, base_delay_s: float = 2.0) -> tuple[T, int]:
-    """(work(), retries it took). Transient errors are retried after 2, 4, 8, … seconds (±50%)."""
+    """(work(), retries it took). Transient errors are retried after 2, 4, 8, … seconds (±50%).
+
+    Log lines and an error that gets out (Prefect stores and shows both) carry no URL secrets."""
     for attempt in range(tries):
         try:
             return work(), attempt
         except Exception as e:
+            said = redact(str(e))
             if attempt == tries - 1 or not is_transient(e):
+                if said != str(e):
+                    raise RemoteReadError(f"{what}: {said}") from None
                 raise
             delay = base_delay_s * 2 ** attempt * random.uniform(0.5, 1.5)
-            log.warning("%s: %s (try %d of %d); again in %.1f s", what, e, attempt + 1, tries, delay)
+            log.warning("%s: %s (try %d of %d); again in %.1f s", what, said, attempt + 1, tries, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from storage import StageDir, Store
+from storage.locations import public_name
 
 from pipeline.failpoints import failpoint
 from pipeline.remote import with_retries
@@ -66,7 +67,8 @@ def run_if_needed(out: StageDir, index: int, work: Callable[[], dict]) -> dict:
 
 def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config: Any) -> dict:
     """The documents of a shard's input pieces (whole files or byte ranges, pipeline/ingest_plan.py),
-    written batch by batch so memory does not grow with the input."""
+    written batch by batch so memory does not grow with the input. A piece's `url` reads it and may
+    hold a presigned query; its `name` is what rows, stats and log lines say."""
     from pipeline.ingest import ingest_batches
 
     out = stage_dir(store_url, "ingest", fp)
@@ -77,7 +79,8 @@ def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config
         with (out.parquet_writer(parts["data"], DOC_SCHEMA) as kept_out,
               out.parquet_writer(parts["removed"], REMOVED_SCHEMA) as removed_out):
             for piece in pieces:
-                for batch in ingest_batches(piece["url"], config, start=piece["start"], end=piece["end"]):
+                for batch in ingest_batches(piece["url"], config, start=piece["start"], end=piece["end"],
+                                            name=piece.get("name")):
                     kept_out.write_table(batch.kept)
                     removed_out.write_table(batch.removed)
                     counts = merge_counts(counts, batch.counts)
@@ -85,7 +88,8 @@ def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config
 
     def work():
         t0 = time.perf_counter()
-        counts, retries = with_retries(attempt, ", ".join(p["url"] for p in pieces))  # throttled: all again
+        what = ", ".join(p.get("name") or public_name(p["url"]) for p in pieces)
+        counts, retries = with_retries(attempt, what)  # throttled: all again
         return commit_docs_stats(out, index, counts, time.perf_counter() - t0, retries=retries)
 
     return run_if_needed(out, index, work)

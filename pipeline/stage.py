@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from pipeline.schema import DOC_SCHEMA, REMOVED_SCHEMA
+from storage.locations import public_name
 
 
 # Numbers a config may hold: what numpy, torch and Arrow take (a bigger one fails deep inside a run).
@@ -61,7 +62,8 @@ def require_files(urls, what: str):
     for name, url in (urls.items() if isinstance(urls, dict) else enumerate(urls)):
         fs, path = fsspec.core.url_to_fs(url)
         if not fs.isfile(path):
-            raise ValueError(f"{what} {name!r} not found: {url}" if isinstance(urls, dict) else f"{what} not found: {url}")
+            shown = public_name(url)  # no password or signature in an error message
+            raise ValueError(f"{what} {name!r} not found: {shown}" if isinstance(urls, dict) else f"{what} not found: {shown}")
     return urls
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import fsspec
 
+from storage.locations import public_name
+
 SAMPLE_BYTES = 1 << 20  # bytes hashed at each end of an input file for its identity
 
 
@@ -90,22 +92,24 @@ def _is_package(module: str) -> bool:
     return hasattr(importlib.import_module(module), "__path__")
 
 
-def file_identity(url: str) -> dict:
-    """What identifies an input file cheaply: its URL, size and the server's ETag when it gives one
-    (S3, HTTP), else a hash of its first and last MiB.
+def file_identity(url: str, name: str | None = None) -> dict:
+    """What identifies an input file cheaply: its recorded name (storage.locations.public_name unless
+    given: never a password, a presigned query or this machine's absolute path), its size and the
+    server's ETag when it gives one (S3, HTTP), else a hash of its first and last MiB.
 
     Reading whole multi-GB crawl files just to name them would cost as much as ingesting them.
     Raises FileNotFoundError naming the file when it is missing.
     """
+    name = public_name(url) if name is None else name
     fs, path = fsspec.core.url_to_fs(url)
     try:
         info = fs.info(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"input file not found: {url}") from None
+        raise FileNotFoundError(f"input file not found: {public_name(url)}") from None
     size = info.get("size")
     etag = info.get("ETag") or info.get("etag")
     if etag and size is not None:
-        return {"url": url, "size": size, "etag": str(etag).strip('"')}
+        return {"url": name, "size": size, "etag": str(etag).strip('"')}
     if size is None:
         size = fs.size(path)
     h = hashlib.sha256()
@@ -116,4 +120,4 @@ def file_identity(url: str) -> dict:
             h.update(f.read(SAMPLE_BYTES))
         elif size > SAMPLE_BYTES:
             h.update(f.read())
-    return {"url": url, "size": size, "sample_sha256": h.hexdigest()}
+    return {"url": name, "size": size, "sample_sha256": h.hexdigest()}

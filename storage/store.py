@@ -56,6 +56,11 @@ class Store:
     def stage(self, name: str, fp: str) -> "StageDir":
         return StageDir(self, name, fp)
 
+    def holds(self, path: str) -> bool:
+        """Whether a path on this store's filesystem is inside its root, once `..` steps are resolved."""
+        root = posixpath.normpath(self.root).rstrip("/") + "/"
+        return (posixpath.normpath(path) + "/").startswith(root)
+
     def relative(self, url: str) -> str:
         """`url` as a path inside this store (train/{fp}/model.pt) when it is one, else as given:
         what a manifest records must not depend on where the store sits."""
@@ -77,8 +82,18 @@ class StageDir:
 
     # -- paths -------------------------------------------------------------------------------
     def abspath(self, rel: str) -> str:
-        """`rel` may climb out of the folder (`../{fp}/data/...`: a manifest naming another output's file)."""
-        return posixpath.normpath(posixpath.join(self.path, rel)) if rel else self.path
+        """`rel` may climb out of the folder (`../{fp}/data/...`: a manifest naming another output's
+        file) but never out of the store: paths come from manifests, and a damaged or forged one
+        must not make a stage read or write files elsewhere. Raises StoreError naming both."""
+        path = posixpath.normpath(posixpath.join(self.path, rel)) if rel else self.path
+        where = f"{self.name}/{self.fingerprint}"
+        if not self.store.holds(self.path):
+            raise StoreError(f"stage output {where!r}, named in a manifest, leaves the store {self.store.url}: "
+                             f"that manifest is damaged or forged")
+        if not self.store.holds(path):
+            raise StoreError(f"{self.store.url}/{where}/manifest.json names {rel!r}, which leaves the store: "
+                             f"the manifest is damaged or forged")
+        return path
 
     def url(self, rel: str = "") -> str:
         """A URL a person or another program can open (local paths stay plain paths)."""

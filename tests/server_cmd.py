@@ -80,13 +80,17 @@ def api_client(api: str):
 
 
 def ui_headers(api: str) -> dict:
-    """The headers the UI sends with a write: the password, and a CSRF token fetched with it."""
+    """The headers the UI sends with a write: the password (of the server crawl2llm_server started
+    there, else the one Prefect's settings hold now), and a CSRF token fetched with it."""
     import base64
     import json
     import urllib.request
     import uuid
 
-    auth = {"Authorization": "Basic " + base64.b64encode(AUTH[api].encode()).decode()}
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    password = AUTH.get(api) or PREFECT_API_AUTH_STRING.value()
+    auth = {"Authorization": "Basic " + base64.b64encode(password.encode()).decode()}
     client = str(uuid.uuid4())
     with urllib.request.urlopen(urllib.request.Request(f"{api}/csrf-token?client={client}", headers=auth)) as r:
         token = json.loads(r.read())["token"]

@@ -255,8 +255,9 @@ def test_a_config_error_a_run_finds_is_one_line_without_traceback(prefect_server
 
     from storage import Store
 
-    url, _ = prefect_server
+    url, env = prefect_server
     monkeypatch.setenv("PREFECT_API_URL", url)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", env["PREFECT_API_AUTH_STRING"])
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     docs = Store(str(tmp_path / "store")).stage("pii", "docs")
     texts = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i} times." for i in range(40)]

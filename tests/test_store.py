@@ -128,3 +128,35 @@ def test_parquet_writer_commits_only_a_finished_file(tmp_path):
             raise RuntimeError("worker died")
     assert sd.list("data") == ["data/part-00000.parquet"]
     assert not list((tmp_path / "ingest" / "fp" / "data").glob("*.tmp-*"))
+
+
+def test_paths_from_manifests_stay_inside_the_store(tmp_path):
+    """A forged manifest cannot make a stage read (or write) files outside the store: shard paths,
+    another output's files and stage names read from manifests are all checked."""
+    store = Store(str(tmp_path / "store"))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.jsonl").write_text('{"text": "not for the store"}\n')
+    tok = store.stage("tokenize", "b")
+    tok.write_bytes("data/train/part-00000.arrow", b"x")
+    union = store.stage("tokenize", "a")
+    assert union.abspath("../b/data/train/part-00000.arrow") == tok.abspath("data/train/part-00000.arrow")
+    assert union.read_bytes("../b/data/train/part-00000.arrow") == b"x"  # a union of increments: allowed
+    for rel in ("../../../outside/secret.jsonl", "/etc/passwd", "data/../../../../outside/secret.jsonl"):
+        with pytest.raises(StoreError, match=rf"store/tokenize/a/manifest.json names '{rel}', which leaves the store"):
+            union.read_bytes(rel)
+    with pytest.raises(StoreError, match="leaves the store"):
+        union.write_bytes("../../../outside/planted.txt", b"x")
+    assert not (tmp_path / "outside" / "planted.txt").exists()
+    with pytest.raises(StoreError, match=r"stage output 'tokenizer/\.\./\.\./\.\./outside', named in a manifest"):
+        store.stage("tokenizer", "../../../outside").read_bytes("secret.jsonl")
+
+
+def test_ingest_of_a_forged_crawl_output_reads_nothing_outside_the_store(tmp_path):
+    from flows.stages import _ingest_sources
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.jsonl").write_text('{"text": "not for the store"}\n')
+    crawl = Store(str(tmp_path / "store")).stage("crawl", "f00")
+    crawl.commit({"shards": [{"index": 0, "data": "../../../outside/secret.jsonl"}]})
+    with pytest.raises(StoreError, match=r"crawl/f00/manifest.json names '\.\./\.\./\.\./outside/secret.jsonl'"):
+        _ingest_sources([crawl.url()], None, "https://data.commoncrawl.org/")
