@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
@@ -21,6 +21,9 @@ from tqdm import tqdm
 from flows import workers
 from pipeline.stage import merge_counts
 from storage import StageDir, StoreError, protocol
+from storage.lock import stage_lock
+
+T = TypeVar("T")
 
 
 def _shard_key(context, parameters: dict) -> str:
@@ -143,21 +146,40 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
 
 
+def run_locked(out: StageDir, work: Callable[[], T]) -> T:
+    """`work()`, which writes `out`, holding out's lock (storage/lock.py) unless out is committed:
+    a second run of the same stage waits for the first, then finds its output committed and does
+    nothing, or takes over when the first died. Decide `cached` inside `work`."""
+    if out.is_committed():
+        return work()
+    log = get_run_logger()
+    with stage_lock(out, log=log.info) as lock:
+        result = work()
+    if lock.lost:
+        log.warning("%s %s: another run took the lock over while this one wrote", out.name, out.fingerprint)
+    return result
+
+
 def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
               workers_n: int | None = None, examples: bool = False) -> tuple[dict, bool]:
     """The shape every sharded stage shares: map shards, commit the manifest, publish artifacts.
 
     Returns the manifest and whether the stage was already committed (nothing to do)."""
-    cached = out.is_committed()
     if _in_memory(out):
         if workers.runs_on_dask():
             raise StoreError(f"{out.url()}: a memory:// store lives in this process only; "
                              "give the Dask workers a store they can reach (a shared folder, s3://...)")
         workers_n = 0  # a memory:// store lives in this process only
-    with Timer() as t:
-        results = map_shards(out, jobs, workers_n)
-        manifest = commit_stage(out, results, header)
-    publish_stage(out, manifest, results, t.seconds, cached,
+
+    def work() -> tuple[dict, dict, bool, float]:
+        cached = out.is_committed()
+        with Timer() as t:
+            results = map_shards(out, jobs, workers_n)
+            manifest = commit_stage(out, results, header)
+        return manifest, results, cached, t.seconds
+
+    manifest, results, cached, seconds = run_locked(out, work)
+    publish_stage(out, manifest, results, seconds, cached,
                   removed_examples(out, manifest) if examples else "")
     return manifest, cached
 

@@ -11,7 +11,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import access, workers
-from flows.common import Timer, bind, publish_stage, publish_table, run_stage
+from flows.common import Timer, bind, publish_stage, publish_table, run_locked, run_stage
 from pipeline import shards
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
@@ -64,16 +64,21 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
     access.check({"store": store, "config.seeds": config.seeds})
     out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"),
                                                     config, None))
-    cached = out.is_committed()
-    with Timer() as t:
-        if not cached:
-            result = _crawl_task(out, config)
-            files = out.list("data")
-            counts = {k: v for k, v in result.items() if k != "files"}
-            out.commit({"config": config, "shards": [{"index": i, "data": f} for i, f in enumerate(files)],
-                        "counts": counts})
+
+    def work() -> tuple[bool, float]:  # under the output's lock: a second crawl waits, then finds it committed
+        cached = out.is_committed()
+        with Timer() as t:
+            if not cached:
+                result = _crawl_task(out, config)
+                files = out.list("data")
+                counts = {k: v for k, v in result.items() if k != "files"}
+                out.commit({"config": config, "shards": [{"index": i, "data": f} for i, f in enumerate(files)],
+                            "counts": counts})
+        return cached, t.seconds
+
+    cached, seconds = run_locked(out, work)
     manifest = out.read_manifest()
-    publish_stage(out, manifest, {}, t.seconds, cached)
+    publish_stage(out, manifest, {}, seconds, cached)
     return summary(out, manifest, cached)
 
 

@@ -13,7 +13,7 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact, c
 from tqdm import tqdm
 
 from flows import access
-from flows.common import Timer
+from flows.common import Timer, run_locked
 from pipeline.failpoints import failpoint
 from flows.stages import open_stage, summary
 from model.evaluate import EvalConfig
@@ -99,24 +99,28 @@ def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
     code = code_version(*MODEL_CODE)
     upstream = {"stage": tok.name, "fingerprint": tok.fingerprint}
     out = tok.store.stage("train", fingerprint("train", code, config, upstream))
-    cached = out.is_committed()
-    timing = None
-    with Timer() as t:
-        if not cached:
-            train_files, val_files, vocab = _token_files(tok)
-            local = _local_dir(out)
-            with open(os.path.join(local, UPSTREAM_FILE), "w") as f:  # lets evaluate find a checkpoint's data
-                json.dump({"tokenize": tok.url()}, f)
-            result = _train_task(out, train_files, val_files, vocab, config)
-            if os.path.abspath(local) != os.path.abspath(out.path):
-                with open(os.path.join(local, "model.pt"), "rb") as f:
-                    out.write_bytes("model.pt", f.read())
-            timing = result["timing"]  # not in the manifest: it differs between identical runs
-            result = {k: v for k, v in result.items() if k != "timing"}
-            out.commit({"config": config, "code": code, "upstream": upstream, "vocab_size": vocab,
-                        "model": "model.pt", "tokenizer": tok.read_manifest()["tokenizer"], "counts": result})
+
+    def work() -> tuple[bool, float, dict | None]:  # under the output's lock: one training writes its folder
+        cached, timing = out.is_committed(), None
+        with Timer() as t:
+            if not cached:
+                train_files, val_files, vocab = _token_files(tok)
+                local = _local_dir(out)
+                with open(os.path.join(local, UPSTREAM_FILE), "w") as f:  # lets evaluate find a checkpoint's data
+                    json.dump({"tokenize": tok.url()}, f)
+                result = _train_task(out, train_files, val_files, vocab, config)
+                if os.path.abspath(local) != os.path.abspath(out.path):
+                    with open(os.path.join(local, "model.pt"), "rb") as f:
+                        out.write_bytes("model.pt", f.read())
+                timing = result["timing"]  # not in the manifest: it differs between identical runs
+                result = {k: v for k, v in result.items() if k != "timing"}
+                out.commit({"config": config, "code": code, "upstream": upstream, "vocab_size": vocab,
+                            "model": "model.pt", "tokenizer": tok.read_manifest()["tokenizer"], "counts": result})
+        return cached, t.seconds, timing
+
+    cached, seconds, timing = run_locked(out, work)
     manifest = out.read_manifest()
-    _publish_training(out, manifest, t.seconds, cached, timing)
+    _publish_training(out, manifest, seconds, cached, timing)
     return summary(out, manifest, cached)
 
 
@@ -199,11 +203,16 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
     upstream = {**src.identity, **files}
     # config.data is in the identity as the tokenize fingerprint it names, not as a path
     out = src.store.stage("evaluate", fingerprint("evaluate", code, config.model_dump(exclude={"data"}), upstream))
-    cached = out.is_committed()
-    if not cached:
-        result = _eval_task(out, src.model_path, src.tokenizer_path, src.val_files, config)
-        result["source"] = {"url": src.store.relative(source), **src.trained}
-        out.commit({"config": config, "code": code, "upstream": upstream, "counts": result})
+
+    def work() -> bool:
+        cached = out.is_committed()
+        if not cached:
+            result = _eval_task(out, src.model_path, src.tokenizer_path, src.val_files, config)
+            result["source"] = {"url": src.store.relative(source), **src.trained}
+            out.commit({"config": config, "code": code, "upstream": upstream, "counts": result})
+        return cached
+
+    cached = run_locked(out, work)
     manifest = out.read_manifest()
     res = manifest["counts"]
     create_table_artifact(summary_rows(res), key="evaluate-summary", description=f"evaluation of {source}")

@@ -233,7 +233,7 @@ class _Crawler:
             self.files += 1
             self.bytes += len(data)
             self.buffer, self.buffer_date = [], None
-        self.out.write_json(STATE, self._state())
+        self.out.write_json(STATE, self._state(), replace=True)  # the one file of a stage meant to change
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:

@@ -7,9 +7,15 @@ Layout of one stage output:
     {root}/{stage}/{fingerprint}/removed/part-NNNNN.parquet
     {root}/{stage}/{fingerprint}/stats/part-NNNNN.json    written last for a shard: its commit point
 
-Every file is written to a unique temporary name and renamed into place. Outputs are a pure
-function of the fingerprint, so two runs writing the same stage at once write identical bytes and
-the last rename wins harmlessly; a killed run leaves only temporary files, which nothing trusts.
+Every file is written to a unique temporary name and then put into place once: a committed file is
+never rewritten (its bytes, mtime and inode stay as the first writer left them). A second writer of
+the same file leaves it alone, which is right because outputs are a pure function of the
+fingerprint. Only files meant to change (the crawl's state.json checkpoint) are written with
+`replace=True`. A killed run leaves only temporary files, which nothing trusts.
+
+Exclusive on a local disk: the temporary file is hard-linked to the final name, which fails when
+the name exists. On object stores (s3://, gs://, memory://) it is a check, then a put: two writers
+at the same instant could both put, which the stage lock (storage/lock.py) makes rare.
 """
 
 from __future__ import annotations
@@ -116,10 +122,12 @@ class StageDir:
             raise StoreError(f"{self.name} output {self.url()} has no manifest: it was never committed") from e
 
     def commit(self, manifest: dict) -> dict:
-        """Write the manifest last; from now on the stage output is complete and immutable."""
+        """Write the manifest last; from now on the stage output is complete and immutable. When
+        another writer committed first, its manifest stays (the same, for the same fingerprint)."""
         body = {"stage": self.name, "fingerprint": self.fingerprint, **manifest}
-        self.write_bytes("manifest.json", _pretty_json(body))
-        return body
+        if self.write_once("manifest.json", _pretty_json(body)):
+            return body
+        return self.read_manifest()
 
     def shard_done(self, index: int) -> bool:
         return self.fs.exists(self.abspath(self.part("stats", index, "json")))
@@ -131,41 +139,24 @@ class StageDir:
         """Write a shard's stats after its data files: the stats file marks the shard done."""
         self.write_bytes(self.part("stats", index, "json"), _pretty_json(stats))
 
-    # -- atomic writes -----------------------------------------------------------------------
-    def write_bytes(self, rel: str, data: bytes) -> str:
-        with self._atomic(rel) as f:
-            f.write(data)
+    # -- atomic, write-once writes -----------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes, replace: bool = False) -> str:
+        """Write `rel` unless it exists (then it is left as it is); `replace`: a file meant to change."""
+        if replace or not self.exists(rel):
+            with self._atomic(rel, replace) as f:
+                f.write(data)
         return self.abspath(rel)
 
     def write_once(self, rel: str, data: bytes) -> bool:
-        """Create `rel` holding `data` unless it exists; False when it did (another writer was first).
-        Exclusive on a local disk (a hard link fails on an existing name); elsewhere a check, then a
-        rename, so two writers at the same instant could both succeed there."""
-        final = self.abspath(rel)
-        if self.fs.exists(final):
-            return False
-        tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
-        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-        self.fs.pipe_file(tmp, data)
-        try:
-            if is_local(self.fs):
-                try:
-                    os.link(tmp, final)
-                except FileExistsError:
-                    return False
-            else:
-                self.fs.mv(tmp, final)
-            return True
-        finally:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
+        """Create `rel` holding `data` unless it exists; False when it did (another writer was first)."""
+        return create_exclusive(self.fs, self.abspath(rel), data)
 
     @contextlib.contextmanager
-    def _atomic(self, rel: str):
-        """A file object whose bytes appear under `rel` only if the block ends without error."""
+    def _atomic(self, rel: str, replace: bool = False):
+        """A file object whose bytes appear under `rel` only if the block ends without error, and
+        then only if `rel` does not exist yet (or `replace`)."""
         final = self.abspath(rel)
-        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-        tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
+        tmp = _temporary(self.fs, final)
         try:
             with self.fs.open(tmp, "wb") as f:
                 yield f
@@ -173,7 +164,7 @@ class StageDir:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
             raise
-        self.fs.mv(tmp, final)
+        _put(self.fs, tmp, final, replace)
 
     @contextlib.contextmanager
     def parquet_writer(self, rel: str, schema: pa.Schema):
@@ -182,8 +173,8 @@ class StageDir:
         with self._atomic(rel) as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
             yield writer
 
-    def write_json(self, rel: str, obj: Any) -> str:
-        return self.write_bytes(rel, _pretty_json(obj))
+    def write_json(self, rel: str, obj: Any, replace: bool = False) -> str:
+        return self.write_bytes(rel, _pretty_json(obj), replace)
 
     def write_parquet(self, rel: str, table: pa.Table) -> str:
         buf = io.BytesIO()
@@ -254,6 +245,52 @@ def open_stage(url: str) -> StageDir:
     if not sd.is_committed():
         raise StoreError(f"{url} is not a committed stage output (no manifest.json): run that stage first")
     return sd
+
+
+def _temporary(fs, final: str) -> str:
+    """A unique temporary name beside `final` (its folder made first)."""
+    fs.makedirs(posixpath.dirname(final), exist_ok=True)
+    return f"{final}{TMP_MARK}{uuid.uuid4().hex}"
+
+
+def _put(fs, tmp: str, final: str, replace: bool) -> bool:
+    """Move the finished file `tmp` to `final`; unless `replace`, only when `final` does not exist.
+    Returns whether `final` now holds this file. `tmp` is gone afterwards either way."""
+    try:
+        if replace:
+            fs.mv(tmp, final)
+            return True
+        if is_local(fs):
+            try:
+                os.link(tmp, final)  # fails when the name exists, so one writer wins
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: check, then rename, as elsewhere
+                pass
+        if fs.exists(final):
+            return False
+        fs.mv(tmp, final)
+        return True
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def create_exclusive(fs, path: str, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists (storage/lock.py's lock files)."""
+    if fs.exists(path):
+        return False
+    tmp = _temporary(fs, path)
+    fs.pipe_file(tmp, data)
+    return _put(fs, tmp, path, replace=False)
+
+
+def replace_file(fs, path: str, data: bytes) -> None:
+    """Write `path` whole, replacing what it held (a lock's heartbeat)."""
+    tmp = _temporary(fs, path)
+    fs.pipe_file(tmp, data)
+    _put(fs, tmp, path, replace=True)
 
 
 def _pretty_json(obj: Any) -> bytes:
