@@ -77,7 +77,7 @@ class StoreLock:
             if held != watched:
                 watched, seen_at = held, now
             owner = _owner(held)
-            why = _dead(owner) or (f"no heartbeat for {self.stale_s:.0f} s" if now - seen_at >= self.stale_s else "")
+            why = _dead(owner) or (f"no heartbeat for {self.stale_s:g} s" if now - seen_at >= self.stale_s else "")
             if why:
                 self.log(f"taking over the lock {self.path} of pid {owner.get('pid')} on {owner.get('host')}: {why}")
                 self._break(held)
@@ -110,7 +110,7 @@ class StoreLock:
             if held is None or _owner(held).get("token") != self.token:
                 self.lost = True
                 self.log(f"lost the lock {self.path} to another writer (this run was stalled past "
-                         f"{self.stale_s:.0f} s); committed files stay write-once")
+                         f"{self.stale_s:g} s); committed files stay write-once")
                 return
             replace_file(self.fs, self.path, self._body(self.since))
 
