@@ -98,8 +98,8 @@ def _writer(root: str, n: int) -> None:
 
 
 def test_two_concurrent_writers_leave_a_valid_stage(tmp_path):
-    """Outputs are a pure function of the fingerprint and every write is a rename, so two runs
-    writing the same stage at once leave identical, complete files and no partial ones."""
+    """Every file is put in place whole and once, so two runs writing the same stage at once (here
+    without the stage lock) leave complete files, the first writer's, and no partial ones."""
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), 20)) for _ in range(2)]
     for p in procs:
