@@ -63,7 +63,7 @@ class StoreLock:
     # -- taking and giving back --------------------------------------------------------------------
     def acquire(self) -> None:
         """Take the lock, waiting as long as a live writer holds it."""
-        watched, seen_at, reported = None, 0.0, 0.0
+        watched, seen_at, reported = None, 0.0, None
         while True:
             self.since = time.time()
             if create_exclusive(self.fs, self.path, self._body(self.since)):
@@ -82,7 +82,7 @@ class StoreLock:
                 self.log(f"taking over the lock {self.path} of pid {owner.get('pid')} on {owner.get('host')}: {why}")
                 self._break(held)
                 continue
-            if now - reported >= REPORT_S:
+            if reported is None or now - reported >= REPORT_S:
                 self.log(f"waiting for lock {self.path} held by pid {owner.get('pid')} on {owner.get('host')} "
                          f"since {_clock(owner.get('since'))}")
                 reported = now
