@@ -254,14 +254,19 @@ def test_two_ingests_into_one_store(prefect_api, tmp_path, shared_data):
 
 # -- two whole runs -------------------------------------------------------------------------------
 
-def _start(config_path: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config_path)], cwd=config_path.parent,
-                            env={**env, "CRAWL2LLM_WORKERS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def _start(config_path: Path, env: dict, log: Path) -> tuple[subprocess.Popen, Path]:
+    """`crawl2llm run` in the background, its output to a file (a pipe nobody reads while waiting
+    on the other run could fill and stall the run that holds a lock)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config_path)], cwd=config_path.parent,
+                                env={**env, "CRAWL2LLM_WORKERS": "1"}, stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
 
 
-def _finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
+def _finish(run: tuple[subprocess.Popen, Path]) -> str:
+    proc, log = run
+    proc.wait(timeout=600)
+    out = log.read_text()
     assert proc.returncode == 0, out[-3000:]
     return out
 
@@ -278,7 +283,7 @@ def test_two_whole_runs_into_one_store(prefect_server, tmp_path, shared_data):
         return path
 
     t0 = time.monotonic()
-    _finish(_start(config("single"), env))
+    _finish(_start(config("single"), env, tmp_path / "single.log"))
     single_s = time.monotonic() - t0
     expected = _contents(tmp_path / "single")
     assert any(rel.endswith("model.pt") for rel in expected)
@@ -288,7 +293,7 @@ def test_two_whole_runs_into_one_store(prefect_server, tmp_path, shared_data):
         store, path = tmp_path / f"trial{trial}", config(f"trial{trial}")
         t0 = time.monotonic()
         with Watch(store, every_s=0.05) as watch:
-            procs = [_start(path, env), _start(path, env)]
+            procs = [_start(path, env, tmp_path / f"trial{trial}-{i}.log") for i in range(2)]
             logs = [_finish(p) for p in procs]
         times.append(time.monotonic() - t0)
         waited += sum("waiting for lock" in log for log in logs)
