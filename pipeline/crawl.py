@@ -62,9 +62,9 @@ class CrawlConfig(StageConfig):
     allow_hosts: list[str] = Field([], description="Hosts in scope when scope is allow-list, as host or host:port "
                                                    "(without a port, any port); a host also matches its subdomains "
                                                    "(docs.python.org matches python.org).")
-    respect_robots: bool = Field(True, description="Obey robots.txt (fetched once per host with our user agent), "
+    respect_robots: bool = Field(True, description="Obey robots.txt (fetched once per origin with our user agent), "
                                                    "including its Crawl-delay.")
-    delay_s: float = Field(0.0, ge=0, description="Seconds between two requests to the same host.")
+    delay_s: float = Field(0.0, ge=0, description="Seconds between two requests to the same host and port.")
     timeout_s: float = Field(10.0, gt=0, description="Seconds to wait on a connection or on one read before giving "
                                                      "up on a URL (counted in errors).")
     fetch_deadline_s: float = Field(60.0, gt=0, description="Seconds one fetch (a page, or a robots.txt with its "
