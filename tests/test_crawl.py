@@ -310,7 +310,7 @@ def _redirect(to: str) -> tuple:
 
 @pytest.mark.parametrize("route", ["drip-body", "drip-all"])
 def test_a_fetch_ends_at_its_deadline(servers, route):
-    server, base = servers({"/slow": route})
+    _, base = servers({"/slow": route})
     start = time.monotonic()
     with pytest.raises(DeadlineExceeded, match=f"{base}/slow.*deadline of 1.5 s"):
         with build_opener(Deadline(f"{base}/slow", 1.5)).open(f"{base}/slow", timeout=10) as resp:
