@@ -174,20 +174,59 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             wait.until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='Completed']"))
             driver.save_screenshot(str(screenshots / "02-flow-run-completed.png"))
 
-            for i, stage in enumerate(STAGES, start=3):
-                _open_latest_artifact(driver, ui, f"{stage}-summary")
+            made = _run_artifacts(api, run_id)  # the pipeline run's and its stage subflows'
+            shot = iter(range(3, 100))
+            for stage in STAGES:  # each stage's summary table, as the UI renders it
+                [summary] = [a for a in made if a["key"] and a["key"].startswith(f"{stage}-summary-")]
+                driver.get(f"{ui}/artifacts/artifact/{summary['id']}")
                 wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "table tr")) >= 3)
-                assert "metric" in driver.find_element(By.TAG_NAME, "table").text
-                driver.save_screenshot(str(screenshots / f"{i:02d}-{stage}-summary.png"))
+                page = driver.find_element(By.TAG_NAME, "body").text
+                assert "metric" in page and "[object Object]" not in page, stage
+                if stage == "quality":  # why documents were dropped: the first rows, on the first page
+                    first_rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")[1:4]]
+                    assert all(r.startswith("removed.") for r in first_rows), first_rows
+                driver.save_screenshot(str(screenshots / f"{next(shot):02d}-{stage}-summary.png"))
 
-            _open_latest_artifact(driver, ui, "train-loss-curve")
+            links = [a for a in made if a["type"] == "link"]
+            assert len(links) >= len(STAGES) + 1, [a["key"] for a in links]  # every output, the model, the checkpoint
+            for a in links:  # each link opens its output in the store browser: no 404
+                driver.get(f"{ui}/artifacts/artifact/{a['id']}")
+                _click(driver, By.CSS_SELECTOR, "a[href*='/crawl2llm-store/']")
+                WebDriverWait(driver, 30).until(lambda d: len(d.window_handles) > 1 or "/crawl2llm-store/" in d.current_url)
+                if len(driver.window_handles) > 1:  # the UI opens links in a new tab
+                    driver.switch_to.window(driver.window_handles[-1])
+                wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+                body = driver.find_element(By.TAG_NAME, "body").text
+                assert "not found" not in body.lower() and "404" not in driver.title, (a["key"], body[:300])
+                if a["key"].startswith(("train-model-", "train-checkpoint-")):
+                    pass  # a download: the browser saved it, the page is the artifact's
+                else:
+                    assert "manifest.json" in body, (a["key"], body[:300])
+                    driver.save_screenshot(str(screenshots / f"{next(shot):02d}-{a['key'].rsplit('-', 1)[0]}.png"))
+                _close_other_tabs(driver)
+
+            # the run's own page: its summary card leads to this run's data
+            driver.get(f"{ui}/runs/flow-run/{run_id}?tab=Artifacts")
+            _click(driver, By.XPATH, "//*[contains(normalize-space(), 'pipeline: every stage')]")
+            wait.until(lambda d: "/artifacts/" in d.current_url)
+            if "/artifacts/key/" in driver.current_url:  # the key's page: its newest version
+                _click(driver, By.CSS_SELECTOR, "a[href*='/artifacts/artifact/']")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer table"))
+            page = driver.find_element(By.TAG_NAME, "body").text
+            evaluate_fp = [a for a in made if a["key"] and a["key"].startswith("evaluate-summary-")][0]["key"][-16:]
+            assert "7 stage(s)" in page and f"evaluate/{evaluate_fp}" in page, page[:2000]  # this run's outputs
+            assert all(f"| {stage} |" in page or stage in page for stage in STAGES)
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-pipeline-summary.png"))
+
+            [curve] = [a for a in made if a["key"] and a["key"].startswith("train-loss-curve-")]
+            driver.get(f"{ui}/artifacts/artifact/{curve['id']}")
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer img"))
             img = driver.find_element(By.CSS_SELECTOR, ".markdown-renderer img")
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
             wait.until(lambda d: d.execute_script("return arguments[0].complete", img))
             width = driver.execute_script("return arguments[0].naturalWidth", img)
             assert width > 0 and img.is_displayed(), "the loss curve is not an image the browser shows"
-            driver.save_screenshot(str(screenshots / f"{len(STAGES) + 3:02d}-train-loss-curve.png"))
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-train-loss-curve.png"))
     except Exception:
         driver.save_screenshot(str(screenshots / "failure.png"))  # what the browser showed when it went wrong
         raise
@@ -246,11 +285,19 @@ def _shown(driver, css: str) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed() and e.text.strip()]
 
 
-def _open_latest_artifact(driver, ui: str, key: str) -> None:
-    """The key's page lists its versions, newest first; open the newest."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+def _run_artifacts(api: str, run_id: str) -> list[dict]:
+    """Every artifact of the run and of its subflow runs (one per stage)."""
+    with api_client(api) as client:
+        children = client._client.post("/flow_runs/filter", json={
+            "flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}, "limit": 200,
+            "sort": "EXPECTED_START_TIME_ASC"}).json()
+        ids = [run_id, *(c["id"] for c in children)]
+        return client._client.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200,
+                                                              "sort": "CREATED_DESC"}).json()
 
-    driver.get(f"{ui}/artifacts/key/{key}")
-    _click(driver, By.CSS_SELECTOR, "a[href*='/artifacts/artifact/']")
-    WebDriverWait(driver, 30).until(lambda d: "/artifacts/artifact/" in d.current_url)
+
+def _close_other_tabs(driver) -> None:
+    while len(driver.window_handles) > 1:
+        driver.switch_to.window(driver.window_handles[-1])
+        driver.close()
+    driver.switch_to.window(driver.window_handles[0])
