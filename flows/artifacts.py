@@ -35,11 +35,15 @@ def store_key(url: str, what: str) -> str:
 
 
 def flat(values: dict, prefix: str = "") -> list[tuple[str, object]]:
-    """(dotted name, leaf value) for every leaf; lists become JSON text."""
+    """(dotted name, leaf value) for every leaf; lists become JSON text. A small dict of numbers
+    below the top (a rule's checked and failed) is one row: `checked 20, failed 3`."""
     out: list[tuple[str, object]] = []
     for k, v in values.items():
         name = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and prefix and 0 < len(v) <= 4 and \
+                all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
+            out.append((name, ", ".join(f"{a} {b}" for a, b in v.items())))
+        elif isinstance(v, dict):
             out += flat(v, f"{name}.")
         elif isinstance(v, (list, tuple)):
             out.append((name, json.dumps(v, default=str)))
@@ -89,11 +93,6 @@ def link_markdown(out: StageDir, path: str = "", text: str = "open") -> str:
     return f"[{text}]({target})" if target else ""
 
 
-def md_escape(text: str) -> str:
-    """Text shown as itself in a markdown table cell (`_` would start italics, `|` a new cell)."""
-    return re.sub(r"([\\`*_{}\[\]<>()#+!|~-])", r"\\\1", str(text))
-
-
 def pipeline_summary(results: dict[str, dict], seconds: dict[str, float], total_s: float) -> None:
     """The pipeline run's own artifact: each stage, whether it ran or was cached, its main counts,
     its time and a link to its output; keyed by the last output (which names the whole chain)."""
@@ -106,7 +105,7 @@ def pipeline_summary(results: dict[str, dict], seconds: dict[str, float], total_
         got_in = counts.get("docs_in", counts.get("pages", counts.get("docs", "")))
         kept = counts.get("docs_kept", counts.get("train_tokens", ""))
         target = store_browser.link(r["url"])
-        where = md_escape(r["url"])
+        where = f"{r['stage']}/{r['fingerprint']}"  # in the store; plain characters only
         output = f"[{where}]({target})" if target else f"`{r['url']}`"
         lines.append(f"| {name} | {'cached' if r.get('cached') else 'ran'} | {got_in} | {kept} | "
                      f"{seconds.get(name, 0):.1f} | {output} |")

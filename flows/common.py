@@ -73,22 +73,31 @@ def stage_seconds(results: dict[int, dict]) -> float:
 
 
 def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_s: float,
-                  cached: bool, examples: str = "") -> None:
+                  cached: bool, examples: list[dict] | None = None) -> None:
     """Table of counts, a markdown report and a link to the output, keyed by the output
     (flows/artifacts.py), so a card opens this output's history."""
     counts = manifest.get("counts", {})
-    rows = [{"metric": "output", "value": out.url()}, {"metric": "cached", "value": str(cached)},
-            {"metric": "wall seconds", "value": round(wall_s, 2)},
-            {"metric": "worker seconds", "value": stage_seconds(results)}]
-    rows += artifacts.count_rows(counts)
+    counted = artifacts.count_rows(counts)
+    reasons = [r for r in counted if r["metric"].startswith("removed.")]  # why documents went: first
+    rows = reasons + [{"metric": "output", "value": out.url()}, {"metric": "cached", "value": str(cached)},
+                      {"metric": "wall seconds", "value": round(wall_s, 2)},
+                      {"metric": "worker seconds", "value": stage_seconds(results)}] + counted[len(reasons):]
     docs_in = counts.get("docs_in")
     if docs_in and wall_s > 0 and not cached:
         rows.append({"metric": "docs per second", "value": round(docs_in / wall_s, 1)})
     artifacts.table(rows, artifacts.output_key(out, "summary"), f"{out.name} {out.fingerprint}")
     md = [f"# {out.name}", "", f"Output: `{out.url()}` {artifacts.link_markdown(out)}  ",
           f"Fingerprint: `{out.fingerprint}`  ", f"Cached: {cached}", ""]
+    removed = counts.get("removed") or {}
     if examples:
-        md += [examples]
+        artifacts.table(examples, artifacts.output_key(out, "removed"), f"{out.name}: examples of removed documents")
+    if removed:
+        md += ["| removed because | documents |", "|---|---:|",
+               *(f"| `{k}` | {v} |" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])),
+               "", f"Examples of each: the `{artifacts.output_key(out, 'removed')}` table."
+               if examples else ""]
+    else:
+        md.append("No documents removed.")
     artifacts.markdown("\n".join(md), artifacts.output_key(out, "report"), f"{out.name} report")
     artifacts.output_link(out, artifacts.output_key(out, "output"),
                           f"{out.name} output (manifest.json, data/, removed/, stats/)")
@@ -100,11 +109,12 @@ def publish_table(artifact_key: str, values: dict, description: str) -> None:
     artifacts.table([{"metric": k, "value": v} for k, v in artifacts.flat(values)], artifact_key, description)
 
 
-def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: int = 300) -> str:
-    """Markdown with a few removed documents per reason, so a person can judge a threshold."""
+def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: int = 300) -> list[dict]:
+    """A few removed documents per reason (reason, url, detail, text), so a person can judge a
+    threshold. Shown as a table artifact: its cells are plain text, never markdown."""
     import pyarrow as pa
 
-    seen: dict[str, list[str]] = {}
+    seen: dict[str, list[dict]] = {}
     for shard in manifest.get("shards", []):
         if "removed" not in shard:
             continue
@@ -112,17 +122,11 @@ def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: 
         for row in table.select(["reason", "detail", "url", "text"]).to_pylist():
             bucket = seen.setdefault(row["reason"], [])
             if len(bucket) < per_reason:
-                text = (row["text"] or "")[:chars].replace("\n", " ")
-                cells = (artifacts.md_escape(c) for c in (row["url"] or "", row["detail"] or "", text))
-                bucket.append("| " + " | ".join(cells) + " |")
+                bucket.append({"reason": row["reason"], "url": row["url"] or "", "detail": row["detail"] or "",
+                               "text": " ".join((row["text"] or "")[:chars].split())})
         if seen and all(len(v) >= per_reason for v in seen.values()):
             break
-    if not seen:
-        return "No documents removed."
-    md = ["## Examples of removed documents", ""]
-    for reason in sorted(seen):
-        md += [f"### {reason}", "", "| url | detail | text |", "|---|---|---|", *seen[reason], ""]
-    return "\n".join(md)
+    return [row for reason in sorted(seen) for row in seen[reason]]
 
 
 def _short(counts: dict) -> str:
@@ -154,7 +158,7 @@ def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
         results = map_shards(out, jobs, workers_n)
         manifest = commit_stage(out, results, header)
     publish_stage(out, manifest, results, t.seconds, cached,
-                  removed_examples(out, manifest) if examples else "")
+                  removed_examples(out, manifest) if examples else None)
     return manifest, cached
 
 
