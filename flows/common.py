@@ -13,12 +13,11 @@ import time
 from typing import Any, Callable, TypeVar
 
 from prefect import get_run_logger, task
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows import workers
+from flows import artifacts, workers
 from pipeline.stage import merge_counts
 from storage import StageDir, StoreError, protocol
 from storage.lock import stage_lock
@@ -77,42 +76,48 @@ def stage_seconds(results: dict[int, dict]) -> float:
 
 
 def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_s: float,
-                  cached: bool, examples: str = "") -> None:
-    """Table of counts and a markdown report, keyed per stage so the UI keeps a history."""
+                  cached: bool, examples: list[dict] | None = None) -> None:
+    """Table of counts, a markdown report and a link to the output, keyed by the output
+    (flows/artifacts.py), so a card opens this output's history."""
     counts = manifest.get("counts", {})
-    rows = [{"metric": "output", "value": out.url()}, {"metric": "cached", "value": str(cached)},
-            {"metric": "wall seconds", "value": round(wall_s, 2)},
-            {"metric": "worker seconds", "value": stage_seconds(results)}]
-    for key, value in counts.items():
-        if isinstance(value, dict):
-            rows += [{"metric": f"{key}.{k}", "value": v} for k, v in value.items()]
-        else:
-            rows.append({"metric": key, "value": value})
+    counted = artifacts.count_rows(counts)
+    reasons = [r for r in counted if r["metric"].startswith("removed.")]  # why documents went: first
+    rows = reasons + [{"metric": "output", "value": out.url()}, {"metric": "cached", "value": str(cached)},
+                      {"metric": "wall seconds", "value": round(wall_s, 2)},
+                      {"metric": "worker seconds", "value": stage_seconds(results)}] + counted[len(reasons):]
     docs_in = counts.get("docs_in")
     if docs_in and wall_s > 0 and not cached:
         rows.append({"metric": "docs per second", "value": round(docs_in / wall_s, 1)})
-    key = f"{out.name}-summary"
-    create_table_artifact(rows, key=key, description=f"{out.name} {out.fingerprint}")
-    md = [f"# {out.name}", "", f"Output: `{out.url()}`  ", f"Fingerprint: `{out.fingerprint}`  ",
-          f"Cached: {cached}", ""]
+    artifacts.table(rows, artifacts.output_key(out, "summary"), f"{out.name} {out.fingerprint}")
+    md = [f"# {out.name}", "", f"Output: `{out.url()}` {artifacts.link_markdown(out)}  ",
+          f"Fingerprint: `{out.fingerprint}`  ", f"Cached: {cached}", ""]
+    removed = counts.get("removed") or {}
     if examples:
-        md += [examples]
-    create_markdown_artifact("\n".join(md), key=f"{out.name}-report", description=f"{out.name} report")
-    create_link_artifact(out.url(), link_text=f"{out.name} output: manifest.json, data/, removed/, stats/",
-                         key=f"{out.name}-output", description=f"{out.name} {out.fingerprint}")
+        artifacts.table(examples, artifacts.output_key(out, "removed"), f"{out.name}: examples of removed documents")
+    if removed:
+        md += ["| removed because | documents |", "|---|---:|",
+               *(f"| `{k}` | {v} |" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])),
+               "", f"Examples of each: the `{artifacts.output_key(out, 'removed')}` table."
+               if examples else ""]
+    else:
+        md.append("No documents removed.")
+    artifacts.markdown("\n".join(md), artifacts.output_key(out, "report"), f"{out.name} report")
+    artifacts.output_link(out, artifacts.output_key(out, "output"),
+                          f"{out.name} output (manifest.json, data/, removed/, stats/)")
     get_run_logger().info("%s %s: %s", out.name, "cached" if cached else "done", _short(counts))
 
 
-def publish_table(key: str, values: dict, description: str) -> None:
-    """A two-column table artifact (metric, value) under a stable key."""
-    create_table_artifact([{"metric": k, "value": v} for k, v in values.items()], key=key, description=description)
+def publish_table(artifact_key: str, values: dict, description: str) -> None:
+    """A two-column table artifact (metric, value)."""
+    artifacts.table([{"metric": k, "value": v} for k, v in artifacts.flat(values)], artifact_key, description)
 
 
-def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: int = 300) -> str:
-    """Markdown with a few removed documents per reason, so a person can judge a threshold."""
+def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: int = 300) -> list[dict]:
+    """A few removed documents per reason (reason, url, detail, text), so a person can judge a
+    threshold. Shown as a table artifact: its cells are plain text, never markdown."""
     import pyarrow as pa
 
-    seen: dict[str, list[str]] = {}
+    seen: dict[str, list[dict]] = {}
     for shard in manifest.get("shards", []):
         if "removed" not in shard:
             continue
@@ -120,16 +125,11 @@ def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: 
         for row in table.select(["reason", "detail", "url", "text"]).to_pylist():
             bucket = seen.setdefault(row["reason"], [])
             if len(bucket) < per_reason:
-                text = (row["text"] or "")[:chars].replace("\n", " ").replace("|", "\\|")
-                bucket.append(f"| {row['url'] or ''} | {row['detail'] or ''} | {text} |")
+                bucket.append({"reason": row["reason"], "url": row["url"] or "", "detail": row["detail"] or "",
+                               "text": " ".join((row["text"] or "")[:chars].split())})
         if seen and all(len(v) >= per_reason for v in seen.values()):
             break
-    if not seen:
-        return "No documents removed."
-    md = ["## Examples of removed documents", ""]
-    for reason in sorted(seen):
-        md += [f"### {reason}", "", "| url | detail | text |", "|---|---|---|", *seen[reason], ""]
-    return "\n".join(md)
+    return [row for reason in sorted(seen) for row in seen[reason]]
 
 
 def _short(counts: dict) -> str:
@@ -180,7 +180,7 @@ def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
 
     manifest, results, cached, seconds = run_locked(out, work)
     publish_stage(out, manifest, results, seconds, cached,
-                  removed_examples(out, manifest) if examples else "")
+                  removed_examples(out, manifest) if examples else None)
     return manifest, cached
 
 

@@ -19,9 +19,8 @@ missing, with the same bytes.
 from __future__ import annotations
 
 from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
 
-from flows import stages
+from flows import artifacts, stages
 from flows.config import STAGES, PipelineConfig
 from flows.training import evaluate, train
 from flows.workers import on_cluster
@@ -72,7 +71,8 @@ def run_incremental(config: PipelineConfig) -> dict:
         missing = [s for s in wanted if not p[s].is_committed()]
         ran.append(_run_increment(k, rec, plans, wanted[wanted.index(missing[0]):], current, config)
                    if missing else {})
-    _publish(records, plans, ran)
+    series = series_key(config.inputs, config.cc_base_url)
+    _publish(records, plans, ran, artifacts.store_key(config.store, f"increments-{series[:12]}"))
     latest, done = plans[-1], ran[-1]
     results = {s: done.get(s) or stages.summary(latest[s], latest[s].read_manifest(), True) for s in wanted}
     results["increments"] = {"count": len(records), "new_files": [f["url"] for f in new],
@@ -141,7 +141,7 @@ def union(config: PipelineConfig, toks: list[StageDir]) -> dict:
     return stages.summary(out, manifest, False)
 
 
-def _publish(records: list[dict], plans: list[dict[str, StageDir]], ran: list[dict]) -> None:
+def _publish(records: list[dict], plans: list[dict[str, StageDir]], ran: list[dict], artifact_key: str) -> None:
     """One row per increment: its files, what dedup kept and removed, and whether this run did it."""
     rows = []
     for rec, p, r in zip(records, plans, ran):
@@ -150,4 +150,4 @@ def _publish(records: list[dict], plans: list[dict[str, StageDir]], ran: list[di
         rows.append({"increment": rec["index"], "files": len(rec["files"]), "docs_in": counts.get("docs_in"),
                      "docs_kept": counts.get("docs_kept"), "duplicates_of_earlier": lsh.get("duplicates_of_earlier"),
                      "this_run": ", ".join(r) if r else "cached"})
-    create_table_artifact(rows, key="increments", description="incremental runs: one row per increment")
+    artifacts.table(rows, artifact_key, "incremental runs of this series in this store: one row per increment")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger
 
-from flows import access
+from flows import access, artifacts
 from flows.config import STAGES, PipelineConfig
 from flows.increments import run_incremental
 from flows.stages import crawl, dedup, ingest, pii, quality, tokenize
@@ -28,25 +30,34 @@ def pipeline(config: PipelineConfig) -> dict:
         resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)  # fail before any work
     last = STAGES.index(config.stop_after)
     results: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def run(name: str, fn, *args) -> dict:
+        start = time.monotonic()
+        results[name] = fn(*args)
+        seconds[name] = time.monotonic() - start
+        return results[name]
+
     if config.crawl:
-        results["crawl"] = crawl(config.crawl, config.store)
-        inputs = [results["crawl"]["url"]]
+        inputs = [run("crawl", crawl, config.crawl, config.store)["url"]]
     else:
         inputs = config.inputs
     on = config.dask_address  # shard tasks of ingest..tokenize on this Dask cluster (None: local processes)
-    results["ingest"] = on_cluster(ingest, on)(inputs, config.ingest, config.store, config.workers,
-                                               config.input_limit, config.cc_base_url)
+    prev = run("ingest", on_cluster(ingest, on), inputs, config.ingest, config.store, config.workers,
+               config.input_limit, config.cc_base_url)
     steps = [("dedup", dedup, config.dedup), ("quality", quality, config.quality), ("pii", pii, config.pii),
              ("tokenize", tokenize, config.tokenize)]
-    prev = results["ingest"]
     for name, fn, cfg in steps:
         if STAGES.index(name) > last:
-            return results
-        prev = results[name] = on_cluster(fn, on)(prev["url"], cfg, config.workers)
-    if STAGES.index("train") <= last:
-        prev = results["train"] = train(prev["url"], config.train)
-    if STAGES.index("evaluate") <= last:
-        results["evaluate"] = evaluate(prev["url"], config.evaluate)
+            break
+        prev = run(name, on_cluster(fn, on), prev["url"], cfg, config.workers)
+    else:
+        if STAGES.index("train") <= last:
+            prev = run("train", train, prev["url"], config.train)
+        if STAGES.index("evaluate") <= last:
+            run("evaluate", evaluate, prev["url"], config.evaluate)
     for name, r in results.items():
         log.info("%-9s %s", name, r["url"])
+    artifacts.pipeline_summary(results, seconds, time.monotonic() - t0)
     return results

@@ -14,7 +14,7 @@ It also refuses any request whose Host header names another host than the ones i
 CRAWL2LLM_SERVER_HOSTS (set by flows/prefect_env.start_server: the loopback names, or a reverse
 proxy's), so a web page cannot reach the API through DNS rebinding; and it serves the page behind the
 login link `crawl2llm server` prints (/crawl2llm-login#<auth string>), which hands the auth string to
-the UI the way its own login form does.
+the UI the way its own login form does; and the read-only store browser that output links open.
 """
 
 from __future__ import annotations
@@ -100,10 +100,13 @@ def _host(scope) -> str | None:
 
 
 def locked_down_app() -> None:
-    """Wrap Prefect's app factory: the Host check around everything, and the login page."""
+    """Wrap Prefect's app factory: the Host check around everything, the login page and the store
+    browser (flows/store_browser.py) that output links open."""
     from prefect.server.api import server
     from starlette.responses import Response
     from starlette.routing import Route
+
+    from flows import store_browser
 
     create_app = server.create_app
 
@@ -112,6 +115,7 @@ def locked_down_app() -> None:
         if not getattr(app, "_crawl2llm_locked", False):
             hosts = os.environ.get("CRAWL2LLM_SERVER_HOSTS", "127.0.0.1,localhost,::1").split(",")
             app.add_middleware(Gate, hosts=hosts, auth=os.environ.get("PREFECT_SERVER_API_AUTH_STRING"))
+            app.router.routes.insert(0, store_browser.route(os.environ.get("PREFECT_SERVER_API_AUTH_STRING")))
             app.router.routes.insert(0, Route("/crawl2llm-login", lambda request: Response(
                 LOGIN_PAGE, media_type="text/html", headers={"Cache-Control": "no-store"})))
             app._crawl2llm_locked = True

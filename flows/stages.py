@@ -10,7 +10,7 @@ import fsspec
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import access, workers
+from flows import access, artifacts, workers
 from flows.common import Timer, bind, publish_stage, publish_table, run_locked, run_stage
 from pipeline import shards
 from pipeline.crawl import CrawlConfig
@@ -206,7 +206,7 @@ def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | Non
            "implied_threshold": round(implied_threshold(config.bands, config.rows), 4),
            "threshold": config.threshold, "partitions": partitions,
            **pairs_manifest["counts"], **{k: v for k, v in clu_manifest["counts"].items() if k != "by_reason"}}
-    publish_table("dedup-lsh", lsh, "MinHash LSH settings and clustering totals")
+    publish_table(artifacts.output_key(out, "lsh"), lsh, "MinHash LSH settings and clustering totals")
     # What a later increment needs to check its documents against this one (and the ones before).
     this = {"offset": offset, "docs": sig_manifest["counts"].get("docs_in", 0), "partitions": partitions,
             "signatures": sig.fingerprint, "clusters": clu.fingerprint}

@@ -8,11 +8,10 @@ import shlex
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
-                               create_table_artifact, update_progress_artifact)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from tqdm import tqdm
 
-from flows import access
+from flows import access, artifacts
 from flows.common import Timer, run_locked
 from pipeline.failpoints import failpoint
 from flows.stages import open_stage, summary
@@ -135,17 +134,16 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
         rows += [{"metric": "device", "value": timing.get("device")},
                  {"metric": "tokens/s (this run)", "value": timing.get("tokens_per_s")},
                  {"metric": "MFU (this run)", "value": "unknown" if mfu is None else f"{100 * mfu:.1f}%"}]
-    create_table_artifact(rows, key="train-summary", description=f"train {out.fingerprint}")
-    create_link_artifact(out.url("model.pt"), link_text="final model weights", key="train-model")
+    artifacts.table(rows, artifacts.output_key(out, "summary"), f"train {out.fingerprint}")
+    artifacts.output_link(out, artifacts.output_key(out, "model"), "final model weights", "model.pt")
     local = _local_dir(out)
     if os.path.exists(os.path.join(local, CHECKPOINT)):
-        link = out.url(CHECKPOINT) if os.path.abspath(local) == os.path.abspath(out.path) else \
-            "file://" + os.path.abspath(os.path.join(local, CHECKPOINT))
-        create_link_artifact(link, link_text="last resumable checkpoint (weights, optimizer, data position, RNG)",
-                             key="train-checkpoint")
+        root = out.url() if os.path.abspath(local) == os.path.abspath(out.path) else os.path.abspath(local)
+        artifacts.folder_link(root, artifacts.output_key(out, "checkpoint"),
+                              "last resumable checkpoint (weights, optimizer, data position, RNG)", CHECKPOINT)
     history = counts.get("history", [])
     if history:
-        create_markdown_artifact(_loss_chart(history), key="train-loss-curve", description="loss curve")
+        artifacts.markdown(_loss_chart(history), artifacts.output_key(out, "loss-curve"), "loss curve")
 
 
 def _loss_chart(history: list[dict]) -> str:
@@ -215,8 +213,8 @@ def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
     cached = run_locked(out, work)
     manifest = out.read_manifest()
     res = manifest["counts"]
-    create_table_artifact(summary_rows(res), key="evaluate-summary", description=f"evaluation of {source}")
-    create_markdown_artifact(markdown(res, src.model_path), key="evaluate-report", description="evaluation report")
-    create_table_artifact(comparison_rows(read_evaluations(src.store)), key="evaluation-runs",
-                          description=f"every evaluation in {src.store.url}, by tokens trained")
+    artifacts.table(summary_rows(res), artifacts.output_key(out, "summary"), f"evaluation of {source}")
+    artifacts.markdown(markdown(res, src.model_path), artifacts.output_key(out, "report"), "evaluation report")
+    artifacts.table(comparison_rows(read_evaluations(src.store)), artifacts.store_key(src.store.url, "evaluation-runs"),
+                    f"every evaluation in {src.store.url}, by tokens trained")
     return summary(out, manifest, cached)

@@ -3,7 +3,12 @@
 Every fetched URL is recorded as a WARC request and response record, whatever its status or type;
 links are followed only from HTML 200 responses. Redirects are not followed inside one fetch: the
 3xx is recorded and its Location joins the frontier like a link, so scope, robots.txt, exclusions
-and de-duplication apply to it too.
+and de-duplication apply to it too. A seed's redirects are followed whatever the scope, up to
+MAX_SEED_REDIRECTS, and the origin the seed lands on joins the scope (a site that moved to https
+or www. is still crawled); the origins in between do not.
+
+Each fetch (a page, or a robots.txt with its redirects) has a wall-clock deadline, fetch_deadline_s
+(pipeline/deadline.py): a server that sends a byte a second holds the crawl that long at most.
 
 The crawl checkpoints state.json after each WARC file, so a killed crawl resumes from its last
 file and re-fetches at most one file's worth of pages. Record ids are derived from the URL and the
@@ -27,6 +32,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 from pydantic import Field, field_validator, model_validator
 
 from pipeline import warc
+from pipeline.deadline import Deadline, build_opener
 from pipeline.http_message import content_type, gunzip, known_codec
 from pipeline.stage import StageConfig
 from storage import StageDir
@@ -35,8 +41,10 @@ STATE = "state.json"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Characters left alone when re-quoting a URL's path and query (everything already legal in a URL).
 URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
-# What a failed fetch raises: socket errors and timeouts, bad URLs, broken HTTP.
+# What a failed fetch raises: socket errors, timeouts and the deadline, bad URLs, broken HTTP.
 FETCH_ERRORS = (OSError, ValueError, http.client.HTTPException)
+# Redirects followed from a seed before its landing origin joins the scope; one more is an error.
+MAX_SEED_REDIRECTS = 5
 
 
 class CrawlConfig(StageConfig):
@@ -47,16 +55,21 @@ class CrawlConfig(StageConfig):
     max_pages: int = Field(200, ge=1, description="Stop after recording this many pages (any status).")
     max_depth: int = Field(5, ge=0, description="Links followed from a seed at most this many times (0: seeds only). "
                                                 "A redirect does not count as a step.")
-    scope: Literal["same-host", "allow-list"] = Field(
-        "same-host", description="Which links to follow: those on a seed's host (or a host a seed redirects to), "
-                                 "or those on a host in allow_hosts.")
-    allow_hosts: list[str] = Field([], description="Host names in scope when scope is allow-list; a host also "
-                                                   "matches its subdomains (docs.python.org matches python.org).")
-    respect_robots: bool = Field(True, description="Obey robots.txt (fetched once per host with our user agent), "
+    scope: Literal["same-origin", "allow-list"] = Field(
+        "same-origin", description="Which links to follow: those on a seed's origin (scheme, host and port: "
+                                   "another port is another site) or the origin a seed's redirects end on, "
+                                   "or those on a host in allow_hosts.")
+    allow_hosts: list[str] = Field([], description="Hosts in scope when scope is allow-list, as host or host:port "
+                                                   "(without a port, any port); a host also matches its subdomains "
+                                                   "(docs.python.org matches python.org).")
+    respect_robots: bool = Field(True, description="Obey robots.txt (fetched once per origin with our user agent), "
                                                    "including its Crawl-delay.")
-    delay_s: float = Field(0.0, ge=0, description="Seconds between two requests to the same host.")
-    timeout_s: float = Field(10.0, gt=0, description="Seconds to wait on a connection or a read before giving up "
-                                                     "on a URL (counted in errors).")
+    delay_s: float = Field(0.0, ge=0, description="Seconds between two requests to the same host and port.")
+    timeout_s: float = Field(10.0, gt=0, description="Seconds to wait on a connection or on one read before giving "
+                                                     "up on a URL (counted in errors).")
+    fetch_deadline_s: float = Field(60.0, gt=0, description="Seconds one fetch (a page, or a robots.txt with its "
+                                                            "redirects) may take in all, however slowly the server "
+                                                            "sends; past it the URL is given up (counted in errors).")
     user_agent: str = Field("crawl2llm/0.1 (+https://github.com/crawl2llm)", min_length=1,
                             description="Sent with every request, and the name robots.txt rules are matched against.")
     pages_per_file: int = Field(50, ge=1, description="Pages per WARC file; the crawl checkpoints after each file.")
@@ -66,6 +79,13 @@ class CrawlConfig(StageConfig):
                                                         "any of them (re.search) is not fetched.")
     mime_types: list[str] = Field(["text/html", "application/xhtml+xml"],
                                   description="Content-Types of 200 responses whose links are followed.")
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _renamed_scope(cls, scope):
+        if scope == "same-host":
+            raise ValueError("'same-host' is now 'same-origin' (scheme, host and port of a seed)")
+        return scope
 
     @field_validator("seeds")
     @classmethod
@@ -89,8 +109,11 @@ class CrawlConfig(StageConfig):
     @classmethod
     def _bare_hosts(cls, hosts: list[str]) -> list[str]:
         for h in hosts:
-            if not h or "/" in h or ":" in h or h != h.strip():
-                raise ValueError(f"allow_hosts entry {h!r} must be a bare host name such as 'example.com'")
+            name, colon, port = h.rpartition(":") if ":" in h else (h, "", "")
+            if (not name or any(c in name for c in "/:@[] \t\r\n")
+                    or colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
+                raise ValueError(f"allow_hosts entry {h!r} must be a host name such as 'example.com', "
+                                 "or host:port such as 'example.com:8080'")
         return hosts
 
     @model_validator(mode="after")
@@ -98,6 +121,12 @@ class CrawlConfig(StageConfig):
         if self.scope == "allow-list" and not self.allow_hosts:
             raise ValueError("scope 'allow-list' needs at least one host in allow_hosts")
         return self
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of a normalized URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def normalize_url(url: str, base: str | None = None) -> str | None:
@@ -180,8 +209,6 @@ class _Crawler:
     def __init__(self, config: CrawlConfig, out: StageDir, progress):
         self.config, self.out, self.progress = config, out, progress
         self.exclude = [re.compile(p) for p in config.exclude_patterns]
-        self.opener = urllib.request.build_opener(_NoRedirect)
-        self.robots_opener = urllib.request.build_opener()  # robots.txt redirects are followed (RFC 9309)
         self.robots: dict[str, urllib.robotparser.RobotFileParser | str] = {}
         self.last_request: dict[str, float] = {}
         self.first_errors: list[str] = []
@@ -191,22 +218,23 @@ class _Crawler:
             self._load(out.read_json(STATE))
         else:
             seeds = list(dict.fromkeys(normalize_url(s) for s in config.seeds))
-            self.queue = deque((s, 0) for s in seeds)
+            # (url, depth, the seed's redirect chain that led here: [] for a seed, None off such a chain)
+            self.queue = deque((s, 0, []) for s in seeds)
             self.seen = set(seeds)
-            self.hosts = sorted({urlsplit(s).hostname for s in seeds})
+            self.origins = sorted({origin(s) for s in seeds})
             self.pages = self.files = self.errors = self.robots_blocked = self.bytes = 0
             self.status: Counter = Counter()
         self._drop_stale_files()
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"queue": [list(item) for item in self.queue], "seen": sorted(self.seen), "hosts": self.hosts,
+        return {"queue": [list(item) for item in self.queue], "seen": sorted(self.seen), "origins": self.origins,
                 "pages": self.pages, "files": self.files, "errors": self.errors,
                 "robots_blocked": self.robots_blocked, "bytes": self.bytes, "status": dict(self.status)}
 
     def _load(self, state: dict) -> None:
-        self.queue = deque((url, depth) for url, depth in state["queue"])
-        self.seen, self.hosts = set(state["seen"]), list(state["hosts"])
+        self.queue = deque((url, depth, chain) for url, depth, chain in state["queue"])
+        self.seen, self.origins = set(state["seen"]), list(state["origins"])
         self.pages, self.files, self.errors = state["pages"], state["files"], state["errors"]
         self.robots_blocked, self.bytes = state["robots_blocked"], state["bytes"]
         self.status = Counter(state["status"])
@@ -238,14 +266,14 @@ class _Crawler:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:
         while self.queue and self.pages < self.config.max_pages:
-            url, depth = self.queue.popleft()
+            url, depth, chain = self.queue.popleft()
             if not self._allowed_by_robots(url):
                 continue
             fetched = self._fetch(url)
             if fetched is None:
                 continue
             self._record(url, fetched)
-            self._follow(url, depth, fetched)
+            self._follow(url, depth, chain, fetched)
             if len(self.buffer) >= self.config.pages_per_file:
                 self._flush()
             if self.progress:
@@ -270,16 +298,18 @@ class _Crawler:
         self.pages += 1
         self.status[str(f.status)] += 1
 
-    def _follow(self, url: str, depth: int, f: _Fetched) -> None:
-        """Queue a redirect's target (same depth) or an HTML page's links (one deeper)."""
+    def _follow(self, url: str, depth: int, chain: list[str] | None, f: _Fetched) -> None:
+        """Queue a redirect's target (same depth) or an HTML page's links (one deeper). The end of a
+        seed's redirect chain puts its origin in scope: the seed moved (http→https, www.)."""
         if 300 <= f.status < 400 and f.headers.get("Location"):
             target = normalize_url(f.headers["Location"], url)
-            if target and depth == 0 and self.config.scope == "same-host":
-                host = urlsplit(target).hostname
-                if host not in self.hosts:  # a seed moved (http→https, www.): its new host is in scope
-                    self.hosts = sorted({*self.hosts, host})
-            self._enqueue([target] if target else [], depth)
+            if chain is not None:
+                self._follow_seed_redirect(url, chain, target)
+            else:
+                self._enqueue([target] if target else [], depth)
             return
+        if chain and self.config.scope == "same-origin" and origin(url) not in self.origins:
+            self.origins = sorted({*self.origins, origin(url)})
         mime, charset = content_type(f.headers.get("Content-Type", ""))
         if f.status != 200 or mime not in self.config.mime_types or depth >= self.config.max_depth:
             return
@@ -291,18 +321,37 @@ class _Crawler:
         html = body.decode(known_codec(charset) or "utf-8", errors="replace")
         self._enqueue(extract_links(html, url), depth + 1)
 
+    def _follow_seed_redirect(self, url: str, chain: list[str], target: str | None) -> None:
+        """A seed's redirect is followed in any origin (in allow-list scope, only onto allowed
+        hosts); a loop, or more than MAX_SEED_REDIRECTS of them, is an error."""
+        hops = [*chain, url]
+        if target in hops:
+            self.errors += 1
+            self._note_error(url, f"redirect loop back to {target}")
+        elif len(hops) > MAX_SEED_REDIRECTS:
+            self.errors += 1
+            self._note_error(url, f"seed {hops[0]} redirects more than {MAX_SEED_REDIRECTS} times")
+        elif target and target not in self.seen and not self._excluded(target) and (
+                self.config.scope == "same-origin" or self._in_scope(target)):
+            self.seen.add(target)
+            self.queue.append((target, 0, hops))
+
     def _enqueue(self, links: list[str], depth: int) -> None:
         for link in links:
-            if link in self.seen or not self._in_scope(link) or any(p.search(link) for p in self.exclude):
+            if link in self.seen or not self._in_scope(link) or self._excluded(link):
                 continue
             self.seen.add(link)
-            self.queue.append((link, depth))
+            self.queue.append((link, depth, None))
+
+    def _excluded(self, url: str) -> bool:
+        return any(p.search(url) for p in self.exclude)
 
     def _in_scope(self, url: str) -> bool:
-        host = urlsplit(url).hostname or ""
-        if self.config.scope == "same-host":
-            return host in self.hosts
-        return any(host == h.lower() or host.endswith("." + h.lower()) for h in self.config.allow_hosts)
+        if self.config.scope == "same-origin":
+            return origin(url) in self.origins
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme]
+        return any(_host_matches(host, port, allowed) for allowed in self.config.allow_hosts)
 
     # -- network -----------------------------------------------------------------------------
     def _wait_for(self, url: str, extra_delay: float = 0.0) -> None:
@@ -316,14 +365,14 @@ class _Crawler:
 
     def _allowed_by_robots(self, url: str) -> bool:
         """robots.txt per origin (RFC 9309): 4xx means no rules, 5xx means keep out. When robots.txt
-        cannot be reached at all the host is not crawled and its URLs count as errors."""
+        cannot be read at all (no answer, or none complete within fetch_deadline_s) the origin is
+        not crawled and its URLs count as errors."""
         if not self.config.respect_robots:
             return True
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in self.robots:
-            self.robots[origin] = self._read_robots(origin)
-        rules = self.robots[origin]
+        site = origin(url)
+        if site not in self.robots:
+            self.robots[site] = self._read_robots(site)
+        rules = self.robots[site]
         if isinstance(rules, str):
             self.errors += 1
             self._note_error(url, rules)
@@ -334,12 +383,14 @@ class _Crawler:
         self._note_error(url, "disallowed by robots.txt")
         return False
 
-    def _read_robots(self, origin: str) -> urllib.robotparser.RobotFileParser | str:
-        rules = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
-        self._wait_for(origin)
-        request = urllib.request.Request(origin + "/robots.txt", headers={"User-Agent": self.config.user_agent})
+    def _read_robots(self, site: str) -> urllib.robotparser.RobotFileParser | str:
+        url = site + "/robots.txt"
+        rules = urllib.robotparser.RobotFileParser(url)
+        self._wait_for(site)
+        request = urllib.request.Request(url, headers={"User-Agent": self.config.user_agent})
+        opener = build_opener(Deadline(url, self.config.fetch_deadline_s))  # redirects followed (RFC 9309)
         try:
-            with self.robots_opener.open(request, timeout=self.config.timeout_s) as resp:
+            with opener.open(request, timeout=self.config.timeout_s) as resp:
                 body = resp.read(512_000)  # Google reads the first 500 KiB
             rules.parse(body.decode("utf-8", errors="replace").splitlines())
         except urllib.error.HTTPError as e:
@@ -348,22 +399,22 @@ class _Crawler:
             else:
                 rules.allow_all = True
         except FETCH_ERRORS as e:
-            return f"robots.txt of {origin} unreachable: {_reason(e)}"
+            return f"robots.txt of {site} unreachable: {_reason(e)}"
         return rules
 
     def _fetch(self, url: str) -> _Fetched | None:
         """GET one URL; None (counted in errors) when no HTTP response came back."""
-        parts = urlsplit(url)
-        rules = self.robots.get(f"{parts.scheme}://{parts.netloc}")
+        rules = self.robots.get(origin(url))
         crawl_delay = (rules.crawl_delay(self.config.user_agent)
                        if isinstance(rules, urllib.robotparser.RobotFileParser) else None)
         self._wait_for(url, float(crawl_delay or 0))
         headers = {"User-Agent": self.config.user_agent, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
                    "Accept-Encoding": "identity"}
         request = urllib.request.Request(url, headers=headers)
+        opener = build_opener(Deadline(url, self.config.fetch_deadline_s), _NoRedirect)
         try:
             try:
-                resp = self.opener.open(request, timeout=self.config.timeout_s)
+                resp = opener.open(request, timeout=self.config.timeout_s)
             except urllib.error.HTTPError as e:  # 3xx, 4xx, 5xx: still a response to record
                 resp = e
             raw = resp.fp if isinstance(resp, urllib.error.HTTPError) else resp  # http.client's response
@@ -383,6 +434,13 @@ class _Crawler:
     def _note_error(self, url: str, why: str) -> None:
         if len(self.first_errors) < 3:
             self.first_errors.append(f"{url}: {why}")
+
+
+def _host_matches(host: str, port: int, allowed: str) -> bool:
+    """An allow_hosts entry (host or host:port) covers the host and its subdomains, on its port
+    (any port when it names none)."""
+    name, _, want = allowed.lower().rpartition(":") if ":" in allowed else (allowed.lower(), "", "")
+    return (host == name or host.endswith("." + name)) and (not want or int(want) == port)
 
 
 def _reason(error: Exception) -> str:

@@ -70,6 +70,10 @@ def prefect_api(prefect_server, tmp_path, monkeypatch):
                                   temporary_settings)
 
     url, env = prefect_server
+    # The CLI (flows.cli.main called in-process) reads the environment, not Prefect's settings: without
+    # these it would reuse or start a server on 127.0.0.1:4200, whatever else runs there.
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", env["PREFECT_API_AUTH_STRING"])
     with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
                              PREFECT_HOME: str(tmp_path / "prefect"),
                              PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect" / "storage")}):

@@ -11,6 +11,7 @@ apt); under CRAWL2LLM_REQUIRE_DATA=1 (CI) it fails instead.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import warnings
@@ -174,20 +175,88 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             wait.until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='Completed']"))
             driver.save_screenshot(str(screenshots / "02-flow-run-completed.png"))
 
-            for i, stage in enumerate(STAGES, start=3):
-                _open_latest_artifact(driver, ui, f"{stage}-summary")
+            made = _run_artifacts(api, run_id)  # the pipeline run's and its stage subflows'
+            shot = iter(range(3, 100))
+            for stage in STAGES:  # each stage's summary table, as the UI renders it
+                [summary] = [a for a in made if a["key"] and a["key"].startswith(f"{stage}-summary-")]
+                driver.get(f"{ui}/artifacts/artifact/{summary['id']}")
                 wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "table tr")) >= 3)
-                assert "metric" in driver.find_element(By.TAG_NAME, "table").text
-                driver.save_screenshot(str(screenshots / f"{i:02d}-{stage}-summary.png"))
+                page = driver.find_element(By.TAG_NAME, "body").text
+                assert "metric" in page and "[object Object]" not in page, stage
+                names = [r.text.split("\n")[0] for r in driver.find_elements(By.CSS_SELECTOR, "table tr")[1:]]
+                reasons = [i for i, name in enumerate(names) if name.startswith("removed.")]
+                assert reasons == list(range(len(reasons))), names  # why documents went: the first rows
+                assert reasons or stage != "ingest", names  # ingest drops 2 of this WARC's 22 documents
+                driver.save_screenshot(str(screenshots / f"{next(shot):02d}-{stage}-summary.png"))
 
-            _open_latest_artifact(driver, ui, "train-loss-curve")
+            [report] = [a for a in made if (a["key"] or "").startswith("ingest-report-")]
+            driver.get(f"{ui}/artifacts/artifact/{report['id']}")  # why documents went, and where to see them
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer table"))
+            shown = "\n".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".markdown-renderer"))
+            assert "removed because" in shown and "ingest-removed-" in shown, shown[:1500]
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-ingest-report.png"))
+            [examples] = [a for a in made if (a["key"] or "").startswith("ingest-removed-")]
+            driver.get(f"{ui}/artifacts/artifact/{examples['id']}")  # the documents, as plain text
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "table tr")) >= 2)
+            cells = driver.find_element(By.TAG_NAME, "table").text
+            assert "reason" in cells and "text" in cells and "language" in cells, cells[:1000]
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-ingest-removed.png"))
+
+            links = [a for a in made if re.match(r"[a-z-]+-(output|model|checkpoint)-[0-9a-f]{16}$", a["key"] or "")]
+            assert len(links) >= 7, [a["key"] for a in links]  # every stage's output, the model, the checkpoint
+            for a in links:  # each link opens its output in the store browser: no 404
+                driver.get(f"{ui}/artifacts/artifact/{a['id']}")
+                wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "a[href*='/crawl2llm-store/']"))
+                href = driver.find_element(By.CSS_SELECTOR, "a[href*='/crawl2llm-store/']").get_attribute("href")
+                if a["key"].startswith(("train-model-", "train-checkpoint-")):  # a file: the browser downloads it
+                    status = driver.execute_async_script(
+                        "fetch(arguments[0], {method: 'HEAD'}).then(r => arguments[1]([r.status, "
+                        "r.headers.get('content-disposition')]))", href)
+                    assert status[0] == 200 and "attachment" in status[1], (a["key"], status)
+                    continue
+                ui_tab = driver.current_window_handle
+                _click(driver, By.CSS_SELECTOR, "a[href*='/crawl2llm-store/']")
+                wait.until(lambda d: len(d.window_handles) > 1 or "/crawl2llm-store/" in d.current_url)
+                if len(driver.window_handles) > 1:  # the UI opens it in a new tab
+                    driver.switch_to.window([h for h in driver.window_handles if h != ui_tab][0])
+                wait.until(lambda d: "/crawl2llm-store/" in d.current_url and
+                           d.execute_script("return document.readyState") == "complete")
+                body = driver.find_element(By.TAG_NAME, "body").text
+                assert "manifest.json" in body and "not found" not in body, (a["key"], body[:300])
+                driver.save_screenshot(str(screenshots / f"{next(shot):02d}-{a['key'].rsplit('-', 1)[0]}.png"))
+                if driver.current_window_handle != ui_tab:
+                    driver.close()
+                    driver.switch_to.window(ui_tab)
+
+            # the run's own page: its summary card leads to this run's data
+            driver.get(f"{ui}/runs/flow-run/{run_id}")
+            wait.until(lambda d: d.execute_script(  # the tab: the innermost element that says Artifacts
+                "const t = [...document.querySelectorAll('button, a, [role=tab], li, span, div')]"
+                ".filter(e => e.textContent.trim() === 'Artifacts' && !e.querySelector('*:not(svg):not(path)')"
+                " || e.textContent.trim() === 'Artifacts' && e.children.length === 0);"
+                "if (t.length) { t[t.length - 1].click(); return true; } return false;"))
+            wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(text(), 'pipeline-summary-')]"))
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-run-artifacts-tab.png"))
+            _click(driver, By.XPATH, "(//*[contains(text(), 'pipeline-summary-')])[last()]")
+            wait.until(lambda d: "/artifacts/" in d.current_url)
+            if "/artifacts/key/" in driver.current_url:  # the key's page: its newest version
+                _click(driver, By.CSS_SELECTOR, "a[href*='/artifacts/artifact/']")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer table"))
+            page = driver.find_element(By.TAG_NAME, "body").text
+            evaluate_fp = [a for a in made if a["key"] and a["key"].startswith("evaluate-summary-")][0]["key"][-16:]
+            assert "7 stage(s)" in page and f"evaluate/{evaluate_fp}" in page, page[:2000]  # this run's outputs
+            assert all(f"| {stage} |" in page or stage in page for stage in STAGES)
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-pipeline-summary.png"))
+
+            [curve] = [a for a in made if a["key"] and a["key"].startswith("train-loss-curve-")]
+            driver.get(f"{ui}/artifacts/artifact/{curve['id']}")
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".markdown-renderer img"))
             img = driver.find_element(By.CSS_SELECTOR, ".markdown-renderer img")
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
             wait.until(lambda d: d.execute_script("return arguments[0].complete", img))
             width = driver.execute_script("return arguments[0].naturalWidth", img)
             assert width > 0 and img.is_displayed(), "the loss curve is not an image the browser shows"
-            driver.save_screenshot(str(screenshots / f"{len(STAGES) + 3:02d}-train-loss-curve.png"))
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-train-loss-curve.png"))
     except Exception:
         driver.save_screenshot(str(screenshots / "failure.png"))  # what the browser showed when it went wrong
         raise
@@ -246,11 +315,12 @@ def _shown(driver, css: str) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed() and e.text.strip()]
 
 
-def _open_latest_artifact(driver, ui: str, key: str) -> None:
-    """The key's page lists its versions, newest first; open the newest."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver.get(f"{ui}/artifacts/key/{key}")
-    _click(driver, By.CSS_SELECTOR, "a[href*='/artifacts/artifact/']")
-    WebDriverWait(driver, 30).until(lambda d: "/artifacts/artifact/" in d.current_url)
+def _run_artifacts(api: str, run_id: str) -> list[dict]:
+    """Every artifact of the run and of its subflow runs (one per stage)."""
+    with api_client(api) as client:
+        children = client._client.post("/flow_runs/filter", json={
+            "flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}, "limit": 200,
+            "sort": "EXPECTED_START_TIME_ASC"}).json()
+        ids = [run_id, *(c["id"] for c in children)]
+        return client._client.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200,
+                                                              "sort": "CREATED_DESC"}).json()

@@ -1,5 +1,6 @@
 """The crawler against a tiny site served on 127.0.0.1 (nothing else is ever contacted): what it
-records, what it leaves alone (robots.txt, depth, scope, exclusions), resume, config errors."""
+records, what it leaves alone (robots.txt, depth, scope, exclusions), resume, config errors, the
+fetch deadline against servers that send a byte a second, and seeds that redirect."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import io
 import socket
 import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from pydantic import ValidationError
 
-from pipeline.crawl import CrawlConfig, crawl
+from pipeline.crawl import MAX_SEED_REDIRECTS, CrawlConfig, crawl
+from pipeline.deadline import Deadline, DeadlineExceeded, build_opener
 from storage import Store
 
 
@@ -186,6 +188,10 @@ def test_per_host_delay(site, tmp_path):
     ({"seeds": ["http://x/"], "exclude_patterns": ["(unclosed"]}, "exclude_patterns"),
     ({"seeds": ["http://x/"], "scope": "allow-list"}, "allow_hosts"),
     ({"seeds": ["http://x/"], "allow_hosts": ["http://y/"]}, "allow_hosts"),
+    ({"seeds": ["http://x/"], "allow_hosts": ["y:0"]}, "allow_hosts"),
+    ({"seeds": ["http://x/"], "allow_hosts": ["y:http"]}, "allow_hosts"),
+    ({"seeds": ["http://x/"], "scope": "same-host"}, "same-origin"),
+    ({"seeds": ["http://x/"], "fetch_deadline_s": 0}, "fetch_deadline_s"),
     ({"seeds": ["http://x/"], "max_pages": 0}, "max_pages"),
     ({"seeds": ["http://x/"], "max_page": 10}, "max_page"),
 ])
@@ -230,3 +236,144 @@ def test_crawled_warc_reads_back_through_ingest(site, tmp_path):
     assert docs["a.html"]["text"] == "A\n\ndeeper" and docs["a.html"]["source"] == warc_file.split("/")[-1]
     assert result.counts["skipped"] == {"mime": 1, "status": 2}  # file.txt; the 301 and the 404
     assert result.counts["damaged"] == {} and result.counts["records"] == 1 + 2 * 8
+
+
+# -- servers that answer slowly, and seeds that redirect ------------------------------------------
+
+DRIP_BYTES = 30  # sent one a second: 30 s when nothing cuts the fetch short
+
+
+class _Routes(BaseHTTPRequestHandler):
+    """Answers from server.routes: path -> (status, headers, body), "drip-body" (headers at once,
+    then the body a byte a second) or "drip-all" (status line and headers a byte a second too)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        route = self.server.routes.get(self.path, (404, {}, b"not here"))
+        try:
+            if route == "drip-all":
+                self._drip(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + b" " * DRIP_BYTES)
+            elif route == "drip-body":
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(DRIP_BYTES))
+                self.end_headers()
+                self.wfile.flush()
+                self._drip(b"x" * DRIP_BYTES)
+            else:
+                status, headers, body = route
+                self.send_response(status)
+                for name, value in {"Content-Type": "text/html", "Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+        except OSError:  # the crawler hung up
+            pass
+
+    def _drip(self, data: bytes) -> None:
+        for i in range(len(data)):
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+            if self.server.stop.wait(1.0):
+                return
+
+
+@pytest.fixture
+def servers():
+    """serve(routes) -> (server, base URL) of a new server on 127.0.0.1; routes may be set later."""
+    made = []
+
+    def serve(routes=None):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Routes)
+        server.routes, server.requests, server.stop = routes or {}, [], threading.Event()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        made.append(server)
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in made:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _page(*links: str) -> tuple:
+    return 200, {}, "".join(f'<a href="{link}">{link}</a> ' for link in links).encode()
+
+
+def _redirect(to: str) -> tuple:
+    return 302, {"Location": to}, b""
+
+
+@pytest.mark.parametrize("route", ["drip-body", "drip-all"])
+def test_a_fetch_ends_at_its_deadline(servers, route):
+    _, base = servers({"/slow": route})
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=f"{base}/slow.*deadline of 1.5 s"):
+        with build_opener(Deadline(f"{base}/slow", 1.5)).open(f"{base}/slow", timeout=10) as resp:
+            resp.read()
+    assert 1.5 <= time.monotonic() - start < 2.5  # a per-read timeout of 10 s never fires: a byte comes each second
+
+
+def test_slow_page_and_slow_robots_txt_end_at_the_deadline_and_the_crawl_goes_on(servers, tmp_path):
+    """A page whose body comes a byte a second, and (on another seed's origin) a robots.txt whose
+    very status line does: each is given up at fetch_deadline_s and counted in errors; the rest of
+    the crawl is fetched as usual."""
+    slow_robots, robots_base = servers({"/robots.txt": "drip-all", "/": _page()})
+    site, base = servers({"/": _page("a.html", "slow.html", "b.html"), "/a.html": _page(), "/b.html": _page(),
+                          "/slow.html": "drip-body"})
+    out = _out(tmp_path)
+    start = time.monotonic()
+    result = crawl(CrawlConfig(seeds=[f"{base}/", f"{robots_base}/"], fetch_deadline_s=2, timeout_s=10), out)
+    took = time.monotonic() - start
+    assert result["errors"] == 2 and result["status"] == {"200": 3}
+    assert _urls(_records(out), base) == ["/", "/a.html", "/b.html"]
+    assert "/slow.html" in site.requests and slow_robots.requests == ["/robots.txt"]
+    assert 4 <= took < 7, took  # two deadlines of 2 s; dripping to the end would take 2 x 30 s
+
+
+def test_another_port_of_the_seed_host_is_another_site(servers, tmp_path):
+    other, other_base = servers({"/x.html": _page()})
+    _, base = servers({"/": _page(f"{other_base}/x.html", "/y.html"), "/y.html": _page()})
+    result = crawl(CrawlConfig(seeds=[f"{base}/"]), _out(tmp_path))
+    assert result["pages"] == 2 and other.requests == []
+
+    port = other_base.rsplit(":", 1)[1]
+    out = _out(tmp_path, "allowed")
+    crawl(CrawlConfig(seeds=[f"{base}/"], scope="allow-list", allow_hosts=[f"127.0.0.1:{port}"]), out)
+    assert _urls(_records(out), "http://127.0.0.1:") == [f"{base.rsplit(':', 1)[1]}/", f"{port}/x.html"]
+
+
+def test_a_seed_redirect_chain_puts_only_its_landing_origin_in_scope(servers, tmp_path):
+    """seed -> hop (another port) -> landing (a third): all three fetched; links on the landing
+    page to the landing origin and the seed's are followed, to the hop's origin not."""
+    hop, hop_base = servers()
+    landing, landing_base = servers()
+    seed, seed_base = servers()
+    seed.routes = {"/": _redirect(f"{hop_base}/"), "/s.html": _page()}
+    hop.routes = {"/": _redirect(f"{landing_base}/"), "/h.html": _page()}
+    landing.routes = {"/": _page("/l.html", f"{hop_base}/h.html", f"{seed_base}/s.html"), "/l.html": _page()}
+    out = _out(tmp_path)
+    result = crawl(CrawlConfig(seeds=[f"{seed_base}/"]), out)
+    assert _urls(_records(out), "") == [f"{seed_base}/", f"{hop_base}/", f"{landing_base}/", f"{landing_base}/l.html",
+                                        f"{seed_base}/s.html"]
+    assert result["errors"] == 0 and "/h.html" not in hop.requests
+    assert out.read_json("state.json")["origins"] == sorted([seed_base, landing_base])
+
+
+def test_a_seed_redirect_loop_or_too_many_redirects_is_an_error(servers, tmp_path):
+    a, a_base = servers()
+    b, b_base = servers()
+    a.routes = {"/loop": _redirect(f"{b_base}/back"), **{f"/r{i}": _redirect(f"/r{i + 1}") for i in range(9)}}
+    b.routes = {"/back": _redirect(f"{a_base}/loop")}
+    out = _out(tmp_path)
+    result = crawl(CrawlConfig(seeds=[f"{a_base}/loop"]), out)
+    assert result["errors"] == 1 and result["status"] == {"302": 2}
+
+    out = _out(tmp_path, "long")
+    result = crawl(CrawlConfig(seeds=[f"{a_base}/r0"]), out)
+    # r0 -> r1 ... -> r5 followed; the sixth redirect is not
+    assert result["errors"] == 1 and _urls(_records(out), a_base) == [f"/r{i}" for i in range(MAX_SEED_REDIRECTS + 1)]

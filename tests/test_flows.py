@@ -59,6 +59,24 @@ def _latest_artifacts(keys: list[str]) -> dict[str, dict]:
     return out
 
 
+def key(*parts: str) -> str:
+    from flows.artifacts import key as artifact_key
+
+    return artifact_key(*parts)
+
+
+def _opens(api: str, data: str) -> bytes:
+    """What the browser gets for a link artifact's target (its data is `[text](link)`): a link
+    relative to the UI's origin, into the store browser."""
+    import re
+    import urllib.request
+
+    link = re.fullmatch(r"\[.*\]\((/crawl2llm-store/[^)]+)\)", data, re.S).group(1)
+    with urllib.request.urlopen(api.removesuffix("/api") + link, timeout=30) as r:
+        assert r.status == 200
+        return r.read()
+
+
 def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_path, inputs):
     from flows.config import PipelineConfig
     from flows.pipeline import pipeline
@@ -74,16 +92,26 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
     assert first["evaluate"]["counts"]["perplexity"] > 1
     copa_scores = first["evaluate"]["counts"]["tasks"]["copa"]
     assert copa_scores["items"] == 40 and 0 <= copa_scores["acc"] <= 1 and 0 <= copa_scores["acc_norm"] <= 1
-    artifacts = _latest_artifacts(["train-summary", "train-checkpoint", "train-model", "train-loss-curve",
-                                   "evaluate-report"])
-    assert "| copa | 40 | acc_norm |" in artifacts.pop("evaluate-report")["data"]
-    assert set(artifacts) == {"train-summary", "train-checkpoint", "train-model", "train-loss-curve"}
-    assert "latest.pt" in artifacts["train-checkpoint"]["data"] and "model.pt" in artifacts["train-model"]["data"]
-    assert {"metric": "MFU (this run)", "value": "unknown"} in json.loads(artifacts["train-summary"]["data"])
+    train_keys = {what: key("train", what, first["train"]["fingerprint"][:16])
+                  for what in ("summary", "checkpoint", "model", "loss-curve")}
+    eval_report = key("evaluate", "report", first["evaluate"]["fingerprint"][:16])
+    artifacts = _latest_artifacts([*train_keys.values(), eval_report])
+    assert "| copa | 40 | acc_norm |" in artifacts.pop(eval_report)["data"]
+    assert set(artifacts) == set(train_keys.values())
+    assert "latest.pt" in artifacts[train_keys["checkpoint"]]["data"]
+    assert _opens(prefect_api, artifacts[train_keys["model"]]["data"]).startswith(b"PK")  # torch's zip format
+    assert {"metric": "MFU (this run)", "value": "unknown"} in json.loads(artifacts[train_keys["summary"]]["data"])
     for stage in ("ingest", "dedup", "quality", "pii", "tokenize"):  # each stage: table, report, link to its output
-        published = _latest_artifacts([f"{stage}-summary", f"{stage}-report", f"{stage}-output"])
-        assert published[f"{stage}-output"]["data"].endswith(f"]({first[stage]['url']})"), stage
-        assert len(published) == 3 and first[stage]["fingerprint"] in published[f"{stage}-report"]["data"]
+        keys = [key(stage, what, first[stage]["fingerprint"][:16]) for what in ("summary", "report", "output")]
+        published = _latest_artifacts(keys)
+        assert len(published) == 3 and first[stage]["fingerprint"] in published[keys[1]]["data"]
+        listing = _opens(prefect_api, published[keys[2]]["data"]).decode()  # the output folder, in the browser
+        assert "manifest.json" in listing and first[stage]["url"] in listing, stage
+        rows = json.loads(published[keys[0]]["data"])
+        assert not any(isinstance(r["value"], (dict, list)) for r in rows), stage  # no [object Object] in the UI
+    summary = _latest_artifacts([key("pipeline-summary", "evaluate", first["evaluate"]["fingerprint"][:16])])
+    [text] = [a["data"] for a in summary.values()]
+    assert "7 stage(s)" in text and "7 ran, 0 cached" in text and "| quality | ran |" in text
 
     state = pipeline(config, return_state=True)
     again = state.result()
@@ -208,7 +236,8 @@ def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, 
     assert res["source"]["tokens_seen"] == trained_run["train"]["counts"]["tokens_seen"] == 12 * 4 * 32
     assert res["source"]["url"] == f"train/{trained_run['train']['fingerprint']}"  # the store may move
     assert res["model"]["architecture"] == "gpt2" and res["tasks"]["copa"]["items"] == 8
-    report = _latest_artifacts(["evaluate-report"])["evaluate-report"]["data"]
+    report_key = key("evaluate", "report", first["fingerprint"][:16])
+    report = _latest_artifacts([report_key])[report_key]["data"]
     assert "| heldout | 1 |" in report and "| held-out token shards |" in report
 
     folder = Path(run_url)
@@ -233,7 +262,11 @@ def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, 
     named = evaluate(str(loose), config.model_copy(update={"data": trained_run["tokenize"]["url"]}))
     assert named["cached"] and named["fingerprint"] == ckpt["fingerprint"]
 
-    table = json.loads(_latest_artifacts(["evaluation-runs"])["evaluation-runs"]["data"])
+    from flows.artifacts import store_key
+    from storage import Store
+
+    runs_key = store_key(Store(str(trained_run["store"])).url, "evaluation-runs")  # one history per store
+    table = json.loads(_latest_artifacts([runs_key])[runs_key]["data"])
     assert len(table) == len(list((trained_run["store"] / "evaluate").glob("*/manifest.json"))) == 2
     by_eval = {r["evaluation"]: r for r in table}
     row = by_eval[first["fingerprint"][:12]]

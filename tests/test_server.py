@@ -33,7 +33,9 @@ def server(server_home, tmp_path_factory):
     reading a failpoint from a file the tests write (no flow run may set the worker's environment)."""
     allow = ("--allow", str(tmp_path_factory.getbasetemp()), "--allow", str(SHARED_DATA))
     with crawl2llm_server(server_home, args=allow,
-                          extra_env={"CRAWL2LLM_FAILPOINT_FILE": str(server_home / "failpoint")}) as s:
+                          extra_env={"CRAWL2LLM_FAILPOINT_FILE": str(server_home / "failpoint"),
+                                     # the scheduler looks for new schedules every 5 s, not every 60
+                                     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}) as s:
         yield s
 
 
@@ -85,6 +87,65 @@ def test_deployments_registered_nightly_schedule_off_until_switched_on(client):
     # nightly runs are incremental, one at a time
     assert nightly.parameters["config"]["incremental"] is True
     assert nightly.global_concurrency_limit.limit == 1
+
+
+def _runs_of(client, deployment_id, state: str | None = None) -> list:
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateName)
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    flow_runs = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[state]))) if state else None
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                 flow_run_filter=flow_runs, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200)
+
+
+def _wait_for(what: str, get, timeout_s: float = 90):
+    deadline = time.monotonic() + timeout_s
+    while not (found := get()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
+        time.sleep(1)
+    return found
+
+
+def test_a_schedule_switched_on_makes_runs_that_the_worker_completes(server, client, tmp_path, shared_data):
+    """A schedule is tested by the runs it creates: the nightly switch on gives Scheduled runs at
+    03:00 UTC on the next days (the UI's Upcoming), off takes them away; an interval schedule due in
+    a few seconds gives a run the scheduler made and the worker completed. The server's scheduler
+    logs no error meanwhile (SQLAlchemy 2.1 broke it: "Can't evaluate bulk DML statement")."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    nightly = client.read_deployment_by_name("pipeline/pipeline-nightly")
+    client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=True)
+    try:
+        upcoming = _wait_for("scheduled nightly run", lambda: _runs_of(client, nightly.id, "Scheduled"))
+        now = datetime.now(timezone.utc)
+        starts = [r.expected_start_time.astimezone(timezone.utc) for r in upcoming]
+        assert len(starts) >= 3 and all(r.auto_scheduled for r in upcoming)
+        assert all(t > now and (t.hour, t.minute, t.second) == (3, 0, 0) for t in starts), starts
+        assert len({t.date() for t in starts}) == len(starts)  # one a night
+        assert starts[0] - now <= timedelta(days=1)
+    finally:
+        client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=False)
+    _wait_for("removal of the nightly's scheduled runs", lambda: not _runs_of(client, nightly.id, "Scheduled"), 30)
+
+    ingest = client.read_deployment_by_name("ingest/ingest")
+    store = tmp_path / "store"
+    params = {"inputs": [str(shared_data(INPUTS[0]))], "store": str(store)}
+    due = datetime.now(timezone.utc) + timedelta(seconds=20)  # the scheduler makes runs that start after now
+    [schedule] = client.create_deployment_schedules(ingest.id, [DeploymentScheduleCreate(
+        schedule=IntervalSchedule(interval=timedelta(hours=1), anchor_date=due), active=True, parameters=params)])
+    try:
+        [first, *_] = _wait_for("scheduled ingest run", lambda: [r for r in _runs_of(client, ingest.id)
+                                                                 if r.auto_scheduled])
+        done = wait_final(client, first.id, timeout_s=180)
+    finally:
+        client.delete_deployment_schedule(ingest.id, schedule.id)
+    assert done.state.is_completed(), done.state
+    assert abs(done.expected_start_time - due) < timedelta(seconds=1) and done.parameters["store"] == str(store)
+    assert len(list(store.glob("ingest/*/manifest.json"))) == 1
+    log = (server[2].parent / "server.log").read_text(errors="replace")
+    assert "bulk DML" not in log and "schedule_deployments" not in log, log[-3000:]
 
 
 def test_a_run_made_while_another_connection_writes_waits_instead_of_failing(server, client):
