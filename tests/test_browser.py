@@ -75,7 +75,16 @@ def _fill(driver, path: list[str], value) -> None:
     scope = driver
     for label in path:
         scope = _property(scope, label)
-    box = scope.find_element(By.XPATH, "./div[contains(@class, 'p-label__body')]//*[self::input or self::textarea]")
+    boxes = scope.find_elements(By.XPATH, "./div[contains(@class, 'p-label__body')]//*[self::input or self::textarea]")
+    if not boxes:  # an empty list: its first item, as a user adds it
+        add = scope.find_element(By.XPATH, ".//button[normalize-space()='Add item']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", add)
+        add.click()
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        boxes = WebDriverWait(driver, 30).until(lambda d: scope.find_elements(
+            By.XPATH, "./div[contains(@class, 'p-label__body')]//*[self::input or self::textarea]"))
+    box = boxes[0]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
     for _ in range(3):  # a select-all that lands before the box is ready would append: check what it holds
         box.click()

@@ -89,6 +89,25 @@ def test_deployments_registered_nightly_schedule_off_until_switched_on(client):
     assert nightly.global_concurrency_limit.limit == 1
 
 
+def test_quick_run_on_a_fresh_clone_is_refused_saying_what_to_fill(server, client):
+    """Quick run sends no parameters: a deployment whose defaults have nothing to read (a fresh clone
+    has no crawl files) is refused by the server, naming the parameter, instead of failing later."""
+    from prefect.client.schemas.sorting import DeploymentSort
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    refused = {}
+    for dep in client.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC):
+        if dep.name == "pipeline-nightly":  # a schedule of data/incoming: runs when switched on
+            continue
+        with pytest.raises(PrefectHTTPStatusError) as err:
+            client._client.post(f"/deployments/{dep.id}/create_flow_run", json={"state": {"type": "SCHEDULED"}})
+        refused[dep.name] = err.value.response.json()["detail"]
+    assert len(refused) == 9, refused
+    for name, detail in refused.items():
+        need = {"pipeline": "config", "crawl": "config", "ingest": "inputs"}.get(name, "source")
+        assert f"'{need}' is a required property" in detail, (name, detail)
+
+
 def _runs_of(client, deployment_id, state: str | None = None) -> list:
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateName)
@@ -159,7 +178,8 @@ def test_a_run_made_while_another_connection_writes_waits_instead_of_failing(ser
     deployment = client.read_deployment_by_name("pipeline/pipeline")
     later = (datetime.now(timezone.utc) + timedelta(days=7)).isoformat()  # never picked up by the worker
     body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}},  # the UI's request
-            "work_queue_name": deployment.work_queue_name, "parameters": deployment.parameters,
+            "work_queue_name": deployment.work_queue_name,
+            "parameters": {"config": {"inputs": [str(SHARED_DATA / INPUTS[0])]}},  # what the form sends
             "job_variables": {}, "enforce_parameter_schema": True}
     answer = {}
     headers = ui_headers(api)
