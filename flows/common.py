@@ -101,6 +101,11 @@ def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_
                if examples else ""]
     else:
         md.append("No documents removed.")
+    spans = counts.get("pii_spans") or {}
+    if spans:  # pii scrubs inside documents instead of removing them
+        md += ["", f"PII scrubbed in {counts.get('docs_with_pii', 0)} of {counts.get('docs_scanned', 0)} scanned "
+               "documents:", "", "| PII type | spans replaced |", "|---|---:|",
+               *(f"| `{k}` | {v} |" for k, v in sorted(spans.items(), key=lambda kv: -kv[1]))]
     artifacts.markdown("\n".join(md), artifacts.output_key(out, "report"), f"{out.name} report")
     artifacts.output_link(out, artifacts.output_key(out, "output"),
                           f"{out.name} output (manifest.json, data/, removed/, stats/)")

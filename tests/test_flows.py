@@ -107,6 +107,8 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
         assert len(published) == 3 and first[stage]["fingerprint"] in published[keys[1]]["data"]
         listing = _opens(prefect_api, published[keys[2]]["data"]).decode()  # the output folder, in the browser
         assert "manifest.json" in listing and first[stage]["url"] in listing, stage
+        if stage == "pii":  # what was scrubbed, per type: pii replaces spans, it removes no document
+            assert "| PII type | spans replaced |" in published[keys[1]]["data"]
         rows = json.loads(published[keys[0]]["data"])
         assert not any(isinstance(r["value"], (dict, list)) for r in rows), stage  # no [object Object] in the UI
     summary = _latest_artifacts([key("pipeline-summary", "evaluate", first["evaluate"]["fingerprint"][:16])])
