@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
+from prefect.runtime import flow_run
 
 from flows import access, artifacts
 from flows.config import STAGES, PipelineConfig
@@ -33,9 +34,13 @@ def pipeline(config: PipelineConfig) -> dict:
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
 
+    parent = flow_run.get_name() or "pipeline"
+
     def run(name: str, fn, *args) -> dict:
+        """One stage as a subflow named after this run, with this run's tags (the UI lists them so)."""
         start = time.monotonic()
-        results[name] = fn(*args)
+        with tags(*(flow_run.get_tags() or [])):
+            results[name] = fn.with_options(flow_run_name=f"{parent}-{name}")(*args)
         seconds[name] = time.monotonic() - start
         return results[name]
 

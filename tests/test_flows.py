@@ -119,6 +119,14 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
     again = state.result()
     assert all(r["cached"] for r in again.values()), {k: r["cached"] for k, r in again.items()}
     assert {k: r["url"] for k, r in again.items()} == {k: r["url"] for k, r in first.items()}
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(state.state_details.flow_run_id)
+        children = client._client.post("/flow_runs/filter", json={
+            "flow_runs": {"parent_flow_run_id": {"any_": [str(parent.id)]}}, "limit": 50,
+            "sort": "EXPECTED_START_TIME_ASC"}).json()
+    assert [c["name"] for c in children] == [f"{parent.name}-{stage}" for stage in first]  # the UI's subflow list
     states = _task_states(state.state_details.flow_run_id)
     assert any(name.startswith("quality-") for name in states), states
     assert all(s == "Cached" for s in states.values()), sorted(states.items())
