@@ -55,11 +55,10 @@ def flat(values: dict, prefix: str = "") -> list[tuple[str, object]]:
 def count_rows(counts: dict) -> list[dict]:
     """Metric/value rows of a stage's counts: why documents were removed first, then the totals,
     then the rest (per-rule checks, per-type spans)."""
-    rows = flat(counts)
-    first = [r for r in rows if r[0].startswith("removed.")]
-    totals = [r for r in rows if r[0].startswith("docs_") and r not in first]
-    rest = [r for r in rows if r not in first and r not in totals]
-    return [{"metric": k, "value": v} for k, v in first + totals + rest]
+    def rank(row: tuple[str, object]) -> int:
+        return 0 if row[0].startswith("removed.") else 1 if row[0].startswith("docs_") else 2
+
+    return [{"metric": k, "value": v} for k, v in sorted(flat(counts), key=rank)]  # stable: order kept within
 
 
 def table(rows: list[dict], artifact_key: str, description: str) -> None:

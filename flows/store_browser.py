@@ -82,14 +82,13 @@ def _answer(request, root: str, segments: list[str]):
         real_base, real = os.path.realpath(base), os.path.realpath(target)
         if real != real_base and not real.startswith(real_base.rstrip(os.sep) + os.sep):
             raise PermissionError(f"{'/'.join(segments)}: leads outside the output (a link?): refused")
-    if not fs.exists(target):
-        raise FileNotFoundError(target)
-    if fs.isdir(target):
+    info = fs.info(target)  # one stat (or HEAD) for what it is and its size; FileNotFoundError when gone
+    if info["type"] == "directory":
         if not request.url.path.endswith("/"):  # relative links in the listing need the slash
             return Response(status_code=307, headers={**HEADERS, "Location": request.url.path + "/"})
         return HTMLResponse(_listing(fs, root, target, segments), headers=HEADERS)
     name = segments[-1] if segments else os.path.basename(base)
-    size = fs.size(target)
+    size = info.get("size") or 0
     text = name.endswith(TEXT)
     kind = "text/plain; charset=utf-8" if text else "application/octet-stream"
     headers = {**HEADERS, "Content-Length": str(size)}
