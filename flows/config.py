@@ -10,11 +10,11 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.evaluate import EvalConfig
 from model.train import TrainConfig
@@ -30,13 +30,25 @@ from pipeline.tokenize import TokenizeConfig
 STAGES = ("crawl", "ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate")
 Stage = Literal["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
 MAX_WORKERS = 1024
+# A flow parameter that names something to read: never empty, so the UI's form marks it before a run.
+Location = Annotated[str, Field(min_length=1)]
+Locations = Annotated[list[Location], Field(min_length=1)]
 DASK_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+
+def _one_source_schema(schema: dict) -> None:
+    """What `_one_source` checks, said in the JSON schema too, so the UI's form marks an empty `inputs`
+    before the run is made (Prefect validates a form against the schema, not against pydantic)."""
+    schema["if"] = {"properties": {"crawl": {"type": "null"}}}  # no crawl, or crawl: null
+    schema["then"] = {"required": ["inputs"], "properties": {"inputs": {"minItems": 1}}}
+
 
 class PipelineConfig(StageConfig):
     """Everything one pipeline run needs. Give `inputs` (crawl files) or `crawl` (seed URLs)."""
 
+    model_config = ConfigDict(json_schema_extra=_one_source_schema)
+
     store: str = Field("store", min_length=1, description="Where every stage writes: a folder or an fsspec URL (s3://bucket/path).")
-    inputs: list[str] = Field(default_factory=list, description="WARC/WET/ARC/JSONL/Parquet files, folders, globs, URLs, "
+    inputs: list[Location] = Field(default_factory=list, description="WARC/WET/ARC/JSONL/Parquet files, folders, globs, URLs, "
                               "or "
                               "Common Crawl listings: a crawl name such as CC-MAIN-2024-51 (its WARC files; "
                               "CC-MAIN-2024-51/wet for WET) or a *.paths.gz file. Leave empty when crawling "

@@ -11,6 +11,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import access, artifacts, workers
+from flows.config import Location, Locations
 from flows.common import Timer, bind, publish_stage, publish_table, run_locked, run_stage
 from pipeline import shards
 from pipeline.crawl import CrawlConfig
@@ -83,7 +84,7 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
 
 
 @flow(name="ingest", task_runner=RUNNER)
-def ingest(inputs: list[str], config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
+def ingest(inputs: Locations, config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
            workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL,
            files: list[dict] | None = None) -> dict:
     """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
@@ -163,7 +164,7 @@ def _upstream(source: str, **more: str | None) -> tuple[StageDir, dict]:
 
 
 @flow(name="dedup", task_runner=RUNNER)
-def dedup(source: str, config: DedupConfig = DedupConfig(), workers_n: int | None = None,
+def dedup(source: Location, config: DedupConfig = DedupConfig(), workers_n: int | None = None,
           previous: str | None = None) -> dict:
     """Exact and MinHash-LSH near-duplicate removal across the whole corpus, in bounded memory:
     signatures and bucket keys per shard, verified pairs per bucket partition, union-find clusters
@@ -266,7 +267,7 @@ def filter_output(name: str, up: StageDir, config) -> tuple[StageDir, str, dict]
 
 
 @flow(name="quality", task_runner=RUNNER)
-def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
+def quality(source: Location, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
     """Gopher quality and repetition rules (C4 and FineWeb optional); every removed document keeps the
     first rule that removed it, or with `signals` every document is kept with its signals as columns.
 
@@ -279,7 +280,7 @@ def quality(source: str, config: QualityConfig = QualityConfig(), workers_n: int
 
 
 @flow(name="pii", task_runner=RUNNER)
-def pii(source: str, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
+def pii(source: Location, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
     """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders or keyed
     pseudonyms (the key's id, not the key, is part of the fingerprint).
 
@@ -292,7 +293,7 @@ def pii(source: str, config: PiiConfig = PiiConfig(), workers_n: int | None = No
 
 
 @flow(name="tokenize", task_runner=RUNNER)
-def tokenize(source: str, config: TokenizeConfig = TokenizeConfig(), workers_n: int | None = None,
+def tokenize(source: Location, config: TokenizeConfig = TokenizeConfig(), workers_n: int | None = None,
              tokenizer: str | None = None) -> dict:
     """Train a byte-level BPE on a sample, encode every shard to Arrow token shards, split train/val;
     the manifest's train_order is the seeded shuffle training reads the shards in. `tokenizer`: a

@@ -12,6 +12,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from tqdm import tqdm
 
 from flows import access, artifacts
+from flows.config import Location
 from flows.common import Timer, run_locked
 from pipeline.failpoints import failpoint
 from flows.stages import open_stage, summary
@@ -86,7 +87,7 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
 
 
 @flow(name="train")
-def train(source: str, config: TrainConfig = TrainConfig()) -> dict:
+def train(source: Location, config: TrainConfig = TrainConfig()) -> dict:
     """Pretrain a GPT on a tokenize output; killed and re-run, it resumes from its last checkpoint.
 
     Args:
@@ -147,30 +148,27 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
 
 
 def _loss_chart(history: list[dict]) -> str:
-    """The loss curve as a PNG data URI above the table: the UI empties inline SVG, and image
-    artifacts need a public URL."""
-    pts = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
-    vals = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    lines = ["# Training loss", "", _chart(pts, vals), "", "| step | train loss | val loss |", "|---:|---:|---:|"]
-    every = -(-len(history) // 20)  # about 20 rows, and every evaluation
-    rows = [h for i, h in enumerate(history)
-            if h.get("val_loss") is not None or i % every == 0 or i == len(history) - 1]
-    lines += [f"| {h['step']} | {h.get('loss', ''):.4} | {h['val_loss']:.4} |" if h.get("val_loss") is not None
-              else f"| {h['step']} | {h.get('loss', 0):.4} | |" for h in rows]
-    return "\n".join(lines)
-
-
-def _chart(train_pts, val_pts) -> str:
+    """The loss curve (every logged step's train loss, every evaluation's validation loss) as a PNG
+    data URI above a table of about 20 rows: the UI empties inline SVG, and image artifacts need a
+    public URL."""
     from flows.chart import data_uri, line_chart_png
 
-    allp = train_pts + val_pts
-    if len(allp) < 2:
-        return ""
-    png = line_chart_png([(train_pts, (70, 130, 180)), (val_pts, (255, 140, 0))])
-    steps, losses = [p[0] for p in allp], [p[1] for p in allp]
-    return (f"![loss curve: blue train, orange validation]({data_uri(png)})\n\n"
-            f"Loss from {max(losses):.3f} to {min(losses):.3f} over steps {min(steps)}–{max(steps)}; "
-            "blue: train, orange: validation.")
+    train = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
+    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
+    lines = ["# Training loss", ""]
+    if train or val:
+        png = line_chart_png([("train", train), ("validation", val)], "step", "cross-entropy loss (nats/token)")
+        losses = [p[1] for p in train + val]
+        lines += [f"![loss curve: train and validation loss per step]({data_uri(png)})", "",
+                  f"{len(train)} train and {len(val)} validation points, steps {history[0]['step']}–"
+                  f"{history[-1]['step']}; loss from {max(losses):.3f} to {min(losses):.3f}.", ""]
+    lines += ["| step | train loss | val loss |", "|---:|---:|---:|"]
+    every = -(-len(history) // 20)  # about 20 rows, and every evaluation
+    for i, h in enumerate(history):
+        if h.get("val_loss") is not None or i % every == 0 or i == len(history) - 1:
+            cells = [f"{h[k]:.4f}" if h.get(k) is not None else "" for k in ("loss", "val_loss")]
+            lines.append(f"| {h['step']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 @task(task_run_name="evaluate-{out.fingerprint}", cache_policy=NO_CACHE)
@@ -181,7 +179,7 @@ def _eval_task(out: StageDir, model_path: str, tokenizer_path: str, val_files: l
 
 
 @flow(name="evaluate")
-def evaluate(source: str, config: EvalConfig = EvalConfig()) -> dict:
+def evaluate(source: Location, config: EvalConfig = EvalConfig()) -> dict:
     """Held-out loss, perplexity and bits per byte (validation shards and config.text_files),
     benchmarks (config.tasks) and samples for any checkpoint: a train output URL, a model.pt or
     checkpoint file, or a folder holding one (model.source). Cached on the model's identity, the

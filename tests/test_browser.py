@@ -157,11 +157,16 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             wait.until(lambda d: d.current_url.split("?")[0].endswith("/run"))
             wait.until(lambda d: d.find_elements(By.XPATH, "//span[normalize-space()='Store (Optional)']"))
             _fill(driver, ["config", "Store"], tmp_path / "store")
+            _click_text(driver, "Submit", "button")  # nothing to read yet: the form says so, no run is made
+            wait.until(lambda d: _shown(d, ".p-label__message--failed"))
+            assert "non-empty" in " ".join(_shown(driver, ".p-label__message--failed")) and not _flow_runs(api)
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", _property(driver, "Inputs"))
+            driver.save_screenshot(str(screenshots / "01-empty-inputs-marked.png"))
             _fill(driver, ["config", "Inputs"], warc)
             for section, label, value in TINY:
                 _fill(driver, ["config", section, label], value)
             driver.execute_script("arguments[0].scrollIntoView()", _property(driver, "Store"))  # the filled top
-            driver.save_screenshot(str(screenshots / "01-custom-run-form.png"))
+            driver.save_screenshot(str(screenshots / "02-custom-run-form.png"))
             t_submit = time.monotonic()
             run_id = _submit(driver, api, log_path)
             timings = {"form filled": t_submit - t0, "run made": time.monotonic() - t_submit}
@@ -182,10 +187,10 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
             driver.refresh()
             wait.until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='Completed']"))
-            driver.save_screenshot(str(screenshots / "02-flow-run-completed.png"))
+            driver.save_screenshot(str(screenshots / "03-flow-run-completed.png"))
 
             made = _run_artifacts(api, run_id)  # the pipeline run's and its stage subflows'
-            shot = iter(range(3, 100))
+            shot = iter(range(4, 100))
             for stage in STAGES:  # each stage's summary table, as the UI renders it
                 [summary] = [a for a in made if a["key"] and a["key"].startswith(f"{stage}-summary-")]
                 driver.get(f"{ui}/artifacts/artifact/{summary['id']}")

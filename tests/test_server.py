@@ -108,6 +108,33 @@ def test_quick_run_on_a_fresh_clone_is_refused_saying_what_to_fill(server, clien
         assert f"'{need}' is a required property" in detail, (name, detail)
 
 
+def test_the_form_marks_an_empty_input_before_the_run_is_made(client):
+    """What the UI's form sends to the server's /ui/schemas/validate before it makes a run: an empty
+    inputs list (or an empty item, or an empty source) comes back as an error on that field."""
+    def errors(dep, values) -> dict:
+        r = client._client.post("/ui/schemas/validate", json={"schema": dep.parameter_openapi_schema, "values": values})
+        r.raise_for_status()
+        return r.json()
+
+    def on(result, *path) -> list[str]:
+        found = result["errors"]
+        for part in path:
+            found = next((e["errors"] for e in found if e.get("property") == part), [])
+        return found
+
+    pipeline = client.read_deployment_by_name("pipeline/pipeline")
+    for config in ({"store": "s"}, {"store": "s", "inputs": []}, {"store": "s", "inputs": [], "crawl": None}):
+        assert on(errors(pipeline, {"config": config}), "config", "inputs"), config
+    assert on(errors(pipeline, {"config": {"store": "s", "inputs": [""]}}), "config", "inputs")
+    for config in ({"store": "s", "inputs": ["data/x.warc.gz"]}, {"store": "s", "crawl": {"seeds": ["https://a.b/"]}}):
+        assert errors(pipeline, {"config": config})["valid"], config
+    ingest = client.read_deployment_by_name("ingest/ingest")
+    assert on(errors(ingest, {"inputs": []}), "inputs") and errors(ingest, {"inputs": ["a.warc.gz"]})["valid"]
+    for name in ("dedup", "quality", "pii", "tokenize", "train", "evaluate"):
+        dep = client.read_deployment_by_name(f"{name}/{name}")
+        assert on(errors(dep, {"source": ""}), "source") and errors(dep, {"source": "store/x"})["valid"], name
+
+
 def _runs_of(client, deployment_id, state: str | None = None) -> list:
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateName)
