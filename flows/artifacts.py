@@ -106,8 +106,8 @@ def pipeline_summary(results: dict[str, dict], seconds: dict[str, float], total_
         target = store_browser.link(r["url"])
         where = f"{r['stage']}/{r['fingerprint']}"  # in the store; plain characters only
         output = f"[{where}]({target})" if target else f"`{r['url']}`"
-        lines.append(f"| {name} | {'cached' if r.get('cached') else 'ran'} | {got_in} | {kept} | "
-                     f"{seconds.get(name, 0):.1f} | {output} |")
+        took = f"{seconds[name]:.1f}" if name in seconds else ""  # an incremental run times the whole
+        lines.append(f"| {name} | {'cached' if r.get('cached') else 'ran'} | {got_in} | {kept} | {took} | {output} |")
     lines += ["", "in/kept: documents (pages for crawl; kept training tokens for tokenize)."]
     last = list(results.values())[-1]
     markdown("\n".join(lines), key("pipeline-summary", last["stage"], last["fingerprint"][:16]),

@@ -219,19 +219,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_run_inputs(config) -> None:
     """The inputs of a run resolve, unless an incremental series already recorded increments (their
-    files may have moved away; a run with nothing new is fine)."""
+    files may have moved away; a run with nothing new is fine) or its glob or folder holds no file yet
+    (the first night of a nightly series: the run says there is nothing to do)."""
     import fsspec
 
-    from pipeline.inputs import refuse_credentials, resolve_inputs
+    from pipeline.inputs import NoInputFiles, refuse_credentials, resolve_inputs
 
     refuse_credentials(config.inputs, config.cc_base_url)  # Prefect would store them with the run
     if not config.inputs:
         return
     try:
         resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)
-    except InputError:
+    except InputError as e:
         if not config.incremental:
             raise
+        if isinstance(e, NoInputFiles):
+            print(f"warning: {e}: nothing to do yet", file=sys.stderr)
+            return
         fs, root = fsspec.core.url_to_fs(config.store)
         if not fs.exists(root):
             raise

@@ -18,13 +18,15 @@ missing, with the same bytes.
 
 from __future__ import annotations
 
+import time
+
 from prefect import get_run_logger
 
 from flows import artifacts, stages
 from flows.config import STAGES, PipelineConfig
 from flows.training import evaluate, train
 from flows.workers import on_cluster
-from pipeline.inputs import InputError, refuse_credentials, resolve_inputs
+from pipeline.inputs import InputError, NoInputFiles, refuse_credentials, resolve_inputs
 from pipeline.stage import merge_counts
 from pipeline.tokenize import shard_order
 from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint
@@ -51,13 +53,22 @@ def run_incremental(config: PipelineConfig) -> dict:
     """Record the new input files as an increment, finish every increment that is not complete, then
     train and evaluate on all of them."""
     log = get_run_logger()
-    ledger = Ledger(Store(config.store), series_key(config.inputs, config.cc_base_url))
+    t0 = time.monotonic()
+    series = series_key(config.inputs, config.cc_base_url)
+    ledger = Ledger(Store(config.store), series)
+    series_artifact = artifacts.store_key(config.store, f"increments-{series[:12]}")
     refuse_credentials(config.inputs, config.cc_base_url)  # not "nothing new" below: an error to fix
     try:
         files = resolve_inputs(config.inputs, config.input_limit, config.cc_base_url)
     except InputError as e:
         if not ledger.records():
-            raise
+            if not isinstance(e, NoInputFiles):  # a file that is not there: a mistake, not an empty night
+                raise
+            log.warning("nothing to do yet (%s): a later run takes the files that land there", e)
+            artifacts.markdown(f"# Incremental runs\n\nNo input files yet ({e}): nothing to do. A later run of this "
+                               "series takes the files that land there.", series_artifact,
+                               "incremental runs of this series in this store")
+            return {"increments": {"count": 0, "new_files": [], "ran": []}}
         log.warning("no input files now (%s): nothing new; finished increments do not need theirs", e)
         files = []
     current = [file_identity(f.url, f.name) for f in files]
@@ -71,19 +82,19 @@ def run_incremental(config: PipelineConfig) -> dict:
         missing = [s for s in wanted if not p[s].is_committed()]
         ran.append(_run_increment(k, rec, plans, wanted[wanted.index(missing[0]):], current, config)
                    if missing else {})
-    series = series_key(config.inputs, config.cc_base_url)
-    _publish(records, plans, ran, artifacts.store_key(config.store, f"increments-{series[:12]}"))
+    _publish(records, plans, ran, series_artifact)
     latest, done = plans[-1], ran[-1]
     results = {s: done.get(s) or stages.summary(latest[s], latest[s].read_manifest(), True) for s in wanted}
     results["increments"] = {"count": len(records), "new_files": [f["url"] for f in new],
                              "ran": [k for k, r in enumerate(ran) if r]}
-    if "tokenize" not in wanted:
-        return results
-    results["corpus"] = union(config, [p["tokenize"] for p in plans]) if len(plans) > 1 else results["tokenize"]
-    if STAGES.index("train") <= last:
-        results["train"] = train(results["corpus"]["url"], config.train)
-    if STAGES.index("evaluate") <= last:
-        results["evaluate"] = evaluate(results["train"]["url"], config.evaluate)
+    if "tokenize" in wanted:
+        results["corpus"] = union(config, [p["tokenize"] for p in plans]) if len(plans) > 1 else results["tokenize"]
+        if STAGES.index("train") <= last:
+            results["train"] = train(results["corpus"]["url"], config.train)
+        if STAGES.index("evaluate") <= last:
+            results["evaluate"] = evaluate(results["train"]["url"], config.evaluate)
+    # the latest increment's stages, then what all increments make together
+    artifacts.pipeline_summary({k: v for k, v in results.items() if k != "increments"}, {}, time.monotonic() - t0)
     return results
 
 

@@ -35,6 +35,11 @@ class InputError(ValueError):
     """An input path is missing, unreadable or holds no crawl files."""
 
 
+class NoInputFiles(InputError):
+    """A glob or folder that holds no crawl files (yet): for a series of incremental runs over a folder
+    that files land in, nothing to do rather than a mistake."""
+
+
 class InputFile(NamedTuple):
     """An input file: `url` reads it (it may hold a presigned query: never write it down), `name` is
     what rows, manifests and identities record."""
@@ -133,14 +138,14 @@ def _expand(entry: str) -> list[InputFile]:
     if not query and any(ch in path for ch in GLOB_CHARS):
         found = sorted(p for p in fs.glob(path) if fs.isfile(p) and is_input_file(p))
         if not found:
-            raise InputError(f"input glob matches no WARC/WET/ARC/JSONL/Parquet files: {shown}")
+            raise NoInputFiles(f"input glob matches no WARC/WET/ARC/JSONL/Parquet files: {shown}")
         root = _glob_root(path)
     elif not fs.exists(path):
         raise InputError(f"input not found: {shown}")
     elif not query and fs.isdir(path):
         found = sorted(p for p in fs.find(path) if is_input_file(p))
         if not found:
-            raise InputError(f"input folder holds no WARC/WET/ARC/JSONL/Parquet files: {shown}")
+            raise NoInputFiles(f"input folder holds no WARC/WET/ARC/JSONL/Parquet files: {shown}")
         root = path.rstrip("/")
     elif not is_input_file(strip_secrets(path)):
         raise InputError(f"input is not a WARC/WET/ARC/JSONL/Parquet file (by its name; expected one of "

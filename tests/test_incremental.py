@@ -109,6 +109,8 @@ def test_incremental_rerun_processes_only_new_files(prefect_api, tmp_path, share
     second = state.result()
     assert second["increments"] == {"count": 2, "new_files": ["later.warc.gz"], "ran": [1]}
     assert not any(second[s]["cached"] for s in ("ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"))
+    summary = _pipeline_summary(state.state_details.flow_run_id)  # the run's own artifact, as a plain run's
+    assert "8 stage(s)" in summary and "| corpus | ran |" in summary and "| train | ran |" in summary, summary
 
     # only the new file's shards ran, in every per-shard stage; no new tokenizer was trained
     ing1 = json.load(open(f"{second['ingest']['url']}/manifest.json"))
@@ -156,6 +158,17 @@ def test_incremental_rerun_processes_only_new_files(prefect_api, tmp_path, share
     assert _files(store) == after
 
 
+def _pipeline_summary(flow_run_id) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        made = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])), limit=50)
+    [summary] = [a.data for a in made if (a.key or "").startswith("pipeline-summary-")]
+    return summary
+
+
 def test_failed_increment_is_finished_first_with_identical_bytes(prefect_api, tmp_path, shared_data, monkeypatch):
     """An increment whose run failed half way (in the step that looks up earlier increments) is
     finished by the next run, before the files that landed since, and every output is byte for byte
@@ -200,8 +213,9 @@ def _committed(store: Path) -> dict[str, bytes]:
 
 def test_cli_incremental_run_after_the_files_moved_away_does_nothing(prefect_api, tmp_path, capsys, shared_data):
     """`crawl2llm run` on an incremental series whose landing folder is empty again (the files were
-    moved away after their increment) is not an input error: nothing new, nothing done. A series
-    that never had a file still says what is missing."""
+    moved away after their increment) is not an input error: nothing new, nothing done. Nor is the
+    first night of a series whose folder has no file yet: it says so and does nothing; a landing
+    folder that does not exist at all is a mistake."""
     import yaml
 
     from flows.cli import main
@@ -211,7 +225,15 @@ def test_cli_incremental_run_after_the_files_moved_away_does_nothing(prefect_api
     cfg = tmp_path / "nightly.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(str(tmp_path / "store"), [str(incoming / "*.warc.gz")],
                                               incremental=True, stop_after="ingest")))
-    assert main(["run", str(cfg)]) == 2 and "matches no" in capsys.readouterr().err
+    assert main(["run", str(cfg)]) == 0
+    out = capsys.readouterr()
+    assert "matches no" in out.err and "nothing to do yet" in out.err, out.err[-2000:]
+    assert json.loads(out.out)["increments"] == {"count": 0, "new_files": [], "ran": []}
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("manifest.json"))
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump(tiny_config(str(tmp_path / "store"), [str(tmp_path / "nowhere")],
+                                                incremental=True, stop_after="ingest")))
+    assert main(["run", str(wrong)]) == 2 and "input not found" in capsys.readouterr().err
     shutil.copy(shared_data("warc/dolma-sample-0001.warc.gz"), incoming)
     assert main(["run", str(cfg)]) == 0
     before = _files(tmp_path / "store")
