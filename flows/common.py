@@ -17,7 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows import artifacts, workers
+from flows import artifacts, logs, workers
 from pipeline.stage import merge_counts
 from storage import StageDir, StoreError, protocol
 from storage.lock import stage_lock
@@ -42,16 +42,20 @@ def map_shards(out: StageDir, jobs: dict[int, Callable[[], dict]], workers_n: in
                label: str | None = None) -> dict[int, dict]:
     """Submit one task per shard, show progress (terminal bar and Prefect progress artifact)."""
     where = {"stage": out.name, "fingerprint": out.fingerprint, "store": out.store.url}
-    futures = []
+    futures, index_of = [], {}
     for index, job in sorted(jobs.items()):
         t = shard_task if out.shard_done(index) else shard_task.with_options(refresh_cache=True)
         futures.append(t.submit(where, index, job, workers_n))
+        index_of[futures[-1].task_run_id] = index
     label = label or out.name
     progress_id = create_progress_artifact(0.0, description=f"{label}: shards done")
     results: dict[int, dict] = {}
     with tqdm(total=len(futures), desc=label, unit="shard", leave=False) as bar:
         for fut in as_completed(futures):
-            stats = fut.result()
+            try:
+                stats = fut.result()
+            except Exception as e:
+                raise logs.logged_once(e, f"task run {out.name}-{index_of[fut.task_run_id]:05d}") from None
             results[stats["index"]] = stats
             bar.update(1)
             update_progress_artifact(progress_id, 100.0 * len(results) / max(1, len(futures)))
@@ -106,6 +110,12 @@ def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_
         md += ["", f"PII scrubbed in {counts.get('docs_with_pii', 0)} of {counts.get('docs_scanned', 0)} scanned "
                "documents:", "", "| PII type | spans replaced |", "|---|---:|",
                *(f"| `{k}` | {v} |" for k, v in sorted(spans.items(), key=lambda kv: -kv[1]))]
+        scrubbed = scrubbed_examples(out, manifest)
+        if scrubbed:
+            artifacts.table(scrubbed, artifacts.output_key(out, "scrubbed"),
+                            f"{out.name}: scrubbed spans in their context (the corpus's text)")
+            md += ["", f"Examples of each type, as the corpus now reads: the `{artifacts.output_key(out, 'scrubbed')}` "
+                   "table."]
     artifacts.markdown("\n".join(md), artifacts.output_key(out, "report"), f"{out.name} report")
     artifacts.output_link(out, artifacts.output_key(out, "output"),
                           f"{out.name} output (manifest.json, data/, removed/, stats/)")
@@ -135,6 +145,17 @@ def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: 
         if seen and all(len(v) >= per_reason for v in seen.values()):
             break
     return [row for reason in sorted(seen) for row in seen[reason]]
+
+
+def scrubbed_examples(out: StageDir, manifest: dict, max_shards: int = 4) -> list[dict]:
+    """A few replaced PII spans per type in their context, from the first shards of a pii output."""
+    from pipeline.pii import PiiConfig, scrubbed_examples as find
+
+    def docs():
+        for shard in manifest.get("shards", [])[:max_shards]:
+            yield from out.read_parquet(shard["data"]).select(["url", "text"]).to_pylist()
+
+    return find(docs(), PiiConfig.model_validate(manifest["config"]))
 
 
 def _short(counts: dict) -> str:

@@ -55,22 +55,22 @@ class PipelineConfig(StageConfig):
                               "seed URLs instead.")
     input_limit: Optional[int] = Field(None, ge=1, description="Ingest only the first this many input files "
                                        "(in listing order): start small on a whole Common Crawl snapshot.")
-    cc_base_url: str = Field(CC_BASE_URL, min_length=1, description="Where the relative paths of a Common Crawl "
+    cc_base_url: str = Field(CC_BASE_URL, min_length=1, title="Common Crawl base URL", description="Where the relative paths of a Common Crawl "
                              "listing are fetched from (https://data.commoncrawl.org/, s3://commoncrawl/ or a mirror).")
-    crawl: Optional[CrawlConfig] = Field(None, description="Crawl these seed URLs into WARC first (instead of inputs).")
+    crawl: Optional[CrawlConfig] = Field(None, title="Crawl", description="Crawl these seed URLs into WARC first (instead of inputs).")
     incremental: bool = Field(False, description="Each run takes only the input files that earlier runs of these "
                               "`inputs` did not (a ledger in the store records them): their documents go through "
                               "ingest to tokenize on their own, duplicates of documents earlier runs kept are "
                               "removed, they are encoded with the first run's tokenizer, and training reads every "
                               "run's token shards. Earlier outputs are never changed. For a folder or glob that "
                               "new crawl files land in; keep `inputs` the same from run to run.")
-    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Record filtering, HTML to text, language id.")
-    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and MinHash near-duplicate removal.")
-    quality: QualityConfig = Field(default_factory=QualityConfig, description="Gopher quality rules.")
-    pii: PiiConfig = Field(default_factory=PiiConfig, description="presidio PII scrubbing.")
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, description="BPE training and token shards.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="GPT pretraining.")
-    evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Held-out loss and samples.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, title="Ingest", description="Record filtering, HTML to text, language id.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, title="Dedup", description="Exact and MinHash near-duplicate removal.")
+    quality: QualityConfig = Field(default_factory=QualityConfig, title="Quality", description="Gopher quality rules.")
+    pii: PiiConfig = Field(default_factory=PiiConfig, title="PII", description="presidio PII scrubbing.")
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, title="Tokenize", description="BPE training and token shards.")
+    train: TrainConfig = Field(default_factory=TrainConfig, title="Train", description="GPT pretraining.")
+    evaluate: EvalConfig = Field(default_factory=EvalConfig, title="Evaluate", description="Held-out loss and samples.")
     stop_after: Stage = Field("evaluate", description="Run the stages up to and including this one.")
     workers: Optional[int] = Field(None, ge=0, le=MAX_WORKERS, description="Worker processes for CPU-bound stages "
                                    "(default: one per core; 0 runs shards inline).")

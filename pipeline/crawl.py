@@ -29,7 +29,7 @@ from html.parser import HTMLParser
 from typing import Callable, Literal
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pipeline import warc
 from pipeline.deadline import Deadline, build_opener
@@ -49,6 +49,8 @@ MAX_SEED_REDIRECTS = 5
 
 class CrawlConfig(StageConfig):
     """What to crawl and how politely."""
+
+    model_config = ConfigDict(title="Seed URLs")  # what the form's crawl-or-none switch reads
 
     seeds: list[str] = Field(..., min_length=1, description="Start URLs (http or https). Seeds are always fetched "
                                                             "(robots.txt permitting); links are followed from them.")

@@ -642,6 +642,43 @@ def _find_all(texts: list[str], config: PiiConfig) -> tuple[list[Optional[list[S
     return [resolve_overlaps(f) if f is not None else None for f in found], errors, chars, touched
 
 
+def _type_names(config: PiiConfig) -> set[str]:
+    return {SHORT_NAMES.get(e, e) if config.short_names else e
+            for e in config.entities + (config.ner_entities if config.ner_model else [])}
+
+
+def replacements(config: PiiConfig) -> re.Pattern:
+    """What `replace_spans` writes in place of a span, as a pattern whose group `entity` is the type's
+    name: the report finds scrubbed spans in the output with it, and shows them in their context."""
+    names = sorted(_type_names(config), key=len, reverse=True)  # the longest first: IP_ADDRESS before IP
+    template = config.pseudonym if config.replacement == "pseudonym" else config.placeholder
+    parts, named = [], False
+    for piece in re.split(r"(\{entity\}|\{hash\})", template):
+        if piece == "{entity}":
+            parts.append("(?P=entity)" if named else "(?P<entity>" + "|".join(map(re.escape, names)) + ")")
+            named = True
+        else:
+            parts.append("[0-9a-f]+" if piece == "{hash}" else re.escape(piece))
+    return re.compile("".join(parts))
+
+
+def scrubbed_examples(docs, config: PiiConfig, per_type: int = 2, chars: int = 80) -> list[dict]:
+    """A few scrubbed documents per PII type, each as the `chars` around its first replacement of
+    that type: what the corpus holds in place of the PII (the value itself is gone). `docs`: an
+    iterable of {url, text} rows of the stage's output."""
+    pattern, types, seen = replacements(config), _type_names(config), {}
+    for doc in docs:
+        text = doc["text"] or ""
+        for m in pattern.finditer(text):
+            bucket = seen.setdefault(m.group("entity"), [])
+            if len(bucket) < per_type and all(row["url"] != doc["url"] for row in bucket):
+                around = text[max(0, m.start() - chars):m.end() + chars]
+                bucket.append({"type": m.group("entity"), "url": doc["url"] or "", "context": " ".join(around.split())})
+        if len(seen) == len(types) and all(len(b) >= per_type for b in seen.values()):
+            break
+    return [row for name in sorted(seen) for row in seen[name]]
+
+
 def scrub(table: pa.Table, config: PiiConfig) -> ShardResult:
     """Replace PII in every document's text.
 

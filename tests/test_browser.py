@@ -157,11 +157,11 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             wait.until(lambda d: d.current_url.split("?")[0].endswith("/run"))
             wait.until(lambda d: d.find_elements(By.XPATH, "//span[normalize-space()='Store (Optional)']"))
             _fill(driver, ["config", "Store"], tmp_path / "store")
-            _click_text(driver, "Submit", "button")  # nothing to read yet: the form says so, no run is made
-            wait.until(lambda d: _shown(d, ".p-label__message--failed"))
-            assert "non-empty" in " ".join(_shown(driver, ".p-label__message--failed")) and not _flow_runs(api)
-            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", _property(driver, "Inputs"))
-            driver.save_screenshot(str(screenshots / "01-empty-inputs-marked.png"))
+            _click_text(driver, "Submit", "button")  # nothing to read yet: the form refuses, naming the field
+            wait.until(lambda d: any("'inputs' is a required property" in m
+                                     for m in _shown(d, ".p-toast__card, .p-label__message--failed")))
+            driver.save_screenshot(str(screenshots / "01-empty-inputs-refused.png"))
+            assert not _flow_runs(api), "the form made a run with no inputs"
             _fill(driver, ["config", "Inputs"], warc)
             for section, label, value in TINY:
                 _fill(driver, ["config", section, label], value)
@@ -271,6 +271,18 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             width = driver.execute_script("return arguments[0].naturalWidth", img)
             assert width > 0 and img.is_displayed(), "the loss curve is not an image the browser shows"
             driver.save_screenshot(str(screenshots / f"{next(shot):02d}-train-loss-curve.png"))
+
+            scrubbed = [a for a in made if (a["key"] or "").startswith("pii-scrubbed-")]
+            for a in scrubbed:  # replaced spans in context, when this WARC had any
+                driver.get(f"{ui}/artifacts/artifact/{a['id']}")
+                wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "table tr")) >= 2)
+                assert "context" in driver.find_element(By.TAG_NAME, "table").text
+                driver.save_screenshot(str(screenshots / f"{next(shot):02d}-pii-scrubbed.png"))
+
+            driver.get(f"{ui}/deployments")  # the nightly schedule, as the sidebar says it
+            _click(driver, By.LINK_TEXT, "pipeline-nightly")
+            wait.until(lambda d: d.find_elements(By.XPATH, "//*[normalize-space()='At 03:00 AM every day']"))
+            driver.save_screenshot(str(screenshots / f"{next(shot):02d}-nightly-schedule.png"))
     except Exception:
         driver.save_screenshot(str(screenshots / "failure.png"))  # what the browser showed when it went wrong
         raise

@@ -178,6 +178,35 @@ def test_stage_flow_on_its_own_with_memory_store(prefect_api, shared_data):
     assert steps == {"dedup-signatures": 1, "dedup-pairs": 2, "dedup": 2}
 
 
+def test_a_failed_shard_leaves_one_traceback_in_the_log(prefect_api, shared_data, monkeypatch):
+    """The shard's task run logs the traceback; the flow above it logs the error's message and where
+    that traceback is, not the same traceback again."""
+    import time as _time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flows.stages import ingest
+    from pipeline.failpoints import FailpointError
+
+    monkeypatch.setenv("CRAWL2LLM_FAILPOINT", "ingest:0@raise")
+    state = ingest([str(shared_data("warc/resiliparse-warcfile.warc.gz"))], store="memory://c2l-one-traceback",
+                   return_state=True)
+    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), FailpointError)
+    with get_client(sync_client=True) as client:
+        deadline = _time.monotonic() + 10
+        while True:  # the log handler sends in batches
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+                any_=[state.state_details.flow_run_id])), limit=200)
+            flow_error = [log.message for log in logs if log.task_run_id is None and "Encountered exception" in log.message]
+            if flow_error or _time.monotonic() > deadline:
+                break
+            _time.sleep(0.5)
+    task_logs = "\n".join(log.message for log in logs if log.task_run_id is not None)
+    assert task_logs.count("Traceback (most recent call last)") == 1, task_logs[-3000:]
+    assert flow_error and "Traceback" not in flow_error[0] and "task run ingest-00000" in flow_error[0], flow_error
+
+
 def test_editing_a_url_blocklist_file_reruns_ingest(prefect_api, tmp_path, shared_data):
     from flows.stages import ingest
     from pipeline.ingest import IngestConfig

@@ -341,3 +341,19 @@ def test_phone_fast_path_matches_presidio_and_its_try_cap():
         for _ in range(2):  # the second time from the cache
             assert _phone_results(pii._phone_analyze(every, text, cache)) == \
                 _phone_results(every.analyze(text, ["PHONE_NUMBER"])), text
+
+
+@pytest.mark.parametrize("replacement", ["placeholder", "pseudonym"])
+def test_report_examples_show_each_scrubbed_type_in_context_without_the_value(monkeypatch, replacement):
+    monkeypatch.setenv("CRAWL2LLM_PII_SECRET", "k1")
+    config = PiiConfig(replacement=replacement)
+    texts = ["write to bob@example.com today", "call +1 212 555 0123 now, or mail ann@example.org",
+             "server at 192.168.14.7 is down", "nothing here", "mail bob@example.com again"]
+    docs = docs_from_rows([{"id": str(i), "url": f"https://x.test/{i}", "text": t} for i, t in enumerate(texts)])
+    kept = scrub(docs, config).kept.select(["url", "text"]).to_pylist()
+    rows = pii.scrubbed_examples(kept, config, per_type=2, chars=12)
+    assert {r["type"] for r in rows} == {"EMAIL", "PHONE", "IP_ADDRESS"}, rows
+    assert [r["url"] for r in rows if r["type"] == "EMAIL"] == ["https://x.test/0", "https://x.test/1"]
+    for r in rows:
+        assert "@example" not in r["context"] and "555" not in r["context"] and "192.168" not in r["context"]
+        assert f"<{r['type']}" in r["context"] and len(r["context"]) <= 12 * 2 + 40
