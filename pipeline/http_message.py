@@ -29,7 +29,8 @@ def known_codec(name: str | None) -> str | None:
 
 
 def gunzip(body: bytes, limit: int) -> tuple[bytes, str | None]:
-    """(gzip-decoded body, None), or (b"", why not): too_large past `limit`, else bad_content_encoding."""
+    """(gzip-decoded body, None), or (b"", why not): too_large past `limit`, else bad_content_encoding;
+    a body cut short gives its readable part and "truncated_content_encoding" (as browsers show it)."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = inflater.decompress(body, limit + 1)
@@ -38,5 +39,5 @@ def gunzip(body: bytes, limit: int) -> tuple[bytes, str | None]:
     if len(out) > limit:
         return b"", "too_large"
     if not inflater.eof:
-        return b"", "bad_content_encoding"  # truncated
+        return (out, "truncated_content_encoding") if out else (b"", "bad_content_encoding")
     return out, None

