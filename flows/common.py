@@ -18,6 +18,7 @@ from prefect.futures import as_completed
 from tqdm import tqdm
 
 from flows import artifacts, logs, workers
+from pipeline.damage import merge_listed
 from pipeline.stage import merge_counts
 from storage import StageDir, StoreError, protocol
 from storage.lock import stage_lock
@@ -105,6 +106,7 @@ def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_
                if examples else ""]
     else:
         md.append("No documents removed.")
+    md += damage_report(out, counts, results)
     spans = counts.get("pii_spans") or {}
     if spans:  # pii scrubs inside documents instead of removing them
         md += ["", f"PII scrubbed in {counts.get('docs_with_pii', 0)} of {counts.get('docs_scanned', 0)} scanned "
@@ -120,6 +122,25 @@ def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_
     artifacts.output_link(out, artifacts.output_key(out, "output"),
                           f"{out.name} output (manifest.json, data/, removed/, stats/)")
     get_run_logger().info("%s %s: %s", out.name, "cached" if cached else "done", _short(counts))
+
+
+def damage_report(out: StageDir, counts: dict, results: dict[int, dict]) -> list[str]:
+    """Markdown lines on damaged input records (their count by kind) and a table of the first
+    MAX_LISTED of them by file, offset and record id, so a user can find them."""
+    damaged = counts.get("damaged") or {}
+    if not damaged:
+        return []
+    rows = merge_listed(*(results[i].get("damaged_records", []) for i in sorted(results)))
+    total = sum(damaged.values())
+    md = ["", f"{total} damaged input records, counted (docs/INGEST.md says which are kept):", "", "| damage | records |", "|---|---:|",
+          *(f"| `{k}` | {v} |" for k, v in sorted(damaged.items(), key=lambda kv: -kv[1]))]
+    if rows:
+        key = artifacts.output_key(out, "damaged")
+        artifacts.table([{**r, "record_id": r["record_id"] or ""} for r in rows], key, f"{out.name}: the first {len(rows)} of {total} damaged records (file, offset)")
+        md += ["", f"Where they are (the first {len(rows)} of {total}): the `{key}` table.", "",
+               "| file | offset | record id | damage |", "|---|---:|---|---|",
+               *(f"| {r['file']} | {r['offset']} | {r['record_id'] or ''} | `{r['what']}` |" for r in rows[:10])]
+    return md
 
 
 def publish_table(artifact_key: str, values: dict, description: str) -> None:

@@ -113,7 +113,12 @@ def ingest(inputs: Locations, config: IngestConfig = IngestConfig(), store: str 
     recorded = [[{**p, "url": name[p["url"]]} for p in pieces] for pieces in plan]  # names: no secrets, no paths
     header = {"config": config, "code": code, "upstream": upstream, "sources": [f.name for f in sources],
               "plan": recorded}
-    return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
+    done = summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
+    unreadable = [u for i in jobs for u in out.read_shard_stats(i).get("unreadable", [])]
+    if unreadable:  # the other files' documents are committed: the run still fails, naming these
+        raise InputError(f"{len(unreadable)} input file(s) could not be read (the other files' documents are "
+                         f"committed in {out.url()}): " + "; ".join(u["error"] for u in unreadable))
+    return done
 
 
 def ingest_output(store: str, config: IngestConfig, identities) -> tuple[StageDir, str, object]:

@@ -1,0 +1,165 @@
+"""Damaged input costs only the damaged record (issue 16): each class of damage keeps the good records
+around it (counted independently with warcio), is counted once with its file and offset, and a file
+that cannot be read at all costs only itself."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pyarrow.parquet as pq
+import pytest
+from warcio.archiveiterator import ArchiveIterator as WarcioIterator
+
+from pipeline.ingest import IngestConfig, ingest_file
+from pipeline.warc import record, response_record
+
+CONFIG = IngestConfig(languages=[], main_content=False, min_chars=1)
+WORDS = "the of and to in is was for on that with as by at from his her it an were are which this".split()
+
+
+def _page(n: int, words: int = 60, seed: int = 0) -> bytes:
+    rng = random.Random(seed * 1000 + n)
+    text = " ".join(rng.choice(WORDS) for _ in range(words))
+    return f"<html><head><title>page {n}</title></head><body><p>{text}</p></body></html>".encode()
+
+
+def _response(n: int, html: bytes, encoding: str | None = None) -> bytes:
+    head = "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+    if encoding:
+        head += f"Content-Encoding: {encoding}\r\n"
+    return response_record(f"http://example.com/{n}", head.encode() + b"\r\n" + html, "2024-01-01T00:00:00Z",
+                           f"<urn:uuid:00000000-0000-0000-0000-{n:012d}>")
+
+
+def _members(*records: bytes) -> tuple[bytes, list[int]]:
+    offsets, pos = [], 0
+    for r in records:
+        offsets.append(pos)
+        pos += len(r)
+    return b"".join(records), offsets
+
+
+def _warcio_ids(data: bytes, path) -> list[str]:
+    """Response record ids as warcio (an independent reader) reads them."""
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        return [r.rec_headers.get_header("WARC-Record-ID").strip("<>").removeprefix("urn:uuid:")
+                for r in WarcioIterator(f) if r.rec_type == "response"]
+
+
+def _kept_ids(result) -> list[str]:
+    return result.kept.column("id").to_pylist()
+
+
+def test_corruption_inside_a_big_gzip_record_costs_that_record_only(tmp_path):
+    rng = random.Random(1)
+    big_html = b"<html><body><p>" + " ".join(f"{rng.getrandbits(64):x}" for _ in range(40_000)).encode() + b"</p></body></html>"
+    records = [_response(1, _page(1)), _response(2, big_html), _response(3, _page(3))]
+    data, offsets = _members(*records)
+    assert len(records[1]) > 200_000  # compressed: far past fastwarc's 64 KiB first read
+    good = _warcio_ids(data, tmp_path / "good.warc.gz")
+    bad = bytearray(data)
+    at = offsets[1] + 150_000
+    bad[at:at + 64] = bytes(64)
+    path = tmp_path / "big.warc.gz"
+    path.write_bytes(bytes(bad))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == [good[0], good[2]]
+    assert r.counts["damaged"] == {"gzip_error": 1}
+    assert r.damaged_records == [{"file": "big.warc.gz", "offset": offsets[1], "record_id": good[1],
+                                  "what": "gzip_error"}]
+
+
+def test_a_broken_member_header_is_counted_once(tmp_path):
+    records = [_response(n, _page(n)) for n in range(1, 6)]
+    data, offsets = _members(*records)
+    good = _warcio_ids(data, tmp_path / "good.warc.gz")
+    bad = bytearray(data)
+    bad[offsets[2] + 20:offsets[2] + 60] = b"\x1f\x8b\x08" * 13 + b"\x00"  # garbage with false gzip magics
+    path = tmp_path / "broken.warc.gz"
+    path.write_bytes(bytes(bad))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == good[:2] + good[3:]
+    assert sum(r.counts["damaged"].values()) == 1
+    assert [d["offset"] for d in r.damaged_records] == [offsets[2]]
+
+
+def test_digest_mismatch_is_counted_and_the_policy_is_a_setting(tmp_path):
+    records = [gzip.decompress(_response(n, _page(n))) for n in range(1, 4)]
+    data, offsets = _members(*records)
+    good = _warcio_ids(data, tmp_path / "good.warc")
+    flipped = bytearray(data)
+    at = offsets[1] + records[1].index(b"<p>") + 5
+    flipped[at] ^= 0x01  # one letter of the text changes; the record still parses
+    path = tmp_path / "flipped.warc"
+    path.write_bytes(bytes(flipped))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == [good[0], good[2]]
+    assert r.counts["damaged"] == {"digest_mismatch": 1}
+    assert r.damaged_records[0]["offset"] == offsets[1] and r.damaged_records[0]["record_id"] == good[1]
+    kept = ingest_file(str(path), CONFIG.model_copy(update={"digest_mismatch": "keep"}))
+    assert _kept_ids(kept) == good and kept.counts["damaged"] == {"digest_mismatch": 1}
+    unchecked = ingest_file(str(path), CONFIG.model_copy(update={"check_digests": False}))
+    assert _kept_ids(unchecked) == good and unchecked.counts["damaged"] == {}
+
+
+def test_truncated_gzip_content_encoding_keeps_the_readable_part(tmp_path):
+    html = _page(2, words=4000)
+    cut = gzip.compress(html)[:-2000]
+    records = [_response(1, _page(1)), _response(2, cut, encoding="gzip"), _response(3, _page(3))]
+    path = tmp_path / "cut-body.warc.gz"
+    data, offsets = _members(*records)
+    good = _warcio_ids(data, path)
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == good
+    text = r.kept.column("text").to_pylist()[1]
+    assert 1000 < len(text) < len(html)
+    assert r.counts["damaged"] == {"truncated_content_encoding": 1}
+    assert r.damaged_records[0]["offset"] == offsets[1]
+
+
+def test_a_warc_of_unknown_record_types_only_is_readable(tmp_path):
+    path = tmp_path / "custom.warc.gz"
+    path.write_bytes(b"".join(record("x-custom", f"<urn:uuid:{n}>", "2024-01-01T00:00:00Z", b"hello",
+                                     "text/plain") for n in range(3)))
+    r = ingest_file(str(path), CONFIG)
+    assert r.counts["records"] == 3 and r.counts["docs_in"] == 0 and r.counts["damaged"] == {}
+
+
+def test_a_lone_surrogate_in_jsonl_text_becomes_a_replacement_character(tmp_path):
+    path = tmp_path / "surrogate.jsonl"
+    lines = [{"id": "a", "text": "good text one"}, {"id": "b", "text": "bad \ud800 text"},
+             {"id": "c\udfff", "text": "good text three", "title": "t\udc00"}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == ["a", "b", "c\ufffd"]
+    assert r.kept.column("text").to_pylist()[1] == "bad \ufffd text"
+
+
+@pytest.mark.slow
+def test_cli_exit_codes_damage_only_is_0_an_unreadable_file_is_an_error_naming_it(prefect_api, tmp_path, capsys):
+    from flows.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data, offsets = _members(*(_response(n, _page(n)) for n in range(1, 4)))
+    bad = bytearray(data)
+    bad[offsets[1] + 30:offsets[1] + 40] = bytes(10)
+    (folder / "a-damaged.warc.gz").write_bytes(bytes(bad))
+    (folder / "b-good.warc.gz").write_bytes(_members(*(_response(n, _page(n, seed=1)) for n in range(4, 6)))[0])
+    store, config = str(tmp_path / "store"), tmp_path / "ingest.yaml"
+    config.write_text("languages: []\nmain_content: false\nmin_chars: 1\n")
+    run = ["ingest", str(folder), "--store", store, "--workers", "0", "--config", str(config)]
+    assert main(run) == 0  # only damaged records: a good run
+    (folder / "c-not-gzip.warc.gz").write_bytes(b"this is not a WARC file at all\n" * 10)
+    capsys.readouterr()
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "c-not-gzip.warc.gz" in last and "Traceback" not in err
+    manifests = [json.loads(p.read_text()) | {"dir": p.parent} for p in (tmp_path / "store").glob("ingest/*/manifest.json")]
+    failed = next(m for m in manifests if len(m["sources"]) == 3)  # committed, then the run failed naming the file
+    docs = sum(pq.read_table(p).num_rows for p in (failed["dir"] / "data").glob("*.parquet"))
+    assert docs == 4 and failed["counts"]["damaged"] == {"gzip_error": 1} and failed["counts"]["unreadable_files"] == 1
