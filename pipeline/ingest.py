@@ -43,6 +43,7 @@ from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files
 from pipeline.http_message import content_type, gunzip, known_codec
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
+from pipeline.zstd_frames import ZstdFrames, find_magic
 from storage import canonical_json, file_identity
 from storage.locations import has_userinfo, public_name, userinfo_error
 
@@ -252,7 +253,7 @@ def _nonempty(url: str) -> bool:
 def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
                damaged: DamageLog, span: tuple[int, int | None] = (0, None)) -> Iterator[dict]:
     if url.lower().endswith(".zst"):
-        records = _records(_zstd_stream(f), damaged, config.max_record_bytes, resync=False)
+        records = _records(io.BufferedReader(ZstdFrames(f, damaged)), damaged, config.max_record_bytes, resync=False)
     else:
         records = _records(f, damaged, config.max_record_bytes, span=span)
     for record, offset, block in records:
@@ -359,20 +360,9 @@ def warc_member_at(f, position: int) -> int | None:
         position = found + 1
 
 
-def _next_member(f, position: int, chunk: int = 1 << 20) -> int | None:
+def _next_member(f, position: int) -> int | None:
     """Offset of the next gzip member header at or after `position`, or None at end of file."""
-    f.seek(position)
-    tail = b""
-    while True:
-        block = f.read(chunk)
-        if not block:
-            return None
-        data = tail + block
-        found = data.find(GZIP_MAGIC)
-        if found >= 0:
-            return position - len(tail) + found
-        position += len(block)
-        tail = data[-2:]
+    return find_magic(f, position, GZIP_MAGIC)
 
 
 def _payload(record, offset: int, block: bytes | None, config: IngestConfig, skipped: Counter,

@@ -163,3 +163,29 @@ def test_cli_exit_codes_damage_only_is_0_an_unreadable_file_is_an_error_naming_i
     failed = next(m for m in manifests if len(m["sources"]) == 3)  # committed, then the run failed naming the file
     docs = sum(pq.read_table(p).num_rows for p in (failed["dir"] / "data").glob("*.parquet"))
     assert docs == 4 and failed["counts"]["damaged"] == {"gzip_error": 1} and failed["counts"]["unreadable_files"] == 1
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_zstd_damage_costs_one_frame_and_is_counted(tmp_path, checksum, damage):
+    """IIPC's .warc.zst layout (one frame per record): a cut file counts the cut record; a flipped
+    byte is caught by the frame checksum or, without one, by the record's digest; the frames after it
+    are kept."""
+    import zstandard
+
+    plain = [gzip.decompress(_response(n, _page(n))) for n in range(1, 5)]
+    good = _warcio_ids(b"".join(plain), tmp_path / "plain.warc")
+    frames = [zstandard.ZstdCompressor(write_checksum=checksum).compress(r) for r in plain]
+    data = bytearray(b"".join(frames))
+    starts = [sum(map(len, plain[:i])) for i in range(len(plain))]  # offsets in the decompressed stream
+    if damage == "truncated":
+        data, lost, what = data[:-40], 3, "truncated_record"
+    else:
+        data[len(frames[0]) + len(frames[1]) // 2] ^= 0x55
+        lost, what = 1, "zstd_error" if checksum else "digest_mismatch"
+    path = tmp_path / "damaged.warc.zst"
+    path.write_bytes(bytes(data))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == good[:lost] + good[lost + 1:]
+    assert r.counts["damaged"] == {what: 1}
+    assert [d["offset"] for d in r.damaged_records] == [starts[lost]]
