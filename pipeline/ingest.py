@@ -254,6 +254,8 @@ def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Coun
                damaged: DamageLog, span: tuple[int, int | None] = (0, None)) -> Iterator[dict]:
     if url.lower().endswith(".zst"):
         records = _records(io.BufferedReader(ZstdFrames(f, damaged)), damaged, config.max_record_bytes, resync=False)
+    elif _lf_only(f):  # read whole by the file's first piece: it has no member offsets to cut at
+        records = _lf_records(f, damaged) if span[0] == 0 else iter(())
     else:
         records = _records(f, damaged, config.max_record_bytes, span=span)
     for record, offset, block in records:
@@ -327,6 +329,72 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
             start = warc_member_at(f, max(last, start, -1 if at is None else at) + 1)
             if start is None or (stop is not None and start >= stop):
                 return
+
+
+class _LfRecord:
+    """A record of an LF-only WARC, with the fields of a fastwarc record that ingest reads."""
+
+    def __init__(self, headers: dict):
+        self.headers, self.content_length = headers, int(headers.get("Content-Length") or 0)
+        self.record_type = headers.get("WARC-Type", "unknown")
+
+
+def _lf_only(f) -> bool:
+    """Whether a WARC's first header line ends in LF alone (some writers do so throughout): fastwarc
+    then reads the whole file as one bad record."""
+    f.seek(0)
+    head = f.read(2)
+    f.seek(0)
+    if head == GZIP_MAGIC[:2]:
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read(1 << 12), 64)
+        except zlib.error:
+            head = b""
+        f.seek(0)
+    else:
+        head = f.read(64)
+        f.seek(0)
+    line = head.split(b"\n", 1)[0]
+    return line.startswith(b"WARC/1.") and not line.endswith(b"\r") and b"\n" in head
+
+
+def _lf_records(f, damaged: DamageLog):
+    """(record, offset in the decompressed stream, block) of an LF-only WARC (plain or gzip, read
+    through): header lines end in LF, the block is Content-Length bytes. A header that does not parse
+    ends the file (counted)."""
+    f.seek(0)
+    stream = gzip.open(f) if f.read(2) == GZIP_MAGIC[:2] else f
+    f.seek(0)
+    pos = 0
+    try:
+        while True:
+            offset = pos
+            line = stream.readline(MAX_ARC_HEADER)
+            pos += len(line)
+            if not line:
+                return
+            if not line.strip():
+                continue
+            if not line.startswith(b"WARC/1."):
+                damaged.note("bad_header", offset)
+                return
+            headers = {}
+            while True:
+                line = stream.readline(MAX_ARC_HEADER)
+                pos += len(line)
+                if not line.strip():
+                    break
+                name, sep, value = line.decode("utf-8", errors="replace").partition(":")
+                if sep:
+                    headers[name.strip()] = value.strip()
+            record = _LfRecord(headers)
+            block = stream.read(record.content_length)
+            pos += len(block)
+            yield record, offset, block
+            if len(block) < record.content_length:
+                return
+    except (OSError, EOFError, zlib.error) as e:
+        damaged.note(_damage_kind(e), offset)
 
 
 def _damage_kind(error: Exception) -> str:
@@ -688,11 +756,16 @@ def _arc_header(line: bytes) -> tuple[str, str | None, int] | None:
     """(URL, ISO 8601 date, Archive-length) of an ARC record header line, or None if it is not one.
 
     Version 1 lines are `URL IP-address Archive-date Content-type Archive-length`; version 2 lines have
-    10 fields with the same first three and the length last."""
+    10 fields with the same first three and the length last. Fields are found from the end, so a URL
+    with spaces in it (some crawlers wrote them unescaped) is read whole, its spaces as %20."""
     fields = line.decode("latin-1").split()
-    if len(fields) not in (5, 10) or not fields[-1].isdigit():
+    if len(fields) < 5 or not fields[-1].isdigit():
         return None
-    return fields[0], _arc_date(fields[2]), int(fields[-1])
+    for after_url in ((9, 4) if len(fields) >= 10 else (4,)):  # version 2 first: its date sits 8 from the end
+        date = fields[-after_url + 1]
+        if date.isdigit() and len(date) in (12, 14) and len(fields) > after_url:
+            return "%20".join(fields[:-after_url]), _arc_date(date), int(fields[-1])
+    return None
 
 
 def _arc_date(value: str) -> str | None:

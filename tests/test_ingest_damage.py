@@ -189,3 +189,39 @@ def test_zstd_damage_costs_one_frame_and_is_counted(tmp_path, checksum, damage):
     assert _kept_ids(r) == good[:lost] + good[lost + 1:]
     assert r.counts["damaged"] == {what: 1}
     assert [d["offset"] for d in r.damaged_records] == [starts[lost]]
+
+
+def test_arc_urls_with_spaces_are_read(tmp_path):
+    def arc_record(header: str, body: bytes) -> bytes:
+        return f"{header} {len(body)}\n".encode() + body + b"\n"
+
+    desc = b"1 0 crawl2llm-test\nURL IP-address Archive-date Content-type Archive-length\n"
+    http = [b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n" + _page(n) for n in range(3)]
+    data = (arc_record("filedesc://test.arc 0.0.0.0 20240101000000 text/plain", desc)
+            + arc_record("http://example.com/a 1.2.3.4 20240101000000 text/html", http[0])
+            + arc_record("http://example.com/with a space.html 1.2.3.4 20240101000001 text/html", http[1])
+            + arc_record("http://example.com/c 1.2.3.4 20240101000002 text/html", http[2]))
+    path = tmp_path / "spaces.arc"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        warcio_urls = [r.rec_headers.get_header("WARC-Target-URI") for r in WarcioIterator(f, arc2warc=True)
+                       if r.rec_type == "response"]
+    r = ingest_file(str(path), CONFIG)
+    assert len(warcio_urls) == 3 and r.kept.num_rows == 3 and r.counts["damaged"] == {}
+    assert r.kept.column("url").to_pylist()[1] == "http://example.com/with%20a%20space.html"
+    assert r.kept.column("date").to_pylist()[1] == "2024-01-01T00:00:01Z"
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_warc_headers_with_lf_only_line_ends_are_read(tmp_path, gzipped):
+    plain = [gzip.decompress(_response(n, _page(n))) for n in range(1, 4)]
+    good = _warcio_ids(b"".join(plain), tmp_path / "crlf.warc")
+
+    def lf(r: bytes) -> bytes:
+        head, _, rest = r.partition(b"\r\n\r\n")
+        return head.replace(b"\r\n", b"\n") + b"\n\n" + rest
+
+    path = tmp_path / ("lf.warc.gz" if gzipped else "lf.warc")
+    path.write_bytes(b"".join(gzip.compress(lf(r)) if gzipped else lf(r) for r in plain))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == good and r.counts["records"] == 3 and r.counts["damaged"] == {}
