@@ -435,18 +435,23 @@ def _next_member(f, position: int) -> int | None:
 
 def _payload(record, offset: int, block: bytes | None, config: IngestConfig, skipped: Counter,
              damaged: DamageLog) -> bytes | None:
-    """The record's block, or None when it is too large, truncated or fails its digest (counted)."""
+    """The record's block, or None when it is too large or truncated (counted)."""
     if record.content_length > config.max_record_bytes:
         skipped["too_large"] += 1
         return None
     if block is None or len(block) < record.content_length:
         damaged.note("truncated_record", offset, _record_id(record))
         return None
-    if config.check_digests and not _digests_ok(record, block):
-        damaged.note("digest_mismatch", offset, _record_id(record))
-        if config.digest_mismatch == "skip":
-            return None
     return block
+
+
+def _digest_passes(record, offset: int, block: bytes, config: IngestConfig, damaged: DamageLog) -> bool:
+    """Whether a record about to become a document may (digests checked only then: most records of a
+    crawl are images and other pages that are skipped anyway); a mismatch is counted either way."""
+    if not config.check_digests or _digests_ok(record, block):
+        return True
+    damaged.note("digest_mismatch", offset, _record_id(record))
+    return config.digest_mismatch == "keep"
 
 
 def _digests_ok(record, block: bytes) -> bool:
@@ -470,7 +475,8 @@ def _response_doc(record, offset: int, block: bytes | None, url: str, config: In
         skipped["not_http"] += 1
         return None
     block = _payload(record, offset, block, config, skipped, damaged)
-    page = None if block is None else _http_page(block, config, skipped, damaged, offset, _record_id(record))
+    page = None if block is None else _http_page(block, config, skipped, damaged, offset, _record_id(record),
+                                                 lambda: _digest_passes(record, offset, block, config, damaged))
     if page is None:
         return None
     return _doc(url, offset, _record_id(record), target, record.headers.get("WARC-Date"), *page)
@@ -479,7 +485,7 @@ def _response_doc(record, offset: int, block: bytes | None, url: str, config: In
 def _conversion_doc(record, offset: int, block: bytes | None, url: str, config: IngestConfig, skipped: Counter,
                     damaged: DamageLog) -> dict | None:
     block = _payload(record, offset, block, config, skipped, damaged)
-    if block is None:
+    if block is None or not _digest_passes(record, offset, block, config, damaged):
         return None
     return _doc(url, offset, _record_id(record), _target(record), record.headers.get("WARC-Date"), None,
                 block.decode("utf-8", errors="replace").strip())
@@ -498,7 +504,7 @@ def _is_http(target: str) -> bool:
 
 
 def _http_page(block: bytes, config: IngestConfig, skipped: Counter, damaged: DamageLog, offset: int,
-               record_id: str | None = None) -> tuple[str | None, str] | None:
+               record_id: str | None = None, verify=None) -> tuple[str | None, str] | None:
     """(title, text) of an HTTP response (a WARC response block or an ARC record), or None when it is
     not a 200 page of a wanted type or cannot be read (counted). Shared so both formats judge alike."""
     head, sep, body = block.partition(b"\r\n\r\n")
@@ -532,6 +538,8 @@ def _http_page(block: bytes, config: IngestConfig, skipped: Counter, damaged: Da
             return None
     elif headers.get("content-encoding", "").lower() in ("br", "deflate", "zstd"):
         skipped["content_encoding"] += 1  # rare in archives: crawlers ask for identity or gzip
+        return None
+    if verify is not None and not verify():  # the record's digests, once it is known to be a wanted page
         return None
     try:
         return html_to_text(body, charset, config)
