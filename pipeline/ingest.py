@@ -9,8 +9,9 @@ the small model that ships with the package). docs/INGEST.md compares the extrac
 input formats.
 
 Damage never stops a file: a truncated record is counted and skipped, and after a broken gzip member
-reading resumes at the next member (a zstd stream cannot resync: its damage ends the file). Only a
-file with no readable record at all is an error. No page can stall or exhaust a worker either:
+reading resumes at the next member (after a broken zstd frame, at the next frame: pipeline/zstd_frames.py);
+each damaged record is noted with its place (pipeline/damage.py), and digests are checked where
+records have them. Only a file with no readable record at all is an error. No page can stall or exhaust a worker either:
 payloads (also after gzip content decoding) are bounded by max_record_bytes, and trafilatura by
 extract_timeout_s.
 """
