@@ -120,6 +120,18 @@ def test_truncated_gzip_content_encoding_keeps_the_readable_part(tmp_path):
     assert r.damaged_records[0]["offset"] == offsets[1]
 
 
+def test_corrupt_gzip_content_encoding_costs_that_record(tmp_path):
+    body = bytearray(gzip.compress(_page(2, words=400)))
+    body[20:40] = bytes(20)
+    records = [_response(1, _page(1)), _response(2, bytes(body), encoding="gzip"), _response(3, _page(3))]
+    path = tmp_path / "bad-body.warc.gz"
+    data, offsets = _members(*records)
+    good = _warcio_ids(data, path)
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == [good[0], good[2]]
+    assert r.counts["damaged"] == {"bad_content_encoding": 1} and r.damaged_records[0]["offset"] == offsets[1]
+
+
 def test_a_warc_of_unknown_record_types_only_is_readable(tmp_path):
     path = tmp_path / "custom.warc.gz"
     path.write_bytes(b"".join(record("x-custom", f"<urn:uuid:{n}>", "2024-01-01T00:00:00Z", b"hello",
@@ -163,6 +175,10 @@ def test_cli_exit_codes_damage_only_is_0_an_unreadable_file_is_an_error_naming_i
     failed = next(m for m in manifests if len(m["sources"]) == 3)  # committed, then the run failed naming the file
     docs = sum(pq.read_table(p).num_rows for p in (failed["dir"] / "data").glob("*.parquet"))
     assert docs == 4 and failed["counts"]["damaged"] == {"gzip_error": 1} and failed["counts"]["unreadable_files"] == 1
+    stats = json.loads((failed["dir"] / "stats" / "part-00000.json").read_text())
+    assert stats["damaged_records"] == [{"file": "a-damaged.warc.gz", "offset": offsets[1], "record_id": None,
+                                         "what": "gzip_error"}]
+    assert [u["file"] for u in stats["unreadable"]] == ["c-not-gzip.warc.gz"]
 
 
 @pytest.mark.parametrize("checksum", [False, True])
