@@ -104,7 +104,7 @@ class IngestConfig(StageConfig):
                                                              "pages are skipped (counted as extract_timeout).")
     check_digests: bool = Field(True, description="Check WARC-Block-Digest and WARC-Payload-Digest where a record "
                                                   "has them (sha1/sha256/md5); a mismatch is counted as "
-                                                  "digest_mismatch (about 1% of ingest CPU, docs/BENCHMARKS.md).")
+                                                  "digest_mismatch (about 2% of ingest CPU, docs/BENCHMARKS.md).")
     digest_mismatch: Literal["skip", "keep"] = Field("skip", description="What becomes of a record whose digest "
                                                                          "does not match: skip it (damaged) or keep "
                                                                          "it (still counted).")
@@ -256,7 +256,7 @@ def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Coun
     if url.lower().endswith(".zst"):
         records = _records(io.BufferedReader(ZstdFrames(f, damaged)), damaged, config.max_record_bytes, resync=False)
     elif _lf_only(f):  # read whole by the file's first piece: it has no member offsets to cut at
-        records = _lf_records(f, damaged) if span[0] == 0 else iter(())
+        records = _lf_records(f, damaged, config.max_record_bytes) if span[0] == 0 else iter(())
     else:
         records = _records(f, damaged, config.max_record_bytes, span=span)
     for record, offset, block in records:
@@ -359,10 +359,10 @@ def _lf_only(f) -> bool:
     return line.startswith(b"WARC/1.") and not line.endswith(b"\r") and b"\n" in head
 
 
-def _lf_records(f, damaged: DamageLog):
+def _lf_records(f, damaged: DamageLog, max_block: int):
     """(record, offset in the decompressed stream, block) of an LF-only WARC (plain or gzip, read
-    through): header lines end in LF, the block is Content-Length bytes. A header that does not parse
-    ends the file (counted)."""
+    through): header lines end in LF, the block is Content-Length bytes (None past `max_block`, left
+    unread). A header that does not parse ends the file (counted)."""
     f.seek(0)
     stream = gzip.open(f) if f.read(2) == GZIP_MAGIC[:2] else f
     f.seek(0)
@@ -388,7 +388,15 @@ def _lf_records(f, damaged: DamageLog):
                 name, sep, value = line.decode("utf-8", errors="replace").partition(":")
                 if sep:
                     headers[name.strip()] = value.strip()
+            if not (headers.get("Content-Length") or "0").isdigit():
+                damaged.note("bad_header", offset)
+                return
             record = _LfRecord(headers)
+            if record.content_length > max_block:
+                _discard(stream, record.content_length)
+                pos += record.content_length
+                yield record, offset, None
+                continue
             block = stream.read(record.content_length)
             pos += len(block)
             yield record, offset, block

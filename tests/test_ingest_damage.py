@@ -241,3 +241,13 @@ def test_warc_headers_with_lf_only_line_ends_are_read(tmp_path, gzipped):
     path.write_bytes(b"".join(gzip.compress(lf(r)) if gzipped else lf(r) for r in plain))
     r = ingest_file(str(path), CONFIG)
     assert _kept_ids(r) == good and r.counts["records"] == 3 and r.counts["damaged"] == {}
+
+
+def test_lf_only_warc_with_a_bad_length_keeps_the_records_before(tmp_path):
+    plain = [gzip.decompress(_response(n, _page(n))).replace(b"\r\n", b"\n", 8) for n in range(1, 4)]
+    plain[2] = plain[2].replace(b"Content-Length: ", b"Content-Length: x", 1)
+    path = tmp_path / "lf-bad.warc"
+    path.write_bytes(b"".join(plain))
+    r = ingest_file(str(path), CONFIG.model_copy(update={"check_digests": False}))
+    assert r.kept.num_rows == 2 and r.counts["damaged"] == {"bad_header": 1}
+    assert r.damaged_records[0]["offset"] == len(plain[0]) + len(plain[1])
