@@ -179,6 +179,20 @@ def test_cli_exit_codes_damage_only_is_0_an_unreadable_file_is_an_error_naming_i
     assert stats["damaged_records"] == [{"file": "a-damaged.warc.gz", "offset": offsets[1], "record_id": None,
                                          "what": "gzip_error"}]
     assert [u["file"] for u in stats["unreadable"]] == ["c-not-gzip.warc.gz"]
+    # the stage report lists the damaged record by file and offset (Prefect artifacts)
+    from prefect import get_client
+
+    from flows.artifacts import key
+
+    fp = failed["dir"].name[:16]
+    with get_client(sync_client=True) as client:  # 3.8.8's clients send null filters: post the filter itself
+        found = client._client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [
+            key("ingest", "damaged", fp), key("ingest", "report", fp)]}}, "limit": 10}).json()
+    by_key = {a["key"]: a["data"] for a in found}
+    table = by_key[key("ingest", "damaged", fp)]
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [(r["file"], r["offset"], r["what"]) for r in table] == [("a-damaged.warc.gz", offsets[1], "gzip_error")]
+    assert f"| a-damaged.warc.gz | {offsets[1]} |" in by_key[key("ingest", "report", fp)]
 
 
 @pytest.mark.parametrize("checksum", [False, True])
