@@ -13,6 +13,8 @@ position means the same thing at any world size.
 
 from __future__ import annotations
 
+import os
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -32,8 +34,10 @@ class TokenStream:
         self.files = [str(f) for f in files]
         self.chunks: list[np.ndarray] = []
         self.file_tokens: list[int] = []
+        self._file_chunks: list[list[np.ndarray]] = []
         for path in self.files:
             chunks = _read_tokens(path)
+            self._file_chunks.append(chunks)
             self.chunks += chunks
             self.file_tokens.append(sum(len(c) for c in chunks))
         self.chunks = [c for c in self.chunks if len(c)]
@@ -60,6 +64,18 @@ class TokenStream:
     def max_token(self) -> int:
         """The largest token id (one pass over the data; checks the stream fits a vocabulary)."""
         return max((int(c.max()) for c in self.chunks), default=-1)
+
+    def identity(self) -> list[dict]:
+        """Per file: name, token count and a checksum of its first and last 4096 tokens. Cheap (no
+        pass over the data) and enough to tell a resume that its token files were swapped."""
+        out = []
+        for path, chunks in zip(self.files, self._file_chunks):
+            flat = [c for c in chunks if len(c)]
+            head = flat[0][:4096].tobytes() if flat else b""
+            tail = flat[-1][-4096:].tobytes() if flat else b""
+            out.append({"file": os.path.basename(path), "tokens": sum(len(c) for c in chunks),
+                        "crc": zlib.crc32(head + tail)})
+        return out
 
     def describe(self) -> str:
         return ", ".join(f"{f} ({n} tokens)" for f, n in zip(self.files, self.file_tokens))

@@ -29,7 +29,7 @@ _CACHE: dict = {}
 
 CONFIG = TrainConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, batch_size=8, max_steps=40, warmup_steps=5,
                      learning_rate=3e-3, min_lr=3e-4, eval_interval=10, eval_batches=4, checkpoint_interval=10,
-                     device="cpu")
+                     device="cpu", log_interval=1)
 
 
 def build_corpus(path: Path, folder: Path) -> dict:
@@ -97,11 +97,13 @@ def test_run_learns_and_reports(baseline, corpus):
     assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"}
     assert steps[0]["mfu"] is None  # a CPU has no peak in the table: "unknown", never a made-up figure
     assert [e["step"] for e in events if "val_loss" in e] == [10, 20, 30, 40]
-    assert [h["step"] for h in s["history"]] == [10, 20, 30, 40] and all("val_loss" in h for h in s["history"])
+    # The loss curve: the train loss of every logged step, the validation loss at each evaluation.
+    assert [(h["step"], h["loss"]) for h in s["history"]] == [(e["step"], e["loss"]) for e in steps]
+    assert [h["step"] for h in s["history"] if "val_loss" in h] == [10, 20, 30, 40]
     assert s["final_val_loss"] == s["history"][-1]["val_loss"] and s["final_train_loss"] == steps[-1]["loss"]
     # Real learning: from uniform (ln 512 = 6.24) to well below it, on held-out text too.
     assert steps[0]["loss"] > 6.0 and s["final_train_loss"] < 5.6 and s["final_val_loss"] < 5.6
-    assert s["history"][0]["val_loss"] > s["final_val_loss"]
+    assert s["history"][9]["val_loss"] > s["final_val_loss"]
     saved = torch.load(baseline["out"] / "model.pt", weights_only=True)
     assert saved["vocab_size"] == corpus["vocab"] and saved["config"]["n_embd"] == 32
     assert s["params"] == load_model(str(baseline["out"] / "model.pt")).num_params()
