@@ -5,10 +5,7 @@ refuses other token files."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -17,7 +14,7 @@ import torch
 import model.train as train_module
 from model.guard import TrainingDiverged
 from model.train import CHECKPOINT
-from tests.test_train import CONFIG, ROOT, baseline, corpus, losses, run, sha  # noqa: F401 (fixtures)
+from tests.test_train import CONFIG, baseline, corpus, losses, run, sha, train_killed  # noqa: F401 (fixtures)
 
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
@@ -78,21 +75,13 @@ def test_two_checkpoints_kept_and_latest_is_the_newest(baseline):
 def test_sigkill_during_a_save_leaves_nothing_stale_and_resumes_bitwise(baseline, corpus, tmp_path):
     """The process dies half way through writing the step-20 checkpoint: the step-10 one is intact,
     the next start deletes the half file, and the resumed run is the uninterrupted one, byte for byte."""
-    script = ("import json, os, signal, sys, torch\n"
-              "import model.checkpoints as ck\n"
-              "from model.train import TrainConfig, train\n"
-              "a = json.loads(sys.argv[1])\n"
-              "real = torch.save\n"
-              "def save(obj, f):\n"
-              "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
-              "        f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
-              "    real(obj, f)\n"
-              "ck.torch.save = save\n"
-              "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'])\n")
-    args = {"train": corpus["train"], "val": corpus["val"], "vocab": corpus["vocab"],
-            "config": CONFIG.model_dump(), "out": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr
+    train_killed(corpus, tmp_path, "import model.checkpoints as ck\n"
+                                   "real, log = torch.save, None\n"
+                                   "def save(obj, f):\n"
+                                   "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
+                                   "        f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+                                   "    real(obj, f)\n"
+                                   "ck.torch.save = save\n")
     folder = tmp_path / "checkpoints"
     assert any(".tmp-" in n for n in os.listdir(folder))
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 10

@@ -132,19 +132,24 @@ def test_stop_and_resume_is_bitwise_identical(baseline, corpus, tmp_path):
     assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
 
 
-def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
-    """SIGKILL in another process at step 23, resume here: the same model.pt as the uninterrupted run."""
-    script = ("import json, os, signal, sys\n"
+def train_killed(corpus, out: Path, prelude: str) -> None:
+    """Train CONFIG in another process that runs `prelude` first (defining log(), which kills it
+    somewhere with SIGKILL); checks that it died so."""
+    script = ("import json, os, signal, sys, torch\n"
               "from model.train import TrainConfig, train\n"
-              "a = json.loads(sys.argv[1])\n"
-              "def log(e):\n"
-              "    if e.get('step') == 23 and 'loss' in e:\n"
-              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "a = json.loads(sys.argv[1])\n" + prelude +
               "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'], log=log)\n")
     args = {"train": corpus["train"], "val": corpus["val"], "vocab": corpus["vocab"],
-            "config": CONFIG.model_dump(), "out": str(tmp_path)}
+            "config": CONFIG.model_dump(), "out": str(out)}
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
+
+
+def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
+    """SIGKILL in another process at step 23, resume here: the same model.pt as the uninterrupted run."""
+    train_killed(corpus, tmp_path, "def log(e):\n"
+                                   "    if e.get('step') == 23 and 'loss' in e:\n"
+                                   "        os.kill(os.getpid(), signal.SIGKILL)\n")
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 20
     assert not (tmp_path / "model.pt").exists()
     summary, events = run(corpus, tmp_path)
