@@ -71,3 +71,21 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     for path in stale:
         os.remove(path)
     return stale
+
+
+def upload(out, local_dir: str, latest: str) -> None:
+    """Copy the checkpoint just committed in local_dir (`latest`, e.g. checkpoints/latest.pt) to
+    the stage folder `out` on its store: a preempted machine's lost cache then loses nothing."""
+    rel = os.path.relpath(latest, local_dir)
+    out.upload(rel.replace(os.sep, "/"), latest)
+
+
+def restore(out, local_dir: str, latest_rel: str) -> bool:
+    """Fetch the stage folder's checkpoint into local_dir when the local cache lacks it (a new or
+    wiped machine); True when one was fetched."""
+    local = os.path.join(local_dir, latest_rel)
+    rel = latest_rel.replace(os.sep, "/")
+    if os.path.exists(local) or not out.exists(rel):
+        return False
+    out.download(rel, local)
+    return True

@@ -298,6 +298,8 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         if saving:
             _save_checkpoint(ckpt_path, raw_model, optimizer, batches, guard, c, vocab_size, step, history,
                              last_loss, identity)
+            if log:  # committed: whoever keeps a copy elsewhere may take it now
+                log({"step": step, "checkpoint": ckpt_path})
 
     seconds = time.perf_counter() - t_start
     done = step >= c.max_steps

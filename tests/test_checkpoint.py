@@ -6,14 +6,17 @@ refuses other token files."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 
 import pytest
 import torch
 
 import model.train as train_module
+from model import checkpoints
 from model.guard import TrainingDiverged
 from model.train import CHECKPOINT
+from storage import Store
 from tests.test_train import CONFIG, baseline, corpus, losses, run, sha, train_killed  # noqa: F401 (fixtures)
 
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
@@ -99,3 +102,23 @@ def test_resume_refuses_other_token_files(corpus, tmp_path):
     with pytest.raises(ValueError, match="trained on other token files"):
         train_module.train(corpus["val"], corpus["val"], corpus["vocab"],
                            CONFIG.model_copy(update={"max_steps": 4, "checkpoint_interval": 2}), str(tmp_path))
+
+
+def test_checkpoint_on_a_memory_store_survives_losing_the_cache(baseline, corpus, tmp_path):
+    """As the train flow does on a remote store: each committed checkpoint is uploaded; the local
+    cache is deleted (a preempted machine); the next start fetches it and resumes bitwise."""
+    out = Store("memory://c2l-checkpoint-test").stage("train", "lost-cache")
+    cache = tmp_path / "cache"
+
+    def log(event):
+        if "checkpoint" in event:
+            checkpoints.upload(out, str(cache), event["checkpoint"])
+
+    train_module.train(corpus["train"], corpus["val"], corpus["vocab"], CONFIG, str(cache), log=log, stop_after=25)
+    shutil.rmtree(cache)
+    assert checkpoints.restore(out, str(cache), CHECKPOINT)
+    assert torch.load(cache / CHECKPOINT, weights_only=True)["step"] == 20
+    assert not checkpoints.restore(out, str(cache), CHECKPOINT)  # the cache has it now: nothing fetched
+    summary, events = run(corpus, cache)
+    assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 20}
+    assert sha(cache / "model.pt") == sha(baseline["out"] / "model.pt")
