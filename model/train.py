@@ -25,7 +25,7 @@ import torch
 from pydantic import Field, model_validator
 
 from model import checkpoints, distributed
-from model.data import Batches, TokenStream, sequential_batches
+from model.data import Batches, Prefetcher, TokenStream, sequential_batches
 from model.gpt import GPT, GPTConfig, amp_dtype, autocast, check_heads, resolve_device
 from model.guard import LossGuard
 from model.mfu import device_name, mfu, peak_flops
@@ -245,6 +245,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     peak = peak_flops(device_name(device), "bfloat16" if amp_dtype(device, c.dtype) else "float32")
     mfu_of = lambda tokens_per_s: mfu(flops_per_token, tokens_per_s, peak, devices=world)  # noqa: E731
     t_start, steps_run = time.perf_counter(), 0
+    feed = Prefetcher(batches, device)  # after the resume: it starts at the restored position
     t_logged, steps_logged = t_start, 0
     # The last applied step's loss, on the device; read to the host only at log and checkpoint steps.
     last_loss_t = torch.tensor(float("nan") if last_loss is None else last_loss, device=device)
@@ -252,13 +253,14 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         lr = lr_at(step, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        where = f"data epoch {batches.epoch} window {batches.cursor}"
+        where = feed.position
         loss_sum = torch.zeros((), device=device)
         for micro in range(c.grad_accum_steps):
-            x, y = batches.next()
+            x, y = feed.next()
             with distributed.grad_sync(wrapped, last=micro == c.grad_accum_steps - 1):
                 with autocast(device, c.dtype):
-                    _, loss = model(x.to(device), y.to(device))
+                    # Only the loss is kept: the logits (bf16, B x T x vocab) are freed before the backward.
+                    loss = model(x, y)[1]
                 (loss / c.grad_accum_steps).backward()
             loss_sum += loss.detach()
         max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
@@ -296,11 +298,12 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
             if log:
                 log({"step": step, "val_loss": history[-1]["val_loss"]})
         if saving:
-            _save_checkpoint(ckpt_path, raw_model, optimizer, batches, guard, c, vocab_size, step, history,
+            _save_checkpoint(ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step, history,
                              last_loss, identity)
             if log:  # committed: whoever keeps a copy elsewhere may take it now
                 log({"step": step, "checkpoint": ckpt_path})
 
+    feed.close()
     seconds = time.perf_counter() - t_start
     done = step >= c.max_steps
     if done:
