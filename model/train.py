@@ -92,6 +92,9 @@ class TrainConfig(StageConfig):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 autocast on CUDA, "
                                                                               "float32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (faster on GPU after a slow first step).")
+    loss_chunks: int = Field(1, ge=1, description="Compute the loss in this many chunks of tokens, recomputing "
+                                                   "each chunk's logits in the backward: memory for one chunk's "
+                                                   "logits instead of B x T x vocab (a large vocab or batch).")
     activation_checkpointing: bool = Field(False, description="Recompute each block's activations in the "
                                                               "backward pass: less memory, about 1/3 more compute.")
     loss_guard: Literal["skip", "stop", "off"] = Field("skip", description="On a non-finite loss or gradient, or "
@@ -260,7 +263,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
             with distributed.grad_sync(wrapped, last=micro == c.grad_accum_steps - 1):
                 with autocast(device, c.dtype):
                     # Only the loss is kept: the logits (bf16, B x T x vocab) are freed before the backward.
-                    loss = model(x, y)[1]
+                    loss = model(x, y, loss_chunks=c.loss_chunks)[1]
                 (loss / c.grad_accum_steps).backward()
             loss_sum += loss.detach()
         max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
