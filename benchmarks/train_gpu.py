@@ -82,18 +82,29 @@ def token_file(folder: str, shape: dict, tokens: int) -> str:
     return Store(folder).stage("tokenize", "random").write_arrow("data/tokens.arrow", table)
 
 
+LOG_INTERVAL = 5
+
+
 def ours(shape: dict, arch: dict, batch: int, steps: int, warmup: int, device: str, compile_: bool) -> dict:
     """model.train.train on a token file; the per-step times it logs, after warmup."""
     with tempfile.TemporaryDirectory() as tmp:
         path = token_file(tmp, shape, (warmup + steps) * batch * (shape["block_size"] + 1) + 1)
         config = TrainConfig(**{k: v for k, v in shape.items() if k != "vocab_size"}, **arch, batch_size=batch,
                              max_steps=warmup + steps, warmup_steps=warmup, learning_rate=6e-4, min_lr=6e-5,
-                             eval_batches=0, checkpoint_interval=10 ** 9, device=device, compile=compile_)
+                             eval_batches=0, checkpoint_interval=10 ** 9, device=device, compile=compile_,
+                             log_interval=LOG_INTERVAL)
         events: list[dict] = []
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         result = train([path], [], shape["vocab_size"], config, tmp, log=events.append)
     tokens_per_step = batch * shape["block_size"]
-    times = [tokens_per_step / e["tokens_per_s"] for e in events if "tokens_per_s" in e][warmup:]
-    return {"seconds_per_step": float(np.median(times)), "flops_per_token": result["flops_per_token"]}
+    # Each event's tokens/s is the mean over the LOG_INTERVAL steps before it (the default path reads
+    # the device only at log steps); the intervals that overlap the warmup are left out.
+    times = [tokens_per_step / e["tokens_per_s"] for e in events
+             if "tokens_per_s" in e and e["step"] - LOG_INTERVAL >= warmup]
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return {"seconds_per_step": float(np.median(times)), "flops_per_token": result["flops_per_token"],
+            "peak_memory_gib": None if peak is None else round(peak / 2 ** 30, 2)}
 
 
 def main() -> int:

@@ -20,7 +20,8 @@ from model.evaluate import EvalConfig
 from model.report import comparison_rows, markdown, read_evaluations, summary_rows
 from model.source import UPSTREAM_FILE, resolve
 from model.source import token_files as _token_files
-from model.train import TrainConfig
+from model import checkpoints
+from model.train import CHECKPOINT, TrainConfig
 from storage import StageDir, code_version, file_identity, fingerprint, is_local
 
 MODEL_CODE = ("model.train",)  # code_version adds model.gpt, model.data and the rest it imports
@@ -67,6 +68,8 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
                 logger.warning("step %d: update skipped by the loss guard (loss %.4f)", step, event["loss"])
         if "val_loss" in event:
             logger.info("step %d val_loss %.4f", step, event["val_loss"])
+        if "checkpoint" in event and remote:
+            checkpoints.upload(out, local, event["checkpoint"])
 
     def announce(cmd: list[str]) -> None:
         logger.info("torchrun: %s", shlex.join(cmd))
@@ -74,11 +77,15 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
             logger.info("run the same command on each of the other %d machines (out_dir and token files on "
                         "storage they share)", config.nnodes - 1)
 
+    local = _local_dir(out)
+    remote = os.path.abspath(local) != os.path.abspath(out.path)
+    if remote and checkpoints.restore(out, local, CHECKPOINT):
+        logger.info("resuming from the store's checkpoint %s (not in this machine's cache)", out.url(CHECKPOINT))
     try:
         if config.processes == 1:
-            result = run_train(train_files, val_files, vocab, config, _local_dir(out), log=log)
+            result = run_train(train_files, val_files, vocab, config, local, log=log)
         else:
-            result = launch(train_files, val_files, vocab, config, _local_dir(out), log=log, run_id=out.fingerprint,
+            result = launch(train_files, val_files, vocab, config, local, log=log, run_id=out.fingerprint,
                             on_command=announce)
     finally:
         bar.close()
@@ -125,8 +132,6 @@ def train(source: Location, config: TrainConfig = TrainConfig()) -> dict:
 
 
 def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: bool, timing: dict | None) -> None:
-    from model.train import CHECKPOINT
-
     counts = manifest["counts"]
     rows = [{"metric": k, "value": v} for k, v in counts.items() if not isinstance(v, (list, dict))]
     rows += [{"metric": "cached", "value": str(cached)}, {"metric": "wall seconds", "value": round(seconds, 2)}]

@@ -13,6 +13,8 @@ position means the same thing at any world size.
 
 from __future__ import annotations
 
+import os
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -32,8 +34,10 @@ class TokenStream:
         self.files = [str(f) for f in files]
         self.chunks: list[np.ndarray] = []
         self.file_tokens: list[int] = []
+        self._file_chunks: list[list[np.ndarray]] = []
         for path in self.files:
             chunks = _read_tokens(path)
+            self._file_chunks.append(chunks)
             self.chunks += chunks
             self.file_tokens.append(sum(len(c) for c in chunks))
         self.chunks = [c for c in self.chunks if len(c)]
@@ -60,6 +64,18 @@ class TokenStream:
     def max_token(self) -> int:
         """The largest token id (one pass over the data; checks the stream fits a vocabulary)."""
         return max((int(c.max()) for c in self.chunks), default=-1)
+
+    def identity(self) -> list[dict]:
+        """Per file: name, token count and a checksum of its first and last 4096 tokens. Cheap (no
+        pass over the data) and enough to tell a resume that its token files were swapped."""
+        out = []
+        for path, chunks in zip(self.files, self._file_chunks):
+            flat = [c for c in chunks if len(c)]
+            head = flat[0][:4096].tobytes() if flat else b""
+            tail = flat[-1][-4096:].tobytes() if flat else b""
+            out.append({"file": os.path.basename(path), "tokens": sum(len(c) for c in chunks),
+                        "crc": zlib.crc32(head + tail)})
+        return out
 
     def describe(self) -> str:
         return ", ".join(f"{f} ({n} tokens)" for f, n in zip(self.files, self.file_tokens))
@@ -109,8 +125,13 @@ class Batches:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (x, y) of the next batch (see next_rows)."""
+        rows = self.next_rows()
+        return rows[:, :-1], rows[:, 1:]
+
+    def next_rows(self) -> torch.Tensor:
         """This rank's slice of the next batch_size x world_size windows of the current epoch
-        (rolling over into the next epoch)."""
+        (rolling over into the next epoch), as one (batch_size, block_size + 1) tensor."""
         picks, wanted = [], self.batch_size * self.world_size
         while len(picks) < wanted:
             if self.cursor == self.n_windows:
@@ -120,7 +141,7 @@ class Batches:
             picks += self._order[self.cursor:self.cursor + take].tolist()
             self.cursor += take
         mine = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        return windows_to_batch(self.stream, mine, self.block_size)
+        return window_rows(self.stream, mine, self.block_size)
 
     def state_dict(self) -> dict:
         """The global position (the same on every rank); batch_size is the global micro-batch."""
@@ -138,11 +159,57 @@ class Batches:
         self._order = self._permutation(self.epoch)
 
 
+class Prefetcher:
+    """Batches.next() run one micro-batch ahead in a thread (numpy's copies release the GIL), so the
+    next batch is ready when the step wants it; on CUDA each batch arrives in pinned memory as one
+    contiguous (B, T+1) block, copied to the device with one non_blocking copy and sliced there.
+
+    state_dict() is the position of the next batch the loop will take, not of the one prefetched,
+    so a checkpoint resumes exactly."""
+
+    def __init__(self, batches: Batches, device: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.batches, self.device, self.pin = batches, device, device == "cuda"
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._submit()
+
+    def _submit(self) -> None:
+        # The worker is idle here (its last result was taken), so this state is consistent.
+        self._state = self.batches.state_dict()
+        self._next = self._pool.submit(self._load)
+
+    def _load(self) -> torch.Tensor:
+        rows = self.batches.next_rows()
+        return rows.pin_memory() if self.pin else rows
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y) on the device."""
+        rows = self._next.result()
+        self._submit()
+        rows = rows.to(self.device, non_blocking=True)
+        return rows[:, :-1], rows[:, 1:]
+
+    @property
+    def position(self) -> str:
+        return f"data epoch {self._state['epoch']} window {self._state['cursor']}"
+
+    def state_dict(self) -> dict:
+        return dict(self._state)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def window_rows(stream: TokenStream, windows: list[int], block_size: int) -> torch.Tensor:
+    """The given windows as one contiguous (len(windows), block_size + 1) int64 tensor."""
+    w = block_size + 1
+    return torch.from_numpy(np.stack([stream.slice(i * w, (i + 1) * w) for i in windows]))
+
+
 def windows_to_batch(stream: TokenStream, windows: list[int], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets (both (len(windows), block_size) int64) of the given windows."""
-    w = block_size + 1
-    rows = np.stack([stream.slice(i * w, (i + 1) * w) for i in windows])
-    rows = torch.from_numpy(rows)
+    rows = window_rows(stream, windows, block_size)
     return rows[:, :-1], rows[:, 1:]
 
 

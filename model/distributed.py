@@ -49,27 +49,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def mean(value: torch.Tensor) -> float:
-    """The mean over ranks of a scalar tensor (the value itself for one process)."""
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a tensor, still on the device (no host read: the GPU runs on)."""
     if world_size() == 1:
-        return value.item()
+        return value
     total = value.detach().clone()
     dist.all_reduce(total)
-    return (total / world_size()).item()
+    return total / world_size()
 
 
-def sums(values: list[float]) -> list[float]:
-    """Each value summed over ranks, in float64 (the values themselves for one process)."""
+def sums(values: torch.Tensor) -> torch.Tensor:
+    """A tensor summed over ranks, on the device (the tensor itself for one process)."""
     if world_size() == 1:
         return values
-    total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    total = values.detach().clone()
     dist.all_reduce(total)
-    return total.tolist()
+    return total
 
 
-def scalar(value: torch.Tensor) -> float:
-    """A Python float of a plain or DTensor scalar (FSDP's gradient norm is a DTensor)."""
-    return (value.full_tensor() if isinstance(value, DTensor) else value).item()
+def whole(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of a plain or DTensor one (FSDP's gradient norm is a DTensor), on the device."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 def same_on_all(flag: bool) -> bool:

@@ -202,6 +202,9 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def _loss_sum(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.lm_head(h).float(), targets, reduction="sum")
+
     def num_params(self) -> int:
         """Parameters, counting a tied embedding/lm_head matrix once."""
         return sum(p.numel() for p in self.parameters())
@@ -218,10 +221,13 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: "KVCache | None" = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: "KVCache | None" = None,
+                loss_chunks: int = 1):
         """idx, targets: (B, T) token ids. Returns logits (B, T, vocab) and the mean loss (or None).
         With a KVCache, idx continues the tokens the cache already holds (their keys and values are
-        reused, the new ones are appended)."""
+        reused, the new ones are appended). loss_chunks > 1 (with targets): no logits (None) and the
+        loss computed in that many chunks of tokens, each chunk's logits recomputed in the backward,
+        so at most one chunk's logits and fp32 log-softmax exist at a time."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -238,6 +244,11 @@ class GPT(nn.Module):
                 x = block(x, rotary, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.length += T
+        if targets is not None and loss_chunks > 1:
+            h, t = self.ln_f(x).reshape(-1, x.size(-1)), targets.reshape(-1)
+            total = sum(checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
+                        for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks)))
+            return None, total / t.numel()
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from model import distributed
-from model.data import Batches, TokenStream, sequential_batches
+from model import checkpoints, distributed
+from model.data import Batches, Prefetcher, TokenStream, sequential_batches
 from model.gpt import GPT, GPTConfig, amp_dtype, autocast, check_heads, resolve_device
 from model.guard import LossGuard
 from model.mfu import device_name, mfu, peak_flops
@@ -33,8 +33,8 @@ from pipeline.stage import StageConfig
 
 CHECKPOINT = os.path.join("checkpoints", "latest.pt")
 # Changing these between a run and its resume does not change the weights, so it is allowed.
-RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "device", "compile",
-                     "activation_checkpointing", "parallel", "rdzv_endpoint"}
+RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints", "log_interval",
+                     "device", "compile", "activation_checkpointing", "parallel", "rdzv_endpoint"}
 # How the global batch is split into processes and micro-batches: any split of the same global batch
 # (batch_size x grad_accum_steps x processes) draws the same windows per step, so it may change too.
 BATCH_SPLIT = ("batch_size", "grad_accum_steps", "nproc_per_node", "nnodes")
@@ -82,11 +82,19 @@ class TrainConfig(StageConfig):
     eval_batches: int = Field(10, ge=0, description="Validation batches per evaluation (0 = no validation).")
     checkpoint_interval: int = Field(50, ge=1, description="Save a resumable checkpoint every this many steps "
                                                            "(and at the end).")
+    keep_checkpoints: int = Field(2, ge=2, description="Resumable checkpoints kept (step-N.pt; latest.pt is the "
+                                                       "newest). At least 2: a damaged newest one leaves the one before.")
+    log_interval: int = Field(10, ge=1, description="Read the loss, gradient norm and guard to the host, log them "
+                                                    "and add them to the loss history every this many steps (and "
+                                                    "at the end); a read stalls the GPU, so not every step.")
     seed: int = Field(1337, ge=0, description="Seed of the initialization, data order and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 autocast on CUDA, "
                                                                               "float32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (faster on GPU after a slow first step).")
+    loss_chunks: int = Field(1, ge=1, description="Compute the loss in this many chunks of tokens, recomputing "
+                                                   "each chunk's logits in the backward: memory for one chunk's "
+                                                   "logits instead of B x T x vocab (a large vocab or batch).")
     activation_checkpointing: bool = Field(False, description="Recompute each block's activations in the "
                                                               "backward pass: less memory, about 1/3 more compute.")
     loss_guard: Literal["skip", "stop", "off"] = Field("skip", description="On a non-finite loss or gradient, or "
@@ -149,7 +157,8 @@ def make_optimizer(model: GPT, c: TrainConfig, device: str) -> torch.optim.AdamW
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=device == "cuda")
+    # Fused (on CUDA and CPU alike) for its found_inf: the loss guard skips a step without a host read.
+    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=True)
 
 
 @torch.no_grad()
@@ -159,7 +168,7 @@ def val_loss(model: GPT, stream: TokenStream, block_size: int, batch_size: int, 
     Under `world` processes a batch is batch_size x world windows, each rank scoring its slice."""
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum and token count, read once at the end
     for x, y in sequential_batches(stream, block_size, batch_size * world, max_batches):
         mine = slice(rank * batch_size, (rank + 1) * batch_size)
         # A rank left without rows by a short last batch still runs the forward (FSDP's
@@ -169,11 +178,11 @@ def val_loss(model: GPT, stream: TokenStream, block_size: int, batch_size: int, 
         with autocast(device, dtype):
             _, loss = model(x.to(device), y.to(device))
         if counts:
-            total += loss.item() * y.numel()
-            n += y.numel()
+            total[0] += loss.detach().double() * y.numel()
+            total[1] += y.numel()
     model.train(was_training)
-    total, n = distributed.sums([total, n])
-    return total / n
+    loss_sum, n = distributed.sums(total).tolist()
+    return loss_sum / n
 
 
 def train(train_files: list[str], val_files: list[str], vocab_size: int, config: TrainConfig, out_dir: str,
@@ -196,7 +205,6 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     torch.manual_seed(c.seed)
 
     train_stream = TokenStream(train_files)
-    _check_vocab(train_stream, vocab_size)
     batches = Batches(train_stream, c.block_size, c.batch_size, c.seed, rank, world)
     val_stream = TokenStream(val_files) if val_files and c.eval_batches else None
     if val_stream is not None:
@@ -209,15 +217,25 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         torch.manual_seed(distributed.rank_seed(c.seed, rank, 0))
     flops_per_token = raw_model.flops_per_token()
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if distributed.is_main():
+        for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
+            checkpoints.remove_stale_temporaries(folder)
     found = os.path.exists(ckpt_path)
     if not distributed.same_on_all(found):
         raise RuntimeError(f"only some ranks see {ckpt_path}: out_dir must be on storage every machine shares")
     ckpt = _read_checkpoint(ckpt_path, c, vocab_size, device) if found else None
+    identity = train_stream.identity()
+    if ckpt and "token_files" in ckpt:
+        if ckpt["token_files"] != identity:
+            raise ValueError(f"checkpoint {ckpt_path} was trained on other token files ({ckpt['token_files']}) "
+                             f"than these ({identity}); use the same files or a new out_dir")
+    else:  # checked once per run: a resume on the same files needs no pass over every token
+        _check_vocab(train_stream, vocab_size)
     if ckpt:
         raw_model.load_state_dict(ckpt["model"])  # before FSDP shards it
     wrapped = distributed.wrap(raw_model, c.parallel, device)
     optimizer = make_optimizer(raw_model, c, device)
-    guard = LossGuard(c.loss_guard, c.spike_factor, c.max_skipped_steps)
+    guard = LossGuard(c.loss_guard, c.spike_factor, c.max_skipped_steps, device)
     step, history, last_loss = 0, [], None
     if ckpt:
         step, history, last_loss = _restore(ckpt, raw_model, optimizer, batches, guard, c, rank)
@@ -230,48 +248,65 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     peak = peak_flops(device_name(device), "bfloat16" if amp_dtype(device, c.dtype) else "float32")
     mfu_of = lambda tokens_per_s: mfu(flops_per_token, tokens_per_s, peak, devices=world)  # noqa: E731
     t_start, steps_run = time.perf_counter(), 0
+    feed = Prefetcher(batches, device)  # after the resume: it starts at the restored position
+    t_logged, steps_logged = t_start, 0
+    # The last applied step's loss, on the device; read to the host only at log and checkpoint steps.
+    last_loss_t = torch.tensor(float("nan") if last_loss is None else last_loss, device=device)
     while step < c.max_steps and (stop_after is None or step < stop_after):
-        t0 = time.perf_counter()
         lr = lr_at(step, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        where = f"data epoch {batches.epoch} window {batches.cursor}"
+        where = feed.position
         loss_sum = torch.zeros((), device=device)
         for micro in range(c.grad_accum_steps):
-            x, y = batches.next()
+            x, y = feed.next()
             with distributed.grad_sync(wrapped, last=micro == c.grad_accum_steps - 1):
                 with autocast(device, c.dtype):
-                    _, loss = model(x.to(device), y.to(device))
+                    # Only the loss is kept: the logits (bf16, B x T x vocab) are freed before the backward.
+                    loss = model(x, y, loss_chunks=c.loss_chunks)[1]
                 (loss / c.grad_accum_steps).backward()
             loss_sum += loss.detach()
         max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
         # After the reduction every rank holds the global gradient (or its shard): a global norm.
-        grad_norm = distributed.scalar(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm))
+        grad_norm = distributed.whole(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm))
         step_loss = distributed.mean(loss_sum / c.grad_accum_steps)
-        applied = guard.check(step + 1, step_loss, grad_norm, step >= c.warmup_steps, where)
-        if applied:
-            optimizer.step()
-            last_loss = step_loss
+        skip = guard.check(step + 1, step_loss, grad_norm, step >= c.warmup_steps, where)
+        optimizer.found_inf = skip.float()  # fused AdamW leaves everything as it was where this is 1
+        optimizer.step()
+        last_loss_t = torch.where(skip, last_loss_t, step_loss.detach())
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_run += 1
-        if log:
-            tokens_per_s = tokens_per_step / max(1e-9, time.perf_counter() - t0)
-            log({"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-                 "mfu": mfu_of(tokens_per_s), **({} if applied else {"skipped": True})})
+        steps_logged += 1
 
-        if step % c.eval_interval == 0 or step == c.max_steps:
-            point = {"step": step, "loss": last_loss}
-            if val_stream is not None:
-                point["val_loss"] = val_loss(raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches,
-                                             device, c.dtype, rank, world)
-                if log:
-                    log({"step": step, "val_loss": point["val_loss"]})
-            history.append(point)
-        if step % c.checkpoint_interval == 0 or step == c.max_steps:
-            _save_checkpoint(ckpt_path, raw_model, optimizer, batches, guard, c, vocab_size, step, history,
-                             last_loss)
+        evaluating = step % c.eval_interval == 0 or step == c.max_steps
+        saving = step % c.checkpoint_interval == 0 or step == c.max_steps
+        if step % c.log_interval == 0 or step == c.max_steps or step == stop_after or evaluating or saving:
+            # The one host read of these steps: loss, norm, skip flag and last applied loss at once.
+            guard.verify()
+            now_loss, now_norm, skipped, last = torch.stack([step_loss.double(), grad_norm.double(),
+                                                             skip.double(), last_loss_t.double()]).tolist()
+            last_loss = None if math.isnan(last) else last
+            now = time.perf_counter()
+            tokens_per_s = steps_logged * tokens_per_step / max(1e-9, now - t_logged)
+            t_logged, steps_logged = now, 0
+            history.append({"step": step, "loss": now_loss})
+            if log:
+                log({"step": step, "loss": now_loss, "lr": lr, "grad_norm": now_norm, "tokens_per_s": tokens_per_s,
+                     "mfu": mfu_of(tokens_per_s), **({"skipped": True} if skipped else {})})
 
+        if evaluating and val_stream is not None:
+            history[-1]["val_loss"] = val_loss(raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches,
+                                               device, c.dtype, rank, world)
+            if log:
+                log({"step": step, "val_loss": history[-1]["val_loss"]})
+        if saving:
+            _save_checkpoint(ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step, history,
+                             last_loss, identity)
+            if log:  # committed: whoever keeps a copy elsewhere may take it now
+                log({"step": step, "checkpoint": ckpt_path})
+
+    feed.close()
     seconds = time.perf_counter() - t_start
     done = step >= c.max_steps
     if done:
@@ -280,8 +315,8 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         else:
             weights = raw_model.cpu().state_dict()  # on CPU whatever trained it; the tied matrix stored once
         if distributed.is_main():
-            _atomic_save({"model": weights, "config": raw_model.config.model_dump(), "vocab_size": vocab_size},
-                         os.path.join(out_dir, "model.pt"))
+            checkpoints.atomic_save({"model": weights, "config": raw_model.config.model_dump(),
+                                     "vocab_size": vocab_size}, os.path.join(out_dir, "model.pt"))
     val_points = [h["val_loss"] for h in history if "val_loss" in h]
     return {
         "steps": step,
@@ -291,7 +326,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         "final_train_loss": last_loss,
         "final_val_loss": val_points[-1] if val_points else None,
         "history": history,
-        "skipped_steps": guard.skipped_total,
+        "skipped_steps": guard.total_skipped(),
         "flops_per_token": flops_per_token,
         "timing": {"seconds": round(seconds, 3), "steps_this_run": steps_run,
                    "tokens_per_s": round(steps_run * tokens_per_step / max(1e-9, seconds), 1),
@@ -304,14 +339,6 @@ def _check_vocab(stream: TokenStream, vocab_size: int) -> None:
     top = stream.max_token()
     if top >= vocab_size:
         raise ValueError(f"token id {top} does not fit vocab_size {vocab_size}: {stream.describe()}")
-
-
-def _atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary name, then rename: a kill leaves the old file or the new, never half."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -333,7 +360,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss) -> None:
+def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss,
+                     token_files) -> None:
     """Every rank calls it (FSDP gathers the shards, each rank's RNG is collected); rank 0 writes.
     The tensors are whole, laid out as one process lays them out."""
     if distributed.is_sharded(model):
@@ -344,9 +372,10 @@ def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step
     if not distributed.is_main():
         return
     extra = {"rng_ranks": rng} if len(rng) > 1 else {}
-    _atomic_save({"model": weights, "optimizer": optim, "step": step,
+    checkpoints.save_kept({"model": weights, "optimizer": optim, "step": step,
                   "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": rng[0], "history": history,
-                  "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size, **extra}, path)
+                  "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size,
+                  "token_files": token_files, **extra}, path, step, c.keep_checkpoints)
 
 
 def _read_checkpoint(path, c, vocab_size, device) -> dict:

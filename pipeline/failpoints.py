@@ -2,7 +2,8 @@
 
 CRAWL2LLM_FAILPOINT=NAME kills the whole run (SIGKILL to its process group) when execution reaches
 NAME; NAME@raise raises instead, as a crashing shard would. Names: "{stage}:{shard}" just before a
-shard's commit point (its data files already written), "train:step:{N}" after training step N.
+shard's commit point (its data files already written), "train:step:{N}" after training step N
+(a logged step: a multiple of log_interval).
 CRAWL2LLM_FAILPOINT_FILE=PATH reads the same spec from that file while it exists, for a test that
 arms and disarms a failpoint in processes it does not start (flow runs of `crawl2llm server`'s
 worker, whose environment no flow run may change). Unset (always, outside tests) they cost two

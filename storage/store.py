@@ -25,6 +25,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from typing import Any
 
@@ -146,6 +147,21 @@ class StageDir:
             with self._atomic(rel, replace) as f:
                 f.write(data)
         return self.abspath(rel)
+
+    def upload(self, rel: str, local_path: str) -> str:
+        """Copy a local file to `rel`, replacing it, streamed (a checkpoint may not fit in memory twice)."""
+        with open(local_path, "rb") as src, self._atomic(rel, replace=True) as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+        return self.abspath(rel)
+
+    def download(self, rel: str, local_path: str) -> str:
+        """Copy `rel` to a local file, streamed; the local file appears whole or not at all."""
+        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+        tmp = f"{local_path}.tmp-{os.getpid()}"
+        with self.fs.open(self.abspath(rel), "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+        os.replace(tmp, local_path)
+        return local_path
 
     def write_once(self, rel: str, data: bytes) -> bool:
         """Create `rel` holding `data` unless it exists; False when it did (another writer was first)."""

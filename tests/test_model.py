@@ -320,3 +320,19 @@ def test_sampling_filters():
     assert probs[4] < 0.7 < probs[4] + probs[0]
     p = next_token_logits(logits, seen, 1.0, None, 0.7, 1.0)
     assert torch.isfinite(p).tolist() == [[True, False, False, False, True]]
+
+
+def test_chunked_loss_matches_the_whole_loss_and_its_gradients():
+    """loss_chunks=4 gives the loss and the gradients of one whole cross-entropy (up to summation
+    order) and no logits."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=96, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    x, y = torch.randint(0, 96, (3, 16)), torch.randint(0, 96, (3, 16))
+    _, whole = model(x, y)
+    whole.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits, chunked = model(x, y, loss_chunks=4)
+    chunked.backward()
+    assert logits is None and torch.allclose(chunked, whole, atol=1e-6)
+    assert all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(model.parameters(), grads))

@@ -49,7 +49,7 @@ def test_sigkill_then_rerun_gives_identical_bytes(prefect_server, tmp_path, shar
 
     for point, stage in [("dedup-signatures:1", "dedup-signatures"), ("dedup-pairs:0", "dedup-pairs"),
                          ("dedup-clusters:0", "dedup-clusters"), ("dedup:1", "dedup"), ("tokenize:1", "tokenize"),
-                         ("train:step:15", "train")]:
+                         ("train:step:20", "train")]:
         killed = _run(configs["killed"], env, failpoint=point)
         assert killed.returncode == -9, f"{point}: expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
         # the kill landed inside the stage: it had started and was not committed

@@ -29,7 +29,7 @@ _CACHE: dict = {}
 
 CONFIG = TrainConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, batch_size=8, max_steps=40, warmup_steps=5,
                      learning_rate=3e-3, min_lr=3e-4, eval_interval=10, eval_batches=4, checkpoint_interval=10,
-                     device="cpu")
+                     device="cpu", log_interval=1)
 
 
 def build_corpus(path: Path, folder: Path) -> dict:
@@ -97,11 +97,13 @@ def test_run_learns_and_reports(baseline, corpus):
     assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"}
     assert steps[0]["mfu"] is None  # a CPU has no peak in the table: "unknown", never a made-up figure
     assert [e["step"] for e in events if "val_loss" in e] == [10, 20, 30, 40]
-    assert [h["step"] for h in s["history"]] == [10, 20, 30, 40] and all("val_loss" in h for h in s["history"])
+    # The loss curve: the train loss of every logged step, the validation loss at each evaluation.
+    assert [(h["step"], h["loss"]) for h in s["history"]] == [(e["step"], e["loss"]) for e in steps]
+    assert [h["step"] for h in s["history"] if "val_loss" in h] == [10, 20, 30, 40]
     assert s["final_val_loss"] == s["history"][-1]["val_loss"] and s["final_train_loss"] == steps[-1]["loss"]
     # Real learning: from uniform (ln 512 = 6.24) to well below it, on held-out text too.
     assert steps[0]["loss"] > 6.0 and s["final_train_loss"] < 5.6 and s["final_val_loss"] < 5.6
-    assert s["history"][0]["val_loss"] > s["final_val_loss"]
+    assert s["history"][9]["val_loss"] > s["final_val_loss"]
     saved = torch.load(baseline["out"] / "model.pt", weights_only=True)
     assert saved["vocab_size"] == corpus["vocab"] and saved["config"]["n_embd"] == 32
     assert s["params"] == load_model(str(baseline["out"] / "model.pt")).num_params()
@@ -130,19 +132,24 @@ def test_stop_and_resume_is_bitwise_identical(baseline, corpus, tmp_path):
     assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
 
 
-def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
-    """SIGKILL in another process at step 23, resume here: the same model.pt as the uninterrupted run."""
-    script = ("import json, os, signal, sys\n"
+def train_killed(corpus, out: Path, prelude: str) -> None:
+    """Train CONFIG in another process that runs `prelude` first (defining log(), which kills it
+    somewhere with SIGKILL); checks that it died so."""
+    script = ("import json, os, signal, sys, torch\n"
               "from model.train import TrainConfig, train\n"
-              "a = json.loads(sys.argv[1])\n"
-              "def log(e):\n"
-              "    if e.get('step') == 23 and 'loss' in e:\n"
-              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "a = json.loads(sys.argv[1])\n" + prelude +
               "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'], log=log)\n")
     args = {"train": corpus["train"], "val": corpus["val"], "vocab": corpus["vocab"],
-            "config": CONFIG.model_dump(), "out": str(tmp_path)}
+            "config": CONFIG.model_dump(), "out": str(out)}
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
+
+
+def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
+    """SIGKILL in another process at step 23, resume here: the same model.pt as the uninterrupted run."""
+    train_killed(corpus, tmp_path, "def log(e):\n"
+                                   "    if e.get('step') == 23 and 'loss' in e:\n"
+                                   "        os.kill(os.getpid(), signal.SIGKILL)\n")
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 20
     assert not (tmp_path / "model.pt").exists()
     summary, events = run(corpus, tmp_path)
