@@ -270,6 +270,8 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             wait.until(lambda d: d.execute_script("return arguments[0].complete", img))
             width = driver.execute_script("return arguments[0].naturalWidth", img)
             assert width > 0 and img.is_displayed(), "the loss curve is not an image the browser shows"
+            # 30 steps logged every 10 (log_interval's default), evaluated every 10: every point plotted
+            assert "3 train and 3 validation points" in driver.find_element(By.TAG_NAME, "body").text
             driver.save_screenshot(str(screenshots / f"{next(shot):02d}-train-loss-curve.png"))
 
             scrubbed = [a for a in made if (a["key"] or "").startswith("pii-scrubbed-")]
