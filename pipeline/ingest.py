@@ -39,6 +39,7 @@ from pydantic import Field, field_validator
 
 from pipeline.damage import DamageLog
 from pipeline.digests import digest_ok
+from pipeline.remote import is_transient
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files, split_by_reason
 from pipeline.http_message import content_type, gunzip, known_codec
@@ -320,6 +321,8 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as e:  # fastwarc raises plain exceptions (and pyo3's PanicException) for damage
+            if is_transient(e):  # the network, not the file: the shard is tried again (pipeline/remote.py)
+                raise
             if reading is not None:
                 at, rid = last, _record_id(reading)
             else:
@@ -403,6 +406,8 @@ def _lf_records(f, damaged: DamageLog, max_block: int):
             if len(block) < record.content_length:
                 return
     except (OSError, EOFError, zlib.error) as e:
+        if is_transient(e):
+            raise
         damaged.note(_damage_kind(e), offset)
 
 
@@ -874,6 +879,8 @@ def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Cou
             if row is not None:
                 yield row
     except (OSError, EOFError, zlib.error, ZstdError) as e:  # a cut or corrupt file: the lines before it are kept
+        if is_transient(e):
+            raise
         damaged.note("zstd_error" if isinstance(e, ZstdError) else "gzip_error", line_no + 1)
 
 

@@ -18,7 +18,7 @@ from storage.locations import public_name
 
 from pipeline.damage import merge_listed
 from pipeline.failpoints import failpoint
-from pipeline.remote import with_retries
+from pipeline.remote import is_transient, with_retries
 from pipeline.schema import DOC_SCHEMA, REMOVED_SCHEMA
 from pipeline.stage import ShardResult, merge_counts
 
@@ -94,6 +94,8 @@ def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config
                         counts = merge_counts(counts, batch.counts)
                         damaged = merge_listed(damaged, batch.damaged_records)
                 except (IngestError, FileNotFoundError) as e:
+                    if is_transient(e):  # throttled (fsspec says FileNotFoundError from a 503): try again
+                        raise
                     unreadable.append({"file": piece.get("name") or public_name(piece["url"]), "error": str(e)})
         if unreadable:
             counts = merge_counts(counts, {"unreadable_files": len(unreadable)})

@@ -83,8 +83,9 @@ def test_ingest_shard_retries_a_throttled_file(shared_data, tmp_path, monkeypatc
         # fsspec asks for the size with HEAD, then with GET: one try meets both 503s
         assert server.throttled == 2 and stats["retries"] == 1
         assert stats["counts"] == local["counts"]
-        with pytest.raises(FileNotFoundError):
-            ingest_shard(str(tmp_path / "s3"), "fp", 0, [_whole(base + "missing.warc.gz")], IngestConfig())
+        # a file that is not there (404, not throttled) costs only itself: named, not retried
+        gone = ingest_shard(str(tmp_path / "s3"), "fp", 0, [_whole(base + "missing.warc.gz")], IngestConfig())
+        assert [u["file"] for u in gone["unreadable"]] == [base + "missing.warc.gz"] and gone["retries"] == 0
     # the throttled tries left nothing behind but the finished shard
     leftovers = [p for p in (tmp_path / "s2").rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
