@@ -130,16 +130,18 @@ def damage_report(out: StageDir, counts: dict, results: dict[int, dict]) -> list
     damaged = counts.get("damaged") or {}
     if not damaged:
         return []
-    rows = merge_listed(*(results[i].get("damaged_records", []) for i in sorted(results)))
+    rows = [{**r, "record_id": r["record_id"] or ""}
+            for r in merge_listed(*(results[i].get("damaged_records", []) for i in sorted(results)))]
     total = sum(damaged.values())
-    md = ["", f"{total} damaged input records, counted (docs/INGEST.md says which are kept):", "", "| damage | records |", "|---|---:|",
+    md = ["", f"{total} damaged input records, counted (docs/INGEST.md says which are kept):", "",
+          "| damage | records |", "|---|---:|",
           *(f"| `{k}` | {v} |" for k, v in sorted(damaged.items(), key=lambda kv: -kv[1]))]
     if rows:
         key = artifacts.output_key(out, "damaged")
-        artifacts.table([{**r, "record_id": r["record_id"] or ""} for r in rows], key, f"{out.name}: the first {len(rows)} of {total} damaged records (file, offset)")
+        artifacts.table(rows, key, f"{out.name}: the first {len(rows)} of {total} damaged records (file, offset)")
         md += ["", f"Where they are (the first {len(rows)} of {total}): the `{key}` table.", "",
                "| file | offset | record id | damage |", "|---|---:|---|---|",
-               *(f"| {r['file']} | {r['offset']} | {r['record_id'] or ''} | `{r['what']}` |" for r in rows[:10])]
+               *(f"| {r['file']} | {r['offset']} | {r['record_id']} | `{r['what']}` |" for r in rows[:10])]
     return md
 
 
