@@ -418,13 +418,6 @@ def _damage_kind(error: Exception) -> str:
     return "gzip_error" if "gzip" in msg or "decompress" in msg else "bad_header"
 
 
-def _zstd_stream(f):
-    """The decompressed bytes of a .zst file (all its frames), read as they are needed."""
-    import zstandard
-
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
-
-
 def warc_member_at(f, position: int) -> int | None:
     """Offset of the first gzip member at or after `position` that holds a WARC record (it inflates to
     "WARC/"), or None: the gzip magic bytes alone also turn up inside compressed data."""
@@ -863,7 +856,8 @@ def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Cou
     from zstandard import ZstdError
 
     name = url.lower()
-    stream = gzip.open(f) if name.endswith(".gz") else _zstd_stream(f) if name.endswith(".zst") else f
+    stream = (gzip.open(f) if name.endswith(".gz") else io.BufferedReader(ZstdFrames(f, damaged, lines=True))
+              if name.endswith(".zst") else f)  # a broken zstd frame costs its lines: reading goes on at the next
     try:
         line_no = 0
         for line_no, line in enumerate(stream, start=1):

@@ -221,6 +221,30 @@ def test_zstd_damage_costs_one_frame_and_is_counted(tmp_path, checksum, damage):
     assert [d["offset"] for d in r.damaged_records] == [starts[lost]]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_jsonl_zstd_damage_costs_one_frame_and_is_counted_at_its_line(tmp_path, damage):
+    """A multi-frame .jsonl.zst (pzstd, seekable zstd): a broken frame costs its lines only; reading
+    goes on at the next frame, and the damage is counted once at the first line lost."""
+    import zstandard
+
+    chunks = [[json.dumps({"id": f"{f}-{i}", "text": f"line {i} of frame {f}"}) + "\n" for i in range(3)]
+              for f in range(4)]
+    frames = [zstandard.ZstdCompressor(write_checksum=True).compress("".join(c).encode()) for c in chunks]
+    data = bytearray(b"".join(frames))
+    ids = [[json.loads(line)["id"] for line in c] for c in chunks]
+    if damage == "truncated":
+        data, lost, what = data[:-5], 3, "truncated_record"
+    else:
+        data[len(frames[0]) + len(frames[1]) // 2] ^= 0x55
+        lost, what = 1, "zstd_error"
+    path = tmp_path / "damaged.jsonl.zst"
+    path.write_bytes(bytes(data))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == [i for f, frame in enumerate(ids) if f != lost for i in frame]
+    assert r.counts["damaged"] == {what: 1}
+    assert [d["offset"] for d in r.damaged_records] == [3 * lost + 1]
+
+
 def test_arc_urls_with_spaces_are_read(tmp_path):
     def arc_record(header: str, body: bytes) -> bytes:
         return f"{header} {len(body)}\n".encode() + body + b"\n"
