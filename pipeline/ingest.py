@@ -298,6 +298,7 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
     stop = None if span[1] is None else warc_member_at(f, span[1])
     if start is None or (stop is not None and start >= stop):
         return
+    gzipped = resync and _starts_with(f, start, GZIP_MAGIC)
     last = -1
     while True:
         if resync:
@@ -317,7 +318,13 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
                     block = record.reader.read()
                     reading = None
                 yield record, last, block
-            return
+            if not resync or gzipped:
+                return
+            # An uncompressed file: fastwarc stops quietly at a record it cannot parse.
+            at = _record_end(f, last) if last >= start else start
+            if at is None or _warc_line_at(f, at) is None:
+                return
+            damaged.note("bad_header", at)
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as e:  # fastwarc raises plain exceptions (and pyo3's PanicException) for damage
@@ -325,14 +332,19 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
                 raise
             if reading is not None:
                 at, rid = last, _record_id(reading)
+            elif last < start:
+                at, rid = start, None
+            elif not resync:
+                at, rid = None, None
             else:
-                at, rid = (start if last < start else (_next_member(f, last + 1) if resync else None)), None
+                at, rid = (_next_member(f, last + 1) if gzipped else _record_end(f, last)), None
             damaged.note(_damage_kind(e), at, rid)
             if not resync:
                 return
-            start = warc_member_at(f, max(last, start, -1 if at is None else at) + 1)
-            if start is None or (stop is not None and start >= stop):
-                return
+        after = max(last, start, -1 if at is None else at) + 1
+        start = warc_member_at(f, after) if gzipped else _warc_line_at(f, after)
+        if start is None or (stop is not None and start >= stop):
+            return
 
 
 class _LfRecord:
@@ -433,6 +445,31 @@ def warc_member_at(f, position: int) -> int | None:
         if head.startswith(b"WARC/"):
             return found
         position = found + 1
+
+
+def _starts_with(f, position: int, magic: bytes) -> bool:
+    f.seek(position)
+    return f.read(len(magic)) == magic
+
+
+def _warc_line_at(f, position: int) -> int | None:
+    """Offset of the next line at or after `position` that begins a WARC record ("WARC/1."), in an
+    uncompressed file; None at its end."""
+    while (found := find_magic(f, position, b"WARC/1.")) is not None:
+        if found == 0 or _starts_with(f, found - 1, b"\n"):
+            return found
+        position = found + 1
+    return None
+
+
+def _record_end(f, offset: int) -> int | None:
+    """Where the next record should begin after the uncompressed record at `offset` (its header, its
+    Content-Length of block and the two CRLFs after it), or None when its header cannot say."""
+    f.seek(offset)
+    head = f.read(1 << 16)
+    end = head.find(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head[:end], re.IGNORECASE) if end > 0 else None
+    return None if length is None else offset + end + 4 + int(length.group(1)) + 4
 
 
 def _next_member(f, position: int) -> int | None:

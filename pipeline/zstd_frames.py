@@ -83,11 +83,14 @@ class ZstdFrames(io.RawIOBase):
             if self.frame is not None:
                 self._hand_on_whole_records()
                 self._note("truncated_record")
+            else:
+                self._hand_on(whole=True)  # a last line without a newline
             self.done = True
             return
         if self.frame is None:
             self.frame = self.zstd.ZstdDecompressor().decompressobj()
-            self.frame_out, self.frame_c = bytearray(), self.c_pos
+            # A line cut by a frame's end continues in the next frame's output.
+            self.frame_out, self.frame_c = (self.frame_out if self.lines else bytearray()), self.c_pos
         try:
             self.frame_out += self.frame.decompress(data)
         except self.zstd.ZstdError:
@@ -122,11 +125,13 @@ class ZstdFrames(io.RawIOBase):
             while cut > 0 and self.frame_out[cut - 1:cut] != b"\n":
                 cut = self.frame_out.rfind(b"WARC/1.", 0, cut)
         self.frame_out = self.frame_out[:max(cut, 0)]
-        self._hand_on()
+        self._hand_on(whole=True)
 
-    def _hand_on(self) -> None:
-        self.ready += self.frame_out
-        self.d_pos += len(self.frame_out)
-        if self.lines:
-            self.newlines += self.frame_out.count(b"\n")
-        self.frame_out = bytearray()
+    def _hand_on(self, whole: bool = False) -> None:
+        """The output so far; of a line file, only whole lines (the rest waits for its end)."""
+        cut = len(self.frame_out) if whole or not self.lines else self.frame_out.rfind(b"\n") + 1
+        out = self.frame_out[:cut]
+        self.ready += out
+        self.d_pos += len(out)
+        self.newlines += out.count(b"\n")
+        self.frame_out = self.frame_out[cut:]

@@ -245,6 +245,23 @@ def test_jsonl_zstd_damage_costs_one_frame_and_is_counted_at_its_line(tmp_path, 
     assert [d["offset"] for d in r.damaged_records] == [3 * lost + 1]
 
 
+@pytest.mark.parametrize("hit", [0, 2, 3])
+def test_header_damage_in_an_uncompressed_warc_costs_that_record_only(tmp_path, hit):
+    """An uncompressed .warc has no gzip members to resync at: reading goes on at the next line that
+    begins a record, and the damage is counted once at the damaged record's offset."""
+    plain = [gzip.decompress(_response(n, _page(n))) for n in range(1, 6)]
+    good = _warcio_ids(b"".join(plain), tmp_path / "plain.warc")
+    starts = [sum(map(len, plain[:i])) for i in range(len(plain))]
+    data = bytearray(b"".join(plain))
+    data[starts[hit] + 1:starts[hit] + 5] = b"XXXX"  # "WARC/1.1" no longer
+    path = tmp_path / "damaged.warc"
+    path.write_bytes(bytes(data))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == good[:hit] + good[hit + 1:]
+    assert r.counts["damaged"] == {"bad_header": 1}
+    assert [d["offset"] for d in r.damaged_records] == [starts[hit]]
+
+
 def test_arc_urls_with_spaces_are_read(tmp_path):
     def arc_record(header: str, body: bytes) -> bytes:
         return f"{header} {len(body)}\n".encode() + body + b"\n"
