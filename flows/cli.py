@@ -103,6 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir", help="the folder to write")
     e.add_argument("--data", default="", help="the tokenize output whose tokenizer a loose checkpoint file uses")
 
+    for name, text in (("chat", "talk to a model in the terminal (streamed answers, multi-turn history)"),
+                       ("serve", "an OpenAI-compatible HTTP API for a model (/v1/chat/completions, /v1/completions) "
+                                 "and a chat page")):
+        t = sub.add_parser(name, help=text, description=text)
+        t.add_argument("model", help="a train output (store/train/<fp>), its model.pt or a training checkpoint")
+        t.add_argument("--tokenizer", help="its tokenizer.json (default: the one it was trained with)")
+        t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        t.add_argument("--max-tokens", type=_count(1), default=None,
+                       help="longest answer in tokens (default: 256; serve: the most a request may ask for, 2048)")
+        if name == "chat":
+            t.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
+            t.add_argument("--top-k", type=_count(1), default=None)
+            t.add_argument("--top-p", type=float, default=None)
+            t.add_argument("--seed", type=int, default=None, help="repeatable samples")
+            t.add_argument("--system", default=None, help="a system message that starts the conversation")
+        else:
+            t.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+            t.add_argument("--port", type=int, default=8000)
+            t.add_argument("--name", default=None, help="the model name clients send (default: the file's name)")
+            t.add_argument("--max-body-bytes", type=_count(1), default=1 << 20)
+            t.add_argument("--max-queue", type=_count(1), default=64, help="requests waiting or running at most")
+
     srv = sub.add_parser(
         "server", help="Prefect server + deployments + worker in the foreground, so the UI runs flows (Ctrl-C stops)",
         description="Without an action: start the local Prefect server (or use the one that answers), register "
@@ -163,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         except USER_ERRORS as e:
             print(f"error: {one_line(str(e))}", file=sys.stderr)
             return 2
+    if args.command in ("chat", "serve"):
+        return _talk(args)
     from flows import prefect_env
 
     home = prefect_env.configure()
@@ -214,6 +238,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _talk(args) -> int:
+    """`chat` and `serve`: no Prefect, only the model."""
+    from model.serving import Limits, RequestError, Sampling, open_engine
+
+    if args.command == "serve":
+        limits = Limits(max_tokens=args.max_tokens or Limits.max_tokens, max_body_bytes=args.max_body_bytes,
+                        max_queue=args.max_queue)
+    else:
+        limits = Limits()
+    try:
+        engine = open_engine(args.model, args.tokenizer, args.device, getattr(args, "name", None), limits)
+    except (StoreError, FileNotFoundError, ValueError, RequestError) as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    if args.command == "chat":
+        from model.terminal_chat import run_chat
+
+        sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        return run_chat(engine, sampling, args.max_tokens, args.system)
+    import uvicorn
+
+    from model.openai_api import create_app
+
+    print(f"serving {engine.name} on http://{args.host}:{args.port} (chat page: /, API: /v1)", file=sys.stderr)
+    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -40,13 +40,7 @@ class ChatFormat:
         self.end_id = tokenizer.token_to_id(END)
 
     def encode_text(self, text: str) -> list[int]:
-        """Plain text's ids: special-token strings in it stay text."""
-        before = self.tokenizer.encode_special_tokens
-        self.tokenizer.encode_special_tokens = True
-        try:
-            return self.tokenizer.encode(text, add_special_tokens=False).ids
-        finally:
-            self.tokenizer.encode_special_tokens = before
+        return encode_plain(self.tokenizer, text)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False,
                train_on: str = "assistant") -> tuple[list[int], list[bool]]:
@@ -67,6 +61,16 @@ class ChatFormat:
             ids.append(self.role_id["assistant"])
             mask.append(False)
         return ids, mask
+
+
+def encode_plain(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Plain text's ids: special-token strings in it stay text."""
+    before = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = True
+    try:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+    finally:
+        tokenizer.encode_special_tokens = before
 
 
 def check_messages(messages) -> None:

@@ -96,8 +96,8 @@ def train_tokenizer(texts: Iterable[str], config: TokenizeConfig) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-                                  special_tokens=config.special_tokens(), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+                                  special_tokens=config.special_tokens(),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     seen = {"chars": 0}
 
     def counted():

@@ -12,8 +12,8 @@ from model.chat import CHAT_TEMPLATE, ChatFormat, add_chat_tokens
 from model.gpt import GPT, GPTConfig
 from pipeline.tokenize import CHAT_TOKENS, TokenizeConfig, train_tokenizer, transformers_files
 
-TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Naïve café — “quotes”, 日本語 and 🙂 emoji.",
-         "How many legs does a spider have? A spider has eight legs.", "Rewrite the sentence in passive voice."] * 20
+TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3,
+         "Naïve café — “quotes”, 日本語 and 🙂 emoji.", "How many legs does a spider have? A spider has eight legs.", "Rewrite the sentence in passive voice."] * 20
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How many legs does a spider have?"},
