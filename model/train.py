@@ -414,6 +414,10 @@ def _read_checkpoint(path, c, vocab_size, device) -> dict:
     saved = {k: ckpt["config"].get(k, BEFORE_FIELD.get(k, fields[k].default)) for k in fields}
     now = c.model_dump()
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k not in BATCH_SPLIT and saved[k] != now[k])
+    padded = lambda cfg: GPTConfig(vocab_size=vocab_size,  # noqa: E731
+                                   vocab_multiple=cfg["vocab_multiple"]).padded_vocab
+    if "vocab_multiple" in changed and padded(saved) == padded(now):
+        changed.remove("vocab_multiple")  # another multiple, the same rows: the same weights
     glob = lambda cfg: math.prod(cfg[k] for k in BATCH_SPLIT)  # noqa: E731
     if glob(saved) != glob(now):
         changed += [k for k in BATCH_SPLIT if saved[k] != now[k]]
