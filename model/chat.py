@@ -101,16 +101,21 @@ def add_chat_tokens(tokenizer: Tokenizer, model=None) -> int:
 
 @torch.no_grad()
 def resize_vocab(model, vocab_size: int) -> None:
-    """Grow a GPT's vocabulary to `vocab_size` rows (never shrinks: ids in use must stay)."""
-    old = model.tok_emb.weight
-    if vocab_size <= old.size(0):
+    """Grow a GPT's vocabulary to `vocab_size` ids (never shrinks: ids in use must stay). New ids take
+    padded rows (config.vocab_multiple) first, then new rows, all set to the mean of the real ones."""
+    c = model.config
+    if vocab_size <= c.vocab_size:
         return
-    extra = old.mean(dim=0, keepdim=True).expand(vocab_size - old.size(0), -1)
-    model.tok_emb.weight = torch.nn.Parameter(torch.cat([old, extra]))
-    head = model.lm_head.weight
-    if head is old:
-        model.lm_head.weight = model.tok_emb.weight
-    else:
-        model.lm_head.weight = torch.nn.Parameter(torch.cat([head, head.mean(dim=0, keepdim=True).expand_as(extra)]))
-    model.tok_emb.num_embeddings = model.lm_head.out_features = vocab_size
-    model.config.vocab_size = vocab_size
+    rows = -(-vocab_size // c.vocab_multiple) * c.vocab_multiple
+
+    def grown(weight: torch.Tensor) -> torch.nn.Parameter:
+        mean = weight[:c.vocab_size].mean(dim=0, keepdim=True)
+        out = torch.cat([weight, mean.expand(max(0, rows - weight.size(0)), -1)])
+        out[c.vocab_size:vocab_size] = mean
+        return torch.nn.Parameter(out)
+
+    tied = model.lm_head.weight is model.tok_emb.weight
+    model.tok_emb.weight = grown(model.tok_emb.weight)
+    model.lm_head.weight = model.tok_emb.weight if tied else grown(model.lm_head.weight)
+    model.tok_emb.num_embeddings = model.lm_head.out_features = model.tok_emb.weight.size(0)
+    c.vocab_size = vocab_size

@@ -51,11 +51,18 @@ class GPTConfig(BaseModel):
                                              "OLMo2): keeps attention logits bounded, fewer loss spikes.")
     tie_embeddings: bool = Field(True, description="The output head reuses the token embedding matrix (GPT-2); "
                                                    "false gives the head its own weights.")
+    vocab_multiple: int = Field(1, ge=1, le=1 << 16, description="The embedding and head have vocab_size rounded "
+                                "up to a multiple of this many rows; the padded rows are never predicted.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "GPTConfig":
         check_heads(self)
         return self
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and head: vocab_size rounded up to vocab_multiple (GPU-friendly matmuls)."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def head_size(self) -> int:
@@ -175,7 +182,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        self.tok_emb = nn.Embedding(c.padded_vocab, c.n_embd)
         self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.positions == "learned" else None
         if c.positions == "rotary":  # not saved: recomputed from the config
             cos, sin = rotary_tables(c)
@@ -184,7 +191,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
         self.ln_f = make_norm(c, c.n_embd)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = nn.Linear(c.n_embd, c.padded_vocab, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # one matrix both reads and writes tokens
         # Recompute each block's activations in the backward pass instead of storing them: less
@@ -205,8 +212,14 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The head's logits over the real vocabulary: padded rows are cut off (a view), so no padded
+        id is ever predicted, sampled or part of a softmax."""
+        logits = self.lm_head(h)
+        return logits if logits.size(-1) == self.config.vocab_size else logits[..., :self.config.vocab_size]
+
     def _loss_sum(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.lm_head(h).float(), targets, reduction="sum")
+        return F.cross_entropy(self._logits(h).float(), targets, reduction="sum")
 
     def num_params(self) -> int:
         """Parameters, counting a tied embedding/lm_head matrix once."""
@@ -226,7 +239,8 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: "KVCache | None" = None,
                 loss_chunks: int = 1, segments: torch.Tensor | None = None, positions: torch.Tensor | None = None):
-        """idx, targets: (B, T) token ids. Returns logits (B, T, vocab) and the mean loss (or None).
+        """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size: never the padded rows)
+        and the mean loss (or None).
         With a KVCache, idx continues the tokens the cache already holds (their keys and values are
         reused, the new ones are appended). loss_chunks > 1 (with targets): no logits (None) and the
         loss computed in that many chunks of tokens, each chunk's logits recomputed in the backward,
@@ -263,11 +277,10 @@ class GPT(nn.Module):
             total = sum(checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
                         for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks)))
             return None, total / t.numel()
-        logits = self.lm_head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return logits, loss
+        logits = self._logits(self.ln_f(x))
+        if targets is None:
+            return logits.contiguous(), None  # a copy only when padded rows were cut off
+        return logits, F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 class LayerCache:

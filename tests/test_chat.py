@@ -96,3 +96,22 @@ def test_adding_chat_tokens_to_an_old_tokenizer_grows_the_model(tmp_path):
     assert torch.equal(after[..., :n], before)  # the old tokens' logits are unchanged
     ids, _ = ChatFormat(old).render(CONVERSATIONS[0])
     assert max(ids) == n + 3 and add_chat_tokens(old, model) == 0
+
+
+def test_chat_tokens_take_a_padded_models_spare_rows_first():
+    """With vocab_multiple 64 the new ids use the padded rows (set to the real rows' mean) before
+    any row is added; the logits widen to the new vocabulary and the old ones do not change."""
+    old = train_tokenizer(TEXTS, TokenizeConfig(vocab_size=400, min_frequency=1, chat_tokens=False))
+    torch.manual_seed(0)
+    n = old.get_vocab_size()
+    model = GPT(GPTConfig(vocab_size=n, vocab_multiple=64, n_layer=1, n_head=2, n_embd=16, block_size=32,
+                          tie_embeddings=False))
+    rows = model.tok_emb.weight.size(0)
+    x = torch.tensor([old.encode("The quick brown fox").ids])
+    before = model(x)[0]
+    assert add_chat_tokens(old, model) == 4
+    assert model.config.vocab_size == n + 4 and model(x)[0].shape[-1] == n + 4
+    assert model.tok_emb.weight.size(0) == model.lm_head.weight.size(0) == model.config.padded_vocab
+    assert n == 380 and rows == model.config.padded_vocab == 384  # the 4 spare rows hold the new ids
+    assert torch.equal(model(x)[0][..., :n], before)
+    assert torch.equal(model.lm_head.weight[n + 3], model.lm_head.weight[:n].mean(dim=0))
