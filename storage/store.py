@@ -235,22 +235,30 @@ class StageDir:
         return json.loads(self.read_bytes(rel))
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
-        try:
+        with self._reading(rel):
             with self.fs.open(self.abspath(rel), "rb") as f:
                 return pq.read_table(f, columns=columns)
-        except FileNotFoundError as e:
-            raise StoreError(f"missing shard file {self.url(rel)}") from e
 
     def read_arrow(self, rel: str) -> pa.Table:
-        with self.fs.open(self.abspath(rel), "rb") as f:
-            return ipc.open_file(pa.BufferReader(f.read())).read_all()
+        with self._reading(rel):
+            with self.fs.open(self.abspath(rel), "rb") as f:
+                return ipc.open_file(pa.BufferReader(f.read())).read_all()
 
     def map_arrow(self, rel: str) -> pa.Table:
         """An Arrow IPC file, memory-mapped: taking a few rows reads only their pages."""
-        try:
+        with self._reading(rel):
             return ipc.open_file(pa.memory_map(self.local_path(rel))).read_all()
+
+    @contextlib.contextmanager
+    def _reading(self, rel: str):
+        """A missing or unreadable stored file as a StoreError naming it (Arrow's own errors name none)."""
+        try:
+            yield
         except FileNotFoundError as e:
             raise StoreError(f"missing shard file {self.url(rel)}") from e
+        except pa.ArrowInvalid as e:  # a truncated or changed file; an OSError may be the network's
+            raise StoreError(f"damaged shard file {self.url(rel)} ({one_line_error(e)}); `crawl2llm verify` "
+                             "checks the store; running the stage that wrote it again (or the pipeline) redoes that shard") from e
 
     def sizes(self) -> dict[str, int]:
         """Every committed file of this output (relative path -> bytes) from one listing: cheap on
@@ -289,6 +297,10 @@ def open_stage(url: str) -> StageDir:
     if not sd.is_committed():
         raise StoreError(f"{url} is not a committed stage output (no manifest.json): run that stage first")
     return sd
+
+
+def one_line_error(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
 
 
 def file_record(size: int, crc: int) -> dict:
