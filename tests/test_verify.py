@@ -104,3 +104,37 @@ def test_verify_command_names_every_damage(tmp_path, shared_data, capsys):
     for path, what in [(kept, "has CRC-32"), (removed, "bytes, committed with"), (other, "is missing")]:
         assert any(f"{path} " in line and what in line for line in text.splitlines()), text
     assert "3 damaged" in text, text
+
+
+def test_object_store_reuse_checks_sizes_and_verify_reads_everything(shared_data, caplog):
+    """On an object store (memory://) a shard job that finds its shard committed checks sizes only:
+    a truncated file is redone with a warning, a flipped bit is left to `verify`, which finds it."""
+    import fsspec
+
+    from pipeline.ingest import IngestConfig
+    from pipeline.shards import ingest_shard
+    from storage import Store
+    from storage.verify import stage_outputs, verify_outputs
+
+    url, rel = "memory://c2l-verify", "warc/resiliparse-warcfile.warc.gz"
+    piece = [{"url": str(shared_data(rel)), "start": 0, "end": None, "name": rel}]
+    first = ingest_shard(url, "fp", 0, piece, IngestConfig())
+    fs, sd = fsspec.filesystem("memory"), Store(url).stage("ingest", "fp")
+    kept, removed = sd.abspath("data/part-00000.parquet"), sd.abspath("removed/part-00000.parquet")
+    good = fs.cat_file(kept)
+    fs.pipe_file(kept, good[:-100])
+    with caplog.at_level(logging.WARNING, logger="pipeline.shards"):
+        again = ingest_shard(url, "fp", 0, piece, IngestConfig())
+    assert any(f"{sd.url('data/part-00000.parquet')} has {len(good) - 100} bytes" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert fs.cat_file(kept) == good and again["files"] == first["files"]
+
+    flipped = bytearray(fs.cat_file(removed))
+    flipped[len(flipped) // 2] ^= 0x80
+    fs.pipe_file(removed, bytes(flipped))
+    caplog.clear()
+    ingest_shard(url, "fp", 0, piece, IngestConfig())  # reused as it is: same size
+    assert not caplog.records and fs.cat_file(removed) == bytes(flipped)
+    [row] = verify_outputs(stage_outputs(url))
+    assert row["shards"] == 1 and len(row["problems"]) == 1 and "has CRC-32" in row["problems"][0], row
+    fs.rm(f"/{url.removeprefix('memory://')}", recursive=True)
