@@ -5,9 +5,9 @@
 
 Two stores in a temporary folder on the local disk (--dir):
 
-- real: every top-level *.warc.gz of ../shared/data/warc ingested (pipeline.shards.ingest_shard,
-  one shard per file, the language model loaded before the clock starts): the time to compute
-  shards per GB of what they write;
+- real: every top-level *.warc.gz of ../shared/data/warc and the Gutenberg JSONL of
+  ../shared/data/text ingested (pipeline.shards.ingest_shard, one shard per file, the language model
+  loaded before the clock starts): the time to compute shards per GB of what they write;
 - big: --gib of tokenize-like shards (random uint16 tokens, Arrow IPC, 128 MiB each) written
   through StageDir and committed, so the check is measured on data of a real size.
 
@@ -37,8 +37,8 @@ from pipeline.shards import commit_shard, ingest_shard
 from storage import Store
 from storage.verify import repair, verify_outputs
 
-DATA = os.path.join(os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                                  "data")), "warc")
+DATA = os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+TEXT = "text/gutenberg-top-authors-subset.jsonl.gz"
 SHARD = 128 << 20
 
 
@@ -65,12 +65,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="GiB of token shards for the big store")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--data", default=DATA, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
+    parser.add_argument("--data", default=DATA, help="the shared data folder (default: $CRAWL2LLM_DATA)")
     parser.add_argument("--dir", default=None, help="where the stores go (default: a temporary folder)")
     args = parser.parse_args()
-    files = sorted(glob.glob(os.path.join(args.data, "*.warc.gz")))
-    if not files:
-        raise SystemExit(f"no *.warc.gz in {args.data}")
+    files = sorted(glob.glob(os.path.join(args.data, "warc", "*.warc.gz"))) + [os.path.join(args.data, TEXT)]
+    if not os.path.exists(files[-1]):
+        raise SystemExit(f"no {TEXT} in {args.data}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(dir=args.dir) as root:
         detect_language("warm up the model")
@@ -82,7 +82,7 @@ def main() -> None:
         compute = time.perf_counter() - t0
         sd = real.stage("ingest", "fp")
         nbytes = sum(sum(f["size"] for f in sd.read_shard_stats(i)["files"].values()) for i in range(len(files)))
-        report("real: ingest of the WARCs", len(files), nbytes, compute, checks(sd, range(len(files)), args.rounds))
+        report("real: ingest of the WARCs and the JSONL", len(files), nbytes, compute, checks(sd, range(len(files)), args.rounds))
 
         big = Store(os.path.join(root, "big")).stage("tokenize", "fp")
         n = max(1, round(args.gib * (1 << 30) / SHARD))
