@@ -82,7 +82,8 @@ def main() -> None:
         compute = time.perf_counter() - t0
         sd = real.stage("ingest", "fp")
         nbytes = sum(sum(f["size"] for f in sd.read_shard_stats(i)["files"].values()) for i in range(len(files)))
-        report("real: ingest of the WARCs and the JSONL", len(files), nbytes, compute, checks(sd, range(len(files)), args.rounds))
+        report("real: ingest of the WARCs and the JSONL", len(files), nbytes, compute,
+               checks(sd, range(len(files)), args.rounds))
 
         big = Store(os.path.join(root, "big")).stage("tokenize", "fp")
         n = max(1, round(args.gib * (1 << 30) / SHARD))

@@ -107,7 +107,8 @@ def _intact(out: StageDir, log) -> bool:
         return False
     damaged = damaged_shards(out, crc=False)
     for i, problems in damaged.items():
-        log.warning("%s %s shard %d: %s: running the stage again", out.name, out.fingerprint[:16], i, "; ".join(problems))
+        log.warning("%s %s shard %d: %s: running the stage again", out.name, out.fingerprint[:16], i,
+                    "; ".join(problems))
     return not damaged
 
 

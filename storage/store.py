@@ -258,7 +258,8 @@ class StageDir:
             raise StoreError(f"missing shard file {self.url(rel)}") from e
         except pa.ArrowInvalid as e:  # a truncated or changed file; an OSError may be the network's
             raise StoreError(f"damaged shard file {self.url(rel)} ({one_line_error(e)}); `crawl2llm verify` "
-                             "checks the store; running the stage that wrote it again (or the pipeline) redoes that shard") from e
+                             "checks the store; running the stage that wrote it again (or the pipeline) redoes "
+                             "that shard") from e
 
     def sizes(self) -> dict[str, int]:
         """Every committed file of this output (relative path -> bytes) from one listing: cheap on
