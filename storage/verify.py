@@ -125,11 +125,16 @@ def stage_outputs(url: str) -> list[StageDir]:
     """The stage outputs holding committed shards: `url` itself when it is one ({root}/{stage}/{fp}),
     else every one in the store at `url`."""
     fs, path = fsspec.core.url_to_fs(url.rstrip("/"))
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{url}: no such store or stage output")
     if fs.exists(posixpath.join(path, "stats")):
         fp, name = posixpath.basename(path), posixpath.basename(posixpath.dirname(path))
         return [Store(url.rstrip("/")[: -len(f"/{name}/{fp}")] or "/").stage(name, fp)]
     store = Store(url)
     found = sorted(store.fs.glob(posixpath.join(store.root, "*", "*", "stats")))
+    if not found:
+        raise FileNotFoundError(f"{url} holds no committed shard ({{stage}}/{{fingerprint}}/stats/): "
+                                "name a store or one stage output in it")
     return [store.stage(posixpath.basename(posixpath.dirname(posixpath.dirname(p))),
                         posixpath.basename(posixpath.dirname(p))) for p in found]
 

@@ -104,6 +104,8 @@ def test_verify_command_names_every_damage(tmp_path, shared_data, capsys):
     for path, what in [(kept, "has CRC-32"), (removed, "bytes, committed with"), (other, "is missing")]:
         assert any(f"{path} " in line and what in line for line in text.splitlines()), text
     assert "3 damaged" in text, text
+    assert main(["verify", str(tmp_path / "nope")]) == 2  # a mistyped store is an error, not a clean one
+    assert "no such store" in capsys.readouterr().err
 
 
 def test_object_store_reuse_checks_sizes_and_verify_reads_everything(shared_data, caplog):
