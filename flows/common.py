@@ -24,7 +24,7 @@ from pipeline.damage import merge_listed
 from pipeline.stage import merge_counts
 from storage import StageDir, StoreError, protocol
 from storage.lock import stage_lock
-from storage.verify import repair
+from storage.verify import redone_differently, repair
 
 T = TypeVar("T")
 
@@ -228,6 +228,7 @@ def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
         cached = out.is_committed() and not damaged
         with Timer() as t:
             results = map_shards(out, jobs, workers_n)
+            redone_differently(out, damaged, results, get_run_logger().warning)
             manifest = commit_stage(out, results, header)
         return manifest, results, cached, t.seconds
 

@@ -88,18 +88,30 @@ def damaged_shards(sd: StageDir, indexes=None, crc: bool | None = None,
     return found
 
 
-def repair(sd: StageDir, indexes, warn: Callable[[str], None], crc: bool | None = None) -> dict[int, list[str]]:
+def repair(sd: StageDir, indexes, warn: Callable[[str], None], crc: bool | None = None) -> dict[int, dict]:
     """Uncommit every damaged shard among `indexes` (a warning for each, naming the stage, shard and
-    files), so the run does it again. Returns the damaged shards and their problems."""
+    files), so the run does it again. Returns the damaged shards: index -> their problems and the
+    files their stats recorded (empty when unreadable), for `redone_differently`."""
     sizes = sd.sizes()
-    damaged = damaged_shards(sd, indexes, crc, sizes)
-    for i, problems in damaged.items():
+    damaged = {}
+    for i, problems in damaged_shards(sd, indexes, crc, sizes).items():
         warn(f"{sd.name} {sd.fingerprint[:16]} shard {i}: {'; '.join(problems)}: doing the shard again")
-        stats = read_stats(sd, i)
+        recorded = (read_stats(sd, i) or {}).get("files") or {}
         mine = f"part-{i:05d}."  # an unreadable stats file names no files: those of the shard's own name
-        files = stats.get("files", {}) if stats is not None else [r for r in sizes if mine in posixpath.basename(r)]
-        sd.uncommit_shard(i, files)
+        sd.uncommit_shard(i, recorded or [r for r in sizes if mine in posixpath.basename(r)])
+        damaged[i] = {"problems": problems, "files": recorded}
     return damaged
+
+
+def redone_differently(sd: StageDir, damaged: dict[int, dict], results: dict[int, dict],
+                       warn: Callable[[str], None]) -> list[int]:
+    """The repaired shards whose new files differ from what was committed (shards are deterministic,
+    so only changed inputs do that), with a warning: outputs made from the old bytes do not know."""
+    changed = [i for i, was in damaged.items() if was["files"] and results[i].get("files") != was["files"]]
+    for i in changed:
+        warn(f"{sd.name} {sd.fingerprint[:16]} shard {i} was done again with other bytes than were committed "
+             "(its input changed in place?): outputs made from the old shard may be stale; delete them to redo them")
+    return changed
 
 
 def shard_intact(sd: StageDir, index: int, warn: Callable[[str], None]) -> bool:

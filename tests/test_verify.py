@@ -79,6 +79,7 @@ def test_damaged_shards_are_redone_byte_identical(prefect_api, tmp_path, shared_
             assert any(f"{path} " in m and what in m and m.startswith(f"{stage} ") for m in warned), (path, how, warned)
             assert _stats_of(path, out).stat().st_mtime_ns != before[path], path  # the shard was committed again
     assert _files(store) == untouched  # the same bytes, every stage's data, removed documents and manifests
+    assert not [m for m in warned if "other bytes" in m]  # each redone shard matched what its stats recorded
 
 
 def test_verify_command_names_every_damage(tmp_path, shared_data, capsys):
@@ -116,7 +117,7 @@ def test_object_store_reuse_checks_sizes_and_verify_reads_everything(shared_data
     from pipeline.ingest import IngestConfig
     from pipeline.shards import ingest_shard
     from storage import Store
-    from storage.verify import stage_outputs, verify_outputs
+    from storage.verify import redone_differently, stage_outputs, verify_outputs
 
     url, rel = "memory://c2l-verify", "warc/resiliparse-warcfile.warc.gz"
     piece = [{"url": str(shared_data(rel)), "start": 0, "end": None, "name": rel}]
@@ -130,6 +131,10 @@ def test_object_store_reuse_checks_sizes_and_verify_reads_everything(shared_data
     assert any(f"{sd.url('data/part-00000.parquet')} has {len(good) - 100} bytes" in r.getMessage()
                for r in caplog.records), caplog.text
     assert fs.cat_file(kept) == good and again["files"] == first["files"]
+    said: list[str] = []
+    assert redone_differently(sd, {0: {"files": first["files"]}}, {0: again}, said.append) == [] and not said
+    other = {**first["files"], "data/part-00000.parquet": {"size": 1, "crc32": "00000000"}}
+    assert redone_differently(sd, {0: {"files": other}}, {0: again}, said.append) == [0] and "stale" in said[0]
 
     flipped = bytearray(fs.cat_file(removed))
     flipped[len(flipped) // 2] ^= 0x80
