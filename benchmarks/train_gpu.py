@@ -94,7 +94,7 @@ LOG_INTERVAL = 5
 
 def ours(shape: dict, arch: dict, batch: int, steps: int, warmup: int, device: str, compile_: bool) -> dict:
     """model.train.train on a token file; the per-step times it logs, after warmup."""
-    vocab = REAL_VOCAB[shape["vocab_size"]]
+    vocab = REAL_VOCAB.get(shape["vocab_size"], shape["vocab_size"])
     with tempfile.TemporaryDirectory() as tmp:
         path = token_file(tmp, shape, (warmup + steps) * batch * (shape["block_size"] + 1) + 1, vocab)
         config = TrainConfig(**{k: v for k, v in shape.items() if k != "vocab_size"}, **arch, batch_size=batch,
