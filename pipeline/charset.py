@@ -50,11 +50,12 @@ def decode_html(body: bytes, http_charset: str | None) -> tuple[str, str]:
     return _decode(body, name), name
 
 
-def looks_undecodable(text: str) -> bool:
-    """Whether more than 1% of `text` is replacement characters or control characters (C1 included)."""
-    if ODD_CHAR.search(text) is None:
-        return False
-    return len(ODD_CHAR.findall(text)) > UNDECODABLE_SHARE * len(text)
+def odd_share(text: str) -> float:
+    """The share of `text` that is replacement or control characters (C1 included): over
+    UNDECODABLE_SHARE, the text looks undecodable."""
+    if not text or ODD_CHAR.search(text) is None:
+        return 0.0
+    return len(ODD_CHAR.findall(text)) / len(text)
 
 
 def _encoding(label: str | None) -> str | None:

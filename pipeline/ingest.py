@@ -42,7 +42,7 @@ from pipeline.digests import digest_ok
 from pipeline.remote import is_transient
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files, split_by_reason
-from pipeline.charset import decode_html, looks_undecodable
+from pipeline.charset import UNDECODABLE_SHARE, decode_html, odd_share
 from pipeline.http_message import content_type, gunzip
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
@@ -236,8 +236,9 @@ def _verdict(row: dict, config: IngestConfig, blocklist: UrlFilter) -> tuple[str
         return "url_blocked", blocked
     if len(row["text"]) < config.min_chars:
         return "too_short", f"{len(row['text'])} chars"
-    if looks_undecodable(row["text"]):
-        return "undecodable", "over 1% replacement or control characters"
+    odd = odd_share(row["text"])
+    if odd > UNDECODABLE_SHARE:  # a page no decoding reads (or binary): it would teach the model mojibake
+        return "undecodable", f"{odd:.0%} replacement or control characters"
     if config.languages and (row["language"] not in config.languages
                              or row["language_score"] < config.language_threshold):
         return "language", f"{row['language']} {row['language_score']:.2f}"
