@@ -70,8 +70,8 @@ def ours(body: bytes, label: str | None) -> str:
     return decode_html(body, label)[0]
 
 
-def real_pages(files: list[str]) -> list[tuple[bytes, str | None, str]]:
-    """(body, HTTP charset, URL) of every HTTP 200 HTML response, bodies de-chunked and gunzipped as ingest does."""
+def real_pages(files: list[str]) -> list[tuple[bytes, str | None, str, str]]:
+    """(body, HTTP charset, URL, Content-Type) of every HTTP 200 HTML response, bodies de-chunked and gunzipped as ingest does."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     pages = []
@@ -87,7 +87,7 @@ def real_pages(files: list[str]) -> list[tuple[bytes, str | None, str]]:
                     body = _dechunk(body)
                 if headers.get("content-encoding", "").lower() in ("gzip", "x-gzip"):
                     body = gunzip(body, 10_000_000)[0]
-                pages.append((body, charset, record.headers.get("WARC-Target-URI") or ""))
+                pages.append((body, charset, record.headers.get("WARC-Target-URI") or "", headers["content-type"]))
     return pages
 
 
@@ -95,6 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data", default=DATA, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
+    parser.add_argument("--chromium", action="store_true", help="also read every page in headless Chromium "
+                                                                 "(Debian's chromium and chromium-driver, selenium)")
     args = parser.parse_args()
     candidates = {"old": old, "resiliparse": resiliparse, "w3lib": scrapy_w3lib, "webencodings": web_encodings, "ours": ours}
     if importlib.util.find_spec("w3lib") is None:
@@ -112,10 +114,10 @@ def main() -> None:
     for round_no in range(args.rounds):
         for name in names[round_no % len(names):] + names[:round_no % len(names)]:
             t0 = time.process_time()
-            for body, label, _ in pages:
+            for body, label, *_ in pages:
                 candidates[name](body, label)
             cpu[name].append(time.process_time() - t0)
-    mib = sum(len(b) for b, _, _ in pages) / 2**20
+    mib = sum(len(page[0]) for page in pages) / 2**20
     print(f"{len(pages)} real HTML pages ({mib:.1f} MiB) of {len(files)} files; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     for name in candidates:
@@ -125,7 +127,7 @@ def main() -> None:
     config = IngestConfig()
     changed = decoded_changed = 0
     undecodable = {"old": 0, "ours": 0}
-    for body, label, url in pages:
+    for body, label, url, _ in pages:
         before, after = old(body, label), ours(body, label)
         decoded_changed += before != after
         texts = {"old": _text(before, config), "ours": _text(after, config)}
@@ -139,6 +141,77 @@ def main() -> None:
     print(f"real pages whose decoded HTML changes: {decoded_changed}, whose extracted text changes: {changed}; "
           f"undecodable (over {UNDECODABLE_SHARE:.0%} U+FFFD or controls): old {undecodable['old']}, "
           f"ours {undecodable['ours']}")
+    if args.chromium:
+        tests = [(body, ctype, name) for name, ctype, body, _ in PAGES]
+        compare_with_chromium(tests + [(body, ctype, url) for body, _, url, ctype in pages])
+
+
+def compare_with_chromium(pages: list[tuple[bytes, str, str]]) -> None:
+    """Serve each (body, Content-Type, name) on 127.0.0.1 and load it in headless Chromium with
+    JavaScript off: its document.characterSet and textContent against ours (resiliparse's parse of
+    our decoding; both parsers follow the HTML standard)."""
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from resiliparse.parse.html import HTMLTree
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    class Page(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            n = self.path.strip("/")
+            if not n.isdigit():
+                return self.send_error(404)
+            body, ctype, _ = pages[int(n)]
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    options = Options()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--blink-settings=imagesEnabled=false"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_page_load_timeout(30)
+    same_charset = same_text = same_chars = 0
+    try:
+        print(f"Chromium {driver.capabilities.get('browserVersion')}, JavaScript off:")
+        for n, (body, ctype, name) in enumerate(pages):
+            driver.get(f"http://127.0.0.1:{server.server_address[1]}/{n}")
+            charset, text = driver.execute_script(
+                "return [document.characterSet, document.documentElement.textContent]")
+            html, encoding = decode_html(body, content_type(ctype)[1])
+            root = HTMLTree.parse(html).document.query_selector("html")
+            ours_text = root.text if root is not None else ""
+            same_charset += charset.lower() == encoding
+            same_text += text == ours_text
+            # the same characters outside ASCII: a text that differs only in parsing, not in decoding
+            same_chars += _non_ascii(text) == _non_ascii(ours_text)
+            if charset.lower() != encoding or text != ours_text:
+                at = next((i for i, (a, b) in enumerate(zip(text, ours_text)) if a != b), min(len(text), len(ours_text)))
+                print(f"  differs: {name} (Content-Type {ctype!r}): Chromium {charset}, ours {encoding}; "
+                      f"text {'same' if text == ours_text else f'at {at}: {text[at:at + 20]!r} / {ours_text[at:at + 20]!r}'}"
+                      f"; non-ASCII characters {'same' if _non_ascii(text) == _non_ascii(ours_text) else 'differ'}")
+    finally:
+        driver.quit()
+        server.shutdown()
+    print(f"same as Chromium: encoding {same_charset}/{len(pages)}, text {same_text}/{len(pages)}, "
+          f"non-ASCII characters {same_chars}/{len(pages)}")
+
+
+def _non_ascii(text: str) -> list[str]:
+    return sorted(c for c in text if ord(c) > 127)
 
 
 def _text(html: str, config: IngestConfig) -> str:

@@ -1,6 +1,7 @@
 """Pages are decoded as a browser decodes them (issue 16): each page here is labelled and encoded the
 way real servers send it, wrapped in a WARC response record and read through ingest's real
-extraction, and its text must be the characters a browser shows. Text that no decoding reads is
+extraction, and its text must be the characters a browser shows (Chromium 156 shows these, checked by
+benchmarks/charset_decoding.py --chromium, but for unlabelled UTF-8). Text that no decoding reads is
 removed as `undecodable`, and the binary-text check of later stages sees C1 controls."""
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ PAGES = [
      JAPANESE + "\u2460\u2461\u3231"),
     ("KOI8-R", "text/html; charset=koi8-r", _html(RUSSIAN.encode("koi8_r")), RUSSIAN),
     ("windows-1251", "text/html; charset=windows-1251", _html(RUSSIAN.encode("cp1251")), RUSSIAN),
+    # The one page where we part from Chromium, which reads it as windows-1252 (benchmarks/charset_decoding.py
+    # --chromium): bytes that are valid UTF-8 are almost never text in a legacy encoding.
     ("UTF-8 without any label", "text/html", _html(UTF8.encode()), UTF8),
     ("meta charset only", "text/html",
      _html(CP932.encode("cp932"), b'<meta http-equiv="Content-Type" content="text/html; charset=shift_jis">'), CP932),
