@@ -13,8 +13,8 @@ Candidates, each given the HTTP charset and the body:
 - ours: pipeline.charset.decode_html.
 Correctness is on the pages of tests/test_charset.py (labelled as real servers label them; a page
 passes when its decoded HTML holds the text a browser shows). Speed is CPU seconds (time.process_time)
-per page over every HTTP 200 HTML response of the top-level ../shared/data/warc/*.warc.gz, candidates
-in rotating order per round, best round reported. Then the real pages whose extracted text (ingest's
+per page over every HTTP 200 HTML response of the top-level ../shared/data/warc/*.warc.gz (20 passes a
+round), candidates in rotating order per round, best round reported. Then the real pages whose extracted text (ingest's
 default extraction) differs between old and ours, and those that look undecodable under each.
 Results with the machine and load: docs/BENCHMARKS.md.
 """
@@ -94,6 +94,7 @@ def real_pages(files: list[str]) -> list[tuple[bytes, str | None, str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20, help="passes over the pages per round (the clock ticks in ms)")
     parser.add_argument("--data", default=DATA, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
     parser.add_argument("--chromium", action="store_true", help="also read every page in headless Chromium "
                                                                  "(Debian's chromium and chromium-driver, selenium)")
@@ -114,16 +115,17 @@ def main() -> None:
     for round_no in range(args.rounds):
         for name in names[round_no % len(names):] + names[:round_no % len(names)]:
             t0 = time.process_time()
-            for body, label, *_ in pages:
-                candidates[name](body, label)
-            cpu[name].append(time.process_time() - t0)
+            for _ in range(args.repeat):
+                for body, label, *_ in pages:
+                    candidates[name](body, label)
+            cpu[name].append((time.process_time() - t0) / args.repeat)
     mib = sum(len(page[0]) for page in pages) / 2**20
     print(f"{len(pages)} real HTML pages ({mib:.1f} MiB) of {len(files)} files; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     for name in candidates:
         best = min(cpu[name])
-        print(f"{name:12s} best round {best:.3f} s = {1e6 * best / len(pages):.0f} us per page "
-              f"(rounds: {', '.join(f'{s:.3f}' for s in cpu[name])})")
+        print(f"{name:12s} best round {1e3 * best:.2f} ms = {1e6 * best / len(pages):.1f} us per page "
+              f"(rounds, ms: {', '.join(f'{1e3 * s:.2f}' for s in cpu[name])})")
     config = IngestConfig()
     changed = decoded_changed = 0
     undecodable = {"old": 0, "ours": 0}
