@@ -11,6 +11,7 @@ that matches the browser's decoder (docs/INGEST.md, "Character encodings", has w
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 
 import webencodings
@@ -19,8 +20,29 @@ import webencodings
 # gb18030, Shift_JIS as Windows-31J with its NEC and IBM extensions, EUC-KR as Windows-949 (UHC), Big5
 # with the HKSCS extension; the rest are names Python does not know.
 PYTHON_CODECS = {"gbk": "gb18030", "gb18030": "gb18030", "shift_jis": "cp932", "euc-kr": "cp949",
-                 "big5": "big5hkscs", "iso-8859-8-i": "iso8859-8", "macintosh": "mac-roman",
+                 "big5": "big5hkscs", "euc-jp": "euc_jp", "iso-8859-8-i": "iso8859-8", "macintosh": "mac-roman",
                  "x-mac-cyrillic": "mac-cyrillic", "windows-874": "cp874", "iso-2022-jp": "iso2022_jp_ext"}
+# The bytes that start a two-byte code in each multi-byte codec (the standard's decoders).
+LEAD_BYTES = {"gb18030": bytes(range(0x81, 0xFF)), "cp932": bytes([*range(0x81, 0xA0), *range(0xE0, 0xFD)]),
+              "cp949": bytes(range(0x81, 0xFF)), "big5hkscs": bytes(range(0x81, 0xFF)),
+              "euc_jp": bytes([0x8E, *range(0xA1, 0xFF)])}
+# Where the standard's index gives another character than the Python codec (each found by decoding
+# every code with Chromium's TextDecoder: benchmarks/charset_decoding.py --chromium): EUC-JP uses
+# Windows' JIS X 0208 (as Shift_JIS does), GBK the GB18030-2022 code points for former private-use
+# ones (and ḿ trades places with its old private-use code), Big5 the standard's own index, Shift_JIS
+# has no single bytes 0xA0 and 0xFD-0xFF, KOI8-U has the two Belarusian letters of KOI8-RU.
+_GBK = str.maketrans("\ue5e5\ue78d\ue78e\ue78f\ue790\ue791\ue792\ue793\ue794\ue795\ue796\ue7c7\u1e3f\ue81e\ue826"
+                     "\ue82b\ue82c\ue832\ue843\ue854\ue864",
+                     "\u3000\ufe10\ufe12\ufe11\ufe13\ufe14\ufe15\ufe16\ufe17\ufe18\ufe19\u1e3f\ue7c7\u9fb4\u9fb5"
+                     "\u9fb6\u9fb7\u9fb8\u9fb9\u9fba\u9fbb")
+INDEX_FIXES = {
+    "euc-jp": str.maketrans("\u301c\u2016\u2212\xa2\xa3\xac", "\uff5e\u2225\uff0d\uffe0\uffe1\uffe2"),
+    "gbk": _GBK, "gb18030": _GBK,
+    "big5": str.maketrans("\u2022\uff64\u203e\u223c\u2641\u2609\xa5\xa2\xa3",
+                          "\u2027\ufe51\xaf\uff5e\u2295\u2299\uffe5\uffe0\uffe1"),
+    "shift_jis": str.maketrans("\uf8f0\uf8f1\uf8f2\uf8f3", "\ufffd" * 4),
+    "koi8-u": str.maketrans("\u255d\u256c", "\u045e\u040e"),
+}
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16be"), (codecs.BOM_UTF16_LE, "utf-16le"))
 # <meta charset=...> and <meta http-equiv=Content-Type content="...; charset=...">, in the prescan's
 # first 1024 bytes.
@@ -88,37 +110,55 @@ def _decode(body: bytes, name: str) -> str:
         return "\ufffd" if body else ""
     if name == "x-user-defined":
         return "".join(chr(b) if b < 0x80 else chr(0xF780 + b - 0x80) for b in body)
-    errors = _ERRORS.get(name) or ("crawl2llm-c1" if name.startswith("windows-") else "replace")
-    return body.decode(PYTHON_CODECS.get(name, name), errors)
+    codec = PYTHON_CODECS.get(name, name)
+    text = body.decode(codec, ERRORS if codec in LEAD_BYTES or name.startswith("windows-") else "replace")
+    if name not in INDEX_FIXES:
+        return text
+    fixes = INDEX_FIXES[name]  # a regex finds the rare characters: str.translate costs 0.1 us a character
+    return _fix_pattern(name).sub(lambda m: chr(fixes[ord(m.group())]), text)
 
 
-def _c1(error: UnicodeDecodeError) -> tuple[str, int]:
-    """A windows-125x or windows-874 byte 0x80-0x9F that Microsoft left undefined (cp1252's 0x81, 0x8D,
-    0x8F, 0x90, 0x9D) is, to the browser, the C1 control of that number: never a decoding error."""
-    first = error.object[error.start]
-    return (chr(first), error.start + 1) if 0x80 <= first <= 0x9F else ("\ufffd", error.end)
+@functools.cache
+def _fix_pattern(name: str) -> re.Pattern:
+    return re.compile("[" + "".join(map(chr, INDEX_FIXES[name])) + "]")
 
 
-def _gb18030(error: UnicodeDecodeError) -> tuple[str, int]:
-    """GB18030's single byte 0x80 is the euro sign to the browser (as in GBK's Windows-936)."""
-    if error.object[error.start] == 0x80:
-        return "\u20ac", error.start + 1
-    return "\ufffd", error.end
+def _whatwg_errors(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Where a Python codec has no character and the browser's decoder has one: a windows-125x or
+    windows-874 byte 0x80-0x9F that Microsoft left undefined is the C1 control of that number (and
+    windows-1255's 0xCA is U+05BA); GB18030's single byte 0x80 is the euro sign; an EUC-JP JIS X 0208
+    pair that Python's euc_jp lacks (the NEC and IBM extensions, such as ①) is the character of the
+    same index pointer in Windows-31J. Else one U+FFFD, for the lead byte and its trail byte when that
+    is not ASCII (the browser reads an ASCII trail byte again, as Python does)."""
+    data, start, codec = error.object, error.start, error.encoding
+    first, trail = data[start], data[start + 1] if start + 1 < len(data) else None
+    if codec == "charmap":  # the windows-* codecs: no other is decoded with these errors
+        if 0x80 <= first <= 0x9F:
+            return chr(first), start + 1
+        return ("\u05ba" if first == 0xCA else "\ufffd"), start + 1  # 0xCA: undefined in cp1255 alone
+    if codec == "gb18030" and first == 0x80:
+        return "\u20ac", start + 1
+    if codec == "gb18030" and _is_four_byte_code(data[start:start + 4]):  # one outside the ranges: one error
+        return "\ufffd", start + 4
+    if codec == "euc_jp" and trail is not None and 0xA1 <= first <= 0xFE and 0xA1 <= trail <= 0xFE:
+        lead, cell = divmod((first - 0xA1) * 94 + trail - 0xA1, 188)
+        sjis = bytes([lead + (0x81 if lead < 0x1F else 0xC1), cell + (0x40 if cell < 0x3F else 0x41)])
+        try:
+            return sjis.decode("cp932"), start + 2
+        except UnicodeDecodeError:
+            return "\ufffd", start + 2
+    if codec == "euc_jp" and first == 0x8F and all(0xA1 <= b <= 0xFE for b in data[start + 1:start + 3]) \
+            and start + 2 < len(data):  # a JIS X 0212 code the index lacks: one error for its three bytes
+        return "\ufffd", start + 3
+    if trail is not None and trail >= 0x80 and first in LEAD_BYTES[codec]:
+        return "\ufffd", start + 2
+    return "\ufffd", start + 1
 
 
-def _euc_jp(error: UnicodeDecodeError) -> tuple[str, int]:
-    """The browser reads EUC-JP's two-byte codes through the same JIS X 0208 index as Shift_JIS, NEC and
-    IBM extensions (such as ①) included, which Python's euc_jp lacks: such a pair is the character of
-    the same index pointer in Windows-31J."""
-    data, start = error.object, error.start
-    if start + 1 < len(data) and 0xA1 <= data[start] <= 0xFE and 0xA1 <= data[start + 1] <= 0xFE:
-        lead, trail = divmod((data[start] - 0xA1) * 94 + data[start + 1] - 0xA1, 188)
-        sjis = bytes([lead + (0x81 if lead < 0x1F else 0xC1), trail + (0x40 if trail < 0x3F else 0x41)])
-        return sjis.decode("cp932", "replace"), start + 2
-    return "\ufffd", error.end
+def _is_four_byte_code(code: bytes) -> bool:
+    return len(code) == 4 and 0x81 <= code[0] <= 0xFE and 0x30 <= code[1] <= 0x39 and 0x81 <= code[2] <= 0xFE \
+        and 0x30 <= code[3] <= 0x39
 
 
-codecs.register_error("crawl2llm-c1", _c1)
-codecs.register_error("crawl2llm-gb18030", _gb18030)
-codecs.register_error("crawl2llm-euc-jp", _euc_jp)
-_ERRORS = {"gbk": "crawl2llm-gb18030", "gb18030": "crawl2llm-gb18030", "euc-jp": "crawl2llm-euc-jp"}
+ERRORS = "crawl2llm-whatwg"
+codecs.register_error(ERRORS, _whatwg_errors)
