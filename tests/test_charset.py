@@ -83,6 +83,24 @@ def test_labels_the_standard_treats_specially(label, body, text, encoding):
     assert decode_html(body, label) == (text, encoding)
 
 
+# Codes where Python's codec of the encoding reads otherwise than the standard (and Chromium 156's
+# TextDecoder, which benchmarks/charset_decoding.py --chromium compares code by code).
+@pytest.mark.parametrize("label, body, text", [
+    ("euc-jp", b"\xa1\xc1\xa1\xc2\xa1\xdd\xa1\xf1", "\uff5e\u2225\uff0d\uffe0"),  # ～∥－￠: Windows' JIS X 0208
+    ("euc-jp", b"\xad\xa1\xf9\xa1", "\u2460\u7e8a"),  # NEC row 13 and the IBM extensions
+    ("euc-jp", b"\xa2\xafa\x8f\xa1\xa1b", "\ufffda\ufffdb"),  # one error per bad code, its bytes together
+    ("gb2312", b"\xa6\xd9\xa8\xbc\x81\x35\xf4\x37\xfe\x59", "\ufe10\u1e3f\ue7c7\u9fb4"),  # GB18030-2022
+    ("gbk", b"\x84\x31\xa8\x38x", "\ufffdx"),  # a four-byte code outside the ranges: one error
+    # 0x8862 is two code points, U+00CA U+0304, by the standard (Chromium 156 gives U+0093 and a lone surrogate)
+    ("big5", b"\xa1\x45\xa2\x44\x88\x62", "\u2027\uffe5\xca\u0304"),
+    ("shift_jis", b"\x81\xad\xa0", "\ufffd\ufffd"),
+    ("koi8-u", b"\xae\xbe", "\u045e\u040e"),
+    ("windows-1255", b"\xca", "\u05ba"),
+])
+def test_codes_python_reads_otherwise_read_as_the_standard_says(label, body, text):
+    assert decode_html(body, label)[0] == text
+
+
 def test_text_no_decoding_reads_is_removed_as_undecodable(tmp_path):
     pages = [("text/html; charset=utf-8", _html((RUSSIAN * 5).encode("cp1251"))),  # mislabelled: all U+FFFD
              ("text/html; charset=iso-2022-kr", _html(b"whatever")),
