@@ -5,7 +5,8 @@ pages Shift_JIS, and Python's codecs of those names leave C1 controls or mojibak
 The order is the standard's: a byte order mark, then the HTTP charset, then a <meta> charset in the
 first 1024 bytes, then detection (strict UTF-8, else uchardet through resiliparse). Labels are read
 through the standard's label table (webencodings), and each encoding is decoded by the Python codec
-that matches the browser's decoder (docs/INGEST.md, "Character encodings", has what still differs).
+nearest the browser's decoder, corrected where the two read a code differently (docs/INGEST.md,
+"Character encodings", has what was measured and what still differs).
 """
 
 from __future__ import annotations
@@ -140,26 +141,25 @@ def _whatwg_errors(error: UnicodeDecodeError) -> tuple[str, int]:
         return ("\u05ba" if first == 0xCA else "\ufffd"), start + 1  # 0xCA: undefined in cp1255 alone
     if codec == "gb18030" and first == 0x80:
         return "\u20ac", start + 1
-    if codec == "gb18030" and _is_four_byte_code(data[start:start + 4]):  # one outside the ranges: one error
-        return "\ufffd", start + 4
-    if codec == "euc_jp" and trail is not None and 0xA1 <= first <= 0xFE and 0xA1 <= trail <= 0xFE:
+    if codec == "gb18030" and _within(data[start:start + 4], (0x81, 0xFE), (0x30, 0x39), (0x81, 0xFE), (0x30, 0x39)):
+        return "\ufffd", start + 4  # a four-byte code outside the standard's ranges: one error
+    if codec == "euc_jp" and _within(data[start:start + 2], (0xA1, 0xFE), (0xA1, 0xFE)):
         lead, cell = divmod((first - 0xA1) * 94 + trail - 0xA1, 188)
         sjis = bytes([lead + (0x81 if lead < 0x1F else 0xC1), cell + (0x40 if cell < 0x3F else 0x41)])
         try:
             return sjis.decode("cp932"), start + 2
         except UnicodeDecodeError:
             return "\ufffd", start + 2
-    if codec == "euc_jp" and first == 0x8F and all(0xA1 <= b <= 0xFE for b in data[start + 1:start + 3]) \
-            and start + 2 < len(data):  # a JIS X 0212 code the index lacks: one error for its three bytes
-        return "\ufffd", start + 3
+    if codec == "euc_jp" and first == 0x8F and _within(data[start + 1:start + 3], (0xA1, 0xFE), (0xA1, 0xFE)):
+        return "\ufffd", start + 3  # a JIS X 0212 code the index lacks: one error for its three bytes
     if trail is not None and trail >= 0x80 and first in LEAD_BYTES[codec]:
         return "\ufffd", start + 2
     return "\ufffd", start + 1
 
 
-def _is_four_byte_code(code: bytes) -> bool:
-    return len(code) == 4 and 0x81 <= code[0] <= 0xFE and 0x30 <= code[1] <= 0x39 and 0x81 <= code[2] <= 0xFE \
-        and 0x30 <= code[3] <= 0x39
+def _within(code: bytes, *ranges: tuple[int, int]) -> bool:
+    """Whether each byte of `code` lies in its (low, high) range, and there are as many bytes as ranges."""
+    return len(code) == len(ranges) and all(low <= b <= high for b, (low, high) in zip(code, ranges))
 
 
 ERRORS = "crawl2llm-whatwg"

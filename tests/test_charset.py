@@ -15,12 +15,12 @@ from pipeline.stage import text_kinds
 from pipeline.warc import response_record
 
 CONFIG = IngestConfig(languages=[], main_content=False, min_chars=1)
-CP1252 = "He said \u201chello\u201d \u2014 it costs \u20ac5\u2026 na\u00efve caf\u00e9, \u2018quoted\u2019 \u2122"
-GBK = "\u6731\u9555\u57fa\u603b\u7406\u5728\u5317\u4eac\u4f1a\u89c1\u4e86\u6765\u8bbf\u7684\u5ba2\u4eba\u3002"  # 镕: GBK only
-CP932 = "\u2460\u2461\u3231 \u9ad9\u6a4b\u3055\u3093\u306e\u4f1a\u793e\uff5e\u2252"  # ①②㈱ 髙橋 (NEC/IBM), ～
-JAPANESE = "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3067\u3059\u3002"  # 日本語のテキストです。
-RUSSIAN = "\u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440! \u042d\u0442\u043e \u0442\u0435\u0441\u0442."
-UTF8 = "Gr\u00fc\u00dfe aus M\u00fcnchen \u2014 \u65e5\u672c \U0001f600"
+CP1252 = "He said “hello” — it costs €5… naïve café, ‘quoted’ ™"
+GBK = "朱镕基总理在北京会见了来访的客人。"  # 镕 is in GBK, not in GB2312
+CP932 = "①②㈱ 髙橋さんの会社～≒"  # NEC and IBM extensions of Windows-31J, not in Shift_JIS
+JAPANESE = "日本語のテキストです。"
+RUSSIAN = "Привет, мир! Это тест."
+UTF8 = "Grüße aus München — 日本 😀"
 EUC_JP_NEC = bytes.fromhex("ada1ada2adea")  # ①②㈱ in EUC-JP's NEC row 13, which browsers read
 
 
@@ -32,7 +32,8 @@ def _html(body: bytes, head: bytes = b"") -> bytes:
 PAGES = [
     ("latin-1 label over cp1252", "text/html; charset=ISO-8859-1", _html(CP1252.encode("cp1252")), CP1252),
     ("ascii label over cp1252", "text/html; charset=us-ascii", _html(CP1252.encode("cp1252")), CP1252),
-    ("UTF-8 BOM over a wrong HTTP label", "text/html; charset=iso-8859-1", b"\xef\xbb\xbf" + _html(UTF8.encode()), UTF8),
+    ("UTF-8 BOM over a wrong HTTP label", "text/html; charset=iso-8859-1", b"\xef\xbb\xbf" + _html(UTF8.encode()),
+     UTF8),
     ("UTF-16LE BOM over a wrong HTTP label", "text/html; charset=utf-8",
      _html(UTF8.encode()).decode().encode("utf-16"), UTF8),
     ("UTF-16BE BOM, no label", "text/html", b"\xfe\xff" + _html(UTF8.encode()).decode().encode("utf-16-be"), UTF8),
