@@ -90,15 +90,42 @@ def _llama(model: GPT, qwen3: bool) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, out
 
 
+def _converted(model: GPT) -> tuple[str, dict, dict[str, torch.Tensor]]:
+    arch = architecture(model.config)
+    config, tensors = _gpt2(model) if arch == "GPT2LMHeadModel" else _llama(model, arch == "Qwen3ForCausalLM")
+    return arch, config, tensors
+
+
 def export_hf(model: GPT, tokenizer_file: str, out_dir: str) -> dict:
     """Write `out_dir` as a transformers model folder; returns its config.json content."""
+    arch, config, tensors = _converted(model)
+    return _write(model, arch, config, tensors, tokenizer_file, out_dir)
+
+
+def export_classifier(classifier, tokenizer_file: str, labels: list[str], out_dir: str) -> dict:
+    """A model.classifier.Classifier as GPT2/Llama/Qwen3ForSequenceClassification (which pool the
+    last token that is not padding, as `pooling="last"` does); returns config.json's content."""
+    if classifier.pooling != "last":
+        raise ValueError("transformers' *ForSequenceClassification classifies on the last token: a "
+                         "mean-pooling classifier has no transformers twin")
+    if len(labels) != classifier.head.out_features:
+        raise ValueError(f"{len(labels)} labels for a head of {classifier.head.out_features} classes")
+    arch, config, tensors = _converted(classifier.gpt)
+    arch = arch.removesuffix("LMHeadModel").removesuffix("ForCausalLM") + "ForSequenceClassification"
+    tensors.pop("lm_head.weight", None)
+    tensors["score.weight"] = classifier.head.weight
+    config |= {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+               "label2id": {label: i for i, label in enumerate(labels)}}
+    return _write(classifier.gpt, arch, config, tensors, tokenizer_file, out_dir)
+
+
+def _write(model: GPT, arch: str, config: dict, tensors: dict[str, torch.Tensor], tokenizer_file: str,
+           out_dir: str) -> dict:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
     from pipeline.tokenize import EOT, PAD, transformers_files
 
-    arch = architecture(model.config)
-    config, tensors = _gpt2(model) if arch == "GPT2LMHeadModel" else _llama(model, arch == "Qwen3ForCausalLM")
     tokenizer = Tokenizer.from_file(tokenizer_file)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise ValueError(f"tokenizer {tokenizer_file} has {tokenizer.get_vocab_size()} tokens, more than the "

@@ -247,6 +247,20 @@ class GPT(nn.Module):
         so at most one chunk's logits and fp32 log-softmax exist at a time. segments and positions
         (B, T), for packed sequences (model/sft_data.py): a token attends only to earlier tokens of
         its own segment, and its position counts from its segment's start."""
+        h = self.hidden(idx, cache, segments, positions)
+        if targets is not None and loss_chunks > 1:
+            h, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+            total = sum(checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
+                        for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks)))
+            return None, total / t.numel()
+        logits = self._logits(h)
+        if targets is None:
+            return logits.contiguous(), None  # a copy only when padded rows were cut off
+        return logits, F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    def hidden(self, idx: torch.Tensor, cache: "KVCache | None" = None, segments: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normalized hidden states (B, T, n_embd), what the head reads (and a classifier)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -272,15 +286,7 @@ class GPT(nn.Module):
                 x = block(x, rotary, cache.layers[i] if cache is not None else None, mask)
         if cache is not None:
             cache.length += T
-        if targets is not None and loss_chunks > 1:
-            h, t = self.ln_f(x).reshape(-1, x.size(-1)), targets.reshape(-1)
-            total = sum(checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
-                        for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks)))
-            return None, total / t.numel()
-        logits = self._logits(self.ln_f(x))
-        if targets is None:
-            return logits.contiguous(), None  # a copy only when padded rows were cut off
-        return logits, F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return self.ln_f(x)
 
 
 class LayerCache:
