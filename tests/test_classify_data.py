@@ -43,3 +43,16 @@ def test_csv_and_jsonl_and_bad_lines_are_named(tmp_path):
     (tmp_path / "d.csv").write_text("body,label\nx,y\n")
     with pytest.raises(DataError, match=r"d.csv: no column text"):
         read_labelled(str(tmp_path / "d.csv"))
+
+
+def test_classification_report_counts_by_hand():
+    from model.classify_metrics import classification_report, report_markdown
+
+    truth = [0, 0, 0, 1, 1, 2]
+    said = [0, 1, 0, 1, 0, 2]
+    r = classification_report(truth, said, ["ham", "spam", "other"])
+    assert r["accuracy"] == 4 / 6 and r["confusion"] == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
+    assert r["per_class"]["ham"] == {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    assert r["per_class"]["spam"]["precision"] == 0.5 and r["per_class"]["other"]["f1"] == 1.0
+    text = report_markdown(r)
+    assert "Accuracy **66.67%** of 6 examples." in text and "| spam | 1 | 1 | 0 |" in text
