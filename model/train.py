@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from model import checkpoints, distributed
+from model import checkpoints, distributed, sharded_checkpoint
 from model.data import Batches, Prefetcher, TokenStream, sequential_batches
 from model.gpt import GPT, GPTConfig, amp_dtype, autocast, check_heads, resolve_device
 from model.guard import LossGuard
@@ -218,12 +218,15 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     flops_per_token = raw_model.flops_per_token()
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     if distributed.is_main():
+        sharded_checkpoint.remove_stale(os.path.dirname(ckpt_path))
         for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
             checkpoints.remove_stale_temporaries(folder)
-    found = os.path.exists(ckpt_path)
+    sharded = _newest_sharded(ckpt_path)  # FSDP's folder of shards, when it is newer than latest.pt
+    found = sharded is not None or os.path.exists(ckpt_path)
     if not distributed.same_on_all(found):
         raise RuntimeError(f"only some ranks see {ckpt_path}: out_dir must be on storage every machine shares")
-    ckpt = _read_checkpoint(ckpt_path, c, vocab_size, device) if found else None
+    read_from = os.path.join(sharded, sharded_checkpoint.STATE) if sharded else ckpt_path
+    ckpt = _read_checkpoint(read_from, c, vocab_size, device) if found else None
     identity = train_stream.identity()
     if ckpt and "token_files" in ckpt:
         if ckpt["token_files"] != identity:
@@ -231,10 +234,12 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
                              f"than these ({identity}); use the same files or a new out_dir")
     else:  # checked once per run: a resume on the same files needs no pass over every token
         _check_vocab(train_stream, vocab_size)
-    if ckpt:
+    if ckpt and not sharded:
         raw_model.load_state_dict(ckpt["model"])  # before FSDP shards it
     wrapped = distributed.wrap(raw_model, c.parallel, device)
     optimizer = make_optimizer(raw_model, c, device)
+    if sharded:  # after: each rank reads only the pieces its own tensors hold
+        sharded_checkpoint.load(sharded, raw_model, optimizer)
     guard = LossGuard(c.loss_guard, c.spike_factor, c.max_skipped_steps, device)
     step, history, last_loss = 0, [], None
     if ckpt:
@@ -301,10 +306,10 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
             if log:
                 log({"step": step, "val_loss": history[-1]["val_loss"]})
         if saving:
-            _save_checkpoint(ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step, history,
-                             last_loss, identity)
+            saved = _save_checkpoint(ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step, history,
+                                     last_loss, identity)
             if log:  # committed: whoever keeps a copy elsewhere may take it now
-                log({"step": step, "checkpoint": ckpt_path})
+                log({"step": step, "checkpoint": saved})
 
     feed.close()
     seconds = time.perf_counter() - t_start
@@ -361,21 +366,31 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss,
-                     token_files) -> None:
-    """Every rank calls it (FSDP gathers the shards, each rank's RNG is collected); rank 0 writes.
-    The tensors are whole, laid out as one process lays them out."""
-    if distributed.is_sharded(model):
-        weights, optim = distributed.full_state_dict(model), distributed.full_tensors(optimizer.state_dict())
-    else:
-        weights, optim = model.state_dict(), optimizer.state_dict()
+                     token_files) -> str:
+    """Every rank calls it (each rank's RNG is collected); returns the path committed. FSDP2: every
+    rank writes its shards (model.sharded_checkpoint). Otherwise rank 0 writes one file of whole
+    tensors, laid out as one process lays them out."""
     rng = distributed.gather(_rng_state())
-    if not distributed.is_main():
-        return
     extra = {"rng_ranks": rng} if len(rng) > 1 else {}
-    checkpoints.save_kept({"model": weights, "optimizer": optim, "step": step,
-                  "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": rng[0], "history": history,
-                  "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size,
-                  "token_files": token_files, **extra}, path, step, c.keep_checkpoints)
+    state = {"step": step, "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": rng[0],
+             "history": history, "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size,
+             "token_files": token_files, **extra}
+    if distributed.is_sharded(model):
+        return sharded_checkpoint.save(os.path.dirname(path), step, model, optimizer, state, c.keep_checkpoints)
+    if distributed.is_main():
+        checkpoints.save_kept({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, path,
+                              step, c.keep_checkpoints)
+    return path
+
+
+def _newest_sharded(path: str) -> Optional[str]:
+    """The sharded checkpoint beside the single file `path`, unless that file is newer (a run that
+    went on under DDP or in one process after FSDP2)."""
+    sharded = sharded_checkpoint.latest(os.path.dirname(path))
+    if sharded and os.path.exists(path):
+        single = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]  # mmap: no tensor read
+        return sharded if sharded_checkpoint.step_of(sharded) > single else None
+    return sharded
 
 
 def _read_checkpoint(path, c, vocab_size, device) -> dict:
@@ -404,10 +419,11 @@ def _read_checkpoint(path, c, vocab_size, device) -> dict:
 def _restore(ckpt, model, optimizer, batches, guard, c, rank):
     """Optimizer, data position, guard and RNG from a checkpoint whose weights are already loaded.
     Each rank takes its own saved RNG state; a rank the saved run did not have gets a fresh seed."""
-    state = ckpt["optimizer"]
-    if distributed.is_sharded(model):
-        state = distributed.shard_optimizer_state(state, optimizer)
-    optimizer.load_state_dict(state)
+    if "optimizer" in ckpt:  # a sharded checkpoint's moments are loaded already
+        state = ckpt["optimizer"]
+        if distributed.is_sharded(model):
+            state = distributed.shard_optimizer_state(state, optimizer)
+        optimizer.load_state_dict(state)
     batches.load_state_dict(ckpt["batches"])
     guard.load_state_dict(ckpt["guard"])
     rngs = ckpt.get("rng_ranks", [ckpt["rng"]])
