@@ -154,15 +154,20 @@ def full_tensors(tree):
     return whole.cpu() if is_main() else None
 
 
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """Each later name of a parameter two names share (the tied head) -> its first name (the embedding)."""
+    first: dict[int, str] = {}
+    alias = {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+    return {name: source for name, source in alias.items() if name != source}
+
+
 def full_state_dict(model: torch.nn.Module) -> dict:
     """model.state_dict() gathered like full_tensors. A matrix two names share (the tied embedding
     and head) is gathered once and stays one tensor, so torch.save stores it once."""
-    first: dict[int, str] = {}
-    alias = {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+    alias = tied_names(model)
     out: dict = {}
     for name, value in model.state_dict().items():
-        source = alias.get(name, name)
-        out[name] = out[source] if source != name else full_tensors(value)
+        out[name] = out[alias[name]] if name in alias else full_tensors(value)
     return out
 
 

@@ -47,7 +47,7 @@ def save(folder: str, step: int, model: torch.nn.Module, optimizer: torch.optim.
     torch.save, weights_only) in folder/step-<step>/; returns that path once it is committed."""
     final = os.path.join(folder, f"step-{step}")
     tmp = f"{final}{SAVING}{distributed.gather(os.getpid())[0]}"  # one name on every rank: rank 0's pid
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = _state_dicts(model, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp,  # returns once all ranks wrote
              no_dist=not dist.is_initialized())
     if distributed.is_main():
@@ -136,10 +136,21 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     """Every rank calls it after wrapping the model and making the optimizer: each fills its own
     tensors (FSDP2's shards, or whole ones under DDP or one process) with the saved values, reading
     only the pieces of the files they cover."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)  # the optimizer's moments made, then overwritten
+    model_sd, optim_sd = _state_dicts(model, optimizer)  # the optimizer's moments made, then overwritten
     sd = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(sd, checkpoint_id=path, no_dist=not dist.is_initialized())
+    for name, source in distributed.tied_names(model).items():
+        sd["model"][name] = sd["model"][source]
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+
+
+def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """DCP's view of the model and optimizer; the tied head left out (the embedding holds it), so
+    the matrix is written once."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    for name in distributed.tied_names(model):
+        model_sd.pop(name, None)
+    return model_sd, optim_sd
 
 
 def upload(out, local_dir: str, path: str) -> None:
