@@ -2,8 +2,9 @@
 model wrapped for DDP or FSDP2, and the few collectives the training loop needs.
 
 Without torchrun (no process group) every helper answers as for one process and does nothing, so
-train() runs unchanged in-process. Checkpoints hold whole (unsharded) tensors in the one-process
-layout whatever the wrapping, so a run can resume under another world size or wrapping.
+train() runs unchanged in-process. DDP's checkpoints hold whole tensors in the one-process layout;
+FSDP2's are folders of shards (model.sharded_checkpoint). Either resumes under another world size
+or wrapping.
 """
 
 from __future__ import annotations

@@ -144,6 +144,14 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
 
 
+def load_weights(path: str, model: torch.nn.Module) -> None:
+    """The saved weights, whole, into a plain model in this one process (evaluation, export)."""
+    weights = {k: v for k, v in model.state_dict().items() if k not in distributed.tied_names(model)}
+    sd = {"model": weights}
+    dcp.load(sd, checkpoint_id=path, no_dist=not dist.is_initialized())  # the model's part only
+    model.load_state_dict({**sd["model"], **{a: sd["model"][s] for a, s in distributed.tied_names(model).items()}})
+
+
 def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """DCP's view of the model and optimizer; the tied head left out (the embedding holds it), so
     the matrix is written once."""

@@ -163,6 +163,28 @@ def test_fsdp_shards_resume_in_one_process(corpus, single, fsdp, tmp_path):
     assert (tmp_path / "checkpoints" / "latest.pt").exists()  # one process goes on in single files
 
 
+def test_an_fsdp_checkpoint_folder_evaluates_as_its_model(fsdp):
+    """Evaluation reads a folder of shards in one process: step 8's weights are model.pt's, bitwise."""
+    import fsspec
+
+    from model.evaluate import load_checkpoint
+    from model.source import _model_file
+
+    folder = fsdp["out"] / "checkpoints"
+    fs = fsspec.filesystem("file")
+    assert _model_file(fs, str(folder / "latest.json"), "latest") == str(folder / "step-8")
+    shutil.move(fsdp["out"] / "model.pt", fsdp["out"] / "model.pt.aside")
+    try:
+        assert _model_file(fs, str(fsdp["out"]), "run") == str(folder / "step-8")
+    finally:
+        shutil.move(fsdp["out"] / "model.pt.aside", fsdp["out"] / "model.pt")
+    model, trained = load_checkpoint(str(folder / "step-8"))
+    assert trained == {"step": 8, "tokens_seen": 8 * 8 * 32}
+    whole = weights(fsdp["out"])
+    assert model.state_dict().keys() == whole.keys()
+    assert all(torch.equal(v, whole[k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.slow
 def test_dropout_differs_per_rank_and_resumes_bitwise(corpus, tmp_path):
     """With dropout each rank draws its own masks; the checkpoint keeps every rank's RNG, so a
