@@ -147,10 +147,12 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
     artifacts.table(rows, artifacts.output_key(out, "summary"), f"train {out.fingerprint}")
     artifacts.output_link(out, artifacts.output_key(out, "model"), "final model weights", "model.pt")
     local = _local_dir(out)
-    if os.path.exists(os.path.join(local, CHECKPOINT)):
+    sharded = os.path.join(os.path.dirname(CHECKPOINT), sharded_checkpoint.POINTER)  # FSDP2's
+    found = [rel for rel in (CHECKPOINT, sharded) if os.path.exists(os.path.join(local, rel))]
+    if found:
         root = out.url() if os.path.abspath(local) == os.path.abspath(out.path) else os.path.abspath(local)
         artifacts.folder_link(root, artifacts.output_key(out, "checkpoint"),
-                              "last resumable checkpoint (weights, optimizer, data position, RNG)", CHECKPOINT)
+                              "last resumable checkpoint (weights, optimizer, data position, RNG)", found[0])
     history = counts.get("history", [])
     if history:
         artifacts.markdown(_loss_chart(history), artifacts.output_key(out, "loss-curve"), "loss curve")

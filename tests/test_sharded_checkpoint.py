@@ -46,7 +46,8 @@ def test_saves_commit_keep_two_and_load_bitwise(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     saved, loaded = optimizer.state_dict(), fresh_opt.state_dict()
     assert saved["param_groups"] == loaded["param_groups"]
-    assert all(torch.equal(saved["state"][i][k], loaded["state"][i][k]) for i in saved["state"] for k in saved["state"][i])
+    assert all(torch.equal(value, loaded["state"][i][k]) for i, moments in saved["state"].items()
+               for k, value in moments.items())
 
     # Resumed from step 4 by a run that then saves step 5: step 6 is a future this run abandoned.
     sharded_checkpoint.save(str(tmp_path), 5, model, optimizer, {"step": 5}, keep=2)
