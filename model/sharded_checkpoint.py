@@ -114,6 +114,19 @@ def latest(folder: str) -> Optional[str]:
     return path
 
 
+def newer_than(single: str) -> Optional[str]:
+    """The step folder latest.json names beside the single-file checkpoint `single` (latest.pt),
+    unless that file is of a later step (a run that went on under DDP or in one process)."""
+    sharded = latest(os.path.dirname(single))
+    if sharded and os.path.exists(single):
+        try:
+            step = torch.load(single, map_location="cpu", weights_only=True, mmap=True)["step"]  # no tensor read
+        except Exception as e:
+            raise RuntimeError(f"checkpoint {single} is unreadable ({e}); delete it to resume from {sharded}") from e
+        return sharded if step_of(sharded) > step else None
+    return sharded
+
+
 def _missing_files(path: str) -> list[str]:
     """The files a committed folder needs that are absent or shorter than .metadata says."""
     if not os.path.isdir(path):
@@ -163,11 +176,15 @@ def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tu
 
 def upload(out, local_dir: str, path: str) -> None:
     """Copy a committed step folder to the stage folder `out` on its store, its files before the
-    pointer; then drop the store's step folders this machine no longer keeps."""
+    pointer; then drop the store's step folders this machine no longer keeps. A folder that training
+    removed meanwhile (two newer ones committed) is skipped: the store keeps its pointer's folder."""
     kept = {os.path.basename(p) for _, p in step_folders(os.path.dirname(path))}
     rel = os.path.relpath(path, local_dir).replace(os.sep, "/")
-    for name in sorted(os.listdir(path)):
-        out.upload(f"{rel}/{name}", os.path.join(path, name))
+    try:
+        for name in sorted(os.listdir(path)):
+            out.upload(f"{rel}/{name}", os.path.join(path, name))
+    except FileNotFoundError:
+        return
     parent = posixpath.dirname(rel)
     out.upload(f"{parent}/{POINTER}", os.path.join(os.path.dirname(path), POINTER))
     for stored in {posixpath.basename(posixpath.dirname(r)) for r in out.list(parent)}:

@@ -221,7 +221,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         sharded_checkpoint.remove_stale(os.path.dirname(ckpt_path))
         for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
             checkpoints.remove_stale_temporaries(folder)
-    sharded = _newest_sharded(ckpt_path)  # FSDP's folder of shards, when it is newer than latest.pt
+    sharded = sharded_checkpoint.newer_than(ckpt_path)  # FSDP2's folder of shards, unless latest.pt is newer
     found = sharded is not None or os.path.exists(ckpt_path)
     if not distributed.same_on_all(found):
         raise RuntimeError(f"only some ranks see {ckpt_path}: out_dir must be on storage every machine shares")
@@ -382,15 +382,6 @@ def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step
                               step, c.keep_checkpoints)
     return path
 
-
-def _newest_sharded(path: str) -> Optional[str]:
-    """The sharded checkpoint beside the single file `path`, unless that file is newer (a run that
-    went on under DDP or in one process after FSDP2)."""
-    sharded = sharded_checkpoint.latest(os.path.dirname(path))
-    if sharded and os.path.exists(path):
-        single = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]  # mmap: no tensor read
-        return sharded if sharded_checkpoint.step_of(sharded) > single else None
-    return sharded
 
 
 def _read_checkpoint(path, c, vocab_size, device) -> dict:

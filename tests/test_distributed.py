@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from model import sharded_checkpoint
 from model.data import Batches, TokenStream
 from model.launch import launch, torchrun_command
 from model.train import CHECKPOINT, TrainConfig, train
@@ -168,6 +169,8 @@ def test_fsdp_shards_resume_in_one_process(corpus, single, fsdp, tmp_path):
     assert_close_runs(events, single["events"])
     assert_close_weights(tmp_path, single["out"])
     assert (tmp_path / "checkpoints" / "latest.pt").exists()  # one process goes on in single files
+    assert sharded_checkpoint.newer_than(str(tmp_path / CHECKPOINT)) is None  # latest.pt's step 8 is newer
+    assert sharded_checkpoint.newer_than(str(fsdp["out"] / CHECKPOINT)) == str(fsdp["out"] / "checkpoints" / "step-8")
 
 
 def test_an_fsdp_checkpoint_folder_evaluates_as_its_model(fsdp):
