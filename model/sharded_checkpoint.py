@@ -13,8 +13,8 @@ reads only its own part of the weights and optimizer moments, so no rank holds t
 Durable as model.checkpoints' single files: a save fills step-N.saving-<pid>/ (every file fsynced),
 DCP's last collective means every rank has written, then rank 0 fsyncs the folder, renames it to
 step-N/, fsyncs checkpoints/, replaces latest.json atomically and keeps the `keep` newest folders.
-Loading reads each rank's pieces of the saved shards (DCP reshards), so a checkpoint resumes under
-another world size, under DDP, or in one process.
+Loading reads only the saved pieces that overlap a rank's own tensors (DCP reshards), so a
+checkpoint resumes under another world size, under DDP, or in one process.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def step_of(path: str) -> int:
 def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Every rank calls it after wrapping the model and making the optimizer: each fills its own
     tensors (FSDP2's shards, or whole ones under DDP or one process) with the saved values, reading
-    only the pieces of the files they cover."""
+    only the saved pieces that overlap them."""
     model_sd, optim_sd = _state_dicts(model, optimizer)  # the optimizer's moments made, then overwritten
     sd = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(sd, checkpoint_id=path, no_dist=not dist.is_initialized())
