@@ -11,8 +11,11 @@ multiple of 64, as nanoGPT does), bf16 autocast, torch.compile.
 - Baseline: the loop nanoGPT's train.py runs, written out here. It uses GPT-2's architecture
   (model.gpt.GPT2 with biases), fused AdamW, SDPA attention, compile, bf16 autocast and gradient
   clipping, with random tokens already on the GPU.
-- Ours: model.train.train, the real trainer, with data from memory-mapped Arrow token files, the
-  loss guard, MFU logging and checkpointing off the timed steps.
+- Ours: model.train.train, the real trainer, at its defaults where the shape leaves them free:
+  GPT-2's 50257 ids (vocab_multiple 64 pads them to the same 50304 rows; the padded logits are
+  cut off), compile 'auto' (on, on CUDA; --no-compile sets it off), data from memory-mapped Arrow
+  token files, the loss guard, MFU logging, checkpoints by checkpoint_minutes (none in a run this
+  short but the last, after the timed steps).
 
 Both are timed over the steps after the first `--warmup` (compilation), with the device
 synchronized. MFU = flops_per_token x tokens/s / dense peak of the device (model/mfu.py).
@@ -42,6 +45,8 @@ from storage import Store  # noqa: E402
 
 GPT2_124M = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304}
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 512}
+# The tokenizer's ids ours trains on; its default padding gives the baseline's vocab_size rows.
+REAL_VOCAB = {50304: 50257, 512: 500}
 
 
 def sync(device: str) -> None:
@@ -75,10 +80,12 @@ def baseline(shape: dict, batch: int, steps: int, warmup: int, device: str, comp
     return {"seconds_per_step": float(np.median(times)), "flops_per_token": model.flops_per_token()}
 
 
-def token_file(folder: str, shape: dict, tokens: int) -> str:
-    """Random tokens as one token file in the tokenize stage's format (one long document)."""
-    values = np.random.default_rng(0).integers(0, shape["vocab_size"], tokens)
-    table = token_table(["random"], [values.astype(token_dtype(shape["vocab_size"]))], shape["vocab_size"])
+def token_file(folder: str, shape: dict, tokens: int, vocab: int | None = None) -> str:
+    """Random tokens below vocab (default: the shape's) as one token file in the tokenize stage's
+    format (one long document)."""
+    vocab = vocab or shape["vocab_size"]
+    values = np.random.default_rng(0).integers(0, vocab, tokens)
+    table = token_table(["random"], [values.astype(token_dtype(vocab))], vocab)
     return Store(folder).stage("tokenize", "random").write_arrow("data/tokens.arrow", table)
 
 
@@ -87,16 +94,18 @@ LOG_INTERVAL = 5
 
 def ours(shape: dict, arch: dict, batch: int, steps: int, warmup: int, device: str, compile_: bool) -> dict:
     """model.train.train on a token file; the per-step times it logs, after warmup."""
+    vocab = REAL_VOCAB.get(shape["vocab_size"], shape["vocab_size"])
     with tempfile.TemporaryDirectory() as tmp:
-        path = token_file(tmp, shape, (warmup + steps) * batch * (shape["block_size"] + 1) + 1)
+        path = token_file(tmp, shape, (warmup + steps) * batch * (shape["block_size"] + 1) + 1, vocab)
         config = TrainConfig(**{k: v for k, v in shape.items() if k != "vocab_size"}, **arch, batch_size=batch,
                              max_steps=warmup + steps, warmup_steps=warmup, learning_rate=6e-4, min_lr=6e-5,
-                             eval_batches=0, checkpoint_interval=10 ** 9, device=device, compile=compile_,
-                             log_interval=LOG_INTERVAL)
+                             eval_batches=0, device=device, log_interval=LOG_INTERVAL,
+                             **({} if compile_ else {"compile": False}))
+        assert config.gpt_config(vocab).padded_vocab == shape["vocab_size"]
         events: list[dict] = []
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        result = train([path], [], shape["vocab_size"], config, tmp, log=events.append)
+        result = train([path], [], vocab, config, tmp, log=events.append)
     tokens_per_step = batch * shape["block_size"]
     # Each event's tokens/s is the mean over the LOG_INTERVAL steps before it (the default path reads
     # the device only at log steps); the intervals that overlap the warmup are left out.
@@ -139,7 +148,7 @@ def main() -> int:
             torch.cuda.empty_cache()
     m = machine()
     print(f"\nDevice: {name} (dense peak {peak or 'unknown'} FLOP/s); host {m['cpu']}, torch {torch.__version__}; "
-          f"shape {shape}, batch {args.batch}, compile {compile_}\n")
+          f"shape {shape}, batch {args.batch}, compile {compile_} (ours: {'auto' if compile_ else False})\n")
     print(markdown_table(
         ["method", "ms/step", "tokens/s", "MFU", "vs baseline"],
         [[r["method"], f"{1000 * r['seconds_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}",

@@ -103,6 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir", help="the folder to write")
     e.add_argument("--data", default="", help="the tokenize output whose tokenizer a loose checkpoint file uses")
 
+    for name, text in (("chat", "talk to a model in the terminal (streamed answers, multi-turn history)"),
+                       ("serve", "an OpenAI-compatible HTTP API for a model (/v1/chat/completions, /v1/completions) "
+                                 "and a chat page")):
+        t = sub.add_parser(name, help=text, description=text)
+        t.add_argument("model", help="a train output (store/train/<fp>), its model.pt or a training checkpoint")
+        t.add_argument("--tokenizer", help="its tokenizer.json (default: the one it was trained with)")
+        t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        t.add_argument("--max-tokens", type=_count(1), default=None,
+                       help="longest answer in tokens (default: 256; serve: the most a request may ask for, 2048)")
+        if name == "chat":
+            t.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
+            t.add_argument("--top-k", type=_count(1), default=None)
+            t.add_argument("--top-p", type=float, default=None)
+            t.add_argument("--seed", type=int, default=None, help="repeatable samples")
+            t.add_argument("--system", default=None, help="a system message that starts the conversation")
+        else:
+            t.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+            t.add_argument("--port", type=int, default=8000)
+            t.add_argument("--name", default=None, help="the model name clients send (default: the file's name)")
+            t.add_argument("--max-body-bytes", type=_count(1), default=1 << 20)
+            t.add_argument("--max-queue", type=_count(1), default=64, help="requests waiting or running at most")
+
+    v = sub.add_parser("verify", help="check every committed shard's files against the sizes and CRC-32s its "
+                                      "stats record (exit 1 naming the damaged ones)",
+                       description="Read every committed shard's stats in a store (or in one stage output, "
+                                   "{store}/{stage}/{fingerprint}) and check each file it records: there, its size, "
+                                   "its CRC-32. A run that reuses shards checks sizes (and CRC-32s on a local disk) "
+                                   "itself and redoes a damaged shard; this reads everything, on any store.")
+    v.add_argument("store", metavar="STORE_OR_OUTPUT", help="a store folder or URL, or one stage output in it")
+
     srv = sub.add_parser(
         "server", help="Prefect server + deployments + worker in the foreground, so the UI runs flows (Ctrl-C stops)",
         description="Without an action: start the local Prefect server (or use the one that answers), register "
@@ -163,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         except USER_ERRORS as e:
             print(f"error: {one_line(str(e))}", file=sys.stderr)
             return 2
+    if args.command in ("chat", "serve"):
+        return _talk(args)
+    if args.command == "verify":  # the store only: no Prefect
+        return _verify(args.store)
     from flows import prefect_env
 
     home = prefect_env.configure()
@@ -215,6 +249,64 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _talk(args) -> int:
+    """`chat` and `serve`: no Prefect, only the model."""
+    from model.serving import Limits, RequestError, Sampling, open_engine
+
+    if args.command == "serve":
+        limits = Limits(max_tokens=args.max_tokens or Limits.max_tokens, max_body_bytes=args.max_body_bytes,
+                        max_queue=args.max_queue)
+    else:
+        limits = Limits()
+    try:
+        engine = open_engine(args.model, args.tokenizer, args.device, getattr(args, "name", None), limits)
+    except (StoreError, FileNotFoundError, ValueError, RequestError) as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    if args.command == "chat":
+        from model.terminal_chat import run_chat
+
+        sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        return run_chat(engine, sampling, args.max_tokens, args.system)
+    import uvicorn
+
+    from model.openai_api import create_app
+
+    print(f"serving {engine.name} on http://{args.host}:{args.port} (chat page: /, API: /v1)", file=sys.stderr)
+    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _verify(url: str) -> int:
+    """`crawl2llm verify`: a table of every stage output's committed shards, then each damaged file."""
+    from tqdm import tqdm
+
+    from storage.verify import recorded_bytes, stage_outputs, verify_outputs
+
+    try:
+        outputs = stage_outputs(url)
+    except (StoreError, FileNotFoundError, ValueError) as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    with tqdm(total=recorded_bytes(outputs), desc="verify", unit="B", unit_scale=True, leave=False) as bar:
+        rows = list(verify_outputs(outputs, bar.update))
+    width = max([len("output"), *(len(r["output"]) for r in rows)])
+    print(f"{'output':<{width}} {'shards':>7} {'files':>7} {'bytes':>14} {'damaged':>8}")
+    for r in rows:
+        print(f"{r['output']:<{width}} {r['shards']:>7} {r['files']:>7} {r['bytes']:>14} {len(r['problems']):>8}"
+              + (f"  ({r['unrecorded']} shard(s) from before sizes were recorded: not checked)" if r["unrecorded"]
+                 else ""))
+    problems = [p for r in rows for p in r["problems"]]
+    total = sum(r["shards"] for r in rows)
+    if not problems:
+        print(f"{len(rows)} stage output(s), {total} committed shard(s): every recorded file is intact")
+        return 0
+    print(f"\n{len(problems)} damaged (the next run that reuses these shards does them again):")
+    for p in problems:
+        print(f"  {p}")
+    return 1
 
 
 def _check_run_inputs(config) -> None:

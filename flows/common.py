@@ -1,9 +1,11 @@
 """The Prefect side of a stage: one task per shard, cache keys from store fingerprints, artifacts.
 
 A shard task's cache key is its stage fingerprint plus shard index plus store, so Prefect's Cached
-state and the store agree. A cache record is trusted only while the store still holds the shard:
-when the shard's files are gone (new store, deleted output) the task is submitted with
-refresh_cache and recomputes.
+state and the store agree. A cache record is trusted only while the store still holds the shard
+intact: before the tasks are submitted, every committed shard's files are checked against the sizes
+(and on a local disk the CRC-32s) its stats record (storage/verify.py); a damaged shard is
+uncommitted with a warning. A shard whose stats are gone (new store, deleted output, damaged) is
+submitted with refresh_cache and recomputes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pipeline.damage import merge_listed
 from pipeline.stage import merge_counts
 from storage import StageDir, StoreError, protocol
 from storage.lock import stage_lock
+from storage.verify import redone_differently, repair
 
 T = TypeVar("T")
 
@@ -221,9 +224,11 @@ def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
         workers_n = 0  # a memory:// store lives in this process only
 
     def work() -> tuple[dict, dict, bool, float]:
-        cached = out.is_committed()
+        damaged = repair(out, list(jobs), get_run_logger().warning)  # done again below, like any missing shard
+        cached = out.is_committed() and not damaged
         with Timer() as t:
             results = map_shards(out, jobs, workers_n)
+            redone_differently(out, damaged, results, get_run_logger().warning)
             manifest = commit_stage(out, results, header)
         return manifest, results, cached, t.seconds
 

@@ -31,6 +31,7 @@ from pipeline.stage import merge_counts
 from pipeline.tokenize import shard_order
 from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint
 from storage.ledger import Ledger, series_key
+from storage.verify import damaged_shards
 
 PER_INCREMENT = ("ingest", "dedup", "quality", "pii", "tokenize")
 
@@ -79,7 +80,7 @@ def run_incremental(config: PipelineConfig) -> dict:
     wanted = [s for s in PER_INCREMENT if STAGES.index(s) <= last]
     ran: list[dict[str, dict]] = []
     for k, (rec, p) in enumerate(zip(records, plans)):
-        missing = [s for s in wanted if not p[s].is_committed()]
+        missing = [s for s in wanted if not _intact(p[s], log)]
         ran.append(_run_increment(k, rec, plans, wanted[wanted.index(missing[0]):], current, config)
                    if missing else {})
     _publish(records, plans, ran, series_artifact)
@@ -96,6 +97,19 @@ def run_incremental(config: PipelineConfig) -> dict:
     # the latest increment's stages, then what all increments make together
     artifacts.pipeline_summary({k: v for k, v in results.items() if k != "increments"}, {}, time.monotonic() - t0)
     return results
+
+
+def _intact(out: StageDir, log) -> bool:
+    """Whether a stage output is committed and every file its shards recorded is there at its size
+    (one listing: cheap on object stores too; bit flips are what `crawl2llm verify` finds). A damaged
+    output's stage flow runs again and redoes the damaged shards."""
+    if not out.is_committed():
+        return False
+    damaged = damaged_shards(out, crc=False)
+    for i, problems in damaged.items():
+        log.warning("%s %s shard %d: %s: running the stage again", out.name, out.fingerprint[:16], i,
+                    "; ".join(problems))
+    return not damaged
 
 
 def _run_increment(k: int, rec: dict, plans: list[dict[str, StageDir]], todo: list[str], current: list[dict],

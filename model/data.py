@@ -13,6 +13,8 @@ position means the same thing at any world size.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import zlib
 from typing import Iterator
@@ -61,9 +63,15 @@ class TokenStream:
             i += 1
         return out
 
-    def max_token(self) -> int:
-        """The largest token id (one pass over the data; checks the stream fits a vocabulary)."""
-        return max((int(c.max()) for c in self.chunks), default=-1)
+    def max_token(self, cache_dir: str | None = None) -> int:
+        """The largest token id (checks the stream fits a vocabulary). Each file's maximum takes a
+        pass over its tokens once; it is kept in cache_dir (default: $CRAWL2LLM_CACHE/token-max),
+        keyed by the file's path, size, mtime and identity, so the next start on it reads no token."""
+        if cache_dir is None:
+            cache_dir = os.path.join(os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")),
+                                     "token-max")
+        return max((_file_max(path, chunks, ident, cache_dir)
+                    for path, chunks, ident in zip(self.files, self._file_chunks, self.identity())), default=-1)
 
     def identity(self) -> list[dict]:
         """Per file: name, token count and a checksum of its first and last 4096 tokens. Cheap (no
@@ -79,6 +87,31 @@ class TokenStream:
 
     def describe(self) -> str:
         return ", ".join(f"{f} ({n} tokens)" for f, n in zip(self.files, self.file_tokens))
+
+
+def _file_max(path: str, chunks: list[np.ndarray], ident: dict, cache_dir: str) -> int:
+    """The largest token id of one file, from the cache or one pass (then cached)."""
+    st = os.stat(path)
+    key = json.dumps({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **ident},
+                     sort_keys=True)
+    entry = os.path.join(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+    try:
+        with open(entry) as f:
+            cached = json.load(f)
+        if cached["key"] == key:
+            return int(cached["max_token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet, or an unreadable entry: count again
+    top = max((int(c.max()) for c in chunks if len(c)), default=-1)
+    try:  # a cache that cannot be written costs the next start one more pass, nothing else
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{entry}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "max_token": top}, f)
+        os.replace(tmp, entry)
+    except OSError:
+        pass
+    return top
 
 
 def _read_tokens(path: str) -> list[np.ndarray]:

@@ -5,7 +5,8 @@ lm-evaluation-harness (`--model hf --model_args pretrained=<dir>`) load it witho
 GPT-2's switches export as GPT2LMHeadModel. The modern ones (RoPE, RMSNorm, SwiGLU, no biases)
 export as LlamaForCausalLM, or Qwen3ForCausalLM when QK-norm is on. Any other mix has no
 transformers twin and is refused with the switches that are in the way. transformers itself is
-not needed to export, only to load.
+not needed to export, only to load. The rows a padded vocabulary (vocab_multiple) adds to the
+embedding and head are cut off: the export has exactly the model's vocab_size ids.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _gpt2(model: GPT) -> tuple[dict, dict[str, torch.Tensor]]:
     def with_bias(prefix: str, size: int) -> torch.Tensor:  # GPT-2 always has biases; ours may not
         return sd.get(f"{prefix}.bias", torch.zeros(size))
 
-    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"]}
+    out = {"transformer.wte.weight": sd["tok_emb.weight"][:c.vocab_size],
+           "transformer.wpe.weight": sd["pos_emb.weight"]}
     for i in range(c.n_layer):
         ours, theirs = f"blocks.{i}", f"transformer.h.{i}"
         for a, b, width in (("ln1", "ln_1", c.n_embd), ("ln2", "ln_2", c.n_embd)):
@@ -68,7 +70,7 @@ def _llama(model: GPT, qwen3: bool) -> tuple[dict, dict[str, torch.Tensor]]:
               "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
               "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": c.tie_embeddings,
               "use_sliding_window": False}
-    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["ln_f.weight"]}
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"][:c.vocab_size], "model.norm.weight": sd["ln_f.weight"]}
     for i in range(c.n_layer):
         ours, theirs = f"blocks.{i}", f"model.layers.{i}"
         q, k, v = sd[f"{ours}.attn.qkv.weight"].split(c.n_embd, dim=0)
@@ -84,7 +86,7 @@ def _llama(model: GPT, qwen3: bool) -> tuple[dict, dict[str, torch.Tensor]]:
             out[f"{theirs}.self_attn.q_norm.weight"] = sd[f"{ours}.attn.q_norm.weight"]
             out[f"{theirs}.self_attn.k_norm.weight"] = sd[f"{ours}.attn.k_norm.weight"]
     if not c.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
+        out["lm_head.weight"] = sd["lm_head.weight"][:c.vocab_size]
     return config, out
 
 

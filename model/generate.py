@@ -7,6 +7,8 @@ the cache, since every position changes. Cached and uncached generation give the
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -37,16 +39,14 @@ def next_token_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: flo
 
 
 @torch.no_grad()
-def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             eos_id: int | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
-    """idx (B, T) with up to max_new_tokens tokens appended; stops early once every row has produced
-    eos_id. temperature <= 0 means greedy. Pass a seeded generator for repeatable samples."""
+def sample_tokens(model: GPT, idx: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, repetition_penalty: float = 1.0,
+                  generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """The next token of each row of idx (B, T), (B, 1), one per iteration, for as long as the caller
+    asks (the caller decides when to stop)."""
     block = model.config.block_size
-    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     cache = KVCache(model.config.n_layer) if use_cache else None
-    for _ in range(max_new_tokens):
+    while True:
         if cache is not None and idx.size(1) <= block:  # the tokens the cache has not seen yet
             logits, _ = model(idx[:, cache.length:], cache=cache)
         else:
@@ -58,8 +58,35 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
         else:
             nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
         idx = torch.cat([idx, nxt], dim=1)
+        yield nxt
+
+
+@torch.no_grad()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+             eos_id: int | None = None, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> torch.Tensor:
+    """idx (B, T) with up to max_new_tokens tokens appended; stops early once every row has produced
+    eos_id. temperature <= 0 means greedy. Pass a seeded generator for repeatable samples."""
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    new = []
+    tokens = sample_tokens(model, idx, temperature, top_k, top_p, repetition_penalty, generator, use_cache)
+    for _, nxt in zip(range(max_new_tokens), tokens):
+        new.append(nxt)
         if eos_id is not None:
             done |= nxt.squeeze(1) == eos_id
             if bool(done.all()):
                 break
-    return idx
+    return torch.cat([idx, *new], dim=1)
+
+
+def stream(model: GPT, ids: list[int], max_new_tokens: int, stop_ids: set[int], **sampling) -> Iterator[int]:
+    """The tokens generated after one prompt, as they come, ending at the first of stop_ids (not
+    yielded) or after max_new_tokens. `sampling`: the keywords of sample_tokens."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    for _, nxt in zip(range(max_new_tokens), sample_tokens(model, idx, **sampling)):
+        token = int(nxt)
+        if token in stop_ids:
+            return
+        yield token

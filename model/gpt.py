@@ -51,11 +51,18 @@ class GPTConfig(BaseModel):
                                              "OLMo2): keeps attention logits bounded, fewer loss spikes.")
     tie_embeddings: bool = Field(True, description="The output head reuses the token embedding matrix (GPT-2); "
                                                    "false gives the head its own weights.")
+    vocab_multiple: int = Field(1, ge=1, le=1 << 16, description="The embedding and head have vocab_size rounded "
+                                "up to a multiple of this many rows; the padded rows are never predicted.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "GPTConfig":
         check_heads(self)
         return self
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and head: vocab_size rounded up to vocab_multiple (GPU-friendly matmuls)."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def head_size(self) -> int:
@@ -92,9 +99,12 @@ def rotary_tables(c: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) rotated by the first T rows of the tables (the half-split pairing HF Llama uses)."""
+    """x (B, H, T, D) rotated by the first T rows of the tables (the half-split pairing HF Llama uses),
+    or by tables already gathered per token, (B, 1, T, D)."""
     T = x.size(-2)
-    cos, sin = cos[:T].to(x.dtype), sin[:T].to(x.dtype)
+    if cos.dim() == 2:
+        cos, sin = cos[:T], sin[:T]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -112,7 +122,8 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(c.head_size, eps=c.norm_eps) if c.qk_norm else None
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: "LayerCache | None" = None) -> torch.Tensor:
+                cache: "LayerCache | None" = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: (B, 1, T, T), True where a query may attend to a key (packed sequences); else causal."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))
@@ -121,13 +132,12 @@ class SelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_size)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        mask = None
         if cache is not None:
             k, v = cache.extend(k, v)
             if 1 < T < k.size(2):  # new queries see every cached key, and each other causally
                 mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=T == k.size(2) and T > 1)
+                                           is_causal=mask is None and T == k.size(2) and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -163,8 +173,8 @@ class Block(nn.Module):
         self.mlp = MLP(c)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: "LayerCache | None" = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rotary, cache)
+                cache: "LayerCache | None" = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rotary, cache, mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -172,7 +182,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        self.tok_emb = nn.Embedding(c.padded_vocab, c.n_embd)
         self.pos_emb = nn.Embedding(c.block_size, c.n_embd) if c.positions == "learned" else None
         if c.positions == "rotary":  # not saved: recomputed from the config
             cos, sin = rotary_tables(c)
@@ -181,7 +191,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
         self.ln_f = make_norm(c, c.n_embd)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = nn.Linear(c.n_embd, c.padded_vocab, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # one matrix both reads and writes tokens
         # Recompute each block's activations in the backward pass instead of storing them: less
@@ -202,8 +212,14 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The head's logits over the real vocabulary: padded rows are cut off (a view), so no padded
+        id is ever predicted, sampled or part of a softmax."""
+        logits = self.lm_head(h)
+        return logits if logits.size(-1) == self.config.vocab_size else logits[..., :self.config.vocab_size]
+
     def _loss_sum(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.lm_head(h).float(), targets, reduction="sum")
+        return F.cross_entropy(self._logits(h).float(), targets, reduction="sum")
 
     def num_params(self) -> int:
         """Parameters, counting a tied embedding/lm_head matrix once."""
@@ -222,26 +238,38 @@ class GPT(nn.Module):
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: "KVCache | None" = None,
-                loss_chunks: int = 1):
-        """idx, targets: (B, T) token ids. Returns logits (B, T, vocab) and the mean loss (or None).
+                loss_chunks: int = 1, segments: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+        """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size: never the padded rows)
+        and the mean loss (or None).
         With a KVCache, idx continues the tokens the cache already holds (their keys and values are
         reused, the new ones are appended). loss_chunks > 1 (with targets): no logits (None) and the
         loss computed in that many chunks of tokens, each chunk's logits recomputed in the backward,
-        so at most one chunk's logits and fp32 log-softmax exist at a time."""
+        so at most one chunk's logits and fp32 log-softmax exist at a time. segments and positions
+        (B, T), for packed sequences (model/sft_data.py): a token attends only to earlier tokens of
+        its own segment, and its position counts from its segment's start."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.tok_emb(idx)
+        pos = torch.arange(start, start + T, device=idx.device) if positions is None else positions
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
-        rotary = None if self.pos_emb is not None else (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            x = x + self.pos_emb(pos)
+            rotary = None
+        elif positions is None:
+            rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        else:
+            rotary = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
+        mask = None
+        if segments is not None:
+            same = segments.unsqueeze(2) == segments.unsqueeze(1)
+            mask = (same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()).unsqueeze(1)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, rotary, use_reentrant=False)
+                x = checkpoint(block, x, rotary, None, mask, use_reentrant=False)
             else:
-                x = block(x, rotary, cache.layers[i] if cache is not None else None)
+                x = block(x, rotary, cache.layers[i] if cache is not None else None, mask)
         if cache is not None:
             cache.length += T
         if targets is not None and loss_chunks > 1:
@@ -249,11 +277,10 @@ class GPT(nn.Module):
             total = sum(checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
                         for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks)))
             return None, total / t.numel()
-        logits = self.lm_head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return logits, loss
+        logits = self._logits(self.ln_f(x))
+        if targets is None:
+            return logits.contiguous(), None  # a copy only when padded rows were cut off
+        return logits, F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 class LayerCache:

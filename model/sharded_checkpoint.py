@@ -116,13 +116,13 @@ def latest(folder: str) -> Optional[str]:
 
 def newer_than(single: str) -> Optional[str]:
     """The step folder latest.json names beside the single-file checkpoint `single` (latest.pt),
-    unless that file is of a later step (a run that went on under DDP or in one process)."""
+    unless that file is readable and of a later step (a run that went on under DDP or in one process)."""
     sharded = latest(os.path.dirname(single))
     if sharded and os.path.exists(single):
         try:
             step = torch.load(single, map_location="cpu", weights_only=True, mmap=True)["step"]  # no tensor read
-        except Exception as e:
-            raise RuntimeError(f"checkpoint {single} is unreadable ({e}); delete it to resume from {sharded}") from e
+        except Exception:  # noqa: BLE001 (a damaged file is no candidate)
+            return sharded
         return sharded if step_of(sharded) > step else None
     return sharded
 

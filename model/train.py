@@ -8,7 +8,8 @@ same model.pt as a run never interrupted.
 Under torchrun (model.launch) the same loop runs in every process: each takes its slice of every
 micro-batch (model.data), DDP or FSDP2 (model.distributed) averages the gradients, and the logged
 loss and gradient norm are those of the whole global batch. Rank 0 alone writes checkpoints,
-model.pt and log events; every rank reads the checkpoint to resume.
+model.pt and log events; every rank reads the checkpoint to resume. When to save is rank 0's
+decision (its clock), taken at log steps and shared, so every rank saves at the same step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import os
 import random
 import time
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -33,8 +34,12 @@ from pipeline.stage import StageConfig
 
 CHECKPOINT = os.path.join("checkpoints", "latest.pt")
 # Changing these between a run and its resume does not change the weights, so it is allowed.
-RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints", "log_interval",
-                     "device", "compile", "activation_checkpointing", "parallel", "rdzv_endpoint"}
+RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "checkpoint_minutes", "async_checkpoint",
+                     "keep_checkpoints", "log_interval", "device", "compile", "activation_checkpointing", "parallel",
+                     "rdzv_endpoint"}
+# What a checkpoint written before a field existed was trained with, where that is not the field's
+# default: such a checkpoint's unpadded vocabulary then shows as a config change, named.
+BEFORE_FIELD = {"vocab_multiple": 1}
 # How the global batch is split into processes and micro-batches: any split of the same global batch
 # (batch_size x grad_accum_steps x processes) draws the same windows per step, so it may change too.
 BATCH_SPLIT = ("batch_size", "grad_accum_steps", "nproc_per_node", "nnodes")
@@ -63,6 +68,9 @@ class TrainConfig(StageConfig):
     mlp: Literal["gelu", "swiglu"] = _shape("mlp")
     qk_norm: bool = _shape("qk_norm")
     tie_embeddings: bool = _shape("tie_embeddings")
+    vocab_multiple: int = Field(64, ge=1, le=1 << 16, description="Pad the embedding and output head to a "
+                                "multiple of this many rows (matmuls of GPU-friendly sizes, nanoGPT's 50304); "
+                                "the padded ids are never predicted, sampled or exported. 1: no padding.")
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch of each process.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (tokens per step = "
                                                        "batch_size x grad_accum_steps x processes x block_size).")
@@ -80,8 +88,13 @@ class TrainConfig(StageConfig):
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = no clipping).")
     eval_interval: int = Field(100, ge=1, description="Compute validation loss every this many steps (and at the end).")
     eval_batches: int = Field(10, ge=0, description="Validation batches per evaluation (0 = no validation).")
-    checkpoint_interval: int = Field(50, ge=1, description="Save a resumable checkpoint every this many steps "
-                                                           "(and at the end).")
+    checkpoint_interval: int = Field(0, ge=0, description="Also save a resumable checkpoint every this many "
+                                                          "steps (0: only by checkpoint_minutes, and at the end).")
+    checkpoint_minutes: float = Field(15.0, ge=0, description="Save a resumable checkpoint at the first log step "
+                                      "this many minutes after the last save (0: only by checkpoint_interval), "
+                                      "and at the end.")
+    async_checkpoint: bool = Field(True, description="Write checkpoints in a background thread from a CPU copy, "
+                                                     "so training goes on during the write (one save in flight).")
     keep_checkpoints: int = Field(2, ge=2, description="Resumable checkpoints kept (step-N.pt; latest.pt is the "
                                                        "newest). At least 2: a damaged newest one leaves the one before.")
     log_interval: int = Field(10, ge=1, description="Read the loss, gradient norm and guard to the host, log them "
@@ -91,7 +104,8 @@ class TrainConfig(StageConfig):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 autocast on CUDA, "
                                                                               "float32 on CPU.")
-    compile: bool = Field(False, description="torch.compile the model (faster on GPU after a slow first step).")
+    compile: Union[bool, Literal["auto"]] = Field("auto", description="torch.compile the model: faster on GPU "
+                                                  "after a slow first step. auto: on CUDA, off on CPU.")
     loss_chunks: int = Field(1, ge=1, description="Compute the loss in this many chunks of tokens, recomputing "
                                                    "each chunk's logits in the backward: memory for one chunk's "
                                                    "logits instead of B x T x vocab (a large vocab or batch).")
@@ -186,11 +200,13 @@ def val_loss(model: GPT, stream: TokenStream, block_size: int, batch_size: int, 
 
 
 def train(train_files: list[str], val_files: list[str], vocab_size: int, config: TrainConfig, out_dir: str,
-          log: Optional[Callable[[dict], None]] = None, stop_after: Optional[int] = None) -> dict:
+          log: Optional[Callable[[dict], None]] = None, stop_after: Optional[int] = None,
+          clock: Callable[[], float] = time.monotonic) -> dict:
     """Train (or resume) in out_dir; write out_dir/model.pt; return a JSON-ready summary.
 
     stop_after=N stops after step N as if the process were killed there: no final checkpoint and no
-    model.pt, so the next call resumes from the last periodic checkpoint."""
+    model.pt, so the next call resumes from the last periodic checkpoint (a save in flight is
+    finished first). clock (seconds) times checkpoint_minutes; a test passes its own."""
     c = config
     device = resolve_device(c.device)
     rank, world = distributed.rank(), distributed.world_size()
@@ -222,7 +238,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
             checkpoints.remove_stale_temporaries(folder)
     sharded = sharded_checkpoint.newer_than(ckpt_path)  # FSDP2's folder of shards, unless latest.pt is newer
-    found = sharded is not None or os.path.exists(ckpt_path)
+    found = sharded is not None or os.path.exists(ckpt_path) or bool(checkpoints.step_files(os.path.dirname(ckpt_path)))
     if not distributed.same_on_all(found):
         raise RuntimeError(f"only some ranks see {ckpt_path}: out_dir must be on storage every machine shares")
     read_from = os.path.join(sharded, sharded_checkpoint.STATE) if sharded else ckpt_path
@@ -232,7 +248,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         if ckpt["token_files"] != identity:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other token files ({ckpt['token_files']}) "
                              f"than these ({identity}); use the same files or a new out_dir")
-    else:  # checked once per run: a resume on the same files needs no pass over every token
+    else:  # a resume on the same files needs no check (and a start reads each file's cached maximum)
         _check_vocab(train_stream, vocab_size)
     if ckpt and not sharded:
         raw_model.load_state_dict(ckpt["model"])  # before FSDP shards it
@@ -245,7 +261,7 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     if ckpt:
         step, history, last_loss = _restore(ckpt, raw_model, optimizer, batches, guard, c, rank)
         del ckpt
-    model = torch.compile(wrapped) if c.compile else wrapped
+    model = torch.compile(wrapped) if (device == "cuda" if c.compile == "auto" else c.compile) else wrapped
     model.train()
 
     tokens_per_step = c.batch_size * c.grad_accum_steps * world * c.block_size
@@ -255,63 +271,73 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     t_start, steps_run = time.perf_counter(), 0
     feed = Prefetcher(batches, device)  # after the resume: it starts at the restored position
     t_logged, steps_logged = t_start, 0
+    # Committed: whoever keeps a copy elsewhere (the flow's upload) may take it now. Rank 0 alone saves.
+    committed = (lambda s: log({"step": s, "checkpoint": ckpt_path})) if log else (lambda s: None)
+    saver = checkpoints.Saver(c.async_checkpoint, committed)
+    last_save = clock()
     # The last applied step's loss, on the device; read to the host only at log and checkpoint steps.
     last_loss_t = torch.tensor(float("nan") if last_loss is None else last_loss, device=device)
-    while step < c.max_steps and (stop_after is None or step < stop_after):
-        lr = lr_at(step, c)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        where = feed.position
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(c.grad_accum_steps):
-            x, y = feed.next()
-            with distributed.grad_sync(wrapped, last=micro == c.grad_accum_steps - 1):
-                with autocast(device, c.dtype):
-                    # Only the loss is kept: the logits (bf16, B x T x vocab) are freed before the backward.
-                    loss = model(x, y, loss_chunks=c.loss_chunks)[1]
-                (loss / c.grad_accum_steps).backward()
-            loss_sum += loss.detach()
-        max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
-        # After the reduction every rank holds the global gradient (or its shard): a global norm.
-        grad_norm = distributed.whole(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm))
-        step_loss = distributed.mean(loss_sum / c.grad_accum_steps)
-        skip = guard.check(step + 1, step_loss, grad_norm, step >= c.warmup_steps, where)
-        optimizer.found_inf = skip.float()  # fused AdamW leaves everything as it was where this is 1
-        optimizer.step()
-        last_loss_t = torch.where(skip, last_loss_t, step_loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        steps_run += 1
-        steps_logged += 1
+    try:
+        while step < c.max_steps and (stop_after is None or step < stop_after):
+            lr = lr_at(step, c)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            where = feed.position
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(c.grad_accum_steps):
+                x, y = feed.next()
+                with distributed.grad_sync(wrapped, last=micro == c.grad_accum_steps - 1):
+                    with autocast(device, c.dtype):
+                        # Only the loss is kept: the logits (bf16, B x T x vocab) are freed before the backward.
+                        loss = model(x, y, loss_chunks=c.loss_chunks)[1]
+                    (loss / c.grad_accum_steps).backward()
+                loss_sum += loss.detach()
+            max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+            # After the reduction every rank holds the global gradient (or its shard): a global norm.
+            grad_norm = distributed.whole(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm))
+            step_loss = distributed.mean(loss_sum / c.grad_accum_steps)
+            skip = guard.check(step + 1, step_loss, grad_norm, step >= c.warmup_steps, where)
+            optimizer.found_inf = skip.float()  # fused AdamW leaves everything as it was where this is 1
+            optimizer.step()
+            last_loss_t = torch.where(skip, last_loss_t, step_loss.detach())
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_run += 1
+            steps_logged += 1
 
-        evaluating = step % c.eval_interval == 0 or step == c.max_steps
-        saving = step % c.checkpoint_interval == 0 or step == c.max_steps
-        if step % c.log_interval == 0 or step == c.max_steps or step == stop_after or evaluating or saving:
-            # The one host read of these steps: loss, norm, skip flag and last applied loss at once.
-            guard.verify()
-            now_loss, now_norm, skipped, last = torch.stack([step_loss.double(), grad_norm.double(),
-                                                             skip.double(), last_loss_t.double()]).tolist()
-            last_loss = None if math.isnan(last) else last
-            now = time.perf_counter()
-            tokens_per_s = steps_logged * tokens_per_step / max(1e-9, now - t_logged)
-            t_logged, steps_logged = now, 0
-            history.append({"step": step, "loss": now_loss})
-            if log:
-                log({"step": step, "loss": now_loss, "lr": lr, "grad_norm": now_norm, "tokens_per_s": tokens_per_s,
-                     "mfu": mfu_of(tokens_per_s), **({"skipped": True} if skipped else {})})
+            evaluating = step % c.eval_interval == 0 or step == c.max_steps
+            saving = step == c.max_steps or bool(c.checkpoint_interval) and step % c.checkpoint_interval == 0
+            if not saving and c.checkpoint_minutes and step % c.log_interval == 0:  # rank 0's clock decides
+                saving = distributed.gather(clock() - last_save >= 60 * c.checkpoint_minutes)[0]
+            if step % c.log_interval == 0 or step == c.max_steps or step == stop_after or evaluating or saving:
+                # The one host read of these steps: loss, norm, skip flag and last applied loss at once.
+                guard.verify()
+                now_loss, now_norm, skipped, last = torch.stack([step_loss.double(), grad_norm.double(),
+                                                                 skip.double(), last_loss_t.double()]).tolist()
+                last_loss = None if math.isnan(last) else last
+                now = time.perf_counter()
+                tokens_per_s = steps_logged * tokens_per_step / max(1e-9, now - t_logged)
+                t_logged, steps_logged = now, 0
+                history.append({"step": step, "loss": now_loss})
+                if log:
+                    log({"step": step, "loss": now_loss, "lr": lr, "grad_norm": now_norm, "tokens_per_s": tokens_per_s,
+                         "mfu": mfu_of(tokens_per_s), **({"skipped": True} if skipped else {})})
 
-        if evaluating and val_stream is not None:
-            history[-1]["val_loss"] = val_loss(raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches,
-                                               device, c.dtype, rank, world)
-            if log:
-                log({"step": step, "val_loss": history[-1]["val_loss"]})
-        if saving:
-            saved = _save_checkpoint(ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step, history,
-                                     last_loss, identity)
-            if log:  # committed: whoever keeps a copy elsewhere may take it now
-                log({"step": step, "checkpoint": saved})
-
-    feed.close()
+            if evaluating and val_stream is not None:
+                history[-1]["val_loss"] = val_loss(raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches,
+                                                   device, c.dtype, rank, world)
+                if log:
+                    log({"step": step, "val_loss": history[-1]["val_loss"]})
+            if saving:  # the log's checkpoint event comes once the file is committed
+                folder = _save_checkpoint(saver, ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step,
+                                          history, last_loss, identity)
+                if folder and log:  # FSDP2's folder of shards, committed on return
+                    log({"step": step, "checkpoint": folder})
+                last_save = clock()
+            saver.poll()
+    finally:  # a save in flight is finished, whatever ends the loop
+        feed.close()
+        saver.close()
     seconds = time.perf_counter() - t_start
     done = step >= c.max_steps
     if done:
@@ -341,6 +367,8 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
 
 
 def _check_vocab(stream: TokenStream, vocab_size: int) -> None:
+    """Every token id of the stream fits the vocabulary (each file's maximum read from a cache
+    when the file was checked before: model.data.TokenStream.max_token)."""
     top = stream.max_token()
     if top >= vocab_size:
         raise ValueError(f"token id {top} does not fit vocab_size {vocab_size}: {stream.describe()}")
@@ -365,37 +393,39 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss,
-                     token_files) -> str:
-    """Every rank calls it (each rank's RNG is collected); returns the path committed. FSDP2: every
-    rank writes its shards (model.sharded_checkpoint). Otherwise rank 0 writes one file of whole
-    tensors, laid out as one process lays them out."""
+def _save_checkpoint(saver, path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss,
+                     token_files) -> Optional[str]:
+    """Every rank calls it (each rank's RNG is collected). FSDP2: every rank writes its shards
+    (model.sharded_checkpoint), committed when it returns that folder. Otherwise rank 0 hands one
+    file's state, whole tensors laid out as one process lays them out, to the saver (None)."""
     rng = distributed.gather(_rng_state())
     extra = {"rng_ranks": rng} if len(rng) > 1 else {}
     state = {"step": step, "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": rng[0],
              "history": history, "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size,
              "token_files": token_files, **extra}
-    if distributed.is_sharded(model):
+    if distributed.is_sharded(model):  # written now, by every rank: no background write
+        saver.wait()
         return sharded_checkpoint.save(os.path.dirname(path), step, model, optimizer, state, c.keep_checkpoints)
     if distributed.is_main():
-        checkpoints.save_kept({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, path,
-                              step, c.keep_checkpoints)
-    return path
-
+        saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, path, step,
+                   c.keep_checkpoints)
+    return None
 
 
 def _read_checkpoint(path, c, vocab_size, device) -> dict:
-    """The checkpoint, after checking it was written by the same config (up to RESUMABLE_CHANGES
-    and the split of the same global batch)."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
+    """The checkpoint (latest, or the newest older step file that loads when latest is damaged),
+    after checking it was written by the same config (up to RESUMABLE_CHANGES and the split of the
+    same global batch)."""
+    path, ckpt = checkpoints.newest_readable(path, lambda p: torch.load(p, map_location=device, weights_only=True))
     fields = TrainConfig.model_fields
-    # A field added since the checkpoint was written has its default: the behaviour before it existed.
-    saved = {k: ckpt["config"].get(k, fields[k].default) for k in fields}
+    # A field added since the checkpoint was written has the value that gives the behaviour before it existed.
+    saved = {k: ckpt["config"].get(k, BEFORE_FIELD.get(k, fields[k].default)) for k in fields}
     now = c.model_dump()
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k not in BATCH_SPLIT and saved[k] != now[k])
+    padded = lambda cfg: GPTConfig(vocab_size=vocab_size,  # noqa: E731
+                                   vocab_multiple=cfg["vocab_multiple"]).padded_vocab
+    if "vocab_multiple" in changed and padded(saved) == padded(now):
+        changed.remove("vocab_multiple")  # another multiple, the same rows: the same weights
     glob = lambda cfg: math.prod(cfg[k] for k in BATCH_SPLIT)  # noqa: E731
     if glob(saved) != glob(now):
         changed += [k for k in BATCH_SPLIT if saved[k] != now[k]]

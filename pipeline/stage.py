@@ -123,8 +123,9 @@ def merge_counts(a: dict, b: dict) -> dict:
     return dict(sorted(out.items()))
 
 
-# Control characters other than tab and line breaks, and U+FFFD (what a wrong decoding leaves).
-_BINARY_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x{FFFD}]"
+# Control characters other than tab and line breaks, C1 controls (cp1252 read as latin-1) and U+FFFD:
+# what a wrong decoding leaves. The same set as pipeline.charset.ODD_CHARS, in RE2's syntax.
+_BINARY_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x{9F}\x{FFFD}]"
 
 
 def text_kinds(table: pa.Table) -> dict:

@@ -31,6 +31,9 @@ from pipeline.stage import StageConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 EOT, PAD = SPECIAL_TOKENS
+# The chat format's role and end-of-turn tokens (model/chat.py), reserved at training so that a
+# pretrained model can be tuned to chat without growing its vocabulary.
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 # Documents are encoded in batches of about this many characters: big enough for the parallel
 # encoder, small enough that the per-token Encoding objects stay a few hundred MB at most.
@@ -40,7 +43,7 @@ BATCH_CHARS = 2_000_000
 class TokenizeConfig(StageConfig):
     """Byte-level BPE training and the train/validation split of the encoded documents."""
 
-    vocab_size: int = Field(32768, ge=256 + len(SPECIAL_TOKENS), le=2**32,
+    vocab_size: int = Field(32768, ge=256 + len(SPECIAL_TOKENS + CHAT_TOKENS), le=2**32,
                             description="Tokens in the vocabulary: 256 bytes + special tokens + BPE merges. "
                                         "Up to 65536 the token files hold uint16, above that uint32.")
     min_frequency: int = Field(2, ge=1, description="A pair must occur at least this often in the sample to be merged.")
@@ -52,6 +55,11 @@ class TokenizeConfig(StageConfig):
                                                    "even when val_fraction of a small corpus rounds to fewer.")
     seed: int = Field(0, ge=0, description="Salt of the hashes that pick validation documents and order "
                                            "the training shards: change it for another split and order.")
+    chat_tokens: bool = Field(True, description="Reserve the chat format's role and end-of-turn tokens "
+                                                "(<|system|>, <|user|>, <|assistant|>, <|end|>) for tuning to chat.")
+
+    def special_tokens(self) -> list[str]:
+        return SPECIAL_TOKENS + (CHAT_TOKENS if self.chat_tokens else [])
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -88,8 +96,8 @@ def train_tokenizer(texts: Iterable[str], config: TokenizeConfig) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-                                  special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+                                  special_tokens=config.special_tokens(),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     seen = {"chars": 0}
 
     def counted():
@@ -103,13 +111,17 @@ def train_tokenizer(texts: Iterable[str], config: TokenizeConfig) -> Tokenizer:
     return tok
 
 
-def transformers_files() -> dict[str, bytes]:
+def transformers_files(chat_template: str | None = None) -> dict[str, bytes]:
     """The files that, beside tokenizer.json, make its folder a transformers tokenizer with our
     special tokens. split_special_tokens: a literal "<|endoftext|>" in text stays text, as in
-    encode_table, so transformers gives exactly the ids we train on."""
-    tokens = {"bos_token": EOT, "eos_token": EOT, "pad_token": PAD}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens, "split_special_tokens": True,
+    encode_table, so transformers gives exactly the ids we train on. A chat model's tokenizer
+    carries `chat_template` instead, and must not split special tokens: apply_chat_template
+    tokenizes the rendered string, role tokens and all (model/chat.py)."""
+    tokens = {"bos_token": EOT, "eos_token": EOT if chat_template is None else CHAT_TOKENS[-1], "pad_token": PAD}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens, "split_special_tokens": chat_template is None,
               "clean_up_tokenization_spaces": False}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     return {"tokenizer_config.json": json.dumps(config, indent=2).encode(),
             "special_tokens_map.json": json.dumps(tokens, indent=2).encode()}
 

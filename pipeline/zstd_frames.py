@@ -6,6 +6,8 @@ at the next frame magic. A frame cut short by the end of the file is counted as 
 record. A frame's output is handed on only once the frame is complete (up to FRAME_BUFFER bytes;
 a bigger one streams), and at damage only up to the last record start in it, so the WARC reader
 never sees half a damaged record and a file compressed as one frame keeps the records before it.
+Records are WARC records or, with `lines=True` (JSONL), lines; a line file's damage is noted at the
+line number (from 1, of the lines read) where the lost part begins.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ class ZstdFrames(io.RawIOBase):
     """The decompressed bytes of a seekable .zst file `f`; damage is noted in `damaged`
     (pipeline/damage.py) at the decompressed offset where the lost frame would have begun."""
 
-    def __init__(self, f, damaged):
+    def __init__(self, f, damaged, lines: bool = False):
         import zstandard
 
-        self.zstd, self.f, self.damaged = zstandard, f, damaged
+        self.zstd, self.f, self.damaged, self.lines = zstandard, f, damaged, lines
+        self.newlines = 0  # in the output handed on (lines=True)
         self.pending, self.ready, self.done = b"", bytearray(), False
         self.frame = None  # the frame being decoded: its decompressor, output not yet handed on, where it began
         self.frame_out, self.frame_c = bytearray(), 0
@@ -79,17 +82,20 @@ class ZstdFrames(io.RawIOBase):
         if not data:
             if self.frame is not None:
                 self._hand_on_whole_records()
-                self.damaged.note("truncated_record", self.d_pos)
+                self._note("truncated_record")
+            else:
+                self._hand_on(whole=True)  # a last line without a newline
             self.done = True
             return
         if self.frame is None:
             self.frame = self.zstd.ZstdDecompressor().decompressobj()
-            self.frame_out, self.frame_c = bytearray(), self.c_pos
+            # A line cut by a frame's end continues in the next frame's output.
+            self.frame_out, self.frame_c = (self.frame_out if self.lines else bytearray()), self.c_pos
         try:
             self.frame_out += self.frame.decompress(data)
         except self.zstd.ZstdError:
             self._hand_on_whole_records()
-            self.damaged.note("zstd_error", self.d_pos)
+            self._note("zstd_error")
             self.frame, self.pending = None, b""
             found = find_magic(self.f, self.frame_c + 1, ZSTD_MAGIC)
             if found is None:
@@ -107,15 +113,25 @@ class ZstdFrames(io.RawIOBase):
         elif len(self.frame_out) > FRAME_BUFFER:
             self._hand_on()
 
+    def _note(self, reason: str) -> None:
+        self.damaged.note(reason, self.newlines + 1 if self.lines else self.d_pos)
+
     def _hand_on_whole_records(self) -> None:
         """At damage: the records of the frame before the one it cut (a frame of many records)."""
-        cut = self.frame_out.rfind(b"WARC/1.")
-        while cut > 0 and self.frame_out[cut - 1:cut] != b"\n":
-            cut = self.frame_out.rfind(b"WARC/1.", 0, cut)
+        if self.lines:
+            cut = self.frame_out.rfind(b"\n") + 1
+        else:
+            cut = self.frame_out.rfind(b"WARC/1.")
+            while cut > 0 and self.frame_out[cut - 1:cut] != b"\n":
+                cut = self.frame_out.rfind(b"WARC/1.", 0, cut)
         self.frame_out = self.frame_out[:max(cut, 0)]
-        self._hand_on()
+        self._hand_on(whole=True)
 
-    def _hand_on(self) -> None:
-        self.ready += self.frame_out
-        self.d_pos += len(self.frame_out)
-        self.frame_out = bytearray()
+    def _hand_on(self, whole: bool = False) -> None:
+        """The output so far; of a line file, only whole lines (the rest waits for its end)."""
+        cut = len(self.frame_out) if whole or not self.lines else self.frame_out.rfind(b"\n") + 1
+        out = self.frame_out[:cut]
+        self.ready += out
+        self.d_pos += len(out)
+        self.newlines += out.count(b"\n")
+        self.frame_out = self.frame_out[cut:]

@@ -27,6 +27,7 @@ import os
 import posixpath
 import shutil
 import uuid
+import zlib
 from typing import Any
 
 import fsspec
@@ -86,6 +87,7 @@ class StageDir:
         self.store, self.name, self.fingerprint = store, name, fp
         self.fs = store.fs
         self.path = posixpath.join(store.root, name, fp)
+        self.written: dict[str, dict] = {}  # rel -> size and CRC-32 of each file written, for the next shard stats
 
     # -- paths -------------------------------------------------------------------------------
     def abspath(self, rel: str) -> str:
@@ -136,9 +138,22 @@ class StageDir:
     def read_shard_stats(self, index: int) -> dict:
         return self.read_json(self.part("stats", index, "json"))
 
-    def commit_shard(self, index: int, stats: dict) -> None:
-        """Write a shard's stats after its data files: the stats file marks the shard done."""
+    def commit_shard(self, index: int, stats: dict) -> dict:
+        """Write a shard's stats after its data files: the stats file marks the shard done. It records
+        the size and CRC-32 of every file written since the last commit (`files`), so a run that
+        reuses the shard can tell a damaged or missing file (storage/verify.py). Returns the stats."""
+        stats = {**stats, "files": dict(sorted(self.written.items()))}
         self.write_bytes(self.part("stats", index, "json"), _pretty_json(stats))
+        self.written = {}
+        return stats
+
+    def uncommit_shard(self, index: int, files) -> None:
+        """Undo a damaged shard's commit so it is done again: its stats file first (so nothing trusts
+        the shard from here on), then its files, which write-once writes would otherwise keep. The one
+        exception to committed files being immutable: these no longer hold what was committed."""
+        for rel in [self.part("stats", index, "json"), *files]:
+            if self.exists(rel):
+                self.fs.rm(self.abspath(rel))
 
     # -- atomic, write-once writes -----------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes, replace: bool = False) -> str:
@@ -146,6 +161,8 @@ class StageDir:
         if replace or not self.exists(rel):
             with self._atomic(rel, replace) as f:
                 f.write(data)
+        else:  # another writer's copy: the same bytes (outputs are a function of the fingerprint)
+            self.written[rel] = file_record(len(data), zlib.crc32(data))
         return self.abspath(rel)
 
     def upload(self, rel: str, local_path: str) -> str:
@@ -174,12 +191,14 @@ class StageDir:
         final = self.abspath(rel)
         tmp = _temporary(self.fs, final)
         try:
-            with self.fs.open(tmp, "wb") as f:
+            with self.fs.open(tmp, "wb") as raw:
+                f = _Checksummed(raw)
                 yield f
         except BaseException:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
             raise
+        self.written[rel] = file_record(f.size, f.crc)
         _put(self.fs, tmp, final, replace)
 
     @contextlib.contextmanager
@@ -216,22 +235,40 @@ class StageDir:
         return json.loads(self.read_bytes(rel))
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
-        try:
+        with self._reading(rel):
             with self.fs.open(self.abspath(rel), "rb") as f:
                 return pq.read_table(f, columns=columns)
-        except FileNotFoundError as e:
-            raise StoreError(f"missing shard file {self.url(rel)}") from e
 
     def read_arrow(self, rel: str) -> pa.Table:
-        with self.fs.open(self.abspath(rel), "rb") as f:
-            return ipc.open_file(pa.BufferReader(f.read())).read_all()
+        with self._reading(rel):
+            with self.fs.open(self.abspath(rel), "rb") as f:
+                return ipc.open_file(pa.BufferReader(f.read())).read_all()
 
     def map_arrow(self, rel: str) -> pa.Table:
         """An Arrow IPC file, memory-mapped: taking a few rows reads only their pages."""
-        try:
+        with self._reading(rel):
             return ipc.open_file(pa.memory_map(self.local_path(rel))).read_all()
+
+    @contextlib.contextmanager
+    def _reading(self, rel: str):
+        """A missing or unreadable stored file as a StoreError naming it (Arrow's own errors name none)."""
+        try:
+            yield
         except FileNotFoundError as e:
             raise StoreError(f"missing shard file {self.url(rel)}") from e
+        except pa.ArrowInvalid as e:  # a truncated or changed file; an OSError may be the network's
+            raise StoreError(f"damaged shard file {self.url(rel)} ({one_line_error(e)}); `crawl2llm verify` "
+                             "checks the store; running the stage that wrote it again (or the pipeline) redoes "
+                             "that shard") from e
+
+    def sizes(self) -> dict[str, int]:
+        """Every committed file of this output (relative path -> bytes) from one listing: cheap on
+        object stores too, where each file's info would be a request of its own."""
+        if not self.fs.exists(self.path):
+            return {}
+        found = self.fs.find(self.path, detail=True)
+        return {posixpath.relpath(p, self.path): info["size"] for p, info in found.items()
+                if TMP_MARK not in posixpath.basename(p) and info.get("type") != "directory"}
 
     def list(self, sub: str) -> list[str]:
         """Committed files under a sub-folder (relative paths, sorted, temporary files left out)."""
@@ -261,6 +298,43 @@ def open_stage(url: str) -> StageDir:
     if not sd.is_committed():
         raise StoreError(f"{url} is not a committed stage output (no manifest.json): run that stage first")
     return sd
+
+
+def one_line_error(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def file_record(size: int, crc: int) -> dict:
+    """What a shard's stats record of one of its files: its size and CRC-32 (8 hex digits)."""
+    return {"size": size, "crc32": f"{crc & 0xFFFFFFFF:08x}"}
+
+
+class _Checksummed(io.RawIOBase):
+    """A writable file that counts the bytes and CRC-32 of what goes through it to `raw`: the
+    checksum costs no second read of the file (zlib.crc32 runs at ~2.8 GB/s, docs/BENCHMARKS.md)."""
+
+    def __init__(self, raw):
+        self.raw, self.size, self.crc = raw, 0, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.raw.write(b)  # buffered file objects (fsspec's, local files) take every byte
+        self.crc = zlib.crc32(b, self.crc)
+        self.size += memoryview(b).nbytes
+        return memoryview(b).nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:  # the raw file is closed by its own `with`
+        if not self.closed:
+            self.raw.flush()
+        super().close()
 
 
 def _temporary(fs, final: str) -> str:

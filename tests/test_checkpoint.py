@@ -1,12 +1,14 @@
 """The training loop's host reads and checkpoint durability: no device value read to the host
 outside log, eval and checkpoint steps; two checkpoints kept; a SIGKILL in the middle of a save
-leaves no stale temporary file after the resume, which is bitwise the uninterrupted run; a resume
-refuses other token files."""
+(synchronous or in the background) leaves no stale temporary file after the resume, which is bitwise
+the uninterrupted run; a damaged latest.pt falls back to the step file before; saves by the clock;
+a resume refuses other token files."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections import Counter
 
 import pytest
@@ -76,15 +78,42 @@ def test_two_checkpoints_kept_and_latest_is_the_newest(baseline):
 
 
 def test_sigkill_during_a_save_leaves_nothing_stale_and_resumes_bitwise(baseline, corpus, tmp_path):
-    """The process dies half way through writing the step-20 checkpoint: the step-10 one is intact,
-    the next start deletes the half file, and the resumed run is the uninterrupted one, byte for byte."""
+    """The process dies half way through writing the step-20 checkpoint (a synchronous save): the
+    step-10 one is intact, the next start deletes the half file, and the resumed run is the
+    uninterrupted one, byte for byte."""
     train_killed(corpus, tmp_path, "import model.checkpoints as ck\n"
                                    "real, log = torch.save, None\n"
                                    "def save(obj, f):\n"
                                    "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
                                    "        f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
                                    "    real(obj, f)\n"
+                                   "ck.torch.save = save\n", CONFIG.model_copy(update={"async_checkpoint": False}))
+    _resumes_after_a_kill_in_the_step_20_save(baseline, corpus, tmp_path)
+
+
+def test_async_save_runs_beside_training_and_a_kill_during_it_resumes_bitwise(baseline, corpus, tmp_path):
+    """The step-20 save (async, the default) writes half its file and waits until training has logged
+    step 23, then the process is killed: training went on during the write (a synchronous save
+    would block step 21 and never get there), the step-10 checkpoint is intact, and the resume is
+    bitwise the uninterrupted run with nothing stale left."""
+    train_killed(corpus, tmp_path, "import threading\n"
+                                   "import model.checkpoints as ck\n"
+                                   "real, later = torch.save, threading.Event()\n"
+                                   "def log(e):\n"
+                                   "    if e.get('step') == 23 and 'loss' in e:\n"
+                                   "        later.set()\n"
+                                   "def save(obj, f):\n"
+                                   "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
+                                   "        f.write(b'half a checkpoint'); f.flush()\n"
+                                   "        if later.wait(120):\n"
+                                   "            os.kill(os.getpid(), signal.SIGKILL)\n"
+                                   "        raise SystemExit('training did not go on during the save')\n"
+                                   "    real(obj, f)\n"
                                    "ck.torch.save = save\n")
+    _resumes_after_a_kill_in_the_step_20_save(baseline, corpus, tmp_path)
+
+
+def _resumes_after_a_kill_in_the_step_20_save(baseline, corpus, tmp_path):
     folder = tmp_path / "checkpoints"
     assert any(".tmp-" in n for n in os.listdir(folder))
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 10
@@ -122,3 +151,43 @@ def test_checkpoint_on_a_memory_store_survives_losing_the_cache(baseline, corpus
     summary, events = run(corpus, cache)
     assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 20}
     assert sha(cache / "model.pt") == sha(baseline["out"] / "model.pt")
+
+
+def test_a_damaged_latest_resumes_from_the_step_file_before(baseline, corpus, tmp_path):
+    """latest.pt (the step-20 file) cut short: the resume warns naming it, starts from step-10.pt and
+    is bitwise the uninterrupted run; when no checkpoint loads, the error names them all."""
+    run(corpus, tmp_path, stop_after=25)
+    folder = tmp_path / "checkpoints"
+    data = (folder / "latest.pt").read_bytes()
+    (folder / "latest.pt").write_bytes(data[:len(data) // 2])  # a hard link: step-20.pt is cut too
+    with pytest.warns(UserWarning, match=r"latest.pt .* is damaged: resuming from .*step-10.pt"):
+        summary, events = run(corpus, tmp_path)
+    assert [e["step"] for e in events if "loss" in e] == list(range(11, 41))
+    assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 10}
+    assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
+    for name in os.listdir(folder):
+        (folder / name).write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match=r"no checkpoint in .*checkpoints is readable: .*latest.pt .*step-30.pt"):
+        run(corpus, tmp_path)
+
+
+def test_checkpoint_minutes_saves_by_the_clock(corpus, tmp_path):
+    """A clock that reads a minute per step logged so far, and checkpoint_minutes 3: the first log
+    step 3 minutes after the last save saves (steps 4 and 8 of 10), and the end does; with
+    log_interval 3 the clock is read at log steps only (step 6, then the end)."""
+    def saves(config, out):
+        clock, events = [0.0], []
+
+        def log(event):
+            events.append(event)
+            if "loss" in event:
+                clock[0] = 60.0 * event["step"]
+        train_module.train(corpus["train"], corpus["val"], corpus["vocab"], config, str(tmp_path / out), log=log,
+                           clock=lambda: clock[0])
+        return [e["step"] for e in events if "checkpoint" in e]
+
+    by_clock = CONFIG.model_copy(update={"max_steps": 10, "eval_interval": 10, "checkpoint_interval": 0,
+                                         "checkpoint_minutes": 3})
+    assert saves(by_clock, "a") == [4, 8, 10]
+    assert saves(by_clock.model_copy(update={"log_interval": 3}), "b") == [6, 10]
+    assert saves(by_clock.model_copy(update={"checkpoint_minutes": 0}), "c") == [10]

@@ -19,7 +19,9 @@ transformers = pytest.importorskip("transformers")
 SHAPE = {"block_size": 64, "n_layer": 2, "n_head": 4, "n_embd": 64}
 CASES = {"gpt2": {**GPT2}, "gpt2-bias": {**GPT2, "bias": True},
          "llama": {**MODERN, "qk_norm": False}, "qwen3": {**MODERN}, "llama-tied": {**MODERN, "qk_norm": False,
-                                                                                     "tie_embeddings": True}}
+                                                                                     "tie_embeddings": True},
+         # 512 ids in 600 rows: the export cuts the padded rows off, transformers sees 512 ids
+         "gpt2-padded": {**GPT2, "vocab_multiple": 100}, "qwen3-padded": {**MODERN, "vocab_multiple": 100}}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def test_transformers_logits_match_ours(case, book, tmp_path):
         for name, p in model.named_parameters():
             if "ln" in name or "norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
+        model.lm_head.weight[512:] = 1.0  # padded rows that would win every argmax if they were exported
     config = export_hf(model, book["tokenizer"], str(tmp_path))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     assert type(hf).__name__ == config["architectures"][0] == architecture(model.config)
@@ -55,7 +58,9 @@ def test_transformers_logits_match_ours(case, book, tmp_path):
     c = model.config  # GPT-2 always has biases: a bias-free model exports them as zeros
     zeros = 0 if c.bias or config["architectures"][0] != "GPT2LMHeadModel" else \
         c.n_layer * (2 * c.n_embd + 3 * c.n_embd + c.n_embd + c.mlp_hidden + c.n_embd) + c.n_embd
-    assert sum(p.numel() for p in hf.parameters()) == model.num_params() + zeros
+    padded = (c.padded_vocab - c.vocab_size) * c.n_embd * (1 if c.tie_embeddings else 2)
+    assert config["vocab_size"] == hf.get_output_embeddings().weight.shape[0] == 512
+    assert sum(p.numel() for p in hf.parameters()) == model.num_params() - padded + zeros
 
 
 def test_mixed_switches_are_refused(book, tmp_path):

@@ -142,12 +142,13 @@ def test_a_warc_of_unknown_record_types_only_is_readable(tmp_path):
 
 def test_a_lone_surrogate_in_jsonl_text_becomes_a_replacement_character(tmp_path):
     path = tmp_path / "surrogate.jsonl"
-    lines = [{"id": "a", "text": "good text one"}, {"id": "b", "text": "bad \ud800 text"},
+    tail = " in a text long enough that one bad character is under 1% of it (else: undecodable)" * 2
+    lines = [{"id": "a", "text": "good text one"}, {"id": "b", "text": "bad \ud800 text" + tail},
              {"id": "c\udfff", "text": "good text three", "title": "t\udc00"}]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     r = ingest_file(str(path), CONFIG)
     assert _kept_ids(r) == ["a", "b", "c\ufffd"]
-    assert r.kept.column("text").to_pylist()[1] == "bad \ufffd text"
+    assert r.kept.column("text").to_pylist()[1] == "bad \ufffd text" + tail
 
 
 @pytest.mark.slow
@@ -219,6 +220,47 @@ def test_zstd_damage_costs_one_frame_and_is_counted(tmp_path, checksum, damage):
     assert _kept_ids(r) == good[:lost] + good[lost + 1:]
     assert r.counts["damaged"] == {what: 1}
     assert [d["offset"] for d in r.damaged_records] == [starts[lost]]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_jsonl_zstd_damage_costs_one_frame_and_is_counted_at_its_line(tmp_path, damage):
+    """A multi-frame .jsonl.zst (pzstd, seekable zstd): a broken frame costs its lines only; reading
+    goes on at the next frame, and the damage is counted once at the first line lost."""
+    import zstandard
+
+    chunks = [[json.dumps({"id": f"{f}-{i}", "text": f"line {i} of frame {f}"}) + "\n" for i in range(3)]
+              for f in range(4)]
+    frames = [zstandard.ZstdCompressor(write_checksum=True).compress("".join(c).encode()) for c in chunks]
+    data = bytearray(b"".join(frames))
+    ids = [[json.loads(line)["id"] for line in c] for c in chunks]
+    if damage == "truncated":
+        data, lost, what = data[:-5], 3, "truncated_record"
+    else:
+        data[len(frames[0]) + len(frames[1]) // 2] ^= 0x55
+        lost, what = 1, "zstd_error"
+    path = tmp_path / "damaged.jsonl.zst"
+    path.write_bytes(bytes(data))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == [i for f, frame in enumerate(ids) if f != lost for i in frame]
+    assert r.counts["damaged"] == {what: 1}
+    assert [d["offset"] for d in r.damaged_records] == [3 * lost + 1]
+
+
+@pytest.mark.parametrize("hit", [0, 2, 3])
+def test_header_damage_in_an_uncompressed_warc_costs_that_record_only(tmp_path, hit):
+    """An uncompressed .warc has no gzip members to resync at: reading goes on at the next line that
+    begins a record, and the damage is counted once at the damaged record's offset."""
+    plain = [gzip.decompress(_response(n, _page(n))) for n in range(1, 6)]
+    good = _warcio_ids(b"".join(plain), tmp_path / "plain.warc")
+    starts = [sum(map(len, plain[:i])) for i in range(len(plain))]
+    data = bytearray(b"".join(plain))
+    data[starts[hit] + 1:starts[hit] + 5] = b"XXXX"  # "WARC/1.1" no longer
+    path = tmp_path / "damaged.warc"
+    path.write_bytes(bytes(data))
+    r = ingest_file(str(path), CONFIG)
+    assert _kept_ids(r) == good[:hit] + good[hit + 1:]
+    assert r.counts["damaged"] == {"bad_header": 1}
+    assert [d["offset"] for d in r.damaged_records] == [starts[hit]]
 
 
 def test_arc_urls_with_spaces_are_read(tmp_path):

@@ -11,8 +11,9 @@ import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from pydantic import ValidationError
 from resiliparse.extract.html2text import extract_plain_text
-from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
+from pipeline.charset import decode_html
+from pipeline.http_message import content_type
 from pipeline.quality import (C4, C4_LINE_RULES, FINEWEB, FINEWEB_RECIPE, GOPHER_QUALITY, RULES, QualityConfig,
                               evaluate, filter_quality, signal_names)
 from pipeline.schema import docs_from_rows
@@ -43,7 +44,7 @@ def html_pages(path):
             if "html" not in (rec.http_content_type or ""):
                 continue
             body = rec.reader.read()
-            html = bytes_to_str(body, detect_encoding(body))
+            html, _ = decode_html(body, content_type(rec.http_content_type or "")[1])
             yield rec.headers.get("WARC-Target-URI").strip("<>"), extract_plain_text(html, main_content=True)
 
 

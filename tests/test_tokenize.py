@@ -18,8 +18,9 @@ import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer
 
-from pipeline.tokenize import (EOT, PAD, SPECIAL_TOKENS, TokenizeConfig, encode_table, encode_threads, sample_texts,
-                               shard_order, token_dtype, train_tokenizer, transformers_files, val_cut, val_draw)
+from pipeline.tokenize import (CHAT_TOKENS, EOT, PAD, SPECIAL_TOKENS, TokenizeConfig, encode_table, encode_threads,
+                               sample_texts, shard_order, token_dtype, train_tokenizer, transformers_files, val_cut,
+                               val_draw)
 from storage import StageDir, Store
 
 GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
@@ -97,7 +98,7 @@ def test_tokenizer_is_standard_and_special_tokens_first(tokenizer, config):
     assert spec["model"]["type"] == "BPE"
     assert spec["pre_tokenizer"]["type"] == "ByteLevel" and spec["pre_tokenizer"]["add_prefix_space"] is False
     assert spec["decoder"]["type"] == "ByteLevel"
-    assert [t["content"] for t in spec["added_tokens"]] == SPECIAL_TOKENS
+    assert [t["content"] for t in spec["added_tokens"]] == SPECIAL_TOKENS + CHAT_TOKENS
     assert all(t["special"] for t in spec["added_tokens"])
     assert tokenizer.get_vocab_size() == config.vocab_size
     assert len(spec["model"]["vocab"]) == config.vocab_size  # what flows/training.py counts

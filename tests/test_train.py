@@ -132,15 +132,15 @@ def test_stop_and_resume_is_bitwise_identical(baseline, corpus, tmp_path):
     assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
 
 
-def train_killed(corpus, out: Path, prelude: str) -> None:
-    """Train CONFIG in another process that runs `prelude` first (defining log(), which kills it
+def train_killed(corpus, out: Path, prelude: str, config: TrainConfig = CONFIG) -> None:
+    """Train config in another process that runs `prelude` first (defining log(), which kills it
     somewhere with SIGKILL); checks that it died so."""
     script = ("import json, os, signal, sys, torch\n"
               "from model.train import TrainConfig, train\n"
               "a = json.loads(sys.argv[1])\n" + prelude +
               "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'], log=log)\n")
     args = {"train": corpus["train"], "val": corpus["val"], "vocab": corpus["vocab"],
-            "config": CONFIG.model_dump(), "out": str(out)}
+            "config": config.model_dump(), "out": str(out)}
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
 
@@ -320,3 +320,83 @@ def test_load_model_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a crawl2llm model file"):
         load_model(str(tmp_path / "other.pt"))
+
+
+def test_padded_vocab_rows_are_never_predicted_sampled_or_scored():
+    """vocab_multiple 64 pads 500 ids to 512 rows. With the padded head rows made huge, a padded
+    id would win every argmax and softmax: the logits have 500 columns, generation (greedy and
+    sampled) never emits an id >= 500, and the loss is the same as with those rows at zero."""
+    from model.generate import generate
+    from model.gpt import GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=500, vocab_multiple=64, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                          tie_embeddings=False)).eval()
+    assert model.lm_head.weight.shape[0] == model.tok_emb.weight.shape[0] == 512
+    x = torch.randint(0, 500, (4, 32))
+    with torch.no_grad():
+        model.lm_head.weight[500:] = 0.0
+        _, loss_zero = model(x[:, :-1], x[:, 1:])
+        model.lm_head.weight[500:] = 100.0 * model.lm_head.weight[:12].sign()
+        logits, loss = model(x[:, :-1], x[:, 1:])
+        chunked = model(x[:, :-1], x[:, 1:], loss_chunks=3)[1]
+    assert logits.shape[-1] == 500 and model(x)[0].shape[-1] == 500
+    assert loss == loss_zero and chunked == pytest.approx(loss.item(), rel=1e-6)
+    for temperature in (0.0, 1.0):
+        out = generate(model, x[:, :4], 24, temperature=temperature, generator=torch.Generator().manual_seed(1))
+        assert out.max().item() < 500
+
+
+def test_vocab_padding_default_and_checkpoints_from_before_it(baseline, corpus, tmp_path):
+    """The default pads to a multiple of 64 (512 stays 512). A training checkpoint written before
+    vocab_multiple existed (unpadded) resumes when the padded size is the same, and a resume that
+    would change the rows is refused naming vocab_multiple; an old model.pt loads unpadded."""
+    assert TrainConfig().vocab_multiple == 64 and CONFIG.gpt_config(500).padded_vocab == 512
+    old = torch.load(baseline["out"] / "checkpoints" / "step-30.pt", weights_only=True)
+    del old["config"]["vocab_multiple"]
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(old, tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match=r"another config \(vocab_multiple: 1 -> 100\)"):
+        run(corpus, tmp_path, CONFIG.model_copy(update={"vocab_multiple": 100}))
+    _, events = run(corpus, tmp_path)
+    assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 30}
+    saved = torch.load(baseline["out"] / "model.pt", weights_only=True)
+    del saved["config"]["vocab_multiple"]
+    torch.save(saved, tmp_path / "old-model.pt")
+    assert load_model(str(tmp_path / "old-model.pt")).config.padded_vocab == 512
+
+
+def test_compile_auto_is_off_on_cpu(corpus, tmp_path, monkeypatch):
+    """compile 'auto' (the default) compiles on CUDA only: a CPU run never calls torch.compile;
+    compile: true does."""
+    assert TrainConfig().compile == "auto" and TrainConfig(compile=True).compile is True
+
+    def refuse(*a, **k):
+        raise AssertionError("torch.compile called")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    short = CONFIG.model_copy(update={"max_steps": 2, "eval_interval": 2, "compile": "auto"})
+    assert run(corpus, tmp_path / "auto", short)[0]["completed"]
+    with pytest.raises(AssertionError, match="torch.compile called"):
+        run(corpus, tmp_path / "on", short.model_copy(update={"compile": True}))
+
+
+def test_token_maximum_is_cached_by_file_identity(corpus, tmp_path):
+    """A token file's maximum id is counted once and kept by its path, size, mtime and identity:
+    a doctored cache entry is what the next check reads (no pass over the tokens); touching the
+    file makes it count again."""
+    import os
+
+    stream = TokenStream(corpus["train"])
+    top = stream.max_token(str(tmp_path))
+    assert top == max(int(c.max()) for c in stream.chunks) and top < corpus["vocab"]
+    [entry] = list(tmp_path.iterdir())
+    cached = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**cached, "max_token": 10 ** 6}))
+    assert TokenStream(corpus["train"]).max_token(str(tmp_path)) == 10 ** 6
+    st = os.stat(corpus["train"][0])
+    os.utime(corpus["train"][0], ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    try:
+        assert TokenStream(corpus["train"]).max_token(str(tmp_path)) == top
+    finally:
+        os.utime(corpus["train"][0], ns=(st.st_atime_ns, st.st_mtime_ns))
