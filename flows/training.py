@@ -20,7 +20,7 @@ from model.evaluate import EvalConfig
 from model.report import comparison_rows, markdown, read_evaluations, summary_rows
 from model.source import UPSTREAM_FILE, resolve
 from model.source import token_files as _token_files
-from model import checkpoints
+from model import checkpoints, sharded_checkpoint
 from model.train import CHECKPOINT, TrainConfig
 from storage import StageDir, code_version, file_identity, fingerprint, is_local
 
@@ -68,8 +68,9 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
                 logger.warning("step %d: update skipped by the loss guard (loss %.4f)", step, event["loss"])
         if "val_loss" in event:
             logger.info("step %d val_loss %.4f", step, event["val_loss"])
-        if "checkpoint" in event and remote:
-            checkpoints.upload(out, local, event["checkpoint"])
+        if "checkpoint" in event and remote:  # FSDP2's is a folder of shards
+            kind = sharded_checkpoint if os.path.isdir(event["checkpoint"]) else checkpoints
+            kind.upload(out, local, event["checkpoint"])
 
     def announce(cmd: list[str]) -> None:
         logger.info("torchrun: %s", shlex.join(cmd))
@@ -81,6 +82,9 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
     remote = os.path.abspath(local) != os.path.abspath(out.path)
     if remote and checkpoints.restore(out, local, CHECKPOINT):
         logger.info("resuming from the store's checkpoint %s (not in this machine's cache)", out.url(CHECKPOINT))
+    if remote and sharded_checkpoint.restore(out, local, os.path.dirname(CHECKPOINT)):
+        logger.info("resuming from the store's sharded checkpoint in %s (not in this machine's cache)",
+                    out.url(os.path.dirname(CHECKPOINT)))
     try:
         if config.processes == 1:
             result = run_train(train_files, val_files, vocab, config, local, log=log)
@@ -143,10 +147,12 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
     artifacts.table(rows, artifacts.output_key(out, "summary"), f"train {out.fingerprint}")
     artifacts.output_link(out, artifacts.output_key(out, "model"), "final model weights", "model.pt")
     local = _local_dir(out)
-    if os.path.exists(os.path.join(local, CHECKPOINT)):
+    sharded = os.path.join(os.path.dirname(CHECKPOINT), sharded_checkpoint.POINTER)  # FSDP2's
+    found = [rel for rel in (CHECKPOINT, sharded) if os.path.exists(os.path.join(local, rel))]
+    if found:
         root = out.url() if os.path.abspath(local) == os.path.abspath(out.path) else os.path.abspath(local)
         artifacts.folder_link(root, artifacts.output_key(out, "checkpoint"),
-                              "last resumable checkpoint (weights, optimizer, data position, RNG)", CHECKPOINT)
+                              "last resumable checkpoint (weights, optimizer, data position, RNG)", found[0])
     history = counts.get("history", [])
     if history:
         artifacts.markdown(_loss_chart(history), artifacts.output_key(out, "loss-curve"), "loss curve")

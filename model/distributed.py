@@ -2,8 +2,9 @@
 model wrapped for DDP or FSDP2, and the few collectives the training loop needs.
 
 Without torchrun (no process group) every helper answers as for one process and does nothing, so
-train() runs unchanged in-process. Checkpoints hold whole (unsharded) tensors in the one-process
-layout whatever the wrapping, so a run can resume under another world size or wrapping.
+train() runs unchanged in-process. DDP's checkpoints hold whole tensors in the one-process layout;
+FSDP2's are folders of shards (model.sharded_checkpoint). Either resumes under another world size
+or wrapping.
 """
 
 from __future__ import annotations
@@ -154,15 +155,20 @@ def full_tensors(tree):
     return whole.cpu() if is_main() else None
 
 
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """Each later name of a parameter two names share (the tied head) -> its first name (the embedding)."""
+    first: dict[int, str] = {}
+    alias = {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+    return {name: source for name, source in alias.items() if name != source}
+
+
 def full_state_dict(model: torch.nn.Module) -> dict:
     """model.state_dict() gathered like full_tensors. A matrix two names share (the tied embedding
     and head) is gathered once and stays one tensor, so torch.save stores it once."""
-    first: dict[int, str] = {}
-    alias = {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+    alias = tied_names(model)
     out: dict = {}
     for name, value in model.state_dict().items():
-        source = alias.get(name, name)
-        out[name] = out[source] if source != name else full_tensors(value)
+        out[name] = out[alias[name]] if name in alias else full_tensors(value)
     return out
 
 

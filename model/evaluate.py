@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 from typing import Literal
 
 import numpy as np
@@ -94,20 +95,28 @@ def load_model(model_path: str, device: str = "cpu") -> GPT:
 
 
 def load_checkpoint(model_path: str, device: str = "cpu") -> tuple[GPT, dict]:
-    """The GPT in a model.pt or in a checkpoints/latest.pt (whose config is the whole training
-    config), and what the file says of its training: the step and tokens seen (None in a model.pt)."""
+    """The GPT in a model.pt, a checkpoints/latest.pt (whose config is the whole training config) or
+    an FSDP2 checkpoint folder (checkpoints/step-N/), and what it says of its training: the step and
+    tokens seen (None in a model.pt)."""
+    sharded = os.path.isdir(model_path)
     try:
-        saved = torch.load(model_path, map_location=device, weights_only=True)
+        saved = torch.load(os.path.join(model_path, "state.pt") if sharded else model_path, map_location=device,
+                           weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"model file not found: {model_path}") from None
     except Exception as e:
         raise ValueError(f"{model_path} is not a readable model file: {e}") from e
-    if not isinstance(saved, dict) or not {"model", "config"} <= saved.keys():
+    if not isinstance(saved, dict) or not ({"config"} if sharded else {"model", "config"}) <= saved.keys():
         raise ValueError(f"{model_path} is not a crawl2llm model file (expected keys model, config)")
     config = {k: v for k, v in saved["config"].items() if k in GPTConfig.model_fields}
     config.setdefault("vocab_size", saved.get("vocab_size"))
     model = GPT(GPTConfig(**config))
-    model.load_state_dict(saved["model"])
+    if sharded:
+        from model.sharded_checkpoint import load_weights  # in here, as BATCH_SPLIT below
+
+        load_weights(model_path, model)
+    else:
+        model.load_state_dict(saved["model"])
     trained = {"step": None, "tokens_seen": None}
     if "step" in saved:  # a training checkpoint: tokens per step = global batch x block_size
         from model.train import BATCH_SPLIT  # in here: evaluations' code fingerprint stays without model.train

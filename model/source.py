@@ -2,8 +2,9 @@
 tokenizer, the validation shards of the data it was trained on, and an identity for caching.
 
 A source is a train output URL ({store}/train/{fingerprint}), a model file (a model.pt, or a
-training checkpoint such as checkpoints/latest.pt), or a folder holding one (its model.pt, else its
-checkpoints/latest.pt). The tokenize output comes from the train output's manifest, or, for a run
+training checkpoint such as checkpoints/latest.pt, or FSDP2's checkpoints/latest.json and the
+step-N folder it names), or a folder holding one (its model.pt, else its checkpoints/latest.pt,
+else its checkpoints/latest.json). The tokenize output comes from the train output's manifest, or, for a run
 still training (no manifest yet), from the upstream.json the train flow writes beside its
 checkpoints. `data` (a tokenize output URL) names one for a model file found anywhere else, and
 overrides the others.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
 
@@ -75,6 +77,9 @@ def resolve(source: str, data: str = "") -> ModelSource:
         raise ValueError(f"{source}: no train manifest or {UPSTREAM_FILE} beside it says which tokenize output it "
                          f"was trained on; name one with data=<store>/tokenize/<fingerprint>")
     tok = _tokenize(tok_url)
+    if fs.isdir(model) and not is_local(fs):
+        raise ValueError(f"{source}: an FSDP2 checkpoint folder is read on this machine only; copy "
+                         f"{_url(fs, model)} here, or evaluate the run's model.pt")
     local = model if is_local(fs) else fsspec.open_local(f"simplecache::{_url(fs, model)}")
     return ModelSource(local, tokenizer_file(tok), val_files(tok), tok.store,
                        {"model_sha256": _sha256(local), "tokenize": tok.fingerprint})
@@ -102,13 +107,17 @@ def _tokenize(url: str) -> StageDir:
 
 
 def _model_file(fs, path: str, source: str) -> str:
-    if fs.isfile(path):
+    """The weights file, or an FSDP2 checkpoint folder (checkpoints/step-N, which latest.json names)."""
+    if posixpath.basename(path) == "latest.json" and fs.isfile(path):
+        with fs.open(path, "rb") as f:
+            return posixpath.join(posixpath.dirname(path), json.load(f)["folder"])
+    if fs.isfile(path) or fs.isfile(posixpath.join(path, ".metadata")):
         return path
     if fs.isdir(path):
-        for rel in ("model.pt", "checkpoints/latest.pt"):
+        for rel in ("model.pt", "checkpoints/latest.pt", "checkpoints/latest.json"):
             if fs.isfile(posixpath.join(path, rel)):
-                return posixpath.join(path, rel)
-        raise FileNotFoundError(f"{source} holds neither model.pt nor checkpoints/latest.pt")
+                return _model_file(fs, posixpath.join(path, rel), source)
+        raise FileNotFoundError(f"{source} holds neither model.pt nor checkpoints/latest.pt or latest.json")
     raise FileNotFoundError(f"model not found: {source} (give a train output, a model file or a checkpoint)")
 
 
@@ -129,7 +138,12 @@ def _url(fs, path: str) -> str:
 
 
 def _sha256(path: str) -> str:
+    """Of a file's bytes; of a checkpoint folder, of each file's name and sha256, in name order."""
     h = hashlib.sha256()
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            h.update(f"{name}\0{_sha256(os.path.join(path, name))}\n".encode())
+        return h.hexdigest()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 23):
             h.update(chunk)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from model import checkpoints, distributed
+from model import checkpoints, distributed, sharded_checkpoint
 from model.data import Batches, Prefetcher, TokenStream, sequential_batches
 from model.gpt import GPT, GPTConfig, amp_dtype, autocast, check_heads, resolve_device
 from model.guard import LossGuard
@@ -234,12 +234,15 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     flops_per_token = raw_model.flops_per_token()
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     if distributed.is_main():
+        sharded_checkpoint.remove_stale(os.path.dirname(ckpt_path))
         for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
             checkpoints.remove_stale_temporaries(folder)
-    found = os.path.exists(ckpt_path) or bool(checkpoints.step_files(os.path.dirname(ckpt_path)))
+    sharded = sharded_checkpoint.newer_than(ckpt_path)  # FSDP2's folder of shards, unless latest.pt is newer
+    found = sharded is not None or os.path.exists(ckpt_path) or bool(checkpoints.step_files(os.path.dirname(ckpt_path)))
     if not distributed.same_on_all(found):
         raise RuntimeError(f"only some ranks see {ckpt_path}: out_dir must be on storage every machine shares")
-    ckpt = _read_checkpoint(ckpt_path, c, vocab_size, device) if found else None
+    read_from = os.path.join(sharded, sharded_checkpoint.STATE) if sharded else ckpt_path
+    ckpt = _read_checkpoint(read_from, c, vocab_size, device) if found else None
     identity = train_stream.identity()
     if ckpt and "token_files" in ckpt:
         if ckpt["token_files"] != identity:
@@ -247,10 +250,12 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
                              f"than these ({identity}); use the same files or a new out_dir")
     else:  # a resume on the same files needs no check (and a start reads each file's cached maximum)
         _check_vocab(train_stream, vocab_size)
-    if ckpt:
+    if ckpt and not sharded:
         raw_model.load_state_dict(ckpt["model"])  # before FSDP shards it
     wrapped = distributed.wrap(raw_model, c.parallel, device)
     optimizer = make_optimizer(raw_model, c, device)
+    if sharded:  # after: each rank reads only the pieces its own tensors hold
+        sharded_checkpoint.load(sharded, raw_model, optimizer)
     guard = LossGuard(c.loss_guard, c.spike_factor, c.max_skipped_steps, device)
     step, history, last_loss = 0, [], None
     if ckpt:
@@ -324,8 +329,10 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
                 if log:
                     log({"step": step, "val_loss": history[-1]["val_loss"]})
             if saving:  # the log's checkpoint event comes once the file is committed
-                _save_checkpoint(saver, ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step, history,
-                                 last_loss, identity)
+                folder = _save_checkpoint(saver, ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step,
+                                          history, last_loss, identity)
+                if folder and log:  # FSDP2's folder of shards, committed on return
+                    log({"step": step, "checkpoint": folder})
                 last_save = clock()
             saver.poll()
     finally:  # a save in flight is finished, whatever ends the loop
@@ -387,21 +394,22 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_checkpoint(saver, path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss,
-                     token_files) -> None:
-    """Every rank calls it (FSDP gathers the shards, each rank's RNG is collected); rank 0 hands
-    the state to the saver. The tensors are whole, laid out as one process lays them out."""
-    if distributed.is_sharded(model):
-        weights, optim = distributed.full_state_dict(model), distributed.full_tensors(optimizer.state_dict())
-    else:
-        weights, optim = model.state_dict(), optimizer.state_dict()
+                     token_files) -> Optional[str]:
+    """Every rank calls it (each rank's RNG is collected). FSDP2: every rank writes its shards
+    (model.sharded_checkpoint), committed when it returns that folder. Otherwise rank 0 hands one
+    file's state, whole tensors laid out as one process lays them out, to the saver (None)."""
     rng = distributed.gather(_rng_state())
-    if not distributed.is_main():
-        return
     extra = {"rng_ranks": rng} if len(rng) > 1 else {}
-    saver.save({"model": weights, "optimizer": optim, "step": step, "batches": batches.state_dict(),
-                "guard": guard.state_dict(), "rng": rng[0], "history": history, "last_loss": last_loss,
-                "config": c.model_dump(), "vocab_size": vocab_size, "token_files": token_files, **extra},
-               path, step, c.keep_checkpoints)
+    state = {"step": step, "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": rng[0],
+             "history": history, "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size,
+             "token_files": token_files, **extra}
+    if distributed.is_sharded(model):  # written now, by every rank: no background write
+        saver.wait()
+        return sharded_checkpoint.save(os.path.dirname(path), step, model, optimizer, state, c.keep_checkpoints)
+    if distributed.is_main():
+        saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, path, step,
+                   c.keep_checkpoints)
+    return None
 
 
 def _read_checkpoint(path, c, vocab_size, device) -> dict:
@@ -432,10 +440,11 @@ def _read_checkpoint(path, c, vocab_size, device) -> dict:
 def _restore(ckpt, model, optimizer, batches, guard, c, rank):
     """Optimizer, data position, guard and RNG from a checkpoint whose weights are already loaded.
     Each rank takes its own saved RNG state; a rank the saved run did not have gets a fresh seed."""
-    state = ckpt["optimizer"]
-    if distributed.is_sharded(model):
-        state = distributed.shard_optimizer_state(state, optimizer)
-    optimizer.load_state_dict(state)
+    if "optimizer" in ckpt:  # a sharded checkpoint's moments are loaded already
+        state = ckpt["optimizer"]
+        if distributed.is_sharded(model):
+            state = distributed.shard_optimizer_state(state, optimizer)
+        optimizer.load_state_dict(state)
     batches.load_state_dict(ckpt["batches"])
     guard.load_state_dict(ckpt["guard"])
     rngs = ckpt.get("rng_ranks", [ckpt["rng"]])

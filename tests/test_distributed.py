@@ -4,12 +4,14 @@ another world size, the Prefect flow, and failures that name their cause."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
 import pytest
 import torch
 
+from model import sharded_checkpoint
 from model.data import Batches, TokenStream
 from model.launch import launch, torchrun_command
 from model.train import CHECKPOINT, TrainConfig, train
@@ -118,20 +120,79 @@ def test_ddp_stop_and_resume_is_bitwise_and_resumes_in_one_process(corpus, ddp, 
     assert_close_weights(tmp_path / "one", single["out"])
 
 
-def test_fsdp_matches_one_process_and_resumes(corpus, single, ddp, tmp_path):
-    """FSDP2 shards weights, gradients and optimizer state, yet checkpoints hold whole tensors: the
-    same losses as one process, and its checkpoint resumes under FSDP2 as exactly as a DDP one."""
+@pytest.fixture
+def fsdp(corpus, tmp_path_factory):
+    """2 FSDP2 processes, batch 4 each, uninterrupted."""
+    return once("fsdp", tmp_path_factory, lambda out: run2(corpus, out, FSDP))
+
+
+def stopped_at_4(run_out, out) -> None:
+    """out as a run stopped between its checkpoints at steps 4 and 8 leaves it: run_out's step-4."""
+    shutil.copytree(run_out / "checkpoints", out / "checkpoints")
+    shutil.rmtree(out / "checkpoints" / "step-8")
+    (out / "checkpoints" / "latest.json").write_text(json.dumps({"step": 4, "folder": "step-4"}))
+
+
+def test_fsdp_matches_one_process_and_resumes_bitwise_from_shards(corpus, single, ddp, fsdp, tmp_path):
+    """FSDP2 checkpoints are folders of shards (model.sharded_checkpoint): stopped after step 6
+    (checkpoint at 4) and resumed, the same losses, summary and model.pt bytes as the uninterrupted
+    FSDP2 run, whose losses are one process's within float rounding."""
+    assert_close_runs(fsdp["events"], single["events"])
+    assert_close_runs(fsdp["events"], ddp["events"], rel=1e-6)
+    assert_close_weights(fsdp["out"], single["out"])
     first, ev1 = run2(corpus, tmp_path, FSDP, stop_after=6)
-    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
-    assert saved["model"]["tok_emb.weight"].shape == (corpus["vocab"], 32)  # whole, not a shard
-    assert saved["optimizer"]["state"][0]["exp_avg"].shape == saved["model"]["tok_emb.weight"].shape
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["latest.json", "step-4"]
+    assert json.loads((folder / "latest.json").read_text()) == {"step": 4, "folder": "step-4"}
+    assert [e["checkpoint"] for e in ev1 if "checkpoint" in e] == [str(folder / "step-4")]
+    assert sorted(p.name for p in (folder / "step-4").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                                     "state.pt"]
+    state = torch.load(folder / "step-4" / "state.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["rng_ranks"]) == 2 and "model" not in state
     second, ev2 = run2(corpus, tmp_path, FSDP)
     assert [e["step"] for e in ev2 if "loss" in e] == [5, 6, 7, 8]
-    assert_close_runs(ev1 + ev2, single["events"])
-    assert_close_runs(ev1 + ev2, ddp["events"], rel=1e-6)
-    assert_close_weights(tmp_path, single["out"])
+    assert losses(ev1 + ev2) == losses(fsdp["events"])
+    assert sha(tmp_path / "model.pt") == sha(fsdp["out"] / "model.pt")
+    strip = lambda s: {k: v for k, v in s.items() if k != "timing"}  # noqa: E731
+    assert strip(second) == strip(fsdp["summary"])
+    assert sorted(p.name for p in folder.iterdir()) == ["latest.json", "step-4", "step-8"]  # keep 2
     tied = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
     assert tied["lm_head.weight"].data_ptr() == tied["tok_emb.weight"].data_ptr()  # the tied matrix saved once
+
+
+def test_fsdp_shards_resume_in_one_process(corpus, single, fsdp, tmp_path):
+    """DCP reshards: the 2-process checkpoint at step 4 resumes in one process with batch 8 (the
+    same global batch), the losses of one process within float rounding."""
+    stopped_at_4(fsdp["out"], tmp_path)
+    _, events = run(corpus, tmp_path, SINGLE)
+    assert [e["step"] for e in events if "loss" in e] == [5, 6, 7, 8]
+    assert_close_runs(events, single["events"])
+    assert_close_weights(tmp_path, single["out"])
+    assert (tmp_path / "checkpoints" / "latest.pt").exists()  # one process goes on in single files
+    assert sharded_checkpoint.newer_than(str(tmp_path / CHECKPOINT)) is None  # latest.pt's step 8 is newer
+    assert sharded_checkpoint.newer_than(str(fsdp["out"] / CHECKPOINT)) == str(fsdp["out"] / "checkpoints" / "step-8")
+
+
+def test_an_fsdp_checkpoint_folder_evaluates_as_its_model(fsdp):
+    """Evaluation reads a folder of shards in one process: step 8's weights are model.pt's, bitwise."""
+    import fsspec
+
+    from model.evaluate import load_checkpoint
+    from model.source import _model_file
+
+    folder = fsdp["out"] / "checkpoints"
+    fs = fsspec.filesystem("file")
+    assert _model_file(fs, str(folder / "latest.json"), "latest") == str(folder / "step-8")
+    shutil.move(fsdp["out"] / "model.pt", fsdp["out"] / "model.pt.aside")
+    try:
+        assert _model_file(fs, str(fsdp["out"]), "run") == str(folder / "step-8")
+    finally:
+        shutil.move(fsdp["out"] / "model.pt.aside", fsdp["out"] / "model.pt")
+    model, trained = load_checkpoint(str(folder / "step-8"))
+    assert trained == {"step": 8, "tokens_seen": 8 * 8 * 32}
+    whole = weights(fsdp["out"])
+    assert model.state_dict().keys() == whole.keys()
+    assert all(torch.equal(v, whole[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.slow
