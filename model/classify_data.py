@@ -52,15 +52,18 @@ def read_labelled(path: str, text_field: str = "text", label_field: str = "label
         for n, row in enumerate(reader, start=2):
             out.append(_checked(row, text_field, label_field, f"{path}: line {n}"))
     else:
-        rows = json.loads(data) if data.lstrip().startswith("[") else None
+        try:
+            rows = json.loads(data) if data.lstrip().startswith("[") else None
+        except ValueError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from e
         if rows is None:
             rows = []
             for n, line in enumerate(data.splitlines(), start=1):
                 if line.strip():
                     try:
                         rows.append((n, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}: line {n} is not valid JSON: {e.msg}") from e
+                    except ValueError as e:  # JSONDecodeError (any module's copy of the class)
+                        raise DataError(f"{path}: line {n} is not valid JSON: {getattr(e, 'msg', e)}") from e
         else:
             rows = list(enumerate(rows, start=1))
         out = [_checked(row, text_field, label_field, f"{path}: record {n}") for n, row in rows]

@@ -59,16 +59,16 @@ def read_records(path: str) -> list[dict]:
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+        except ValueError as e:  # JSONDecodeError (any module's copy of the class)
+            raise DataError(f"{path}: not valid JSON ({e})") from e
     else:
         records = []
         for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {n} is not valid JSON: {e.msg}") from e
+                except ValueError as e:  # JSONDecodeError (any module's copy of the class)
+                    raise DataError(f"{path}: line {n} is not valid JSON: {getattr(e, 'msg', e)}") from e
     if not records:
         raise DataError(f"{path}: no records")
     return records
