@@ -12,4 +12,4 @@ server: setup
 	.venv/bin/crawl2llm server
 
 test: setup
-	CRAWL2LLM_WORKERS=2 .venv/bin/python -m pytest -q -p no:cacheprovider
+	CRAWL2LLM_WORKERS=2 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25
