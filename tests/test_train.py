@@ -146,9 +146,14 @@ def train_killed(corpus, out: Path, prelude: str, config: TrainConfig = CONFIG) 
 
 
 def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
-    """SIGKILL in another process at step 23, resume here: the same model.pt as the uninterrupted run."""
-    train_killed(corpus, tmp_path, "def log(e):\n"
-                                   "    if e.get('step') == 23 and 'loss' in e:\n"
+    """SIGKILL in another process at step 23 or the first logged step after the step-20 checkpoint
+    committed (a background save may take a few steps), resume here: the same model.pt as the
+    uninterrupted run."""
+    train_killed(corpus, tmp_path, "saved = []\n"
+                                   "def log(e):\n"
+                                   "    if e.get('checkpoint') and e['step'] == 20:\n"
+                                   "        saved.append(20)\n"
+                                   "    if e.get('step', 0) >= 23 and 'loss' in e and saved:\n"
                                    "        os.kill(os.getpid(), signal.SIGKILL)\n")
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 20
     assert not (tmp_path / "model.pt").exists()
