@@ -49,8 +49,9 @@ CODE_PACKAGES = ("pipeline", "model")
 
 @functools.lru_cache(maxsize=None)  # a process runs the code it loaded: its source does not change
 def code_version(*modules: str) -> str:
-    """Hash of the source of the modules a stage's output depends on, and of every project module
-    they import at module level (transitively), so editing a shared helper invalidates its users.
+    """Hash of the code of the modules a stage's output depends on (code_text: docstrings and
+    comments left out), and of every project module they import at module level (transitively), so
+    editing a shared helper invalidates its users.
 
     Imports inside functions are not followed: pipeline/shards.py imports each stage lazily, and a
     change to one stage must not invalidate the others. Prefect's TASK_SOURCE would only see the
@@ -59,8 +60,22 @@ def code_version(*modules: str) -> str:
     h = hashlib.sha256()
     for name in sorted(module_closure(modules)):
         h.update(name.encode())
-        h.update(inspect.getsource(importlib.import_module(name)).encode())
+        h.update(code_text(inspect.getsource(importlib.import_module(name))).encode())
     return h.hexdigest()[:16]
+
+
+def code_text(source: str) -> str:
+    """The source as its syntax tree reads back, without docstrings: comments, docstrings, blank
+    lines, quotes and line breaks do not change a stage's results, so they do not change its cache key.
+    ast.unparse, not ast.dump: its text is the same across Python versions where the dump is not."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
 
 
 def module_closure(modules: tuple[str, ...] | list[str]) -> set[str]:

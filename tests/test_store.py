@@ -34,6 +34,23 @@ def test_code_version_follows_shared_helpers_not_lazy_imports():
     assert code_version("pipeline.quality") == code_version("pipeline.quality", "pipeline.text")
 
 
+def test_code_version_ignores_docstrings_comments_and_layout():
+    """A docstring or comment edit of a stage module leaves its cache key; a code edit does not."""
+    import inspect
+
+    import pipeline.quality
+    from storage.fingerprint import code_text
+
+    source = inspect.getsource(pipeline.quality)
+    first_def = source.index("\ndef ")
+    edited = ('"""Another module docstring."""\n# a new comment\n' + source[source.index("from __future__"):first_def]
+              + "\n\n# more comment\n" + source[first_def:].replace('"""', '"""Reworded. ', 1))
+    assert edited != source and code_text(edited) == code_text(source)
+    assert code_text(source.replace("(\n", "(", 1)) == code_text(source)  # a line break inside brackets
+    assert code_text(source.replace('f"signal_{name}"', 'f"signals_{name}"')) != code_text(source)  # a string in code
+    assert code_text("def f():\n    'doc'\n    return 1\n") == code_text("def f():\n    return 1  # one\n")
+
+
 def test_canonical_json_handles_pydantic_models():
     from pipeline.stage import StageConfig
 
