@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--port", type=int, default=8000)
             t.add_argument("--name", default=None, help="the model name clients send (default: the file's name)")
             t.add_argument("--max-body-bytes", type=_count(1), default=1 << 20)
-            t.add_argument("--max-queue", type=_count(1), default=64, help="requests waiting or running at most")
+            t.add_argument("--max-queue", type=_count(1), default=64, help="requests waiting at most, besides the one running")
 
     v = sub.add_parser("verify", help="check every committed shard's files against the sizes and CRC-32s its "
                                       "stats record (exit 1 naming the damaged ones)",

@@ -30,7 +30,7 @@ class Busy(RuntimeError):
 class Limits:
     max_tokens: int = 2048  # new tokens one request may ask for
     default_max_tokens: int = 256  # when a request does not say
-    max_queue: int = 64  # requests waiting or running
+    max_queue: int = 64  # requests waiting, besides the one running
     max_body_bytes: int = 1 << 20  # of an HTTP request (model/openai_api.py)
 
 
