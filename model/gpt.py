@@ -20,6 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeline.stage import ConfigError
 
+IGNORE_INDEX = -100  # a target the loss skips (cross_entropy's default): tuning trains on some tokens only
+
 # The two architectures compared in docs/BENCHMARKS.md: GPT-2 as published, and the usual modern
 # choices (Llama-style RoPE, RMSNorm and SwiGLU; Qwen3/OLMo2-style QK-norm; an untied output head).
 GPT2 = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "tie_embeddings": True}
@@ -252,7 +254,7 @@ class GPT(nn.Module):
             h, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)
             total = sum(checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
                         for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks)))
-            return None, total / t.numel()
+            return None, total / (t != IGNORE_INDEX).sum()  # a mean over the targets trained on, as below
         logits = self._logits(h)
         if targets is None:
             return logits.contiguous(), None  # a copy only when padded rows were cut off

@@ -25,9 +25,10 @@ from typing import Literal
 import torch
 
 from model.chat import ChatFormat, check_messages
+from model.gpt import IGNORE_INDEX
 from pipeline.tokenize import EOT
 
-IGNORE = -100  # the target of a token the loss skips (torch's cross_entropy default ignore_index)
+IGNORE = IGNORE_INDEX  # the target of a token the loss skips
 
 ALPACA_HEAD = ("Below is an instruction that describes a task. Write a response that appropriately completes "
                "the request.\n\n### Instruction:\n{instruction}")

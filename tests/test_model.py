@@ -336,3 +336,7 @@ def test_chunked_loss_matches_the_whole_loss_and_its_gradients():
     chunked.backward()
     assert logits is None and torch.allclose(chunked, whole, atol=1e-6)
     assert all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(model.parameters(), grads))
+    y[0, :10] = -100  # targets the loss skips (SFT's prompt tokens): a mean over the others either way
+    model.zero_grad()
+    _, whole = model(x, y)
+    assert torch.allclose(model(x, y, loss_chunks=4)[1], whole, atol=1e-6)
