@@ -180,23 +180,24 @@ class Engine:
 
 class Detokenizer:
     """Text of a growing list of byte-level tokens, handed out in pieces that are whole characters
-    (a character's bytes can span tokens: its first token alone decodes to U+FFFD)."""
+    (a character's bytes can span tokens: a piece that ends in U+FFFD waits for the next token).
+    Only the tokens since the last piece are decoded: byte-level pieces concatenate."""
 
     def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.text = tokenizer, [], ""
+        self.tokenizer, self.pending = tokenizer, []
 
     def add(self, token: int) -> str:
-        self.ids.append(token)
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        if full.endswith("\ufffd"):
+        self.pending.append(token)
+        piece = self.tokenizer.decode(self.pending, skip_special_tokens=False)
+        if piece.endswith("\ufffd"):
             return ""
-        piece, self.text = full[len(self.text):], full
+        self.pending = []
         return piece
 
     def flush(self) -> str:
         """At the end: what is left, an unfinished character as U+FFFD."""
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        piece, self.text = full[len(self.text):], full
+        piece = self.tokenizer.decode(self.pending, skip_special_tokens=False) if self.pending else ""
+        self.pending = []
         return piece
 
 
