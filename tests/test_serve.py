@@ -251,3 +251,19 @@ def test_the_chat_page_streams_an_answer_in_a_browser(server, engine, screenshot
         raise
     finally:
         driver.quit()
+
+
+def test_a_full_queue_is_busy_and_the_engine_keeps_serving(files):
+    """--max-queue counts the requests waiting besides the one running: with 2, a third waiting is refused."""
+    from model.serving import Busy, Limits
+
+    engine = open_engine(*files, device="cpu", limits=Limits(max_queue=2))
+    running = engine.submit(engine.text_ids("The dog"), 2048, Sampling(temperature=0))
+    deadline = time.time() + 30
+    while not engine._queue.empty() and time.time() < deadline:  # the worker has taken it
+        time.sleep(0.01)
+    waiting = [engine.submit(engine.text_ids("The dog"), 4, Sampling(temperature=0)) for _ in range(2)]
+    with pytest.raises(Busy, match="2 requests are already waiting"):
+        engine.submit(engine.text_ids("The dog"), 4, Sampling(temperature=0))
+    running.cancel()
+    assert [job.text() for job in waiting] == [_greedy(engine, engine.text_ids("The dog"), 4)] * 2
