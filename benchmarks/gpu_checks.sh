@@ -2,22 +2,23 @@
 # Every GPU check of the project in one run, for a task lent a GPU (under 8 minutes on one H100/H200).
 #
 # Prepare here (the device has no network, an older torch and no pydantic/zstandard; ../shared does not
-# travel), then run there through the device tool with carry [".whl", ".gpu-data"]:
-#     bash benchmarks/gpu_checks.sh --prepare        # wheels into .whl/, HellaSwag into .gpu-data/
+# travel), then run there through the device tool with
+# carry [".whl", ".gpu-data/hellaswag_val.klosax-preprocessed.jsonl.gz"] (a path through a link travels):
+#     bash benchmarks/gpu_checks.sh --prepare        # wheels into .whl/, .gpu-data -> ../shared/data/eval
 #     bash benchmarks/gpu_checks.sh                  # on the device: results under $OUT
 # Record the figures in docs/BENCHMARKS.md ("Training throughput on a GPU", "HellaSwag timing").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
     grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
-    grep -qx '/.gpu-data/' .git/info/exclude || echo '/.gpu-data/' >> .git/info/exclude
+    grep -qx '/.gpu-data' .git/info/exclude || echo '/.gpu-data' >> .git/info/exclude  # a link: no trailing slash
     pins=$(.venv/bin/python -m pip freeze 2>/dev/null | grep -i -E '^(pydantic|pydantic_core|annotated-types|typing-inspection|zstandard)==')
     # shellcheck disable=SC2086
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .whl $pins
-    mkdir -p .gpu-data && cp ../shared/data/eval/hellaswag_val.klosax-preprocessed.jsonl.gz .gpu-data/
-    ls -la .whl .gpu-data
+    [ -e .gpu-data ] || ln -s ../shared/data/eval .gpu-data  # a link, not a copy of the shared data
+    ls -la .whl .gpu-data/hellaswag_val.klosax-preprocessed.jsonl.gz
     exit 0
 fi
 OUT=${OUT:-/tmp/gpu-checks}
