@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
+from dedup_corpus import windows  # noqa: E402
+from ingest_throughput import DATA as SHARED_DATA  # noqa: E402
+from ingest_throughput import machine, markdown_table
 from tokenizers import Tokenizer  # noqa: E402
 
-from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import DATA as SHARED_DATA, machine, markdown_table  # noqa: E402
 from model.data import TokenStream  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.gpt import GPT2, MODERN  # noqa: E402
@@ -53,8 +54,11 @@ def token_files(folder: str, vocab_size: int) -> tuple[list[str], list[str], Tok
     stage = Store(folder).stage("tokenize", "arch-comparison")
     train_t, _, _ = encode_table(books, tokenizer, config)
     heldout_t, _, _ = encode_table(pa.Table.from_pylist(windows(HELDOUT_BOOKS)), tokenizer, config)
-    return ([stage.write_arrow("data/train.arrow", train_t)], [stage.write_arrow("data/heldout.arrow", heldout_t)],
-            tokenizer)
+    return (
+        [stage.write_arrow("data/train.arrow", train_t)],
+        [stage.write_arrow("data/heldout.arrow", heldout_t)],
+        tokenizer,
+    )
 
 
 def main() -> int:
@@ -76,15 +80,30 @@ def main() -> int:
         vocab = tokenizer.get_vocab_size()
         steps = max(1, args.tokens // (args.batch * args.block))
         heldout = TokenStream(heldout_files)
-        print(f"train tokens available: {len(TokenStream(train_files))}; held-out tokens: {len(heldout)}; "
-              f"{steps} steps of {args.batch} x {args.block} tokens", flush=True)
+        print(
+            f"train tokens available: {len(TokenStream(train_files))}; held-out tokens: {len(heldout)}; "
+            f"{steps} steps of {args.batch} x {args.block} tokens",
+            flush=True,
+        )
         for seed in args.seeds:
             for name, switches in ARCHITECTURES.items():
-                config = TrainConfig(block_size=args.block, n_layer=args.layers, n_head=args.heads,
-                                     n_embd=args.width, batch_size=args.batch, max_steps=steps,
-                                     warmup_steps=max(1, steps // 10), learning_rate=args.lr, min_lr=args.lr / 10,
-                                     eval_interval=steps, eval_batches=0, checkpoint_interval=steps, seed=seed,
-                                     device="auto", **switches)
+                config = TrainConfig(
+                    block_size=args.block,
+                    n_layer=args.layers,
+                    n_head=args.heads,
+                    n_embd=args.width,
+                    batch_size=args.batch,
+                    max_steps=steps,
+                    warmup_steps=max(1, steps // 10),
+                    learning_rate=args.lr,
+                    min_lr=args.lr / 10,
+                    eval_interval=steps,
+                    eval_batches=0,
+                    checkpoint_interval=steps,
+                    seed=seed,
+                    device="auto",
+                    **switches,
+                )
                 out = str(Path(tmp) / f"{name}-{seed}")
                 t0 = time.perf_counter()
                 summary = train(train_files, [], vocab, config, out)
@@ -93,17 +112,50 @@ def main() -> int:
                 device = next(model.parameters()).device.type
                 n_batches = args.heldout_windows // args.batch if args.heldout_windows else 0
                 loss = val_loss(model, heldout, args.block, args.batch, n_batches, device, "auto")
-                rows.append({"arch": name, "seed": seed, "params": summary["params"], "steps": steps,
-                             "tokens": summary["tokens_seen"], "final_train_loss": summary["final_train_loss"],
-                             "heldout_loss": loss, "seconds": seconds})
+                rows.append(
+                    {
+                        "arch": name,
+                        "seed": seed,
+                        "params": summary["params"],
+                        "steps": steps,
+                        "tokens": summary["tokens_seen"],
+                        "final_train_loss": summary["final_train_loss"],
+                        "heldout_loss": loss,
+                        "seconds": seconds,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     m = machine()
     print(f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {torch.__version__}\n")
-    print(markdown_table(
-        ["architecture", "seed", "params", "steps", "training tokens", "final train loss", "held-out loss",
-         "held-out perplexity", "seconds"],
-        [[r["arch"], r["seed"], f"{r['params']:,}", r["steps"], f"{r['tokens']:,}", f"{r['final_train_loss']:.4f}",
-          f"{r['heldout_loss']:.4f}", f"{math.exp(r['heldout_loss']):.1f}", f"{r['seconds']:.0f}"] for r in rows]))
+    print(
+        markdown_table(
+            [
+                "architecture",
+                "seed",
+                "params",
+                "steps",
+                "training tokens",
+                "final train loss",
+                "held-out loss",
+                "held-out perplexity",
+                "seconds",
+            ],
+            [
+                [
+                    r["arch"],
+                    r["seed"],
+                    f"{r['params']:,}",
+                    r["steps"],
+                    f"{r['tokens']:,}",
+                    f"{r['final_train_loss']:.4f}",
+                    f"{r['heldout_loss']:.4f}",
+                    f"{math.exp(r['heldout_loss']):.1f}",
+                    f"{r['seconds']:.0f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(json.dumps({"rows": rows, "args": vars(args), "machine": m}))
     return 0
 

@@ -42,8 +42,9 @@ from pipeline.http_message import content_type, gunzip
 from pipeline.ingest import IngestConfig, _dechunk, _http_head, html_to_text
 from tests.test_charset import PAGES
 
-DATA = os.path.join(os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                                   "data")), "warc")
+DATA = os.path.join(
+    os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "warc"
+)
 
 
 def old(body: bytes, label: str | None) -> str:
@@ -67,8 +68,11 @@ def scrapy_w3lib(body: bytes, label: str | None) -> str:
 
 
 def web_encodings(body: bytes, label: str | None) -> str:
-    fallback = (webencodings.lookup(label) if label else None) or webencodings.lookup(
-        detect_encoding(body, from_html_meta=True)) or webencodings.UTF8
+    fallback = (
+        (webencodings.lookup(label) if label else None)
+        or webencodings.lookup(detect_encoding(body, from_html_meta=True))
+        or webencodings.UTF8
+    )
     return webencodings.decode(body, fallback)[0]
 
 
@@ -108,22 +112,31 @@ def main() -> None:
     parser.add_argument("--data", default=DATA, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
     parser.add_argument("--chromium", action="store_true", help="also read every page and code in headless Chromium")
     args = parser.parse_args()
-    candidates = {"old": old, "resiliparse": resiliparse, "w3lib": scrapy_w3lib, "webencodings": web_encodings,
-                  "ours": ours}
+    candidates = {
+        "old": old,
+        "resiliparse": resiliparse,
+        "w3lib": scrapy_w3lib,
+        "webencodings": web_encodings,
+        "ours": ours,
+    }
     if importlib.util.find_spec("w3lib") is None:
         del candidates["w3lib"]
         print("w3lib is not installed: left out")
     tests = [(body, ctype.partition("charset=")[2] or None, text) for _, ctype, body, text in PAGES]
     for name, decode in candidates.items():
         failed = [PAGES[i][0] for i, (body, label, text) in enumerate(tests) if text not in decode(body, label)]
-        print(f"{name:12s} test pages read as browsers do: {len(tests) - len(failed)}/{len(tests)}"
-              + (f"; wrong: {', '.join(failed)}" if failed else ""))
+        print(
+            f"{name:12s} test pages read as browsers do: {len(tests) - len(failed)}/{len(tests)}"
+            + (f"; wrong: {', '.join(failed)}" if failed else "")
+        )
     files = sorted(glob.glob(os.path.join(args.data, "*.warc.gz")))
     pages = real_pages(files)
     time_candidates(candidates, pages, args.rounds, args.repeat)
-    print(f"{len(pages)} real HTML pages ({sum(len(page[0]) for page in pages) / 2**20:.1f} MiB) of {len(files)} "
-          f"files; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{len(pages)} real HTML pages ({sum(len(page[0]) for page in pages) / 2**20:.1f} MiB) of {len(files)} "
+        f"files; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     changes(pages)
     if args.chromium:
         with chromium() as (driver, serve):
@@ -137,7 +150,7 @@ def time_candidates(candidates: dict, pages: list, rounds: int, repeat: int) -> 
     cpu: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     for round_no in range(rounds):
-        for name in names[round_no % len(names):] + names[:round_no % len(names)]:
+        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
             t0 = time.process_time()
             for _ in range(repeat):
                 for body, label, *_ in pages:
@@ -145,8 +158,10 @@ def time_candidates(candidates: dict, pages: list, rounds: int, repeat: int) -> 
             cpu[name].append((time.process_time() - t0) / repeat)
     for name in candidates:
         best = min(cpu[name])
-        print(f"{name:12s} best round {1e3 * best:.2f} ms = {1e6 * best / len(pages):.1f} us per page "
-              f"(rounds, ms: {', '.join(f'{1e3 * s:.2f}' for s in cpu[name])})")
+        print(
+            f"{name:12s} best round {1e3 * best:.2f} ms = {1e6 * best / len(pages):.1f} us per page "
+            f"(rounds, ms: {', '.join(f'{1e3 * s:.2f}' for s in cpu[name])})"
+        )
 
 
 def changes(pages: list) -> None:
@@ -164,15 +179,19 @@ def changes(pages: list) -> None:
             by_encoding[decode_html(body, label)[1]] += 1
         if before != after and decoded_changed <= 8:
             at = _first_difference(before, after)
-            print(f"  changed: {url} (HTTP charset {label}, ours {decode_html(body, label)[1]}): "
-                  f"{before[at:at + 30]!r} -> {after[at:at + 30]!r}; "
-                  f"text {'changed' if texts['old'] != texts['ours'] else 'same'}")
+            print(
+                f"  changed: {url} (HTTP charset {label}, ours {decode_html(body, label)[1]}): "
+                f"{before[at : at + 30]!r} -> {after[at : at + 30]!r}; "
+                f"text {'changed' if texts['old'] != texts['ours'] else 'same'}"
+            )
         for name, text in texts.items():
             undecodable[name] += odd_share(text) > UNDECODABLE_SHARE
-    print(f"real pages whose decoded HTML changes: {decoded_changed} ({dict(by_encoding)}; the first 8 above), "
-          f"whose extracted text changes: {changed}; "
-          f"undecodable (over {UNDECODABLE_SHARE:.0%} U+FFFD or controls): old {undecodable['old']}, "
-          f"ours {undecodable['ours']}")
+    print(
+        f"real pages whose decoded HTML changes: {decoded_changed} ({dict(by_encoding)}; the first 8 above), "
+        f"whose extracted text changes: {changed}; "
+        f"undecodable (over {UNDECODABLE_SHARE:.0%} U+FFFD or controls): old {undecodable['old']}, "
+        f"ours {undecodable['ours']}"
+    )
 
 
 @contextlib.contextmanager
@@ -212,8 +231,13 @@ def chromium():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     options = Options()
     options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--blink-settings=imagesEnabled=false"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--blink-settings=imagesEnabled=false",
+    ):
         options.add_argument(arg)
     options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -241,7 +265,7 @@ def compare_pages(driver, serve, pages: list[tuple[bytes, str, str]]) -> None:
         same_text += text == ours_text
         if charset.lower() != encoding or text != ours_text:
             at = _first_difference(text, ours_text)
-            shown = "same" if text == ours_text else f"at {at}: {text[at:at + 20]!r} / {ours_text[at:at + 20]!r}"
+            shown = "same" if text == ours_text else f"at {at}: {text[at : at + 20]!r} / {ours_text[at : at + 20]!r}"
             print(f"  differs: {name} (Content-Type {ctype!r}): Chromium {charset}, ours {encoding}; text {shown}")
     print(f"same as Chromium: encoding {same_charset}/{len(pages)}, text {same_text}/{len(pages)}")
 
@@ -249,14 +273,20 @@ def compare_pages(driver, serve, pages: list[tuple[bytes, str, str]]) -> None:
 def compare_codes(driver) -> None:
     """Every code of each legacy encoding (and error cases around them) decoded by Chromium's
     TextDecoder and by ours: the differences, those where neither side has an error first."""
-    script = ("const td = new TextDecoder(arguments[0]); return JSON.stringify(arguments[1].map(h => "
-              "Array.from(td.decode(new Uint8Array(h.match(/../g).map(x => parseInt(x, 16))))).map(c => c.codePointAt(0))));")
+    script = (
+        "const td = new TextDecoder(arguments[0]); return JSON.stringify(arguments[1].map(h => "
+        "Array.from(td.decode(new Uint8Array(h.match(/../g).map(x => parseInt(x, 16))))).map(c => c.codePointAt(0))));"
+    )
     for name, codes in _codes().items():
-        theirs = ["".join(map(chr, cps)) for cps in json.loads(driver.execute_script(script, name, [c.hex() for c in codes]))]
+        theirs = [
+            "".join(map(chr, cps)) for cps in json.loads(driver.execute_script(script, name, [c.hex() for c in codes]))
+        ]
         diffs = [(code.hex(), _decode(code, name), t) for code, t in zip(codes, theirs) if _decode(code, name) != t]
         real = [d for d in diffs if "\ufffd" not in d[1] + d[2]]
-        print(f"  {name:14s} {len(codes):6d} codes, differ {len(diffs):4d}, neither an error {len(real):2d}"
-              + (": " + ", ".join(f"{h} {ascii(a)}/{ascii(b)}" for h, a, b in (real or diffs)[:8]) if diffs else ""))
+        print(
+            f"  {name:14s} {len(codes):6d} codes, differ {len(diffs):4d}, neither an error {len(real):2d}"
+            + (": " + ", ".join(f"{h} {ascii(a)}/{ascii(b)}" for h, a, b in (real or diffs)[:8]) if diffs else "")
+        )
 
 
 def _codes() -> dict[str, list[bytes]]:
@@ -265,18 +295,39 @@ def _codes() -> dict[str, list[bytes]]:
     0x80-0xFF of the single-byte encodings."""
     pairs = [bytes([a, b]) for a in range(0x81, 0xFF) for b in range(0x40, 0xFF)] + [b"\x80"]
     singles = [bytes([b]) for b in range(0x80, 0x100)]
-    four = [bytes([a, b, c, d]) for a in (0x81, 0x82, 0x84, 0x85, 0x8F, 0x90, 0x95, 0xE3, 0xE4, 0xFE)
-            for b in range(0x30, 0x3A) for c in range(0x81, 0xFF) for d in range(0x30, 0x3A)]
-    euc_jp = ([bytes([a, b]) for a in range(0xA1, 0xFF) for b in range(0xA1, 0xFF)]
-              + [bytes([0x8E, b]) for b in range(0xA1, 0xE0)]
-              + [bytes([0x8F, a, b]) for a in range(0xA1, 0xFF) for b in range(0xA1, 0xFF)])
-    sjis = [bytes([a, b]) for a in [*range(0x81, 0xA0), *range(0xE0, 0xFD)] for b in [*range(0x40, 0x7F), *range(0x80, 0xFD)]]
-    utf8 = ([bytes([a, b]) for a in range(0x80, 0x100) for b in range(0x20, 0x100)]
-            + [bytes([0xE0, b, c]) for b in range(0x80, 0xC0) for c in range(0x70, 0xD0)])
-    codes = {"utf-8": utf8, "gbk": pairs, "gb18030": pairs + four, "big5": pairs, "euc-kr": pairs,
-             "euc-jp": euc_jp, "shift_jis": sjis + singles}
-    singles_names = sorted({n for n in webencodings.LABELS.values() if n.startswith(("windows-", "iso-8859-"))}
-                           | {"ibm866", "koi8-r", "koi8-u", "macintosh", "x-mac-cyrillic", "x-user-defined"})
+    four = [
+        bytes([a, b, c, d])
+        for a in (0x81, 0x82, 0x84, 0x85, 0x8F, 0x90, 0x95, 0xE3, 0xE4, 0xFE)
+        for b in range(0x30, 0x3A)
+        for c in range(0x81, 0xFF)
+        for d in range(0x30, 0x3A)
+    ]
+    euc_jp = (
+        [bytes([a, b]) for a in range(0xA1, 0xFF) for b in range(0xA1, 0xFF)]
+        + [bytes([0x8E, b]) for b in range(0xA1, 0xE0)]
+        + [bytes([0x8F, a, b]) for a in range(0xA1, 0xFF) for b in range(0xA1, 0xFF)]
+    )
+    sjis = [
+        bytes([a, b])
+        for a in [*range(0x81, 0xA0), *range(0xE0, 0xFD)]
+        for b in [*range(0x40, 0x7F), *range(0x80, 0xFD)]
+    ]
+    utf8 = [bytes([a, b]) for a in range(0x80, 0x100) for b in range(0x20, 0x100)] + [
+        bytes([0xE0, b, c]) for b in range(0x80, 0xC0) for c in range(0x70, 0xD0)
+    ]
+    codes = {
+        "utf-8": utf8,
+        "gbk": pairs,
+        "gb18030": pairs + four,
+        "big5": pairs,
+        "euc-kr": pairs,
+        "euc-jp": euc_jp,
+        "shift_jis": sjis + singles,
+    }
+    singles_names = sorted(
+        {n for n in webencodings.LABELS.values() if n.startswith(("windows-", "iso-8859-"))}
+        | {"ibm866", "koi8-r", "koi8-u", "macintosh", "x-mac-cyrillic", "x-user-defined"}
+    )
     return codes | {name: singles for name in singles_names}
 
 

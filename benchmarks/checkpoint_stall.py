@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from ingest_throughput import machine, markdown_table  # noqa: E402
+from train_gpu import token_file  # noqa: E402
+
 from model import checkpoints  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
-from train_gpu import token_file  # noqa: E402
 
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 64, "vocab_size": 8192}
 
@@ -44,14 +44,23 @@ def timed_saves(stalls: list[float]):
         t0 = time.perf_counter()
         real(self, *a, **k)
         stalls.append(time.perf_counter() - t0)
+
     return real, save
 
 
 def one_run(folder: str, path: str, steps: int, every: int, mode: str) -> dict:
-    config = TrainConfig(**{k: v for k, v in SHAPE.items() if k != "vocab_size"}, batch_size=4, max_steps=steps,
-                         warmup_steps=2, eval_batches=0, device="cpu", log_interval=every,
-                         checkpoint_interval=0 if mode == "none" else every, checkpoint_minutes=0,
-                         async_checkpoint=mode == "async")
+    config = TrainConfig(
+        **{k: v for k, v in SHAPE.items() if k != "vocab_size"},
+        batch_size=4,
+        max_steps=steps,
+        warmup_steps=2,
+        eval_batches=0,
+        device="cpu",
+        log_interval=every,
+        checkpoint_interval=0 if mode == "none" else every,
+        checkpoint_minutes=0,
+        async_checkpoint=mode == "async",
+    )
     stalls: list[float] = []
     real, save = timed_saves(stalls)
     checkpoints.Saver.save = save
@@ -64,8 +73,14 @@ def one_run(folder: str, path: str, steps: int, every: int, mode: str) -> dict:
         checkpoints.Saver.save = real
     size = os.path.getsize(os.path.join(out, "checkpoints", "latest.pt"))
     periodic = stalls[:-1]  # the last save (at the end) is waited for anyway: not a stall of training
-    return {"mode": mode, "wall_s": wall, "saves": len(stalls), "stalls_s": periodic, "bytes": size,
-            "params": result["params"]}
+    return {
+        "mode": mode,
+        "wall_s": wall,
+        "saves": len(stalls),
+        "stalls_s": periodic,
+        "bytes": size,
+        "params": result["params"],
+    }
 
 
 def main() -> int:
@@ -84,16 +99,27 @@ def main() -> int:
                 runs[mode].append(one_run(folder, path, args.steps, args.every, mode))
     for mode, rs in runs.items():
         stalls = [s for r in rs for s in r["stalls_s"]]
-        rows.append([mode, f"{np.median(stalls) * 1000:.0f}" if stalls else "-",
-                     f"{max(stalls) * 1000:.0f}" if stalls else "-", len(stalls),
-                     ", ".join(f"{r['wall_s']:.1f}" for r in rs)])
+        rows.append(
+            [
+                mode,
+                f"{np.median(stalls) * 1000:.0f}" if stalls else "-",
+                f"{max(stalls) * 1000:.0f}" if stalls else "-",
+                len(stalls),
+                ", ".join(f"{r['wall_s']:.1f}" for r in rs),
+            ]
+        )
     m = machine()
     size = runs["sync"][0]["bytes"]
-    print(f"\nShape {SHAPE}, batch 4, {runs['sync'][0]['params']:,} parameters, checkpoint {size / 2 ** 20:.0f} MiB; "
-          f"{args.steps} steps, a save every {args.every}; host {m['cpu']}, {m['cores']} cores; torch "
-          f"{torch.__version__}; load average {os.getloadavg()[0]:.1f}\n")
-    print(markdown_table(["save", "stall per save, median (ms)", "max (ms)", "saves timed",
-                          "run wall time per round (s)"], rows))
+    print(
+        f"\nShape {SHAPE}, batch 4, {runs['sync'][0]['params']:,} parameters, checkpoint {size / 2**20:.0f} MiB; "
+        f"{args.steps} steps, a save every {args.every}; host {m['cpu']}, {m['cores']} cores; torch "
+        f"{torch.__version__}; load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print(
+        markdown_table(
+            ["save", "stall per save, median (ms)", "max (ms)", "saves timed", "run wall time per round (s)"], rows
+        )
+    )
     print(json.dumps({"runs": runs, "args": vars(args), "machine": m}))
     return 0
 

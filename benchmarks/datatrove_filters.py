@@ -30,8 +30,12 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import Document
-from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                        GopherRepetitionFilter)
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
 from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION, split_into_words
@@ -41,8 +45,12 @@ FILTERS = {c.__name__: c for c in (GopherQualityFilter, GopherRepetitionFilter, 
 
 
 def build(chain: list) -> list:
-    return [FILTERS[name](**{k: (tuple(map(tuple, v)) if k in ("top_n_grams", "dup_n_grams") else v)
-                             for k, v in kwargs.items()}) for name, kwargs in chain]
+    return [
+        FILTERS[name](
+            **{k: (tuple(map(tuple, v)) if k in ("top_n_grams", "dup_n_grams") else v) for k, v in kwargs.items()}
+        )
+        for name, kwargs in chain
+    ]
 
 
 def run_chain(filters: list, doc: Document) -> tuple[bool, str | None]:
@@ -52,7 +60,7 @@ def run_chain(filters: list, doc: Document) -> tuple[bool, str | None]:
             res = f.filter(doc)
         except ZeroDivisionError:  # a datatrove filter divides by the word count of a wordless text
             return False, f"{type(f).__name__}: ZeroDivisionError"
-        ok, reason = (res if isinstance(res, tuple) else (res, None))
+        ok, reason = res if isinstance(res, tuple) else (res, None)
         if not ok:
             return False, reason or type(f).__name__
     return True, None
@@ -124,8 +132,10 @@ def agree(args) -> None:
             out[f"reason_{name}"].append(reason)
             if text:
                 out[f"text_{name}"].append(doc.text if kept else None)
-    pq.write_table(pa.table({k: pa.array(v, pa.string()) if k.startswith(("reason_", "text_")) else v
-                             for k, v in out.items()}), args.out)
+    pq.write_table(
+        pa.table({k: pa.array(v, pa.string()) if k.startswith(("reason_", "text_")) else v for k, v in out.items()}),
+        args.out,
+    )
 
 
 def timing(args) -> None:
@@ -139,8 +149,17 @@ def timing(args) -> None:
         t0 = time.perf_counter()
         kept = sum(run_chain(filters, d)[0] for d in docs)
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"times": times, "best_s": min(times), "docs": len(texts), "kept": kept,
-                      "bytes": sum(len(t.encode()) for t in texts)}))
+    print(
+        json.dumps(
+            {
+                "times": times,
+                "best_s": min(times),
+                "docs": len(texts),
+                "kept": kept,
+                "bytes": sum(len(t.encode()) for t in texts),
+            }
+        )
+    )
 
 
 def main() -> int:

@@ -11,7 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ingest_throughput import DATA  # noqa: E402
-from tests.test_dedup import GUTENBERG as GUTENBERG_FILE, gutenberg_windows  # noqa: E402
+
+from tests.test_dedup import GUTENBERG as GUTENBERG_FILE  # noqa: E402
+from tests.test_dedup import gutenberg_windows
 
 GUTENBERG = Path(DATA) / GUTENBERG_FILE
 EDITS = ("substitute", "insert", "delete", "reorder_lines")
@@ -21,7 +23,9 @@ def windows(path: Path = GUTENBERG, words_per_doc: int = 200) -> list[dict]:
     """Every book's body (PG header and footer cut) in windows of whole paragraphs of about
     `words_per_doc` words, one document each, in book order (the dedup tests' corpus, all books)."""
     if not path.exists():
-        raise SystemExit(f"real data not found: {path} (the shared/data folder beside the project, or set CRAWL2LLM_DATA)")
+        raise SystemExit(
+            f"real data not found: {path} (the shared/data folder beside the project, or set CRAWL2LLM_DATA)"
+        )
     books = gutenberg_windows(path, books=None, words_per_doc=words_per_doc)
     return [d for book in books for d in book if not d["id"].endswith("/footer")]
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
-import os
 import shutil
 import sys
 import tempfile
@@ -38,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from ingest_throughput import machine, vm_hwm_kib  # noqa: E402
 
 NUM_PERM = 112
@@ -46,6 +44,7 @@ NUM_PERM = 112
 
 def _mix(x: np.ndarray) -> np.ndarray:
     from pipeline.minhash import fmix64
+
     return fmix64(x.astype(np.uint64))
 
 
@@ -92,10 +91,15 @@ def synthetic_shard(shard: int, rows: int, seed: int):
     content = np.where(exact, template, g).astype(np.uint64)
     hashes = np.stack([_mix(content), _mix(content ^ np.uint64(0xABCDEF))], 1).view(np.uint8).reshape(-1)
     ids = pa.array([f"s{shard}-{r}" for r in range(rows)], pa.string())
-    return pa.table([ids, pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(hashes)]),
-                     pa.array(np.ones(rows, np.int32)),
-                     pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), NUM_PERM)],
-                    schema=signature_schema(NUM_PERM))
+    return pa.table(
+        [
+            ids,
+            pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(hashes)]),
+            pa.array(np.ones(rows, np.int32)),
+            pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), NUM_PERM),
+        ],
+        schema=signature_schema(NUM_PERM),
+    )
 
 
 def step1(store: str, fp: str, shard: int, rows: int, seed: int, memory_mb: int, partitions: int) -> dict:
@@ -103,8 +107,9 @@ def step1(store: str, fp: str, shard: int, rows: int, seed: int, memory_mb: int,
 
     sigs = synthetic_shard(shard, rows, seed)
     out = stage_dir(store, "dedup-signatures", fp)
-    return measured(lambda config: commit_signatures(out, shard, sigs, config, partitions, time.perf_counter()),
-                    memory_mb)
+    return measured(
+        lambda config: commit_signatures(out, shard, sigs, config, partitions, time.perf_counter()), memory_mb
+    )
 
 
 def step2(store: str, fp: str, sig_fp: str, partition: int, shards: list[int], memory_mb: int) -> dict:
@@ -125,8 +130,12 @@ def measured(step, memory_mb: int) -> dict:
 
     t0, anon = time.perf_counter(), AnonPeak()
     stats = step(DedupConfig(memory_mb=memory_mb))
-    return {"seconds": time.perf_counter() - t0, "peak_mib": vm_hwm_kib() / 1024, "anon_mib": anon.stop(),
-            "counts": stats["counts"]}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "peak_mib": vm_hwm_kib() / 1024,
+        "anon_mib": anon.stop(),
+        "counts": stats["counts"],
+    }
 
 
 def in_fresh_processes(fn, jobs: list[tuple], workers: int) -> list[dict]:
@@ -157,15 +166,19 @@ def main() -> int:
         steps = {}
         t0 = time.perf_counter()
         steps["1 bucket keys (per shard)"] = in_fresh_processes(
-            step1, [(work, "sig", s, rows, args.seed, args.memory_mb, partitions) for s in shards], args.workers)
+            step1, [(work, "sig", s, rows, args.seed, args.memory_mb, partitions) for s in shards], args.workers
+        )
         t1 = time.perf_counter()
         stage_dir(work, "dedup-signatures", "sig")  # step 2 reads the shards' files, not a manifest
         steps["2 pairs (per partition)"] = in_fresh_processes(
-            step2, [(work, "pairs", "sig", p, shards, args.memory_mb) for p in range(partitions)], args.workers)
+            step2, [(work, "pairs", "sig", p, shards, args.memory_mb) for p in range(partitions)], args.workers
+        )
         pairs_dir = stage_dir(work, "dedup-pairs", "pairs")
         pairs_dir.commit({"shards": [{"index": p, "data": f"data/part-{p:05d}.arrow"} for p in range(partitions)]})
         t2 = time.perf_counter()
-        steps["3 clusters (once)"] = in_fresh_processes(step3, [(work, "clu", "pairs", "sig", shards, args.memory_mb)], 1)
+        steps["3 clusters (once)"] = in_fresh_processes(
+            step3, [(work, "clu", "pairs", "sig", shards, args.memory_mb)], 1
+        )
         t3 = time.perf_counter()
         disk = sum(f.stat().st_size for f in Path(work).rglob("*") if f.is_file())
         signature_bytes = sum(f.stat().st_size for f in Path(work, "dedup-signatures", "sig", "data").glob("*.arrow"))
@@ -174,9 +187,11 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     m = machine()
-    print(f"{rows * args.shards} synthetic signatures (num_perm {NUM_PERM}) in {args.shards} shards; "
-          f"budget memory_mb={args.memory_mb} -> {partitions} partition(s); store on disk {disk / 2**20:.0f} MiB, "
-          f"signature files {signature_bytes / 2**20:.0f} MiB")
+    print(
+        f"{rows * args.shards} synthetic signatures (num_perm {NUM_PERM}) in {args.shards} shards; "
+        f"budget memory_mb={args.memory_mb} -> {partitions} partition(s); store on disk {disk / 2**20:.0f} MiB, "
+        f"signature files {signature_bytes / 2**20:.0f} MiB"
+    )
     print(f"machine: {m['cores']} x {m['cpu']}, {m['memory']}, Python {m['python']}\n")
     print("| step | tasks | peak RSS (MiB) | peak anonymous (MiB) | budget (MiB) | wall s | totals |")
     print("|---|---|---|---|---|---|---|")
@@ -187,8 +202,10 @@ def main() -> int:
                 if isinstance(v, (int, float)):
                     totals[k] = totals.get(k, 0) + v
         peak, anon = max(r["peak_mib"] for r in results), max(r["anon_mib"] for r in results)
-        print(f"| {name} | {len(results)} | {peak:.0f} | {anon:.0f} | {args.memory_mb} | {wall:.1f} | "
-              f"{', '.join(f'{k} {v}' for k, v in totals.items())} |")
+        print(
+            f"| {name} | {len(results)} | {peak:.0f} | {anon:.0f} | {args.memory_mb} | {wall:.1f} | "
+            f"{', '.join(f'{k} {v}' for k, v in totals.items())} |"
+        )
     return 0
 
 

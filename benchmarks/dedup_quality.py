@@ -40,12 +40,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from datasketch.lsh import _optimal_param  # noqa: E402
-from scipy.stats import binom  # noqa: E402
-
 from dedup_corpus import EDITS, edit, windows  # noqa: E402
 from ingest_throughput import machine  # noqa: E402
-from pipeline.dedup import (DedupConfig, candidate_probability, find_duplicates, implied_threshold,  # noqa: E402
-                            signature_matrix, signatures)
+from scipy.stats import binom  # noqa: E402
+
+from pipeline.dedup import (
+    DedupConfig,
+    candidate_probability,
+    find_duplicates,
+    implied_threshold,  # noqa: E402
+    signature_matrix,
+    signatures,
+)
 from pipeline.schema import docs_from_rows  # noqa: E402
 from pipeline.text import normalize, word_ngrams  # noqa: E402
 
@@ -95,12 +101,20 @@ def run(docs, copies, truth, config: DedupConfig) -> dict:
     detected = np.array([cluster[n0 + c] == cluster[o] for o, c, _, _ in truth])
     true_j = np.array([j for *_, j in truth])
     positive = true_j >= config.threshold
-    removed = [(int(r) + s * n0, int(k)) for s, t in enumerate(dups)
-               for r, k in zip(t.column("row").to_numpy(), t.column("cluster_id").to_numpy())]
+    removed = [
+        (int(r) + s * n0, int(k))
+        for s, t in enumerate(dups)
+        for r, k in zip(t.column("row").to_numpy(), t.column("cluster_id").to_numpy())
+    ]
     good = sum(jaccard(shingle_set(texts[r]), shingle_set(texts[k])) >= config.threshold for r, k in removed)
-    return {"recall": detected[positive].mean() if positive.any() else float("nan"), "positives": int(positive.sum()),
-            "removed": len(removed), "precision": good / len(removed) if removed else float("nan"),
-            "false_removals": len(removed) - good, "detected": detected}
+    return {
+        "recall": detected[positive].mean() if positive.any() else float("nan"),
+        "positives": int(positive.sum()),
+        "removed": len(removed),
+        "precision": good / len(removed) if removed else float("nan"),
+        "false_removals": len(removed) - good,
+        "detected": detected,
+    }
 
 
 def s_curve(docs, copies, truth, config: DedupConfig, detected: np.ndarray) -> list[str]:
@@ -109,19 +123,23 @@ def s_curve(docs, copies, truth, config: DedupConfig, detected: np.ndarray) -> l
     r = config.rows
     band_hit = np.zeros(len(truth), bool)
     for b in range(config.bands):
-        band_hit |= (originals[:, b * r:(b + 1) * r] == copied[:, b * r:(b + 1) * r]).all(axis=1)
+        band_hit |= (originals[:, b * r : (b + 1) * r] == copied[:, b * r : (b + 1) * r]).all(axis=1)
     true_j = np.array([j for *_, j in truth])
     est_ok = binom.sf(np.ceil(config.threshold * config.num_perm) - 1, config.num_perm, true_j)
-    lines = ["| true Jaccard | pairs | candidates measured | S-curve theory | detected measured | theory (candidate x estimate >= t) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| true Jaccard | pairs | candidates measured | S-curve theory | detected measured | theory (candidate x estimate >= t) |",
+        "|---|---|---|---|---|---|",
+    ]
     edges = np.round(np.arange(0.30, 1.0001, 0.05), 2)
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (true_j >= lo) & ((true_j < hi) if hi < 1 else (true_j <= hi))
         if not inside.any():
             continue
         theory = candidate_probability(true_j[inside], config.bands, config.rows)
-        lines.append(f"| {lo:.2f}-{hi:.2f} | {inside.sum()} | {band_hit[inside].mean():.3f} | {theory.mean():.3f} | "
-                     f"{detected[inside].mean():.3f} | {(theory * est_ok[inside]).mean():.3f} |")
+        lines.append(
+            f"| {lo:.2f}-{hi:.2f} | {inside.sum()} | {band_hit[inside].mean():.3f} | {theory.mean():.3f} | "
+            f"{detected[inside].mean():.3f} | {(theory * est_ok[inside]).mean():.3f} |"
+        )
     return lines
 
 
@@ -135,9 +153,13 @@ def main() -> int:
     docs, copies, truth = build(args.pairs, args.exact, args.seed)
     m = machine()
     kinds = {k: sum(1 for t in truth if t[2] == k) for k in (*EDITS, "exact")}
-    print(f"corpus: {len(docs)} Gutenberg windows + {len(copies)} injected copies {kinds}; "
-          f"machine: {m['cores']} x {m['cpu']}\n")
-    print("| threshold t | bands x rows | implied threshold | positives (true J >= t) | recall | removed | precision | removed with true J < t |")
+    print(
+        f"corpus: {len(docs)} Gutenberg windows + {len(copies)} injected copies {kinds}; "
+        f"machine: {m['cores']} x {m['cpu']}\n"
+    )
+    print(
+        "| threshold t | bands x rows | implied threshold | positives (true J >= t) | recall | removed | precision | removed with true J < t |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     default_run = None
     for t in (0.7, 0.8, 0.9):
@@ -146,9 +168,11 @@ def main() -> int:
             res = run(docs, copies, truth, config)
             if t == 0.8 and (bands, rows) == (14, 8):
                 default_run = (config, res)
-            print(f"| {t} | {bands} x {rows}{' (default)' if (bands, rows) == (14, 8) else ' (datasketch optimal)'} | "
-                  f"{implied_threshold(bands, rows):.3f} | {res['positives']} | {res['recall']:.3f} | {res['removed']} | "
-                  f"{res['precision']:.3f} | {res['false_removals']} |")
+            print(
+                f"| {t} | {bands} x {rows}{' (default)' if (bands, rows) == (14, 8) else ' (datasketch optimal)'} | "
+                f"{implied_threshold(bands, rows):.3f} | {res['positives']} | {res['recall']:.3f} | {res['removed']} | "
+                f"{res['precision']:.3f} | {res['false_removals']} |"
+            )
     config, res = default_run
     print(f"\nS-curve, default settings (14 x 8, threshold {config.threshold}):\n")
     print("\n".join(s_curve(docs, copies, truth, config, res["detected"])))

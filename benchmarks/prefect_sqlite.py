@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flows.prefect_env import wait_healthy  # noqa: E402
 from ingest_throughput import machine, markdown_table  # noqa: E402
+
+from flows.prefect_env import wait_healthy  # noqa: E402
 from tests.server_cmd import READY, free_port  # noqa: E402
 
 LAUNCHERS = {"prefect (stock, DEFERRED)": "prefect", "flows.prefect_server (IMMEDIATE)": "flows.prefect_server"}
@@ -55,7 +56,9 @@ print(time.monotonic() - t0)
 
 def call(api: str, path: str, body: dict) -> tuple[int, object]:
     """One POST as the UI sends it: no retries."""
-    req = urllib.request.Request(api + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        api + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -68,19 +71,34 @@ def measure(module: str, creates: int, tasks: int) -> dict:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_API_URL=api, PREFECT_LOGGING_LEVEL="WARNING")
-    server = subprocess.Popen([sys.executable, "-m", module, "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, cwd=ROOT, stdout=open(home / "server.log", "wb"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    env.update(
+        PREFECT_HOME=str(home),
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=api,
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", module, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=open(home / "server.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     tool = None
     try:
         wait_healthy(api, server, home)
         # deployments and a worker polling every second, from `crawl2llm server` on that server
         tool_log = home / "crawl2llm-server.log"
-        tool = subprocess.Popen([sys.executable, "-m", "flows.cli", "server"], cwd=ROOT, start_new_session=True,
-                                env={**env, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "1"},
-                                stdout=open(tool_log, "wb"), stderr=subprocess.STDOUT)
+        tool = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "server"],
+            cwd=ROOT,
+            start_new_session=True,
+            env={**env, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+            stdout=open(tool_log, "wb"),
+            stderr=subprocess.STDOUT,
+        )
         while READY.encode() not in tool_log.read_bytes():
             if tool.poll() is not None:
                 raise SystemExit(f"crawl2llm server failed:\n{tool_log.read_text()[-2000:]}")
@@ -88,23 +106,37 @@ def measure(module: str, creates: int, tasks: int) -> dict:
         _, deps = call(api, "/deployments/filter", {"deployments": {"name": {"any_": ["pipeline"]}}})
         dep = deps[0]
         later = (datetime.now(timezone.utc) + timedelta(days=7)).isoformat()
-        body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}},
-                "work_queue_name": dep["work_queue_name"], "parameters": dep["parameters"], "job_variables": {},
-                "enforce_parameter_schema": True}
+        body = {
+            "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}},
+            "work_queue_name": dep["work_queue_name"],
+            "parameters": dep["parameters"],
+            "job_variables": {},
+            "enforce_parameter_schema": True,
+        }
         codes = []
         for _ in range(creates):
             codes.append(call(api, f"/deployments/{dep['id']}/create_flow_run", body)[0])
             time.sleep(0.2)
 
         before = call(api, "/task_runs/count", {})[1]
-        out = subprocess.run([sys.executable, "-c", FLOW, str(tasks)], env={**env, "PREFECT_API_URL": api},
-                             cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", FLOW, str(tasks)],
+            env={**env, "PREFECT_API_URL": api},
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         flow_s = float(out.stdout.strip().splitlines()[-1])
         t0 = time.monotonic()
         while call(api, "/task_runs/count", {})[1] < before + tasks and time.monotonic() - t0 < 300:
             time.sleep(0.2)
-        return {"refused": sum(c == 503 for c in codes), "other": sum(c not in (201, 503) for c in codes),
-                "flow_s": flow_s, "recorded_s": time.monotonic() - t0}
+        return {
+            "refused": sum(c == 503 for c in codes),
+            "other": sum(c not in (201, 503) for c in codes),
+            "flow_s": flow_s,
+            "recorded_s": time.monotonic() - t0,
+        }
     finally:
         for proc in (tool, server):
             if proc is not None and proc.poll() is None:
@@ -123,11 +155,28 @@ def main() -> None:
         for name, module in LAUNCHERS.items():  # interleaved, so that load drifts hit both
             r = measure(module, args.creates, args.tasks)
             print(f"{name} #{repeat}: {r}", file=sys.stderr)
-            rows.append([name, repeat, f"{r['refused']}/{args.creates}" + (f" (+{r['other']} other)" if r["other"] else ""),
-                         f"{r['flow_s']:.1f}", f"{r['recorded_s']:.1f}"])
+            rows.append(
+                [
+                    name,
+                    repeat,
+                    f"{r['refused']}/{args.creates}" + (f" (+{r['other']} other)" if r["other"] else ""),
+                    f"{r['flow_s']:.1f}",
+                    f"{r['recorded_s']:.1f}",
+                ]
+            )
     print(json.dumps(machine()))
-    print(markdown_table(["server", "run", "creates refused (503)", f"flow of {args.tasks} tasks (s)",
-                          "then all recorded after (s)"], rows))
+    print(
+        markdown_table(
+            [
+                "server",
+                "run",
+                "creates refused (503)",
+                f"flow of {args.tasks} tasks (s)",
+                "then all recorded after (s)",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,10 +55,11 @@ def checks(sd, indexes, rounds: int) -> dict[str, float]:
     def must_be_clean(found):
         assert not found, found
 
-    return {"reuse (sizes + CRC-32)": best(lambda: must_be_clean(repair(sd, indexes, print)), rounds),
-            "reuse (sizes only)": best(lambda: must_be_clean(repair(sd, indexes, print, crc=False)), rounds),
-            "full verify": best(lambda: must_be_clean([p for r in verify_outputs([sd]) for p in r["problems"]]),
-                                rounds)}
+    return {
+        "reuse (sizes + CRC-32)": best(lambda: must_be_clean(repair(sd, indexes, print)), rounds),
+        "reuse (sizes only)": best(lambda: must_be_clean(repair(sd, indexes, print, crc=False)), rounds),
+        "full verify": best(lambda: must_be_clean([p for r in verify_outputs([sd]) for p in r["problems"]]), rounds),
+    }
 
 
 def main() -> None:
@@ -77,13 +78,23 @@ def main() -> None:
         real = Store(os.path.join(root, "real"))
         t0 = time.perf_counter()
         for i, path in enumerate(files):
-            ingest_shard(real.url, "fp", i, [{"url": path, "start": 0, "end": None, "name": os.path.basename(path)}],
-                         IngestConfig())
+            ingest_shard(
+                real.url,
+                "fp",
+                i,
+                [{"url": path, "start": 0, "end": None, "name": os.path.basename(path)}],
+                IngestConfig(),
+            )
         compute = time.perf_counter() - t0
         sd = real.stage("ingest", "fp")
         nbytes = sum(sum(f["size"] for f in sd.read_shard_stats(i)["files"].values()) for i in range(len(files)))
-        report("real: ingest of the WARCs and the JSONL", len(files), nbytes, compute,
-               checks(sd, range(len(files)), args.rounds))
+        report(
+            "real: ingest of the WARCs and the JSONL",
+            len(files),
+            nbytes,
+            compute,
+            checks(sd, range(len(files)), args.rounds),
+        )
 
         big = Store(os.path.join(root, "big")).stage("tokenize", "fp")
         n = max(1, round(args.gib * (1 << 30) / SHARD))
@@ -95,8 +106,10 @@ def main() -> None:
         write = time.perf_counter() - t0
         body = big.read_bytes(big.part("data/train", 0, "arrow"))
         crc = best(lambda: zlib.crc32(body), args.rounds) * n
-        print(f"\nbig: wrote {n} shards of {len(body) / 2**20:.0f} MiB in {write:.2f} s; CRC-32 while writing "
-              f"{crc:.2f} s of that ({100 * crc / write:.1f}%, {n * len(body) / crc / 1e9:.2f} GB/s)")
+        print(
+            f"\nbig: wrote {n} shards of {len(body) / 2**20:.0f} MiB in {write:.2f} s; CRC-32 while writing "
+            f"{crc:.2f} s of that ({100 * crc / write:.1f}%, {n * len(body) / crc / 1e9:.2f} GB/s)"
+        )
         report("big: token shards", n, n * len(body), None, checks(big, range(n), args.rounds))
 
 

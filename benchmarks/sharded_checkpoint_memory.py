@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def status_kib(field: str) -> int:
@@ -77,8 +77,15 @@ def worker(a) -> None:
     from model.train import TrainConfig, make_optimizer
 
     distributed.setup("cpu")
-    c = TrainConfig(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=a.block_size, device="cpu",
-                    nproc_per_node=2, parallel="fsdp")
+    c = TrainConfig(
+        n_layer=a.n_layer,
+        n_head=a.n_head,
+        n_embd=a.n_embd,
+        block_size=a.block_size,
+        device="cpu",
+        nproc_per_node=2,
+        parallel="fsdp",
+    )
     shape = c.gpt_config(a.vocab)
 
     def build():
@@ -110,8 +117,11 @@ def worker(a) -> None:
     fresh, fresh_opt = build()
     sharded_peak = peak_growth(lambda: sharded_checkpoint.load(saved, fresh, fresh_opt))
     same = all(torch.equal(p.to_local(), q.to_local()) for p, q in zip(model.parameters(), fresh.parameters()))
-    same &= all(torch.equal(optimizer.state[p][k].to_local(), fresh_opt.state[q][k].to_local())
-                for p, q in zip(model.parameters(), fresh.parameters()) for k in ("exp_avg", "exp_avg_sq"))
+    same &= all(
+        torch.equal(optimizer.state[p][k].to_local(), fresh_opt.state[q][k].to_local())
+        for p, q in zip(model.parameters(), fresh.parameters())
+        for k in ("exp_avg", "exp_avg_sq")
+    )
     del fresh, fresh_opt
 
     fresh, fresh_opt = build()
@@ -122,9 +132,17 @@ def worker(a) -> None:
         del state
 
     whole_peak = peak_growth(load_whole)
-    rows = distributed.gather({"rank": distributed.rank(), "params": model.num_params(), "whole_bytes": whole,
-                               "shard_bytes": shard, "sharded_load_peak": sharded_peak,
-                               "whole_load_peak": whole_peak, "bitwise": bool(same)})
+    rows = distributed.gather(
+        {
+            "rank": distributed.rank(),
+            "params": model.num_params(),
+            "whole_bytes": whole,
+            "shard_bytes": shard,
+            "sharded_load_peak": sharded_peak,
+            "whole_load_peak": whole_peak,
+            "bitwise": bool(same),
+        }
+    )
     if distributed.is_main():
         with open(os.path.join(a.out, "memory.json"), "w") as f:
             json.dump(rows, f)
@@ -146,22 +164,59 @@ def main(argv=None) -> list[dict]:
         return []
     with tempfile.TemporaryDirectory() as tmp:
         out = a.out or tmp
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "MALLOC_MMAP_THRESHOLD_": "131072",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("worker", "out")]
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        __file__, "--worker", f"--out={out}", *args], env=env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=2",
+                __file__,
+                "--worker",
+                f"--out={out}",
+                *args,
+            ],
+            env=env,
+            check=True,
+        )
         with open(os.path.join(out, "memory.json")) as f:
             rows = json.load(f)
     if argv is None:
         from ingest_throughput import machine, markdown_table
 
         print(json.dumps(machine()))
-        print(markdown_table(["rank", "params", "whole state MiB", "rank's shard MiB", "sharded load peak MiB",
-                              "whole-file load peak MiB", "bitwise"],
-                             [[r["rank"], f"{r['params']:,}", f"{r['whole_bytes'] / MIB:.1f}",
-                               f"{r['shard_bytes'] / MIB:.1f}", f"{r['sharded_load_peak'] / MIB:.1f}",
-                               f"{r['whole_load_peak'] / MIB:.1f}", r["bitwise"]] for r in rows]))
+        print(
+            markdown_table(
+                [
+                    "rank",
+                    "params",
+                    "whole state MiB",
+                    "rank's shard MiB",
+                    "sharded load peak MiB",
+                    "whole-file load peak MiB",
+                    "bitwise",
+                ],
+                [
+                    [
+                        r["rank"],
+                        f"{r['params']:,}",
+                        f"{r['whole_bytes'] / MIB:.1f}",
+                        f"{r['shard_bytes'] / MIB:.1f}",
+                        f"{r['sharded_load_peak'] / MIB:.1f}",
+                        f"{r['whole_load_peak'] / MIB:.1f}",
+                        r["bitwise"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     return rows
 
 

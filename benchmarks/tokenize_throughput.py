@@ -48,11 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow as pa  # noqa: E402
+from dedup_corpus import windows  # noqa: E402
+from ingest_throughput import cpu_seconds, machine, pin, tidy  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from dedup_corpus import windows  # noqa: E402
 from flows import workers  # noqa: E402
-from ingest_throughput import cpu_seconds, machine, pin, tidy  # noqa: E402
 from pipeline.shards import encode_shard, tokenizer_shard  # noqa: E402
 from pipeline.tokenize import EOT, TokenizeConfig, encode_threads  # noqa: E402
 from storage import StageDir, Store  # noqa: E402
@@ -66,7 +66,7 @@ def write_corpus(store: str, docs: list[dict], shards: int) -> list[pa.Table]:
     size = -(-len(docs) // shards)
     tables = []
     for i in range(shards):
-        part = docs[i * size:(i + 1) * size]
+        part = docs[i * size : (i + 1) * size]
         table = pa.table({"id": [d["id"] for d in part], "text": [d["text"] for d in part]})
         up.write_parquet(StageDir.part("data", i, "parquet"), table)
         tables.append(table)
@@ -91,6 +91,7 @@ def _imports() -> None:
 
     import pipeline.shards  # noqa: F401
     import pipeline.tokenize  # noqa: F401
+
     time.sleep(0.5)  # hold this process so the next job starts another
 
 
@@ -102,8 +103,11 @@ def run_ours(store: str, tok_fp: str, n_shards: int, n: int, parallel: bool, lab
     with ThreadPoolExecutor(n) as pool:
         stats = list(pool.map(lambda args: workers.run(timed_encode, *args, workers=n), jobs))
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "cpu_s": sum(s["cpu_s"] for s in stats),
-            "tokens": sum(s["counts"]["train_tokens"] + s["counts"]["val_tokens"] for s in stats)}
+    return {
+        "wall_s": wall,
+        "cpu_s": sum(s["cpu_s"] for s in stats),
+        "tokens": sum(s["counts"]["train_tokens"] + s["counts"]["val_tokens"] for s in stats),
+    }
 
 
 def run_plain(tok: Tokenizer, texts: list[list[str]], method: str, parallel: bool, core: int | None) -> dict:
@@ -143,8 +147,19 @@ def commit() -> str:
     """The commit the figures are taken at (+dirty when the benchmark's inputs are edited)."""
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "pipeline/tokenize.py", "pipeline/shards.py",
-                            "benchmarks/tokenize_throughput.py"], cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "pipeline/tokenize.py",
+            "pipeline/shards.py",
+            "benchmarks/tokenize_throughput.py",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout
     return head.strip() + ("+dirty" if dirty.strip() else "")
 
 
@@ -158,7 +173,7 @@ def main() -> int:
     ap.add_argument("--core", type=int, default=default_core, help="core the one-thread baselines are pinned to")
     args = ap.parse_args()
 
-    docs = windows()[:args.docs]
+    docs = windows()[: args.docs]
     store = tempfile.mkdtemp(prefix="c2l-tokenize-bench-")
     try:
         tables = write_corpus(store, docs, args.shards)
@@ -169,18 +184,23 @@ def main() -> int:
         tokenizer_shard(store, "bench", UPSTREAM, list(range(args.shards)), config)
         tok_dir = Store(store).stage("tokenizer", "bench")
         tok_dir.commit({"counts": tok_dir.read_shard_stats(0)["counts"]})  # what the flow's manifest holds
-        print(f"{len(docs)} documents, {mb:.1f} MB in {args.shards} shards; tokenizer (vocab {args.vocab}) "
-              f"trained in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"{len(docs)} documents, {mb:.1f} MB in {args.shards} shards; tokenizer (vocab {args.vocab}) "
+            f"trained in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         tok = Tokenizer.from_file(tok_dir.local_path("data/tokenizer.json"))
 
         load_before = [round(x, 2) for x in os.getloadavg()]
-        configs = [("plain `encode_batch`, tokenizers' threads off (1 core)", "plain", "encode_batch", 1, False),
-                   ("plain `encode_batch`, tokenizers' threads on (default)", "plain", "encode_batch", 1, True),
-                   ("plain `encode_batch_fast`, threads off (1 core)", "plain", "encode_batch_fast", 1, False),
-                   ("ours, 1 worker, HF threads on (the flow's choice)", "ours", "", 1, True),
-                   ("ours, 1 worker, HF threads off", "ours", "", 1, False),
-                   ("ours, 2 workers, HF threads off (the flow's choice)", "ours", "", 2, False),
-                   ("ours, 2 workers, HF threads on", "ours", "", 2, True)]
+        configs = [
+            ("plain `encode_batch`, tokenizers' threads off (1 core)", "plain", "encode_batch", 1, False),
+            ("plain `encode_batch`, tokenizers' threads on (default)", "plain", "encode_batch", 1, True),
+            ("plain `encode_batch_fast`, threads off (1 core)", "plain", "encode_batch_fast", 1, False),
+            ("ours, 1 worker, HF threads on (the flow's choice)", "ours", "", 1, True),
+            ("ours, 1 worker, HF threads off", "ours", "", 1, False),
+            ("ours, 2 workers, HF threads off (the flow's choice)", "ours", "", 2, False),
+            ("ours, 2 workers, HF threads on", "ours", "", 2, True),
+        ]
         runs: dict[int, list[dict]] = {k: [] for k in range(len(configs))}
         checked = 0
         for rep in range(args.repeat):  # every configuration once per round, so a change in load hits all
@@ -197,10 +217,21 @@ def main() -> int:
         rows = []
         for k, (label, kind, method, n, parallel) in enumerate(configs):
             wall, cpu = min(r["wall_s"] for r in runs[k]), min(r["cpu_s"] for r in runs[k])
-            rows.append({"system": label, "workers": n, "hf_threads": parallel, "mb": mb, "wall_s": wall,
-                         "cpu_s": cpu, "tokens": runs[k][0]["tokens"], "mb_per_s": mb / wall,
-                         "mb_per_core_s": mb / cpu, "wall_s_all": [r["wall_s"] for r in runs[k]],
-                         "cpu_s_all": [r["cpu_s"] for r in runs[k]]})
+            rows.append(
+                {
+                    "system": label,
+                    "workers": n,
+                    "hf_threads": parallel,
+                    "mb": mb,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "tokens": runs[k][0]["tokens"],
+                    "mb_per_s": mb / wall,
+                    "mb_per_core_s": mb / cpu,
+                    "wall_s_all": [r["wall_s"] for r in runs[k]],
+                    "cpu_s_all": [r["cpu_s"] for r in runs[k]],
+                }
+            )
         workers.shutdown()
     finally:
         shutil.rmtree(store, ignore_errors=True)
@@ -209,16 +240,34 @@ def main() -> int:
     print("\n| system | wall s | CPU s | MB/s | MB/s per core | per core vs plain encode_batch (1 core) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['system']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['mb_per_s']:.2f} | "
-              f"{r['mb_per_core_s']:.2f} | {r['mb_per_core_s'] / base:.2f}x |")
+        print(
+            f"| {r['system']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['mb_per_s']:.2f} | "
+            f"{r['mb_per_core_s']:.2f} | {r['mb_per_core_s'] / base:.2f}x |"
+        )
     m = machine()
     load_after = [round(x, 2) for x in os.getloadavg()]
     print(f"\n{len(docs)} documents, {mb:.1f} MB, {rows[0]['tokens']} tokens (without EOT); commit {commit()}")
-    print(f"machine: {m['cores']} x {m['cpu']}, {m['memory']}, Python {m['python']}; load average before "
-          f"{load_before}, after {load_after}")
-    print(json.dumps(tidy({"machine": m, "commit": commit(), "docs": len(docs), "mb": mb, "shards": args.shards,
-                           "vocab": args.vocab, "load_avg_before": load_before, "load_avg_after": load_after,
-                           "rows": rows})))
+    print(
+        f"machine: {m['cores']} x {m['cpu']}, {m['memory']}, Python {m['python']}; load average before "
+        f"{load_before}, after {load_after}"
+    )
+    print(
+        json.dumps(
+            tidy(
+                {
+                    "machine": m,
+                    "commit": commit(),
+                    "docs": len(docs),
+                    "mb": mb,
+                    "shards": args.shards,
+                    "vocab": args.vocab,
+                    "load_avg_before": load_before,
+                    "load_avg_after": load_after,
+                    "rows": rows,
+                }
+            )
+        )
+    )
     return 0
 
 

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from ingest_throughput import machine, markdown_table  # noqa: E402
-from model.gpt import GPT2  # noqa: E402
 from train_gpu import baseline, ours  # noqa: E402
+
+from model.gpt import GPT2  # noqa: E402
 
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 128, "vocab_size": 4096}
 
@@ -66,15 +66,34 @@ def main() -> int:
             samples[name].append(per_step(run, args.short, args.long))
             print(f"round {r + 1}: {name}: {samples[name][-1]:.3f} CPU s/step", file=sys.stderr)
     tokens = args.batch * SHAPE["block_size"]
-    rows = [{"method": name, "cpu_s_per_step": statistics.median(s), "samples": s,
-             "tokens_per_cpu_s": tokens / statistics.median(s)} for name, s in samples.items()]
+    rows = [
+        {
+            "method": name,
+            "cpu_s_per_step": statistics.median(s),
+            "samples": s,
+            "tokens_per_cpu_s": tokens / statistics.median(s),
+        }
+        for name, s in samples.items()
+    ]
     m = machine()
-    print(f"\nHost {m['cpu']}, torch {torch.__version__}, {args.threads} thread(s); shape {SHAPE}, batch "
-          f"{args.batch}; median of {args.rounds} rounds, steps {args.short} -> {args.long}\n")
-    print(markdown_table(
-        ["method", "CPU s/step", "tokens per CPU s", "vs baseline"],
-        [[r["method"], f"{r['cpu_s_per_step']:.3f}", f"{r['tokens_per_cpu_s']:,.0f}",
-          f"{r['tokens_per_cpu_s'] / rows[0]['tokens_per_cpu_s']:.2f}x"] for r in rows]))
+    print(
+        f"\nHost {m['cpu']}, torch {torch.__version__}, {args.threads} thread(s); shape {SHAPE}, batch "
+        f"{args.batch}; median of {args.rounds} rounds, steps {args.short} -> {args.long}\n"
+    )
+    print(
+        markdown_table(
+            ["method", "CPU s/step", "tokens per CPU s", "vs baseline"],
+            [
+                [
+                    r["method"],
+                    f"{r['cpu_s_per_step']:.3f}",
+                    f"{r['tokens_per_cpu_s']:,.0f}",
+                    f"{r['tokens_per_cpu_s'] / rows[0]['tokens_per_cpu_s']:.2f}x",
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(json.dumps({"rows": rows, "args": vars(args), "machine": m}))
     return 0
 

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from ingest_throughput import machine, markdown_table  # noqa: E402
+
 from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast  # noqa: E402
 from model.mfu import device_name, mfu, peak_flops  # noqa: E402
 from model.train import TrainConfig, make_optimizer, train  # noqa: E402
@@ -97,10 +97,19 @@ def ours(shape: dict, arch: dict, batch: int, steps: int, warmup: int, device: s
     vocab = REAL_VOCAB.get(shape["vocab_size"], shape["vocab_size"])
     with tempfile.TemporaryDirectory() as tmp:
         path = token_file(tmp, shape, (warmup + steps) * batch * (shape["block_size"] + 1) + 1, vocab)
-        config = TrainConfig(**{k: v for k, v in shape.items() if k != "vocab_size"}, **arch, batch_size=batch,
-                             max_steps=warmup + steps, warmup_steps=warmup, learning_rate=6e-4, min_lr=6e-5,
-                             eval_batches=0, device=device, log_interval=LOG_INTERVAL,
-                             **({} if compile_ else {"compile": False}))
+        config = TrainConfig(
+            **{k: v for k, v in shape.items() if k != "vocab_size"},
+            **arch,
+            batch_size=batch,
+            max_steps=warmup + steps,
+            warmup_steps=warmup,
+            learning_rate=6e-4,
+            min_lr=6e-5,
+            eval_batches=0,
+            device=device,
+            log_interval=LOG_INTERVAL,
+            **({} if compile_ else {"compile": False}),
+        )
         assert config.gpt_config(vocab).padded_vocab == shape["vocab_size"]
         events: list[dict] = []
         if device == "cuda":
@@ -109,11 +118,17 @@ def ours(shape: dict, arch: dict, batch: int, steps: int, warmup: int, device: s
     tokens_per_step = batch * shape["block_size"]
     # Each event's tokens/s is the mean over the LOG_INTERVAL steps before it (the default path reads
     # the device only at log steps); the intervals that overlap the warmup are left out.
-    times = [tokens_per_step / e["tokens_per_s"] for e in events
-             if "tokens_per_s" in e and e["step"] - LOG_INTERVAL >= warmup]
+    times = [
+        tokens_per_step / e["tokens_per_s"]
+        for e in events
+        if "tokens_per_s" in e and e["step"] - LOG_INTERVAL >= warmup
+    ]
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return {"seconds_per_step": float(np.median(times)), "flops_per_token": result["flops_per_token"],
-            "peak_memory_gib": None if peak is None else round(peak / 2 ** 30, 2)}
+    return {
+        "seconds_per_step": float(np.median(times)),
+        "flops_per_token": result["flops_per_token"],
+        "peak_memory_gib": None if peak is None else round(peak / 2**30, 2),
+    }
 
 
 def main() -> int:
@@ -137,23 +152,41 @@ def main() -> int:
     name = device_name(args.device)
     peak = peak_flops(name, "bfloat16" if args.device == "cuda" else "float32")
     rows = []
-    for label, fn in (("nanoGPT-equivalent loop (GPT-2 arch)", lambda: baseline(shape, args.batch, args.steps,
-                                                                               args.warmup, args.device, compile_)),
-                      (f"ours: model.train ({args.arch} arch)", lambda: ours(shape, arch, args.batch, args.steps,
-                                                                            args.warmup, args.device, compile_))):
+    for label, fn in (
+        (
+            "nanoGPT-equivalent loop (GPT-2 arch)",
+            lambda: baseline(shape, args.batch, args.steps, args.warmup, args.device, compile_),
+        ),
+        (
+            f"ours: model.train ({args.arch} arch)",
+            lambda: ours(shape, arch, args.batch, args.steps, args.warmup, args.device, compile_),
+        ),
+    ):
         r = fn()
         tps = args.batch * shape["block_size"] / r["seconds_per_step"]
         rows.append({"method": label, **r, "tokens_per_s": tps, "mfu": mfu(r["flops_per_token"], tps, peak)})
         if args.device == "cuda":
             torch.cuda.empty_cache()
     m = machine()
-    print(f"\nDevice: {name} (dense peak {peak or 'unknown'} FLOP/s); host {m['cpu']}, torch {torch.__version__}; "
-          f"shape {shape}, batch {args.batch}, compile {compile_} (ours: {'auto' if compile_ else False})\n")
-    print(markdown_table(
-        ["method", "ms/step", "tokens/s", "MFU", "vs baseline"],
-        [[r["method"], f"{1000 * r['seconds_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}",
-          "unknown" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
-          f"{r['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x"] for r in rows]))
+    print(
+        f"\nDevice: {name} (dense peak {peak or 'unknown'} FLOP/s); host {m['cpu']}, torch {torch.__version__}; "
+        f"shape {shape}, batch {args.batch}, compile {compile_} (ours: {'auto' if compile_ else False})\n"
+    )
+    print(
+        markdown_table(
+            ["method", "ms/step", "tokens/s", "MFU", "vs baseline"],
+            [
+                [
+                    r["method"],
+                    f"{1000 * r['seconds_per_step']:.1f}",
+                    f"{r['tokens_per_s']:,.0f}",
+                    "unknown" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+                    f"{r['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x",
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(json.dumps({"rows": rows, "device": name, "args": vars(args), "machine": m}))
     return 0
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extraction_quality import WORD, overlap  # noqa: E402
 from ingest_throughput import DATA  # noqa: E402
+
 from pipeline.ingest import IngestConfig, ingest_file  # noqa: E402
 
 DEFAULT_DATA = Path(DATA)
@@ -55,8 +55,12 @@ def one_side_only(lines: list[str], other: list[str], limit: int) -> list[str]:
 
 
 def describe(text: str) -> dict:
-    return {"chars": len(text), "bytes": len(text.encode("utf-8")), "lines": len(lines_of(text)),
-            "tokens": len(WORD.findall(text))}
+    return {
+        "chars": len(text),
+        "bytes": len(text.encode("utf-8")),
+        "lines": len(lines_of(text)),
+        "tokens": len(WORD.findall(text)),
+    }
 
 
 def main() -> int:
@@ -76,8 +80,10 @@ def main() -> int:
         texts[name] = ours
         row = {**describe(ours), **{k: round(v, 3) for k, v in overlap(wet, ours, n=1).items()}}
         report["ours"][name] = row
-        print(f"| {name} | {row['chars']} | {row['lines']} | {row['tokens']} | {row['precision']:.3f} "
-              f"| {row['recall']:.3f} | {row['f1']:.3f} |")
+        print(
+            f"| {name} | {row['chars']} | {row['lines']} | {row['tokens']} | {row['precision']:.3f} "
+            f"| {row['recall']:.3f} | {row['f1']:.3f} |"
+        )
     ours = texts["resiliparse (default)"]
     only_wet = one_side_only(lines_of(wet), lines_of(ours), args.examples)
     only_ours = one_side_only(lines_of(ours), lines_of(wet), args.examples)

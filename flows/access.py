@@ -62,21 +62,30 @@ def check(named: dict[str, object]) -> None:
         values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
         for target in values:
             if target and not is_allowed(str(target), roots):
-                raise AccessError(f"{field}: {_public(str(target))!r} is outside what this server lets flow runs "
-                                  f"read and write ({', '.join(roots)}); its operator can add it with "
-                                  f"`crawl2llm server --allow PATH_OR_URL_PREFIX`")
+                raise AccessError(
+                    f"{field}: {_public(str(target))!r} is outside what this server lets flow runs "
+                    f"read and write ({', '.join(roots)}); its operator can add it with "
+                    f"`crawl2llm server --allow PATH_OR_URL_PREFIX`"
+                )
 
 
 def check_pipeline(config) -> None:
     """Every path a PipelineConfig names (the stage flows it starts check theirs again)."""
     from pipeline.inputs import CC_CRAWL
 
-    check({"store": config.store, "cc_base_url": config.cc_base_url,
-           "inputs": [i for i in config.inputs if not CC_CRAWL.match(i)],
-           "crawl.seeds": config.crawl.seeds if config.crawl else [],
-           "ingest.url_blocklist_files": config.ingest.url_blocklist_files,
-           "evaluate.text_files": config.evaluate.text_files, "evaluate.tasks": config.evaluate.tasks,
-           "evaluate.data": config.evaluate.data, "dask_address": config.dask_address})
+    check(
+        {
+            "store": config.store,
+            "cc_base_url": config.cc_base_url,
+            "inputs": [i for i in config.inputs if not CC_CRAWL.match(i)],
+            "crawl.seeds": config.crawl.seeds if config.crawl else [],
+            "ingest.url_blocklist_files": config.ingest.url_blocklist_files,
+            "evaluate.text_files": config.evaluate.text_files,
+            "evaluate.tasks": config.evaluate.tasks,
+            "evaluate.data": config.evaluate.data,
+            "dask_address": config.dask_address,
+        }
+    )
 
 
 def is_allowed(target: str, roots: list[str]) -> bool:

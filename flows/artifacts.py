@@ -40,8 +40,12 @@ def flat(values: dict, prefix: str = "") -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     for k, v in values.items():
         name = f"{prefix}{k}"
-        if isinstance(v, dict) and prefix and 0 < len(v) <= 4 and \
-                all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
+        if (
+            isinstance(v, dict)
+            and prefix
+            and 0 < len(v) <= 4
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())
+        ):
             out.append((name, ", ".join(f"{a} {b}" for a, b in v.items())))
         elif isinstance(v, dict):
             out += flat(v, f"{name}.")
@@ -55,6 +59,7 @@ def flat(values: dict, prefix: str = "") -> list[tuple[str, object]]:
 def count_rows(counts: dict) -> list[dict]:
     """Metric/value rows of a stage's counts: why documents were removed first, then the totals,
     then the rest (per-rule checks, per-type spans)."""
+
     def rank(row: tuple[str, object]) -> int:
         return 0 if row[0].startswith("removed.") else 1 if row[0].startswith("docs_") else 2
 
@@ -95,10 +100,16 @@ def link_markdown(out: StageDir, path: str = "", text: str = "open") -> str:
 def pipeline_summary(results: dict[str, dict], seconds: dict[str, float], total_s: float) -> None:
     """The pipeline run's own artifact: each stage, whether it ran or was cached, its main counts,
     its time and a link to its output; keyed by the last output (which names the whole chain)."""
-    lines = ["# Pipeline", "", f"{len(results)} stage(s) in {total_s:.1f} s; "
-             f"{sum(not r.get('cached') for r in results.values())} ran, "
-             f"{sum(bool(r.get('cached')) for r in results.values())} cached.", "",
-             "| stage | this run | in | kept | seconds | output |", "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "# Pipeline",
+        "",
+        f"{len(results)} stage(s) in {total_s:.1f} s; "
+        f"{sum(not r.get('cached') for r in results.values())} ran, "
+        f"{sum(bool(r.get('cached')) for r in results.values())} cached.",
+        "",
+        "| stage | this run | in | kept | seconds | output |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for name, r in results.items():
         counts = r.get("counts", {})
         got_in = counts.get("docs_in", counts.get("pages", counts.get("docs", "")))
@@ -110,5 +121,8 @@ def pipeline_summary(results: dict[str, dict], seconds: dict[str, float], total_
         lines.append(f"| {name} | {'cached' if r.get('cached') else 'ran'} | {got_in} | {kept} | {took} | {output} |")
     lines += ["", "in/kept: documents (pages for crawl; kept training tokens for tokenize)."]
     last = list(results.values())[-1]
-    markdown("\n".join(lines), key("pipeline-summary", last["stage"], last["fingerprint"][:16]),
-             "pipeline: every stage, cached or ran, with links to the outputs")
+    markdown(
+        "\n".join(lines),
+        key("pipeline-summary", last["stage"], last["fingerprint"][:16]),
+        "pipeline: every stage, cached or ran, with links to the outputs",
+    )

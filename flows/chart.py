@@ -16,8 +16,15 @@ def line_chart_png(series: list[tuple[str, Points]], xlabel: str, ylabel: str, t
     return png_of(line_chart(series, xlabel, ylabel, title))
 
 
-def line_chart(series: list[tuple[str, Points]], xlabel: str, ylabel: str, title: str = "",
-               width_in: float = 8.0, height_in: float = 4.0, dpi: int = 100):
+def line_chart(
+    series: list[tuple[str, Points]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    width_in: float = 8.0,
+    height_in: float = 4.0,
+    dpi: int = 100,
+):
     """A matplotlib Figure: one line per (label, points) series, with labelled axes, a grid and a
     legend; short series get markers, so a single evaluation still shows."""
     import matplotlib

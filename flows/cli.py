@@ -67,8 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the whole pipeline from a YAML config (fields as in the Prefect UI form)")
     r.add_argument("config", help="YAML file with PipelineConfig fields (see `crawl2llm config`)")
-    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field, e.g. --set quality.min_words=30 (repeatable)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field, e.g. --set quality.min_words=30 (repeatable)",
+    )
 
     c = sub.add_parser("config", help="print a full default pipeline config as YAML")
     c.add_argument("--inputs", nargs="*", default=["path/to/*.warc.gz"])
@@ -78,40 +83,57 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "crawl":
             s.add_argument("seeds", nargs="+", help="seed URLs")
         elif name == "ingest":
-            s.add_argument("inputs", nargs="+", help="files, folders, globs, fsspec URLs, a Common Crawl listing "
-                                                     "(CC-MAIN-2024-51, CC-MAIN-2024-51/wet, *.paths.gz) or a crawl output")
+            s.add_argument(
+                "inputs",
+                nargs="+",
+                help="files, folders, globs, fsspec URLs, a Common Crawl listing "
+                "(CC-MAIN-2024-51, CC-MAIN-2024-51/wet, *.paths.gz) or a crawl output",
+            )
         else:
             s.add_argument("source", help="the upstream stage output (a folder holding manifest.json)")
         if name in ("crawl", "ingest"):
             s.add_argument("--store", default="store", help="store folder or fsspec URL (default: ./store)")
         if name == "ingest":
             s.add_argument("--limit", type=_count(1), default=None, help="ingest only the first N input files")
-            s.add_argument("--cc-base-url", default=CC_BASE_URL,
-                           help=f"base URL of a Common Crawl listing's paths (default: {CC_BASE_URL})")
+            s.add_argument(
+                "--cc-base-url",
+                default=CC_BASE_URL,
+                help=f"base URL of a Common Crawl listing's paths (default: {CC_BASE_URL})",
+            )
         s.add_argument("--config", help=f"YAML file with the {name} config fields")
         s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
         if name not in ("crawl", "train", "evaluate"):
-            s.add_argument("--workers", type=_count(0), default=None,
-                           help="worker processes (default: one per core; 0: inline)")
+            s.add_argument(
+                "--workers", type=_count(0), default=None, help="worker processes (default: one per core; 0: inline)"
+            )
 
-    e = sub.add_parser("export", help="a checkpoint as a Hugging Face transformers model folder (lm_eval --model hf)",
-                       description="Write config.json, model.safetensors and the tokenizer files of a checkpoint: "
-                                   "GPT2LMHeadModel for the GPT-2 architecture, LlamaForCausalLM or "
-                                   "Qwen3ForCausalLM for the modern one.")
-    e.add_argument("source", help="a train output (store/train/<fp>), its model.pt, a training checkpoint "
-                                  "or a folder holding one")
+    e = sub.add_parser(
+        "export",
+        help="a checkpoint as a Hugging Face transformers model folder (lm_eval --model hf)",
+        description="Write config.json, model.safetensors and the tokenizer files of a checkpoint: "
+        "GPT2LMHeadModel for the GPT-2 architecture, LlamaForCausalLM or "
+        "Qwen3ForCausalLM for the modern one.",
+    )
+    e.add_argument(
+        "source", help="a train output (store/train/<fp>), its model.pt, a training checkpoint or a folder holding one"
+    )
     e.add_argument("out_dir", help="the folder to write")
     e.add_argument("--data", default="", help="the tokenize output whose tokenizer a loose checkpoint file uses")
 
-    for name, text in (("chat", "talk to a model in the terminal (streamed answers, multi-turn history)"),
-                       ("serve", "an OpenAI-compatible HTTP API for a model (/v1/chat/completions, /v1/completions) "
-                                 "and a chat page")):
+    for name, text in (
+        ("chat", "talk to a model in the terminal (streamed answers, multi-turn history)"),
+        ("serve", "an OpenAI-compatible HTTP API for a model (/v1/chat/completions, /v1/completions) and a chat page"),
+    ):
         t = sub.add_parser(name, help=text, description=text)
         t.add_argument("model", help="a train output (store/train/<fp>), its model.pt or a training checkpoint")
         t.add_argument("--tokenizer", help="its tokenizer.json (default: the one it was trained with)")
         t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        t.add_argument("--max-tokens", type=_count(1), default=None,
-                       help="longest answer in tokens (default: 256; serve: the most a request may ask for, 2048)")
+        t.add_argument(
+            "--max-tokens",
+            type=_count(1),
+            default=None,
+            help="longest answer in tokens (default: 256; serve: the most a request may ask for, 2048)",
+        )
         if name == "chat":
             t.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
             t.add_argument("--top-k", type=_count(1), default=None)
@@ -123,32 +145,55 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--port", type=int, default=8000)
             t.add_argument("--name", default=None, help="the model name clients send (default: the file's name)")
             t.add_argument("--max-body-bytes", type=_count(1), default=1 << 20)
-            t.add_argument("--max-queue", type=_count(1), default=64, help="requests waiting at most, besides the one running")
+            t.add_argument(
+                "--max-queue", type=_count(1), default=64, help="requests waiting at most, besides the one running"
+            )
 
-    v = sub.add_parser("verify", help="check every committed shard's files against the sizes and CRC-32s its "
-                                      "stats record (exit 1 naming the damaged ones)",
-                       description="Read every committed shard's stats in a store (or in one stage output, "
-                                   "{store}/{stage}/{fingerprint}) and check each file it records: there, its size, "
-                                   "its CRC-32. A run that reuses shards checks sizes (and CRC-32s on a local disk) "
-                                   "itself and redoes a damaged shard; this reads everything, on any store.")
+    v = sub.add_parser(
+        "verify",
+        help="check every committed shard's files against the sizes and CRC-32s its "
+        "stats record (exit 1 naming the damaged ones)",
+        description="Read every committed shard's stats in a store (or in one stage output, "
+        "{store}/{stage}/{fingerprint}) and check each file it records: there, its size, "
+        "its CRC-32. A run that reuses shards checks sizes (and CRC-32s on a local disk) "
+        "itself and redoes a damaged shard; this reads everything, on any store.",
+    )
     v.add_argument("store", metavar="STORE_OR_OUTPUT", help="a store folder or URL, or one stage output in it")
 
     srv = sub.add_parser(
-        "server", help="Prefect server + deployments + worker in the foreground, so the UI runs flows (Ctrl-C stops)",
+        "server",
+        help="Prefect server + deployments + worker in the foreground, so the UI runs flows (Ctrl-C stops)",
         description="Without an action: start the local Prefect server (or use the one that answers), register "
-                    "the deployments of prefect.yaml and run a worker on the crawl2llm pool, in the foreground "
-                    "until Ctrl-C. `start` / `stop`: only a background server for the other commands.")
-    srv.add_argument("action", nargs="?", choices=["start", "stop"],
-                     help="start or stop a background server only (no deployments, no worker)")
+        "the deployments of prefect.yaml and run a worker on the crawl2llm pool, in the foreground "
+        "until Ctrl-C. `start` / `stop`: only a background server for the other commands.",
+    )
+    srv.add_argument(
+        "action",
+        nargs="?",
+        choices=["start", "stop"],
+        help="start or stop a background server only (no deployments, no worker)",
+    )
     srv.add_argument("--port", type=int, default=None, help="server port (default: 4200)")
-    srv.add_argument("--no-deploy", action="store_true",
-                     help="do not register the deployments again (they are kept in the server's database)")
-    srv.add_argument("--allow", action="append", default=[], metavar="PATH_OR_URL_PREFIX",
-                     help="a folder or URL prefix flow runs started from the UI/API may read and write, besides "
-                          "the project folder and Common Crawl (repeatable; docs/OPERATIONS.md, Security)")
-    srv.add_argument("--public-url", default="", metavar="URL",
-                     help="where a reverse proxy (TLS) serves this server to other machines, e.g. "
-                          "https://prefect.example:8443: its host is accepted and the UI calls the API there")
+    srv.add_argument(
+        "--no-deploy",
+        action="store_true",
+        help="do not register the deployments again (they are kept in the server's database)",
+    )
+    srv.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PATH_OR_URL_PREFIX",
+        help="a folder or URL prefix flow runs started from the UI/API may read and write, besides "
+        "the project folder and Common Crawl (repeatable; docs/OPERATIONS.md, Security)",
+    )
+    srv.add_argument(
+        "--public-url",
+        default="",
+        metavar="URL",
+        help="where a reverse proxy (TLS) serves this server to other machines, e.g. "
+        "https://prefect.example:8443: its host is accepted and the UI calls the API there",
+    )
     return p
 
 
@@ -256,8 +301,11 @@ def _talk(args) -> int:
     from model.serving import Limits, RequestError, Sampling, open_engine
 
     if args.command == "serve":
-        limits = Limits(max_tokens=args.max_tokens or Limits.max_tokens, max_body_bytes=args.max_body_bytes,
-                        max_queue=args.max_queue)
+        limits = Limits(
+            max_tokens=args.max_tokens or Limits.max_tokens,
+            max_body_bytes=args.max_body_bytes,
+            max_queue=args.max_queue,
+        )
     else:
         limits = Limits()
     try:
@@ -295,9 +343,14 @@ def _verify(url: str) -> int:
     width = max([len("output"), *(len(r["output"]) for r in rows)])
     print(f"{'output':<{width}} {'shards':>7} {'files':>7} {'bytes':>14} {'damaged':>8}")
     for r in rows:
-        print(f"{r['output']:<{width}} {r['shards']:>7} {r['files']:>7} {r['bytes']:>14} {len(r['problems']):>8}"
-              + (f"  ({r['unrecorded']} shard(s) from before sizes were recorded: not checked)" if r["unrecorded"]
-                 else ""))
+        print(
+            f"{r['output']:<{width}} {r['shards']:>7} {r['files']:>7} {r['bytes']:>14} {len(r['problems']):>8}"
+            + (
+                f"  ({r['unrecorded']} shard(s) from before sizes were recorded: not checked)"
+                if r["unrecorded"]
+                else ""
+            )
+        )
     problems = [p for r in rows for p in r["problems"]]
     total = sum(r["shards"] for r in rows)
     if not problems:
@@ -394,8 +447,9 @@ class _NoTraceback(logging.Filter):
 def _no_console_traceback() -> None:
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # its console handler is the root's
         for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _NoTraceback)
-                                                                      for f in handler.filters):
+            if isinstance(handler, logging.StreamHandler) and not any(
+                isinstance(f, _NoTraceback) for f in handler.filters
+            ):
                 handler.addFilter(_NoTraceback())
 
 

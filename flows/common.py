@@ -35,15 +35,21 @@ def _shard_key(context, parameters: dict) -> str:
     return f"crawl2llm-{sd['stage']}-{sd['fingerprint']}-{parameters['index']:05d}-{store}"
 
 
-@task(cache_key_fn=_shard_key, persist_result=True, result_serializer="json",
-      task_run_name="{where[stage]}-{index:05d}", retries=0)
+@task(
+    cache_key_fn=_shard_key,
+    persist_result=True,
+    result_serializer="json",
+    task_run_name="{where[stage]}-{index:05d}",
+    retries=0,
+)
 def shard_task(where: dict, index: int, job: Callable[[], dict], workers_n: int | None = None) -> dict:
     """Run one shard's job (in the worker pool) and return its small stats dict."""
     return workers.run(job, workers=workers_n)
 
 
-def map_shards(out: StageDir, jobs: dict[int, Callable[[], dict]], workers_n: int | None = None,
-               label: str | None = None) -> dict[int, dict]:
+def map_shards(
+    out: StageDir, jobs: dict[int, Callable[[], dict]], workers_n: int | None = None, label: str | None = None
+) -> dict[int, dict]:
     """Submit one task per shard, show progress (terminal bar and Prefect progress artifact)."""
     where = {"stage": out.name, "fingerprint": out.fingerprint, "store": out.store.url}
     futures, index_of = [], {}
@@ -83,47 +89,80 @@ def stage_seconds(results: dict[int, dict]) -> float:
     return round(sum(r.get("seconds", 0.0) for r in results.values()), 3)
 
 
-def publish_stage(out: StageDir, manifest: dict, results: dict[int, dict], wall_s: float,
-                  cached: bool, examples: list[dict] | None = None) -> None:
+def publish_stage(
+    out: StageDir,
+    manifest: dict,
+    results: dict[int, dict],
+    wall_s: float,
+    cached: bool,
+    examples: list[dict] | None = None,
+) -> None:
     """Table of counts, a markdown report and a link to the output, keyed by the output
     (flows/artifacts.py), so a card opens this output's history."""
     counts = manifest.get("counts", {})
     counted = artifacts.count_rows(counts)
     reasons = [r for r in counted if r["metric"].startswith("removed.")]  # why documents went: first
-    rows = reasons + [{"metric": "output", "value": out.url()}, {"metric": "cached", "value": str(cached)},
-                      {"metric": "wall seconds", "value": round(wall_s, 2)},
-                      {"metric": "worker seconds", "value": stage_seconds(results)}] + counted[len(reasons):]
+    rows = (
+        reasons
+        + [
+            {"metric": "output", "value": out.url()},
+            {"metric": "cached", "value": str(cached)},
+            {"metric": "wall seconds", "value": round(wall_s, 2)},
+            {"metric": "worker seconds", "value": stage_seconds(results)},
+        ]
+        + counted[len(reasons) :]
+    )
     docs_in = counts.get("docs_in")
     if docs_in and wall_s > 0 and not cached:
         rows.append({"metric": "docs per second", "value": round(docs_in / wall_s, 1)})
     artifacts.table(rows, artifacts.output_key(out, "summary"), f"{out.name} {out.fingerprint}")
-    md = [f"# {out.name}", "", f"Output: `{out.url()}` {artifacts.link_markdown(out)}  ",
-          f"Fingerprint: `{out.fingerprint}`  ", f"Cached: {cached}", ""]
+    md = [
+        f"# {out.name}",
+        "",
+        f"Output: `{out.url()}` {artifacts.link_markdown(out)}  ",
+        f"Fingerprint: `{out.fingerprint}`  ",
+        f"Cached: {cached}",
+        "",
+    ]
     removed = counts.get("removed") or {}
     if examples:
         artifacts.table(examples, artifacts.output_key(out, "removed"), f"{out.name}: examples of removed documents")
     if removed:
-        md += ["| removed because | documents |", "|---|---:|",
-               *(f"| `{k}` | {v} |" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])),
-               "", f"Examples of each: the `{artifacts.output_key(out, 'removed')}` table."
-               if examples else ""]
+        md += [
+            "| removed because | documents |",
+            "|---|---:|",
+            *(f"| `{k}` | {v} |" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])),
+            "",
+            f"Examples of each: the `{artifacts.output_key(out, 'removed')}` table." if examples else "",
+        ]
     else:
         md.append("No documents removed.")
     md += damage_report(out, counts, results)
     spans = counts.get("pii_spans") or {}
     if spans:  # pii scrubs inside documents instead of removing them
-        md += ["", f"PII scrubbed in {counts.get('docs_with_pii', 0)} of {counts.get('docs_scanned', 0)} scanned "
-               "documents:", "", "| PII type | spans replaced |", "|---|---:|",
-               *(f"| `{k}` | {v} |" for k, v in sorted(spans.items(), key=lambda kv: -kv[1]))]
+        md += [
+            "",
+            f"PII scrubbed in {counts.get('docs_with_pii', 0)} of {counts.get('docs_scanned', 0)} scanned documents:",
+            "",
+            "| PII type | spans replaced |",
+            "|---|---:|",
+            *(f"| `{k}` | {v} |" for k, v in sorted(spans.items(), key=lambda kv: -kv[1])),
+        ]
         scrubbed = scrubbed_examples(out, manifest)
         if scrubbed:
-            artifacts.table(scrubbed, artifacts.output_key(out, "scrubbed"),
-                            f"{out.name}: scrubbed spans in their context (the corpus's text)")
-            md += ["", f"Examples of each type, as the corpus now reads: the `{artifacts.output_key(out, 'scrubbed')}` "
-                   "table."]
+            artifacts.table(
+                scrubbed,
+                artifacts.output_key(out, "scrubbed"),
+                f"{out.name}: scrubbed spans in their context (the corpus's text)",
+            )
+            md += [
+                "",
+                f"Examples of each type, as the corpus now reads: the `{artifacts.output_key(out, 'scrubbed')}` table.",
+            ]
     artifacts.markdown("\n".join(md), artifacts.output_key(out, "report"), f"{out.name} report")
-    artifacts.output_link(out, artifacts.output_key(out, "output"),
-                          f"{out.name} output (manifest.json, data/, removed/, stats/)")
+    artifacts.output_link(
+        out, artifacts.output_key(out, "output"), f"{out.name} output (manifest.json, data/, removed/, stats/)"
+    )
     get_run_logger().info("%s %s: %s", out.name, "cached" if cached else "done", _short(counts))
 
 
@@ -133,18 +172,30 @@ def damage_report(out: StageDir, counts: dict, results: dict[int, dict]) -> list
     damaged = counts.get("damaged") or {}
     if not damaged:
         return []
-    rows = [{**r, "record_id": r["record_id"] or ""}
-            for r in merge_listed(*(results[i].get("damaged_records", []) for i in sorted(results)))]
+    rows = [
+        {**r, "record_id": r["record_id"] or ""}
+        for r in merge_listed(*(results[i].get("damaged_records", []) for i in sorted(results)))
+    ]
     total = sum(damaged.values())
-    md = ["", f"{total} damaged input records, counted (docs/INGEST.md says which are kept):", "",
-          "| damage | records |", "|---|---:|",
-          *(f"| `{k}` | {v} |" for k, v in sorted(damaged.items(), key=lambda kv: -kv[1]))]
+    md = [
+        "",
+        f"{total} damaged input records, counted (docs/INGEST.md says which are kept):",
+        "",
+        "| damage | records |",
+        "|---|---:|",
+        *(f"| `{k}` | {v} |" for k, v in sorted(damaged.items(), key=lambda kv: -kv[1])),
+    ]
     if rows:
         key = artifacts.output_key(out, "damaged")
         artifacts.table(rows, key, f"{out.name}: the first {len(rows)} of {total} damaged records (file, offset)")
-        md += ["", f"Where they are (the first {len(rows)} of {total}): the `{key}` table.", "",
-               "| file | offset | record id | damage |", "|---|---:|---|---|",
-               *(f"| {r['file']} | {r['offset']} | {r['record_id']} | `{r['what']}` |" for r in rows[:10])]
+        md += [
+            "",
+            f"Where they are (the first {len(rows)} of {total}): the `{key}` table.",
+            "",
+            "| file | offset | record id | damage |",
+            "|---|---:|---|---|",
+            *(f"| {r['file']} | {r['offset']} | {r['record_id']} | `{r['what']}` |" for r in rows[:10]),
+        ]
     return md
 
 
@@ -166,8 +217,14 @@ def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: 
         for row in table.select(["reason", "detail", "url", "text"]).to_pylist():
             bucket = seen.setdefault(row["reason"], [])
             if len(bucket) < per_reason:
-                bucket.append({"reason": row["reason"], "url": row["url"] or "", "detail": row["detail"] or "",
-                               "text": " ".join((row["text"] or "")[:chars].split())})
+                bucket.append(
+                    {
+                        "reason": row["reason"],
+                        "url": row["url"] or "",
+                        "detail": row["detail"] or "",
+                        "text": " ".join((row["text"] or "")[:chars].split()),
+                    }
+                )
         if seen and all(len(v) >= per_reason for v in seen.values()):
             break
     return [row for reason in sorted(seen) for row in seen[reason]]
@@ -175,7 +232,8 @@ def removed_examples(out: StageDir, manifest: dict, per_reason: int = 2, chars: 
 
 def scrubbed_examples(out: StageDir, manifest: dict, max_shards: int = 4) -> list[dict]:
     """A few replaced PII spans per type in their context, from the first shards of a pii output."""
-    from pipeline.pii import PiiConfig, scrubbed_examples as find
+    from pipeline.pii import PiiConfig
+    from pipeline.pii import scrubbed_examples as find
 
     def docs():
         for shard in manifest.get("shards", [])[:max_shards]:
@@ -212,15 +270,22 @@ def run_locked(out: StageDir, work: Callable[[], T]) -> T:
     return result
 
 
-def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
-              workers_n: int | None = None, examples: bool = False) -> tuple[dict, bool]:
+def run_stage(
+    out: StageDir,
+    jobs: dict[int, Callable[[], dict]],
+    header: dict,
+    workers_n: int | None = None,
+    examples: bool = False,
+) -> tuple[dict, bool]:
     """The shape every sharded stage shares: map shards, commit the manifest, publish artifacts.
 
     Returns the manifest and whether the stage was already committed (nothing to do)."""
     if _in_memory(out):
         if workers.runs_on_dask():
-            raise StoreError(f"{out.url()}: a memory:// store lives in this process only; "
-                             "give the Dask workers a store they can reach (a shared folder, s3://...)")
+            raise StoreError(
+                f"{out.url()}: a memory:// store lives in this process only; "
+                "give the Dask workers a store they can reach (a shared folder, s3://...)"
+            )
         workers_n = 0  # a memory:// store lives in this process only
 
     def work() -> tuple[dict, dict, bool, float]:
@@ -233,8 +298,7 @@ def run_stage(out: StageDir, jobs: dict[int, Callable[[], dict]], header: dict,
         return manifest, results, cached, t.seconds
 
     manifest, results, cached, seconds = run_locked(out, work)
-    publish_stage(out, manifest, results, seconds, cached,
-                  removed_examples(out, manifest) if examples else None)
+    publish_stage(out, manifest, results, seconds, cached, removed_examples(out, manifest) if examples else None)
     return manifest, cached
 
 

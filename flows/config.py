@@ -35,6 +35,7 @@ Location = Annotated[str, Field(min_length=1)]
 Locations = Annotated[list[Location], Field(min_length=1)]
 DASK_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
+
 def _one_source_schema(schema: dict) -> None:
     """What `_one_source` checks, said in the JSON schema too, so the UI's form marks an empty `inputs`
     before the run is made (Prefect validates a form against the schema, not against pydantic)."""
@@ -47,37 +48,69 @@ class PipelineConfig(StageConfig):
 
     model_config = ConfigDict(json_schema_extra=_one_source_schema)
 
-    store: str = Field("store", min_length=1, description="Where every stage writes: a folder or an fsspec URL (s3://bucket/path).")
-    inputs: list[Location] = Field(default_factory=list, description="WARC/WET/ARC/JSONL/Parquet files, folders, globs, URLs, "
-                              "or "
-                              "Common Crawl listings: a crawl name such as CC-MAIN-2024-51 (its WARC files; "
-                              "CC-MAIN-2024-51/wet for WET) or a *.paths.gz file. Leave empty when crawling "
-                              "seed URLs instead.")
-    input_limit: Optional[int] = Field(None, ge=1, description="Ingest only the first this many input files "
-                                       "(in listing order): start small on a whole Common Crawl snapshot.")
-    cc_base_url: str = Field(CC_BASE_URL, min_length=1, title="Common Crawl base URL", description="Where the relative paths of a Common Crawl "
-                             "listing are fetched from (https://data.commoncrawl.org/, s3://commoncrawl/ or a mirror).")
-    crawl: Optional[CrawlConfig] = Field(None, title="Crawl", description="Crawl these seed URLs into WARC first (instead of inputs).")
-    incremental: bool = Field(False, description="Each run takes only the input files that earlier runs of these "
-                              "`inputs` did not (a ledger in the store records them): their documents go through "
-                              "ingest to tokenize on their own, duplicates of documents earlier runs kept are "
-                              "removed, they are encoded with the first run's tokenizer, and training reads every "
-                              "run's token shards. Earlier outputs are never changed. For a folder or glob that "
-                              "new crawl files land in; keep `inputs` the same from run to run.")
-    ingest: IngestConfig = Field(default_factory=IngestConfig, title="Ingest", description="Record filtering, HTML to text, language id.")
-    dedup: DedupConfig = Field(default_factory=DedupConfig, title="Dedup", description="Exact and MinHash near-duplicate removal.")
+    store: str = Field(
+        "store", min_length=1, description="Where every stage writes: a folder or an fsspec URL (s3://bucket/path)."
+    )
+    inputs: list[Location] = Field(
+        default_factory=list,
+        description="WARC/WET/ARC/JSONL/Parquet files, folders, globs, URLs, "
+        "or "
+        "Common Crawl listings: a crawl name such as CC-MAIN-2024-51 (its WARC files; "
+        "CC-MAIN-2024-51/wet for WET) or a *.paths.gz file. Leave empty when crawling "
+        "seed URLs instead.",
+    )
+    input_limit: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Ingest only the first this many input files "
+        "(in listing order): start small on a whole Common Crawl snapshot.",
+    )
+    cc_base_url: str = Field(
+        CC_BASE_URL,
+        min_length=1,
+        title="Common Crawl base URL",
+        description="Where the relative paths of a Common Crawl "
+        "listing are fetched from (https://data.commoncrawl.org/, s3://commoncrawl/ or a mirror).",
+    )
+    crawl: Optional[CrawlConfig] = Field(
+        None, title="Crawl", description="Crawl these seed URLs into WARC first (instead of inputs)."
+    )
+    incremental: bool = Field(
+        False,
+        description="Each run takes only the input files that earlier runs of these "
+        "`inputs` did not (a ledger in the store records them): their documents go through "
+        "ingest to tokenize on their own, duplicates of documents earlier runs kept are "
+        "removed, they are encoded with the first run's tokenizer, and training reads every "
+        "run's token shards. Earlier outputs are never changed. For a folder or glob that "
+        "new crawl files land in; keep `inputs` the same from run to run.",
+    )
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig, title="Ingest", description="Record filtering, HTML to text, language id."
+    )
+    dedup: DedupConfig = Field(
+        default_factory=DedupConfig, title="Dedup", description="Exact and MinHash near-duplicate removal."
+    )
     quality: QualityConfig = Field(default_factory=QualityConfig, title="Quality", description="Gopher quality rules.")
     pii: PiiConfig = Field(default_factory=PiiConfig, title="PII", description="presidio PII scrubbing.")
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, title="Tokenize", description="BPE training and token shards.")
+    tokenize: TokenizeConfig = Field(
+        default_factory=TokenizeConfig, title="Tokenize", description="BPE training and token shards."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, title="Train", description="GPT pretraining.")
     evaluate: EvalConfig = Field(default_factory=EvalConfig, title="Evaluate", description="Held-out loss and samples.")
     stop_after: Stage = Field("evaluate", description="Run the stages up to and including this one.")
-    workers: Optional[int] = Field(None, ge=0, le=MAX_WORKERS, description="Worker processes for CPU-bound stages "
-                                   "(default: one per core; 0 runs shards inline).")
-    dask_address: Optional[str] = Field(None, description="Run the shard tasks of ingest to tokenize on this "
-                                        "Dask cluster (tcp://scheduler:8786) instead of local worker processes; "
-                                        "the store must be reachable from every worker (s3://... or a shared "
-                                        "folder). Default: $CRAWL2LLM_DASK_ADDRESS, or none.")
+    workers: Optional[int] = Field(
+        None,
+        ge=0,
+        le=MAX_WORKERS,
+        description="Worker processes for CPU-bound stages (default: one per core; 0 runs shards inline).",
+    )
+    dask_address: Optional[str] = Field(
+        None,
+        description="Run the shard tasks of ingest to tokenize on this "
+        "Dask cluster (tcp://scheduler:8786) instead of local worker processes; "
+        "the store must be reachable from every worker (s3://... or a shared "
+        "folder). Default: $CRAWL2LLM_DASK_ADDRESS, or none.",
+    )
 
     @field_validator("dask_address")
     @classmethod
@@ -89,9 +122,16 @@ class PipelineConfig(StageConfig):
             port = parts.port or 0
         except ValueError:  # not a number, or above 65535
             port = 0
-        if parts.scheme not in DASK_SCHEMES or not parts.hostname or parts.path or not (port or parts.scheme == "inproc"):
-            raise ValueError(f"{address!r} is not a Dask scheduler address such as tcp://scheduler:8786 "
-                             f"(scheme {', '.join(DASK_SCHEMES)}, a host and a port 1-65535)")
+        if (
+            parts.scheme not in DASK_SCHEMES
+            or not parts.hostname
+            or parts.path
+            or not (port or parts.scheme == "inproc")
+        ):
+            raise ValueError(
+                f"{address!r} is not a Dask scheduler address such as tcp://scheduler:8786 "
+                f"(scheme {', '.join(DASK_SCHEMES)}, a host and a port 1-65535)"
+            )
         return address
 
     @model_validator(mode="after")
@@ -103,10 +143,10 @@ class PipelineConfig(StageConfig):
     @model_validator(mode="after")
     def _incremental_needs_inputs(self) -> "PipelineConfig":
         if self.incremental and self.crawl:
-            raise ValueError("`incremental` takes new files of `inputs`; a `crawl` is one output, re-crawled as a whole")
+            raise ValueError(
+                "`incremental` takes new files of `inputs`; a `crawl` is one output, re-crawled as a whole"
+            )
         return self
-
-
 
 
 # -- reading YAML: bounded, strict, one line per problem -----------------------------------------
@@ -117,8 +157,19 @@ MAX_DEPTH = 50
 PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str", "seq", "map", "merge")}
 FIELD_PART = re.compile(r"[^\s.=]+")
 # Errors whose message reads better with the value given: "greater than 0 (got -5)".
-SHOW_INPUT = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error",
-              "finite_number", "string_too_short", "int_parsing", "float_parsing", "int_from_float", "bool_parsing")
+SHOW_INPUT = (
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "literal_error",
+    "finite_number",
+    "string_too_short",
+    "int_parsing",
+    "float_parsing",
+    "int_from_float",
+    "bool_parsing",
+)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
@@ -153,8 +204,13 @@ def _problem(cls: type[BaseModel], err: dict) -> str:
     if err["type"] == "extra_forbidden":
         known = _fields_at(cls, loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1)
-        msg = f"unknown field (did you mean {close[0]}?)" if close else \
-            f"unknown field (allowed: {', '.join(known)})" if known else "unknown field"
+        msg = (
+            f"unknown field (did you mean {close[0]}?)"
+            if close
+            else f"unknown field (allowed: {', '.join(known)})"
+            if known
+            else "unknown field"
+        )
     elif err["type"] == "list_type" and isinstance(err.get("input"), str):
         msg += f" such as [{_short(err['input'])}]"
     elif err["type"] == "value_error" and msg.split(" ", 1)[0] in _fields_at(cls, loc):
@@ -247,8 +303,12 @@ def _check_nodes(root: yaml.Node, where: str) -> None:
         if depth > MAX_DEPTH:
             fail(node, field, f"nested more than {MAX_DEPTH} levels deep")
         if node.tag not in PLAIN_TAGS:
-            fail(node, field, f"the YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
-                              "(plain values, lists and mappings only)")
+            fail(
+                node,
+                field,
+                f"the YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
+                "(plain values, lists and mappings only)",
+            )
         open_.add(id(node))
         total = 1
         if isinstance(node, yaml.SequenceNode):
@@ -273,11 +333,13 @@ def _check_nodes(root: yaml.Node, where: str) -> None:
 
 
 def _kind(value) -> str:
-    return {list: "list", str: "string", int: "number", float: "number", bool: "yes/no value"}.get(type(value),
-                                                                                               type(value).__name__)
+    return {list: "list", str: "string", int: "number", float: "number", bool: "yes/no value"}.get(
+        type(value), type(value).__name__
+    )
 
 
 # -- --set FIELD=VALUE ---------------------------------------------------------------------------
+
 
 def apply_overrides(data: dict, pairs: list[str]) -> dict:
     """Each `--set a.b.c=VALUE` (VALUE read as YAML) into data, in order."""
@@ -287,8 +349,12 @@ def apply_overrides(data: dict, pairs: list[str]) -> dict:
             raise ConfigError(one_line(f"--set {pair}: expected FIELD=VALUE, e.g. --set quality.min_words=30"))
         keys = key.split(".")
         if not all(FIELD_PART.fullmatch(k) for k in keys):
-            raise ConfigError(one_line(f"--set {key or '(empty)'}={_short(text)}: a field is a dotted path of "
-                                       "names such as quality.min_words"))
+            raise ConfigError(
+                one_line(
+                    f"--set {key or '(empty)'}={_short(text)}: a field is a dotted path of "
+                    "names such as quality.min_words"
+                )
+            )
         value = parse_yaml(text, f"--set {key}")
         target = data
         for i, k in enumerate(keys[:-1]):
@@ -296,13 +362,18 @@ def apply_overrides(data: dict, pairs: list[str]) -> dict:
                 target[k] = {}
             target = target[k]
             if not isinstance(target, dict):
-                raise ConfigError(one_line(f"--set {key}: {'.'.join(keys[:i + 1])} is {_short(repr(target))}, "
-                                           f"not a mapping of fields, so it has no field {keys[i + 1]}"))
+                raise ConfigError(
+                    one_line(
+                        f"--set {key}: {'.'.join(keys[: i + 1])} is {_short(repr(target))}, "
+                        f"not a mapping of fields, so it has no field {keys[i + 1]}"
+                    )
+                )
         target[keys[-1]] = value
     return data
 
 
 # -- what a config asks of this machine ----------------------------------------------------------
+
 
 def check_machine(configs: dict[str, BaseModel]) -> None:
     """Stage configs (by stage name) checked against this machine before any work: a pseudonym
@@ -323,4 +394,4 @@ def check_machine(configs: dict[str, BaseModel]) -> None:
 def stage_configs(config: PipelineConfig) -> dict[str, BaseModel]:
     """The configs of the stages a pipeline run goes through (up to stop_after)."""
     last = STAGES.index(config.stop_after)
-    return {name: getattr(config, name) for name in STAGES[:last + 1] if getattr(config, name) is not None}
+    return {name: getattr(config, name) for name in STAGES[: last + 1] if getattr(config, name) is not None}

@@ -24,8 +24,12 @@ SKIP = r"/(antigravity|this|idlelib|tkinter|turtle|turtledemo|test|lib2to3|ensur
 def pydoc_site(port: int = DEMO_PORT):
     """Serve the standard library's documentation on 127.0.0.1:port for the length of the block."""
     base = getattr(sys, "_base_executable", sys.executable)
-    proc = subprocess.Popen([base, "-I", "-S", "-m", "pydoc", "-n", "127.0.0.1", "-p", str(port)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [base, "-I", "-S", "-m", "pydoc", "-n", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 30
@@ -35,7 +39,7 @@ def pydoc_site(port: int = DEMO_PORT):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"pydoc server did not start on port {port} (is the port taken?)")
+                    raise RuntimeError(f"pydoc server did not start on port {port} (is the port taken?)") from None
                 time.sleep(0.2)
         yield url
     finally:
@@ -47,17 +51,34 @@ def demo_config(store: str, seed: str, pages: int | None = None, steps: int | No
     """Small enough for 2 CPU cores in a few minutes, every stage real."""
     from flows.config import PipelineConfig
 
-    return PipelineConfig.model_validate({
-        "store": store,
-        "crawl": {"seeds": [seed], "max_pages": pages or 300, "max_depth": 3, "pages_per_file": 40,
-                  "exclude_patterns": [SKIP, r"[?&]key=.*(search|get)"]},
-        "ingest": {"shard_bytes": 256 << 10},  # a few shards of the small crawl, so both cores work
-        "tokenize": {"vocab_size": 4096, "sample_chars": 8_000_000},
-        "train": {"max_steps": steps or 600, "batch_size": 16, "block_size": 128, "n_layer": 4, "n_head": 4,
-                  "n_embd": 128, "learning_rate": 3e-3, "warmup_steps": 30, "eval_interval": 150,
-                  "eval_batches": 10, "checkpoint_interval": 100},
-        "evaluate": {"max_new_tokens": 40, "val_batches": 40},
-    })
+    return PipelineConfig.model_validate(
+        {
+            "store": store,
+            "crawl": {
+                "seeds": [seed],
+                "max_pages": pages or 300,
+                "max_depth": 3,
+                "pages_per_file": 40,
+                "exclude_patterns": [SKIP, r"[?&]key=.*(search|get)"],
+            },
+            "ingest": {"shard_bytes": 256 << 10},  # a few shards of the small crawl, so both cores work
+            "tokenize": {"vocab_size": 4096, "sample_chars": 8_000_000},
+            "train": {
+                "max_steps": steps or 600,
+                "batch_size": 16,
+                "block_size": 128,
+                "n_layer": 4,
+                "n_head": 4,
+                "n_embd": 128,
+                "learning_rate": 3e-3,
+                "warmup_steps": 30,
+                "eval_interval": 150,
+                "eval_batches": 10,
+                "checkpoint_interval": 100,
+            },
+            "evaluate": {"max_new_tokens": 40, "val_batches": 40},
+        }
+    )
 
 
 def run_demo(store: str, home: Path, pages: int | None = None, steps: int | None = None) -> int:
@@ -65,8 +86,11 @@ def run_demo(store: str, home: Path, pages: int | None = None, steps: int | None
 
     t0 = time.monotonic()
     ui = prefect_env.ensure_server(home).removesuffix("/api")
-    print(f"Prefect UI: {ui}  (left running; `crawl2llm server stop` stops it; sign in: "
-          f"{prefect_env.login_url(ui, prefect_env.auth_string(home))})", flush=True)
+    print(
+        f"Prefect UI: {ui}  (left running; `crawl2llm server stop` stops it; sign in: "
+        f"{prefect_env.login_url(ui, prefect_env.auth_string(home))})",
+        flush=True,
+    )
     from flows.pipeline import pipeline
 
     with pydoc_site() as seed:
@@ -80,8 +104,21 @@ def report(results: dict, seconds: float, ui: str) -> str:
     lines = ["", "crawl2llm demo", "=" * 72]
     for name, r in results.items():
         c = r.get("counts", {})
-        what = ", ".join(f"{k}={_num(c[k])}" for k in ("pages", "docs_in", "docs_kept", "train_tokens", "val_tokens",
-                                                   "steps", "final_val_loss", "val_loss", "perplexity") if k in c)
+        what = ", ".join(
+            f"{k}={_num(c[k])}"
+            for k in (
+                "pages",
+                "docs_in",
+                "docs_kept",
+                "train_tokens",
+                "val_tokens",
+                "steps",
+                "final_val_loss",
+                "val_loss",
+                "perplexity",
+            )
+            if k in c
+        )
         lines.append(f"{name:<9} {'cached' if r.get('cached') else 'ran   '}  {what}")
         lines.append(f"{'':<9} {r['url']}")
     ev = results.get("evaluate", {}).get("counts", {})

@@ -66,9 +66,12 @@ def run_incremental(config: PipelineConfig) -> dict:
             if not isinstance(e, NoInputFiles):  # a file that is not there: a mistake, not an empty night
                 raise
             log.warning("nothing to do yet (%s): a later run takes the files that land there", e)
-            artifacts.markdown(f"# Incremental runs\n\nNo input files yet ({e}): nothing to do. A later run of this "
-                               "series takes the files that land there.", series_artifact,
-                               "incremental runs of this series in this store")
+            artifacts.markdown(
+                f"# Incremental runs\n\nNo input files yet ({e}): nothing to do. A later run of this "
+                "series takes the files that land there.",
+                series_artifact,
+                "incremental runs of this series in this store",
+            )
             return {"increments": {"count": 0, "new_files": [], "ran": []}}
         log.warning("no input files now (%s): nothing new; finished increments do not need theirs", e)
         files = []
@@ -81,13 +84,17 @@ def run_incremental(config: PipelineConfig) -> dict:
     ran: list[dict[str, dict]] = []
     for k, (rec, p) in enumerate(zip(records, plans)):
         missing = [s for s in wanted if not _intact(p[s], log)]
-        ran.append(_run_increment(k, rec, plans, wanted[wanted.index(missing[0]):], current, config)
-                   if missing else {})
+        ran.append(
+            _run_increment(k, rec, plans, wanted[wanted.index(missing[0]) :], current, config) if missing else {}
+        )
     _publish(records, plans, ran, series_artifact)
     latest, done = plans[-1], ran[-1]
     results = {s: done.get(s) or stages.summary(latest[s], latest[s].read_manifest(), True) for s in wanted}
-    results["increments"] = {"count": len(records), "new_files": [f["url"] for f in new],
-                             "ran": [k for k, r in enumerate(ran) if r]}
+    results["increments"] = {
+        "count": len(records),
+        "new_files": [f["url"] for f in new],
+        "ran": [k for k, r in enumerate(ran) if r],
+    }
     if "tokenize" in wanted:
         results["corpus"] = union(config, [p["tokenize"] for p in plans]) if len(plans) > 1 else results["tokenize"]
         if STAGES.index("train") <= last:
@@ -107,13 +114,15 @@ def _intact(out: StageDir, log) -> bool:
         return False
     damaged = damaged_shards(out, crc=False)
     for i, problems in damaged.items():
-        log.warning("%s %s shard %d: %s: running the stage again", out.name, out.fingerprint[:16], i,
-                    "; ".join(problems))
+        log.warning(
+            "%s %s shard %d: %s: running the stage again", out.name, out.fingerprint[:16], i, "; ".join(problems)
+        )
     return not damaged
 
 
-def _run_increment(k: int, rec: dict, plans: list[dict[str, StageDir]], todo: list[str], current: list[dict],
-                   config: PipelineConfig) -> dict[str, dict]:
+def _run_increment(
+    k: int, rec: dict, plans: list[dict[str, StageDir]], todo: list[str], current: list[dict], config: PipelineConfig
+) -> dict[str, dict]:
     """Run increment k's stages `todo` (from the first one not yet written), on the Dask cluster when
     the config names one; each must land where planned."""
     p, w, out = plans[k], config.workers, {}
@@ -126,10 +135,13 @@ def _run_increment(k: int, rec: dict, plans: list[dict[str, StageDir]], todo: li
             have = {canonical_json(f) for f in current}
             gone = [f["url"] for f in rec["files"] if canonical_json(f) not in have]
             if gone:
-                raise InputError(f"increment {k} holds input files that changed or are gone since it was recorded: "
-                                 f"{', '.join(gone)}; restore them to finish it")
-            r = wrap(stages.ingest)(config.inputs, config.ingest, config.store, w, config.input_limit,
-                                    config.cc_base_url, rec["files"])
+                raise InputError(
+                    f"increment {k} holds input files that changed or are gone since it was recorded: "
+                    f"{', '.join(gone)}; restore them to finish it"
+                )
+            r = wrap(stages.ingest)(
+                config.inputs, config.ingest, config.store, w, config.input_limit, config.cc_base_url, rec["files"]
+            )
         elif stage == "dedup":
             r = wrap(stages.dedup)(p["ingest"].url(), config.dedup, w, plans[k - 1]["dedup"].url() if k else None)
         elif stage == "tokenize":
@@ -156,13 +168,27 @@ def union(config: PipelineConfig, toks: list[StageDir]) -> dict:
     for k, tok in enumerate(toks):
         m = tok.read_manifest()
         for s in m["shards"]:
-            shards.append({"index": len(shards), "increment": k, "shard": s["index"],
-                           **{kind: f"../{tok.fingerprint}/{s[kind]}" for kind in ("train", "val")}})
+            shards.append(
+                {
+                    "index": len(shards),
+                    "increment": k,
+                    "shard": s["index"],
+                    **{kind: f"../{tok.fingerprint}/{s[kind]}" for kind in ("train", "val")},
+                }
+            )
         counts = merge_counts(counts, m["counts"])
-    manifest = out.commit({"config": config.tokenize, "code": code, "upstream": upstream,
-                           "tokenizer": first["tokenizer"], "vocab_size": first["vocab_size"],
-                           "train_order": shard_order(range(len(shards)), config.tokenize.seed), "shards": shards,
-                           "counts": counts})
+    manifest = out.commit(
+        {
+            "config": config.tokenize,
+            "code": code,
+            "upstream": upstream,
+            "tokenizer": first["tokenizer"],
+            "vocab_size": first["vocab_size"],
+            "train_order": shard_order(range(len(shards)), config.tokenize.seed),
+            "shards": shards,
+            "counts": counts,
+        }
+    )
     return stages.summary(out, manifest, False)
 
 
@@ -172,7 +198,14 @@ def _publish(records: list[dict], plans: list[dict[str, StageDir]], ran: list[di
     for rec, p, r in zip(records, plans, ran):
         manifest = p["dedup"].read_manifest() if p["dedup"].is_committed() else {}
         counts, lsh = manifest.get("counts", {}), manifest.get("lsh", {})
-        rows.append({"increment": rec["index"], "files": len(rec["files"]), "docs_in": counts.get("docs_in"),
-                     "docs_kept": counts.get("docs_kept"), "duplicates_of_earlier": lsh.get("duplicates_of_earlier"),
-                     "this_run": ", ".join(r) if r else "cached"})
+        rows.append(
+            {
+                "increment": rec["index"],
+                "files": len(rec["files"]),
+                "docs_in": counts.get("docs_in"),
+                "docs_kept": counts.get("docs_kept"),
+                "duplicates_of_earlier": lsh.get("duplicates_of_earlier"),
+                "this_run": ", ".join(r) if r else "cached",
+            }
+        )
     artifacts.table(rows, artifact_key, "incremental runs of this series in this store: one row per increment")

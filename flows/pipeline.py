@@ -49,10 +49,22 @@ def pipeline(config: PipelineConfig) -> dict:
     else:
         inputs = config.inputs
     on = config.dask_address  # shard tasks of ingest..tokenize on this Dask cluster (None: local processes)
-    prev = run("ingest", on_cluster(ingest, on), inputs, config.ingest, config.store, config.workers,
-               config.input_limit, config.cc_base_url)
-    steps = [("dedup", dedup, config.dedup), ("quality", quality, config.quality), ("pii", pii, config.pii),
-             ("tokenize", tokenize, config.tokenize)]
+    prev = run(
+        "ingest",
+        on_cluster(ingest, on),
+        inputs,
+        config.ingest,
+        config.store,
+        config.workers,
+        config.input_limit,
+        config.cc_base_url,
+    )
+    steps = [
+        ("dedup", dedup, config.dedup),
+        ("quality", quality, config.quality),
+        ("pii", pii, config.pii),
+        ("tokenize", tokenize, config.tokenize),
+    ]
     for name, fn, cfg in steps:
         if STAGES.index(name) > last:
             break

@@ -95,8 +95,9 @@ class ServerUnreachable(RuntimeError):
     """PREFECT_API_URL names a server that does not answer, or a server refuses our auth string."""
 
 
-def find_or_start_server(home: Path, port: int = PORT, wait_s: float = 90.0,
-                         public_url: str = "") -> tuple[str, subprocess.Popen | None]:
+def find_or_start_server(
+    home: Path, port: int = PORT, wait_s: float = 90.0, public_url: str = ""
+) -> tuple[str, subprocess.Popen | None]:
     """(API URL, the server process when started here): PREFECT_API_URL if set (it must answer), else
     the server answering on 127.0.0.1:port, else a new one there."""
     url = os.environ.get("PREFECT_API_URL")
@@ -120,8 +121,10 @@ def find_or_start_server(home: Path, port: int = PORT, wait_s: float = 90.0,
 
 def _check_auth(url: str, what: str) -> None:
     if api_refuses_us(url):
-        raise ServerUnreachable(f"{what} refuses this installation's auth string: set PREFECT_API_AUTH_STRING to "
-                                "that server's (its PREFECT_HOME/api-auth-string), or use another --port")
+        raise ServerUnreachable(
+            f"{what} refuses this installation's auth string: set PREFECT_API_AUTH_STRING to "
+            "that server's (its PREFECT_HOME/api-auth-string), or use another --port"
+        )
 
 
 def ensure_server(home: Path, port: int = PORT, wait_s: float = 90.0) -> str:
@@ -156,15 +159,26 @@ def start_server(home: Path, port: int = PORT, env: dict | None = None, public_u
         hosts.append(urlsplit(public_url).hostname)
         ui_api = public_url.rstrip("/") + "/api"
     auth = auth_string(home)
-    env = {**(os.environ if env is None else env), "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": HOST,
-           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": ui_api,
-           "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth,
-           "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(origins),
-           "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true", "CRAWL2LLM_SERVER_HOSTS": ",".join(hosts)}
-    return subprocess.Popen([sys.executable, "-m", "flows.prefect_server", "server", "start", "--host", HOST,
-                             "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            env=env)
+    env = {
+        **(os.environ if env is None else env),
+        "PREFECT_API_URL": "",
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": ui_api,
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(origins),
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+        "CRAWL2LLM_SERVER_HOSTS": ",".join(hosts),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.prefect_server", "server", "start", "--host", HOST, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, home: Path, wait_s: float = 90.0) -> None:

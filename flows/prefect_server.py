@@ -116,8 +116,13 @@ def locked_down_app() -> None:
             hosts = os.environ.get("CRAWL2LLM_SERVER_HOSTS", "127.0.0.1,localhost,::1").split(",")
             app.add_middleware(Gate, hosts=hosts, auth=os.environ.get("PREFECT_SERVER_API_AUTH_STRING"))
             app.router.routes.insert(0, store_browser.route(os.environ.get("PREFECT_SERVER_API_AUTH_STRING")))
-            app.router.routes.insert(0, Route("/crawl2llm-login", lambda request: Response(
-                LOGIN_PAGE, media_type="text/html", headers={"Cache-Control": "no-store"})))
+            app.router.routes.insert(
+                0,
+                Route(
+                    "/crawl2llm-login",
+                    lambda request: Response(LOGIN_PAGE, media_type="text/html", headers={"Cache-Control": "no-store"}),
+                ),
+            )
             app._crawl2llm_locked = True
         return app
 

@@ -25,15 +25,18 @@ class _Stop(Exception):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
 
-def run_server(home: Path, port: int = prefect_env.PORT, deploy: bool = True, allow: list[str] | None = None,
-               public_url: str = "") -> int:
+def run_server(
+    home: Path, port: int = prefect_env.PORT, deploy: bool = True, allow: list[str] | None = None, public_url: str = ""
+) -> int:
     """Server (unless PREFECT_API_URL names one, or one already answers on the port), work pool,
     deployments, worker; then wait until a signal or until a child dies, and stop what we started.
     `allow`: folders and URL prefixes flow runs may read and write besides the defaults
     (flows/access.py); `public_url`: where a reverse proxy serves this server to other machines."""
     if not (PROJECT_DIR / "prefect.yaml").exists():
-        print(f"error: no prefect.yaml in {PROJECT_DIR}: install crawl2llm from its source folder (pip install -e .)",
-              file=sys.stderr)
+        print(
+            f"error: no prefect.yaml in {PROJECT_DIR}: install crawl2llm from its source folder (pip install -e .)",
+            file=sys.stderr,
+        )
         return 2
     children: list[tuple[str, subprocess.Popen]] = []
     previous = signal.signal(signal.SIGTERM, _raise_stop)
@@ -57,18 +60,31 @@ def run_server(home: Path, port: int = prefect_env.PORT, deploy: bool = True, al
         if deploy:
             t0 = time.monotonic()
             names = register_deployments()
-            print(f"registered {len(names)} deployments from prefect.yaml in {time.monotonic() - t0:.0f} s: "
-                  + ", ".join(names), flush=True)
-        worker = subprocess.Popen([sys.executable, "-m", "flows.worker", POOL], cwd=PROJECT_DIR,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            print(
+                f"registered {len(names)} deployments from prefect.yaml in {time.monotonic() - t0:.0f} s: "
+                + ", ".join(names),
+                flush=True,
+            )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flows.worker", POOL],
+            cwd=PROJECT_DIR,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         children.append(("worker", worker))
         ui = url.removesuffix("/api")
         print(f"flow runs may read and write under: {', '.join(roots)} (add more with --allow)", flush=True)
         if proc is not None:
-            print(f"sign in to the UI: {prefect_env.login_url(public_url or ui, prefect_env.auth_string(home))} "
-                  f"(or paste {home / prefect_env.AUTH_FILE} into its login form)", flush=True)
-        print(f"ready: Prefect UI {ui} · deployments {ui}/deployments · worker on pool {POOL!r} · "
-              "Ctrl-C stops everything", flush=True)
+            print(
+                f"sign in to the UI: {prefect_env.login_url(public_url or ui, prefect_env.auth_string(home))} "
+                f"(or paste {home / prefect_env.AUTH_FILE} into its login form)",
+                flush=True,
+            )
+        print(
+            f"ready: Prefect UI {ui} · deployments {ui}/deployments · worker on pool {POOL!r} · "
+            "Ctrl-C stops everything",
+            flush=True,
+        )
         while True:
             for name, proc in children:
                 if proc.poll() is not None:
@@ -117,8 +133,17 @@ def ensure_pool() -> None:
             client.update_work_pool(POOL, WorkPoolUpdate(base_job_template=template))
 
 
-DEPLOYMENT_KEYS = {"name", "description", "entrypoint", "work_pool", "parameters", "schedules", "tags", "pull",
-                   "concurrency_limit"}
+DEPLOYMENT_KEYS = {
+    "name",
+    "description",
+    "entrypoint",
+    "work_pool",
+    "parameters",
+    "schedules",
+    "tags",
+    "pull",
+    "concurrency_limit",
+}
 
 
 def register_deployments(project_dir: Path = PROJECT_DIR) -> list[str]:
@@ -143,13 +168,17 @@ def register_deployments(project_dir: Path = PROJECT_DIR) -> list[str]:
         for d in spec["deployments"]:
             unknown = set(d) - DEPLOYMENT_KEYS
             if unknown:
-                raise RuntimeError(f"prefect.yaml deployment {d['name']!r}: fields {sorted(unknown)} are not "
-                                   "registered by crawl2llm server (flows/server.py)")
+                raise RuntimeError(
+                    f"prefect.yaml deployment {d['name']!r}: fields {sorted(unknown)} are not "
+                    "registered by crawl2llm server (flows/server.py)"
+                )
             flow = load_flow_from_entrypoint(d["entrypoint"])
             try:
-                old = {(s.schedule.cron, s.schedule.timezone): s.active
-                       for s in client.read_deployment_by_name(f"{flow.name}/{d['name']}").schedules
-                       if isinstance(s.schedule, CronSchedule)}
+                old = {
+                    (s.schedule.cron, s.schedule.timezone): s.active
+                    for s in client.read_deployment_by_name(f"{flow.name}/{d['name']}").schedules
+                    if isinstance(s.schedule, CronSchedule)
+                }
             except ObjectNotFound:
                 old = {}
             schedules = []
@@ -159,14 +188,22 @@ def register_deployments(project_dir: Path = PROJECT_DIR) -> list[str]:
                 schedules.append(DeploymentScheduleCreate(schedule=cron, active=active))
             pool = d.get("work_pool") or {}
             client.create_deployment(
-                flow_id=client.create_flow_from_name(flow.name), name=d["name"], entrypoint=d["entrypoint"],
-                description=d.get("description") or flow.description, version=flow.version,
-                work_pool_name=pool.get("name"), work_queue_name=pool.get("work_queue_name"),
-                job_variables=pool.get("job_variables") or {}, parameters=d.get("parameters") or {},
+                flow_id=client.create_flow_from_name(flow.name),
+                name=d["name"],
+                entrypoint=d["entrypoint"],
+                description=d.get("description") or flow.description,
+                version=flow.version,
+                work_pool_name=pool.get("name"),
+                work_queue_name=pool.get("work_queue_name"),
+                job_variables=pool.get("job_variables") or {},
+                parameters=d.get("parameters") or {},
                 parameter_openapi_schema=parameter_schema(flow).model_dump(exclude_unset=True),
-                enforce_parameter_schema=True, schedules=schedules, tags=d.get("tags") or [],
+                enforce_parameter_schema=True,
+                schedules=schedules,
+                tags=d.get("tags") or [],
                 concurrency_limit=d.get("concurrency_limit"),
-                pull_steps=d.get("pull", spec.get("pull")) or [])
+                pull_steps=d.get("pull", spec.get("pull")) or [],
+            )
             names.append(f"{flow.name}/{d['name']}")
     return names
 
@@ -183,20 +220,32 @@ def mark_crashed(pids: list[int]) -> None:
         with get_client(sync_client=True) as client:
             live = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(state={"type": {"any_": ["RUNNING", "PENDING", "CANCELLING"]}}),
-                sort=FlowRunSort.START_TIME_DESC, limit=200)
+                sort=FlowRunSort.START_TIME_DESC,
+                limit=200,
+            )
             ours = {r.id for r in live if (r.infrastructure_pid or "").rpartition(":")[2] in {str(p) for p in pids}}
             children = [r for r in live if r.parent_task_run_id]
-            parents = {t.id: t.flow_run_id for t in client.read_task_runs(
-                task_run_filter=TaskRunFilter(id={"any_": [r.parent_task_run_id for r in children]}),
-                sort=TaskRunSort.ID_DESC, limit=200)} if children else {}
+            parents = (
+                {
+                    t.id: t.flow_run_id
+                    for t in client.read_task_runs(
+                        task_run_filter=TaskRunFilter(id={"any_": [r.parent_task_run_id for r in children]}),
+                        sort=TaskRunSort.ID_DESC,
+                        limit=200,
+                    )
+                }
+                if children
+                else {}
+            )
             grew = True
             while grew:  # subflows of subflows
                 before = len(ours)
                 ours |= {r.id for r in children if parents.get(r.parent_task_run_id) in ours}
                 grew = len(ours) > before
             for run_id in ours:
-                client.set_flow_run_state(run_id, Crashed(message="stopped with `crawl2llm server`: Retry resumes it"),
-                                          force=True)
+                client.set_flow_run_state(
+                    run_id, Crashed(message="stopped with `crawl2llm server`: Retry resumes it"), force=True
+                )
     except Exception as e:  # the server may be gone already: nothing to mark then
         print(f"could not mark the interrupted runs as crashed: {e}", file=sys.stderr)
         return

@@ -11,8 +11,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import access, artifacts, workers
-from flows.config import Location, Locations
 from flows.common import Timer, bind, publish_stage, publish_table, run_locked, run_stage
+from flows.config import Location, Locations
 from pipeline import shards
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
@@ -32,8 +32,13 @@ CORE = ("pipeline.shards",)
 
 def summary(out: StageDir, manifest: dict, cached: bool) -> dict:
     """What a flow returns: small, and enough for the next stage to find its input."""
-    return {"stage": out.name, "fingerprint": out.fingerprint, "url": out.url(), "cached": cached,
-            "counts": manifest.get("counts", {})}
+    return {
+        "stage": out.name,
+        "fingerprint": out.fingerprint,
+        "url": out.url(),
+        "cached": cached,
+        "counts": manifest.get("counts", {}),
+    }
 
 
 def _indexes(sd: StageDir) -> list[int]:
@@ -47,6 +52,7 @@ def _crawl_task(out: StageDir, config: CrawlConfig) -> dict:
     from pipeline.crawl import crawl as run_crawl
 
     with tqdm(total=config.max_pages, desc="crawl", unit="page", leave=False) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.n = done
             bar.refresh()
@@ -63,8 +69,7 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
         store: folder or fsspec URL (s3://bucket/prefix) the output goes to, as crawl/{fingerprint}.
     """
     access.check({"store": store, "config.seeds": config.seeds})
-    out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"),
-                                                    config, None))
+    out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"), config, None))
 
     def work() -> tuple[bool, float]:  # under the output's lock: a second crawl waits, then finds it committed
         cached = out.is_committed()
@@ -73,8 +78,13 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
                 result = _crawl_task(out, config)
                 files = out.list("data")
                 counts = {k: v for k, v in result.items() if k != "files"}
-                out.commit({"config": config, "shards": [{"index": i, "data": f} for i, f in enumerate(files)],
-                            "counts": counts})
+                out.commit(
+                    {
+                        "config": config,
+                        "shards": [{"index": i, "data": f} for i, f in enumerate(files)],
+                        "counts": counts,
+                    }
+                )
         return cached, t.seconds
 
     cached, seconds = run_locked(out, work)
@@ -84,9 +94,15 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
 
 
 @flow(name="ingest", task_runner=RUNNER)
-def ingest(inputs: Locations, config: IngestConfig = IngestConfig(), store: str = DEFAULT_STORE,
-           workers_n: int | None = None, limit: int | None = None, cc_base_url: str = CC_BASE_URL,
-           files: list[dict] | None = None) -> dict:
+def ingest(
+    inputs: Locations,
+    config: IngestConfig = IngestConfig(),
+    store: str = DEFAULT_STORE,
+    workers_n: int | None = None,
+    limit: int | None = None,
+    cc_base_url: str = CC_BASE_URL,
+    files: list[dict] | None = None,
+) -> dict:
     """Read WARC/WET/ARC/JSONL/Parquet files, a Common Crawl listing (CC-MAIN-2024-51) or a crawl output into
     document shards: extraction, language id. `limit` keeps the first that many input files.
 
@@ -101,23 +117,45 @@ def ingest(inputs: Locations, config: IngestConfig = IngestConfig(), store: str 
         files: only the input files with these identities, in this order (empty: all); an incremental
             run's increment (storage/ledger.py), named as recorded, so no URL with secrets is needed.
     """
-    access.check({"store": store, "cc_base_url": cc_base_url, "config.url_blocklist_files": config.url_blocklist_files,
-                  "inputs": [i for i in inputs if not CC_CRAWL.match(i)]})
+    access.check(
+        {
+            "store": store,
+            "cc_base_url": cc_base_url,
+            "config.url_blocklist_files": config.url_blocklist_files,
+            "inputs": [i for i in inputs if not CC_CRAWL.match(i)],
+        }
+    )
     sources, identities, sizes = _ingest_sources(inputs, limit, cc_base_url, files)
     access.check({"inputs": [f.url for f in sources]})  # what globs, folders and symlinks resolved to
     out, code, upstream = ingest_output(store, config, identities)
     name = {f.url: f.name for f in sources}
     plan = plan_shards([(f.url, size) for f, size in zip(sources, sizes)], config.shard_bytes)
-    jobs = {i: bind(shards.ingest_shard, out.store.url, out.fingerprint, i,
-                    [{**p, "name": name[p["url"]]} for p in pieces], config) for i, pieces in enumerate(plan)}
+    jobs = {
+        i: bind(
+            shards.ingest_shard,
+            out.store.url,
+            out.fingerprint,
+            i,
+            [{**p, "name": name[p["url"]]} for p in pieces],
+            config,
+        )
+        for i, pieces in enumerate(plan)
+    }
     recorded = [[{**p, "url": name[p["url"]]} for p in pieces] for pieces in plan]  # names: no secrets, no paths
-    header = {"config": config, "code": code, "upstream": upstream, "sources": [f.name for f in sources],
-              "plan": recorded}
+    header = {
+        "config": config,
+        "code": code,
+        "upstream": upstream,
+        "sources": [f.name for f in sources],
+        "plan": recorded,
+    }
     done = summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
     unreadable = [u for i in jobs for u in out.read_shard_stats(i).get("unreadable", [])]
     if unreadable:  # the other files' documents are committed: the run still fails, naming these
-        raise InputError(f"{len(unreadable)} input file(s) could not be read (the other files' documents are "
-                         f"committed in {out.url()}): " + "; ".join(u["error"] for u in unreadable))
+        raise InputError(
+            f"{len(unreadable)} input file(s) could not be read (the other files' documents are "
+            f"committed in {out.url()}): " + "; ".join(u["error"] for u in unreadable)
+        )
     return done
 
 
@@ -131,8 +169,9 @@ def ingest_output(store: str, config: IngestConfig, identities) -> tuple[StageDi
     return Store(store).stage("ingest", fingerprint("ingest", code, config, upstream)), code, upstream
 
 
-def _ingest_sources(inputs: list[str], limit: int | None, cc_base_url: str,
-                    only: list[dict] | None = None) -> tuple[list[InputFile], object, list[int]]:
+def _ingest_sources(
+    inputs: list[str], limit: int | None, cc_base_url: str, only: list[dict] | None = None
+) -> tuple[list[InputFile], object, list[int]]:
     """Input files, their identity (a crawl output's fingerprint, or each file's) and their sizes.
 
     A crawl output's files are named by their path in the store (crawl/{fp}/data/...), which stays
@@ -144,8 +183,9 @@ def _ingest_sources(inputs: list[str], limit: int | None, cc_base_url: str,
             up = open_stage(inputs[0])
             rels = [s["data"] for s in up.read_manifest()["shards"]]
             sizes = [up.fs.size(up.abspath(rel)) for rel in rels]  # abspath: each path stays in the store
-            files = [InputFile(up.url(rel), posixpath.join(up.name, up.fingerprint, posixpath.normpath(rel)))
-                     for rel in rels]
+            files = [
+                InputFile(up.url(rel), posixpath.join(up.name, up.fingerprint, posixpath.normpath(rel))) for rel in rels
+            ]
             return files, {"stage": up.name, "fingerprint": up.fingerprint}, sizes
     files = resolve_inputs(inputs, limit, cc_base_url)
     if only is not None:  # identify only the files an increment may hold (by name), then pick by identity
@@ -169,8 +209,9 @@ def _upstream(source: str, **more: str | None) -> tuple[StageDir, dict]:
 
 
 @flow(name="dedup", task_runner=RUNNER)
-def dedup(source: Location, config: DedupConfig = DedupConfig(), workers_n: int | None = None,
-          previous: str | None = None) -> dict:
+def dedup(
+    source: Location, config: DedupConfig = DedupConfig(), workers_n: int | None = None, previous: str | None = None
+) -> dict:
     """Exact and MinHash-LSH near-duplicate removal across the whole corpus, in bounded memory:
     signatures and bucket keys per shard, verified pairs per bucket partition, union-find clusters
     (each keeps its first document), then apply per shard. Each step is cached on its own.
@@ -192,40 +233,88 @@ def dedup(source: Location, config: DedupConfig = DedupConfig(), workers_n: int 
     out, code, upstream = dedup_output(up, config, prev)
     header = {"config": config, "code": code, "upstream": upstream}
     partitions = partitions_for(up_manifest["counts"].get("docs_kept", 0), config)
-    sig = st.stage("dedup-signatures", fingerprint("dedup-signatures", code,
-                                                   {**config.signature_fields(), "partitions": partitions}, docs))
-    sig_manifest, _ = run_stage(sig, {i: bind(shards.signature_shard, st.url, sig.fingerprint, i,
-                                              (up.name, up.fingerprint), config, partitions) for i in idx},
-                                {**header, "partitions": partitions}, workers_n)
+    sig = st.stage(
+        "dedup-signatures",
+        fingerprint("dedup-signatures", code, {**config.signature_fields(), "partitions": partitions}, docs),
+    )
+    sig_manifest, _ = run_stage(
+        sig,
+        {
+            i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config, partitions)
+            for i in idx
+        },
+        {**header, "partitions": partitions},
+        workers_n,
+    )
     pairs_up = sig.fingerprint if prev is None else {"signatures": sig.fingerprint, "previous": prev.fingerprint}
     pairs = st.stage("dedup-pairs", fingerprint("dedup-pairs", code, config, pairs_up))
-    pairs_manifest, _ = run_stage(pairs, {p: bind(shards.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint,
-                                                  idx, config, earlier) for p in range(partitions)},
-                                  {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint}}, workers_n)
+    pairs_manifest, _ = run_stage(
+        pairs,
+        {
+            p: bind(shards.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint, idx, config, earlier)
+            for p in range(partitions)
+        },
+        {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint}},
+        workers_n,
+    )
     clu = st.stage("dedup-clusters", fingerprint("dedup-clusters", code, config, pairs.fingerprint))
-    clu_manifest, _ = run_stage(clu, {0: bind(shards.cluster_shard, st.url, clu.fingerprint, pairs.fingerprint,
-                                              sig.fingerprint, idx, config, earlier, offset)},
-                                {**header, "upstream": {"stage": pairs.name, "fingerprint": pairs.fingerprint}}, 0)
-    jobs = {i: bind(shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint),
-                    clu.fingerprint, config) for i in idx}
-    lsh = {"num_perm": config.num_perm, "bands": config.bands, "rows": config.rows,
-           "implied_threshold": round(implied_threshold(config.bands, config.rows), 4),
-           "threshold": config.threshold, "partitions": partitions,
-           **pairs_manifest["counts"], **{k: v for k, v in clu_manifest["counts"].items() if k != "by_reason"}}
+    clu_manifest, _ = run_stage(
+        clu,
+        {
+            0: bind(
+                shards.cluster_shard,
+                st.url,
+                clu.fingerprint,
+                pairs.fingerprint,
+                sig.fingerprint,
+                idx,
+                config,
+                earlier,
+                offset,
+            )
+        },
+        {**header, "upstream": {"stage": pairs.name, "fingerprint": pairs.fingerprint}},
+        0,
+    )
+    jobs = {
+        i: bind(
+            shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), clu.fingerprint, config
+        )
+        for i in idx
+    }
+    lsh = {
+        "num_perm": config.num_perm,
+        "bands": config.bands,
+        "rows": config.rows,
+        "implied_threshold": round(implied_threshold(config.bands, config.rows), 4),
+        "threshold": config.threshold,
+        "partitions": partitions,
+        **pairs_manifest["counts"],
+        **{k: v for k, v in clu_manifest["counts"].items() if k != "by_reason"},
+    }
     publish_table(artifacts.output_key(out, "lsh"), lsh, "MinHash LSH settings and clustering totals")
     # What a later increment needs to check its documents against this one (and the ones before).
-    this = {"offset": offset, "docs": sig_manifest["counts"].get("docs_in", 0), "partitions": partitions,
-            "signatures": sig.fingerprint, "clusters": clu.fingerprint}
+    this = {
+        "offset": offset,
+        "docs": sig_manifest["counts"].get("docs_in", 0),
+        "partitions": partitions,
+        "signatures": sig.fingerprint,
+        "clusters": clu.fingerprint,
+    }
     increments = [{k: v for k, v in e.items() if k != "index"} for e in earlier] + [this]
-    return summary(out, *run_stage(out, jobs, {**header, "lsh": lsh, "increments": increments}, workers_n,
-                                   examples=True))
+    return summary(
+        out, *run_stage(out, jobs, {**header, "lsh": lsh, "increments": increments}, workers_n, examples=True)
+    )
 
 
 def dedup_output(up: StageDir, config: DedupConfig, previous: StageDir | None) -> tuple[StageDir, str, dict]:
     """Where dedup of `up` (after the increments up to `previous`) writes."""
     code = code_version("pipeline.dedup", *CORE)
-    upstream = {"stage": up.name, "fingerprint": up.fingerprint,
-                **({"previous": previous.fingerprint} if previous is not None else {})}
+    upstream = {
+        "stage": up.name,
+        "fingerprint": up.fingerprint,
+        **({"previous": previous.fingerprint} if previous is not None else {}),
+    }
     return up.store.stage("dedup", fingerprint("dedup", code, config, upstream)), code, upstream
 
 
@@ -246,9 +335,24 @@ def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: i
         if not index.is_committed():
             sig = prev.store.stage("dedup-signatures", e["signatures"])
             rows = sorted(shards.shard_rows(sig, _indexes(sig)).items())
-            run_stage(index, {p: bind(shards.index_shard, index.store.url, index.fingerprint, p, e["signatures"],
-                                      e["clusters"], rows, e["offset"]) for p in range(e["partitions"])},
-                      {"code": code, "upstream": e, "rows": rows}, workers_n)
+            run_stage(
+                index,
+                {
+                    p: bind(
+                        shards.index_shard,
+                        index.store.url,
+                        index.fingerprint,
+                        p,
+                        e["signatures"],
+                        e["clusters"],
+                        rows,
+                        e["offset"],
+                    )
+                    for p in range(e["partitions"])
+                },
+                {"code": code, "upstream": e, "rows": rows},
+                workers_n,
+            )
         earlier.append({**e, "index": index.fingerprint})
     return earlier
 
@@ -256,8 +360,10 @@ def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: i
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
     up, _ = _upstream(source)
     out, code, upstream = filter_output(name, up, config)
-    jobs = {i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
-            for i in _indexes(up)}
+    jobs = {
+        i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
+        for i in _indexes(up)
+    }
     header = {"config": config, "code": code, "upstream": upstream}
     return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
 
@@ -298,8 +404,12 @@ def pii(source: Location, config: PiiConfig = PiiConfig(), workers_n: int | None
 
 
 @flow(name="tokenize", task_runner=RUNNER)
-def tokenize(source: Location, config: TokenizeConfig = TokenizeConfig(), workers_n: int | None = None,
-             tokenizer: str | None = None) -> dict:
+def tokenize(
+    source: Location,
+    config: TokenizeConfig = TokenizeConfig(),
+    workers_n: int | None = None,
+    tokenizer: str | None = None,
+) -> dict:
     """Train a byte-level BPE on a sample, encode every shard to Arrow token shards, split train/val;
     the manifest's train_order is the seeded shuffle training reads the shards in. `tokenizer`: a
     tokenizer output to encode with instead (incremental runs keep their first one, so ids agree).
@@ -315,20 +425,40 @@ def tokenize(source: Location, config: TokenizeConfig = TokenizeConfig(), worker
     tok, out, code = tokenize_outputs(up, config, open_stage(tokenizer) if tokenizer else None)
     header = {"config": config, "code": code, "upstream": upstream}
     if not tokenizer:
-        run_stage(tok, {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx,
-                                config)}, header, 0)
+        run_stage(
+            tok,
+            {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
+            header,
+            0,
+        )
     # A worker process per core: each encodes on one thread. Fewer workers: HF's threads use the rest.
     n = workers.default_workers() if workers_n is None else workers_n
     parallel = n < (os.cpu_count() or 1)
-    jobs = {i: bind(shards.encode_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), tok.fingerprint,
-                    config, parallel) for i in idx}
-    header = {**header, "tokenizer": {"stage": tok.name, "fingerprint": tok.fingerprint, "file": "data/tokenizer.json"},
-              "vocab_size": tok.read_manifest()["counts"]["vocab_size"], "train_order": shard_order(idx, config.seed)}
+    jobs = {
+        i: bind(
+            shards.encode_shard,
+            st.url,
+            out.fingerprint,
+            i,
+            (up.name, up.fingerprint),
+            tok.fingerprint,
+            config,
+            parallel,
+        )
+        for i in idx
+    }
+    header = {
+        **header,
+        "tokenizer": {"stage": tok.name, "fingerprint": tok.fingerprint, "file": "data/tokenizer.json"},
+        "vocab_size": tok.read_manifest()["counts"]["vocab_size"],
+        "train_order": shard_order(idx, config.seed),
+    }
     return summary(out, *run_stage(out, jobs, header, workers_n))
 
 
-def tokenize_outputs(up: StageDir, config: TokenizeConfig,
-                     tokenizer: StageDir | None = None) -> tuple[StageDir, StageDir, str]:
+def tokenize_outputs(
+    up: StageDir, config: TokenizeConfig, tokenizer: StageDir | None = None
+) -> tuple[StageDir, StageDir, str]:
     """The tokenizer (trained on `up`, or the one given) and where the token shards of `up` go."""
     code = code_version("pipeline.tokenize", *CORE)
     upstream = {"stage": up.name, "fingerprint": up.fingerprint}

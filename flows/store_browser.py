@@ -22,8 +22,12 @@ from urllib.parse import quote
 
 PREFIX = "/crawl2llm-store"
 TEXT = (".json", ".jsonl", ".txt", ".md", ".yaml", ".yml", ".log", ".csv", ".tsv")
-HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-           "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def token(root: str, auth: str) -> str:
@@ -66,8 +70,9 @@ def _serve(request, auth: str):
     try:
         return _answer(request, root, segments)
     except FileNotFoundError:
-        return PlainTextResponse(f"{'/'.join(segments) or root}: not found (deleted from the store?)\n", 404,
-                                 headers=HEADERS)
+        return PlainTextResponse(
+            f"{'/'.join(segments) or root}: not found (deleted from the store?)\n", 404, headers=HEADERS
+        )
     except PermissionError as e:
         return PlainTextResponse(f"{e}\n", 403, headers=HEADERS)
 
@@ -116,11 +121,16 @@ def _listing(fs, root: str, target: str, segments: list[str]) -> str:
         is_dir = e["type"] == "directory"
         href = quote(name) + ("/" if is_dir else "")
         size = "" if is_dir else f"{e.get('size') or 0:,}"
-        rows.append(f'<tr><td><a href="{href}">{html.escape(name)}{"/" if is_dir else ""}</a></td>'
-                    f'<td style="text-align:right">{size}</td></tr>')
-    return (f'<!doctype html><meta charset="utf-8"><title>{html.escape(where)}</title>'
-            '<body style="font-family:sans-serif;margin:2em">'
-            f'<h1 style="font-size:1.2em">{html.escape(where)}</h1>'
-            '<p>Copy this path to read the files where they are; files open here read-only.</p>'
-            '<table style="border-collapse:collapse"><tr><th align="left">name</th><th align="right">bytes</th></tr>'
-            + "".join(rows) + "</table></body>")
+        rows.append(
+            f'<tr><td><a href="{href}">{html.escape(name)}{"/" if is_dir else ""}</a></td>'
+            f'<td style="text-align:right">{size}</td></tr>'
+        )
+    return (
+        f'<!doctype html><meta charset="utf-8"><title>{html.escape(where)}</title>'
+        '<body style="font-family:sans-serif;margin:2em">'
+        f'<h1 style="font-size:1.2em">{html.escape(where)}</h1>'
+        "<p>Copy this path to read the files where they are; files open here read-only.</p>"
+        '<table style="border-collapse:collapse"><tr><th align="left">name</th><th align="right">bytes</th></tr>'
+        + "".join(rows)
+        + "</table></body>"
+    )

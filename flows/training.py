@@ -7,21 +7,21 @@ import os
 import shlex
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from flows import access, artifacts
-from flows.config import Location
 from flows.common import Timer, run_locked
-from pipeline.failpoints import failpoint
+from flows.config import Location
 from flows.stages import open_stage, summary
+from model import checkpoints, sharded_checkpoint
 from model.evaluate import EvalConfig
 from model.report import comparison_rows, markdown, read_evaluations, summary_rows
 from model.source import UPSTREAM_FILE, resolve
 from model.source import token_files as _token_files
-from model import checkpoints, sharded_checkpoint
 from model.train import CHECKPOINT, TrainConfig
+from pipeline.failpoints import failpoint
 from storage import StageDir, code_version, file_identity, fingerprint, is_local
 
 MODEL_CODE = ("model.train",)  # code_version adds model.gpt, model.data and the rest it imports
@@ -32,8 +32,9 @@ def _local_dir(out: StageDir) -> str:
     if is_local(out.fs):
         out.fs.makedirs(out.path, exist_ok=True)
         return out.path
-    path = os.path.join(os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")),
-                        "train", out.fingerprint)
+    path = os.path.join(
+        os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")), "train", out.fingerprint
+    )
     os.makedirs(path, exist_ok=True)
     return path
 
@@ -60,10 +61,16 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
             if step % max(1, config.max_steps // 20) == 0 or step == config.max_steps:
                 update_progress_artifact(progress, 100.0 * step / config.max_steps)
                 mfu = event.get("mfu")
-                logger.info("step %d loss %.4f lr %.2e grad norm %.3f %.0f tok/s MFU %s%s", step, event["loss"],
-                            event.get("lr", 0), event.get("grad_norm", 0), event.get("tokens_per_s", 0),
-                            "unknown" if mfu is None else f"{100 * mfu:.1f}%",
-                            " (update skipped by the loss guard)" if event.get("skipped") else "")
+                logger.info(
+                    "step %d loss %.4f lr %.2e grad norm %.3f %.0f tok/s MFU %s%s",
+                    step,
+                    event["loss"],
+                    event.get("lr", 0),
+                    event.get("grad_norm", 0),
+                    event.get("tokens_per_s", 0),
+                    "unknown" if mfu is None else f"{100 * mfu:.1f}%",
+                    " (update skipped by the loss guard)" if event.get("skipped") else "",
+                )
             elif event.get("skipped"):
                 logger.warning("step %d: update skipped by the loss guard (loss %.4f)", step, event["loss"])
         if "val_loss" in event:
@@ -75,22 +82,27 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
     def announce(cmd: list[str]) -> None:
         logger.info("torchrun: %s", shlex.join(cmd))
         if config.nnodes > 1:
-            logger.info("run the same command on each of the other %d machines (out_dir and token files on "
-                        "storage they share)", config.nnodes - 1)
+            logger.info(
+                "run the same command on each of the other %d machines (out_dir and token files on storage they share)",
+                config.nnodes - 1,
+            )
 
     local = _local_dir(out)
     remote = os.path.abspath(local) != os.path.abspath(out.path)
     if remote and checkpoints.restore(out, local, CHECKPOINT):
         logger.info("resuming from the store's checkpoint %s (not in this machine's cache)", out.url(CHECKPOINT))
     if remote and sharded_checkpoint.restore(out, local, os.path.dirname(CHECKPOINT)):
-        logger.info("resuming from the store's sharded checkpoint in %s (not in this machine's cache)",
-                    out.url(os.path.dirname(CHECKPOINT)))
+        logger.info(
+            "resuming from the store's sharded checkpoint in %s (not in this machine's cache)",
+            out.url(os.path.dirname(CHECKPOINT)),
+        )
     try:
         if config.processes == 1:
             result = run_train(train_files, val_files, vocab, config, local, log=log)
         else:
-            result = launch(train_files, val_files, vocab, config, local, log=log, run_id=out.fingerprint,
-                            on_command=announce)
+            result = launch(
+                train_files, val_files, vocab, config, local, log=log, run_id=out.fingerprint, on_command=announce
+            )
     finally:
         bar.close()
     update_progress_artifact(progress, 100.0)
@@ -125,8 +137,17 @@ def train(source: Location, config: TrainConfig = TrainConfig()) -> dict:
                         out.write_bytes("model.pt", f.read())
                 timing = result["timing"]  # not in the manifest: it differs between identical runs
                 result = {k: v for k, v in result.items() if k != "timing"}
-                out.commit({"config": config, "code": code, "upstream": upstream, "vocab_size": vocab,
-                            "model": "model.pt", "tokenizer": tok.read_manifest()["tokenizer"], "counts": result})
+                out.commit(
+                    {
+                        "config": config,
+                        "code": code,
+                        "upstream": upstream,
+                        "vocab_size": vocab,
+                        "model": "model.pt",
+                        "tokenizer": tok.read_manifest()["tokenizer"],
+                        "counts": result,
+                    }
+                )
         return cached, t.seconds, timing
 
     cached, seconds, timing = run_locked(out, work)
@@ -141,9 +162,11 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
     rows += [{"metric": "cached", "value": str(cached)}, {"metric": "wall seconds", "value": round(seconds, 2)}]
     if timing:
         mfu = timing.get("mfu")
-        rows += [{"metric": "device", "value": timing.get("device")},
-                 {"metric": "tokens/s (this run)", "value": timing.get("tokens_per_s")},
-                 {"metric": "MFU (this run)", "value": "unknown" if mfu is None else f"{100 * mfu:.1f}%"}]
+        rows += [
+            {"metric": "device", "value": timing.get("device")},
+            {"metric": "tokens/s (this run)", "value": timing.get("tokens_per_s")},
+            {"metric": "MFU (this run)", "value": "unknown" if mfu is None else f"{100 * mfu:.1f}%"},
+        ]
     artifacts.table(rows, artifacts.output_key(out, "summary"), f"train {out.fingerprint}")
     artifacts.output_link(out, artifacts.output_key(out, "model"), "final model weights", "model.pt")
     local = _local_dir(out)
@@ -151,8 +174,12 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
     found = [rel for rel in (CHECKPOINT, sharded) if os.path.exists(os.path.join(local, rel))]
     if found:
         root = out.url() if os.path.abspath(local) == os.path.abspath(out.path) else os.path.abspath(local)
-        artifacts.folder_link(root, artifacts.output_key(out, "checkpoint"),
-                              "last resumable checkpoint (weights, optimizer, data position, RNG)", found[0])
+        artifacts.folder_link(
+            root,
+            artifacts.output_key(out, "checkpoint"),
+            "last resumable checkpoint (weights, optimizer, data position, RNG)",
+            found[0],
+        )
     history = counts.get("history", [])
     if history:
         artifacts.markdown(_loss_chart(history), artifacts.output_key(out, "loss-curve"), "loss curve")
@@ -170,9 +197,13 @@ def _loss_chart(history: list[dict]) -> str:
     if train or val:
         png = line_chart_png([("train", train), ("validation", val)], "step", "cross-entropy loss (nats/token)")
         losses = [p[1] for p in train + val]
-        lines += [f"![loss curve: train and validation loss per step]({data_uri(png)})", "",
-                  f"{len(train)} train and {len(val)} validation points, steps {history[0]['step']}–"
-                  f"{history[-1]['step']}; loss from {max(losses):.3f} to {min(losses):.3f}.", ""]
+        lines += [
+            f"![loss curve: train and validation loss per step]({data_uri(png)})",
+            "",
+            f"{len(train)} train and {len(val)} validation points, steps {history[0]['step']}–"
+            f"{history[-1]['step']}; loss from {max(losses):.3f} to {min(losses):.3f}.",
+            "",
+        ]
     lines += ["| step | train loss | val loss |", "|---:|---:|---:|"]
     every = -(-len(history) // 20)  # about 20 rows, and every evaluation
     for i, h in enumerate(history):
@@ -201,12 +232,21 @@ def evaluate(source: Location, config: EvalConfig = EvalConfig()) -> dict:
             folder holding one.
         config: what to measure (held-out loss, text files, benchmarks) and the samples to generate.
     """
-    access.check({"source": source, "config.data": config.data, "config.tasks": config.tasks,
-                  "config.text_files": config.text_files})
+    access.check(
+        {
+            "source": source,
+            "config.data": config.data,
+            "config.tasks": config.tasks,
+            "config.text_files": config.text_files,
+        }
+    )
     src = resolve(source, config.data)
     code = code_version("model.evaluate")
-    files = {group: {n: file_identity(p) for n, p in sorted(paths.items())}
-             for group, paths in (("tasks", config.tasks), ("texts", config.text_files)) if paths}
+    files = {
+        group: {n: file_identity(p) for n, p in sorted(paths.items())}
+        for group, paths in (("tasks", config.tasks), ("texts", config.text_files))
+        if paths
+    }
     upstream = {**src.identity, **files}
     # config.data is in the identity as the tokenize fingerprint it names, not as a path
     out = src.store.stage("evaluate", fingerprint("evaluate", code, config.model_dump(exclude={"data"}), upstream))
@@ -224,6 +264,9 @@ def evaluate(source: Location, config: EvalConfig = EvalConfig()) -> dict:
     res = manifest["counts"]
     artifacts.table(summary_rows(res), artifacts.output_key(out, "summary"), f"evaluation of {source}")
     artifacts.markdown(markdown(res, src.model_path), artifacts.output_key(out, "report"), "evaluation report")
-    artifacts.table(comparison_rows(read_evaluations(src.store)), artifacts.store_key(src.store.url, "evaluation-runs"),
-                    f"every evaluation in {src.store.url}, by tokens trained")
+    artifacts.table(
+        comparison_rows(read_evaluations(src.store)),
+        artifacts.store_key(src.store.url, "evaluation-runs"),
+        f"every evaluation in {src.store.url}, by tokens trained",
+    )
     return summary(out, manifest, cached)

@@ -22,8 +22,9 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessVariables, P
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 # The only pull step a deployment of ours may have: prefect.yaml's, which starts runs in the project.
-ALLOWED_PULL_STEPS = [{"prefect.deployments.steps.set_working_directory":
-                       {"directory": "{{ $CRAWL2LLM_PROJECT_DIR }}"}}]
+ALLOWED_PULL_STEPS = [
+    {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CRAWL2LLM_PROJECT_DIR }}"}}
+]
 ENTRYPOINT_PREFIX = "flows."
 
 
@@ -43,9 +44,10 @@ def base_job_template() -> dict[str, Any]:
     for name in ("command", "env", "working_dir"):
         variables["properties"].pop(name, None)
     variables["additionalProperties"] = False
-    return {"job_configuration": {"name": "{{ name }}", "labels": "{{ labels }}",
-                                  "stream_output": "{{ stream_output }}"},
-            "variables": variables}
+    return {
+        "job_configuration": {"name": "{{ name }}", "labels": "{{ labels }}", "stream_output": "{{ stream_output }}"},
+        "variables": variables,
+    }
 
 
 def check_deployment(deployment) -> None:
@@ -54,21 +56,27 @@ def check_deployment(deployment) -> None:
         raise RefusedRun("flow runs without a deployment are not run by the crawl2llm worker")
     entrypoint = deployment.entrypoint or ""
     if not entrypoint.startswith(ENTRYPOINT_PREFIX):
-        raise RefusedRun(f"deployment {deployment.name!r}: entrypoint {entrypoint!r} is not a crawl2llm flow "
-                         f"({ENTRYPOINT_PREFIX}...)")
+        raise RefusedRun(
+            f"deployment {deployment.name!r}: entrypoint {entrypoint!r} is not a crawl2llm flow "
+            f"({ENTRYPOINT_PREFIX}...)"
+        )
     if (deployment.pull_steps or []) not in ([], ALLOWED_PULL_STEPS):
-        raise RefusedRun(f"deployment {deployment.name!r}: pull steps {deployment.pull_steps!r} are not the ones "
-                         "prefect.yaml declares; register the deployments again with `crawl2llm server`")
+        raise RefusedRun(
+            f"deployment {deployment.name!r}: pull steps {deployment.pull_steps!r} are not the ones "
+            "prefect.yaml declares; register the deployments again with `crawl2llm server`"
+        )
 
 
 class SafeJobConfiguration(ProcessJobConfiguration):
-    def prepare_for_flow_run(self, flow_run, deployment=None, flow=None, work_pool=None, worker_name=None,
-                             worker_id=None) -> None:
+    def prepare_for_flow_run(
+        self, flow_run, deployment=None, flow=None, work_pool=None, worker_name=None, worker_id=None
+    ) -> None:
         check_deployment(deployment)
         asked = sorted(set(flow_run.job_variables or {}) & {"command", "env", "working_dir"})
         if asked:
-            raise RefusedRun(f"flow run {flow_run.name!r} sets job variables {asked}, which the crawl2llm worker "
-                             "does not take")
+            raise RefusedRun(
+                f"flow run {flow_run.name!r} sets job variables {asked}, which the crawl2llm worker does not take"
+            )
         # Prefect's engine command, the worker's environment plus the run's ids, the project folder:
         # whatever the template, the deployment or the run said.
         self.command, self.env, self.working_dir = None, {}, PROJECT_DIR

@@ -23,8 +23,10 @@ from pipeline.tokenize import CHAT_TOKENS
 ROLES = ("system", "user", "assistant")
 END = CHAT_TOKENS[-1]
 
-CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-                 "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 
 class ChatFormat:
@@ -33,8 +35,10 @@ class ChatFormat:
     def __init__(self, tokenizer: Tokenizer):
         missing = [t for t in CHAT_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
-            raise ValueError(f"the tokenizer has no chat tokens ({', '.join(missing)}): train it with chat_tokens "
-                             "on (the default) or add them with model.chat.add_chat_tokens")
+            raise ValueError(
+                f"the tokenizer has no chat tokens ({', '.join(missing)}): train it with chat_tokens "
+                "on (the default) or add them with model.chat.add_chat_tokens"
+            )
         self.tokenizer = tokenizer
         self.role_id = {role: tokenizer.token_to_id(f"<|{role}|>") for role in ROLES}
         self.end_id = tokenizer.token_to_id(END)
@@ -42,8 +46,9 @@ class ChatFormat:
     def encode_text(self, text: str) -> list[int]:
         return encode_plain(self.tokenizer, text)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False,
-               train_on: str = "assistant") -> tuple[list[int], list[bool]]:
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = False, train_on: str = "assistant"
+    ) -> tuple[list[int], list[bool]]:
         """(ids, mask): mask is True for the tokens trained on, the content and <|end|> of each
         assistant turn (train_on="assistant") or every token (train_on="all"). With
         add_generation_prompt the ids end with <|assistant|>, where a model's answer begins."""
@@ -109,9 +114,9 @@ def resize_vocab(model, vocab_size: int) -> None:
     rows = -(-vocab_size // c.vocab_multiple) * c.vocab_multiple
 
     def grown(weight: torch.Tensor) -> torch.nn.Parameter:
-        mean = weight[:c.vocab_size].mean(dim=0, keepdim=True)
+        mean = weight[: c.vocab_size].mean(dim=0, keepdim=True)
         out = torch.cat([weight, mean.expand(max(0, rows - weight.size(0)), -1)])
-        out[c.vocab_size:vocab_size] = mean
+        out[c.vocab_size : vocab_size] = mean
         return torch.nn.Parameter(out)
 
     tied = model.lm_head.weight is model.tok_emb.weight

@@ -65,8 +65,11 @@ def save_kept(obj, latest: str, step: int, keep: int) -> list[str]:
 
 def step_files(folder: str) -> list[str]:
     """The step-N.pt files of a folder, oldest step first."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(folder, "step-*.pt"))
-             if (m := STEP_FILE.search(os.path.basename(p)))]
+    found = [
+        (int(m.group(1)), p)
+        for p in glob.glob(os.path.join(folder, "step-*.pt"))
+        if (m := STEP_FILE.search(os.path.basename(p)))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -93,8 +96,14 @@ def snapshot(tree, buffers: dict | None = None):
     def copy(value):
         nonlocal cuda
         if isinstance(value, torch.Tensor):
-            key = (value.device, value.dtype, value.data_ptr(), value.storage_offset(), tuple(value.shape),
-                   value.stride())
+            key = (
+                value.device,
+                value.dtype,
+                value.data_ptr(),
+                value.storage_offset(),
+                tuple(value.shape),
+                value.stride(),
+            )
             if key not in used:
                 buf = old.get(key)
                 if buf is None:
@@ -169,8 +178,9 @@ def newest_readable(latest: str, load: Callable[[str], dict]) -> tuple[str, dict
     """(path, checkpoint) of latest, or when it does not load (truncated, unreadable) of the newest
     older step file that does, with a warning naming the damaged files. RuntimeError when none load."""
     folder = os.path.dirname(latest) or "."
-    candidates = [latest] + [p for p in reversed(step_files(folder))
-                             if not (os.path.exists(latest) and os.path.samefile(p, latest))]
+    candidates = [latest] + [
+        p for p in reversed(step_files(folder)) if not (os.path.exists(latest) and os.path.samefile(p, latest))
+    ]
     damaged = []
     for path in candidates:
         try:

@@ -49,7 +49,7 @@ def set_trainable(model: Classifier, blocks: Literal["head", "all"] | int) -> in
         chosen = list(model.head.parameters())
     elif isinstance(blocks, int) and 0 <= blocks <= n_layer:
         chosen = [*model.head.parameters(), *model.gpt.ln_f.parameters()]
-        for block in model.gpt.blocks[n_layer - blocks:]:
+        for block in model.gpt.blocks[n_layer - blocks :]:
             chosen += list(block.parameters())
     else:
         raise ValueError(f"trainable blocks must be 'head', 'all' or 0..{n_layer}, got {blocks!r}")
@@ -64,5 +64,5 @@ def pad_batch(ids: list[list[int]], pad_id: int, device: str = "cpu") -> tuple[t
     width = max(len(x) for x in ids)
     idx = torch.full((len(ids), width), pad_id, dtype=torch.long)
     for row, x in enumerate(ids):
-        idx[row, :len(x)] = torch.tensor(x, dtype=torch.long)
+        idx[row, : len(x)] = torch.tensor(x, dtype=torch.long)
     return idx.to(device), torch.tensor([len(x) for x in ids], dtype=torch.long, device=device)

@@ -92,8 +92,9 @@ def balance(examples: list[Labelled], seed: int) -> list[Labelled]:
     return [examples[i] for i in keep]
 
 
-def split(examples: list[Labelled], fractions: tuple[float, float, float], seed: int
-          ) -> tuple[list[Labelled], list[Labelled], list[Labelled]]:
+def split(
+    examples: list[Labelled], fractions: tuple[float, float, float], seed: int
+) -> tuple[list[Labelled], list[Labelled], list[Labelled]]:
     """(train, validation, test) after a seeded shuffle, cut at the fractions (the last takes the rest)."""
     if abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
@@ -108,8 +109,9 @@ def class_counts(examples: list[Labelled]) -> dict[str, int]:
     return dict(sorted(Counter(ex.label for ex in examples).items()))
 
 
-def encode(examples: list[Labelled], tokenizer: Tokenizer, labels: list[str], max_tokens: int
-           ) -> tuple[list[list[int]], list[int], int]:
+def encode(
+    examples: list[Labelled], tokenizer: Tokenizer, labels: list[str], max_tokens: int
+) -> tuple[list[list[int]], list[int], int]:
     """(ids per text, cut to max_tokens, from its start; label index per text; texts cut). An empty
     text is one <|endoftext|>, so every text has a last token to classify on."""
     index = {label: i for i, label in enumerate(labels)}

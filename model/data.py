@@ -58,7 +58,7 @@ class TokenStream:
         while pos < stop:
             chunk, base = self.chunks[i], int(self.starts[i])
             n = min(stop, base + len(chunk)) - pos
-            out[pos - start:pos - start + n] = chunk[pos - base:pos - base + n]
+            out[pos - start : pos - start + n] = chunk[pos - base : pos - base + n]
             pos += n
             i += 1
         return out
@@ -68,10 +68,16 @@ class TokenStream:
         pass over its tokens once; it is kept in cache_dir (default: $CRAWL2LLM_CACHE/token-max),
         keyed by the file's path, size, mtime and identity, so the next start on it reads no token."""
         if cache_dir is None:
-            cache_dir = os.path.join(os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")),
-                                     "token-max")
-        return max((_file_max(path, chunks, ident, cache_dir)
-                    for path, chunks, ident in zip(self.files, self._file_chunks, self.identity())), default=-1)
+            cache_dir = os.path.join(
+                os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")), "token-max"
+            )
+        return max(
+            (
+                _file_max(path, chunks, ident, cache_dir)
+                for path, chunks, ident in zip(self.files, self._file_chunks, self.identity())
+            ),
+            default=-1,
+        )
 
     def identity(self) -> list[dict]:
         """Per file: name, token count and a checksum of its first and last 4096 tokens. Cheap (no
@@ -81,8 +87,9 @@ class TokenStream:
             flat = [c for c in chunks if len(c)]
             head = flat[0][:4096].tobytes() if flat else b""
             tail = flat[-1][-4096:].tobytes() if flat else b""
-            out.append({"file": os.path.basename(path), "tokens": sum(len(c) for c in chunks),
-                        "crc": zlib.crc32(head + tail)})
+            out.append(
+                {"file": os.path.basename(path), "tokens": sum(len(c) for c in chunks), "crc": zlib.crc32(head + tail)}
+            )
         return out
 
     def describe(self) -> str:
@@ -92,8 +99,9 @@ class TokenStream:
 def _file_max(path: str, chunks: list[np.ndarray], ident: dict, cache_dir: str) -> int:
     """The largest token id of one file, from the cache or one pass (then cached)."""
     st = os.stat(path)
-    key = json.dumps({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **ident},
-                     sort_keys=True)
+    key = json.dumps(
+        {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **ident}, sort_keys=True
+    )
     entry = os.path.join(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
     try:
         with open(entry) as f:
@@ -125,8 +133,10 @@ def _read_tokens(path: str) -> list[np.ndarray]:
     if "tokens" not in reader.schema.names:
         raise ValueError(f"{path} has no `tokens` column (columns: {reader.schema.names})")
     kind = reader.schema.field("tokens").type
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or kind.value_type not in (pa.uint16(),
-                                                                                                 pa.uint32()):
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or kind.value_type not in (
+        pa.uint16(),
+        pa.uint32(),
+    ):
         raise ValueError(f"{path}: `tokens` must be list<uint16> or list<uint32>, not {kind}")
     chunks = []
     for b in range(reader.num_record_batches):
@@ -142,8 +152,9 @@ class Batches:
 
     batch_size is this process's share; rank and world_size pick the share (see the module doc)."""
 
-    def __init__(self, stream: TokenStream, block_size: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self, stream: TokenStream, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         self.stream, self.block_size, self.batch_size, self.seed = stream, block_size, batch_size, seed
@@ -171,23 +182,31 @@ class Batches:
                 self.epoch, self.cursor = self.epoch + 1, 0
                 self._order = self._permutation(self.epoch)
             take = min(wanted - len(picks), self.n_windows - self.cursor)
-            picks += self._order[self.cursor:self.cursor + take].tolist()
+            picks += self._order[self.cursor : self.cursor + take].tolist()
             self.cursor += take
-        mine = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        mine = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return window_rows(self.stream, mine, self.block_size)
 
     def state_dict(self) -> dict:
         """The global position (the same on every rank); batch_size is the global micro-batch."""
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "n_windows": self.n_windows,
-                "block_size": self.block_size, "batch_size": self.batch_size * self.world_size}
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "seed": self.seed,
+            "n_windows": self.n_windows,
+            "block_size": self.block_size,
+            "batch_size": self.batch_size * self.world_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """The batch split may differ from the saved one: the position counts windows, not batches."""
         mine = self.state_dict()
         for key in ("seed", "n_windows", "block_size"):
             if state[key] != mine[key]:
-                raise ValueError(f"cannot resume batches: saved {key}={state[key]} but now {key}={mine[key]} "
-                                 f"(the token files or the config changed)")
+                raise ValueError(
+                    f"cannot resume batches: saved {key}={state[key]} but now {key}={mine[key]} "
+                    f"(the token files or the config changed)"
+                )
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._order = self._permutation(self.epoch)
 
@@ -248,12 +267,15 @@ def windows_to_batch(stream: TokenStream, windows: list[int], block_size: int) -
 
 def too_short(stream: TokenStream, block_size: int) -> ConfigError:
     """The error for token files too short for one window: a config (block_size) that does not fit the data."""
-    return ConfigError(f"block_size: {len(stream)} tokens is less than one window of block_size + 1 = "
-                       f"{block_size + 1} tokens: {stream.describe()}; use a smaller block_size or more data")
+    return ConfigError(
+        f"block_size: {len(stream)} tokens is less than one window of block_size + 1 = "
+        f"{block_size + 1} tokens: {stream.describe()}; use a smaller block_size or more data"
+    )
 
 
-def sequential_batches(stream: TokenStream, block_size: int, batch_size: int,
-                       max_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def sequential_batches(
+    stream: TokenStream, block_size: int, batch_size: int, max_batches: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Windows 0, 1, 2, ... in order, for evaluation (max_batches=0: all; the last batch may be short)."""
     n = len(stream) // (block_size + 1)
     if n == 0:

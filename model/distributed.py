@@ -102,6 +102,7 @@ def _collective_device() -> str:
 
 # -- wrapping --------------------------------------------------------------------------------------
 
+
 def wrap(model: torch.nn.Module, parallel: str, device: str) -> torch.nn.Module:
     """The module the training step calls: DDP around the model, or the model itself sharded in
     place by FSDP2 (each block, then the root with the embeddings and head). One process: as is.
@@ -142,6 +143,7 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 # -- whole tensors in and out of checkpoints -----------------------------------------------------
 
+
 def full_tensors(tree):
     """tree (nested dicts and lists, e.g. an optimizer state dict) with every DTensor gathered whole
     onto the CPU: a collective, every rank calls it; rank 0 gets the values, the others None."""
@@ -175,13 +177,18 @@ def full_state_dict(model: torch.nn.Module) -> dict:
 def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
     """A whole-tensor optimizer state dict with each parameter-shaped tensor cut like its (DTensor)
     parameter, ready for optimizer.load_state_dict. Every rank holds the whole state: no traffic."""
-    params = {i: p for saved, now in zip(state["param_groups"], optimizer.param_groups)
-              for i, p in zip(saved["params"], now["params"])}
+    params = {
+        i: p
+        for saved, now in zip(state["param_groups"], optimizer.param_groups)
+        for i, p in zip(saved["params"], now["params"])
+    }
     out = {}
     for i, values in state["state"].items():
         p = params[i]
-        out[i] = {k: distribute_tensor(v, p.device_mesh, p.placements, src_data_rank=None)
-                  if isinstance(p, DTensor) and isinstance(v, torch.Tensor) and v.shape == p.shape else v
-                  for k, v in values.items()}
+        out[i] = {
+            k: distribute_tensor(v, p.device_mesh, p.placements, src_data_rank=None)
+            if isinstance(p, DTensor) and isinstance(v, torch.Tensor) and v.shape == p.shape
+            else v
+            for k, v in values.items()
+        }
     return {**state, "state": out}
-

@@ -39,42 +39,67 @@ from model.tasks import evaluate_task, load_task, read_jsonl
 from pipeline.stage import StageConfig, require_files
 from pipeline.tokenize import EOT, _encode
 
-DEFAULT_PROMPTS = ["It was a dark and stormy night", "The history of the world", "Once upon a time, there was",
-                   "In the morning, she"]
+DEFAULT_PROMPTS = [
+    "It was a dark and stormy night",
+    "The history of the world",
+    "Once upon a time, there was",
+    "In the morning, she",
+]
 
 
 class EvalConfig(StageConfig):
     """What to measure on the validation tokens and how to sample completions."""
 
-    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS),
-                               description="Openings the model completes (one sample each).")
+    prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PROMPTS), description="Openings the model completes (one sample each)."
+    )
     max_new_tokens: int = Field(48, ge=0, description="Tokens generated per prompt (fewer if it emits end-of-text).")
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
     top_k: int = Field(40, ge=0, description="Sample only among the k most likely tokens (0 = all).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Sample only among the most likely tokens whose "
-                                                        "probabilities add up to top_p (1 = all).")
-    repetition_penalty: float = Field(1.0, gt=0.0, description="Divide the logits of tokens already in the text "
-                                                               "by this (CTRL; 1 = off, 1.1-1.3 is typical).")
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Sample only among the most likely tokens whose probabilities add up to top_p (1 = all).",
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        description="Divide the logits of tokens already in the text by this (CTRL; 1 = off, 1.1-1.3 is typical).",
+    )
     seed: int = Field(0, ge=0, description="Seed of the sampling generator.")
     val_batches: int = Field(50, ge=0, description="Validation batches to score, in order (0 = all windows).")
     batch_size: int = Field(16, ge=1, description="Windows per validation batch.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
-    tasks: dict[str, str] = Field(default_factory=dict, description="Benchmarks to score: a name (hellaswag, piqa, "
-                                  "arc_easy, winogrande, lambada_openai, copa, ...) -> its local file. "
-                                  "Scored as lm-evaluation-harness scores them (docs/TRAINING.md, Evaluation).")
+    tasks: dict[str, str] = Field(
+        default_factory=dict,
+        description="Benchmarks to score: a name (hellaswag, piqa, "
+        "arc_easy, winogrande, lambada_openai, copa, ...) -> its local file. "
+        "Scored as lm-evaluation-harness scores them (docs/TRAINING.md, Evaluation).",
+    )
     task_limit: int = Field(0, ge=0, description="Score only the first this many items of each benchmark (0 = all).")
     task_batch_size: int = Field(32, ge=1, description="Sequences per forward pass when scoring benchmarks.")
-    text_files: dict[str, str] = Field(default_factory=dict, description="Texts to measure loss, perplexity "
-                                       "and bits per byte on: a name -> a .txt file (one document) or a .jsonl / "
-                                       ".jsonl.gz file (one document per record's `text`), tokenized with the "
-                                       "run's tokenizer.")
-    text_stride: int = Field(0, ge=0, description="Tokens each window of a text file moves on (0 = block_size: "
-                             "non-overlapping windows, as lm-eval's rolling log likelihood). Smaller: every token "
-                             "scored with at least block_size - stride tokens of context, block_size/stride times "
-                             "the compute.")
-    data: str = Field("", description="A tokenize output URL whose tokenizer and validation shards to use; "
-                      "empty: the one the model was trained on (needed only for a model file outside a train "
-                      "output).")
+    text_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="Texts to measure loss, perplexity "
+        "and bits per byte on: a name -> a .txt file (one document) or a .jsonl / "
+        ".jsonl.gz file (one document per record's `text`), tokenized with the "
+        "run's tokenizer.",
+    )
+    text_stride: int = Field(
+        0,
+        ge=0,
+        description="Tokens each window of a text file moves on (0 = block_size: "
+        "non-overlapping windows, as lm-eval's rolling log likelihood). Smaller: every token "
+        "scored with at least block_size - stride tokens of context, block_size/stride times "
+        "the compute.",
+    )
+    data: str = Field(
+        "",
+        description="A tokenize output URL whose tokenizer and validation shards to use; "
+        "empty: the one the model was trained on (needed only for a model file outside a train "
+        "output).",
+    )
 
     @field_validator("tasks", "text_files")
     @classmethod
@@ -100,8 +125,9 @@ def load_checkpoint(model_path: str, device: str = "cpu") -> tuple[GPT, dict]:
     tokens seen (None in a model.pt)."""
     sharded = os.path.isdir(model_path)
     try:
-        saved = torch.load(os.path.join(model_path, "state.pt") if sharded else model_path, map_location=device,
-                           weights_only=True)
+        saved = torch.load(
+            os.path.join(model_path, "state.pt") if sharded else model_path, map_location=device, weights_only=True
+        )
     except FileNotFoundError:
         raise FileNotFoundError(f"model file not found: {model_path}") from None
     except Exception as e:
@@ -131,10 +157,22 @@ def describe(model: GPT) -> dict:
     """The model's shape, for reports that compare runs."""
     c = model.config
     switches = {k: getattr(c, k) for k in ("positions", "norm", "mlp", "qk_norm", "tie_embeddings")}
-    arch = "gpt2" if switches == GPT2 else "modern" if switches == MODERN else \
-        "+".join(f"{k}={v}" for k, v in switches.items())
-    return {"architecture": arch, "params": model.num_params(), "n_layer": c.n_layer, "n_head": c.n_head,
-            "n_embd": c.n_embd, "block_size": c.block_size, "vocab_size": c.vocab_size}
+    arch = (
+        "gpt2"
+        if switches == GPT2
+        else "modern"
+        if switches == MODERN
+        else "+".join(f"{k}={v}" for k, v in switches.items())
+    )
+    return {
+        "architecture": arch,
+        "params": model.num_params(),
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_embd": c.n_embd,
+        "block_size": c.block_size,
+        "vocab_size": c.vocab_size,
+    }
 
 
 def token_bytes(tokenizer: Tokenizer) -> torch.Tensor:
@@ -155,8 +193,10 @@ def evaluate(model_path: str, tokenizer_path: str, val_files: list[str], config:
     model, trained = load_checkpoint(model_path, device)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     if tokenizer.get_vocab_size() != model.config.vocab_size:
-        raise ValueError(f"tokenizer {tokenizer_path} has {tokenizer.get_vocab_size()} tokens but model "
-                         f"{model_path} was trained for {model.config.vocab_size}")
+        raise ValueError(
+            f"tokenizer {tokenizer_path} has {tokenizer.get_vocab_size()} tokens but model "
+            f"{model_path} was trained for {model.config.vocab_size}"
+        )
     nbytes = token_bytes(tokenizer).to(device)
 
     stream = TokenStream(val_files)
@@ -179,11 +219,15 @@ def evaluate(model_path: str, tokenizer_path: str, val_files: list[str], config:
         "val_bytes": n_bytes,
         "params": model.num_params(),
         "model": {**describe(model), **trained},
-        "texts": {name: text_perplexity(model, tokenizer, path, config, device)
-                  for name, path in sorted(config.text_files.items())},
+        "texts": {
+            name: text_perplexity(model, tokenizer, path, config, device)
+            for name, path in sorted(config.text_files.items())
+        },
         "samples": samples(model, tokenizer, config, device),
-        "tasks": {name: score_task(model, tokenizer, name, path, config, device)
-                  for name, path in sorted(config.tasks.items())},
+        "tasks": {
+            name: score_task(model, tokenizer, name, path, config, device)
+            for name, path in sorted(config.tasks.items())
+        },
     }
 
 
@@ -213,7 +257,7 @@ def text_windows(tokens: np.ndarray, block_size: int, stride: int) -> list[tuple
     out, t0, last = [], 1, len(tokens) - 1
     while t0 <= last:
         t1 = min(t0 + stride, last + 1)
-        out.append((tokens[max(0, t1 - 1 - block_size):t1], t1 - t0))
+        out.append((tokens[max(0, t1 - 1 - block_size) : t1], t1 - t0))
         t0 = t1
     return out
 
@@ -224,19 +268,20 @@ def score_windows(model: GPT, windows: list[tuple[np.ndarray, int]], batch_size:
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
     total = 0.0
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = len(windows[idx[0]][0]) - 1
         x = torch.zeros(len(idx), width, dtype=torch.long)
         y = torch.full((len(idx), width), -100, dtype=torch.long)  # -100: not scored
         for row, i in enumerate(idx):
             seq, n = torch.from_numpy(windows[i][0]), windows[i][1]
-            x[row, :len(seq) - 1] = seq[:-1]
-            y[row, len(seq) - 1 - n:len(seq) - 1] = seq[-n:]
+            x[row, : len(seq) - 1] = seq[:-1]
+            y[row, len(seq) - 1 - n : len(seq) - 1] = seq[-n:]
         x, y = x.to(device), y.to(device)
         with autocast(device, "auto"):
             logits, _ = model(x)
-        losses = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100,
-                                 reduction="none")
+        losses = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="none"
+        )
         total += losses.double().sum().item()
     return total
 
@@ -255,8 +300,15 @@ def text_perplexity(model: GPT, tokenizer: Tokenizer, path: str, config: EvalCon
     if not n_tokens:
         raise ValueError(f"{path}: no text to score")
     nats = score_windows(model, windows, config.batch_size, device)
-    return {"documents": len(docs), "tokens": n_tokens, "bytes": n_bytes, "stride": stride, "loss": nats / n_tokens,
-            "perplexity": math.exp(nats / n_tokens), "bits_per_byte": nats / math.log(2) / n_bytes}
+    return {
+        "documents": len(docs),
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "stride": stride,
+        "loss": nats / n_tokens,
+        "perplexity": math.exp(nats / n_tokens),
+        "bits_per_byte": nats / math.log(2) / n_bytes,
+    }
 
 
 def score_task(model: GPT, tokenizer: Tokenizer, name: str, path: str, config: EvalConfig, device: str) -> dict:
@@ -276,11 +328,19 @@ def samples(model: GPT, tokenizer: Tokenizer, config: EvalConfig, device: str) -
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eot]
         idx = torch.tensor([ids], dtype=torch.long, device=device)
         with autocast(device, "auto"):
-            full = generate(model, idx, config.max_new_tokens, temperature=config.temperature,
-                            top_k=config.top_k or None, top_p=config.top_p,
-                            repetition_penalty=config.repetition_penalty, eos_id=eot, generator=generator)
-        new = full[0, len(ids):].tolist()
+            full = generate(
+                model,
+                idx,
+                config.max_new_tokens,
+                temperature=config.temperature,
+                top_k=config.top_k or None,
+                top_p=config.top_p,
+                repetition_penalty=config.repetition_penalty,
+                eos_id=eot,
+                generator=generator,
+            )
+        new = full[0, len(ids) :].tolist()
         if eot in new:
-            new = new[:new.index(eot)]
+            new = new[: new.index(eot)]
         out.append({"prompt": prompt, "completion": tokenizer.decode(new)})
     return out

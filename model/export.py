@@ -19,8 +19,7 @@ import torch
 
 from model.gpt import GPT, GPTConfig
 
-GPT2_SWITCHES = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False,
-                 "tie_embeddings": True}
+GPT2_SWITCHES = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "tie_embeddings": True}
 LLAMA_SWITCHES = {"positions": "rotary", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
 
 
@@ -31,29 +30,47 @@ def architecture(c: GPTConfig) -> str:
     if all(getattr(c, k) == v for k, v in LLAMA_SWITCHES.items()):
         return "Qwen3ForCausalLM" if c.qk_norm else "LlamaForCausalLM"
     off = {k: getattr(c, k) for k in LLAMA_SWITCHES if getattr(c, k) != LLAMA_SWITCHES[k]}
-    raise ValueError(f"no transformers architecture has this mix of switches: GPT-2 needs {GPT2_SWITCHES}, "
-                     f"Llama/Qwen3 need {LLAMA_SWITCHES} (this model has {off})")
+    raise ValueError(
+        f"no transformers architecture has this mix of switches: GPT-2 needs {GPT2_SWITCHES}, "
+        f"Llama/Qwen3 need {LLAMA_SWITCHES} (this model has {off})"
+    )
 
 
 def _gpt2(model: GPT) -> tuple[dict, dict[str, torch.Tensor]]:
     c, sd = model.config, model.state_dict()
-    config = {"model_type": "gpt2", "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
-              "n_head": c.n_head, "n_inner": c.mlp_hidden, "activation_function": "gelu",
-              "layer_norm_epsilon": c.norm_eps, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-              "tie_word_embeddings": True}
+    config = {
+        "model_type": "gpt2",
+        "n_positions": c.block_size,
+        "n_embd": c.n_embd,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_inner": c.mlp_hidden,
+        "activation_function": "gelu",
+        "layer_norm_epsilon": c.norm_eps,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "tie_word_embeddings": True,
+    }
 
     def with_bias(prefix: str, size: int) -> torch.Tensor:  # GPT-2 always has biases; ours may not
         return sd.get(f"{prefix}.bias", torch.zeros(size))
 
-    out = {"transformer.wte.weight": sd["tok_emb.weight"][:c.vocab_size],
-           "transformer.wpe.weight": sd["pos_emb.weight"]}
+    out = {
+        "transformer.wte.weight": sd["tok_emb.weight"][: c.vocab_size],
+        "transformer.wpe.weight": sd["pos_emb.weight"],
+    }
     for i in range(c.n_layer):
         ours, theirs = f"blocks.{i}", f"transformer.h.{i}"
         for a, b, width in (("ln1", "ln_1", c.n_embd), ("ln2", "ln_2", c.n_embd)):
             out[f"{theirs}.{b}.weight"] = sd[f"{ours}.{a}.weight"]
             out[f"{theirs}.{b}.bias"] = with_bias(f"{ours}.{a}", width)
-        for a, b, width in (("attn.qkv", "attn.c_attn", 3 * c.n_embd), ("attn.proj", "attn.c_proj", c.n_embd),
-                            ("mlp.fc", "mlp.c_fc", c.mlp_hidden), ("mlp.proj", "mlp.c_proj", c.n_embd)):
+        for a, b, width in (
+            ("attn.qkv", "attn.c_attn", 3 * c.n_embd),
+            ("attn.proj", "attn.c_proj", c.n_embd),
+            ("mlp.fc", "mlp.c_fc", c.mlp_hidden),
+            ("mlp.proj", "mlp.c_proj", c.n_embd),
+        ):
             out[f"{theirs}.{b}.weight"] = sd[f"{ours}.{a}.weight"].t()  # GPT-2's Conv1D stores (in, out)
             out[f"{theirs}.{b}.bias"] = with_bias(f"{ours}.{a}", width)
     out["transformer.ln_f.weight"] = sd["ln_f.weight"]
@@ -63,30 +80,45 @@ def _gpt2(model: GPT) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def _llama(model: GPT, qwen3: bool) -> tuple[dict, dict[str, torch.Tensor]]:
     c, sd = model.config, model.state_dict()
-    config = {"model_type": "qwen3" if qwen3 else "llama", "hidden_size": c.n_embd,
-              "intermediate_size": c.mlp_hidden, "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
-              "num_key_value_heads": c.n_head, "head_dim": c.head_size, "hidden_act": "silu",
-              "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps,
-              "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
-              "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": c.tie_embeddings,
-              "use_sliding_window": False}
-    out = {"model.embed_tokens.weight": sd["tok_emb.weight"][:c.vocab_size], "model.norm.weight": sd["ln_f.weight"]}
+    config = {
+        "model_type": "qwen3" if qwen3 else "llama",
+        "hidden_size": c.n_embd,
+        "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "num_key_value_heads": c.n_head,
+        "head_dim": c.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": c.block_size,
+        "rms_norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": c.tie_embeddings,
+        "use_sliding_window": False,
+    }
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"][: c.vocab_size], "model.norm.weight": sd["ln_f.weight"]}
     for i in range(c.n_layer):
         ours, theirs = f"blocks.{i}", f"model.layers.{i}"
         q, k, v = sd[f"{ours}.attn.qkv.weight"].split(c.n_embd, dim=0)
         gate, up = sd[f"{ours}.mlp.fc.weight"].split(c.mlp_hidden, dim=0)
-        out |= {f"{theirs}.input_layernorm.weight": sd[f"{ours}.ln1.weight"],
-                f"{theirs}.post_attention_layernorm.weight": sd[f"{ours}.ln2.weight"],
-                f"{theirs}.self_attn.q_proj.weight": q, f"{theirs}.self_attn.k_proj.weight": k,
-                f"{theirs}.self_attn.v_proj.weight": v,
-                f"{theirs}.self_attn.o_proj.weight": sd[f"{ours}.attn.proj.weight"],
-                f"{theirs}.mlp.gate_proj.weight": gate, f"{theirs}.mlp.up_proj.weight": up,
-                f"{theirs}.mlp.down_proj.weight": sd[f"{ours}.mlp.proj.weight"]}
+        out |= {
+            f"{theirs}.input_layernorm.weight": sd[f"{ours}.ln1.weight"],
+            f"{theirs}.post_attention_layernorm.weight": sd[f"{ours}.ln2.weight"],
+            f"{theirs}.self_attn.q_proj.weight": q,
+            f"{theirs}.self_attn.k_proj.weight": k,
+            f"{theirs}.self_attn.v_proj.weight": v,
+            f"{theirs}.self_attn.o_proj.weight": sd[f"{ours}.attn.proj.weight"],
+            f"{theirs}.mlp.gate_proj.weight": gate,
+            f"{theirs}.mlp.up_proj.weight": up,
+            f"{theirs}.mlp.down_proj.weight": sd[f"{ours}.mlp.proj.weight"],
+        }
         if qwen3:
             out[f"{theirs}.self_attn.q_norm.weight"] = sd[f"{ours}.attn.q_norm.weight"]
             out[f"{theirs}.self_attn.k_norm.weight"] = sd[f"{ours}.attn.k_norm.weight"]
     if not c.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"][:c.vocab_size]
+        out["lm_head.weight"] = sd["lm_head.weight"][: c.vocab_size]
     return config, out
 
 
@@ -106,21 +138,27 @@ def export_classifier(classifier, tokenizer_file: str, labels: list[str], out_di
     """A model.classifier.Classifier as GPT2/Llama/Qwen3ForSequenceClassification (which pool the
     last token that is not padding, as `pooling="last"` does); returns config.json's content."""
     if classifier.pooling != "last":
-        raise ValueError("transformers' *ForSequenceClassification classifies on the last token: a "
-                         "mean-pooling classifier has no transformers twin")
+        raise ValueError(
+            "transformers' *ForSequenceClassification classifies on the last token: a "
+            "mean-pooling classifier has no transformers twin"
+        )
     if len(labels) != classifier.head.out_features:
         raise ValueError(f"{len(labels)} labels for a head of {classifier.head.out_features} classes")
     arch, config, tensors = _converted(classifier.gpt)
     arch = arch.removesuffix("LMHeadModel").removesuffix("ForCausalLM") + "ForSequenceClassification"
     tensors.pop("lm_head.weight", None)
     tensors["score.weight"] = classifier.head.weight
-    config |= {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-               "label2id": {label: i for i, label in enumerate(labels)}}
+    config |= {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
     return _write(classifier.gpt, arch, config, tensors, tokenizer_file, out_dir)
 
 
-def _write(model: GPT, arch: str, config: dict, tensors: dict[str, torch.Tensor], tokenizer_file: str,
-           out_dir: str) -> dict:
+def _write(
+    model: GPT, arch: str, config: dict, tensors: dict[str, torch.Tensor], tokenizer_file: str, out_dir: str
+) -> dict:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
@@ -128,14 +166,27 @@ def _write(model: GPT, arch: str, config: dict, tensors: dict[str, torch.Tensor]
 
     tokenizer = Tokenizer.from_file(tokenizer_file)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise ValueError(f"tokenizer {tokenizer_file} has {tokenizer.get_vocab_size()} tokens, more than the "
-                         f"model's vocab_size {model.config.vocab_size}")
+        raise ValueError(
+            f"tokenizer {tokenizer_file} has {tokenizer.get_vocab_size()} tokens, more than the "
+            f"model's vocab_size {model.config.vocab_size}"
+        )
     eot, pad = tokenizer.token_to_id(EOT), tokenizer.token_to_id(PAD)
-    config = {"architectures": [arch], **config, "vocab_size": model.config.vocab_size, "bos_token_id": eot,
-              "eos_token_id": eot, "pad_token_id": pad, "torch_dtype": "float32", "initializer_range": 0.02}
+    config = {
+        "architectures": [arch],
+        **config,
+        "vocab_size": model.config.vocab_size,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": pad,
+        "torch_dtype": "float32",
+        "initializer_range": 0.02,
+    }
     os.makedirs(out_dir, exist_ok=True)
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()},
-              os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()},
+        os.path.join(out_dir, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:

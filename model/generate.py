@@ -15,15 +15,22 @@ import torch.nn.functional as F
 from model.gpt import GPT, KVCache
 
 
-def next_token_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: float, top_k: int | None,
-                      top_p: float | None, repetition_penalty: float) -> torch.Tensor:
+def next_token_logits(
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+) -> torch.Tensor:
     """The last position's logits (B, vocab) after the penalty, temperature and truncations; -inf
     marks tokens that cannot be drawn."""
     logits = logits.float()
     if repetition_penalty != 1.0:  # CTRL's penalty on every token already in the row
         picked = logits.gather(1, seen)
-        logits = logits.scatter(1, seen, torch.where(picked > 0, picked / repetition_penalty,
-                                                     picked * repetition_penalty))
+        logits = logits.scatter(
+            1, seen, torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
+        )
     if temperature <= 0:
         return logits
     logits = logits / temperature
@@ -39,16 +46,23 @@ def next_token_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: flo
 
 
 @torch.no_grad()
-def sample_tokens(model: GPT, idx: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, repetition_penalty: float = 1.0,
-                  generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+def sample_tokens(
+    model: GPT,
+    idx: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
     """The next token of each row of idx (B, T), (B, 1), one per iteration, for as long as the caller
     asks (the caller decides when to stop)."""
     block = model.config.block_size
     cache = KVCache(model.config.n_layer) if use_cache else None
     while True:
         if cache is not None and idx.size(1) <= block:  # the tokens the cache has not seen yet
-            logits, _ = model(idx[:, cache.length:], cache=cache)
+            logits, _ = model(idx[:, cache.length :], cache=cache)
         else:
             cache = None
             logits, _ = model(idx[:, -block:])
@@ -62,10 +76,18 @@ def sample_tokens(model: GPT, idx: torch.Tensor, temperature: float = 1.0, top_k
 
 
 @torch.no_grad()
-def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             eos_id: int | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
     """idx (B, T) with up to max_new_tokens tokens appended; stops early once every row has produced
     eos_id. temperature <= 0 means greedy. Pass a seeded generator for repeatable samples."""
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)

@@ -39,22 +39,39 @@ class GPTConfig(BaseModel):
     n_head: int = Field(4, ge=1, le=1024, description="Attention heads per block; must divide n_embd.")
     n_embd: int = Field(256, ge=1, le=1 << 16, description="Width of the residual stream.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residual branches.")
-    bias: bool = Field(False, description="Biases in Linear and LayerNorm layers (GPT-2 had them; without is "
-                                          "slightly better and faster).")
-    positions: Literal["learned", "rotary"] = Field("learned", description="learned: GPT-2's position embedding "
-                                                    "table; rotary: RoPE on queries and keys (Llama).")
+    bias: bool = Field(
+        False,
+        description="Biases in Linear and LayerNorm layers (GPT-2 had them; without is slightly better and faster).",
+    )
+    positions: Literal["learned", "rotary"] = Field(
+        "learned", description="learned: GPT-2's position embedding table; rotary: RoPE on queries and keys (Llama)."
+    )
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency (rotary positions only).")
-    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="Normalization before each sub-layer "
-                                                  "and before the head.")
+    norm: Literal["layernorm", "rmsnorm"] = Field(
+        "layernorm", description="Normalization before each sub-layer and before the head."
+    )
     norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every normalization layer.")
-    mlp: Literal["gelu", "swiglu"] = Field("gelu", description="gelu: GPT-2's 4x GELU MLP; swiglu: gated SiLU "
-                                           "(Llama), hidden width 8/3 x n_embd rounded up to 64.")
-    qk_norm: bool = Field(False, description="RMSNorm each head's queries and keys before attention (Qwen3, "
-                                             "OLMo2): keeps attention logits bounded, fewer loss spikes.")
-    tie_embeddings: bool = Field(True, description="The output head reuses the token embedding matrix (GPT-2); "
-                                                   "false gives the head its own weights.")
-    vocab_multiple: int = Field(1, ge=1, le=1 << 16, description="The embedding and head have vocab_size rounded "
-                                "up to a multiple of this many rows; the padded rows are never predicted.")
+    mlp: Literal["gelu", "swiglu"] = Field(
+        "gelu",
+        description="gelu: GPT-2's 4x GELU MLP; swiglu: gated SiLU "
+        "(Llama), hidden width 8/3 x n_embd rounded up to 64.",
+    )
+    qk_norm: bool = Field(
+        False,
+        description="RMSNorm each head's queries and keys before attention (Qwen3, "
+        "OLMo2): keeps attention logits bounded, fewer loss spikes.",
+    )
+    tie_embeddings: bool = Field(
+        True,
+        description="The output head reuses the token embedding matrix (GPT-2); false gives the head its own weights.",
+    )
+    vocab_multiple: int = Field(
+        1,
+        ge=1,
+        le=1 << 16,
+        description="The embedding and head have vocab_size rounded "
+        "up to a multiple of this many rows; the padded rows are never predicted.",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "GPTConfig":
@@ -123,8 +140,13 @@ class SelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(c.head_size, eps=c.norm_eps) if c.qk_norm else None
         self.k_norm = nn.RMSNorm(c.head_size, eps=c.norm_eps) if c.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: "LayerCache | None" = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: "LayerCache | None" = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """mask: (B, 1, T, T), True where a query may attend to a key (packed sequences); else causal."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
@@ -138,8 +160,14 @@ class SelfAttention(nn.Module):
             k, v = cache.extend(k, v)
             if 1 < T < k.size(2):  # new queries see every cached key, and each other causally
                 mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=mask is None and T == k.size(2) and T > 1)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T == k.size(2) and T > 1,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -174,8 +202,13 @@ class Block(nn.Module):
         self.ln2 = make_norm(c, c.n_embd)
         self.mlp = MLP(c)
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: "LayerCache | None" = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: "LayerCache | None" = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), rotary, cache, mask)
         return x + self.mlp(self.ln2(x))
 
@@ -218,7 +251,7 @@ class GPT(nn.Module):
         """The head's logits over the real vocabulary: padded rows are cut off (a view), so no padded
         id is ever predicted, sampled or part of a softmax."""
         logits = self.lm_head(h)
-        return logits if logits.size(-1) == self.config.vocab_size else logits[..., :self.config.vocab_size]
+        return logits if logits.size(-1) == self.config.vocab_size else logits[..., : self.config.vocab_size]
 
     def _loss_sum(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self._logits(h).float(), targets, reduction="sum")
@@ -239,8 +272,15 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: "KVCache | None" = None,
-                loss_chunks: int = 1, segments: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: "KVCache | None" = None,
+        loss_chunks: int = 1,
+        segments: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ):
         """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size: never the padded rows)
         and the mean loss (or None).
         With a KVCache, idx continues the tokens the cache already holds (their keys and values are
@@ -252,16 +292,23 @@ class GPT(nn.Module):
         h = self.hidden(idx, cache, segments, positions)
         if targets is not None and loss_chunks > 1:
             h, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-            total = sum(checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
-                        for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks)))
+            total = sum(
+                checkpoint(self._loss_sum, hc, tc, use_reentrant=False)
+                for hc, tc in zip(h.chunk(loss_chunks), t.chunk(loss_chunks))
+            )
             return None, total / (t != IGNORE_INDEX).sum()  # a mean over the targets trained on, as below
         logits = self._logits(h)
         if targets is None:
             return logits.contiguous(), None  # a copy only when padded rows were cut off
         return logits, F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
-    def hidden(self, idx: torch.Tensor, cache: "KVCache | None" = None, segments: torch.Tensor | None = None,
-               positions: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        cache: "KVCache | None" = None,
+        segments: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The final normalized hidden states (B, T, n_embd), what the head reads (and a classifier)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -273,7 +320,7 @@ class GPT(nn.Module):
             x = x + self.pos_emb(pos)
             rotary = None
         elif positions is None:
-            rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rotary = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         else:
             rotary = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
         mask = None
@@ -314,6 +361,7 @@ class KVCache:
 
 
 # -- where and in what precision it runs (shared by training and evaluation) -----------------
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":

@@ -34,8 +34,9 @@ class LossGuard:
         self.stop_step, self.stop_values = z(torch.int64), torch.zeros(3, dtype=torch.float64, device=device)
         self.pending: dict[int, str] = {}  # step -> data position, for the message, until verified
 
-    def check(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, warmed_up: bool,
-              where: str) -> torch.Tensor:
+    def check(
+        self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, warmed_up: bool, where: str
+    ) -> torch.Tensor:
         """A device bool: True means skip this update. No host read; see verify()."""
         loss, grad_norm = loss.detach().double(), grad_norm.detach().double()
         if self.mode == "off":
@@ -77,18 +78,26 @@ class LossGuard:
         else:
             why = f"loss spike: {loss:.4f} is over {self.spike_factor} x the recent mean {mean:.4f}"
         if self.mode == "stop":
-            raise TrainingDiverged(f"step {step}: {why} ({where}); loss_guard='stop'. Resume from the last "
-                                   f"checkpoint with a lower learning_rate, or set loss_guard='skip'")
-        raise TrainingDiverged(f"step {step}: {self.max_skipped + 1} updates in a row skipped, the last for "
-                               f"{why} ({where}); training has diverged. Resume from the last checkpoint "
-                               f"with a lower learning_rate")
+            raise TrainingDiverged(
+                f"step {step}: {why} ({where}); loss_guard='stop'. Resume from the last "
+                f"checkpoint with a lower learning_rate, or set loss_guard='skip'"
+            )
+        raise TrainingDiverged(
+            f"step {step}: {self.max_skipped + 1} updates in a row skipped, the last for "
+            f"{why} ({where}); training has diverged. Resume from the last checkpoint "
+            f"with a lower learning_rate"
+        )
 
     def total_skipped(self) -> int:
         return int(self.skipped_total)
 
     def state_dict(self) -> dict:
-        return {"recent": self.recent.cpu(), "n_recent": int(self.n_recent),
-                "skipped_in_a_row": int(self.skipped_in_a_row), "skipped_total": int(self.skipped_total)}
+        return {
+            "recent": self.recent.cpu(),
+            "n_recent": int(self.n_recent),
+            "skipped_in_a_row": int(self.skipped_in_a_row),
+            "skipped_total": int(self.skipped_total),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if isinstance(state["recent"], list):  # written before the guard moved to the device

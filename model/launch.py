@@ -42,8 +42,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     ok = False
     try:
         emit = _emitter(a.get("events")) if distributed.is_main() else None
-        summary = train(a["train_files"], a["val_files"], a["vocab_size"], config, a["out_dir"],
-                        log=(lambda e: emit({"log": e})) if emit else None, stop_after=a.get("stop_after"))
+        summary = train(
+            a["train_files"],
+            a["val_files"],
+            a["vocab_size"],
+            config,
+            a["out_dir"],
+            log=(lambda e: emit({"log": e})) if emit else None,
+            stop_after=a.get("stop_after"),
+        )
         if emit:
             emit({"result": summary})
         ok = True
@@ -67,8 +74,13 @@ def _emitter(path: Optional[str]) -> Callable[[dict], None]:
 def torchrun_command(config: TrainConfig, args_json: str, run_id: str = "crawl2llm") -> list[str]:
     """The torchrun command of this machine's share of the run. With nnodes > 1 every machine runs
     the same command (run_id must match); the rendezvous at rdzv_endpoint assigns the ranks."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={config.nproc_per_node}",
-           f"--nnodes={config.nnodes}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={config.nproc_per_node}",
+        f"--nnodes={config.nnodes}",
+    ]
     if config.nnodes > 1:
         cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={config.rdzv_endpoint}", f"--rdzv-id={run_id}"]
     else:
@@ -76,19 +88,32 @@ def torchrun_command(config: TrainConfig, args_json: str, run_id: str = "crawl2l
     return cmd + ["-m", "model.launch", "--args-json", args_json]
 
 
-def launch(train_files: list[str], val_files: list[str], vocab_size: int, config: TrainConfig, out_dir: str,
-           log: Optional[Callable[[dict], None]] = None, stop_after: Optional[int] = None,
-           run_id: str = "crawl2llm", on_command: Optional[Callable[[list[str]], None]] = None) -> dict:
+def launch(
+    train_files: list[str],
+    val_files: list[str],
+    vocab_size: int,
+    config: TrainConfig,
+    out_dir: str,
+    log: Optional[Callable[[dict], None]] = None,
+    stop_after: Optional[int] = None,
+    run_id: str = "crawl2llm",
+    on_command: Optional[Callable[[list[str]], None]] = None,
+) -> dict:
     """train() in config.processes processes under torchrun, started from this process: the same
     arguments, result and log events (rank 0's, as they come). Raises RuntimeError with the end of
     torchrun's output when it fails. on_command sees the command first (to log it for other nodes)."""
     folder = os.path.join(os.path.abspath(out_dir), LAUNCH_DIR)
     os.makedirs(folder, exist_ok=True)
     events = os.path.join(folder, "events.jsonl")
-    args = {"train_files": [os.path.abspath(f) for f in train_files],
-            "val_files": [os.path.abspath(f) for f in val_files], "vocab_size": vocab_size,
-            "config": config.model_dump(), "out_dir": os.path.abspath(out_dir), "stop_after": stop_after,
-            "events": events}
+    args = {
+        "train_files": [os.path.abspath(f) for f in train_files],
+        "val_files": [os.path.abspath(f) for f in val_files],
+        "vocab_size": vocab_size,
+        "config": config.model_dump(),
+        "out_dir": os.path.abspath(out_dir),
+        "stop_after": stop_after,
+        "events": events,
+    }
     args_json = os.path.join(folder, "run.json")
     with open(args_json, "w") as f:
         json.dump(args, f, indent=1)

@@ -35,8 +35,9 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
-def error_response(status: int, message: str, param: str | None = None,
-                   kind: str = "invalid_request_error") -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
 
 
@@ -60,8 +61,9 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/v1/models/{name}")
     async def model(name: str):
         if name != engine.name:
-            raise ApiError(404, f"model {name!r} not found; this server serves {engine.name!r}", "model",
-                           "not_found_error")
+            raise ApiError(
+                404, f"model {name!r} not found; this server serves {engine.name!r}", "model", "not_found_error"
+            )
         return _model_card(engine)
 
     @app.post("/v1/chat/completions")
@@ -87,8 +89,14 @@ def create_app(engine: Engine) -> FastAPI:
 
 
 def _model_card(engine: Engine) -> dict:
-    return {"id": engine.name, "object": "model", "created": 0, "owned_by": "crawl2llm",
-            "context_length": engine.context, "chat": engine.chat is not None}
+    return {
+        "id": engine.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "crawl2llm",
+        "context_length": engine.context,
+        "chat": engine.chat is not None,
+    }
 
 
 def _checked(fn):
@@ -120,8 +128,11 @@ async def _json_body(request: Request, engine: Engine) -> dict:
         elif size > DRAIN_BYTES:
             break
     if size > limit:
-        raise ApiError(413, f"request body of {size if size <= DRAIN_BYTES else 'over ' + str(DRAIN_BYTES)} bytes is "
-                            f"over the limit of {limit} bytes")
+        raise ApiError(
+            413,
+            f"request body of {size if size <= DRAIN_BYTES else 'over ' + str(DRAIN_BYTES)} bytes is "
+            f"over the limit of {limit} bytes",
+        )
     try:
         body = json.loads(data)
     except ValueError as e:
@@ -129,8 +140,9 @@ async def _json_body(request: Request, engine: Engine) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     if body.get("model") not in (None, engine.name):
-        raise ApiError(404, f"model {body['model']!r} not found; this server serves {engine.name!r}", "model",
-                       "not_found_error")
+        raise ApiError(
+            404, f"model {body['model']!r} not found; this server serves {engine.name!r}", "model", "not_found_error"
+        )
     if body.get("n", 1) != 1:
         raise ApiError(400, "n must be 1", "n")
     return body
@@ -149,8 +161,12 @@ def _request_params(body: dict) -> tuple[int | None, Sampling, list[str]]:
     max_tokens = _number(body, "max_completion_tokens", int, None)
     if max_tokens is None:
         max_tokens = _number(body, "max_tokens", int, None)
-    sampling = Sampling(temperature=_number(body, "temperature", float, 1.0), top_k=_number(body, "top_k", int, None),
-                        top_p=_number(body, "top_p", float, None), seed=_number(body, "seed", int, None))
+    sampling = Sampling(
+        temperature=_number(body, "temperature", float, 1.0),
+        top_k=_number(body, "top_k", int, None),
+        top_p=_number(body, "top_p", float, None),
+        seed=_number(body, "seed", int, None),
+    )
     stop = body.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
@@ -172,18 +188,33 @@ async def _respond(engine: Engine, body: dict, prompt: list[int], chat: bool, re
     created = int(time.time())
     kind = "chat.completion" if chat else "text_completion"
     if body.get("stream"):
-        return StreamingResponse(_events(job, rid, created, kind, engine.name, chat, request),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _events(job, rid, created, kind, engine.name, chat, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
     text = await anyio.to_thread.run_sync(job.text)
-    choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": job.finish_reason}
-              if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": job.finish_reason})
-    return {"id": rid, "object": kind, "created": created, "model": engine.name, "choices": [choice],
-            "usage": _usage(job)}
+    choice = (
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": job.finish_reason}
+        if chat
+        else {"index": 0, "text": text, "logprobs": None, "finish_reason": job.finish_reason}
+    )
+    return {
+        "id": rid,
+        "object": kind,
+        "created": created,
+        "model": engine.name,
+        "choices": [choice],
+        "usage": _usage(job),
+    }
 
 
 def _usage(job: Job) -> dict:
-    return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": job.completion_tokens,
-            "total_tokens": len(job.prompt_ids) + job.completion_tokens}
+    return {
+        "prompt_tokens": len(job.prompt_ids),
+        "completion_tokens": job.completion_tokens,
+        "total_tokens": len(job.prompt_ids) + job.completion_tokens,
+    }
 
 
 async def _events(job: Job, rid: str, created: int, kind: str, name: str, chat: bool, request: Request):
@@ -192,7 +223,7 @@ async def _events(job: Job, rid: str, created: int, kind: str, name: str, chat: 
 
     def event(delta: str | None, finish: str | None = None, first: bool = False) -> str:
         if chat:
-            d = ({"role": "assistant", "content": ""} if first else {} if delta is None else {"content": delta})
+            d = {"role": "assistant", "content": ""} if first else {} if delta is None else {"content": delta}
             choice = {"index": 0, "delta": d, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}

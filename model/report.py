@@ -14,8 +14,11 @@ def summary_rows(res: dict) -> list[dict]:
     """metric/value rows: every number of the result, benchmarks and texts as name.metric."""
     rows = [{"metric": k, "value": v} for k, v in res.items() if not isinstance(v, (list, dict))]
     for group in ("texts", "tasks"):
-        rows += [{"metric": f"{name}.{m}", "value": v} for name, scores in res.get(group, {}).items()
-                 for m, v in scores.items()]
+        rows += [
+            {"metric": f"{name}.{m}", "value": v}
+            for name, scores in res.get(group, {}).items()
+            for m, v in scores.items()
+        ]
     return rows
 
 
@@ -29,20 +32,36 @@ def markdown(res: dict, model_url: str) -> str:
     src = res.get("source", {})
     if src.get("tokens_seen") is not None:
         md += [f"- **trained**: {src.get('steps')} steps, {src['tokens_seen']:,} tokens", ""]
-    md += ["## Perplexity", "", "| text | documents | tokens | bytes | loss | perplexity | bits per byte |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    md += [
+        "## Perplexity",
+        "",
+        "| text | documents | tokens | bytes | loss | perplexity | bits per byte |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     bpb = res.get("bits_per_byte")
-    md.append(f"| held-out token shards | | {res.get('val_tokens')} | {res.get('val_bytes')} | {res['val_loss']:.4f} | "
-              f"{res['perplexity']:.2f} | {'' if bpb is None else f'{bpb:.4f}'} |")
+    md.append(
+        f"| held-out token shards | | {res.get('val_tokens')} | {res.get('val_bytes')} | {res['val_loss']:.4f} | "
+        f"{res['perplexity']:.2f} | {'' if bpb is None else f'{bpb:.4f}'} |"
+    )
     for name, t in res.get("texts", {}).items():
-        md.append(f"| {name} | {t['documents']} | {t['tokens']} | {t['bytes']} | {t['loss']:.4f} | "
-                  f"{t['perplexity']:.2f} | {t['bits_per_byte']:.4f} |")
+        md.append(
+            f"| {name} | {t['documents']} | {t['tokens']} | {t['bytes']} | {t['loss']:.4f} | "
+            f"{t['perplexity']:.2f} | {t['bits_per_byte']:.4f} |"
+        )
     if res.get("texts"):
-        md += ["", "Texts are scored in windows of block_size tokens moving on by `stride` tokens, every token "
-               "once; bits per byte divide by the text's UTF-8 bytes, so they compare across tokenizers."]
+        md += [
+            "",
+            "Texts are scored in windows of block_size tokens moving on by `stride` tokens, every token "
+            "once; bits per byte divide by the text's UTF-8 bytes, so they compare across tokenizers.",
+        ]
     if res.get("tasks"):
-        md += ["", "## Benchmarks", "", "| benchmark | items | metric | this model | GPT-2 124M (lm-eval) |",
-               "|---|---:|---|---:|---:|"]
+        md += [
+            "",
+            "## Benchmarks",
+            "",
+            "| benchmark | items | metric | this model | GPT-2 124M (lm-eval) |",
+            "|---|---:|---|---:|---:|",
+        ]
         for task, scores in res["tasks"].items():
             for m, v in scores.items():
                 if m != "items":
@@ -69,14 +88,22 @@ def comparison_rows(manifests: list[dict]) -> list[dict]:
         res, up = m.get("counts", {}), m.get("upstream", {})
         shape, src = res.get("model", {}), res.get("source", {})
         tokens = src.get("tokens_seen") if src.get("tokens_seen") is not None else shape.get("tokens_seen")
-        row = {"evaluation": m.get("fingerprint", "")[:12],
-               "checkpoint": f"train/{up['fingerprint'][:12]}" if "fingerprint" in up else
-               f"sha256:{up.get('model_sha256', '?')[:12]}",
-               "source": src.get("url"), "architecture": shape.get("architecture"),
-               "params": shape.get("params", res.get("params"))}
+        row = {
+            "evaluation": m.get("fingerprint", "")[:12],
+            "checkpoint": f"train/{up['fingerprint'][:12]}"
+            if "fingerprint" in up
+            else f"sha256:{up.get('model_sha256', '?')[:12]}",
+            "source": src.get("url"),
+            "architecture": shape.get("architecture"),
+            "params": shape.get("params", res.get("params")),
+        }
         row |= {k: shape.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
-        row |= {"tokens_trained": tokens, "val_loss": _round(res.get("val_loss")),
-                "val_perplexity": _round(res.get("perplexity")), "val_bpb": _round(res.get("bits_per_byte"))}
+        row |= {
+            "tokens_trained": tokens,
+            "val_loss": _round(res.get("val_loss")),
+            "val_perplexity": _round(res.get("perplexity")),
+            "val_bpb": _round(res.get("bits_per_byte")),
+        }
         for name, t in sorted(res.get("texts", {}).items()):
             row[f"{name} bpb"] = _round(t.get("bits_per_byte"))
         for task, scores in sorted(res.get("tasks", {}).items()):

@@ -105,8 +105,9 @@ class Engine:
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         if self.chat is None:
-            raise RequestError(f"model {self.name} has no chat format (its tokenizer has no chat tokens): "
-                               "use /v1/completions")
+            raise RequestError(
+                f"model {self.name} has no chat format (its tokenizer has no chat tokens): use /v1/completions"
+            )
         try:
             return self.chat.render(messages, add_generation_prompt=True)[0]
         except ValueError as e:
@@ -115,8 +116,9 @@ class Engine:
     def text_ids(self, prompt: str) -> list[int]:
         return encode_plain(self.tokenizer, prompt)
 
-    def submit(self, prompt_ids: list[int], max_tokens: int | None, sampling: Sampling,
-               stop: list[str] | None = None) -> Job:
+    def submit(
+        self, prompt_ids: list[int], max_tokens: int | None, sampling: Sampling, stop: list[str] | None = None
+    ) -> Job:
         """Queue a request (checked first: a RequestError says what is wrong; Busy when full)."""
         if max_tokens is None:
             max_tokens = min(self.limits.default_max_tokens, self.limits.max_tokens)
@@ -155,8 +157,16 @@ class Engine:
         decoded = Detokenizer(self.tokenizer)
         text, sent = "", 0
         job.finish_reason = "length"
-        for token in stream(self.model, job.prompt_ids, job.max_tokens, self.stop_ids, temperature=s.temperature,
-                            top_k=s.top_k, top_p=s.top_p, generator=generator):
+        for token in stream(
+            self.model,
+            job.prompt_ids,
+            job.max_tokens,
+            self.stop_ids,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            generator=generator,
+        ):
             if job.cancelled.is_set():
                 job.finish_reason = "cancelled"
                 return
@@ -208,12 +218,16 @@ def _stop_at(text: str, stops: list[str]) -> int | None:
 
 def _partial_stop(text: str, stops: list[str]) -> int:
     """How many characters at the end of text could be the start of a stop string."""
-    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
-               default=0)
+    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
 
 
-def open_engine(source: str, tokenizer: str | None = None, device: str = "auto", name: str | None = None,
-                limits: Limits | None = None) -> Engine:
+def open_engine(
+    source: str,
+    tokenizer: str | None = None,
+    device: str = "auto",
+    name: str | None = None,
+    limits: Limits | None = None,
+) -> Engine:
     """An Engine for a train output, a model.pt or a checkpoint (its tokenizer found as evaluate
     finds it, model/source.py), or any of them with `tokenizer` naming the tokenizer.json."""
     from model.evaluate import load_model

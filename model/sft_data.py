@@ -30,8 +30,10 @@ from pipeline.tokenize import EOT
 
 IGNORE = IGNORE_INDEX  # the target of a token the loss skips
 
-ALPACA_HEAD = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-               "the request.\n\n### Instruction:\n{instruction}")
+ALPACA_HEAD = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}"
+)
 ALPACA_INPUT = "\n\n### Input:\n{input}"
 ALPACA_RESPONSE = "\n\n### Response:\n"
 
@@ -86,8 +88,9 @@ def to_messages(record) -> list[dict]:
         return record["messages"]
     for key in ("instruction", "output"):
         if not isinstance(record.get(key), str):
-            raise ValueError(f"`{key}` is missing or not a string (a record has `messages`, or `instruction` and "
-                             "`output`)")
+            raise ValueError(
+                f"`{key}` is missing or not a string (a record has `messages`, or `instruction` and `output`)"
+            )
     if not isinstance(record.get("input", ""), str):
         raise ValueError("`input` is not a string")
     user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
@@ -104,8 +107,14 @@ def render_alpaca(fmt: ChatFormat, record: dict) -> tuple[list[int], list[bool]]
     return head + answer, [False] * len(head) + [True] * len(answer)
 
 
-def render_records(records: list, fmt: ChatFormat, source: str, prompt: Literal["chat", "alpaca"] = "chat",
-                   train_on: str = "assistant", skip_bad: bool = False) -> tuple[list[Example], list[str]]:
+def render_records(
+    records: list,
+    fmt: ChatFormat,
+    source: str,
+    prompt: Literal["chat", "alpaca"] = "chat",
+    train_on: str = "assistant",
+    skip_bad: bool = False,
+) -> tuple[list[Example], list[str]]:
     """(examples, what was skipped): a bad record raises DataError naming `source` and the record,
     or with skip_bad is left out and described in the second list."""
     examples, skipped = [], []
@@ -130,14 +139,15 @@ def render_records(records: list, fmt: ChatFormat, source: str, prompt: Literal[
     return examples, skipped
 
 
-def split_examples(examples: list[Example], val_fraction: float, test_fraction: float = 0.0
-                   ) -> tuple[list[Example], list[Example], list[Example]]:
+def split_examples(
+    examples: list[Example], val_fraction: float, test_fraction: float = 0.0
+) -> tuple[list[Example], list[Example], list[Example]]:
     """(train, validation, test) in file order, as the book splits it (85/10/5: train first, then
     test, then validation): a split that does not depend on a seed can be checked by hand."""
     n = len(examples)
     n_train = int(n * (1 - val_fraction - test_fraction))
     n_test = int(n * test_fraction)
-    return examples[:n_train], examples[n_train + n_test:], examples[n_train:n_train + n_test]
+    return examples[:n_train], examples[n_train + n_test :], examples[n_train : n_train + n_test]
 
 
 @dataclass
@@ -162,7 +172,7 @@ def pack(examples: list[Example], seq_len: int, pad_id: int, packing: bool = Tru
     for ex in examples:
         ids, mask = ex.ids, ex.mask
         if len(ids) > seq_len + 1:
-            ids, mask, truncated = ids[:seq_len + 1], mask[:seq_len + 1], truncated + 1
+            ids, mask, truncated = ids[: seq_len + 1], mask[: seq_len + 1], truncated + 1
         if len(ids) >= 2:
             pieces.append((ids, mask))
     rows: list[list[int]] = []  # indexes of pieces per row
@@ -190,9 +200,9 @@ def pack(examples: list[Example], seq_len: int, pad_id: int, packing: bool = Tru
         for s, i in enumerate(members, start=1):
             ids, mask = pieces[i]
             n = len(ids) - 1
-            tokens[r, at:at + n] = torch.tensor(ids[:-1])
-            targets[r, at:at + n] = torch.tensor([t if m else IGNORE for t, m in zip(ids[1:], mask[1:])])
-            segments[r, at:at + n] = s
-            positions[r, at:at + n] = torch.arange(n)
+            tokens[r, at : at + n] = torch.tensor(ids[:-1])
+            targets[r, at : at + n] = torch.tensor([t if m else IGNORE for t, m in zip(ids[1:], mask[1:])])
+            segments[r, at : at + n] = s
+            positions[r, at : at + n] = torch.arange(n)
             at += n
     return Rows(tokens, targets, segments, positions, truncated)

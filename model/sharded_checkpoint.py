@@ -41,15 +41,19 @@ STEP_FOLDER = re.compile(r"step-(\d+)$")
 SAVING = ".saving-"
 
 
-def save(folder: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-         keep: int) -> str:
+def save(
+    folder: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, keep: int
+) -> str:
     """Every rank calls it. The weights and optimizer state as DCP shards plus `state` (picklable by
     torch.save, weights_only) in folder/step-<step>/; returns that path once it is committed."""
     final = os.path.join(folder, f"step-{step}")
     tmp = f"{final}{SAVING}{distributed.gather(os.getpid())[0]}"  # one name on every rank: rank 0's pid
     model_sd, optim_sd = _state_dicts(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp,  # returns once all ranks wrote
-             no_dist=not dist.is_initialized())
+    dcp.save(
+        {"model": model_sd, "optimizer": optim_sd},
+        checkpoint_id=tmp,  # returns once all ranks wrote
+        no_dist=not dist.is_initialized(),
+    )
     if distributed.is_main():
         with open(os.path.join(tmp, STATE), "wb") as f:
             torch.save(state, f)
@@ -82,8 +86,11 @@ def _commit(folder: str, tmp: str, final: str, step: int, keep: int) -> None:
 
 def step_folders(folder: str) -> list[tuple[int, str]]:
     """The committed step-N folders of folder as (N, path), oldest first."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(folder, "step-*"))
-             if os.path.isdir(p) and (m := STEP_FOLDER.search(os.path.basename(p)))]
+    found = [
+        (int(m.group(1)), p)
+        for p in glob.glob(os.path.join(folder, "step-*"))
+        if os.path.isdir(p) and (m := STEP_FOLDER.search(os.path.basename(p)))
+    ]
     return sorted(found)
 
 
@@ -104,13 +111,16 @@ def latest(folder: str) -> Optional[str]:
         with open(pointer) as f:
             path = os.path.join(folder, json.load(f)["folder"])
     except (ValueError, KeyError, TypeError) as e:
-        raise RuntimeError(f"checkpoint pointer {pointer} is unreadable ({e}); delete it to resume from "
-                           f"the step folder before it") from e
+        raise RuntimeError(
+            f"checkpoint pointer {pointer} is unreadable ({e}); delete it to resume from the step folder before it"
+        ) from e
     missing = _missing_files(path)
     if missing:
-        raise RuntimeError(f"sharded checkpoint {path} (named by {pointer}) is incomplete, missing "
-                           f"{', '.join(missing[:5])}; the step folder before it is kept: point {POINTER} "
-                           f"at it or delete both to start over")
+        raise RuntimeError(
+            f"sharded checkpoint {path} (named by {pointer}) is incomplete, missing "
+            f"{', '.join(missing[:5])}; the step folder before it is kept: point {POINTER} "
+            f"at it or delete both to start over"
+        )
     return path
 
 
@@ -137,8 +147,11 @@ def _missing_files(path: str) -> list[str]:
     ends: dict[str, int] = {}
     for item in dcp.FileSystemReader(path).read_metadata().storage_data.values():
         ends[item.relative_path] = max(ends.get(item.relative_path, 0), item.offset + item.length)
-    return [name for name, end in sorted(ends.items())
-            if not os.path.exists(os.path.join(path, name)) or os.path.getsize(os.path.join(path, name)) < end]
+    return [
+        name
+        for name, end in sorted(ends.items())
+        if not os.path.exists(os.path.join(path, name)) or os.path.getsize(os.path.join(path, name)) < end
+    ]
 
 
 def step_of(path: str) -> int:

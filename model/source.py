@@ -74,29 +74,44 @@ def resolve(source: str, data: str = "") -> ModelSource:
         return _from_run(run, source, data)  # a train output's own model: the same evaluation as its URL
     tok_url = data or _recorded_upstream(fs, folder, run)
     if not tok_url:
-        raise ValueError(f"{source}: no train manifest or {UPSTREAM_FILE} beside it says which tokenize output it "
-                         f"was trained on; name one with data=<store>/tokenize/<fingerprint>")
+        raise ValueError(
+            f"{source}: no train manifest or {UPSTREAM_FILE} beside it says which tokenize output it "
+            f"was trained on; name one with data=<store>/tokenize/<fingerprint>"
+        )
     tok = _tokenize(tok_url)
     if fs.isdir(model) and not is_local(fs):
-        raise ValueError(f"{source}: an FSDP2 checkpoint folder is read on this machine only; copy "
-                         f"{_url(fs, model)} here, or evaluate the run's model.pt")
+        raise ValueError(
+            f"{source}: an FSDP2 checkpoint folder is read on this machine only; copy "
+            f"{_url(fs, model)} here, or evaluate the run's model.pt"
+        )
     local = model if is_local(fs) else fsspec.open_local(f"simplecache::{_url(fs, model)}")
-    return ModelSource(local, tokenizer_file(tok), val_files(tok), tok.store,
-                       {"model_sha256": _sha256(local), "tokenize": tok.fingerprint})
+    return ModelSource(
+        local,
+        tokenizer_file(tok),
+        val_files(tok),
+        tok.store,
+        {"model_sha256": _sha256(local), "tokenize": tok.fingerprint},
+    )
 
 
 def _from_run(run: StageDir, source: str, data: str) -> ModelSource:
     if run.name != "train":
-        raise ValueError(f"{source} is a {run.name} output; evaluate takes a train output, a model file or a "
-                         f"checkpoint")
+        raise ValueError(
+            f"{source} is a {run.name} output; evaluate takes a train output, a model file or a checkpoint"
+        )
     manifest = run.read_manifest()
-    tok = _tokenize(data) if data else run.store.stage(manifest["upstream"]["stage"],
-                                                       manifest["upstream"]["fingerprint"])
+    tok = (
+        _tokenize(data) if data else run.store.stage(manifest["upstream"]["stage"], manifest["upstream"]["fingerprint"])
+    )
     counts = manifest.get("counts", {})
-    return ModelSource(run.local_path(manifest.get("model", "model.pt")), tokenizer_file(tok),
-                       val_files(tok), run.store,
-                       {"stage": run.name, "fingerprint": run.fingerprint, "tokenize": tok.fingerprint},
-                       {"steps": counts.get("steps"), "tokens_seen": counts.get("tokens_seen")})
+    return ModelSource(
+        run.local_path(manifest.get("model", "model.pt")),
+        tokenizer_file(tok),
+        val_files(tok),
+        run.store,
+        {"stage": run.name, "fingerprint": run.fingerprint, "tokenize": tok.fingerprint},
+        {"steps": counts.get("steps"), "tokens_seen": counts.get("tokens_seen")},
+    )
 
 
 def _tokenize(url: str) -> StageDir:

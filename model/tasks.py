@@ -24,8 +24,8 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
-import os
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -37,8 +37,13 @@ from pipeline.tokenize import EOT
 
 # Published zero-shot GPT-2 124M scores (lm-evaluation-harness; HellaSwag acc_norm, LAMBADA acc and
 # perplexity), shown beside ours in reports.
-GPT2_124M_REFERENCE = {"hellaswag": {"acc_norm": 0.311}, "lambada_openai": {"acc": 0.326, "perplexity": 40.1},
-                       "piqa": {"acc": 0.629}, "arc_easy": {"acc": 0.438}, "winogrande": {"acc": 0.516}}
+GPT2_124M_REFERENCE = {
+    "hellaswag": {"acc_norm": 0.311},
+    "lambada_openai": {"acc": 0.326, "perplexity": 40.1},
+    "piqa": {"acc": 0.629},
+    "arc_easy": {"acc": 0.438},
+    "winogrande": {"acc": 0.516},
+}
 
 
 @dataclass
@@ -73,12 +78,16 @@ def _copa(query: str) -> str:
     """COPA: lm-eval writes the premise without its full stop, then " because" or " therefore"."""
     for connector in ("because", "therefore"):
         if query.endswith(f", {connector}"):
-            return query[:-len(connector) - 2] + " " + connector
+            return query[: -len(connector) - 2] + " " + connector
     return query
 
 
-PROMPTS: dict[str, Callable[[str], str]] = {"piqa": _question_answer, "arc_easy": _question_answer,
-                                            "arc_challenge": _question_answer, "copa": _copa}
+PROMPTS: dict[str, Callable[[str], str]] = {
+    "piqa": _question_answer,
+    "arc_easy": _question_answer,
+    "arc_challenge": _question_answer,
+    "copa": _copa,
+}
 
 
 def item_from_record(rec: dict, prompt: Callable[[str], str] | None = None) -> Item | tuple[str, str]:
@@ -86,16 +95,19 @@ def item_from_record(rec: dict, prompt: Callable[[str], str] | None = None) -> I
     rewrites an llm-foundry query into lm-eval's prompt."""
     if "endings" in rec:  # HellaSwag (rowanz or klosax's preprocessed file)
         context = f"{rec['activity_label']}: {rec['ctx']}" if rec.get("activity_label") else rec["ctx"]
-        return Item([context] * len(rec["endings"]), [" " + e for e in rec["endings"]], int(rec["label"]),
-                    list(rec["endings"]))
+        return Item(
+            [context] * len(rec["endings"]), [" " + e for e in rec["endings"]], int(rec["label"]), list(rec["endings"])
+        )
     if "context_options" in rec:  # WinoGrande / WSC partial scoring: the options differ before the blank
         n = len(rec["context_options"])
-        return Item(list(rec["context_options"]), [" " + rec["continuation"]] * n, int(rec["gold"]),
-                    [rec["continuation"]] * n)
+        return Item(
+            list(rec["context_options"]), [" " + rec["continuation"]] * n, int(rec["gold"]), [rec["continuation"]] * n
+        )
     if "choices" in rec:
         query = prompt(rec["query"]) if prompt else rec["query"]
-        return Item([query] * len(rec["choices"]), [" " + c for c in rec["choices"]], int(rec["gold"]),
-                    list(rec["choices"]))
+        return Item(
+            [query] * len(rec["choices"]), [" " + c for c in rec["choices"]], int(rec["gold"]), list(rec["choices"])
+        )
     if "context" in rec and "continuation" in rec:  # LAMBADA
         return rec["context"], " " + rec["continuation"]
     raise ValueError(f"unknown record layout with keys {sorted(rec)}")
@@ -112,7 +124,7 @@ def _read_hellaswag_text(path: str) -> Iterator[tuple[int, dict]]:
     if len(lines) % 6:
         raise ValueError(f"{path}: {len(lines)} lines, not six per item (context, label, four endings)")
     for start in range(0, len(lines), 6):
-        yield start + 1, {"ctx": lines[start], "label": lines[start + 1], "endings": lines[start + 2:start + 6]}
+        yield start + 1, {"ctx": lines[start], "label": lines[start + 1], "endings": lines[start + 2 : start + 6]}
 
 
 def _stem(path: str) -> str:
@@ -150,30 +162,38 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     if not context:
         return [tokenizer.token_to_id(EOT)], enc(continuation)
     whole, ctx = enc(context + continuation), enc(context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
-def score_pairs(model: GPT, pairs: list[tuple[list[int], list[int]]], batch_size: int, device: str,
-                progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+def score_pairs(
+    model: GPT,
+    pairs: list[tuple[list[int], list[int]]],
+    batch_size: int,
+    device: str,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[float, bool]]:
     """For each (context tokens, continuation tokens): the summed log probability of the
     continuation, and whether greedy decoding gives exactly it. Sequences keep their last
     block_size + 1 tokens, as lm-eval truncates on the left; batches group similar lengths."""
     block = model.config.block_size
-    fulls = [(ctx + cont)[-(block + 1):] for ctx, cont in pairs]
+    fulls = [(ctx + cont)[-(block + 1) :] for ctx, cont in pairs]
     order = sorted(range(len(pairs)), key=lambda i: -len(fulls[i]))
     out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = len(fulls[idx[0]]) - 1
         x = torch.zeros(len(idx), width, dtype=torch.long)
         y = torch.zeros(len(idx), width, dtype=torch.long)
         scored = torch.zeros(len(idx), width, dtype=torch.bool)
         for row, i in enumerate(idx):
-            n, k = len(fulls[i]) - 1, min(len(pairs[i][1]), len(fulls[i]) - 1)  # a continuation longer than the window: its end
+            n, k = (
+                len(fulls[i]) - 1,
+                min(len(pairs[i][1]), len(fulls[i]) - 1),
+            )  # a continuation longer than the window: its end
             x[row, :n] = torch.tensor(fulls[i][:-1])
             y[row, :n] = torch.tensor(fulls[i][1:])
-            scored[row, n - k:n] = True
+            scored[row, n - k : n] = True
         x, y, scored = x.to(device), y.to(device), scored.to(device)
         with autocast(device, "auto"):
             logits, _ = model(x)
@@ -189,8 +209,14 @@ def score_pairs(model: GPT, pairs: list[tuple[list[int], list[int]]], batch_size
     return out
 
 
-def choice_scores(model: GPT, tokenizer: Tokenizer, items: list[Item], batch_size: int, device: str,
-                  progress: Callable[[int], None] | None = None) -> list[list[float]]:
+def choice_scores(
+    model: GPT,
+    tokenizer: Tokenizer,
+    items: list[Item],
+    batch_size: int,
+    device: str,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[float]]:
     """Each item's log likelihood of each continuation."""
     pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
     flat = iter(s for s, _ in score_pairs(model, pairs, batch_size, device, progress))
@@ -212,12 +238,21 @@ def accuracy(items: list[Item], scores: list[list[float]]) -> dict:
     return {"items": len(items), "acc": acc / len(items), "acc_norm": acc_norm / len(items)}
 
 
-def evaluate_task(model: GPT, tokenizer: Tokenizer, items: list, batch_size: int, device: str,
-                  progress: Callable[[int], None] | None = None) -> dict:
+def evaluate_task(
+    model: GPT,
+    tokenizer: Tokenizer,
+    items: list,
+    batch_size: int,
+    device: str,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
     """acc and acc_norm of multiple-choice items, or acc and perplexity of LAMBADA pairs."""
     if isinstance(items[0], tuple):
         pairs = [encode_pair(tokenizer, c, w) for c, w in items]
         scores = score_pairs(model, pairs, batch_size, device, progress)
-        return {"items": len(items), "acc": sum(g for _, g in scores) / len(items),
-                "perplexity": math.exp(-sum(s for s, _ in scores) / len(items))}
+        return {
+            "items": len(items),
+            "acc": sum(g for _, g in scores) / len(items),
+            "perplexity": math.exp(-sum(s for s, _ in scores) / len(items)),
+        }
     return accuracy(items, choice_scores(model, tokenizer, items, batch_size, device, progress))

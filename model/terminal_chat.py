@@ -13,8 +13,14 @@ from model.serving import Engine, RequestError, Sampling
 HELP = "/reset forgets the conversation, /quit or Ctrl-D leaves, Ctrl-C stops an answer"
 
 
-def run_chat(engine: Engine, sampling: Sampling, max_tokens: int | None = None, system: str | None = None,
-             stdin=None, stdout=None) -> int:
+def run_chat(
+    engine: Engine,
+    sampling: Sampling,
+    max_tokens: int | None = None,
+    system: str | None = None,
+    stdin=None,
+    stdout=None,
+) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     mode = "chat" if engine.chat is not None else "completion (a base model: each line is continued)"
     print(f"{engine.name}: {mode}; {HELP}", file=stdout, flush=True)
@@ -68,5 +74,5 @@ def _fit(engine: Engine, history: list[dict], keep: int, text: str) -> list[dict
     context for an answer of a quarter of it (the first `keep` messages, the system's, stay)."""
     room = engine.context - engine.context // 4
     while len(history) > keep and len(engine.chat_ids(history + [{"role": "user", "content": text}])) > room:
-        history = history[:keep] + history[keep + 2:]
+        history = history[:keep] + history[keep + 2 :]
     return history

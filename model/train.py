@@ -34,9 +34,20 @@ from pipeline.stage import StageConfig
 
 CHECKPOINT = os.path.join("checkpoints", "latest.pt")
 # Changing these between a run and its resume does not change the weights, so it is allowed.
-RESUMABLE_CHANGES = {"eval_interval", "eval_batches", "checkpoint_interval", "checkpoint_minutes", "async_checkpoint",
-                     "keep_checkpoints", "log_interval", "device", "compile", "activation_checkpointing", "parallel",
-                     "rdzv_endpoint"}
+RESUMABLE_CHANGES = {
+    "eval_interval",
+    "eval_batches",
+    "checkpoint_interval",
+    "checkpoint_minutes",
+    "async_checkpoint",
+    "keep_checkpoints",
+    "log_interval",
+    "device",
+    "compile",
+    "activation_checkpointing",
+    "parallel",
+    "rdzv_endpoint",
+}
 # What a checkpoint written before a field existed was trained with, where that is not the field's
 # default: such a checkpoint's unpadded vocabulary then shows as a config change, named.
 BEFORE_FIELD = {"vocab_multiple": 1}
@@ -68,19 +79,31 @@ class TrainConfig(StageConfig):
     mlp: Literal["gelu", "swiglu"] = _shape("mlp")
     qk_norm: bool = _shape("qk_norm")
     tie_embeddings: bool = _shape("tie_embeddings")
-    vocab_multiple: int = Field(64, ge=1, le=1 << 16, description="Pad the embedding and output head to a "
-                                "multiple of this many rows (matmuls of GPU-friendly sizes, nanoGPT's 50304); "
-                                "the padded ids are never predicted, sampled or exported. 1: no padding.")
+    vocab_multiple: int = Field(
+        64,
+        ge=1,
+        le=1 << 16,
+        description="Pad the embedding and output head to a "
+        "multiple of this many rows (matmuls of GPU-friendly sizes, nanoGPT's 50304); "
+        "the padded ids are never predicted, sampled or exported. 1: no padding.",
+    )
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch of each process.")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (tokens per step = "
-                                                       "batch_size x grad_accum_steps x processes x block_size).")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step (tokens per step = "
+        "batch_size x grad_accum_steps x processes x block_size).",
+    )
     max_steps: int = Field(300, ge=1, description="Optimizer steps; also the length of the LR schedule.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate, reached after warmup.")
     min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the decay.")
     warmup_steps: int = Field(30, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
-    schedule: Literal["cosine", "wsd"] = Field("cosine", description="After warmup: cosine decay to min_lr over "
-                                               "the remaining steps, or warmup-stable-decay (constant, then a "
-                                               "linear decay over the last decay_fraction of the steps).")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="After warmup: cosine decay to min_lr over "
+        "the remaining steps, or warmup-stable-decay (constant, then a "
+        "linear decay over the last decay_fraction of the steps).",
+    )
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd only: share of max_steps spent decaying.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, applied to 2-D weights only.")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
@@ -88,51 +111,95 @@ class TrainConfig(StageConfig):
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = no clipping).")
     eval_interval: int = Field(100, ge=1, description="Compute validation loss every this many steps (and at the end).")
     eval_batches: int = Field(10, ge=0, description="Validation batches per evaluation (0 = no validation).")
-    checkpoint_interval: int = Field(0, ge=0, description="Also save a resumable checkpoint every this many "
-                                                          "steps (0: only by checkpoint_minutes, and at the end).")
-    checkpoint_minutes: float = Field(15.0, ge=0, description="Save a resumable checkpoint at the first log step "
-                                      "this many minutes after the last save (0: only by checkpoint_interval), "
-                                      "and at the end.")
-    async_checkpoint: bool = Field(True, description="Write checkpoints in a background thread from a CPU copy, "
-                                                     "so training goes on during the write (one save in flight).")
-    keep_checkpoints: int = Field(2, ge=2, description="Resumable checkpoints kept (step-N.pt; latest.pt is the "
-                                                       "newest). At least 2: a damaged newest one leaves the one before.")
-    log_interval: int = Field(10, ge=1, description="Read the loss, gradient norm and guard to the host, log them "
-                                                    "and add them to the loss history every this many steps (and "
-                                                    "at the end); a read stalls the GPU, so not every step.")
+    checkpoint_interval: int = Field(
+        0,
+        ge=0,
+        description="Also save a resumable checkpoint every this many "
+        "steps (0: only by checkpoint_minutes, and at the end).",
+    )
+    checkpoint_minutes: float = Field(
+        15.0,
+        ge=0,
+        description="Save a resumable checkpoint at the first log step "
+        "this many minutes after the last save (0: only by checkpoint_interval), "
+        "and at the end.",
+    )
+    async_checkpoint: bool = Field(
+        True,
+        description="Write checkpoints in a background thread from a CPU copy, "
+        "so training goes on during the write (one save in flight).",
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=2,
+        description="Resumable checkpoints kept (step-N.pt; latest.pt is the "
+        "newest). At least 2: a damaged newest one leaves the one before.",
+    )
+    log_interval: int = Field(
+        10,
+        ge=1,
+        description="Read the loss, gradient norm and guard to the host, log them "
+        "and add them to the loss history every this many steps (and "
+        "at the end); a read stalls the GPU, so not every step.",
+    )
     seed: int = Field(1337, ge=0, description="Seed of the initialization, data order and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 autocast on CUDA, "
-                                                                              "float32 on CPU.")
-    compile: Union[bool, Literal["auto"]] = Field("auto", description="torch.compile the model: faster on GPU "
-                                                  "after a slow first step. auto: on CUDA, off on CPU.")
-    loss_chunks: int = Field(1, ge=1, description="Compute the loss in this many chunks of tokens, recomputing "
-                                                   "each chunk's logits in the backward: memory for one chunk's "
-                                                   "logits instead of B x T x vocab (a large vocab or batch).")
-    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in the "
-                                                              "backward pass: less memory, about 1/3 more compute.")
-    loss_guard: Literal["skip", "stop", "off"] = Field("skip", description="On a non-finite loss or gradient, or "
-                                                       "a loss spike: skip that update (the batch is used up), "
-                                                       "stop with an error, or do nothing.")
-    spike_factor: float = Field(3.0, ge=0, description="A loss above this many times the mean of the last 50 "
-                                                       "accepted losses (after warmup) is a spike; 0 = only "
-                                                       "non-finite values count.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 autocast on CUDA, float32 on CPU."
+    )
+    compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="torch.compile the model: faster on GPU after a slow first step. auto: on CUDA, off on CPU."
+    )
+    loss_chunks: int = Field(
+        1,
+        ge=1,
+        description="Compute the loss in this many chunks of tokens, recomputing "
+        "each chunk's logits in the backward: memory for one chunk's "
+        "logits instead of B x T x vocab (a large vocab or batch).",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each block's activations in the backward pass: less memory, about 1/3 more compute.",
+    )
+    loss_guard: Literal["skip", "stop", "off"] = Field(
+        "skip",
+        description="On a non-finite loss or gradient, or "
+        "a loss spike: skip that update (the batch is used up), "
+        "stop with an error, or do nothing.",
+    )
+    spike_factor: float = Field(
+        3.0,
+        ge=0,
+        description="A loss above this many times the mean of the last 50 "
+        "accepted losses (after warmup) is a spike; 0 = only "
+        "non-finite values count.",
+    )
     max_skipped_steps: int = Field(5, ge=1, description="Stop after this many updates in a row are skipped.")
-    nproc_per_node: int = Field(1, ge=1, description="Training processes per machine (one per GPU); more than "
-                                                     "one process in all runs under torchrun.")
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="Training processes per machine (one per GPU); more than one process in all runs under torchrun.",
+    )
     nnodes: int = Field(1, ge=1, description="Machines; above 1, torchrun meets the others at rdzv_endpoint.")
-    rdzv_endpoint: str = Field("", description="host:port of the torchrun rendezvous when nnodes > 1 (a port "
-                                               "free on that host; every machine names the same one).")
-    parallel: Literal["none", "ddp", "fsdp"] = Field("none", description="How processes share the work: "
-                                                     "ddp (each holds the model, gradients averaged) or fsdp "
-                                                     "(FSDP2: weights, gradients and optimizer state sharded). "
-                                                     "Needed when processes > 1; no effect with one.")
+    rdzv_endpoint: str = Field(
+        "",
+        description="host:port of the torchrun rendezvous when nnodes > 1 (a port "
+        "free on that host; every machine names the same one).",
+    )
+    parallel: Literal["none", "ddp", "fsdp"] = Field(
+        "none",
+        description="How processes share the work: "
+        "ddp (each holds the model, gradients averaged) or fsdp "
+        "(FSDP2: weights, gradients and optimizer state sharded). "
+        "Needed when processes > 1; no effect with one.",
+    )
 
     @model_validator(mode="after")
     def _processes_have_a_plan(self) -> "TrainConfig":
         if self.processes > 1 and self.parallel == "none":
-            raise ValueError(f"parallel 'none' cannot run {self.processes} processes (nproc_per_node x nnodes): "
-                             "use 'ddp' or 'fsdp'")
+            raise ValueError(
+                f"parallel 'none' cannot run {self.processes} processes (nproc_per_node x nnodes): use 'ddp' or 'fsdp'"
+            )
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("rdzv_endpoint is needed when nnodes > 1 (host:port every machine can reach)")
         return self
@@ -141,8 +208,10 @@ class TrainConfig(StageConfig):
     def _shape_and_schedule(self) -> "TrainConfig":
         check_heads(self)
         if self.min_lr > self.learning_rate:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate}): "
-                             "the schedule decays to it")
+            raise ValueError(
+                f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate}): "
+                "the schedule decays to it"
+            )
         return self
 
     @property
@@ -169,15 +238,26 @@ def lr_at(step: int, c: TrainConfig) -> float:
 def make_optimizer(model: GPT, c: TrainConfig, device: str) -> torch.optim.AdamW:
     """Decay matrices (linear and embedding weights); never biases or LayerNorm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": c.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     # Fused (on CUDA and CPU alike) for its found_inf: the loss guard skips a step without a host read.
     return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=True)
 
 
 @torch.no_grad()
-def val_loss(model: GPT, stream: TokenStream, block_size: int, batch_size: int, max_batches: int, device: str,
-             dtype: str, rank: int = 0, world: int = 1) -> float:
+def val_loss(
+    model: GPT,
+    stream: TokenStream,
+    block_size: int,
+    batch_size: int,
+    max_batches: int,
+    device: str,
+    dtype: str,
+    rank: int = 0,
+    world: int = 1,
+) -> float:
     """Mean loss over the first max_batches batches of validation windows, always the same ones.
     Under `world` processes a batch is batch_size x world windows, each rank scoring its slice."""
     was_training = model.training
@@ -199,9 +279,16 @@ def val_loss(model: GPT, stream: TokenStream, block_size: int, batch_size: int, 
     return loss_sum / n
 
 
-def train(train_files: list[str], val_files: list[str], vocab_size: int, config: TrainConfig, out_dir: str,
-          log: Optional[Callable[[dict], None]] = None, stop_after: Optional[int] = None,
-          clock: Callable[[], float] = time.monotonic) -> dict:
+def train(
+    train_files: list[str],
+    val_files: list[str],
+    vocab_size: int,
+    config: TrainConfig,
+    out_dir: str,
+    log: Optional[Callable[[dict], None]] = None,
+    stop_after: Optional[int] = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict:
     """Train (or resume) in out_dir; write out_dir/model.pt; return a JSON-ready summary.
 
     stop_after=N stops after step N as if the process were killed there: no final checkpoint and no
@@ -211,8 +298,10 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     device = resolve_device(c.device)
     rank, world = distributed.rank(), distributed.world_size()
     if world != c.processes:
-        raise ValueError(f"the config asks for {c.processes} processes (nproc_per_node x nnodes) but "
-                         f"{world} run: start several with torchrun (model.launch)")
+        raise ValueError(
+            f"the config asks for {c.processes} processes (nproc_per_node x nnodes) but "
+            f"{world} run: start several with torchrun (model.launch)"
+        )
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -246,8 +335,10 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
     identity = train_stream.identity()
     if ckpt and "token_files" in ckpt:
         if ckpt["token_files"] != identity:
-            raise ValueError(f"checkpoint {ckpt_path} was trained on other token files ({ckpt['token_files']}) "
-                             f"than these ({identity}); use the same files or a new out_dir")
+            raise ValueError(
+                f"checkpoint {ckpt_path} was trained on other token files ({ckpt['token_files']}) "
+                f"than these ({identity}); use the same files or a new out_dir"
+            )
     else:  # a resume on the same files needs no check (and a start reads each file's cached maximum)
         _check_vocab(train_stream, vocab_size)
     if ckpt and not sharded:
@@ -312,25 +403,48 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
             if step % c.log_interval == 0 or step == c.max_steps or step == stop_after or evaluating or saving:
                 # The one host read of these steps: loss, norm, skip flag and last applied loss at once.
                 guard.verify()
-                now_loss, now_norm, skipped, last = torch.stack([step_loss.double(), grad_norm.double(),
-                                                                 skip.double(), last_loss_t.double()]).tolist()
+                now_loss, now_norm, skipped, last = torch.stack(
+                    [step_loss.double(), grad_norm.double(), skip.double(), last_loss_t.double()]
+                ).tolist()
                 last_loss = None if math.isnan(last) else last
                 now = time.perf_counter()
                 tokens_per_s = steps_logged * tokens_per_step / max(1e-9, now - t_logged)
                 t_logged, steps_logged = now, 0
                 history.append({"step": step, "loss": now_loss})
                 if log:
-                    log({"step": step, "loss": now_loss, "lr": lr, "grad_norm": now_norm, "tokens_per_s": tokens_per_s,
-                         "mfu": mfu_of(tokens_per_s), **({"skipped": True} if skipped else {})})
+                    log(
+                        {
+                            "step": step,
+                            "loss": now_loss,
+                            "lr": lr,
+                            "grad_norm": now_norm,
+                            "tokens_per_s": tokens_per_s,
+                            "mfu": mfu_of(tokens_per_s),
+                            **({"skipped": True} if skipped else {}),
+                        }
+                    )
 
             if evaluating and val_stream is not None:
-                history[-1]["val_loss"] = val_loss(raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches,
-                                                   device, c.dtype, rank, world)
+                history[-1]["val_loss"] = val_loss(
+                    raw_model, val_stream, c.block_size, c.batch_size, c.eval_batches, device, c.dtype, rank, world
+                )
                 if log:
                     log({"step": step, "val_loss": history[-1]["val_loss"]})
             if saving:  # the log's checkpoint event comes once the file is committed
-                folder = _save_checkpoint(saver, ckpt_path, raw_model, optimizer, feed, guard, c, vocab_size, step,
-                                          history, last_loss, identity)
+                folder = _save_checkpoint(
+                    saver,
+                    ckpt_path,
+                    raw_model,
+                    optimizer,
+                    feed,
+                    guard,
+                    c,
+                    vocab_size,
+                    step,
+                    history,
+                    last_loss,
+                    identity,
+                )
                 if folder and log:  # FSDP2's folder of shards, committed on return
                     log({"step": step, "checkpoint": folder})
                 last_save = clock()
@@ -346,8 +460,10 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         else:
             weights = raw_model.cpu().state_dict()  # on CPU whatever trained it; the tied matrix stored once
         if distributed.is_main():
-            checkpoints.atomic_save({"model": weights, "config": raw_model.config.model_dump(),
-                                     "vocab_size": vocab_size}, os.path.join(out_dir, "model.pt"))
+            checkpoints.atomic_save(
+                {"model": weights, "config": raw_model.config.model_dump(), "vocab_size": vocab_size},
+                os.path.join(out_dir, "model.pt"),
+            )
     val_points = [h["val_loss"] for h in history if "val_loss" in h]
     return {
         "steps": step,
@@ -359,10 +475,14 @@ def train(train_files: list[str], val_files: list[str], vocab_size: int, config:
         "history": history,
         "skipped_steps": guard.total_skipped(),
         "flops_per_token": flops_per_token,
-        "timing": {"seconds": round(seconds, 3), "steps_this_run": steps_run,
-                   "tokens_per_s": round(steps_run * tokens_per_step / max(1e-9, seconds), 1),
-                   "device": device_name(device), "peak_flops": peak,
-                   "mfu": mfu_of(steps_run * tokens_per_step / max(1e-9, seconds))},
+        "timing": {
+            "seconds": round(seconds, 3),
+            "steps_this_run": steps_run,
+            "tokens_per_s": round(steps_run * tokens_per_step / max(1e-9, seconds), 1),
+            "device": device_name(device),
+            "peak_flops": peak,
+            "mfu": mfu_of(steps_run * tokens_per_step / max(1e-9, seconds)),
+        },
     }
 
 
@@ -376,8 +496,11 @@ def _check_vocab(stream: TokenStream, vocab_size: int) -> None:
 
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                     gauss], "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -393,22 +516,33 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(saver, path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss,
-                     token_files) -> Optional[str]:
+def _save_checkpoint(
+    saver, path, model, optimizer, batches, guard, c, vocab_size, step, history, last_loss, token_files
+) -> Optional[str]:
     """Every rank calls it (each rank's RNG is collected). FSDP2: every rank writes its shards
     (model.sharded_checkpoint), committed when it returns that folder. Otherwise rank 0 hands one
     file's state, whole tensors laid out as one process lays them out, to the saver (None)."""
     rng = distributed.gather(_rng_state())
     extra = {"rng_ranks": rng} if len(rng) > 1 else {}
-    state = {"step": step, "batches": batches.state_dict(), "guard": guard.state_dict(), "rng": rng[0],
-             "history": history, "last_loss": last_loss, "config": c.model_dump(), "vocab_size": vocab_size,
-             "token_files": token_files, **extra}
+    state = {
+        "step": step,
+        "batches": batches.state_dict(),
+        "guard": guard.state_dict(),
+        "rng": rng[0],
+        "history": history,
+        "last_loss": last_loss,
+        "config": c.model_dump(),
+        "vocab_size": vocab_size,
+        "token_files": token_files,
+        **extra,
+    }
     if distributed.is_sharded(model):  # written now, by every rank: no background write
         saver.wait()
         return sharded_checkpoint.save(os.path.dirname(path), step, model, optimizer, state, c.keep_checkpoints)
     if distributed.is_main():
-        saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, path, step,
-                   c.keep_checkpoints)
+        saver.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, path, step, c.keep_checkpoints
+        )
     return None
 
 
@@ -422,18 +556,25 @@ def _read_checkpoint(path, c, vocab_size, device) -> dict:
     saved = {k: ckpt["config"].get(k, BEFORE_FIELD.get(k, fields[k].default)) for k in fields}
     now = c.model_dump()
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k not in BATCH_SPLIT and saved[k] != now[k])
-    padded = lambda cfg: GPTConfig(vocab_size=vocab_size,  # noqa: E731
-                                   vocab_multiple=cfg["vocab_multiple"]).padded_vocab
+    padded = lambda cfg: (  # noqa: E731
+        GPTConfig(
+            vocab_size=vocab_size,
+            vocab_multiple=cfg["vocab_multiple"],
+        ).padded_vocab
+    )
     if "vocab_multiple" in changed and padded(saved) == padded(now):
         changed.remove("vocab_multiple")  # another multiple, the same rows: the same weights
     glob = lambda cfg: math.prod(cfg[k] for k in BATCH_SPLIT)  # noqa: E731
     if glob(saved) != glob(now):
         changed += [k for k in BATCH_SPLIT if saved[k] != now[k]]
     if changed or ckpt["vocab_size"] != vocab_size:
-        what = ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed) or \
-            f"vocab_size: {ckpt['vocab_size']} -> {vocab_size}"
-        raise ValueError(f"checkpoint {path} was written with another config ({what}); "
-                         f"use the same config or a new out_dir")
+        what = (
+            ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed)
+            or f"vocab_size: {ckpt['vocab_size']} -> {vocab_size}"
+        )
+        raise ValueError(
+            f"checkpoint {path} was written with another config ({what}); use the same config or a new out_dir"
+        )
     return ckpt
 
 

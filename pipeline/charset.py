@@ -19,27 +19,45 @@ import webencodings
 # The WHATWG encodings whose Python codec of the same name decodes differently: GBK is decoded as
 # gb18030, Shift_JIS as Windows-31J with its NEC and IBM extensions, EUC-KR as Windows-949 (UHC), Big5
 # with the HKSCS extension; the rest are names Python does not know.
-PYTHON_CODECS = {"gbk": "gb18030", "gb18030": "gb18030", "shift_jis": "cp932", "euc-kr": "cp949",
-                 "big5": "big5hkscs", "euc-jp": "euc_jp", "iso-8859-8-i": "iso8859-8", "macintosh": "mac-roman",
-                 "x-mac-cyrillic": "mac-cyrillic", "windows-874": "cp874", "iso-2022-jp": "iso2022_jp_ext"}
+PYTHON_CODECS = {
+    "gbk": "gb18030",
+    "gb18030": "gb18030",
+    "shift_jis": "cp932",
+    "euc-kr": "cp949",
+    "big5": "big5hkscs",
+    "euc-jp": "euc_jp",
+    "iso-8859-8-i": "iso8859-8",
+    "macintosh": "mac-roman",
+    "x-mac-cyrillic": "mac-cyrillic",
+    "windows-874": "cp874",
+    "iso-2022-jp": "iso2022_jp_ext",
+}
 # The bytes that start a two-byte code in each multi-byte codec (the standard's decoders).
-LEAD_BYTES = {"gb18030": bytes(range(0x81, 0xFF)), "cp932": bytes([*range(0x81, 0xA0), *range(0xE0, 0xFD)]),
-              "cp949": bytes(range(0x81, 0xFF)), "big5hkscs": bytes(range(0x81, 0xFF)),
-              "euc_jp": bytes([0x8E, *range(0xA1, 0xFF)])}
+LEAD_BYTES = {
+    "gb18030": bytes(range(0x81, 0xFF)),
+    "cp932": bytes([*range(0x81, 0xA0), *range(0xE0, 0xFD)]),
+    "cp949": bytes(range(0x81, 0xFF)),
+    "big5hkscs": bytes(range(0x81, 0xFF)),
+    "euc_jp": bytes([0x8E, *range(0xA1, 0xFF)]),
+}
 # Where the standard's index gives another character than the Python codec (each found by decoding
 # every code with Chromium's TextDecoder: benchmarks/charset_decoding.py --chromium): EUC-JP uses
 # Windows' JIS X 0208 (as Shift_JIS does), GBK the GB18030-2022 code points for former private-use
 # ones (and ḿ trades places with its old private-use code), Big5 the standard's own index, Shift_JIS
 # has no single bytes 0xA0 and 0xFD-0xFF, KOI8-U has the two Belarusian letters of KOI8-RU.
-_GBK = str.maketrans("\ue5e5\ue78d\ue78e\ue78f\ue790\ue791\ue792\ue793\ue794\ue795\ue796\ue7c7\u1e3f\ue81e\ue826"
-                     "\ue82b\ue82c\ue832\ue843\ue854\ue864",
-                     "\u3000\ufe10\ufe12\ufe11\ufe13\ufe14\ufe15\ufe16\ufe17\ufe18\ufe19\u1e3f\ue7c7\u9fb4\u9fb5"
-                     "\u9fb6\u9fb7\u9fb8\u9fb9\u9fba\u9fbb")
+_GBK = str.maketrans(
+    "\ue5e5\ue78d\ue78e\ue78f\ue790\ue791\ue792\ue793\ue794\ue795\ue796\ue7c7\u1e3f\ue81e\ue826"
+    "\ue82b\ue82c\ue832\ue843\ue854\ue864",
+    "\u3000\ufe10\ufe12\ufe11\ufe13\ufe14\ufe15\ufe16\ufe17\ufe18\ufe19\u1e3f\ue7c7\u9fb4\u9fb5"
+    "\u9fb6\u9fb7\u9fb8\u9fb9\u9fba\u9fbb",
+)
 INDEX_FIXES = {
     "euc-jp": str.maketrans("\u301c\u2016\u2212\xa2\xa3\xac", "\uff5e\u2225\uff0d\uffe0\uffe1\uffe2"),
-    "gbk": _GBK, "gb18030": _GBK,
-    "big5": str.maketrans("\u2022\uff64\u203e\u223c\u2641\u2609\xa5\xa2\xa3",
-                          "\u2027\ufe51\xaf\uff5e\u2295\u2299\uffe5\uffe0\uffe1"),
+    "gbk": _GBK,
+    "gb18030": _GBK,
+    "big5": str.maketrans(
+        "\u2022\uff64\u203e\u223c\u2641\u2609\xa5\xa2\xa3", "\u2027\ufe51\xaf\uff5e\u2295\u2299\uffe5\uffe0\uffe1"
+    ),
     "shift_jis": str.maketrans("\uf8f0\uf8f1\uf8f2\uf8f3", "\ufffd" * 4),
     "koi8-u": str.maketrans("\u255d\u256c", "\u045e\u040e"),
 }
@@ -60,7 +78,7 @@ def decode_html(body: bytes, http_charset: str | None) -> tuple[str, str]:
     """(text, WHATWG encoding name) of an HTML body sent with `http_charset` (None: no charset)."""
     for bom, name in BOMS:
         if body.startswith(bom):
-            return _decode(body[len(bom):], name), name
+            return _decode(body[len(bom) :], name), name
     name = _encoding(http_charset)
     if name is None:
         name = _meta_encoding(body[:PRESCAN_BYTES])
@@ -141,16 +159,16 @@ def _whatwg_errors(error: UnicodeDecodeError) -> tuple[str, int]:
         return ("\u05ba" if first == 0xCA else "\ufffd"), start + 1  # 0xCA: undefined in cp1255 alone
     if codec == "gb18030" and first == 0x80:
         return "\u20ac", start + 1
-    if codec == "gb18030" and _within(data[start:start + 4], (0x81, 0xFE), (0x30, 0x39), (0x81, 0xFE), (0x30, 0x39)):
+    if codec == "gb18030" and _within(data[start : start + 4], (0x81, 0xFE), (0x30, 0x39), (0x81, 0xFE), (0x30, 0x39)):
         return "\ufffd", start + 4  # a four-byte code outside the standard's ranges: one error
-    if codec == "euc_jp" and _within(data[start:start + 2], (0xA1, 0xFE), (0xA1, 0xFE)):
+    if codec == "euc_jp" and _within(data[start : start + 2], (0xA1, 0xFE), (0xA1, 0xFE)):
         lead, cell = divmod((first - 0xA1) * 94 + trail - 0xA1, 188)
         sjis = bytes([lead + (0x81 if lead < 0x1F else 0xC1), cell + (0x40 if cell < 0x3F else 0x41)])
         try:
             return sjis.decode("cp932"), start + 2
         except UnicodeDecodeError:
             return "\ufffd", start + 2
-    if codec == "euc_jp" and first == 0x8F and _within(data[start + 1:start + 3], (0xA1, 0xFE), (0xA1, 0xFE)):
+    if codec == "euc_jp" and first == 0x8F and _within(data[start + 1 : start + 3], (0xA1, 0xFE), (0xA1, 0xFE)):
         return "\ufffd", start + 3  # a JIS X 0212 code the index lacks: one error for its three bytes
     if trail is not None and trail >= 0x80 and first in LEAD_BYTES[codec]:
         return "\ufffd", start + 2

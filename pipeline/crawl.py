@@ -32,8 +32,8 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pipeline import warc
-from pipeline.deadline import Deadline, build_opener
 from pipeline.charset import decode_html
+from pipeline.deadline import Deadline, build_opener
 from pipeline.http_message import content_type, gunzip
 from pipeline.stage import StageConfig
 from storage import StageDir
@@ -53,35 +53,63 @@ class CrawlConfig(StageConfig):
 
     model_config = ConfigDict(title="Seed URLs")  # what the form's crawl-or-none switch reads
 
-    seeds: list[str] = Field(..., min_length=1, description="Start URLs (http or https). Seeds are always fetched "
-                                                            "(robots.txt permitting); links are followed from them.")
+    seeds: list[str] = Field(
+        ...,
+        min_length=1,
+        description="Start URLs (http or https). Seeds are always fetched "
+        "(robots.txt permitting); links are followed from them.",
+    )
     max_pages: int = Field(200, ge=1, description="Stop after recording this many pages (any status).")
-    max_depth: int = Field(5, ge=0, description="Links followed from a seed at most this many times (0: seeds only). "
-                                                "A redirect does not count as a step.")
+    max_depth: int = Field(
+        5,
+        ge=0,
+        description="Links followed from a seed at most this many times (0: seeds only). "
+        "A redirect does not count as a step.",
+    )
     scope: Literal["same-origin", "allow-list"] = Field(
-        "same-origin", description="Which links to follow: those on a seed's origin (scheme, host and port: "
-                                   "another port is another site) or the origin a seed's redirects end on, "
-                                   "or those on a host in allow_hosts.")
-    allow_hosts: list[str] = Field([], description="Hosts in scope when scope is allow-list, as host or host:port "
-                                                   "(without a port, any port); a host also matches its subdomains "
-                                                   "(docs.python.org matches python.org).")
-    respect_robots: bool = Field(True, description="Obey robots.txt (fetched once per origin with our user agent), "
-                                                   "including its Crawl-delay.")
+        "same-origin",
+        description="Which links to follow: those on a seed's origin (scheme, host and port: "
+        "another port is another site) or the origin a seed's redirects end on, "
+        "or those on a host in allow_hosts.",
+    )
+    allow_hosts: list[str] = Field(
+        [],
+        description="Hosts in scope when scope is allow-list, as host or host:port "
+        "(without a port, any port); a host also matches its subdomains "
+        "(docs.python.org matches python.org).",
+    )
+    respect_robots: bool = Field(
+        True, description="Obey robots.txt (fetched once per origin with our user agent), including its Crawl-delay."
+    )
     delay_s: float = Field(0.0, ge=0, description="Seconds between two requests to the same host and port.")
-    timeout_s: float = Field(10.0, gt=0, description="Seconds to wait on a connection or on one read before giving "
-                                                     "up on a URL (counted in errors).")
-    fetch_deadline_s: float = Field(60.0, gt=0, description="Seconds one fetch (a page, or a robots.txt with its "
-                                                            "redirects) may take in all, however slowly the server "
-                                                            "sends; past it the URL is given up (counted in errors).")
-    user_agent: str = Field("crawl2llm/0.1 (+https://github.com/crawl2llm)", min_length=1,
-                            description="Sent with every request, and the name robots.txt rules are matched against.")
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds to wait on a connection or on one read before giving up on a URL (counted in errors).",
+    )
+    fetch_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds one fetch (a page, or a robots.txt with its "
+        "redirects) may take in all, however slowly the server "
+        "sends; past it the URL is given up (counted in errors).",
+    )
+    user_agent: str = Field(
+        "crawl2llm/0.1 (+https://github.com/crawl2llm)",
+        min_length=1,
+        description="Sent with every request, and the name robots.txt rules are matched against.",
+    )
     pages_per_file: int = Field(50, ge=1, description="Pages per WARC file; the crawl checkpoints after each file.")
-    max_page_bytes: int = Field(5_000_000, ge=1, description="Bodies are cut at this many bytes (the record is "
-                                                             "marked WARC-Truncated: length).")
-    exclude_patterns: list[str] = Field([], description="Regular expressions; a link or redirect target matching "
-                                                        "any of them (re.search) is not fetched.")
-    mime_types: list[str] = Field(["text/html", "application/xhtml+xml"],
-                                  description="Content-Types of 200 responses whose links are followed.")
+    max_page_bytes: int = Field(
+        5_000_000, ge=1, description="Bodies are cut at this many bytes (the record is marked WARC-Truncated: length)."
+    )
+    exclude_patterns: list[str] = Field(
+        [],
+        description="Regular expressions; a link or redirect target matching any of them (re.search) is not fetched.",
+    )
+    mime_types: list[str] = Field(
+        ["text/html", "application/xhtml+xml"], description="Content-Types of 200 responses whose links are followed."
+    )
 
     @field_validator("scope", mode="before")
     @classmethod
@@ -113,10 +141,16 @@ class CrawlConfig(StageConfig):
     def _bare_hosts(cls, hosts: list[str]) -> list[str]:
         for h in hosts:
             name, colon, port = h.rpartition(":") if ":" in h else (h, "", "")
-            if (not name or any(c in name for c in "/:@[] \t\r\n")
-                    or colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
-                raise ValueError(f"allow_hosts entry {h!r} must be a host name such as 'example.com', "
-                                 "or host:port such as 'example.com:8080'")
+            if (
+                not name
+                or any(c in name for c in "/:@[] \t\r\n")
+                or colon
+                and not (port.isdigit() and 1 <= int(port) <= 65535)
+            ):
+                raise ValueError(
+                    f"allow_hosts entry {h!r} must be a host name such as 'example.com', "
+                    "or host:port such as 'example.com:8080'"
+                )
         return hosts
 
     @model_validator(mode="after")
@@ -194,8 +228,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 class _Fetched:
     """One HTTP exchange, as it goes into the WARC file."""
 
-    def __init__(self, status: int, request: bytes, response: bytes, body: bytes, headers,
-                 truncated: bool):
+    def __init__(self, status: int, request: bytes, response: bytes, body: bytes, headers, truncated: bool):
         self.status, self.request, self.response, self.body = status, request, response, body
         self.headers, self.truncated = headers, truncated
 
@@ -231,9 +264,17 @@ class _Crawler:
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"queue": [list(item) for item in self.queue], "seen": sorted(self.seen), "origins": self.origins,
-                "pages": self.pages, "files": self.files, "errors": self.errors,
-                "robots_blocked": self.robots_blocked, "bytes": self.bytes, "status": dict(self.status)}
+        return {
+            "queue": [list(item) for item in self.queue],
+            "seen": sorted(self.seen),
+            "origins": self.origins,
+            "pages": self.pages,
+            "files": self.files,
+            "errors": self.errors,
+            "robots_blocked": self.robots_blocked,
+            "bytes": self.bytes,
+            "status": dict(self.status),
+        }
 
     def _load(self, state: dict) -> None:
         self.queue = deque((url, depth, chain) for url, depth, chain in state["queue"])
@@ -255,10 +296,15 @@ class _Crawler:
         if self.buffer:
             rel = self.out.part("data", self.files, "warc.gz")
             name = rel.rsplit("/", 1)[-1]
-            info = warc.warcinfo_record(name, self.buffer_date, {
-                "robots": "obey" if self.config.respect_robots else "ignore",
-                "http-header-user-agent": self.config.user_agent,
-                "description": f"crawl of {', '.join(self.config.seeds)}"})
+            info = warc.warcinfo_record(
+                name,
+                self.buffer_date,
+                {
+                    "robots": "obey" if self.config.respect_robots else "ignore",
+                    "http-header-user-agent": self.config.user_agent,
+                    "description": f"crawl of {', '.join(self.config.seeds)}",
+                },
+            )
             data = info + b"".join(self.buffer)
             self.out.write_bytes(rel, data)
             self.files += 1
@@ -283,11 +329,19 @@ class _Crawler:
                 self.progress(self.pages, self.config.max_pages)
         if self.pages == 0:
             why = "; ".join(self.first_errors) or "nothing was in scope"
-            raise RuntimeError(f"crawl fetched no page from seeds {', '.join(self.config.seeds)} "
-                               f"({self.errors} fetch errors, {self.robots_blocked} blocked by robots.txt): {why}")
+            raise RuntimeError(
+                f"crawl fetched no page from seeds {', '.join(self.config.seeds)} "
+                f"({self.errors} fetch errors, {self.robots_blocked} blocked by robots.txt): {why}"
+            )
         self._flush()
-        return {"pages": self.pages, "files": self.files, "status": dict(sorted(self.status.items())),
-                "errors": self.errors, "robots_blocked": self.robots_blocked, "bytes": self.bytes}
+        return {
+            "pages": self.pages,
+            "files": self.files,
+            "status": dict(sorted(self.status.items())),
+            "errors": self.errors,
+            "robots_blocked": self.robots_blocked,
+            "bytes": self.bytes,
+        }
 
     def _record(self, url: str, f: _Fetched) -> None:
         date = warc.warc_date(time.time())
@@ -296,8 +350,16 @@ class _Crawler:
         req_id = warc.record_id(url, "request", self.pages)
         self.buffer.append(
             warc.request_record(url, f.request, date, req_id, warcinfo=info)
-            + warc.response_record(url, f.response, date, warc.record_id(url, "response", self.pages),
-                                   concurrent_to=req_id, warcinfo=info, truncated="length" if f.truncated else None))
+            + warc.response_record(
+                url,
+                f.response,
+                date,
+                warc.record_id(url, "response", self.pages),
+                concurrent_to=req_id,
+                warcinfo=info,
+                truncated="length" if f.truncated else None,
+            )
+        )
         self.pages += 1
         self.status[str(f.status)] += 1
 
@@ -333,8 +395,12 @@ class _Crawler:
         elif len(hops) > MAX_SEED_REDIRECTS:
             self.errors += 1
             self._note_error(url, f"seed {hops[0]} redirects more than {MAX_SEED_REDIRECTS} times")
-        elif target and target not in self.seen and not self._excluded(target) and (
-                self.config.scope == "same-origin" or self._in_scope(target)):
+        elif (
+            target
+            and target not in self.seen
+            and not self._excluded(target)
+            and (self.config.scope == "same-origin" or self._in_scope(target))
+        ):
             self.seen.add(target)
             self.queue.append((target, 0, hops))
 
@@ -407,11 +473,15 @@ class _Crawler:
     def _fetch(self, url: str) -> _Fetched | None:
         """GET one URL; None (counted in errors) when no HTTP response came back."""
         rules = self.robots.get(origin(url))
-        crawl_delay = (rules.crawl_delay(self.config.user_agent)
-                       if isinstance(rules, urllib.robotparser.RobotFileParser) else None)
+        crawl_delay = (
+            rules.crawl_delay(self.config.user_agent) if isinstance(rules, urllib.robotparser.RobotFileParser) else None
+        )
         self._wait_for(url, float(crawl_delay or 0))
-        headers = {"User-Agent": self.config.user_agent, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
-                   "Accept-Encoding": "identity"}
+        headers = {
+            "User-Agent": self.config.user_agent,
+            "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+            "Accept-Encoding": "identity",
+        }
         request = urllib.request.Request(url, headers=headers)
         opener = build_opener(Deadline(url, self.config.fetch_deadline_s), _NoRedirect)
         try:
@@ -430,8 +500,14 @@ class _Crawler:
             return None
         truncated = len(body) > self.config.max_page_bytes
         body = body[: self.config.max_page_bytes]
-        return _Fetched(status, _request_bytes(url, headers), _response_bytes(version, status, reason, resp_headers,
-                                                                             body), body, resp_headers, truncated)
+        return _Fetched(
+            status,
+            _request_bytes(url, headers),
+            _response_bytes(version, status, reason, resp_headers, body),
+            body,
+            resp_headers,
+            truncated,
+        )
 
     def _note_error(self, url: str, why: str) -> None:
         if len(self.first_errors) < 3:
@@ -453,8 +529,12 @@ def _request_bytes(url: str, headers: dict) -> bytes:
     """The request as urllib sends it: request line, Host, our headers, Connection: close."""
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items()),
-             "Connection: close"]
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+        "Connection: close",
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
 

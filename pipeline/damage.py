@@ -22,13 +22,12 @@ class DamageLog(Counter):
         """Count one damaged record of `kind` at `offset` (bytes, or a line/row number)."""
         self[kind] += 1
         if len(self.listed) < MAX_LISTED:
-            self.listed.append({"file": self.source, "offset": offset, "record_id": record_id or None,
-                                "what": kind})
+            self.listed.append({"file": self.source, "offset": offset, "record_id": record_id or None, "what": kind})
 
 
 def merge_listed(*lists: list[dict]) -> list[dict]:
     """The first MAX_LISTED damaged records of several lists, in order."""
     out: list[dict] = []
     for rows in lists:
-        out.extend(rows[:MAX_LISTED - len(out)])
+        out.extend(rows[: MAX_LISTED - len(out)])
     return out

@@ -58,51 +58,79 @@ _ROW_MASK = np.uint64(0xFFFFFFFF)
 
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.uint64(), nullable=False), pa.field("doc", pa.uint64(), nullable=False)])
 PAIRS_SCHEMA = pa.schema([pa.field("a", pa.uint64(), nullable=False), pa.field("b", pa.uint64(), nullable=False)])
-DUPLICATES_SCHEMA = pa.schema([
-    pa.field("row", pa.int64(), nullable=False),  # row of the document in its shard
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),  # exact_duplicate | near_duplicate
-    pa.field("cluster_id", pa.int64(), nullable=False),  # corpus position of the kept document
-    pa.field("duplicate_of", pa.string(), nullable=False),  # id of the kept document
-    pa.field("similarity", pa.float64(), nullable=False),  # estimated Jaccard with it; 1.0 for exact
-])
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.int64(), nullable=False),  # row of the document in its shard
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # exact_duplicate | near_duplicate
+        pa.field("cluster_id", pa.int64(), nullable=False),  # corpus position of the kept document
+        pa.field("duplicate_of", pa.string(), nullable=False),  # id of the kept document
+        pa.field("similarity", pa.float64(), nullable=False),  # estimated Jaccard with it; 1.0 for exact
+    ]
+)
 # An increment's bucket index: each key once, sorted; its bucket's first document and that document's
 # kept one (itself unless it was a duplicate), as positions in the corpus of all increments.
-INDEX_SCHEMA = pa.schema([pa.field("key", pa.uint64(), nullable=False), pa.field("first", pa.int64(), nullable=False),
-                          pa.field("kept", pa.int64(), nullable=False)])
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.uint64(), nullable=False),
+        pa.field("first", pa.int64(), nullable=False),
+        pa.field("kept", pa.int64(), nullable=False),
+    ]
+)
 # Verified pairs of a new document and an earlier increment's kept document (its corpus position).
 EARLIER_SCHEMA = pa.schema([pa.field("doc", pa.uint64(), nullable=False), pa.field("kept", pa.int64(), nullable=False)])
 # Removed documents of the dedup stage: the usual columns plus their cluster.
-DEDUP_REMOVED_SCHEMA = pa.schema(list(REMOVED_SCHEMA) + [DUPLICATES_SCHEMA.field(c) for c in
-                                                         ("cluster_id", "duplicate_of", "similarity")])
+DEDUP_REMOVED_SCHEMA = pa.schema(
+    list(REMOVED_SCHEMA) + [DUPLICATES_SCHEMA.field(c) for c in ("cluster_id", "duplicate_of", "similarity")]
+)
 
 
 class DedupConfig(StageConfig):
     exact: bool = Field(True, description="Remove documents whose normalized text equals an earlier one's.")
-    near: bool = Field(True, description="Remove documents whose MinHash-estimated Jaccard similarity with "
-                                         "another document of their cluster reaches `threshold`.")
+    near: bool = Field(
+        True,
+        description="Remove documents whose MinHash-estimated Jaccard similarity with "
+        "another document of their cluster reaches `threshold`.",
+    )
     lowercase: bool = Field(True, description="Normalize: compare texts case-insensitively.")
     strip_punctuation: bool = Field(True, description="Normalize: replace punctuation and symbols by spaces.")
-    fold_whitespace: bool = Field(True, description="Normalize: collapse runs of whitespace into one space and "
-                                                    "trim (word shingles always split on whitespace, so this "
-                                                    "only matters for exact duplicates).")
+    fold_whitespace: bool = Field(
+        True,
+        description="Normalize: collapse runs of whitespace into one space and "
+        "trim (word shingles always split on whitespace, so this "
+        "only matters for exact duplicates).",
+    )
     ngram: int = Field(5, ge=1, le=64, description="Words per shingle (word n-grams) for near-dedup.")
     num_perm: int = Field(112, ge=2, le=1024, description="MinHash permutations (signature length).")
     bands: int = Field(14, ge=1, description="LSH bands; candidates share all rows of at least one band.")
     rows: int = Field(8, ge=1, description="LSH rows per band; bands * rows must be <= num_perm.")
     seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (fixed: signatures are reproducible).")
-    threshold: float = Field(0.8, ge=0.0, le=1.0, description="Estimated Jaccard similarity a candidate pair must "
-                                                              "reach to count as near duplicates.")
-    memory_mb: int = Field(2048, ge=64, description="Memory budget of the clustering steps (pairs per partition, "
-                                                    "union-find); sets how many partitions the buckets use.")
-    partitions: int = Field(0, ge=0, description="Bucket partitions (files per signature shard); 0: chosen from "
-                                                 "the corpus size and memory_mb. Results do not depend on it.")
+    threshold: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity a candidate pair must reach to count as near duplicates.",
+    )
+    memory_mb: int = Field(
+        2048,
+        ge=64,
+        description="Memory budget of the clustering steps (pairs per partition, "
+        "union-find); sets how many partitions the buckets use.",
+    )
+    partitions: int = Field(
+        0,
+        ge=0,
+        description="Bucket partitions (files per signature shard); 0: chosen from "
+        "the corpus size and memory_mb. Results do not depend on it.",
+    )
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "DedupConfig":
         if self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands * rows = {self.bands} * {self.rows} = {self.bands * self.rows} "
-                             f"exceeds num_perm = {self.num_perm}")
+            raise ValueError(
+                f"bands * rows = {self.bands} * {self.rows} = {self.bands * self.rows} "
+                f"exceeds num_perm = {self.num_perm}"
+            )
         return self
 
     def signature_fields(self) -> dict:
@@ -145,13 +173,16 @@ def split_doc(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # -- step 1: signatures and bucket keys per shard ---------------------------------------------
 
+
 def signature_schema(num_perm: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("content_hash", pa.binary(16), nullable=False),  # blake2b-128 of the normalized text
-        pa.field("shingles", pa.int32(), nullable=False),  # 0: no words, no near-dedup keys
-        pa.field("minhash", pa.list_(pa.uint32(), num_perm), nullable=False),  # datasketch affine32 values
-    ])
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("content_hash", pa.binary(16), nullable=False),  # blake2b-128 of the normalized text
+            pa.field("shingles", pa.int32(), nullable=False),  # 0: no words, no near-dedup keys
+            pa.field("minhash", pa.list_(pa.uint32(), num_perm), nullable=False),  # datasketch affine32 values
+        ]
+    )
 
 
 def signatures(table: pa.Table, config: DedupConfig) -> pa.Table:
@@ -162,10 +193,12 @@ def signatures(table: pa.Table, config: DedupConfig) -> pa.Table:
 
 
 def _signature_batch(batch: pa.RecordBatch, config: DedupConfig) -> pa.Table:
-    norm, words = normalize_texts(batch.column("text"), config.lowercase, config.strip_punctuation,
-                                  config.fold_whitespace)
-    hashes = np.frombuffer(b"".join(hashlib.blake2b(_utf8_view(norm, i), digest_size=16).digest()
-                                    for i in range(len(norm))), np.uint8)
+    norm, words = normalize_texts(
+        batch.column("text"), config.lowercase, config.strip_punctuation, config.fold_whitespace
+    )
+    hashes = np.frombuffer(
+        b"".join(hashlib.blake2b(_utf8_view(norm, i), digest_size=16).digest() for i in range(len(norm))), np.uint8
+    )
     n = len(norm)
     if config.near:
         counts = np.diff(words.offsets.to_numpy())
@@ -175,9 +208,15 @@ def _signature_batch(batch: pa.RecordBatch, config: DedupConfig) -> pa.Table:
     else:
         sigs = np.full((n, config.num_perm), minhash.EMPTY, np.uint32)
         shingles = np.zeros(n, np.int32)
-    return pa.table([batch.column("id"), pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(hashes)]),
-                     pa.array(shingles), pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1)), config.num_perm)],
-                    schema=signature_schema(config.num_perm))
+    return pa.table(
+        [
+            batch.column("id"),
+            pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(hashes)]),
+            pa.array(shingles),
+            pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1)), config.num_perm),
+        ],
+        schema=signature_schema(config.num_perm),
+    )
 
 
 def _utf8_view(strings: pa.Array, i: int) -> memoryview:
@@ -201,7 +240,7 @@ def bucket_keys(sigs: pa.Table, shard: int, config: DedupConfig) -> tuple[np.nda
         sig = signature_matrix(sigs)[has]
         for band in range(config.bands):
             h = np.full(len(has), minhash.fmix64(np.array([band + 1], np.uint64))[0], np.uint64)
-            for col in sig[:, band * config.rows:(band + 1) * config.rows].T:
+            for col in sig[:, band * config.rows : (band + 1) * config.rows].T:
                 h = minhash.fmix64(h ^ col.astype(np.uint64))
             keys.append(h)
             docs.append(has)
@@ -218,13 +257,13 @@ def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
 
 def content_hashes(sigs: pa.Table) -> np.ndarray:
     col = _one_chunk(sigs.column("content_hash"))
-    return np.frombuffer(col.buffers()[1], np.uint8)[col.offset * 16:(col.offset + len(col)) * 16].reshape(-1, 16)
+    return np.frombuffer(col.buffers()[1], np.uint8)[col.offset * 16 : (col.offset + len(col)) * 16].reshape(-1, 16)
 
 
 def signature_matrix(sigs: pa.Table) -> np.ndarray:
     col = _one_chunk(sigs.column("minhash"))
     width = col.type.list_size
-    return col.values.to_numpy()[col.offset * width:(col.offset + len(col)) * width].reshape(-1, width)
+    return col.values.to_numpy()[col.offset * width : (col.offset + len(col)) * width].reshape(-1, width)
 
 
 def _one_chunk(col):
@@ -234,6 +273,7 @@ def _one_chunk(col):
 
 
 # -- step 2: candidate pairs per partition ----------------------------------------------------
+
 
 class SignatureLookup:
     """Signatures of any documents, read from the stored per-shard tables on demand (memory-mapped,
@@ -280,8 +320,14 @@ class Increment:
     increments first): its signatures and, once it is finished, its bucket index per partition.
     `corpus` may be a function, called the first time a position must be resolved."""
 
-    def __init__(self, offset: int, corpus: "Corpus | Callable[[], Corpus]", signatures: SignatureLookup,
-                 partitions: int = 0, index: Callable[[int], pa.Table] | None = None):
+    def __init__(
+        self,
+        offset: int,
+        corpus: "Corpus | Callable[[], Corpus]",
+        signatures: SignatureLookup,
+        partitions: int = 0,
+        index: Callable[[int], pa.Table] | None = None,
+    ):
         self.offset, self._corpus, self.signatures = offset, corpus, signatures
         self.partitions, self.index = partitions, index
 
@@ -326,25 +372,31 @@ def candidate_pairs(keys: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.
     return a[fresh], b[fresh]
 
 
-def verify_pairs(a: np.ndarray, b: np.ndarray, lookup: SignatureLookup,
-                 config: DedupConfig, lookup_b: SignatureLookup | Increments | None = None) -> np.ndarray:
+def verify_pairs(
+    a: np.ndarray,
+    b: np.ndarray,
+    lookup: SignatureLookup,
+    config: DedupConfig,
+    lookup_b: SignatureLookup | Increments | None = None,
+) -> np.ndarray:
     """Which candidate pairs are duplicates: same normalized text, or estimated Jaccard >= threshold.
     `lookup_b` finds the b documents when they live elsewhere (earlier increments)."""
     lookup_b = lookup_b or lookup
     keep = np.zeros(len(a), bool)
     for lo in range(0, len(a), VERIFY_PAIRS):
-        x, y = a[lo:lo + VERIFY_PAIRS], b[lo:lo + VERIFY_PAIRS]
+        x, y = a[lo : lo + VERIFY_PAIRS], b[lo : lo + VERIFY_PAIRS]
         ok = np.zeros(len(x), bool)
         if config.exact:
             ok |= (lookup.gather(x, "hash") == lookup_b.gather(y, "hash")).all(axis=1)
         if config.near:
             ok |= minhash.jaccard(lookup.gather(x, "minhash"), lookup_b.gather(y, "minhash")) >= config.threshold
-        keep[lo:lo + VERIFY_PAIRS] = ok
+        keep[lo : lo + VERIFY_PAIRS] = ok
     return keep
 
 
-def earlier_pairs(keys: np.ndarray, docs: np.ndarray, lookup: SignatureLookup, earlier: list[Increment],
-                  config: DedupConfig) -> tuple[pa.Table, int]:
+def earlier_pairs(
+    keys: np.ndarray, docs: np.ndarray, lookup: SignatureLookup, earlier: list[Increment], config: DedupConfig
+) -> tuple[pa.Table, int]:
     """This increment's documents that duplicate a document of an earlier increment, with that
     document's kept one (EARLIER_SCHEMA), and how many candidates were checked. A key found in an
     earlier increment's index pairs the document with the bucket's first document there (the
@@ -376,8 +428,9 @@ def earlier_pairs(keys: np.ndarray, docs: np.ndarray, lookup: SignatureLookup, e
     ok = verify_pairs(doc, first, lookup, config, Increments(earlier))
     doc, kept = doc[ok], kept[ok]
     fresh = np.r_[True, (doc[1:] != doc[:-1]) | (kept[1:] != kept[:-1])] if len(doc) else np.empty(0, bool)
-    return pa.table([pa.array(doc[fresh], pa.uint64()), pa.array(kept[fresh], pa.int64())],
-                    schema=EARLIER_SCHEMA), int(len(first))
+    return pa.table([pa.array(doc[fresh], pa.uint64()), pa.array(kept[fresh], pa.int64())], schema=EARLIER_SCHEMA), int(
+        len(first)
+    )
 
 
 def pairs_table(a: np.ndarray, b: np.ndarray) -> pa.Table:
@@ -385,6 +438,7 @@ def pairs_table(a: np.ndarray, b: np.ndarray) -> pa.Table:
 
 
 # -- step 3: clusters ---------------------------------------------------------------------------
+
 
 class Corpus:
     """Dense corpus positions (0..docs-1, corpus order) of packed document positions."""
@@ -411,19 +465,25 @@ def cluster_memory_mb(docs: int) -> float:
     return docs * 8 * 2 / 2**20
 
 
-def clusters(corpus: Corpus, pair_tables, config: DedupConfig, earlier_tables: list[pa.Table] = (),
-             offset: int = 0) -> np.ndarray:
+def clusters(
+    corpus: Corpus, pair_tables, config: DedupConfig, earlier_tables: list[pa.Table] = (), offset: int = 0
+) -> np.ndarray:
     """Union-find over all pairs: the corpus position of each document's kept representative.
     Positions count from `offset` (the documents of earlier increments); `earlier_tables` pair
     documents with earlier kept ones (EARLIER_SCHEMA), which come first in corpus order and so
     stay the representative of any cluster they are in."""
-    kept = np.unique(np.concatenate([t.column("kept").to_numpy() for t in earlier_tables])) if earlier_tables \
+    kept = (
+        np.unique(np.concatenate([t.column("kept").to_numpy() for t in earlier_tables]))
+        if earlier_tables
         else np.empty(0, np.int64)
+    )
     m = len(kept)  # earlier documents are elements 0..m-1, in corpus order, before this increment's
     need = cluster_memory_mb(corpus.docs + m)
     if need > config.memory_mb / 2:
-        raise MemoryError(f"clustering {corpus.docs + m} documents needs about {need:.0f} MiB, over half the "
-                          f"memory budget (dedup.memory_mb = {config.memory_mb}): raise memory_mb")
+        raise MemoryError(
+            f"clustering {corpus.docs + m} documents needs about {need:.0f} MiB, over half the "
+            f"memory budget (dedup.memory_mb = {config.memory_mb}): raise memory_mb"
+        )
     sets = DisjointSets(m + corpus.docs)
     for pairs in pair_tables:
         sets.union(m + corpus.position(pairs.column("a").to_numpy()), m + corpus.position(pairs.column("b").to_numpy()))
@@ -435,25 +495,42 @@ def clusters(corpus: Corpus, pair_tables, config: DedupConfig, earlier_tables: l
     return np.where(roots < m, kept[np.minimum(roots, m - 1)], roots - m + offset)
 
 
-def shard_duplicates(corpus: Corpus, roots: np.ndarray, shard: int, lookup: SignatureLookup,
-                     config: DedupConfig, earlier: list[Increment] = (), offset: int = 0) -> pa.Table:
+def shard_duplicates(
+    corpus: Corpus,
+    roots: np.ndarray,
+    shard: int,
+    lookup: SignatureLookup,
+    config: DedupConfig,
+    earlier: list[Increment] = (),
+    offset: int = 0,
+) -> pa.Table:
     """The duplicates among one shard's documents, with their cluster and kept document (which
     may belong to an `earlier` increment; this increment's documents count from `offset`)."""
     slot = corpus.shards.index(shard)
     lo, n = corpus.start[slot], corpus.rows[slot]
-    rows = np.flatnonzero(roots[lo:lo + n] != np.arange(lo, lo + n) + offset)
+    rows = np.flatnonzero(roots[lo : lo + n] != np.arange(lo, lo + n) + offset)
     kept = roots[lo + rows]
     me = doc_keys(shard, rows)
     every = Increments([*earlier, Increment(offset, corpus, lookup)])
     same = (lookup.gather(me, "hash") == every.gather(kept, "hash")).all(axis=1) if len(rows) else np.zeros(0, bool)
-    sim = minhash.jaccard(lookup.gather(me, "minhash"), every.gather(kept, "minhash")) if config.near and len(rows) \
+    sim = (
+        minhash.jaccard(lookup.gather(me, "minhash"), every.gather(kept, "minhash"))
+        if config.near and len(rows)
         else np.zeros(len(rows))
+    )
     sim = np.where(same, 1.0, sim)
     reason = np.where(same & config.exact, "exact_duplicate", "near_duplicate")
-    return pa.table([pa.array(rows, pa.int64()), pa.array(lookup.gather(me, "id"), pa.string()),
-                     pa.array(reason.tolist(), pa.string()), pa.array(kept, pa.int64()),
-                     pa.array(every.gather(kept, "id"), pa.string()), pa.array(sim, pa.float64())],
-                    schema=DUPLICATES_SCHEMA)
+    return pa.table(
+        [
+            pa.array(rows, pa.int64()),
+            pa.array(lookup.gather(me, "id"), pa.string()),
+            pa.array(reason.tolist(), pa.string()),
+            pa.array(kept, pa.int64()),
+            pa.array(every.gather(kept, "id"), pa.string()),
+            pa.array(sim, pa.float64()),
+        ],
+        schema=DUPLICATES_SCHEMA,
+    )
 
 
 def cluster_counts(corpus: Corpus, roots: np.ndarray, offset: int = 0) -> dict:
@@ -461,14 +538,21 @@ def cluster_counts(corpus: Corpus, roots: np.ndarray, offset: int = 0) -> dict:
     also when an earlier increment holds it (duplicates_of_earlier counts those duplicates)."""
     dup = roots != np.arange(corpus.docs) + offset
     reps, members = np.unique(roots[dup], return_counts=True)
-    return {"docs": corpus.docs, "clusters": int(len(reps)), "largest_cluster": int((members + 1).max(initial=0)),
-            "duplicates": int(dup.sum()), "duplicates_of_earlier": int((roots[dup] < offset).sum())}
+    return {
+        "docs": corpus.docs,
+        "clusters": int(len(reps)),
+        "largest_cluster": int((members + 1).max(initial=0)),
+        "duplicates": int(dup.sum()),
+        "duplicates_of_earlier": int((roots[dup] < offset).sum()),
+    }
 
 
 # -- incremental runs: an increment's bucket index -----------------------------------------------
 
-def bucket_index(keys: np.ndarray, docs: np.ndarray, corpus: Corpus, offset: int, dup_positions: np.ndarray,
-                 dup_kept: np.ndarray) -> pa.Table:
+
+def bucket_index(
+    keys: np.ndarray, docs: np.ndarray, corpus: Corpus, offset: int, dup_positions: np.ndarray, dup_kept: np.ndarray
+) -> pa.Table:
     """Each distinct key of one partition of an increment once, sorted (INDEX_SCHEMA): its bucket's
     first document and that document's kept one, as corpus positions. `dup_positions` (sorted)
     and `dup_kept` are the increment's duplicates and their kept documents."""
@@ -479,8 +563,9 @@ def bucket_index(keys: np.ndarray, docs: np.ndarray, corpus: Corpus, offset: int
     at = np.minimum(np.searchsorted(dup_positions, pos), max(len(dup_positions) - 1, 0))
     is_dup = dup_positions[at] == pos if len(dup_positions) else np.zeros(len(pos), bool)
     kept = np.where(is_dup, dup_kept[at] if len(dup_kept) else pos, pos)
-    return pa.table([pa.array(keys, pa.uint64()), pa.array(pos, pa.int64()), pa.array(kept, pa.int64())],
-                    schema=INDEX_SCHEMA)
+    return pa.table(
+        [pa.array(keys, pa.uint64()), pa.array(pos, pa.int64()), pa.array(kept, pa.int64())], schema=INDEX_SCHEMA
+    )
 
 
 def find_duplicates(tables: list[pa.Table], config: DedupConfig, partitions: int = 1) -> list[pa.Table]:
@@ -493,8 +578,10 @@ def find_duplicates(tables: list[pa.Table], config: DedupConfig, partitions: int
     pair_tables = []
     for p in range(partitions):
         mine = [partition_of(k, partitions) == p for k, _ in keyed]
-        a, b = candidate_pairs(np.concatenate([k[m] for (k, _), m in zip(keyed, mine)]),
-                               np.concatenate([d[m] for (_, d), m in zip(keyed, mine)]))
+        a, b = candidate_pairs(
+            np.concatenate([k[m] for (k, _), m in zip(keyed, mine)]),
+            np.concatenate([d[m] for (_, d), m in zip(keyed, mine)]),
+        )
         keep = verify_pairs(a, b, lookup, config)
         pair_tables.append(pairs_table(a[keep], b[keep]))
     corpus = Corpus({i: s.num_rows for i, s in enumerate(sigs)})
@@ -504,6 +591,7 @@ def find_duplicates(tables: list[pa.Table], config: DedupConfig, partitions: int
 
 # -- step 4: apply per shard --------------------------------------------------------------------
 
+
 def apply_duplicates(table: pa.Table, duplicates: pa.Table) -> ShardResult:
     """Drop this shard's documents listed in `duplicates` (rows of this shard); the removed ones
     keep their cluster id, kept document and similarity."""
@@ -511,14 +599,20 @@ def apply_duplicates(table: pa.Table, duplicates: pa.Table) -> ShardResult:
     _require(duplicates, DUPLICATES_SCHEMA.names, "apply_duplicates duplicates")
     duplicates = duplicates.sort_by("row")
     rows = duplicates.column("row").to_numpy()
-    if len(rows) and (rows.max() >= table.num_rows or
-                      duplicates.column("id").to_pylist() != table.column("id").take(pa.array(rows)).to_pylist()):
-        raise ValueError("duplicates list does not match this shard's documents (row or id differ): "
-                         "was it made from another upstream output?")
+    if len(rows) and (
+        rows.max() >= table.num_rows
+        or duplicates.column("id").to_pylist() != table.column("id").take(pa.array(rows)).to_pylist()
+    ):
+        raise ValueError(
+            "duplicates list does not match this shard's documents (row or id differ): "
+            "was it made from another upstream output?"
+        )
     reasons: list[str | None] = [None] * table.num_rows
     details: list[str | None] = [None] * table.num_rows
-    for r, reason, cid, of, sim in zip(rows.tolist(), *(duplicates.column(c).to_pylist() for c in
-                                                         ("reason", "cluster_id", "duplicate_of", "similarity"))):
+    for r, reason, cid, of, sim in zip(
+        rows.tolist(),
+        *(duplicates.column(c).to_pylist() for c in ("reason", "cluster_id", "duplicate_of", "similarity")),
+    ):
         reasons[r], details[r] = reason, f"cluster={cid} duplicate_of={of} similarity={sim:.4f}"
     result = split_by_reason(table, reasons, details)
     removed = result.removed

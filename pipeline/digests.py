@@ -27,8 +27,11 @@ def digest_ok(value: str | None, data: bytes) -> bool | None:
 
 def _decode(encoded: str, size: int) -> bytes | None:
     """The digest bytes of base32, base16 or base64 text, whichever gives `size` bytes."""
-    for decode in (lambda t: base64.b32decode(t.upper() + "=" * (-len(t) % 8)), bytes.fromhex,
-                   lambda t: base64.b64decode(t + "=" * (-len(t) % 4))):
+    for decode in (
+        lambda t: base64.b32decode(t.upper() + "=" * (-len(t) % 8)),
+        bytes.fromhex,
+        lambda t: base64.b64decode(t + "=" * (-len(t) % 4)),
+    ):
         try:
             raw = decode(encoded)
         except (ValueError, binascii.Error):

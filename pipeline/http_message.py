@@ -12,8 +12,8 @@ def content_type(value: str) -> tuple[str, str | None]:
     charset = None
     for p in params:
         key, _, val = p.partition("=")
-        if key.strip().lower() == "charset" and val.strip(' "\''):
-            charset = val.strip(' "\'')
+        if key.strip().lower() == "charset" and val.strip(" \"'"):
+            charset = val.strip(" \"'")
     return mime.lower(), charset
 
 

@@ -37,14 +37,13 @@ import fsspec
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from pipeline.charset import UNDECODABLE_SHARE, decode_html, odd_share
 from pipeline.damage import DamageLog
 from pipeline.digests import digest_ok
-from pipeline.remote import is_transient
+from pipeline.http_message import content_type, gunzip
+from pipeline.remote import is_transient, open_input
 from pipeline.schema import docs_from_rows
 from pipeline.stage import ShardResult, StageConfig, merge_counts, require_files, split_by_reason
-from pipeline.charset import UNDECODABLE_SHARE, decode_html, odd_share
-from pipeline.http_message import content_type, gunzip
-from pipeline.remote import open_input
 from pipeline.url_filter import UrlFilter
 from pipeline.zstd_frames import ZstdFrames, find_magic
 from storage import canonical_json, file_identity
@@ -77,39 +76,71 @@ MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 class IngestConfig(StageConfig):
     """Which records become documents and how their text is made."""
 
-    mime_types: list[str] = Field(["text/html", "application/xhtml+xml"],
-                                  description="HTTP Content-Types of WARC responses to extract; others are skipped.")
+    mime_types: list[str] = Field(
+        ["text/html", "application/xhtml+xml"],
+        description="HTTP Content-Types of WARC responses to extract; others are skipped.",
+    )
     extractor: Literal["resiliparse", "trafilatura"] = Field(
-        "resiliparse", description="HTML-to-text extractor: resiliparse (fast, the default) or trafilatura "
-                                   "(about 12x slower per page, more precise main content; docs/INGEST.md).")
-    main_content: bool = Field(True, description="Keep only the main content (drop navigation, footers) "
-                                                 "with resiliparse's heuristics; off keeps all visible text. "
-                                                 "trafilatura always extracts the main content.")
-    languages: list[str] = Field(["en"], description="Language codes to keep (ISO 639-1, as fastText lid.176 "
-                                                     "names them). Empty keeps every language.")
-    language_threshold: float = Field(0.65, ge=0, le=1, description="Minimum language-id confidence to keep a "
-                                                                    "document (FineWeb uses 0.65).")
+        "resiliparse",
+        description="HTML-to-text extractor: resiliparse (fast, the default) or trafilatura "
+        "(about 12x slower per page, more precise main content; docs/INGEST.md).",
+    )
+    main_content: bool = Field(
+        True,
+        description="Keep only the main content (drop navigation, footers) "
+        "with resiliparse's heuristics; off keeps all visible text. "
+        "trafilatura always extracts the main content.",
+    )
+    languages: list[str] = Field(
+        ["en"],
+        description="Language codes to keep (ISO 639-1, as fastText lid.176 names them). Empty keeps every language.",
+    )
+    language_threshold: float = Field(
+        0.65, ge=0, le=1, description="Minimum language-id confidence to keep a document (FineWeb uses 0.65)."
+    )
     min_chars: int = Field(100, ge=0, description="Documents with fewer characters of text are removed.")
-    shard_bytes: int = Field(256 << 20, ge=1 << 16, description="Input bytes per ingest shard: bigger .warc.gz/.wet.gz "
-                                                              "files are cut into byte ranges, smaller files grouped "
-                                                              "(256 MiB of Common Crawl WARC is about 10,000 pages).")
-    max_record_bytes: int = Field(10_000_000, ge=1, description="Larger payloads (also after gzip content "
-                                                                "decoding) are skipped unparsed, so one "
-                                                                "pathological page cannot exhaust a worker.")
-    url_block_domains: list[str] = Field([], description="Remove pages on these domains or their subdomains "
-                                                         "(url_blocked).")
-    url_block_words: list[str] = Field([], description="Remove pages whose URL has one of these words as a whole "
-                                                       "token (url_blocked).")
-    url_blocklist_files: list[str] = Field([], description="Files (paths or fsspec URLs) of blocked domains, one "
-                                                           "per line, # for comments; e.g. the UT1 lists.")
-    extract_timeout_s: float = Field(10.0, gt=0, description="Seconds trafilatura may spend on one page; slower "
-                                                             "pages are skipped (counted as extract_timeout).")
-    check_digests: bool = Field(True, description="Check WARC-Block-Digest and WARC-Payload-Digest where a record "
-                                                  "has them (sha1/sha256/md5); a mismatch is counted as "
-                                                  "digest_mismatch (about 2% of ingest CPU, docs/BENCHMARKS.md).")
-    digest_mismatch: Literal["skip", "keep"] = Field("skip", description="What becomes of a record whose digest "
-                                                                         "does not match: skip it (damaged) or keep "
-                                                                         "it (still counted).")
+    shard_bytes: int = Field(
+        256 << 20,
+        ge=1 << 16,
+        description="Input bytes per ingest shard: bigger .warc.gz/.wet.gz "
+        "files are cut into byte ranges, smaller files grouped "
+        "(256 MiB of Common Crawl WARC is about 10,000 pages).",
+    )
+    max_record_bytes: int = Field(
+        10_000_000,
+        ge=1,
+        description="Larger payloads (also after gzip content "
+        "decoding) are skipped unparsed, so one "
+        "pathological page cannot exhaust a worker.",
+    )
+    url_block_domains: list[str] = Field(
+        [], description="Remove pages on these domains or their subdomains (url_blocked)."
+    )
+    url_block_words: list[str] = Field(
+        [], description="Remove pages whose URL has one of these words as a whole token (url_blocked)."
+    )
+    url_blocklist_files: list[str] = Field(
+        [],
+        description="Files (paths or fsspec URLs) of blocked domains, one "
+        "per line, # for comments; e.g. the UT1 lists.",
+    )
+    extract_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds trafilatura may spend on one page; slower pages are skipped (counted as extract_timeout).",
+    )
+    check_digests: bool = Field(
+        True,
+        description="Check WARC-Block-Digest and WARC-Payload-Digest where a record "
+        "has them (sha1/sha256/md5); a mismatch is counted as "
+        "digest_mismatch (about 2% of ingest CPU, docs/BENCHMARKS.md).",
+    )
+    digest_mismatch: Literal["skip", "keep"] = Field(
+        "skip",
+        description="What becomes of a record whose digest "
+        "does not match: skip it (damaged) or keep "
+        "it (still counted).",
+    )
 
     @field_validator("url_blocklist_files")
     @classmethod
@@ -125,8 +156,9 @@ class IngestConfig(StageConfig):
         """A code lid.176 never gives (english, EN, en-US) would silently remove every document."""
         for code in codes:
             if not LANGUAGE_CODE.fullmatch(code):
-                raise ValueError(f"{code!r} is not a language code: lid.176 gives lower-case ISO 639 codes "
-                                 "such as en, de, zh")
+                raise ValueError(
+                    f"{code!r} is not a language code: lid.176 gives lower-case ISO 639 codes such as en, de, zh"
+                )
         return codes
 
     @field_validator("mime_types")
@@ -170,12 +202,22 @@ def ingest_file(url: str, config: IngestConfig) -> ShardResult:
     counts: dict = {}
     for batch in batches:
         counts = merge_counts(counts, batch.counts)
-    return ShardResult(pa.concat_tables([b.kept for b in batches]), pa.concat_tables([b.removed for b in batches]),
-                       counts, [row for b in batches for row in b.damaged_records])
+    return ShardResult(
+        pa.concat_tables([b.kept for b in batches]),
+        pa.concat_tables([b.removed for b in batches]),
+        counts,
+        [row for b in batches for row in b.damaged_records],
+    )
 
 
-def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS, start: int = 0,
-                   end: int | None = None, name: str | None = None) -> Iterator[ShardResult]:
+def ingest_batches(
+    url: str,
+    config: IngestConfig,
+    batch_docs: int = BATCH_DOCS,
+    start: int = 0,
+    end: int | None = None,
+    name: str | None = None,
+) -> Iterator[ShardResult]:
     """The documents of one input file (or of its byte range [start, end), see _records), kept or
     removed with a reason, `batch_docs` at a time, so a worker's memory does not grow with the file. The counts of all batches add up (merge_counts)
     to the file's; the record counts come with the last batch, which may hold no documents.
@@ -191,8 +233,12 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS,
     rows: list[dict] = []
     try:
         with open_input(url) as f:  # remote: large read-ahead blocks
-            reader = {"warc": functools.partial(_warc_docs, span=(start, end)), "arc": _arc_docs,
-                      "jsonl": _jsonl_docs, "parquet": _parquet_docs}[fmt]
+            reader = {
+                "warc": functools.partial(_warc_docs, span=(start, end)),
+                "arc": _arc_docs,
+                "jsonl": _jsonl_docs,
+                "parquet": _parquet_docs,
+            }[fmt]
             for row in reader(f, source, config, counts, skipped, damaged):
                 rows.append(row)
                 if len(rows) >= batch_docs:
@@ -205,9 +251,17 @@ def ingest_batches(url: str, config: IngestConfig, batch_docs: int = BATCH_DOCS,
         raise IngestError(f"{source}: no readable record ({_describe(damaged)}); is it a {fmt.upper()} file?")
     if whole and counts["records"] == 0 and _nonempty(url):
         raise IngestError(f"{source}: no {fmt.upper()} record found; is it a {fmt.upper()} file?")
-    last = _judge(rows, config, blocklist, {"records": counts["records"], "responses": counts["responses"],
-                                            "skipped": dict(sorted(skipped.items())),
-                                            "damaged": dict(sorted(damaged.items()))})
+    last = _judge(
+        rows,
+        config,
+        blocklist,
+        {
+            "records": counts["records"],
+            "responses": counts["responses"],
+            "skipped": dict(sorted(skipped.items())),
+            "damaged": dict(sorted(damaged.items())),
+        },
+    )
     last.damaged_records = damaged.listed
     yield last
 
@@ -239,8 +293,9 @@ def _verdict(row: dict, config: IngestConfig, blocklist: UrlFilter) -> tuple[str
     odd = odd_share(row["text"])
     if odd > UNDECODABLE_SHARE:  # a page no decoding reads (or binary): it would teach the model mojibake
         return "undecodable", f"{odd:.0%} replacement or control characters"
-    if config.languages and (row["language"] not in config.languages
-                             or row["language_score"] < config.language_threshold):
+    if config.languages and (
+        row["language"] not in config.languages or row["language_score"] < config.language_threshold
+    ):
         return "language", f"{row['language']} {row['language_score']:.2f}"
     return None, None
 
@@ -256,8 +311,16 @@ def _nonempty(url: str) -> bool:
 
 # -- WARC / WET -------------------------------------------------------------------------------
 
-def _warc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-               damaged: DamageLog, span: tuple[int, int | None] = (0, None)) -> Iterator[dict]:
+
+def _warc_docs(
+    f,
+    url: str,
+    config: IngestConfig,
+    counts: Counter,
+    skipped: Counter,
+    damaged: DamageLog,
+    span: tuple[int, int | None] = (0, None),
+) -> Iterator[dict]:
     if url.lower().endswith(".zst"):
         records = _records(io.BufferedReader(ZstdFrames(f, damaged)), damaged, config.max_record_bytes, resync=False)
     elif _lf_only(f):  # read whole by the file's first piece: it has no member offsets to cut at
@@ -481,8 +544,9 @@ def _next_member(f, position: int) -> int | None:
     return find_magic(f, position, GZIP_MAGIC)
 
 
-def _payload(record, offset: int, block: bytes | None, config: IngestConfig, skipped: Counter,
-             damaged: DamageLog) -> bytes | None:
+def _payload(
+    record, offset: int, block: bytes | None, config: IngestConfig, skipped: Counter, damaged: DamageLog
+) -> bytes | None:
     """The record's block, or None when it is too large or truncated (counted)."""
     if record.content_length > config.max_record_bytes:
         skipped["too_large"] += 1
@@ -516,27 +580,47 @@ def _digests_ok(record, block: bytes) -> bool:
     return digest_ok(payload_digest, body) is not False or digest_ok(payload_digest, _dechunk(body)) is not False
 
 
-def _response_doc(record, offset: int, block: bytes | None, url: str, config: IngestConfig, skipped: Counter,
-                  damaged: DamageLog) -> dict | None:
+def _response_doc(
+    record, offset: int, block: bytes | None, url: str, config: IngestConfig, skipped: Counter, damaged: DamageLog
+) -> dict | None:
     target = _target(record)
     if not _is_http(target):
         skipped["not_http"] += 1
         return None
     block = _payload(record, offset, block, config, skipped, damaged)
-    page = None if block is None else _http_page(block, config, skipped, damaged, offset, _record_id(record),
-                                                 lambda: _digest_passes(record, offset, block, config, damaged))
+    page = (
+        None
+        if block is None
+        else _http_page(
+            block,
+            config,
+            skipped,
+            damaged,
+            offset,
+            _record_id(record),
+            lambda: _digest_passes(record, offset, block, config, damaged),
+        )
+    )
     if page is None:
         return None
     return _doc(url, offset, _record_id(record), target, record.headers.get("WARC-Date"), *page)
 
 
-def _conversion_doc(record, offset: int, block: bytes | None, url: str, config: IngestConfig, skipped: Counter,
-                    damaged: DamageLog) -> dict | None:
+def _conversion_doc(
+    record, offset: int, block: bytes | None, url: str, config: IngestConfig, skipped: Counter, damaged: DamageLog
+) -> dict | None:
     block = _payload(record, offset, block, config, skipped, damaged)
     if block is None or not _digest_passes(record, offset, block, config, damaged):
         return None
-    return _doc(url, offset, _record_id(record), _target(record), record.headers.get("WARC-Date"), None,
-                block.decode("utf-8", errors="replace").strip())
+    return _doc(
+        url,
+        offset,
+        _record_id(record),
+        _target(record),
+        record.headers.get("WARC-Date"),
+        None,
+        block.decode("utf-8", errors="replace").strip(),
+    )
 
 
 def _target(record) -> str:
@@ -551,8 +635,15 @@ def _is_http(target: str) -> bool:
     return target.startswith(("http://", "https://"))
 
 
-def _http_page(block: bytes, config: IngestConfig, skipped: Counter, damaged: DamageLog, offset: int,
-               record_id: str | None = None, verify=None) -> tuple[str | None, str] | None:
+def _http_page(
+    block: bytes,
+    config: IngestConfig,
+    skipped: Counter,
+    damaged: DamageLog,
+    offset: int,
+    record_id: str | None = None,
+    verify=None,
+) -> tuple[str | None, str] | None:
     """(title, text) of an HTTP response (a WARC response block or an ARC record), or None when it is
     not a 200 page of a wanted type or cannot be read (counted). Shared so both formats judge alike."""
     head, sep, body = block.partition(b"\r\n\r\n")
@@ -627,7 +718,7 @@ def _dechunk(body: bytes) -> bytes:
             return body  # not really chunked
         if size == 0:
             break
-        out.write(body[end + 2:end + 2 + size])
+        out.write(body[end + 2 : end + 2 + size])
         pos = end + 2 + size + 2
     return out.getvalue()
 
@@ -649,8 +740,9 @@ def html_to_text(body: bytes, charset: str | None, config: IngestConfig) -> tupl
         raise HtmlTooDeep(f"elements nested more than {MAX_HTML_DEPTH} deep")
     # The same content as trafilatura's text: no image alt texts, reader comments or bylines/dates
     # (resiliparse keeps all three by default). docs/INGEST.md has what each one changes.
-    return title, extract_plain_text(tree, main_content=config.main_content, alt_texts=False, comments=False,
-                                     post_meta=False).strip()
+    return title, extract_plain_text(
+        tree, main_content=config.main_content, alt_texts=False, comments=False, post_meta=False
+    ).strip()
 
 
 def _too_deep(tree) -> bool:
@@ -716,14 +808,24 @@ def _with_alarm(fn, args, seconds: float):
             signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-3), outer_interval)
 
 
-def _doc(url: str, offset: int, record_id: str | None, target: str | None, date: str | None, title: str | None,
-         text: str) -> dict:
+def _doc(
+    url: str, offset: int, record_id: str | None, target: str | None, date: str | None, title: str | None, text: str
+) -> dict:
     """A document row of every format; records without an id get one from the file name and offset.
     Lone surrogates (valid in JSON, not in UTF-8) become U+FFFD: fastText and Arrow take only UTF-8."""
     record_id, target, title, text = (_utf8(v) for v in (record_id, target, title, text))
     lang, score = detect_language(text)
-    return {"id": record_id or _fallback_id(url, offset), "url": target or None, "title": title, "text": text,
-            "source": url, "offset": offset, "date": date, "language": lang, "language_score": score}
+    return {
+        "id": record_id or _fallback_id(url, offset),
+        "url": target or None,
+        "title": title,
+        "text": text,
+        "source": url,
+        "offset": offset,
+        "date": date,
+        "language": lang,
+        "language_score": score,
+    }
 
 
 def _utf8(value: str | None) -> str | None:
@@ -759,8 +861,10 @@ def detect_language(text: str) -> tuple[str | None, float]:
 
 # -- ARC --------------------------------------------------------------------------------------
 
-def _arc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-              damaged: DamageLog) -> Iterator[dict]:
+
+def _arc_docs(
+    f, url: str, config: IngestConfig, counts: Counter, skipped: Counter, damaged: DamageLog
+) -> Iterator[dict]:
     """ARC, the Internet Archive's format before WARC: a filedesc:// record describing the file, then
     one record per fetched URL holding its HTTP response, judged like a WARC response record.
 
@@ -772,8 +876,9 @@ def _arc_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Count
             damaged.note("truncated_record" if isinstance(e, EOFError) else "gzip_error", start)
 
 
-def _arc_part_docs(stream, start: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-                   damaged: DamageLog) -> Iterator[dict]:
+def _arc_part_docs(
+    stream, start: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter, damaged: DamageLog
+) -> Iterator[dict]:
     """The documents of one ARC stream (a gzip member, or a whole .arc); returns at damage."""
     while True:
         offset = start + stream.tell()
@@ -815,7 +920,7 @@ def _arc_header(line: bytes) -> tuple[str, str | None, int] | None:
     fields = line.decode("latin-1").split()
     if len(fields) < 5 or not fields[-1].isdigit():
         return None
-    for after_url in ((9, 4) if len(fields) >= 10 else (4,)):  # version 2 first: its date sits 8 from the end
+    for after_url in (9, 4) if len(fields) >= 10 else (4,):  # version 2 first: its date sits 8 from the end
         date = fields[-after_url + 1]
         if date.isdigit() and len(date) in (12, 14) and len(fields) > after_url:
             return "%20".join(fields[:-after_url]), _arc_date(date), int(fields[-1])
@@ -882,21 +987,28 @@ class _GzipMember(io.RawIOBase):
             out = self.inflater.decompress(data, len(buffer))
         if self.inflater.eof and self.end is None:
             self.end = self.f.tell() - len(self.inflater.unused_data)
-        buffer[:len(out)] = out
+        buffer[: len(out)] = out
         self.position += len(out)
         return len(out)
 
 
 # -- JSONL and Parquet -----------------------------------------------------------------------
 
-def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-                damaged: DamageLog) -> Iterator[dict]:
+
+def _jsonl_docs(
+    f, url: str, config: IngestConfig, counts: Counter, skipped: Counter, damaged: DamageLog
+) -> Iterator[dict]:
     """One document per line with a `text` field (dolma, RedPajama, FineWeb exports all have one)."""
     from zstandard import ZstdError
 
     name = url.lower()
-    stream = (gzip.open(f) if name.endswith(".gz") else io.BufferedReader(ZstdFrames(f, damaged, lines=True))
-              if name.endswith(".zst") else f)  # a broken zstd frame costs its lines: reading goes on at the next
+    stream = (
+        gzip.open(f)
+        if name.endswith(".gz")
+        else io.BufferedReader(ZstdFrames(f, damaged, lines=True))
+        if name.endswith(".zst")
+        else f
+    )  # a broken zstd frame costs its lines: reading goes on at the next
     try:
         line_no = 0
         for line_no, line in enumerate(stream, start=1):
@@ -917,8 +1029,9 @@ def _jsonl_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Cou
         damaged.note("zstd_error" if isinstance(e, ZstdError) else "gzip_error", line_no + 1)
 
 
-def _parquet_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-                  damaged: DamageLog) -> Iterator[dict]:
+def _parquet_docs(
+    f, url: str, config: IngestConfig, counts: Counter, skipped: Counter, damaged: DamageLog
+) -> Iterator[dict]:
     """One document per row of a Parquet file with a `text` column, read a batch at a time; a row's
     offset is its index in the file (from 0). A row group that cannot be read is counted and skipped."""
     import pyarrow.parquet as pq
@@ -949,8 +1062,9 @@ def _parquet_docs(f, url: str, config: IngestConfig, counts: Counter, skipped: C
         first_row += parquet.metadata.row_group(group).num_rows
 
 
-def _text_doc(obj, size: int, offset: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter,
-              damaged: DamageLog) -> dict | None:
+def _text_doc(
+    obj, size: int, offset: int, url: str, config: IngestConfig, counts: Counter, skipped: Counter, damaged: DamageLog
+) -> dict | None:
     """The document of one JSONL line or Parquet row (`size` bytes), or None (counted). Besides `text`
     it takes `id`, `url`, `title` and `date`, or dolma's `created` and `metadata.url`/`metadata.date`."""
     text = obj.get("text") if isinstance(obj, dict) else None
@@ -962,8 +1076,15 @@ def _text_doc(obj, size: int, offset: int, url: str, config: IngestConfig, count
         return None
     counts["responses"] += 1
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    return _doc(url, offset, str(obj.get("id") or "") or None, _string(obj.get("url") or meta.get("url")),
-                _string(obj.get("date") or obj.get("created") or meta.get("date")), _string(obj.get("title")), text)
+    return _doc(
+        url,
+        offset,
+        str(obj.get("id") or "") or None,
+        _string(obj.get("url") or meta.get("url")),
+        _string(obj.get("date") or obj.get("created") or meta.get("date")),
+        _string(obj.get("title")),
+        text,
+    )
 
 
 def _string(value) -> str | None:

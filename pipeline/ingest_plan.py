@@ -32,8 +32,14 @@ def plan_shards(files: list[tuple[str, int]], shard_bytes: int) -> list[list[dic
         n = max(1, round(size / shard_bytes)) if splittable(url) else 1
         step = math.ceil(size / n) if size else 0
         for i in range(n):
-            pieces.append({"url": url, "start": i * step, "end": None if i == n - 1 else (i + 1) * step,
-                           "bytes": size - i * step if i == n - 1 else step})
+            pieces.append(
+                {
+                    "url": url,
+                    "start": i * step,
+                    "end": None if i == n - 1 else (i + 1) * step,
+                    "bytes": size - i * step if i == n - 1 else step,
+                }
+            )
     shards: list[list[dict]] = []
     current, current_bytes = [], 0
     for piece in pieces:

@@ -60,14 +60,14 @@ def is_input_file(path: str) -> bool:
     return name.endswith(INPUT_SUFFIXES) and ".wat." not in name
 
 
-def resolve_inputs(inputs: list[str], limit: int | None = None,
-                   cc_base_url: str = CC_BASE_URL) -> list[InputFile]:
+def resolve_inputs(inputs: list[str], limit: int | None = None, cc_base_url: str = CC_BASE_URL) -> list[InputFile]:
     """Expand each entry to files, in order, without repeats; keep the first `limit` of them.
 
     Raises InputError naming the first bad entry."""
     if not inputs:
-        raise InputError("no inputs given: name WARC/WET/ARC/JSONL/Parquet files, folders, globs or a Common "
-                         "Crawl listing")
+        raise InputError(
+            "no inputs given: name WARC/WET/ARC/JSONL/Parquet files, folders, globs or a Common Crawl listing"
+        )
     refuse_credentials(inputs, cc_base_url)
     files: list[InputFile] = []
     for entry in inputs:
@@ -125,8 +125,10 @@ def read_listing(url: str, cc_base_url: str = CC_BASE_URL, limit: int | None = N
 def _listed_path(line: str, listing: str, line_no: int, cc_base_url: str) -> str:
     """A listing line, checked to be a plain relative path (no scheme, no leading /, no `..`)."""
     if has_scheme(line) or line.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", line):
-        raise InputError(f"Common Crawl listing {listing} line {line_no}: {redact(line)!r} is not a path relative "
-                         f"to {strip_secrets(cc_base_url)} (a listing may only name files under it)")
+        raise InputError(
+            f"Common Crawl listing {listing} line {line_no}: {redact(line)!r} is not a path relative "
+            f"to {strip_secrets(cc_base_url)} (a listing may only name files under it)"
+        )
     return line
 
 
@@ -148,13 +150,17 @@ def _expand(entry: str) -> list[InputFile]:
             raise NoInputFiles(f"input folder holds no WARC/WET/ARC/JSONL/Parquet files: {shown}")
         root = path.rstrip("/")
     elif not is_input_file(strip_secrets(path)):
-        raise InputError(f"input is not a WARC/WET/ARC/JSONL/Parquet file (by its name; expected one of "
-                         f"{', '.join(INPUT_SUFFIXES)}): {shown}")
+        raise InputError(
+            f"input is not a WARC/WET/ARC/JSONL/Parquet file (by its name; expected one of "
+            f"{', '.join(INPUT_SUFFIXES)}): {shown}"
+        )
     else:
         found, root = [path], posixpath.dirname(path)
     local = is_local_url(entry)
-    return [InputFile(url, posixpath.relpath(p, root) if local else strip_secrets(url))
-            for p, url in ((p, _check_readable(fs, p)) for p in found)]
+    return [
+        InputFile(url, posixpath.relpath(p, root) if local else strip_secrets(url))
+        for p, url in ((p, _check_readable(fs, p)) for p in found)
+    ]
 
 
 def _glob_root(pattern: str) -> str:

@@ -88,11 +88,11 @@ def shingle_hashes(hashes: np.ndarray, counts: np.ndarray, n: int) -> tuple[np.n
     h = hashes.copy()  # h[i]: fold of the k words from i (only the first len - k + 1 are meaningful)
     for k in range(1, n + 1):
         if k > 1:
-            h = h[:-1] * _FOLD + hashes[k - 1:]
+            h = h[:-1] * _FOLD + hashes[k - 1 :]
         done = counts[short] == k
         short_hashes[done] = h[starts[short[done]]]
     doc_of_word = np.repeat(np.arange(len(counts)), counts)
-    full = np.flatnonzero(doc_of_word[:len(h)] == doc_of_word[n - 1:])  # windows inside one document
+    full = np.flatnonzero(doc_of_word[: len(h)] == doc_of_word[n - 1 :])  # windows inside one document
     out = np.concatenate([h[full], short_hashes])
     doc_of = np.concatenate([doc_of_word[full], short])
     return (fmix64(out) >> np.uint64(32)).astype(np.uint32), doc_of
@@ -107,11 +107,11 @@ def signatures(hashes: np.ndarray, doc_of: np.ndarray, docs: int, num_perm: int,
     mixed = _fmix32(hashes.astype(np.uint32))
     buf = np.empty((num_perm, _BLOCK), np.uint32)
     for lo in range(0, len(mixed), _BLOCK):
-        x = mixed[lo:lo + _BLOCK]
-        phv = buf[:, :len(x)]
+        x = mixed[lo : lo + _BLOCK]
+        phv = buf[:, : len(x)]
         np.multiply(a, x[None, :], out=phv)
         phv += b
-        block_docs = doc_of[lo:lo + _BLOCK]
+        block_docs = doc_of[lo : lo + _BLOCK]
         segments = np.flatnonzero(np.r_[True, block_docs[1:] != block_docs[:-1]])
         mins = np.minimum.reduceat(phv, segments, axis=1).T
         rows = block_docs[segments]  # distinct: a document's shingles are contiguous

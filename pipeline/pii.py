@@ -45,45 +45,73 @@ Entity = Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "
 NerEntity = Literal["PERSON", "LOCATION"]
 ENTITIES: tuple[str, ...] = Entity.__args__
 DEFAULT_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE"]
-SHORT_NAMES = {"EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "IP_ADDRESS": "IP_ADDRESS",
-               "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN", "US_SSN": "SSN", "CRYPTO": "CRYPTO",
-               "PERSON": "PERSON", "LOCATION": "LOCATION"}
+SHORT_NAMES = {
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "IP_ADDRESS": "IP_ADDRESS",
+    "CREDIT_CARD": "CREDIT_CARD",
+    "IBAN_CODE": "IBAN",
+    "US_SSN": "SSN",
+    "CRYPTO": "CRYPTO",
+    "PERSON": "PERSON",
+    "LOCATION": "LOCATION",
+}
 # NER chunks overlap by this much so that a name cut by a chunk border is whole in the next chunk.
 OVERLAP = 500
 
 
 class PiiConfig(StageConfig):
-    entities: list[Entity] = Field(default_factory=lambda: list(DEFAULT_ENTITIES),
-                                   description="PII types found by presidio's pattern recognizers: "
-                                               + ", ".join(ENTITIES) + ".")
-    score_threshold: float = Field(0.4, ge=0.0, le=1.0,
-                                   description="Lowest presidio score a span needs. 0.4 keeps phone numbers, "
-                                               "which presidio scores 0.4 (no context boost without an NLP model); emails, cards, IBANs and bitcoin addresses "
-                                               "pass checksums/validation and score 1.0, IPs 0.6, SSNs 0.5 "
-                                               "(weak SSN patterns, 0.05, and '::' as IPv6, 0.1, stay out).")
+    entities: list[Entity] = Field(
+        default_factory=lambda: list(DEFAULT_ENTITIES),
+        description="PII types found by presidio's pattern recognizers: " + ", ".join(ENTITIES) + ".",
+    )
+    score_threshold: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="Lowest presidio score a span needs. 0.4 keeps phone numbers, "
+        "which presidio scores 0.4 (no context boost without an NLP model); emails, cards, IBANs and bitcoin addresses "
+        "pass checksums/validation and score 1.0, IPs 0.6, SSNs 0.5 "
+        "(weak SSN patterns, 0.05, and '::' as IPv6, 0.1, stay out).",
+    )
     replacement: Literal["placeholder", "pseudonym"] = Field(
-        "placeholder", description="placeholder: every span becomes `placeholder`; pseudonym: `pseudonym`, whose "
-                                   "{hash} is a keyed hash of the value (same value, same pseudonym, corpus-wide).")
+        "placeholder",
+        description="placeholder: every span becomes `placeholder`; pseudonym: `pseudonym`, whose "
+        "{hash} is a keyed hash of the value (same value, same pseudonym, corpus-wide).",
+    )
     placeholder: str = Field("<{entity}>", description="Replacement text; {entity} becomes the entity name.")
     pseudonym: str = Field("<{entity}_{hash}>", description="Replacement text with replacement=pseudonym.")
-    pseudonym_secret_env: str = Field("CRAWL2LLM_PII_SECRET",
-                                      description="Environment variable holding the pseudonym key (kept out of the "
-                                                  "config and manifest so the hashes cannot be reversed by "
-                                                  "hashing guesses); required with replacement=pseudonym.")
+    pseudonym_secret_env: str = Field(
+        "CRAWL2LLM_PII_SECRET",
+        description="Environment variable holding the pseudonym key (kept out of the "
+        "config and manifest so the hashes cannot be reversed by "
+        "hashing guesses); required with replacement=pseudonym.",
+    )
     pseudonym_hex: int = Field(8, ge=4, le=64, description="Hex digits of the keyed hash in a pseudonym.")
-    short_names: bool = Field(True, description="Use short entity names: <EMAIL>, <PHONE>, <IP_ADDRESS>, "
-                                                "<CREDIT_CARD>, <IBAN>, <SSN>, <CRYPTO>; otherwise presidio's "
-                                                "names (<EMAIL_ADDRESS>, ...).")
-    ner_model: Optional[str] = Field(None, description="spaCy model (installed package name or folder) for "
-                                                       "PERSON/LOCATION; None: no NER (the default).")
-    ner_entities: list[NerEntity] = Field(default_factory=lambda: ["PERSON", "LOCATION"],
-                                          description="Entity types taken from the NER model.")
-    max_chars: int = Field(100_000, ge=4 * OVERLAP, le=1_000_000,
-                           description="Longest text given to spaCy NER at once; longer documents are split at "
-                                       "whitespace into overlapping chunks (spaCy refuses texts over 1,000,000). "
-                                       "Pattern recognizers always see the whole document.")
-    max_spans_per_doc: Optional[int] = Field(None, ge=0, description="Remove documents with more PII spans than "
-                                                                     "this (reason pii_spans); None keeps all.")
+    short_names: bool = Field(
+        True,
+        description="Use short entity names: <EMAIL>, <PHONE>, <IP_ADDRESS>, "
+        "<CREDIT_CARD>, <IBAN>, <SSN>, <CRYPTO>; otherwise presidio's "
+        "names (<EMAIL_ADDRESS>, ...).",
+    )
+    ner_model: Optional[str] = Field(
+        None,
+        description="spaCy model (installed package name or folder) for PERSON/LOCATION; None: no NER (the default).",
+    )
+    ner_entities: list[NerEntity] = Field(
+        default_factory=lambda: ["PERSON", "LOCATION"], description="Entity types taken from the NER model."
+    )
+    max_chars: int = Field(
+        100_000,
+        ge=4 * OVERLAP,
+        le=1_000_000,
+        description="Longest text given to spaCy NER at once; longer documents are split at "
+        "whitespace into overlapping chunks (spaCy refuses texts over 1,000,000). "
+        "Pattern recognizers always see the whole document.",
+    )
+    max_spans_per_doc: Optional[int] = Field(
+        None, ge=0, description="Remove documents with more PII spans than this (reason pii_spans); None keeps all."
+    )
 
     @field_validator("entities")
     @classmethod
@@ -101,8 +129,9 @@ class PiiConfig(StageConfig):
         try:
             v.format(**fields)
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"{info.field_name} {v!r} may use only the fields {{{'}, {'.join(fields)}}}: "
-                             f"{e!r}") from None
+            raise ValueError(
+                f"{info.field_name} {v!r} may use only the fields {{{'}, {'.join(fields)}}}: {e!r}"
+            ) from None
         return v
 
     @field_validator("ner_model")
@@ -114,8 +143,10 @@ class PiiConfig(StageConfig):
         import spacy.util
 
         if not (spacy.util.is_package(v) or (Path(v) / "config.cfg").is_file()):
-            raise ValueError(f"spaCy model {v!r} is not installed and is no model folder: install it "
-                             f"(python -m spacy download {v}) or set ner_model to null")
+            raise ValueError(
+                f"spaCy model {v!r} is not installed and is no model folder: install it "
+                f"(python -m spacy download {v}) or set ner_model to null"
+            )
         return v
 
 
@@ -149,13 +180,25 @@ def analyzer(entities: tuple[str, ...]):
         _offline_tldextract()
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NoOpNlpEngine
-        from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, CryptoRecognizer,
-                                                              EmailRecognizer, IbanRecognizer, IpRecognizer,
-                                                              PhoneRecognizer, UsSsnRecognizer)
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            CryptoRecognizer,
+            EmailRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            PhoneRecognizer,
+            UsSsnRecognizer,
+        )
 
-        classes = {"EMAIL_ADDRESS": EmailRecognizer, "PHONE_NUMBER": PhoneRecognizer, "IP_ADDRESS": IpRecognizer,
-                   "CREDIT_CARD": CreditCardRecognizer, "IBAN_CODE": IbanRecognizer, "US_SSN": UsSsnRecognizer,
-                   "CRYPTO": CryptoRecognizer}
+        classes = {
+            "EMAIL_ADDRESS": EmailRecognizer,
+            "PHONE_NUMBER": PhoneRecognizer,
+            "IP_ADDRESS": IpRecognizer,
+            "CREDIT_CARD": CreditCardRecognizer,
+            "IBAN_CODE": IbanRecognizer,
+            "US_SSN": UsSsnRecognizer,
+            "CRYPTO": CryptoRecognizer,
+        }
         # Pattern recognizers need no NLP artifacts; a spaCy pass (even a blank pipeline) only costs
         # time: measured identical spans on 3,609 labelled texts at half the time without it.
         nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
@@ -208,8 +251,11 @@ _CRYPTO_CHARS = r"[a-zA-HJ-NP-Z0-9]"  # 'bc1'/'1'/'3' + 25..59 of these: at leas
 
 def _runs_around(trigger: str, chars: str, flags: int):
     """Regions: the maximal runs of `chars` that contain a match of `trigger` (itself in `chars`)."""
-    find, fwd, back = (regex.compile(trigger, flags), regex.compile(f"(?:{chars})*+", flags),
-                       regex.compile(f"(?r)(?:{chars})*+", flags))
+    find, fwd, back = (
+        regex.compile(trigger, flags),
+        regex.compile(f"(?:{chars})*+", flags),
+        regex.compile(f"(?r)(?:{chars})*+", flags),
+    )
 
     def regions(text: str) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
@@ -218,6 +264,7 @@ def _runs_around(trigger: str, chars: str, flags: int):
                 continue
             out.append((back.match(text, 0, m.start()).start(), fwd.match(text, m.start()).end()))
         return out
+
     return regions
 
 
@@ -227,8 +274,12 @@ def _matches(pattern: str, flags: int, before: int = 0, after: int = 0, min_digi
     digit = module.compile(r"\d", flags)
 
     def regions(text: str) -> list[tuple[int, int]]:
-        return [(m.start() - before, m.end() + after) for m in compiled.finditer(text)
-                if len(digit.findall(m.group())) >= min_digits]
+        return [
+            (m.start() - before, m.end() + after)
+            for m in compiled.finditer(text)
+            if len(digit.findall(m.group())) >= min_digits
+        ]
+
     return regions
 
 
@@ -241,12 +292,13 @@ def _phone_regions():
     import phonenumbers.phonenumbermatcher as pm
 
     punct, ext = pm._PUNCTUATION, pm._EXTN_PATTERNS_FOR_MATCHING
-    same = pm._PATTERN.pattern == (f"(?:{pm._LEAD_CLASS}{punct}){{0,2}}\\d{{1,20}}(?:{punct}\\d{{1,20}}){{0,20}}"
-                                   f"(?:{ext})?")
+    same = pm._PATTERN.pattern == (
+        f"(?:{pm._LEAD_CLASS}{punct}){{0,2}}\\d{{1,20}}(?:{punct}\\d{{1,20}}){{0,20}}(?:{ext})?"
+    )
     if not (same and punct.endswith("{0,4}")):
         return _matches(r"(?s).+", 0, module=re), False
     connector = re.sub(r"\(\\d\{1,\d+\}\)(?:#\?|#)?", "", ext)  # the extension without its digits
-    gap = f"(?:{punct[:-len('{0,4}')]}{{1,4}}|{connector})"
+    gap = f"(?:{punct[: -len('{0,4}')]}{{1,4}}|{connector})"
     return _matches(rf"\d+(?:{gap}\d+)*", pm._REGEX_FLAGS, before=10, after=1, module=re), True
 
 
@@ -321,8 +373,10 @@ def _phone_source_digest() -> str:
     import phonenumbers.phonenumbermatcher as pm
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
-    parts = [inspect.getsource(getattr(pm.PhoneNumberMatcher, name))
-             for name in ("__init__", "_find", "_extract_match", "_extract_inner_match", "_parse_and_verify")]
+    parts = [
+        inspect.getsource(getattr(pm.PhoneNumberMatcher, name))
+        for name in ("__init__", "_find", "_extract_match", "_extract_inner_match", "_parse_and_verify")
+    ]
     parts.append(inspect.getsource(PhoneRecognizer.analyze))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -339,9 +393,9 @@ def _min_alnum() -> int:
     from phonenumbers.phonemetadata import PhoneMetadata
     from phonenumbers.phonenumberutil import _maybe_strip_national_prefix_carrier_code
 
-    metadata = ([PhoneMetadata.metadata_for_region(r) for r in sorted(phonenumbers.SUPPORTED_REGIONS)]
-                + [PhoneMetadata.metadata_for_nongeo_region(c)
-                   for c in sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)])
+    metadata = [PhoneMetadata.metadata_for_region(r) for r in sorted(phonenumbers.SUPPORTED_REGIONS)] + [
+        PhoneMetadata.metadata_for_nongeo_region(c) for c in sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)
+    ]
     lengths = [m.general_desc.possible_length if m and m.general_desc else () for m in metadata]
     low = min(min(pl) for pl in lengths) if all(lengths) else 0
     for m in metadata:
@@ -385,8 +439,11 @@ def _phone_matcher_class():
                 for pattern in inner:
                     n = sum(1 for _ in _overlapping(pattern, candidate))
                     tries += n + 1 if n else 0
-                info = self._cache[candidate] = (slash_dates.search(candidate) is not None,
-                                                 time_stamps.search(candidate) is not None, tries)
+                info = self._cache[candidate] = (
+                    slash_dates.search(candidate) is not None,
+                    time_stamps.search(candidate) is not None,
+                    tries,
+                )
             if info[0]:
                 return None
             if info[1] and suffix.match(self.text, offset + len(candidate)):
@@ -410,8 +467,9 @@ def _phone_matcher_class():
                 return None
             # What _parse_and_verify reads besides the candidate (region, leniency: per matcher).
             end = offset + len(candidate)
-            before = self.text[offset - 1] if offset > 0 and self.leniency >= valid and not lead.match(candidate) \
-                else None
+            before = (
+                self.text[offset - 1] if offset > 0 and self.leniency >= valid and not lead.match(candidate) else None
+            )
             after = self.text[end] if end < len(self.text) and self.leniency >= valid else None
             key = (self.preferred_region, self.leniency, candidate, before, after)
             if key not in self._cache:
@@ -433,8 +491,12 @@ def _phone_fast():
 def _phone_fast_ok(recognizer) -> bool:
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
-    return (type(recognizer) is PhoneRecognizer and recognizer.leniency is not None and recognizer.leniency >= 1
-            and _phone_fast() is not None)
+    return (
+        type(recognizer) is PhoneRecognizer
+        and recognizer.leniency is not None
+        and recognizer.leniency >= 1
+        and _phone_fast() is not None
+    )
 
 
 def _phone_analyze(recognizer, text: str, cache: dict) -> list:
@@ -447,15 +509,22 @@ def _phone_analyze(recognizer, text: str, cache: dict) -> list:
     for region in recognizer.supported_regions:
         for match in matcher(text, region, recognizer.leniency, cache, low):
             try:  # as presidio does (it names the region in the explanation); may raise the same way
-                phonenumbers.region_code_for_number(phonenumbers.parse(text[match.start:match.end]))
+                phonenumbers.region_code_for_number(phonenumbers.parse(text[match.start : match.end]))
             except NumberParseException:
                 pass
-            results.append(RecognizerResult(entity_type=recognizer.supported_entities[0], start=match.start,
-                                            end=match.end, score=recognizer.SCORE))
+            results.append(
+                RecognizerResult(
+                    entity_type=recognizer.supported_entities[0],
+                    start=match.start,
+                    end=match.end,
+                    score=recognizer.SCORE,
+                )
+            )
     return EntityRecognizer.remove_duplicates(results)
 
 
 # -- finding spans -------------------------------------------------------------------------------
+
 
 def scan(texts: list[str], config: PiiConfig) -> tuple[list[list[Span]], int, list[bool]]:
     """Pattern spans per text (presidio's engine results: threshold, remove_duplicates), the
@@ -493,8 +562,13 @@ def scan(texts: list[str], config: PiiConfig) -> tuple[list[list[Span]], int, li
     return out, scanned, touched
 
 
-def _run(recognizer, texts: list[str], batch: list[tuple[int, int, int]], found: list[list],
-         phone_cache: Optional[dict] = None) -> int:
+def _run(
+    recognizer,
+    texts: list[str],
+    batch: list[tuple[int, int, int]],
+    found: list[list],
+    phone_cache: Optional[dict] = None,
+) -> int:
     """Run one recognizer on the batch's windows joined by SEP; results go to found[text index]
     as (entity, start, end, score) in that text's offsets. Returns the characters scanned."""
     joined = SEP.join(texts[i][s:e] for i, s, e in batch)
@@ -517,8 +591,9 @@ def _run(recognizer, texts: list[str], batch: list[tuple[int, int, int]], found:
 
 def presidio_spans(text: str, config: PiiConfig) -> list[Span]:
     """Reference: presidio's AnalyzerEngine on the whole text (what `scan` must equal)."""
-    results = analyzer(tuple(config.entities)).analyze(text, language="en", entities=list(config.entities),
-                                                      score_threshold=config.score_threshold)
+    results = analyzer(tuple(config.entities)).analyze(
+        text, language="en", entities=list(config.entities), score_threshold=config.score_threshold
+    )
     return sorted(Span(r.start, r.end, r.entity_type, float(r.score)) for r in results)
 
 
@@ -547,8 +622,9 @@ def ner_spans(text: str, config: PiiConfig) -> list[Span]:
     spans = []
     for i, (start, end) in enumerate(bounds):
         owned_until = bounds[i + 1][0] if i + 1 < len(bounds) else end
-        for r in engine.analyze(text[start:end], language="en", entities=list(config.ner_entities),
-                                score_threshold=config.score_threshold):
+        for r in engine.analyze(
+            text[start:end], language="en", entities=list(config.ner_entities), score_threshold=config.score_threshold
+        ):
             if start + r.start < owned_until:
                 spans.append(Span(start + r.start, start + r.end, r.entity_type, float(r.score)))
     return spans
@@ -579,11 +655,14 @@ def resolve_overlaps(spans: list[Span]) -> list[Span]:
 
 # -- replacing ----------------------------------------------------------------------------------
 
+
 def pseudonym_key(config: PiiConfig) -> bytes:
     key = os.environ.get(config.pseudonym_secret_env, "")
     if not key:
-        raise ConfigError(f"pii.replacement: pseudonym needs a secret key in the environment variable "
-                          f"{config.pseudonym_secret_env} (on every worker)")
+        raise ConfigError(
+            f"pii.replacement: pseudonym needs a secret key in the environment variable "
+            f"{config.pseudonym_secret_env} (on every worker)"
+        )
     return key.encode()
 
 
@@ -602,18 +681,19 @@ def replace_spans(text: str, spans: list[Span], config: PiiConfig, key: bytes = 
     for s in spans:
         name = SHORT_NAMES[s.entity] if config.short_names else s.entity
         if config.replacement == "pseudonym":
-            digest = hmac.new(key, f"{s.entity}\0{text[s.start:s.end]}".encode(), hashlib.sha256).hexdigest()
-            new = config.pseudonym.format(entity=name, hash=digest[:config.pseudonym_hex])
+            digest = hmac.new(key, f"{s.entity}\0{text[s.start : s.end]}".encode(), hashlib.sha256).hexdigest()
+            new = config.pseudonym.format(entity=name, hash=digest[: config.pseudonym_hex])
         else:
             new = config.placeholder.format(entity=name)
-        out += [text[pos:s.start], new]
+        out += [text[pos : s.start], new]
         pos = s.end
     out.append(text[pos:])
     return "".join(out)
 
 
-def _find_all(texts: list[str], config: PiiConfig) -> tuple[list[Optional[list[Span]]], list[Optional[str]], int,
-                                                          list[bool]]:
+def _find_all(
+    texts: list[str], config: PiiConfig
+) -> tuple[list[Optional[list[Span]]], list[Optional[str]], int, list[bool]]:
     """Spans per text (None where presidio failed on it, with the error), characters scanned and
     which texts were scanned. A failing batch is retried text by text so that one bad document
     does not take the others down."""
@@ -643,8 +723,10 @@ def _find_all(texts: list[str], config: PiiConfig) -> tuple[list[Optional[list[S
 
 
 def _type_names(config: PiiConfig) -> set[str]:
-    return {SHORT_NAMES.get(e, e) if config.short_names else e
-            for e in config.entities + (config.ner_entities if config.ner_model else [])}
+    return {
+        SHORT_NAMES.get(e, e) if config.short_names else e
+        for e in config.entities + (config.ner_entities if config.ner_model else [])
+    }
 
 
 def replacements(config: PiiConfig) -> re.Pattern:
@@ -672,7 +754,7 @@ def scrubbed_examples(docs, config: PiiConfig, per_type: int = 2, chars: int = 8
         for m in pattern.finditer(text):
             bucket = seen.setdefault(m.group("entity"), [])
             if len(bucket) < per_type and all(row["url"] != doc["url"] for row in bucket):
-                around = text[max(0, m.start() - chars):m.end() + chars]
+                around = text[max(0, m.start() - chars) : m.end() + chars]
                 bucket.append({"type": m.group("entity"), "url": doc["url"] or "", "context": " ".join(around.split())})
         if len(seen) == len(types) and all(len(b) >= per_type for b in seen.values()):
             break
@@ -708,9 +790,14 @@ def scrub(table: pa.Table, config: PiiConfig) -> ShardResult:
         too_many = config.max_spans_per_doc is not None and len(spans) > config.max_spans_per_doc
         reasons.append("pii_spans" if too_many else None)
         details.append(f"spans={len(spans)} > max_spans_per_doc={config.max_spans_per_doc}" if too_many else None)
-    counts = {"pii_spans": per_entity, "docs_with_pii": with_pii, "docs_scanned": sum(touched),
-              "chars_scanned": chars_scanned,
-              "chars_in": int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0) if table.num_rows else 0,
-              "docs_over_max_chars": sum(len(t) > config.max_chars for t in raw), **text_kinds(table)}
+    counts = {
+        "pii_spans": per_entity,
+        "docs_with_pii": with_pii,
+        "docs_scanned": sum(touched),
+        "chars_scanned": chars_scanned,
+        "chars_in": int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0) if table.num_rows else 0,
+        "docs_over_max_chars": sum(len(t) > config.max_chars for t in raw),
+        **text_kinds(table),
+    }
     scrubbed = table.set_column(table.column_names.index("text"), "text", pa.array(texts, pa.string()))
     return split_by_reason(scrubbed, reasons, details, counts)

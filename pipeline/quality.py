@@ -75,19 +75,46 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.stage import ShardResult, StageConfig, split_by_reason, text_kinds
 from pipeline.text import count_tokens_with_letter, tokens, words
 
-Rule = Literal["doc_max_chars",
-               "gopher_word_count", "gopher_mean_word_length", "gopher_hash_ratio", "gopher_ellipsis_ratio",
-               "gopher_bullet_lines", "gopher_ellipsis_lines", "gopher_alpha_words", "gopher_stop_words",
-               "gopher_dup_paragraphs", "gopher_dup_lines", "gopher_top_ngrams", "gopher_dup_ngrams",
-               "c4_line_word_length", "c4_citations", "c4_line_punct", "c4_line_words", "c4_lorem_ipsum",
-               "c4_line_javascript", "c4_curly_bracket", "c4_line_policy", "c4_min_sentences",
-               "fineweb_line_punct", "fineweb_short_lines", "fineweb_dup_line_chars", "fineweb_newline_ratio"]
+Rule = Literal[
+    "doc_max_chars",
+    "gopher_word_count",
+    "gopher_mean_word_length",
+    "gopher_hash_ratio",
+    "gopher_ellipsis_ratio",
+    "gopher_bullet_lines",
+    "gopher_ellipsis_lines",
+    "gopher_alpha_words",
+    "gopher_stop_words",
+    "gopher_dup_paragraphs",
+    "gopher_dup_lines",
+    "gopher_top_ngrams",
+    "gopher_dup_ngrams",
+    "c4_line_word_length",
+    "c4_citations",
+    "c4_line_punct",
+    "c4_line_words",
+    "c4_lorem_ipsum",
+    "c4_line_javascript",
+    "c4_curly_bracket",
+    "c4_line_policy",
+    "c4_min_sentences",
+    "fineweb_line_punct",
+    "fineweb_short_lines",
+    "fineweb_dup_line_chars",
+    "fineweb_newline_ratio",
+]
 RULES: tuple[str, ...] = Rule.__args__  # the evaluation order
 GOPHER_REPETITION = ("gopher_dup_paragraphs", "gopher_dup_lines", "gopher_top_ngrams", "gopher_dup_ngrams")
 GOPHER_QUALITY = tuple(r for r in RULES if r.startswith("gopher_") and r not in GOPHER_REPETITION)
 C4 = tuple(r for r in RULES if r.startswith("c4_"))
-C4_LINE_RULES = ("c4_line_word_length", "c4_citations", "c4_line_punct", "c4_line_words", "c4_line_javascript",
-                 "c4_line_policy")
+C4_LINE_RULES = (
+    "c4_line_word_length",
+    "c4_citations",
+    "c4_line_punct",
+    "c4_line_words",
+    "c4_line_javascript",
+    "c4_line_policy",
+)
 FINEWEB = tuple(r for r in RULES if r.startswith("fineweb_"))
 # What runs by default: C4's and FineWeb's line rules would cut hard-wrapped books to pieces.
 DEFAULT_RULES = ("doc_max_chars",) + GOPHER_QUALITY + GOPHER_REPETITION
@@ -102,8 +129,7 @@ DUP_NGRAM_MAX_CHARS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 # n -> a share of the characters, in the two n-gram rules
 NgramShares = dict[Annotated[int, Field(ge=1, le=100)], Annotated[float, Field(ge=0, le=1)]]
 C4_END_PUNCTUATION = [".", "?", "!", '"', "'"]
-C4_POLICY_PHRASES = ["terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
-                     "use cookies"]
+C4_POLICY_PHRASES = ["terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies"]
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 # A sentence ends at Unicode sentence-terminal punctuation (with closing quotes or brackets) followed
@@ -114,72 +140,117 @@ _STERM = regex.compile(r"\p{Sentence_Terminal}")
 
 
 class QualityConfig(StageConfig):
-    rules: list[Rule] = Field(default_factory=lambda: list(DEFAULT_RULES),
-                              description="Rules to apply; leave a rule out to switch it off. They always run in "
-                                          "the documented order (" + ", ".join(RULES) + "). C4's and FineWeb's "
-                                          "rules are off by default: they judge lines, and hard-wrapped text "
-                                          "(books, mail) fails them.")
-    signals: bool = Field(False, description="Keep every document and write each enabled rule's signals as "
-                                             "columns (signal_<name>) plus quality_reason/quality_detail (the first "
-                                             "failing rule), to filter later; nothing is removed.")
-    max_doc_chars: int = Field(2_000_000, ge=1, description="doc_max_chars: longest text, in characters, that is "
-                                                            "judged at all (longer ones are removed unread).")
+    rules: list[Rule] = Field(
+        default_factory=lambda: list(DEFAULT_RULES),
+        description="Rules to apply; leave a rule out to switch it off. They always run in "
+        "the documented order (" + ", ".join(RULES) + "). C4's and FineWeb's "
+        "rules are off by default: they judge lines, and hard-wrapped text "
+        "(books, mail) fails them.",
+    )
+    signals: bool = Field(
+        False,
+        description="Keep every document and write each enabled rule's signals as "
+        "columns (signal_<name>) plus quality_reason/quality_detail (the first "
+        "failing rule), to filter later; nothing is removed.",
+    )
+    max_doc_chars: int = Field(
+        2_000_000,
+        ge=1,
+        description="doc_max_chars: longest text, in characters, that is "
+        "judged at all (longer ones are removed unread).",
+    )
     min_words: int = Field(50, ge=0, description="gopher_word_count: fewest words a document may have.")
     max_words: int = Field(100_000, ge=0, description="gopher_word_count: most words a document may have.")
-    min_mean_word_length: float = Field(3.0, ge=0, description="gopher_mean_word_length: lowest mean word "
-                                                                "length, in characters.")
-    max_mean_word_length: float = Field(10.0, ge=0, description="gopher_mean_word_length: highest mean word "
-                                                                 "length, in characters.")
+    min_mean_word_length: float = Field(
+        3.0, ge=0, description="gopher_mean_word_length: lowest mean word length, in characters."
+    )
+    max_mean_word_length: float = Field(
+        10.0, ge=0, description="gopher_mean_word_length: highest mean word length, in characters."
+    )
     max_hash_ratio: float = Field(0.1, ge=0, description="gopher_hash_ratio: most '#' characters per word.")
-    max_ellipsis_ratio: float = Field(0.1, ge=0, description="gopher_ellipsis_ratio: most ellipses ('...' or "
-                                                              "'…') per word.")
-    max_bullet_lines_ratio: float = Field(0.9, ge=0, le=1, description="gopher_bullet_lines: largest share of "
-                                                                        "lines that may start with a bullet.")
-    max_ellipsis_lines_ratio: float = Field(0.3, ge=0, le=1, description="gopher_ellipsis_lines: largest share "
-                                                                          "of lines that may end with an ellipsis.")
-    min_alpha_words_ratio: float = Field(0.8, ge=0, le=1, description="gopher_alpha_words: smallest share of "
-                                                                       "tokens that must hold a letter.")
-    min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest distinct stop words a document "
-                                                     "must hold (Gopher: 'at least two of' them).")
-    stop_words: list[str] = Field(default_factory=lambda: list(GOPHER_STOP_WORDS),
-                                  description="gopher_stop_words: the words counted (matched lowercased).")
-    max_dup_lines_ratio: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: largest share of lines "
-                                                                    "that may repeat an earlier line.")
-    max_dup_lines_chars: float = Field(0.2, ge=0, le=1, description="gopher_dup_lines: largest share of the "
-                                                                    "characters repeated lines may hold.")
-    max_dup_paragraphs_ratio: float = Field(0.3, ge=0, le=1, description="gopher_dup_paragraphs: largest share of "
-                                                                         "paragraphs that may repeat an earlier one.")
-    max_dup_paragraphs_chars: float = Field(0.2, ge=0, le=1, description="gopher_dup_paragraphs: largest share of "
-                                                                         "the characters repeated paragraphs may hold.")
-    max_top_ngram_chars: NgramShares = Field(default_factory=lambda: dict(TOP_NGRAM_MAX_CHARS),
-                                                  description="gopher_top_ngrams: n -> largest share of the characters "
-                                                              "the most frequent word n-gram may cover.")
-    max_dup_ngram_chars: NgramShares = Field(default_factory=lambda: dict(DUP_NGRAM_MAX_CHARS),
-                                                  description="gopher_dup_ngrams: n -> largest share of the characters "
-                                                              "repeated word n-grams may cover.")
-    bullets: list[str] = Field(default_factory=lambda: list(BULLETS),
-                               description="gopher_bullet_lines: prefixes that mark a bullet line "
-                                           "(after leading spaces).")
-    c4_max_word_length: int = Field(1000, ge=1, description="c4_line_word_length: longest word a kept line may "
-                                                            "hold, in characters.")
-    c4_end_punctuation: list[str] = Field(default_factory=lambda: list(C4_END_PUNCTUATION),
-                                          description="c4_line_punct: what a kept line must end with ('...' "
-                                                      "never counts).")
-    c4_min_words_per_line: int = Field(3, ge=0, description="c4_line_words: fewest whitespace-separated words "
-                                                            "a kept line may have.")
-    c4_policy_phrases: list[str] = Field(default_factory=lambda: list(C4_POLICY_PHRASES),
-                                         description="c4_line_policy: lowercase phrases that mark a boilerplate "
-                                                     "line.")
-    c4_min_sentences: int = Field(5, ge=0, description="c4_min_sentences: fewest sentences the kept lines must "
-                                                       "hold.")
-    min_line_punct_ratio: float = Field(0.12, ge=0, le=1, description="fineweb_line_punct: smallest share of lines "
-                                                                      "that must end with a sentence terminal.")
-    max_short_lines_ratio: float = Field(0.67, ge=0, le=1, description="fineweb_short_lines: largest share of "
-                                                                       "short lines.")
+    max_ellipsis_ratio: float = Field(
+        0.1, ge=0, description="gopher_ellipsis_ratio: most ellipses ('...' or '…') per word."
+    )
+    max_bullet_lines_ratio: float = Field(
+        0.9, ge=0, le=1, description="gopher_bullet_lines: largest share of lines that may start with a bullet."
+    )
+    max_ellipsis_lines_ratio: float = Field(
+        0.3, ge=0, le=1, description="gopher_ellipsis_lines: largest share of lines that may end with an ellipsis."
+    )
+    min_alpha_words_ratio: float = Field(
+        0.8, ge=0, le=1, description="gopher_alpha_words: smallest share of tokens that must hold a letter."
+    )
+    min_stop_words: int = Field(
+        2,
+        ge=0,
+        description="gopher_stop_words: fewest distinct stop words a document "
+        "must hold (Gopher: 'at least two of' them).",
+    )
+    stop_words: list[str] = Field(
+        default_factory=lambda: list(GOPHER_STOP_WORDS),
+        description="gopher_stop_words: the words counted (matched lowercased).",
+    )
+    max_dup_lines_ratio: float = Field(
+        0.3, ge=0, le=1, description="gopher_dup_lines: largest share of lines that may repeat an earlier line."
+    )
+    max_dup_lines_chars: float = Field(
+        0.2, ge=0, le=1, description="gopher_dup_lines: largest share of the characters repeated lines may hold."
+    )
+    max_dup_paragraphs_ratio: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="gopher_dup_paragraphs: largest share of paragraphs that may repeat an earlier one.",
+    )
+    max_dup_paragraphs_chars: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="gopher_dup_paragraphs: largest share of the characters repeated paragraphs may hold.",
+    )
+    max_top_ngram_chars: NgramShares = Field(
+        default_factory=lambda: dict(TOP_NGRAM_MAX_CHARS),
+        description="gopher_top_ngrams: n -> largest share of the characters the most frequent word n-gram may cover.",
+    )
+    max_dup_ngram_chars: NgramShares = Field(
+        default_factory=lambda: dict(DUP_NGRAM_MAX_CHARS),
+        description="gopher_dup_ngrams: n -> largest share of the characters repeated word n-grams may cover.",
+    )
+    bullets: list[str] = Field(
+        default_factory=lambda: list(BULLETS),
+        description="gopher_bullet_lines: prefixes that mark a bullet line (after leading spaces).",
+    )
+    c4_max_word_length: int = Field(
+        1000, ge=1, description="c4_line_word_length: longest word a kept line may hold, in characters."
+    )
+    c4_end_punctuation: list[str] = Field(
+        default_factory=lambda: list(C4_END_PUNCTUATION),
+        description="c4_line_punct: what a kept line must end with ('...' never counts).",
+    )
+    c4_min_words_per_line: int = Field(
+        3, ge=0, description="c4_line_words: fewest whitespace-separated words a kept line may have."
+    )
+    c4_policy_phrases: list[str] = Field(
+        default_factory=lambda: list(C4_POLICY_PHRASES),
+        description="c4_line_policy: lowercase phrases that mark a boilerplate line.",
+    )
+    c4_min_sentences: int = Field(5, ge=0, description="c4_min_sentences: fewest sentences the kept lines must hold.")
+    min_line_punct_ratio: float = Field(
+        0.12,
+        ge=0,
+        le=1,
+        description="fineweb_line_punct: smallest share of lines that must end with a sentence terminal.",
+    )
+    max_short_lines_ratio: float = Field(
+        0.67, ge=0, le=1, description="fineweb_short_lines: largest share of short lines."
+    )
     short_line_chars: int = Field(30, ge=0, description="fineweb_short_lines: a line this long or shorter is short.")
-    max_dup_line_chars: float = Field(0.01, ge=0, le=1, description="fineweb_dup_line_chars: largest share of the "
-                                                                    "characters lines repeating an earlier line "
-                                                                    "may hold.")
+    max_dup_line_chars: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="fineweb_dup_line_chars: largest share of the characters lines repeating an earlier line may hold.",
+    )
     max_newline_ratio: float = Field(0.3, ge=0, description="fineweb_newline_ratio: most line breaks per word.")
 
     @field_validator("rules")
@@ -194,8 +265,9 @@ class QualityConfig(StageConfig):
         if self.min_words > self.max_words:
             raise ValueError(f"min_words {self.min_words} > max_words {self.max_words}")
         if self.min_mean_word_length > self.max_mean_word_length:
-            raise ValueError(f"min_mean_word_length {self.min_mean_word_length} > "
-                             f"max_mean_word_length {self.max_mean_word_length}")
+            raise ValueError(
+                f"min_mean_word_length {self.min_mean_word_length} > max_mean_word_length {self.max_mean_word_length}"
+            )
         for name in ("bullets", "c4_end_punctuation", "c4_policy_phrases"):
             if any(not s for s in getattr(self, name)):
                 raise ValueError(f"{name} must not hold an empty string (it would match every line)")
@@ -204,6 +276,7 @@ class QualityConfig(StageConfig):
 
 class Check(NamedTuple):
     """One measured signal against its limit: `upper` limits must not be exceeded, lower ones reached."""
+
     signal: str
     value: float
     limit: float
@@ -235,6 +308,7 @@ def _count(signal: str, value: int) -> Check:
 
 class C4Lines(NamedTuple):
     """What C4's line pass left of a document and why."""
+
     text: str
     lines_in: int
     lines_kept: int
@@ -331,7 +405,7 @@ class Doc:
         Built from the (n-1)-grams, so the 2..10-grams of Gopher's rules cost one pass each."""
         if n not in self._grams:
             shorter, words_ = self.grams(n - 1), self._grams[1]
-            pairs = shorter[:-1] * (len(words_) + 1) + words_[n - 1:]
+            pairs = shorter[:-1] * (len(words_) + 1) + words_[n - 1 :]
             self._grams[n] = np.unique(pairs, return_inverse=True)[1].astype(np.int64)
         return self._grams[n]
 
@@ -414,8 +488,9 @@ def _repeats(parts: list[str]) -> tuple[int, int]:
     return n, chars
 
 
-def _dup_parts(repeats: tuple[int, int], parts: int, text: str, max_ratio: float, max_chars: float,
-               name: str) -> Checks:
+def _dup_parts(
+    repeats: tuple[int, int], parts: int, text: str, max_ratio: float, max_chars: float, name: str
+) -> Checks:
     n, chars = repeats
     yield _at_most(f"dup_{name}_ratio", _ratio(n, parts), f"max_dup_{name}_ratio", max_ratio)
     yield _at_most(f"dup_{name}_chars", _ratio(chars, len(text)), f"max_dup_{name}_chars", max_chars)
@@ -426,8 +501,14 @@ def _dup_lines(d: Doc, c: QualityConfig) -> Checks:
 
 
 def _dup_paragraphs(d: Doc, c: QualityConfig) -> Checks:
-    return _dup_parts(_repeats(d.paragraphs), len(d.paragraphs), d.text, c.max_dup_paragraphs_ratio,
-                      c.max_dup_paragraphs_chars, "paragraphs")
+    return _dup_parts(
+        _repeats(d.paragraphs),
+        len(d.paragraphs),
+        d.text,
+        c.max_dup_paragraphs_ratio,
+        c.max_dup_paragraphs_chars,
+        "paragraphs",
+    )
 
 
 def _top_ngrams(d: Doc, c: QualityConfig) -> Checks:
@@ -475,6 +556,7 @@ def _dup_ngrams(d: Doc, c: QualityConfig) -> Checks:
 def _c4_line_rule(rule: str) -> Callable[[Doc, QualityConfig], Checks]:
     """A C4 line rule: how many lines it dropped, and (for the last one switched on) whether any
     line is left at all."""
+
     def checks(d: Doc, c: QualityConfig) -> Checks:
         r = d.c4
         if rule == "c4_citations":
@@ -484,6 +566,7 @@ def _c4_line_rule(rule: str) -> Callable[[Doc, QualityConfig], Checks]:
         if rule == [x for x in C4_LINE_RULES if x in d.on][-1]:
             note = ", ".join(f"{k} dropped {v}" for k, v in r.dropped.items())
             yield Check("lines_kept", r.lines_kept, 1, "a line", False, f"of {r.lines_in}: {note}")
+
     return checks
 
 

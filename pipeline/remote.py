@@ -24,10 +24,24 @@ T = TypeVar("T")
 # Remote files are read sequentially in blocks this large: a few requests per file, not thousands.
 REMOTE_BLOCK_BYTES = 16 << 20
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
-                      "InternalError", "RequestTimeTooSkewed"}
-TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE,
-                   errno.EHOSTUNREACH, errno.ENETUNREACH}
+TRANSIENT_S3_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeTooSkewed",
+}
+TRANSIENT_ERRNO = {
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ECONNREFUSED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
 
 
 def open_input(url: str):
@@ -73,7 +87,7 @@ def with_retries(work: Callable[[], T], what: str, tries: int = 6, base_delay_s:
                 if said != str(e):
                     raise RemoteReadError(f"{what}: {said}") from None
                 raise
-            delay = base_delay_s * 2 ** attempt * random.uniform(0.5, 1.5)
+            delay = base_delay_s * 2**attempt * random.uniform(0.5, 1.5)
             log.warning("%s: %s (try %d of %d); again in %.1f s", what, said, attempt + 1, tries, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

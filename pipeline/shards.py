@@ -15,15 +15,14 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from storage import StageDir, Store
-from storage.locations import public_name
-from storage.verify import shard_intact
-
 from pipeline.damage import merge_listed
 from pipeline.failpoints import failpoint
 from pipeline.remote import is_transient, with_retries
 from pipeline.schema import DOC_SCHEMA, REMOVED_SCHEMA
 from pipeline.stage import ShardResult, merge_counts
+from storage import StageDir, Store
+from storage.locations import public_name
+from storage.verify import shard_intact
 
 
 def stage_dir(store_url: str, stage: str, fp: str) -> StageDir:
@@ -69,6 +68,7 @@ def run_if_needed(out: StageDir, index: int, work: Callable[[], dict]) -> dict:
 
 # -- the steps --------------------------------------------------------------------------------
 
+
 def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config: Any) -> dict:
     """The documents of a shard's input pieces (whole files or byte ranges, pipeline/ingest_plan.py),
     written batch by batch so memory does not grow with the input. A piece's `url` reads it and may
@@ -86,12 +86,15 @@ def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config
         counts: dict = {"sources": sum(p["start"] == 0 for p in pieces)}  # files, counted once however cut
         damaged: list[dict] = []
         unreadable: list[dict] = []
-        with (out.parquet_writer(parts["data"], DOC_SCHEMA) as kept_out,
-              out.parquet_writer(parts["removed"], REMOVED_SCHEMA) as removed_out):
+        with (
+            out.parquet_writer(parts["data"], DOC_SCHEMA) as kept_out,
+            out.parquet_writer(parts["removed"], REMOVED_SCHEMA) as removed_out,
+        ):
             for piece in pieces:
                 try:  # an unreadable file raises before any of its documents (it has no record) is written
-                    for batch in ingest_batches(piece["url"], config, start=piece["start"], end=piece["end"],
-                                                name=piece.get("name")):
+                    for batch in ingest_batches(
+                        piece["url"], config, start=piece["start"], end=piece["end"], name=piece.get("name")
+                    ):
                         kept_out.write_table(batch.kept)
                         removed_out.write_table(batch.removed)
                         counts = merge_counts(counts, batch.counts)
@@ -108,14 +111,20 @@ def ingest_shard(store_url: str, fp: str, index: int, pieces: list[dict], config
         t0 = time.perf_counter()
         what = ", ".join(p.get("name") or public_name(p["url"]) for p in pieces)
         (counts, damaged, unreadable), retries = with_retries(attempt, what)  # throttled: all again
-        return commit_docs_stats(out, index, counts, time.perf_counter() - t0, retries=retries,
-                                 damaged_records=damaged, unreadable=unreadable)
+        return commit_docs_stats(
+            out,
+            index,
+            counts,
+            time.perf_counter() - t0,
+            retries=retries,
+            damaged_records=damaged,
+            unreadable=unreadable,
+        )
 
     return run_if_needed(out, index, work)
 
 
-def filter_shard(store_url: str, stage: str, fp: str, index: int, upstream: tuple[str, str],
-                 config: Any) -> dict:
+def filter_shard(store_url: str, stage: str, fp: str, index: int, upstream: tuple[str, str], config: Any) -> dict:
     """quality or pii over one shard of the upstream stage's documents."""
     out = stage_dir(store_url, stage, fp)
 
@@ -130,19 +139,22 @@ def filter_shard(store_url: str, stage: str, fp: str, index: int, upstream: tupl
 
 def _quality():
     from pipeline.quality import filter_quality
+
     return filter_quality
 
 
 def _pii():
     from pipeline.pii import scrub
+
     return scrub
 
 
 FILTERS = {"quality": _quality, "pii": _pii}
 
 
-def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any,
-                    partitions: int) -> dict:
+def signature_shard(
+    store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any, partitions: int
+) -> dict:
     """Dedup step 1 on one document shard: its signatures and bucket keys."""
     from pipeline.dedup import signatures
 
@@ -167,9 +179,12 @@ def commit_signatures(out: StageDir, index: int, sigs, config: Any, partitions: 
     for p in range(partitions):
         mine = part == p
         out.write_arrow(bucket_part(p, index), pa.table([keys[mine], docs[mine]], schema=KEYS_SCHEMA))
-    stats = {"index": index, "outputs": {"data": signature_part(index)},
-             "counts": {"docs_in": sigs.num_rows, "bucket_keys": int(len(keys))},
-             "seconds": round(time.perf_counter() - t0, 3)}
+    stats = {
+        "index": index,
+        "outputs": {"data": signature_part(index)},
+        "counts": {"docs_in": sigs.num_rows, "bucket_keys": int(len(keys))},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     return commit_shard(out, index, stats)
 
 
@@ -188,8 +203,15 @@ def signature_lookup(sig_dir: StageDir):
     return SignatureLookup(lambda shard: sig_dir.map_arrow(signature_part(shard)))
 
 
-def pairs_shard(store_url: str, fp: str, partition: int, signatures_fp: str, shard_indexes: list[int],
-                config: Any, earlier: list[dict] = ()) -> dict:
+def pairs_shard(
+    store_url: str,
+    fp: str,
+    partition: int,
+    signatures_fp: str,
+    shard_indexes: list[int],
+    config: Any,
+    earlier: list[dict] = (),
+) -> dict:
     """Dedup step 2 on one bucket partition: candidate pairs from every shard's keys, verified; and
     with `earlier` increments (incremental runs), pairs with the documents they kept."""
     from pipeline.dedup import candidate_pairs, earlier_pairs, pairs_table, verify_pairs
@@ -213,8 +235,12 @@ def pairs_shard(store_url: str, fp: str, partition: int, signatures_fp: str, sha
             outputs["earlier"] = StageDir.part("earlier", partition, "arrow")
             out.write_arrow(outputs["earlier"], found)
             counts.update(earlier_candidate_pairs=checked, earlier_duplicate_pairs=found.num_rows)
-        stats = {"index": partition, "outputs": outputs, "counts": counts,
-                 "seconds": round(time.perf_counter() - t0, 3)}
+        stats = {
+            "index": partition,
+            "outputs": outputs,
+            "counts": counts,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         return commit_shard(out, partition, stats)
 
     return run_if_needed(out, partition, work)
@@ -226,13 +252,25 @@ def earlier_increment(store_url: str, entry: dict):
     from pipeline.dedup import Corpus, Increment
 
     index = stage_dir(store_url, "dedup-index", entry["index"])
-    return Increment(entry["offset"], lambda: Corpus(dict(index.read_manifest()["rows"])),
-                     signature_lookup(stage_dir(store_url, "dedup-signatures", entry["signatures"])),
-                     entry["partitions"], lambda p: index.map_arrow(StageDir.part("data", p, "arrow")))
+    return Increment(
+        entry["offset"],
+        lambda: Corpus(dict(index.read_manifest()["rows"])),
+        signature_lookup(stage_dir(store_url, "dedup-signatures", entry["signatures"])),
+        entry["partitions"],
+        lambda p: index.map_arrow(StageDir.part("data", p, "arrow")),
+    )
 
 
-def cluster_shard(store_url: str, fp: str, pairs_fp: str, signatures_fp: str, shard_indexes: list[int],
-                  config: Any, earlier: list[dict] = (), offset: int = 0) -> dict:
+def cluster_shard(
+    store_url: str,
+    fp: str,
+    pairs_fp: str,
+    signatures_fp: str,
+    shard_indexes: list[int],
+    config: Any,
+    earlier: list[dict] = (),
+    offset: int = 0,
+) -> dict:
     """Dedup step 3, the one corpus-wide step: union-find over all pairs, then each shard's
     duplicates with their cluster written to their own file. Positions count from `offset`, after
     the documents of `earlier` increments."""
@@ -257,8 +295,12 @@ def cluster_shard(store_url: str, fp: str, pairs_fp: str, signatures_fp: str, sh
             for r in dups.column("reason").to_pylist():
                 by_reason[r] = by_reason.get(r, 0) + 1
         counts = {**cluster_counts(corpus, roots, offset), "by_reason": dict(sorted(by_reason.items()))}
-        stats = {"index": 0, "outputs": {"data": "data"}, "counts": counts,
-                 "seconds": round(time.perf_counter() - t0, 3)}
+        stats = {
+            "index": 0,
+            "outputs": {"data": "data"},
+            "counts": counts,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         return commit_shard(out, 0, stats)
 
     return run_if_needed(out, 0, work)
@@ -269,8 +311,9 @@ def shard_rows(sig_dir: StageDir, shard_indexes: list[int]) -> dict[int, int]:
     return {i: sig_dir.read_shard_stats(i)["counts"]["docs_in"] for i in shard_indexes}
 
 
-def index_shard(store_url: str, fp: str, partition: int, signatures_fp: str, clusters_fp: str,
-                rows: list[list[int]], offset: int) -> dict:
+def index_shard(
+    store_url: str, fp: str, partition: int, signatures_fp: str, clusters_fp: str, rows: list[list[int]], offset: int
+) -> dict:
     """One partition of a finished increment's bucket index (pipeline.dedup.bucket_index), which
     later increments look their keys up in."""
     import numpy as np
@@ -290,19 +333,30 @@ def index_shard(store_url: str, fp: str, partition: int, signatures_fp: str, clu
             dups = clu_dir.read_parquet(StageDir.part("data", i, "parquet"), ["row", "cluster_id"])
             positions.append(offset + corpus.position(doc_keys(i, dups.column("row").to_numpy())))
             kept.append(dups.column("cluster_id").to_numpy())
-        table = bucket_index(keys.column("key").to_numpy(), keys.column("doc").to_numpy(), corpus, offset,
-                             np.concatenate(positions), np.concatenate(kept))
+        table = bucket_index(
+            keys.column("key").to_numpy(),
+            keys.column("doc").to_numpy(),
+            corpus,
+            offset,
+            np.concatenate(positions),
+            np.concatenate(kept),
+        )
         rel = StageDir.part("data", partition, "arrow")
         out.write_arrow(rel, table)
-        stats = {"index": partition, "outputs": {"data": rel}, "counts": {"index_keys": table.num_rows},
-                 "seconds": round(time.perf_counter() - t0, 3)}
+        stats = {
+            "index": partition,
+            "outputs": {"data": rel},
+            "counts": {"index_keys": table.num_rows},
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         return commit_shard(out, partition, stats)
 
     return run_if_needed(out, partition, work)
 
 
-def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], clusters_fp: str,
-                      config: Any) -> dict:
+def dedup_apply_shard(
+    store_url: str, fp: str, index: int, upstream: tuple[str, str], clusters_fp: str, config: Any
+) -> dict:
     """Dedup step 4 on one shard: drop its duplicates, write them aside with their cluster."""
     from pipeline.dedup import apply_duplicates
 
@@ -318,8 +372,7 @@ def dedup_apply_shard(store_url: str, fp: str, index: int, upstream: tuple[str, 
     return run_if_needed(out, index, work)
 
 
-def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_indexes: list[int],
-                    config: Any) -> dict:
+def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_indexes: list[int], config: Any) -> dict:
     """Train the BPE on a deterministic sample of the cleaned corpus; save tokenizer.json and the
     files that make its folder loadable by transformers. Also fix the corpus-wide validation
     cut-off (val_cut), so every encode shard splits by the same rule."""
@@ -338,15 +391,21 @@ def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_in
             out.write_bytes(f"data/{name}", data)
         ids = (i for index in shard_indexes for i in read_docs(up, index, ["id"]).column("id").to_pylist())
         counts = {"vocab_size": tok.get_vocab_size(), "val_cut": val_cut(ids, config)}
-        stats = {"index": 0, "outputs": {"data": rel}, "counts": counts,
-                 "seconds": round(time.perf_counter() - t0, 3)}
+        stats = {"index": 0, "outputs": {"data": rel}, "counts": counts, "seconds": round(time.perf_counter() - t0, 3)}
         return commit_shard(out, 0, stats)
 
     return run_if_needed(out, 0, work)
 
 
-def encode_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], tokenizer_fp: str,
-                 config: Any, parallel: bool = True) -> dict:
+def encode_shard(
+    store_url: str,
+    fp: str,
+    index: int,
+    upstream: tuple[str, str],
+    tokenizer_fp: str,
+    config: Any,
+    parallel: bool = True,
+) -> dict:
     """Encode one document shard to train and val token files. `parallel`: whether HF tokenizers
     may use a thread per core in this process (off when there is a worker process per core)."""
     from tokenizers import Tokenizer
@@ -363,12 +422,13 @@ def encode_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str],
         cut = tok_dir.read_manifest()["counts"]["val_cut"]
         with encode_threads(parallel):
             train, val, counts = encode_table(table, tok, config, cut)
-        outputs = {"train": StageDir.part("data/train", index, "arrow"),
-                   "val": StageDir.part("data/val", index, "arrow")}
+        outputs = {
+            "train": StageDir.part("data/train", index, "arrow"),
+            "val": StageDir.part("data/val", index, "arrow"),
+        }
         out.write_arrow(outputs["train"], train)
         out.write_arrow(outputs["val"], val)
-        stats = {"index": index, "outputs": outputs, "counts": counts,
-                 "seconds": round(time.perf_counter() - t0, 3)}
+        stats = {"index": index, "outputs": outputs, "counts": counts, "seconds": round(time.perf_counter() - t0, 3)}
         return commit_shard(out, index, stats)
 
     return run_if_needed(out, index, work)

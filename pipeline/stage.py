@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from pipeline.schema import DOC_SCHEMA, REMOVED_SCHEMA
 from storage.locations import public_name
 
-
 # Numbers a config may hold: what numpy, torch and Arrow take (a bigger one fails deep inside a run).
 MAX_INT = 2**63 - 1
 _NUMBERS = (int, float, Optional[int], Optional[float])
@@ -59,11 +58,13 @@ class StageConfig(BaseModel):
 def require_files(urls, what: str):
     """Fail at configuration time, not in the middle of a run, when a file a config names is not
     there (paths or fsspec URLs; `urls` is a list or the values of a dict)."""
-    for name, url in (urls.items() if isinstance(urls, dict) else enumerate(urls)):
+    for name, url in urls.items() if isinstance(urls, dict) else enumerate(urls):
         fs, path = fsspec.core.url_to_fs(url)
         if not fs.isfile(path):
             shown = public_name(url)  # no password or signature in an error message
-            raise ValueError(f"{what} {name!r} not found: {shown}" if isinstance(urls, dict) else f"{what} not found: {shown}")
+            raise ValueError(
+                f"{what} {name!r} not found: {shown}" if isinstance(urls, dict) else f"{what} not found: {shown}"
+            )
     return urls
 
 
@@ -76,8 +77,12 @@ class ShardResult:
     damaged_records: list = field(default_factory=list)
 
 
-def split_by_reason(table: pa.Table, reasons: list[str | None], details: list[str | None] | None = None,
-                    extra_counts: dict | None = None) -> ShardResult:
+def split_by_reason(
+    table: pa.Table,
+    reasons: list[str | None],
+    details: list[str | None] | None = None,
+    extra_counts: dict | None = None,
+) -> ShardResult:
     """Split `table` into kept rows (reason None) and removed rows (with their reason), with counts.
 
     Counts always hold docs_in, docs_kept, docs_removed, removed (per reason), chars_in, chars_kept.

@@ -21,8 +21,9 @@ _WORD = re.compile(r"[^\W_](?:\S*[^\W_])?")
 _TOKEN_WITH_LETTER = re.compile(r"\S*[^\W\d_]\S*")
 
 
-def normalize_texts(texts: pa.Array, lowercase: bool = True, strip_punctuation: bool = True,
-                    fold_whitespace: bool = True) -> tuple[pa.Array, pa.ListArray]:
+def normalize_texts(
+    texts: pa.Array, lowercase: bool = True, strip_punctuation: bool = True, fold_whitespace: bool = True
+) -> tuple[pa.Array, pa.ListArray]:
     """Canonical forms for duplicate detection, a whole column at once (Arrow kernels, no Python
     loop per document), and each form's words. Texts that differ only in case, punctuation or
     spacing get the same form. Punctuation and symbols become a space, so "end.Start" stays two
@@ -52,11 +53,9 @@ def split_whitespace(texts: pa.Array, ascii_only: bool = False) -> pa.ListArray:
     return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), flat.filter(keep))
 
 
-def normalize(text: str, lowercase: bool = True, strip_punctuation: bool = True,
-              fold_whitespace: bool = True) -> str:
+def normalize(text: str, lowercase: bool = True, strip_punctuation: bool = True, fold_whitespace: bool = True) -> str:
     """normalize_texts for one text."""
-    return normalize_texts(pa.array([text], pa.string()), lowercase, strip_punctuation,
-                           fold_whitespace)[0][0].as_py()
+    return normalize_texts(pa.array([text], pa.string()), lowercase, strip_punctuation, fold_whitespace)[0][0].as_py()
 
 
 def tokens(text: str) -> list[str]:
@@ -78,4 +77,4 @@ def word_ngrams(ws: list[str], n: int) -> list[str]:
     """Word n-grams joined by a space; a text shorter than n words is one shingle (none if empty)."""
     if len(ws) < n:
         return [" ".join(ws)] if ws else []
-    return [" ".join(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+    return [" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)]

@@ -43,20 +43,40 @@ BATCH_CHARS = 2_000_000
 class TokenizeConfig(StageConfig):
     """Byte-level BPE training and the train/validation split of the encoded documents."""
 
-    vocab_size: int = Field(32768, ge=256 + len(SPECIAL_TOKENS + CHAT_TOKENS), le=2**32,
-                            description="Tokens in the vocabulary: 256 bytes + special tokens + BPE merges. "
-                                        "Up to 65536 the token files hold uint16, above that uint32.")
+    vocab_size: int = Field(
+        32768,
+        ge=256 + len(SPECIAL_TOKENS + CHAT_TOKENS),
+        le=2**32,
+        description="Tokens in the vocabulary: 256 bytes + special tokens + BPE merges. "
+        "Up to 65536 the token files hold uint16, above that uint32.",
+    )
     min_frequency: int = Field(2, ge=1, description="A pair must occur at least this often in the sample to be merged.")
-    sample_chars: int = Field(20_000_000, ge=1, description="Characters of text (the first ones, in corpus order) "
-                                                           "used to train the BPE.")
-    val_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Share of documents held out for validation, "
-                                                                  "chosen by a hash of the document id.")
-    min_val_docs: int = Field(4, ge=0, description="Hold out at least this many documents (never all of them) "
-                                                   "even when val_fraction of a small corpus rounds to fewer.")
-    seed: int = Field(0, ge=0, description="Salt of the hashes that pick validation documents and order "
-                                           "the training shards: change it for another split and order.")
-    chat_tokens: bool = Field(True, description="Reserve the chat format's role and end-of-turn tokens "
-                                                "(<|system|>, <|user|>, <|assistant|>, <|end|>) for tuning to chat.")
+    sample_chars: int = Field(
+        20_000_000, ge=1, description="Characters of text (the first ones, in corpus order) used to train the BPE."
+    )
+    val_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share of documents held out for validation, chosen by a hash of the document id.",
+    )
+    min_val_docs: int = Field(
+        4,
+        ge=0,
+        description="Hold out at least this many documents (never all of them) "
+        "even when val_fraction of a small corpus rounds to fewer.",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Salt of the hashes that pick validation documents and order "
+        "the training shards: change it for another split and order.",
+    )
+    chat_tokens: bool = Field(
+        True,
+        description="Reserve the chat format's role and end-of-turn tokens "
+        "(<|system|>, <|user|>, <|assistant|>, <|end|>) for tuning to chat.",
+    )
 
     def special_tokens(self) -> list[str]:
         return SPECIAL_TOKENS + (CHAT_TOKENS if self.chat_tokens else [])
@@ -71,8 +91,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def token_schema(vocab_size: int) -> pa.Schema:
     """TOKEN_SCHEMA: one row per document, its tokens (EOT last) as list<uint16> or list<uint32>."""
-    return pa.schema([pa.field("id", pa.string(), nullable=False),
-                      pa.field("tokens", pa.list_(pa.from_numpy_dtype(token_dtype(vocab_size))), nullable=False)])
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("tokens", pa.list_(pa.from_numpy_dtype(token_dtype(vocab_size))), nullable=False),
+        ]
+    )
 
 
 def sample_texts(tables: Iterable[pa.Table], config: TokenizeConfig) -> Iterator[str]:
@@ -95,9 +119,13 @@ def train_tokenizer(texts: Iterable[str], config: TokenizeConfig) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-                                  special_tokens=config.special_tokens(),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=config.special_tokens(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     seen = {"chars": 0}
 
     def counted():
@@ -118,12 +146,18 @@ def transformers_files(chat_template: str | None = None) -> dict[str, bytes]:
     carries `chat_template` instead, and must not split special tokens: apply_chat_template
     tokenizes the rendered string, role tokens and all (model/chat.py)."""
     tokens = {"bos_token": EOT, "eos_token": EOT if chat_template is None else CHAT_TOKENS[-1], "pad_token": PAD}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens, "split_special_tokens": chat_template is None,
-              "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **tokens,
+        "split_special_tokens": chat_template is None,
+        "clean_up_tokenization_spaces": False,
+    }
     if chat_template is not None:
         config["chat_template"] = chat_template
-    return {"tokenizer_config.json": json.dumps(config, indent=2).encode(),
-            "special_tokens_map.json": json.dumps(tokens, indent=2).encode()}
+    return {
+        "tokenizer_config.json": json.dumps(config, indent=2).encode(),
+        "special_tokens_map.json": json.dumps(tokens, indent=2).encode(),
+    }
 
 
 def val_draw(doc_id: str, seed: int = 0) -> float:
@@ -154,8 +188,9 @@ def val_cut(doc_ids: Iterable[str | None], config: TokenizeConfig) -> float:
     return max(config.val_fraction, float(np.nextafter(smallest[-1], 1.0)))
 
 
-def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig,
-                 cut: float | None = None) -> tuple[pa.Table, pa.Table, dict]:
+def encode_table(
+    table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig, cut: float | None = None
+) -> tuple[pa.Table, pa.Table, dict]:
     """Encode every document (EOT appended) and split them into (train, val, counts).
 
     A document goes to validation when its val_draw is below `cut` (from val_cut; default
@@ -183,12 +218,20 @@ def encode_table(table: pa.Table, tokenizer: Tokenizer, config: TokenizeConfig,
     tokens = [np.append(np.asarray(e, dtype=dtype), np.array([eot], dtype)) for e in _encode(tokenizer, texts)]
     cut = config.val_fraction if cut is None else cut
     is_val = [val_draw(i, config.seed) < cut for i in ids]
-    train = token_table([i for i, v in zip(ids, is_val) if not v], [t for t, v in zip(tokens, is_val) if not v],
-                         config.vocab_size)
-    val = token_table([i for i, v in zip(ids, is_val) if v], [t for t, v in zip(tokens, is_val) if v],
-                       config.vocab_size)
-    counts = {"docs": len(ids), "train_docs": train.num_rows, "val_docs": val.num_rows,
-              "train_tokens": _n_tokens(train), "val_tokens": _n_tokens(val), "chars": sum(len(t) for t in texts)}
+    train = token_table(
+        [i for i, v in zip(ids, is_val) if not v], [t for t, v in zip(tokens, is_val) if not v], config.vocab_size
+    )
+    val = token_table(
+        [i for i, v in zip(ids, is_val) if v], [t for t, v in zip(tokens, is_val) if v], config.vocab_size
+    )
+    counts = {
+        "docs": len(ids),
+        "train_docs": train.num_rows,
+        "val_docs": val.num_rows,
+        "train_tokens": _n_tokens(train),
+        "val_tokens": _n_tokens(val),
+        "chars": sum(len(t) for t in texts),
+    }
     if skipped:
         counts["skipped"] = dict(sorted(skipped.items()))
     return train, val, counts

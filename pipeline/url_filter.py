@@ -20,8 +20,9 @@ TOKEN_SPLIT = re.compile(r"[^0-9a-z]+")
 class UrlFilter:
     """Built once per shard from the config; `why_blocked(url)` is the per-document check."""
 
-    def __init__(self, domains: list[str] = (), words: list[str] = (), domain_files: list[str] = (),
-                 word_files: list[str] = ()):
+    def __init__(
+        self, domains: list[str] = (), words: list[str] = (), domain_files: list[str] = (), word_files: list[str] = ()
+    ):
         self.domains = {_domain(d) for d in [*domains, *_read_lists(domain_files)] if _domain(d)}
         self.words = {w.strip().lower() for w in [*words, *_read_lists(word_files)] if w.strip()}
 

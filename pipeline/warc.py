@@ -39,25 +39,38 @@ def sha1_digest(data: bytes) -> str:
     return "sha1:" + base64.b32encode(hashlib.sha1(data).digest()).decode("ascii")
 
 
-def record(warc_type: str, rec_id: str, date: str, block: bytes, content_type: str,
-           headers: list[tuple[str, str]] | None = None) -> bytes:
+def record(
+    warc_type: str,
+    rec_id: str,
+    date: str,
+    block: bytes,
+    content_type: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> bytes:
     """One WARC record as one gzip member. `headers` are extra named fields, in order."""
     fields = [("WARC-Type", warc_type), ("WARC-Record-ID", rec_id), ("WARC-Date", date)]
     fields += headers or []
-    fields += [("WARC-Block-Digest", sha1_digest(block)), ("Content-Type", content_type),
-               ("Content-Length", str(len(block)))]
+    fields += [
+        ("WARC-Block-Digest", sha1_digest(block)),
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(block))),
+    ]
     head = "WARC/1.1\r\n" + "".join(f"{k}: {_one_line(v)}\r\n" for k, v in fields) + "\r\n"
     return gzip.compress(head.encode("utf-8") + block + b"\r\n\r\n", compresslevel=6, mtime=0)
 
 
 def warcinfo_record(filename: str, date: str, fields: dict[str, str] | None = None) -> bytes:
     """The record that opens a WARC file and says what made it; its id is `warcinfo_id(filename)`."""
-    body = {"software": SOFTWARE, "format": "WARC File Format 1.1",
-            "conformsTo": "https://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/",
-            **(fields or {})}
+    body = {
+        "software": SOFTWARE,
+        "format": "WARC File Format 1.1",
+        "conformsTo": "https://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/",
+        **(fields or {}),
+    }
     block = "".join(f"{k}: {_one_line(v)}\r\n" for k, v in body.items()).encode("utf-8")
-    return record("warcinfo", warcinfo_id(filename), date, block, "application/warc-fields",
-                  [("WARC-Filename", filename)])
+    return record(
+        "warcinfo", warcinfo_id(filename), date, block, "application/warc-fields", [("WARC-Filename", filename)]
+    )
 
 
 def warcinfo_id(filename: str) -> str:
@@ -65,15 +78,21 @@ def warcinfo_id(filename: str) -> str:
     return record_id("warcinfo", filename)
 
 
-def request_record(url: str, http_request: bytes, date: str, rec_id: str,
-                   warcinfo: str | None = None) -> bytes:
+def request_record(url: str, http_request: bytes, date: str, rec_id: str, warcinfo: str | None = None) -> bytes:
     """The HTTP request as sent (request line and headers)."""
     extra = [("WARC-Target-URI", url)] + ([("WARC-Warcinfo-ID", warcinfo)] if warcinfo else [])
     return record("request", rec_id, date, http_request, "application/http; msgtype=request", extra)
 
 
-def response_record(url: str, http_response: bytes, date: str, rec_id: str, concurrent_to: str | None = None,
-                    warcinfo: str | None = None, truncated: str | None = None) -> bytes:
+def response_record(
+    url: str,
+    http_response: bytes,
+    date: str,
+    rec_id: str,
+    concurrent_to: str | None = None,
+    warcinfo: str | None = None,
+    truncated: str | None = None,
+) -> bytes:
     """The HTTP response (status line, headers, body); `truncated` names why the body was cut
     (WARC-Truncated: "length" when it hit the size limit)."""
     _, _, payload = http_response.partition(b"\r\n\r\n")

@@ -32,7 +32,7 @@ def find_magic(f, position: int, magic: bytes, chunk: int = 1 << 20) -> int | No
         if found >= 0:
             return position - len(tail) + found
         position += len(block)
-        tail = data[-(len(magic) - 1):]
+        tail = data[-(len(magic) - 1) :]
 
 
 class ZstdFrames(io.RawIOBase):
@@ -122,9 +122,9 @@ class ZstdFrames(io.RawIOBase):
             cut = self.frame_out.rfind(b"\n") + 1
         else:
             cut = self.frame_out.rfind(b"WARC/1.")
-            while cut > 0 and self.frame_out[cut - 1:cut] != b"\n":
+            while cut > 0 and self.frame_out[cut - 1 : cut] != b"\n":
                 cut = self.frame_out.rfind(b"WARC/1.", 0, cut)
-        self.frame_out = self.frame_out[:max(cut, 0)]
+        self.frame_out = self.frame_out[: max(cut, 0)]
         self._hand_on(whole=True)
 
     def _hand_on(self, whole: bool = False) -> None:

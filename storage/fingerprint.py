@@ -72,8 +72,12 @@ def code_text(source: str) -> str:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return ast.unparse(tree)
 
@@ -94,8 +98,11 @@ def module_closure(modules: tuple[str, ...] | list[str]) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _ours(node.module):
                 todo.append(node.module)
                 if _is_package(node.module):  # `from pipeline import warc` names a module too
-                    todo += [f"{node.module}.{a.name}" for a in node.names
-                             if importlib.util.find_spec(f"{node.module}.{a.name}")]
+                    todo += [
+                        f"{node.module}.{a.name}"
+                        for a in node.names
+                        if importlib.util.find_spec(f"{node.module}.{a.name}")
+                    ]
     return seen
 
 

@@ -20,8 +20,12 @@ from storage.store import StageDir, Store, StoreError
 def series_key(inputs: list[str], cc_base_url: str) -> str:
     """A series is named by its inputs as the user wrote them (a glob, a folder, a listing), less any
     URL secrets: a re-signed presigned URL continues its series."""
-    return fingerprint("increments", "", {"inputs": [strip_secrets(i) for i in inputs],
-                                          "cc_base_url": strip_secrets(cc_base_url)}, None)
+    return fingerprint(
+        "increments",
+        "",
+        {"inputs": [strip_secrets(i) for i in inputs], "cc_base_url": strip_secrets(cc_base_url)},
+        None,
+    )
 
 
 class Ledger:

@@ -65,9 +65,11 @@ def has_userinfo(url: str) -> bool:
 
 def userinfo_error(url: str, what: str = "input URL") -> str:
     """One line saying why a URL with a user name or password is refused and where they go instead."""
-    return (f"{what} holds a user name or password: {strip_secrets(url)}; URLs are recorded (Prefect keeps flow "
-            f"parameters as given), so name it without them and put the credentials in ~/.netrc (or the file "
-            f"$NETRC names) for HTTP(S), or in the AWS environment or profile for s3://")
+    return (
+        f"{what} holds a user name or password: {strip_secrets(url)}; URLs are recorded (Prefect keeps flow "
+        f"parameters as given), so name it without them and put the credentials in ~/.netrc (or the file "
+        f"$NETRC names) for HTTP(S), or in the AWS environment or profile for s3://"
+    )
 
 
 def redact(text: str) -> str:

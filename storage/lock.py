@@ -39,8 +39,15 @@ def lock_path(out: StageDir) -> str:
 class StoreLock:
     """`with StoreLock(fs, path):` holds the lock for the block; `log` hears about waits and takeovers."""
 
-    def __init__(self, fs, path: str, log: Callable[[str], None] | None = None, heartbeat_s: float = HEARTBEAT_S,
-                 stale_s: float = STALE_S, poll_s: float = POLL_S):
+    def __init__(
+        self,
+        fs,
+        path: str,
+        log: Callable[[str], None] | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_s: float = STALE_S,
+        poll_s: float = POLL_S,
+    ):
         self.fs, self.path, self.log = fs, path, log or (lambda msg: None)
         self.heartbeat_s, self.stale_s, self.poll_s = heartbeat_s, stale_s, poll_s
         self.token = uuid.uuid4().hex
@@ -50,8 +57,14 @@ class StoreLock:
 
     # -- the lock file ---------------------------------------------------------------------------
     def _body(self, since: float) -> bytes:
-        owner = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(), "pidns": _pidns(),
-                 "since": since, "beat": time.time()}
+        owner = {
+            "token": self.token,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "pidns": _pidns(),
+            "since": since,
+            "beat": time.time(),
+        }
         return (json.dumps(owner, sort_keys=True) + "\n").encode()
 
     def _read(self) -> bytes | None:
@@ -83,8 +96,10 @@ class StoreLock:
                 self._break(held)
                 continue
             if reported is None or now - reported >= REPORT_S:
-                self.log(f"waiting for lock {self.path} held by pid {owner.get('pid')} on {owner.get('host')} "
-                         f"since {_clock(owner.get('since'))}")
+                self.log(
+                    f"waiting for lock {self.path} held by pid {owner.get('pid')} on {owner.get('host')} "
+                    f"since {_clock(owner.get('since'))}"
+                )
                 reported = now
             time.sleep(self.poll_s)
 
@@ -109,8 +124,10 @@ class StoreLock:
             held = self._read()
             if held is None or _owner(held).get("token") != self.token:
                 self.lost = True
-                self.log(f"lost the lock {self.path} to another writer (this run was stalled past "
-                         f"{self.stale_s:g} s); committed files stay write-once")
+                self.log(
+                    f"lost the lock {self.path} to another writer (this run was stalled past "
+                    f"{self.stale_s:g} s); committed files stay write-once"
+                )
                 return
             replace_file(self.fs, self.path, self._body(self.since))
 

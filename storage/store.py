@@ -74,7 +74,7 @@ class Store:
         what a manifest records must not depend on where the store sits."""
         fs, path = fsspec.core.url_to_fs(url.rstrip("/"))
         root = self.root.rstrip("/") + "/"
-        return path[len(root):] if type(fs) is type(self.fs) and path.startswith(root) else url
+        return path[len(root) :] if type(fs) is type(self.fs) and path.startswith(root) else url
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -97,11 +97,15 @@ class StageDir:
         path = posixpath.normpath(posixpath.join(self.path, rel)) if rel else self.path
         where = f"{self.name}/{self.fingerprint}"
         if not self.store.holds(self.path):
-            raise StoreError(f"stage output {where!r}, named in a manifest, leaves the store {self.store.url}: "
-                             f"that manifest is damaged or forged")
+            raise StoreError(
+                f"stage output {where!r}, named in a manifest, leaves the store {self.store.url}: "
+                f"that manifest is damaged or forged"
+            )
         if not self.store.holds(path):
-            raise StoreError(f"{self.store.url}/{where}/manifest.json names {rel!r}, which leaves the store: "
-                             f"the manifest is damaged or forged")
+            raise StoreError(
+                f"{self.store.url}/{where}/manifest.json names {rel!r}, which leaves the store: "
+                f"the manifest is damaged or forged"
+            )
         return path
 
     def url(self, rel: str = "") -> str:
@@ -257,9 +261,11 @@ class StageDir:
         except FileNotFoundError as e:
             raise StoreError(f"missing shard file {self.url(rel)}") from e
         except pa.ArrowInvalid as e:  # a truncated or changed file; an OSError may be the network's
-            raise StoreError(f"damaged shard file {self.url(rel)} ({one_line_error(e)}); `crawl2llm verify` "
-                             "checks the store; running the stage that wrote it again (or the pipeline) redoes "
-                             "that shard") from e
+            raise StoreError(
+                f"damaged shard file {self.url(rel)} ({one_line_error(e)}); `crawl2llm verify` "
+                "checks the store; running the stage that wrote it again (or the pipeline) redoes "
+                "that shard"
+            ) from e
 
     def sizes(self) -> dict[str, int]:
         """Every committed file of this output (relative path -> bytes) from one listing: cheap on
@@ -267,8 +273,11 @@ class StageDir:
         if not self.fs.exists(self.path):
             return {}
         found = self.fs.find(self.path, detail=True)
-        return {posixpath.relpath(p, self.path): info["size"] for p, info in found.items()
-                if TMP_MARK not in posixpath.basename(p) and info.get("type") != "directory"}
+        return {
+            posixpath.relpath(p, self.path): info["size"]
+            for p, info in found.items()
+            if TMP_MARK not in posixpath.basename(p) and info.get("type") != "directory"
+        }
 
     def list(self, sub: str) -> list[str]:
         """Committed files under a sub-folder (relative paths, sorted, temporary files left out)."""

@@ -43,8 +43,9 @@ def committed(sizes: dict[str, int]) -> list[int]:
     return sorted(int(m.group(1)) for rel in sizes if (m := STATS.fullmatch(rel)))
 
 
-def shard_problems(sd: StageDir, stats: dict, sizes: dict[str, int], crc: bool,
-                   progress: Callable[[int], None] | None = None) -> list[str]:
+def shard_problems(
+    sd: StageDir, stats: dict, sizes: dict[str, int], crc: bool, progress: Callable[[int], None] | None = None
+) -> list[str]:
     """What is wrong with a committed shard's files (empty: nothing), each naming the file."""
     problems = []
     for rel, want in (stats.get("files") or {}).items():
@@ -71,8 +72,9 @@ def read_stats(sd: StageDir, index: int) -> dict | None:
     return stats if isinstance(stats, dict) and isinstance(stats.get("files", {}), dict) else None
 
 
-def damaged_shards(sd: StageDir, indexes=None, crc: bool | None = None,
-                   sizes: dict[str, int] | None = None) -> dict[int, list[str]]:
+def damaged_shards(
+    sd: StageDir, indexes=None, crc: bool | None = None, sizes: dict[str, int] | None = None
+) -> dict[int, list[str]]:
     """The committed shards among `indexes` (all when None) whose files are not what was committed:
     index -> problems. `crc`: check CRC-32s too (default: on a local disk only)."""
     crc = is_local(sd.fs) if crc is None else crc
@@ -81,8 +83,11 @@ def damaged_shards(sd: StageDir, indexes=None, crc: bool | None = None,
     found = {}
     for i in done if indexes is None else sorted(set(indexes) & set(done)):
         stats = read_stats(sd, i)
-        problems = [f"{sd.url(StageDir.part('stats', i, 'json'))} is unreadable"] if stats is None else \
-            shard_problems(sd, stats, sizes, crc)
+        problems = (
+            [f"{sd.url(StageDir.part('stats', i, 'json'))} is unreadable"]
+            if stats is None
+            else shard_problems(sd, stats, sizes, crc)
+        )
         if problems:
             found[i] = problems
     return found
@@ -103,14 +108,17 @@ def repair(sd: StageDir, indexes, warn: Callable[[str], None], crc: bool | None 
     return damaged
 
 
-def redone_differently(sd: StageDir, damaged: dict[int, dict], results: dict[int, dict],
-                       warn: Callable[[str], None]) -> list[int]:
+def redone_differently(
+    sd: StageDir, damaged: dict[int, dict], results: dict[int, dict], warn: Callable[[str], None]
+) -> list[int]:
     """The repaired shards whose new files differ from what was committed (shards are deterministic,
     so only changed inputs do that), with a warning: outputs made from the old bytes do not know."""
     changed = [i for i, was in damaged.items() if was["files"] and results[i].get("files") != was["files"]]
     for i in changed:
-        warn(f"{sd.name} {sd.fingerprint[:16]} shard {i} was done again with other bytes than were committed "
-             "(its input changed in place?): outputs made from the old shard may be stale; delete them to redo them")
+        warn(
+            f"{sd.name} {sd.fingerprint[:16]} shard {i} was done again with other bytes than were committed "
+            "(its input changed in place?): outputs made from the old shard may be stale; delete them to redo them"
+        )
     return changed
 
 
@@ -133,6 +141,7 @@ def shard_intact(sd: StageDir, index: int, warn: Callable[[str], None]) -> bool:
 
 # -- the whole store: crawl2llm verify ----------------------------------------------------------
 
+
 def stage_outputs(url: str) -> list[StageDir]:
     """The stage outputs holding committed shards: `url` itself when it is one ({root}/{stage}/{fp}),
     else every one in the store at `url`."""
@@ -145,10 +154,15 @@ def stage_outputs(url: str) -> list[StageDir]:
     store = Store(url)
     found = sorted(store.fs.glob(posixpath.join(store.root, "*", "*", "stats")))
     if not found:
-        raise FileNotFoundError(f"{url} holds no committed shard ({{stage}}/{{fingerprint}}/stats/): "
-                                "name a store or one stage output in it")
-    return [store.stage(posixpath.basename(posixpath.dirname(posixpath.dirname(p))),
-                        posixpath.basename(posixpath.dirname(p))) for p in found]
+        raise FileNotFoundError(
+            f"{url} holds no committed shard ({{stage}}/{{fingerprint}}/stats/): name a store or one stage output in it"
+        )
+    return [
+        store.stage(
+            posixpath.basename(posixpath.dirname(posixpath.dirname(p))), posixpath.basename(posixpath.dirname(p))
+        )
+        for p in found
+    ]
 
 
 def verify_outputs(outputs: list[StageDir], progress: Callable[[int], None] | None = None) -> Iterator[dict]:
@@ -156,8 +170,14 @@ def verify_outputs(outputs: list[StageDir], progress: Callable[[int], None] | No
     each file's size and CRC-32 (`progress` gets the bytes as they are read)."""
     for sd in outputs:
         sizes = sd.sizes()
-        row = {"output": f"{sd.name}/{sd.fingerprint}", "shards": 0, "files": 0, "bytes": 0, "unrecorded": 0,
-               "problems": []}
+        row = {
+            "output": f"{sd.name}/{sd.fingerprint}",
+            "shards": 0,
+            "files": 0,
+            "bytes": 0,
+            "unrecorded": 0,
+            "problems": [],
+        }
         for i in committed(sizes):
             stats = read_stats(sd, i)
             row["shards"] += 1

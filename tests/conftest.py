@@ -41,8 +41,13 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": ""}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": "",
+    }
     proc = start_server(home, port, env)
     try:
         wait_healthy(url, proc, home, 120)
@@ -66,15 +71,25 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture
 def prefect_api(prefect_server, tmp_path, monkeypatch):
     """Point in-process flows at the shared server; results and cache records under tmp_path."""
-    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH,
-                                  temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
 
     url, env = prefect_server
     # The CLI (flows.cli.main called in-process) reads the environment, not Prefect's settings: without
     # these it would reuse or start a server on 127.0.0.1:4200, whatever else runs there.
     monkeypatch.setenv("PREFECT_API_URL", url)
     monkeypatch.setenv("PREFECT_API_AUTH_STRING", env["PREFECT_API_AUTH_STRING"])
-    with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
-                             PREFECT_HOME: str(tmp_path / "prefect"),
-                             PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect" / "storage")}):
+    with temporary_settings(
+        {
+            PREFECT_API_URL: url,
+            PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
+            PREFECT_HOME: str(tmp_path / "prefect"),
+            PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect" / "storage"),
+        }
+    ):
         yield url

@@ -24,8 +24,10 @@ class _ObjectStoreHandler(SimpleHTTPRequestHandler):
             self.server.throttled += 1
             self.send_error(503, "Slow Down")
             return None
-        if self.server.auth and self.headers.get("Authorization") != "Basic " + b64encode(
-                self.server.auth.encode()).decode():
+        if (
+            self.server.auth
+            and self.headers.get("Authorization") != "Basic " + b64encode(self.server.auth.encode()).decode()
+        ):
             self.send_error(401, "Unauthorized")
             return None
         if self.server.signed is not None and not self._signed():
@@ -50,16 +52,19 @@ class _ObjectStoreHandler(SimpleHTTPRequestHandler):
         if ranged:
             self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         self.end_headers()
-        return io.BytesIO(data[start:end + 1])
-
+        return io.BytesIO(data[start : end + 1])
 
     def _signed(self) -> bool:
         """A GET whose query holds one of the server's signatures, the expiry and the credential
         exactly as signed: a URL presigned for GET refuses HEAD, as S3 does."""
         raw = urlsplit(self.path).query
         query = parse_qs(raw)
-        return (self.command == "GET" and query.get("X-Amz-Signature", [""])[0] in self.server.signed
-                and "X-Amz-Expires" in query and f"X-Amz-Credential={CREDENTIAL.replace('/', '%2F')}&" in raw)
+        return (
+            self.command == "GET"
+            and query.get("X-Amz-Signature", [""])[0] in self.server.signed
+            and "X-Amz-Expires" in query
+            and f"X-Amz-Credential={CREDENTIAL.replace('/', '%2F')}&" in raw
+        )
 
 
 CREDENTIAL = "AKIAEXAMPLE/20990101/us-east-1/s3/aws4_request"  # sent %-quoted: its slashes must stay quoted
@@ -67,8 +72,10 @@ CREDENTIAL = "AKIAEXAMPLE/20990101/us-east-1/s3/aws4_request"  # sent %-quoted: 
 
 def presigned(url: str, signature: str) -> str:
     """`url` with a query like an S3 presigned URL's."""
-    return (f"{url}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={CREDENTIAL.replace('/', '%2F')}"
-            f"&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}")
+    return (
+        f"{url}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={CREDENTIAL.replace('/', '%2F')}"
+        f"&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}"
+    )
 
 
 @contextlib.contextmanager

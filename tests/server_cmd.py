@@ -32,18 +32,28 @@ def crawl2llm_server(home: Path, start_s: float = 180, args: tuple[str, ...] = (
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CRAWL2LLM_FAILPOINT"))}
-    env.update(PREFECT_HOME=str(home), CRAWL2LLM_WORKERS=os.environ.get("CRAWL2LLM_WORKERS", "2"),
-               PREFECT_WORKER_QUERY_SECONDS="1", PYTHONUNBUFFERED="1",
-               PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")  # a 503 (busy database...) leaves its traceback in server.log
+    env.update(
+        PREFECT_HOME=str(home),
+        CRAWL2LLM_WORKERS=os.environ.get("CRAWL2LLM_WORKERS", "2"),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PYTHONUNBUFFERED="1",
+        PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true",
+    )  # a 503 (busy database...) leaves its traceback in server.log
     env.update(extra_env or {})
     from flows.prefect_env import auth_string
 
     AUTH[api] = auth_string(home)  # what the command will use: it reads the same file
     log_path = home / "crawl2llm-server.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port), *args], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "server", "--port", str(port), *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + start_s
         while READY not in log_path.read_text(errors="replace"):
@@ -74,8 +84,10 @@ def api_client(api: str):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH.get(api)}), \
-            get_client(sync_client=True) as client:
+    with (
+        temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH.get(api)}),
+        get_client(sync_client=True) as client,
+    ):
         yield client
 
 

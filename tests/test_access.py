@@ -12,25 +12,30 @@ from flows import access
 def roots(tmp_path, monkeypatch):
     allowed = tmp_path / "allowed"
     (allowed / "sub").mkdir(parents=True)
-    monkeypatch.setenv(access.ENV, access.encode([str(allowed), "https://data.commoncrawl.org/",
-                                                  "https://example.org/data", "s3://bucket/c2l/"]))
+    monkeypatch.setenv(
+        access.ENV,
+        access.encode([str(allowed), "https://data.commoncrawl.org/", "https://example.org/data", "s3://bucket/c2l/"]),
+    )
     return allowed
 
 
-@pytest.mark.parametrize("target, ok", [
-    ("https://data.commoncrawl.org/crawl-data/x.warc.gz", True),
-    ("https://data.commoncrawl.org/crawl-data/x.warc.gz?X-Amz-Signature=abc", True),
-    ("https://data.commoncrawl.org@evil.example/x.warc.gz", False),  # userinfo is not the host
-    ("https://data.commoncrawl.org.evil.example/x.warc.gz", False),
-    ("http://data.commoncrawl.org/x.warc.gz", False),  # another scheme
-    ("https://data.commoncrawl.org:8443/x.warc.gz", False),  # another port
-    ("https://example.org/data/part.warc.gz", True),
-    ("https://example.org/data", True),
-    ("https://example.org/database.warc.gz", False),  # a prefix ends at a path segment
-    ("s3://bucket/c2l/store", True),
-    ("s3://bucket/other", False),
-    ("tcp://127.0.0.1:8786", False),
-])
+@pytest.mark.parametrize(
+    "target, ok",
+    [
+        ("https://data.commoncrawl.org/crawl-data/x.warc.gz", True),
+        ("https://data.commoncrawl.org/crawl-data/x.warc.gz?X-Amz-Signature=abc", True),
+        ("https://data.commoncrawl.org@evil.example/x.warc.gz", False),  # userinfo is not the host
+        ("https://data.commoncrawl.org.evil.example/x.warc.gz", False),
+        ("http://data.commoncrawl.org/x.warc.gz", False),  # another scheme
+        ("https://data.commoncrawl.org:8443/x.warc.gz", False),  # another port
+        ("https://example.org/data/part.warc.gz", True),
+        ("https://example.org/data", True),
+        ("https://example.org/database.warc.gz", False),  # a prefix ends at a path segment
+        ("s3://bucket/c2l/store", True),
+        ("s3://bucket/other", False),
+        ("tcp://127.0.0.1:8786", False),
+    ],
+)
 def test_urls(roots, target, ok):
     assert access.is_allowed(target, access.allowed_roots()) is ok
 

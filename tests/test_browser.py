@@ -25,10 +25,21 @@ pytestmark = pytest.mark.slow
 WARC = "warc/dolma-sample-0000.warc.gz"
 STAGES = ["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
 # (form section, field label, value): a tiny tokenizer, GPT and evaluation, seconds on a CPU
-TINY = [("Tokenize", "Vocab Size", 512), ("Train", "Max Steps", 30), ("Train", "Batch Size", 4),
-        ("Train", "Block Size", 32), ("Train", "N Layer", 2), ("Train", "N Head", 2), ("Train", "N Embd", 32),
-        ("Train", "Warmup Steps", 5), ("Train", "Eval Interval", 10), ("Train", "Eval Batches", 2),
-        ("Train", "Checkpoint Interval", 10), ("Evaluate", "Max New Tokens", 8), ("Evaluate", "Val Batches", 2)]
+TINY = [
+    ("Tokenize", "Vocab Size", 512),
+    ("Train", "Max Steps", 30),
+    ("Train", "Batch Size", 4),
+    ("Train", "Block Size", 32),
+    ("Train", "N Layer", 2),
+    ("Train", "N Head", 2),
+    ("Train", "N Embd", 32),
+    ("Train", "Warmup Steps", 5),
+    ("Train", "Eval Interval", 10),
+    ("Train", "Eval Batches", 2),
+    ("Train", "Checkpoint Interval", 10),
+    ("Evaluate", "Max New Tokens", 8),
+    ("Evaluate", "Val Batches", 2),
+]
 
 
 def _browser():
@@ -50,9 +61,18 @@ def _browser():
     options = Options()
     options.binary_location = shutil.which("chromium")
     # no background connections: on a machine with a closed network they are refused, many at a time
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1200", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1200",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for failure messages
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -62,10 +82,14 @@ def _property(scope, label: str):
     """A schema-form property by its label (optional ones read 'Label (Optional)')."""
     from selenium.webdriver.common.by import By
 
-    return scope.find_element(By.XPATH, (
-        ".//div[contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')]"
-        "[./div[contains(@class, 'p-label__header')]//span[contains(@class, 'schema-form-property__label')]"
-        f"[normalize-space()='{label}' or normalize-space()='{label} (Optional)']]"))
+    return scope.find_element(
+        By.XPATH,
+        (
+            ".//div[contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')]"
+            "[./div[contains(@class, 'p-label__header')]//span[contains(@class, 'schema-form-property__label')]"
+            f"[normalize-space()='{label}' or normalize-space()='{label} (Optional)']]"
+        ),
+    )
 
 
 def _fill(driver, path: list[str], value) -> None:
@@ -82,8 +106,11 @@ def _fill(driver, path: list[str], value) -> None:
         add.click()
         from selenium.webdriver.support.ui import WebDriverWait
 
-        boxes = WebDriverWait(driver, 30).until(lambda d: scope.find_elements(
-            By.XPATH, "./div[contains(@class, 'p-label__body')]//*[self::input or self::textarea]"))
+        boxes = WebDriverWait(driver, 30).until(
+            lambda d: scope.find_elements(
+                By.XPATH, "./div[contains(@class, 'p-label__body')]//*[self::input or self::textarea]"
+            )
+        )
     box = boxes[0]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
     for _ in range(3):  # a select-all that lands before the box is ready would append: check what it holds
@@ -158,8 +185,12 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             wait.until(lambda d: d.find_elements(By.XPATH, "//span[normalize-space()='Store (Optional)']"))
             _fill(driver, ["config", "Store"], tmp_path / "store")
             _click_text(driver, "Submit", "button")  # nothing to read yet: the form refuses, naming the field
-            wait.until(lambda d: any("'inputs' is a required property" in m
-                                     for m in _shown(d, ".p-toast__card, .p-label__message--failed")))
+            wait.until(
+                lambda d: any(
+                    "'inputs' is a required property" in m
+                    for m in _shown(d, ".p-toast__card, .p-label__message--failed")
+                )
+            )
             driver.save_screenshot(str(screenshots / "01-empty-inputs-refused.png"))
             assert not _flow_runs(api), "the form made a run with no inputs"
             _fill(driver, ["config", "Inputs"], warc)
@@ -225,7 +256,9 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
                 if a["key"].startswith(("train-model-", "train-checkpoint-")):  # a file: the browser downloads it
                     status = driver.execute_async_script(
                         "fetch(arguments[0], {method: 'HEAD'}).then(r => arguments[1]([r.status, "
-                        "r.headers.get('content-disposition')]))", href)
+                        "r.headers.get('content-disposition')]))",
+                        href,
+                    )
                     assert status[0] == 200 and "attachment" in status[1], (a["key"], status)
                     continue
                 ui_tab = driver.current_window_handle
@@ -233,8 +266,12 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
                 wait.until(lambda d: len(d.window_handles) > 1 or "/crawl2llm-store/" in d.current_url)
                 if len(driver.window_handles) > 1:  # the UI opens it in a new tab
                     driver.switch_to.window([h for h in driver.window_handles if h != ui_tab][0])
-                wait.until(lambda d: "/crawl2llm-store/" in d.current_url and
-                           d.execute_script("return document.readyState") == "complete")
+                wait.until(
+                    lambda d: (
+                        "/crawl2llm-store/" in d.current_url
+                        and d.execute_script("return document.readyState") == "complete"
+                    )
+                )
                 body = driver.find_element(By.TAG_NAME, "body").text
                 assert "manifest.json" in body and "not found" not in body, (a["key"], body[:300])
                 driver.save_screenshot(str(screenshots / f"{next(shot):02d}-{a['key'].rsplit('-', 1)[0]}.png"))
@@ -244,11 +281,14 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
 
             # the run's own page: its summary card leads to this run's data
             driver.get(f"{ui}/runs/flow-run/{run_id}")
-            wait.until(lambda d: d.execute_script(  # the tab: the innermost element that says Artifacts
-                "const t = [...document.querySelectorAll('button, a, [role=tab], li, span, div')]"
-                ".filter(e => e.textContent.trim() === 'Artifacts' && !e.querySelector('*:not(svg):not(path)')"
-                " || e.textContent.trim() === 'Artifacts' && e.children.length === 0);"
-                "if (t.length) { t[t.length - 1].click(); return true; } return false;"))
+            wait.until(
+                lambda d: d.execute_script(  # the tab: the innermost element that says Artifacts
+                    "const t = [...document.querySelectorAll('button, a, [role=tab], li, span, div')]"
+                    ".filter(e => e.textContent.trim() === 'Artifacts' && !e.querySelector('*:not(svg):not(path)')"
+                    " || e.textContent.trim() === 'Artifacts' && e.children.length === 0);"
+                    "if (t.length) { t[t.length - 1].click(); return true; } return false;"
+                )
+            )
             wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(text(), 'pipeline-summary-')]"))
             driver.save_screenshot(str(screenshots / f"{next(shot):02d}-run-artifacts-tab.png"))
             _click(driver, By.XPATH, "(//*[contains(text(), 'pipeline-summary-')])[last()]")
@@ -326,11 +366,15 @@ def _submit(driver, api: str, server_log, timeout_s: float = 90) -> str:
         except TimeoutException:
             problems = {"field errors": _shown(driver, ".p-label__message--failed"), **seen}
             if attempt == 2 or problems["field errors"]:
-                logs = "".join(f"\n{log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-                               for log in (server_log, server_log.parent / "server.log") if log.exists())
+                logs = "".join(
+                    f"\n{log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                    for log in (server_log, server_log.parent / "server.log")
+                    if log.exists()
+                )
                 pytest.fail(f"the form did not submit in {timeout_s:.0f} s: {problems}{logs}")
-            warnings.warn(f"the custom-run form made no run {timeout_s:.0f} s after a click on Submit, clicking again: "
-                          f"{problems}")
+            warnings.warn(
+                f"the custom-run form made no run {timeout_s:.0f} s after a click on Submit, clicking again: {problems}"
+            )
     runs = _flow_runs(api)
     assert len(runs) == 1, f"Submit made {len(runs)} runs"
     return runs[0]["id"]
@@ -346,9 +390,15 @@ def _shown(driver, css: str) -> list[str]:
 def _run_artifacts(api: str, run_id: str) -> list[dict]:
     """Every artifact of the run and of its subflow runs (one per stage)."""
     with api_client(api) as client:
-        children = client._client.post("/flow_runs/filter", json={
-            "flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}, "limit": 200,
-            "sort": "EXPECTED_START_TIME_ASC"}).json()
+        children = client._client.post(
+            "/flow_runs/filter",
+            json={
+                "flow_runs": {"parent_flow_run_id": {"any_": [run_id]}},
+                "limit": 200,
+                "sort": "EXPECTED_START_TIME_ASC",
+            },
+        ).json()
         ids = [run_id, *(c["id"] for c in children)]
-        return client._client.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200,
-                                                              "sort": "CREATED_DESC"}).json()
+        return client._client.post(
+            "/artifacts/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200, "sort": "CREATED_DESC"}
+        ).json()

@@ -18,8 +18,9 @@ def _image(png: bytes):
 
 
 def test_chart_has_labelled_axes_and_one_line_per_series():
-    fig = line_chart([("train", [(s, 5 - s / 100) for s in range(1, 601)]), ("validation", [(100, 4.2), (600, 0.9)])],
-                     "step", "loss")
+    fig = line_chart(
+        [("train", [(s, 5 - s / 100) for s in range(1, 601)]), ("validation", [(100, 4.2), (600, 0.9)])], "step", "loss"
+    )
     [ax] = fig.axes
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "loss")
     lines = {line.get_label(): line.get_xydata() for line in ax.get_lines()}
@@ -28,8 +29,9 @@ def test_chart_has_labelled_axes_and_one_line_per_series():
 
 
 def test_loss_chart_embeds_every_logged_step_as_a_png_data_uri():
-    history = [{"step": s, "loss": 5 - s / 100, **({"val_loss": 5.1 - s / 100} if s % 50 == 0 else {})}
-               for s in range(1, 601)]
+    history = [
+        {"step": s, "loss": 5 - s / 100, **({"val_loss": 5.1 - s / 100} if s % 50 == 0 else {})} for s in range(1, 601)
+    ]
     md = _loss_chart(history)
     uri = md.split("](data:image/png;base64,", 1)[1].split(")", 1)[0]
     image = _image(base64.b64decode(uri))

@@ -12,15 +12,25 @@ from model.chat import CHAT_TEMPLATE, ChatFormat, add_chat_tokens
 from model.gpt import GPT, GPTConfig
 from pipeline.tokenize import CHAT_TOKENS, TokenizeConfig, train_tokenizer, transformers_files
 
-TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3,
-         "Naïve café — “quotes”, 日本語 and 🙂 emoji.", "How many legs does a spider have? A spider has eight legs.", "Rewrite the sentence in passive voice."] * 20
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Naïve café — “quotes”, 日本語 and 🙂 emoji.",
+    "How many legs does a spider have? A spider has eight legs.",
+    "Rewrite the sentence in passive voice.",
+] * 20
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "How many legs does a spider have?"},
-     {"role": "assistant", "content": "A spider has eight legs."}],
-    [{"role": "system", "content": "You answer in one line."},
-     {"role": "user", "content": "Naïve café?"}, {"role": "assistant", "content": " 日本語 🙂\n\ttabs "},
-     {"role": "user", "content": ""}, {"role": "assistant", "content": "Rewrite: the dog was jumped over."}],
+    [
+        {"role": "user", "content": "How many legs does a spider have?"},
+        {"role": "assistant", "content": "A spider has eight legs."},
+    ],
+    [
+        {"role": "system", "content": "You answer in one line."},
+        {"role": "user", "content": "Naïve café?"},
+        {"role": "assistant", "content": " 日本語 🙂\n\ttabs "},
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": "Rewrite: the dog was jumped over."},
+    ],
 ]
 
 
@@ -45,7 +55,8 @@ def test_only_assistant_turns_are_trained_and_they_end_with_the_end_token(tokeni
     answers = [m["content"] for m in CONVERSATIONS[1] if m["role"] == "assistant"]
     assert trained == [t for a in answers for t in chat.encode_text(a) + [chat.end_id]]
     assert tokenizer.decode(ids, skip_special_tokens=False) == "".join(
-        f"<|{m['role']}|>{m['content']}<|end|>" for m in CONVERSATIONS[1])
+        f"<|{m['role']}|>{m['content']}<|end|>" for m in CONVERSATIONS[1]
+    )
     assert all(chat.render(CONVERSATIONS[1], train_on="all")[1])
     prompt, prompt_mask = chat.render(CONVERSATIONS[0][:1], add_generation_prompt=True)
     assert prompt[-1] == chat.role_id["assistant"] and not any(prompt_mask)
@@ -57,10 +68,18 @@ def test_a_literal_end_token_in_content_stays_text(tokenizer):
     assert ids.count(chat.end_id) == 1 and ids.count(chat.role_id["assistant"]) == 0
 
 
-@pytest.mark.parametrize("bad, why", [([], "non-empty list"), ([{"role": "bot", "content": "x"}], "message 0: role"),
-                                      ([{"role": "user", "content": 3}], "message 0: `content`"),
-                                      ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
-                                       "message 1: a system message may only come first")])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ([], "non-empty list"),
+        ([{"role": "bot", "content": "x"}], "message 0: role"),
+        ([{"role": "user", "content": 3}], "message 0: `content`"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+            "message 1: a system message may only come first",
+        ),
+    ],
+)
 def test_bad_conversations_say_which_message_and_why(tokenizer, bad, why):
     with pytest.raises(ValueError, match=why):
         ChatFormat(tokenizer).render(bad)
@@ -104,8 +123,9 @@ def test_chat_tokens_take_a_padded_models_spare_rows_first():
     old = train_tokenizer(TEXTS, TokenizeConfig(vocab_size=400, min_frequency=1, chat_tokens=False))
     torch.manual_seed(0)
     n = old.get_vocab_size()
-    model = GPT(GPTConfig(vocab_size=n, vocab_multiple=64, n_layer=1, n_head=2, n_embd=16, block_size=32,
-                          tie_embeddings=False))
+    model = GPT(
+        GPTConfig(vocab_size=n, vocab_multiple=64, n_layer=1, n_head=2, n_embd=16, block_size=32, tie_embeddings=False)
+    )
     rows = model.tok_emb.weight.size(0)
     x = torch.tensor([old.encode("The quick brown fox").ids])
     before = model(x)[0]

@@ -26,8 +26,9 @@ READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 def test_host_reads_happen_only_at_log_eval_and_checkpoint_steps(corpus, tmp_path, monkeypatch):
     """Every Tensor-to-host read is counted against the step running; only steps 4, 8 (logged),
     6 (evaluated), 9 (checkpointed) and 12 (the end) may read."""
-    config = CONFIG.model_copy(update={"max_steps": 12, "log_interval": 4, "eval_interval": 6,
-                                       "checkpoint_interval": 9, "grad_accum_steps": 2})
+    config = CONFIG.model_copy(
+        update={"max_steps": 12, "log_interval": 4, "eval_interval": 6, "checkpoint_interval": 9, "grad_accum_steps": 2}
+    )
     current, reads = {"step": 0}, Counter()
 
     def counting(name):
@@ -36,6 +37,7 @@ def test_host_reads_happen_only_at_log_eval_and_checkpoint_steps(corpus, tmp_pat
         def read(self, *a, **k):
             reads[current["step"]] += 1
             return original(self, *a, **k)
+
         return read
 
     real_lr_at = train_module.lr_at
@@ -58,9 +60,19 @@ def test_host_reads_happen_only_at_log_eval_and_checkpoint_steps(corpus, tmp_pat
 def test_guard_stops_at_the_next_log_step_naming_the_step(corpus, tmp_path):
     """With log_interval 7 the guard still skips on the device and stops after 6 skips in a row;
     the message names the step where the run went wrong, and no later update was applied."""
-    bad = CONFIG.model_copy(update={"learning_rate": 50.0, "min_lr": 50.0, "warmup_steps": 0, "grad_clip": 0,
-                                    "max_steps": 30, "eval_interval": 30, "spike_factor": 1.5,
-                                    "log_interval": 7, "checkpoint_interval": 30})
+    bad = CONFIG.model_copy(
+        update={
+            "learning_rate": 50.0,
+            "min_lr": 50.0,
+            "warmup_steps": 0,
+            "grad_clip": 0,
+            "max_steps": 30,
+            "eval_interval": 30,
+            "spike_factor": 1.5,
+            "log_interval": 7,
+            "checkpoint_interval": 30,
+        }
+    )
     events: list[dict] = []
     with pytest.raises(TrainingDiverged, match=r"step (\d+): 6 updates in a row skipped.*data epoch 0 window"):
         train_module.train(corpus["train"], corpus["val"], corpus["vocab"], bad, str(tmp_path), log=events.append)
@@ -80,13 +92,18 @@ def test_sigkill_during_a_save_leaves_nothing_stale_and_resumes_bitwise(baseline
     """The process dies half way through writing the step-20 checkpoint (a synchronous save): the
     step-10 one is intact, the next start deletes the half file, and the resumed run is the
     uninterrupted one, byte for byte."""
-    train_killed(corpus, tmp_path, "import model.checkpoints as ck\n"
-                                   "real, log = torch.save, None\n"
-                                   "def save(obj, f):\n"
-                                   "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
-                                   "        f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
-                                   "    real(obj, f)\n"
-                                   "ck.torch.save = save\n", CONFIG.model_copy(update={"async_checkpoint": False}))
+    train_killed(
+        corpus,
+        tmp_path,
+        "import model.checkpoints as ck\n"
+        "real, log = torch.save, None\n"
+        "def save(obj, f):\n"
+        "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
+        "        f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(obj, f)\n"
+        "ck.torch.save = save\n",
+        CONFIG.model_copy(update={"async_checkpoint": False}),
+    )
     _resumes_after_a_kill_in_the_step_20_save(baseline, corpus, tmp_path)
 
 
@@ -95,20 +112,24 @@ def test_async_save_runs_beside_training_and_a_kill_during_it_resumes_bitwise(ba
     step 23, then the process is killed: training went on during the write (a synchronous save
     would block step 21 and never get there), the step-10 checkpoint is intact, and the resume is
     bitwise the uninterrupted run with nothing stale left."""
-    train_killed(corpus, tmp_path, "import threading\n"
-                                   "import model.checkpoints as ck\n"
-                                   "real, later = torch.save, threading.Event()\n"
-                                   "def log(e):\n"
-                                   "    if e.get('step') == 23 and 'loss' in e:\n"
-                                   "        later.set()\n"
-                                   "def save(obj, f):\n"
-                                   "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
-                                   "        f.write(b'half a checkpoint'); f.flush()\n"
-                                   "        if later.wait(120):\n"
-                                   "            os.kill(os.getpid(), signal.SIGKILL)\n"
-                                   "        raise SystemExit('training did not go on during the save')\n"
-                                   "    real(obj, f)\n"
-                                   "ck.torch.save = save\n")
+    train_killed(
+        corpus,
+        tmp_path,
+        "import threading\n"
+        "import model.checkpoints as ck\n"
+        "real, later = torch.save, threading.Event()\n"
+        "def log(e):\n"
+        "    if e.get('step') == 23 and 'loss' in e:\n"
+        "        later.set()\n"
+        "def save(obj, f):\n"
+        "    if isinstance(obj, dict) and obj.get('step') == 20:\n"
+        "        f.write(b'half a checkpoint'); f.flush()\n"
+        "        if later.wait(120):\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        raise SystemExit('training did not go on during the save')\n"
+        "    real(obj, f)\n"
+        "ck.torch.save = save\n",
+    )
     _resumes_after_a_kill_in_the_step_20_save(baseline, corpus, tmp_path)
 
 
@@ -128,8 +149,13 @@ def test_resume_refuses_other_token_files(corpus, tmp_path):
     (here: the validation file as training data) is refused, naming both."""
     run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 4, "checkpoint_interval": 2}), stop_after=3)
     with pytest.raises(ValueError, match="trained on other token files"):
-        train_module.train(corpus["val"], corpus["val"], corpus["vocab"],
-                           CONFIG.model_copy(update={"max_steps": 4, "checkpoint_interval": 2}), str(tmp_path))
+        train_module.train(
+            corpus["val"],
+            corpus["val"],
+            corpus["vocab"],
+            CONFIG.model_copy(update={"max_steps": 4, "checkpoint_interval": 2}),
+            str(tmp_path),
+        )
 
 
 def test_checkpoint_on_a_memory_store_survives_losing_the_cache(baseline, corpus, tmp_path):
@@ -160,7 +186,7 @@ def test_a_damaged_latest_resumes_from_the_step_file_before(baseline, corpus, tm
     shutil.copytree(baseline["out"] / "checkpoints", folder)
     for name in ("latest.pt", "step-40.pt"):
         data = (folder / name).read_bytes()
-        (folder / name).write_bytes(data[:len(data) // 2])
+        (folder / name).write_bytes(data[: len(data) // 2])
     with pytest.warns(UserWarning, match=r"latest.pt .*; .*step-40.pt .* is damaged: resuming from .*step-30.pt"):
         summary, events = run(corpus, tmp_path)
     assert [e["step"] for e in events if "loss" in e] == list(range(31, 41))
@@ -176,6 +202,7 @@ def test_checkpoint_minutes_saves_by_the_clock(corpus, tmp_path):
     """A clock that reads a minute per step logged so far, and checkpoint_minutes 3: the first log
     step 3 minutes after the last save saves (steps 4 and 8 of 10), and the end does; with
     log_interval 3 the clock is read at log steps only (step 6, then the end)."""
+
     def saves(config, out):
         clock, events = [0.0], []
 
@@ -183,12 +210,21 @@ def test_checkpoint_minutes_saves_by_the_clock(corpus, tmp_path):
             events.append(event)
             if "loss" in event:
                 clock[0] = 60.0 * event["step"]
-        train_module.train(corpus["train"], corpus["val"], corpus["vocab"], config, str(tmp_path / out), log=log,
-                           clock=lambda: clock[0])
+
+        train_module.train(
+            corpus["train"],
+            corpus["val"],
+            corpus["vocab"],
+            config,
+            str(tmp_path / out),
+            log=log,
+            clock=lambda: clock[0],
+        )
         return [e["step"] for e in events if "checkpoint" in e]
 
-    by_clock = CONFIG.model_copy(update={"max_steps": 10, "eval_interval": 10, "checkpoint_interval": 0,
-                                         "checkpoint_minutes": 3})
+    by_clock = CONFIG.model_copy(
+        update={"max_steps": 10, "eval_interval": 10, "checkpoint_interval": 0, "checkpoint_minutes": 3}
+    )
     assert saves(by_clock, "a") == [4, 8, 10]
     assert saves(by_clock.model_copy(update={"log_interval": 3}), "b") == [6, 10]
     assert saves(by_clock.model_copy(update={"checkpoint_minutes": 0}), "c") == [10]

@@ -11,8 +11,13 @@ from model.export import export_classifier
 from model.gpt import GPT, GPT2, MODERN, GPTConfig
 from pipeline.tokenize import PAD, TokenizeConfig, train_tokenizer
 
-TEXTS = ["Win a free prize now, call today!", "Are we still meeting for lunch?", "URGENT: your account",
-         "ok see you at 5", "Naïve café 日本語 🙂"] * 10
+TEXTS = [
+    "Win a free prize now, call today!",
+    "Are we still meeting for lunch?",
+    "URGENT: your account",
+    "ok see you at 5",
+    "Naïve café 日本語 🙂",
+] * 10
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +27,7 @@ def tokenizer():
 
 def _classifier(tokenizer, arch, pooling="last"):
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=64,
-                        **arch))
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=64, **arch))
     return Classifier(gpt, 3, pooling).eval()
 
 
@@ -50,9 +54,14 @@ def test_trainable_choices(tokenizer):
         set_trainable(clf, 3)
 
 
-@pytest.mark.parametrize("arch, name", [(GPT2, "GPT2ForSequenceClassification"),
-                                        (MODERN, "Qwen3ForSequenceClassification"),
-                                        ({**MODERN, "qk_norm": False}, "LlamaForSequenceClassification")])
+@pytest.mark.parametrize(
+    "arch, name",
+    [
+        (GPT2, "GPT2ForSequenceClassification"),
+        (MODERN, "Qwen3ForSequenceClassification"),
+        ({**MODERN, "qk_norm": False}, "LlamaForSequenceClassification"),
+    ],
+)
 def test_export_gives_transformers_the_same_logits(tokenizer, tmp_path, arch, name):
     from transformers import AutoModelForSequenceClassification
 

@@ -32,8 +32,10 @@ def test_sms_spam_balanced_and_split_as_the_book_does():
 
 def test_csv_and_jsonl_and_bad_lines_are_named(tmp_path):
     (tmp_path / "a.csv").write_text('text,label\n"hello, world",pos\nbad day,neg\n')
-    assert [(t.text, t.label) for t in read_labelled(str(tmp_path / "a.csv"))] == [("hello, world", "pos"),
-                                                                                  ("bad day", "neg")]
+    assert [(t.text, t.label) for t in read_labelled(str(tmp_path / "a.csv"))] == [
+        ("hello, world", "pos"),
+        ("bad day", "neg"),
+    ]
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "x", "label": 1}) + "\n" + json.dumps({"text": 3}) + "\n")
     with pytest.raises(DataError, match=r"b.jsonl: record 2: `text` is missing or not a string"):
         read_labelled(str(tmp_path / "b.jsonl"))

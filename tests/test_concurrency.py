@@ -37,6 +37,7 @@ SHARD_FILE = re.compile(r"^[^/]+/[^/]+/(manifest\.json|model\.pt|(data|removed|s
 
 # -- watching the store ---------------------------------------------------------------------------
 
+
 class Watch:
     """Polls a store and records each file's (mtime_ns, inode) as soon as it is committed: a shard
     file, a manifest or model.pt when it appears (each is renamed or linked into place whole), any
@@ -66,7 +67,9 @@ class Watch:
     def _scan(self) -> None:
         for rel, st in _files(self.root).items():
             parts = rel.split("/")
-            if not SHARD_FILE.match(rel) and (len(parts) < 3 or not (self.root / parts[0] / parts[1] / "manifest.json").exists()):
+            if not SHARD_FILE.match(rel) and (
+                len(parts) < 3 or not (self.root / parts[0] / parts[1] / "manifest.json").exists()
+            ):
                 continue
             seen = self.first.setdefault(rel, st)
             if seen != st:
@@ -163,6 +166,7 @@ class _Waits(logging.Handler):
 
 # -- two crawls -----------------------------------------------------------------------------------
 
+
 class _Site(SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -222,11 +226,14 @@ def test_two_crawls_into_one_store(prefect_api, tmp_path, site, monkeypatch):
             assert _contents(store) == expected
             overlapped += max(s[0] for s in spans) < min(s[1] for s in spans)
     assert overlapped == TRIALS and waits.waits >= 1
-    print(f"\ncrawl: {TRIALS} trials in {time.monotonic() - t0:.0f} s, {len(pages)} requests each, "
-          f"{waits.waits} waited for the lock")
+    print(
+        f"\ncrawl: {TRIALS} trials in {time.monotonic() - t0:.0f} s, {len(pages)} requests each, "
+        f"{waits.waits} waited for the lock"
+    )
 
 
 # -- two ingests ----------------------------------------------------------------------------------
+
 
 def test_two_ingests_into_one_store(prefect_api, tmp_path, shared_data):
     from flows.stages import ingest
@@ -243,8 +250,9 @@ def test_two_ingests_into_one_store(prefect_api, tmp_path, shared_data):
         for trial in range(TRIALS):
             store = tmp_path / f"trial{trial}"
             with Watch(store) as watch:
-                results, _ = _together(lambda: ingest([warc], config, str(store), 1),
-                                       lambda: ingest([warc], config, str(store), 1))
+                results, _ = _together(
+                    lambda: ingest([warc], config, str(store), 1), lambda: ingest([warc], config, str(store), 1)
+                )
             assert sorted(r["cached"] for r in results) == [False, True]
             _check_written_once(watch, store)
             assert _contents(store) == expected
@@ -254,12 +262,18 @@ def test_two_ingests_into_one_store(prefect_api, tmp_path, shared_data):
 
 # -- two whole runs -------------------------------------------------------------------------------
 
+
 def _start(config_path: Path, env: dict, log: Path) -> tuple[subprocess.Popen, Path]:
     """`crawl2llm run` in the background, its output to a file (a pipe nobody reads while waiting
     on the other run could fill and stall the run that holds a lock)."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config_path)], cwd=config_path.parent,
-                                env={**env, "CRAWL2LLM_WORKERS": "1"}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", str(config_path)],
+            cwd=config_path.parent,
+            env={**env, "CRAWL2LLM_WORKERS": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return proc, log
 
 
@@ -277,8 +291,9 @@ def test_two_whole_runs_into_one_store(prefect_server, tmp_path, shared_data):
 
     def config(name: str) -> Path:
         path = tmp_path / f"{name}.yaml"
-        cfg = tiny_config(str(tmp_path / name), inputs, train={"max_steps": 10, "eval_interval": 5,
-                                                               "checkpoint_interval": 5})
+        cfg = tiny_config(
+            str(tmp_path / name), inputs, train={"max_steps": 10, "eval_interval": 5, "checkpoint_interval": 5}
+        )
         path.write_text(yaml.safe_dump(cfg))
         return path
 
@@ -300,5 +315,7 @@ def test_two_whole_runs_into_one_store(prefect_server, tmp_path, shared_data):
         _check_written_once(watch, store)
         assert _contents(store) == expected
     assert waited >= 1
-    print(f"\nwhole runs: a single run {single_s:.0f} s; {WHOLE_RUN_TRIALS} trials of two at once, "
-          f"{', '.join(f'{t:.0f}' for t in times)} s; {waited} runs waited for a lock")
+    print(
+        f"\nwhole runs: a single run {single_s:.0f} s; {WHOLE_RUN_TRIALS} trials of two at once, "
+        f"{', '.join(f'{t:.0f}' for t in times)} s; {waited} runs waited for a lock"
+    )

@@ -33,8 +33,8 @@ def site(tmp_path_factory):
     port = server.server_address[1]
     pages = {
         "index.html": '<a href="a.html">A</a> <a href="b.html">B</a> <a href="private/secret.html">S</a> '
-                      '<a href="file.txt">T</a> <a href="missing.html">404</a> <a href="sub">dir</a> '
-                      f'<a href="http://example.com/">out</a> <a href="http://localhost:{port}/other.html">lh</a>',
+        '<a href="file.txt">T</a> <a href="missing.html">404</a> <a href="sub">dir</a> '
+        f'<a href="http://example.com/">out</a> <a href="http://localhost:{port}/other.html">lh</a>',
         "a.html": '<p>A</p><a href="deep1.html">deeper</a>',
         "b.html": '<a href="./">home</a> <a href="a.html#top">A again</a> <a href="mailto:x@y">mail</a>',
         "deep1.html": '<a href="deep2.html">deeper still</a>',
@@ -69,10 +69,18 @@ def _records(out) -> list[dict]:
             assert r.verify_block_digest()
             block = r.reader.read()
             h = r.headers
-            recs.append({"file": rel, "type": h.get("WARC-Type"), "id": h.get("WARC-Record-ID"),
-                         "uri": h.get("WARC-Target-URI"), "to": h.get("WARC-Concurrent-To"),
-                         "truncated": h.get("WARC-Truncated"), "block": block,
-                         "status": int(block.split(b" ", 2)[1]) if h.get("WARC-Type") == "response" else None})
+            recs.append(
+                {
+                    "file": rel,
+                    "type": h.get("WARC-Type"),
+                    "id": h.get("WARC-Record-ID"),
+                    "uri": h.get("WARC-Target-URI"),
+                    "to": h.get("WARC-Concurrent-To"),
+                    "truncated": h.get("WARC-Truncated"),
+                    "block": block,
+                    "status": int(block.split(b" ", 2)[1]) if h.get("WARC-Type") == "response" else None,
+                }
+            )
     return recs
 
 
@@ -90,8 +98,14 @@ def test_crawl_records_pages_politely(site, tmp_path):
     recs = _records(out)
     # breadth first; robots.txt, depth 3, text links, mailto, fragments and other hosts left alone
     assert _urls(recs, base) == ["", "a.html", "b.html", "file.txt", "missing.html", "sub", "deep1.html", "sub/"]
-    assert result == {"pages": 8, "files": 3, "status": {"200": 6, "301": 1, "404": 1}, "errors": 0,
-                      "robots_blocked": 1, "bytes": sum(len(out.read_bytes(f)) for f in out.list("data"))}
+    assert result == {
+        "pages": 8,
+        "files": 3,
+        "status": {"200": 6, "301": 1, "404": 1},
+        "errors": 0,
+        "robots_blocked": 1,
+        "bytes": sum(len(out.read_bytes(f)) for f in out.list("data")),
+    }
     assert out.list("data") == ["data/part-00000.warc.gz", "data/part-00001.warc.gz", "data/part-00002.warc.gz"]
     assert done == [(i, 200) for i in range(1, 9)]
     assert not any("example.com" in (r["uri"] or "") or "localhost" in (r["uri"] or "") for r in recs)
@@ -181,20 +195,23 @@ def test_per_host_delay(site, tmp_path):
     assert time.monotonic() - start >= 0.45  # robots.txt, then three pages, 0.15 s apart
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"seeds": ["ftp://x"]}, "ftp://x"),
-    ({"seeds": ["not a url"]}, "not a url"),
-    ({"seeds": []}, "seeds"),
-    ({"seeds": ["http://x/"], "exclude_patterns": ["(unclosed"]}, "exclude_patterns"),
-    ({"seeds": ["http://x/"], "scope": "allow-list"}, "allow_hosts"),
-    ({"seeds": ["http://x/"], "allow_hosts": ["http://y/"]}, "allow_hosts"),
-    ({"seeds": ["http://x/"], "allow_hosts": ["y:0"]}, "allow_hosts"),
-    ({"seeds": ["http://x/"], "allow_hosts": ["y:http"]}, "allow_hosts"),
-    ({"seeds": ["http://x/"], "scope": "same-host"}, "same-origin"),
-    ({"seeds": ["http://x/"], "fetch_deadline_s": 0}, "fetch_deadline_s"),
-    ({"seeds": ["http://x/"], "max_pages": 0}, "max_pages"),
-    ({"seeds": ["http://x/"], "max_page": 10}, "max_page"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"seeds": ["ftp://x"]}, "ftp://x"),
+        ({"seeds": ["not a url"]}, "not a url"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": ["http://x/"], "exclude_patterns": ["(unclosed"]}, "exclude_patterns"),
+        ({"seeds": ["http://x/"], "scope": "allow-list"}, "allow_hosts"),
+        ({"seeds": ["http://x/"], "allow_hosts": ["http://y/"]}, "allow_hosts"),
+        ({"seeds": ["http://x/"], "allow_hosts": ["y:0"]}, "allow_hosts"),
+        ({"seeds": ["http://x/"], "allow_hosts": ["y:http"]}, "allow_hosts"),
+        ({"seeds": ["http://x/"], "scope": "same-host"}, "same-origin"),
+        ({"seeds": ["http://x/"], "fetch_deadline_s": 0}, "fetch_deadline_s"),
+        ({"seeds": ["http://x/"], "max_pages": 0}, "max_pages"),
+        ({"seeds": ["http://x/"], "max_page": 10}, "max_page"),
+    ],
+)
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ValidationError, match=message):
         CrawlConfig(**fields)
@@ -275,7 +292,7 @@ class _Routes(BaseHTTPRequestHandler):
 
     def _drip(self, data: bytes) -> None:
         for i in range(len(data)):
-            self.wfile.write(data[i:i + 1])
+            self.wfile.write(data[i : i + 1])
             self.wfile.flush()
             if self.server.stop.wait(1.0):
                 return
@@ -323,8 +340,9 @@ def test_slow_page_and_slow_robots_txt_end_at_the_deadline_and_the_crawl_goes_on
     very status line does: each is given up at fetch_deadline_s and counted in errors; the rest of
     the crawl is fetched as usual."""
     slow_robots, robots_base = servers({"/robots.txt": "drip-all", "/": _page()})
-    site, base = servers({"/": _page("a.html", "slow.html", "b.html"), "/a.html": _page(), "/b.html": _page(),
-                          "/slow.html": "drip-body"})
+    site, base = servers(
+        {"/": _page("a.html", "slow.html", "b.html"), "/a.html": _page(), "/b.html": _page(), "/slow.html": "drip-body"}
+    )
     out = _out(tmp_path)
     start = time.monotonic()
     result = crawl(CrawlConfig(seeds=[f"{base}/", f"{robots_base}/"], fetch_deadline_s=2, timeout_s=10), out)
@@ -358,8 +376,13 @@ def test_a_seed_redirect_chain_puts_only_its_landing_origin_in_scope(servers, tm
     landing.routes = {"/": _page("/l.html", f"{hop_base}/h.html", f"{seed_base}/s.html"), "/l.html": _page()}
     out = _out(tmp_path)
     result = crawl(CrawlConfig(seeds=[f"{seed_base}/"]), out)
-    assert _urls(_records(out), "") == [f"{seed_base}/", f"{hop_base}/", f"{landing_base}/", f"{landing_base}/l.html",
-                                        f"{seed_base}/s.html"]
+    assert _urls(_records(out), "") == [
+        f"{seed_base}/",
+        f"{hop_base}/",
+        f"{landing_base}/",
+        f"{landing_base}/l.html",
+        f"{seed_base}/s.html",
+    ]
     assert result["errors"] == 0 and "/h.html" not in hop.requests
     assert out.read_json("state.json")["origins"] == sorted([seed_base, landing_base])
 

@@ -23,8 +23,12 @@ def cluster():
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     saved = dict(os.environ)
     try:
-        with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                          dashboard_address=None, env=env) as c, Client(c) as client:
+        with (
+            LocalCluster(
+                n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, env=env
+            ) as c,
+            Client(c) as client,
+        ):
             client.wait_for_workers(2)
             yield client
     finally:
@@ -63,12 +67,17 @@ def test_pipeline_on_dask_matches_default_runner(prefect_api, tmp_path, shared_d
     from flows.pipeline import pipeline
 
     local, remote = tmp_path / "local", tmp_path / "dask"
-    config = {"inputs": [str(shared_data(rel)) for rel in WARCS], "stop_after": "quality", "workers": 2,
-              "ingest": {"shard_bytes": 100_000}}  # several shards, so both workers get some
+    config = {
+        "inputs": [str(shared_data(rel)) for rel in WARCS],
+        "stop_after": "quality",
+        "workers": 2,
+        "ingest": {"shard_bytes": 100_000},
+    }  # several shards, so both workers get some
     ref = pipeline(PipelineConfig.model_validate({**config, "store": str(local)}))
     with get_task_stream(client=cluster) as stream:
-        got = pipeline(PipelineConfig.model_validate({**config, "store": str(remote),
-                                                      "dask_address": cluster.scheduler.address}))
+        got = pipeline(
+            PipelineConfig.model_validate({**config, "store": str(remote), "dask_address": cluster.scheduler.address})
+        )
     assert list(got) == ["ingest", "dedup", "quality"] and not any(r["cached"] for r in got.values())
     assert {k: r["fingerprint"] for k, r in got.items()} == {k: r["fingerprint"] for k, r in ref.items()}
 

@@ -8,16 +8,24 @@ import itertools
 import json
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
+from datasketch import MinHash
 from pydantic import ValidationError
 
-import numpy as np
-from datasketch import MinHash
-
 from pipeline import minhash
-from pipeline.dedup import (Corpus, DedupConfig, apply_duplicates, clusters, find_duplicates, implied_threshold,
-                            pairs_table, signature_matrix, signatures)
+from pipeline.dedup import (
+    Corpus,
+    DedupConfig,
+    apply_duplicates,
+    clusters,
+    find_duplicates,
+    implied_threshold,
+    pairs_table,
+    signature_matrix,
+    signatures,
+)
 from pipeline.schema import docs_from_rows
 from pipeline.text import normalize, normalize_texts, word_ngrams
 from pipeline.union_find import DisjointSets
@@ -37,7 +45,7 @@ def gutenberg_windows(path, books=3, words_per_doc=200):
             text = book["text"]
             start, end = text.find("*** START OF"), text.find("*** END OF")
             marked = 0 <= start < end
-            body = text[text.find("\n", start) + 1:end] if marked else text
+            body = text[text.find("\n", start) + 1 : end] if marked else text
             docs, cur, n = [], [], 0
             for para in (p for p in body.split("\n\n") if p.strip()):
                 cur.append(para)
@@ -81,6 +89,7 @@ def ipc_bytes(table):
 @pytest.fixture(scope="module")
 def books(request):
     from tests.conftest import require_data
+
     return gutenberg_windows(require_data(GUTENBERG))
 
 
@@ -91,8 +100,12 @@ def test_injected_duplicates_found_distinct_kept(books):
     picked = rng.sample(originals, 12)
     injected, expected = [], {}
     for i, doc in enumerate(picked[:6]):  # exact after normalization: case, spacing, punctuation changed
-        variants = [doc["text"], doc["text"].upper(), "  " + doc["text"].replace(" ", "\n "),
-                    doc["text"].replace(",", " ,").replace(".", "!")]
+        variants = [
+            doc["text"],
+            doc["text"].upper(),
+            "  " + doc["text"].replace(" ", "\n "),
+            doc["text"].replace(",", " ,").replace(".", "!"),
+        ]
         injected.append({"id": f"exact-{i}", "text": variants[i % len(variants)]})
         expected[f"exact-{i}"] = ("exact_duplicate", doc["id"])
     for i, doc in enumerate(picked[6:]):  # near: 2 tokens of ~200 substituted
@@ -124,12 +137,18 @@ def test_first_occurrence_kept_and_clusters_transitive(books):
     _, dups = run([[changed], [original]], DedupConfig())
     row = dups.to_pylist()[0]
     assert (row["id"], row["reason"], row["duplicate_of"], row["cluster_id"]) == (
-        original["id"], "near_duplicate", "changed", 0)
+        original["id"],
+        "near_duplicate",
+        "changed",
+        0,
+    )
     # Every member of a cluster points at its kept (first) document, never at another duplicate.
     again = dict(changed, id="changed-again")
     _, dups = run([[original], [changed], [again]], DedupConfig())
     assert [(r["id"], r["duplicate_of"], r["cluster_id"]) for r in dups.to_pylist()] == [
-        ("changed", original["id"], 0), ("changed-again", original["id"], 0)]
+        ("changed", original["id"], 0),
+        ("changed-again", original["id"], 0),
+    ]
     # A chain of edits: each step is a near duplicate of the previous one, the ends are not.
     chain = [original]
     for step in range(1, 9):
@@ -146,9 +165,22 @@ def test_signatures_equal_datasketch(books):
     """Our vectorized signatures are datasketch's MinHash of the same shingles, bit for bit."""
     config = DedupConfig()
     docs = [d for shard in books for d in shard][:300]
-    docs += [{"id": f"edge-{i}", "text": t} for i, t in enumerate(
-        ["", "one", "two words", "a b c d", "a b c d e", "a b c d e f", "Ünïcode wörds ça, naïve café!",
-         "tabs\tand\u00a0no-break\u2003spaces\u3000here", "नमस्ते दुनिया यह एक परीक्षण है"])]
+    docs += [
+        {"id": f"edge-{i}", "text": t}
+        for i, t in enumerate(
+            [
+                "",
+                "one",
+                "two words",
+                "a b c d",
+                "a b c d e",
+                "a b c d e f",
+                "Ünïcode wörds ça, naïve café!",
+                "tabs\tand\u00a0no-break\u2003spaces\u3000here",
+                "नमस्ते दुनिया यह एक परीक्षण है",
+            ]
+        )
+    ]
     table = docs_from_rows(docs)
     sigs = signatures(table, config)
     matrix = signature_matrix(sigs)
@@ -178,10 +210,15 @@ def test_deterministic_and_independent_of_split_and_partitions(books):
     sig_b = signatures(docs_from_rows(flat), config)
     assert ipc_bytes(sig_a) == ipc_bytes(sig_b)
     _, one = run([flat], config)
-    for shards, partitions in [([flat[:100], flat[100:433], flat[433:]], 1), ([flat], 7), ([flat[:200], flat[200:]], 3)]:
+    for shards, partitions in [
+        ([flat[:100], flat[100:433], flat[433:]], 1),
+        ([flat], 7),
+        ([flat[:200], flat[200:]], 3),
+    ]:
         _, other = run(shards, config, partitions)
-        assert [(r["id"], r["duplicate_of"], r["reason"]) for r in other.to_pylist()] == \
-            [(r["id"], r["duplicate_of"], r["reason"]) for r in one.to_pylist()]
+        assert [(r["id"], r["duplicate_of"], r["reason"]) for r in other.to_pylist()] == [
+            (r["id"], r["duplicate_of"], r["reason"]) for r in one.to_pylist()
+        ]
     assert one.num_rows == 4 and set(one.column("id").to_pylist()) >= {"copy-5", "near-9"}
     # Another seed gives other signatures, the same decisions on these clear-cut cases.
     other = DedupConfig(seed=2)
@@ -231,8 +268,13 @@ def test_exact_and_near_switches(books):
 
 
 def test_short_and_empty_documents():
-    docs = [{"id": "e1", "text": ""}, {"id": "e2", "text": " ... "}, {"id": "s1", "text": "three short words"},
-            {"id": "s2", "text": "Three short words!"}, {"id": "s3", "text": "three other words"}]
+    docs = [
+        {"id": "e1", "text": ""},
+        {"id": "e2", "text": " ... "},
+        {"id": "s1", "text": "three short words"},
+        {"id": "s2", "text": "Three short words!"},
+        {"id": "s3", "text": "three other words"},
+    ]
     sigs = signatures(docs_from_rows(docs), DedupConfig())
     assert sigs.column("shingles").to_pylist() == [0, 0, 1, 1, 1]
     assert (signature_matrix(sigs)[:2] == minhash.EMPTY).all()  # datasketch's empty MinHash

@@ -14,16 +14,35 @@ STAGES = ["crawl", "ingest", "dedup", "quality", "pii", "tokenize", "train", "ev
 
 
 def _demo(tmp_path, env) -> str:
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--store", str(tmp_path / "store"),
-                           "--pages", "40", "--steps", "20"], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "demo",
+            "--store",
+            str(tmp_path / "store"),
+            "--pages",
+            "40",
+            "--steps",
+            "20",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
 
 def _stage_lines(report: str) -> dict[str, str]:
-    return {line.split()[0]: line.split()[1] for line in report.splitlines()
-            if line.split() and line.split()[0] in STAGES and len(line.split()) > 1}
+    return {
+        line.split()[0]: line.split()[1]
+        for line in report.splitlines()
+        if line.split() and line.split()[0] in STAGES and len(line.split()) > 1
+    }
 
 
 def test_demo_runs_every_stage_then_everything_is_cached(prefect_server, tmp_path):

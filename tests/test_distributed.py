@@ -28,8 +28,9 @@ _RUNS: dict = {}
 def run2(corpus, out, config, stop_after=None) -> tuple[dict, list[dict]]:
     """tests.test_train.run, in processes started by torchrun."""
     events: list[dict] = []
-    return launch(corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append,
-                  stop_after=stop_after), events
+    return launch(
+        corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append, stop_after=stop_after
+    ), events
 
 
 def once(name: str, tmp_path_factory, go) -> dict:
@@ -145,8 +146,12 @@ def test_fsdp_matches_one_process_and_resumes_bitwise_from_shards(corpus, single
     assert sorted(p.name for p in folder.iterdir()) == ["latest.json", "step-4"]
     assert json.loads((folder / "latest.json").read_text()) == {"step": 4, "folder": "step-4"}
     assert [e["checkpoint"] for e in ev1 if "checkpoint" in e] == [str(folder / "step-4")]
-    assert sorted(p.name for p in (folder / "step-4").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
-                                                                     "state.pt"]
+    assert sorted(p.name for p in (folder / "step-4").iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "state.pt",
+    ]
     state = torch.load(folder / "step-4" / "state.pt", weights_only=True)
     assert state["step"] == 4 and len(state["rng_ranks"]) == 2 and "model" not in state
     second, ev2 = run2(corpus, tmp_path, FSDP)
@@ -212,12 +217,19 @@ def test_dropout_differs_per_rank_and_resumes_bitwise(corpus, tmp_path):
 def test_a_failing_follower_stops_the_processes(corpus, tmp_path):
     """An error in the parent's log callback (a failpoint, a cancelled task) ends torchrun and its
     workers before it propagates: nothing goes on training behind the caller's back."""
+
     def log(event: dict) -> None:
         raise KeyboardInterrupt("stop")
 
     with pytest.raises(KeyboardInterrupt):
-        launch(corpus["train"], corpus["val"], corpus["vocab"], DDP.model_copy(update={"max_steps": 10_000}),
-               str(tmp_path), log=log)
+        launch(
+            corpus["train"],
+            corpus["val"],
+            corpus["vocab"],
+            DDP.model_copy(update={"max_steps": 10_000}),
+            str(tmp_path),
+            log=log,
+        )
     events = tmp_path / "launch" / "events.jsonl"
     size = events.stat().st_size
     time.sleep(1.5)
@@ -245,8 +257,17 @@ def test_resume_takes_another_split_of_the_same_global_batch_only(corpus, single
 
 def test_torchrun_commands():
     one_node = torchrun_command(DDP, "run.json")
-    assert one_node[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1", "--standalone",
-                            "-m", "model.launch", "--args-json", "run.json"]
+    assert one_node[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--nnodes=1",
+        "--standalone",
+        "-m",
+        "model.launch",
+        "--args-json",
+        "run.json",
+    ]
     nodes = torchrun_command(DDP.model_copy(update={"nnodes": 2, "rdzv_endpoint": "node0:29400"}), "run.json", "fp")
     assert nodes[4:8] == ["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=fp"]
 
@@ -263,8 +284,14 @@ def test_train_flow_with_two_processes(prefect_api, corpus, single, tmp_path):
         with open(corpus[split][0], "rb") as f:
             rels[split] = f"data/{split}/part-00000.arrow"
             tok.write_bytes(rels[split], f.read())
-    tok.commit({"shards": [{"index": 0, **rels}], "train_order": [0], "vocab_size": corpus["vocab"],
-                "tokenizer": {"stage": "tokenizer", "fingerprint": "none", "file": "data/tokenizer.json"}})
+    tok.commit(
+        {
+            "shards": [{"index": 0, **rels}],
+            "train_order": [0],
+            "vocab_size": corpus["vocab"],
+            "tokenizer": {"stage": "tokenizer", "fingerprint": "none", "file": "data/tokenizer.json"},
+        }
+    )
     result = train_flow(tok.url(), DDP)
     counts = result["counts"]
     assert not result["cached"] and counts["completed"] and counts["steps"] == 8
@@ -273,4 +300,3 @@ def test_train_flow_with_two_processes(prefect_api, corpus, single, tmp_path):
     out = tmp_path / "store" / "train" / result["fingerprint"]
     assert_close_weights(out, single["out"])
     assert train_flow(tok.url(), DDP)["cached"]
-

@@ -17,11 +17,16 @@ from pipeline.tokenize import TokenizeConfig, sample_texts, train_tokenizer
 transformers = pytest.importorskip("transformers")
 
 SHAPE = {"block_size": 64, "n_layer": 2, "n_head": 4, "n_embd": 64}
-CASES = {"gpt2": {**GPT2}, "gpt2-bias": {**GPT2, "bias": True},
-         "llama": {**MODERN, "qk_norm": False}, "qwen3": {**MODERN}, "llama-tied": {**MODERN, "qk_norm": False,
-                                                                                     "tie_embeddings": True},
-         # 512 ids in 600 rows: the export cuts the padded rows off, transformers sees 512 ids
-         "gpt2-padded": {**GPT2, "vocab_multiple": 100}, "qwen3-padded": {**MODERN, "vocab_multiple": 100}}
+CASES = {
+    "gpt2": {**GPT2},
+    "gpt2-bias": {**GPT2, "bias": True},
+    "llama": {**MODERN, "qk_norm": False},
+    "qwen3": {**MODERN},
+    "llama-tied": {**MODERN, "qk_norm": False, "tie_embeddings": True},
+    # 512 ids in 600 rows: the export cuts the padded rows off, transformers sees 512 ids
+    "gpt2-padded": {**GPT2, "vocab_multiple": 100},
+    "qwen3-padded": {**MODERN, "vocab_multiple": 100},
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,11 @@ def test_transformers_logits_match_ours(case, book, tmp_path):
         theirs = hf(ids).logits
     assert (ours - theirs).abs().max().item() < 1e-4
     c = model.config  # GPT-2 always has biases: a bias-free model exports them as zeros
-    zeros = 0 if c.bias or config["architectures"][0] != "GPT2LMHeadModel" else \
-        c.n_layer * (2 * c.n_embd + 3 * c.n_embd + c.n_embd + c.mlp_hidden + c.n_embd) + c.n_embd
+    zeros = (
+        0
+        if c.bias or config["architectures"][0] != "GPT2LMHeadModel"
+        else c.n_layer * (2 * c.n_embd + 3 * c.n_embd + c.n_embd + c.mlp_hidden + c.n_embd) + c.n_embd
+    )
     padded = (c.padded_vocab - c.vocab_size) * c.n_embd * (1 if c.tie_embeddings else 2)
     assert config["vocab_size"] == hf.get_output_embeddings().weight.shape[0] == 512
     assert sum(p.numel() for p in hf.parameters()) == model.num_params() - padded + zeros

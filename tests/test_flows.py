@@ -30,15 +30,22 @@ def _task_states(flow_run_id) -> dict[str, str]:
         ids, frontier, subflow_calls = [flow_run_id], [flow_run_id], set()
         while frontier:
             # 3.8.8's sync client sends null limit/sort unless given, which the server rejects
-            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)), limit=200, sort=FlowRunSort.ID_DESC)
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)),
+                limit=200,
+                sort=FlowRunSort.ID_DESC,
+            )
             frontier = [c.id for c in children]
             ids += frontier
             subflow_calls |= {c.parent_task_run_id for c in children}
         states, offset = {}, 0
         while True:  # the server answers at most 200 task runs a request
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                                         limit=200, offset=offset, sort=TaskRunSort.ID_DESC)
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                limit=200,
+                offset=offset,
+                sort=TaskRunSort.ID_DESC,
+            )
             states.update({r.name: r.state.name for r in runs if r.id not in subflow_calls})
             if len(runs) < 200:
                 return states
@@ -51,8 +58,9 @@ def _latest_artifacts(keys: list[str]) -> dict[str, dict]:
 
     # 3.8.8's clients send null flow/task run filters, which the server rejects: post the filter itself
     with get_client(sync_client=True) as client:
-        found = client._client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": keys}},
-                                                               "sort": "CREATED_DESC", "limit": 50}).json()
+        found = client._client.post(
+            "/artifacts/filter", json={"artifacts": {"key": {"any_": keys}}, "sort": "CREATED_DESC", "limit": 50}
+        ).json()
     out: dict = {}
     for a in found:
         out.setdefault(a["key"], a)
@@ -82,8 +90,9 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
     from flows.pipeline import pipeline
 
     copa = str(require_data("eval/llm-foundry/copa.jsonl"))
-    config = PipelineConfig.model_validate(tiny_config(str(tmp_path / "store"), inputs, evaluate={
-        "tasks": {"copa": copa}, "task_limit": 40}))
+    config = PipelineConfig.model_validate(
+        tiny_config(str(tmp_path / "store"), inputs, evaluate={"tasks": {"copa": copa}, "task_limit": 40})
+    )
     first = pipeline(config)
     assert list(first) == ["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
     assert not any(r["cached"] for r in first.values())
@@ -92,8 +101,10 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
     assert first["evaluate"]["counts"]["perplexity"] > 1
     copa_scores = first["evaluate"]["counts"]["tasks"]["copa"]
     assert copa_scores["items"] == 40 and 0 <= copa_scores["acc"] <= 1 and 0 <= copa_scores["acc_norm"] <= 1
-    train_keys = {what: key("train", what, first["train"]["fingerprint"][:16])
-                  for what in ("summary", "checkpoint", "model", "loss-curve")}
+    train_keys = {
+        what: key("train", what, first["train"]["fingerprint"][:16])
+        for what in ("summary", "checkpoint", "model", "loss-curve")
+    }
     eval_report = key("evaluate", "report", first["evaluate"]["fingerprint"][:16])
     artifacts = _latest_artifacts([*train_keys.values(), eval_report])
     assert "| copa | 40 | acc_norm |" in artifacts.pop(eval_report)["data"]
@@ -123,9 +134,14 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
 
     with get_client(sync_client=True) as client:
         parent = client.read_flow_run(state.state_details.flow_run_id)
-        children = client._client.post("/flow_runs/filter", json={
-            "flow_runs": {"parent_flow_run_id": {"any_": [str(parent.id)]}}, "limit": 50,
-            "sort": "EXPECTED_START_TIME_ASC"}).json()
+        children = client._client.post(
+            "/flow_runs/filter",
+            json={
+                "flow_runs": {"parent_flow_run_id": {"any_": [str(parent.id)]}},
+                "limit": 50,
+                "sort": "EXPECTED_START_TIME_ASC",
+            },
+        ).json()
     assert [c["name"] for c in children] == [f"{parent.name}-{stage}" for stage in first]  # the UI's subflow list
     states = _task_states(state.state_details.flow_run_id)
     assert any(name.startswith("quality-") for name in states), states
@@ -133,7 +149,8 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
 
     changed = config.model_copy(deep=True)
     changed.quality = type(config.quality).model_validate(
-        {**config.quality.model_dump(), **_one_quality_change(config.quality)})
+        {**config.quality.model_dump(), **_one_quality_change(config.quality)}
+    )
     third = pipeline(changed)
     assert third["ingest"]["cached"] and third["dedup"]["cached"]
     assert not any(third[s]["cached"] for s in AFTER_QUALITY), {k: r["cached"] for k, r in third.items()}
@@ -152,7 +169,9 @@ def test_missing_input_stops_before_any_work(prefect_api, tmp_path, inputs):
     from flows.pipeline import pipeline
     from pipeline.inputs import InputError
 
-    config = PipelineConfig.model_validate(tiny_config(str(tmp_path / "store"), [*inputs, str(tmp_path / "nope.warc.gz")]))
+    config = PipelineConfig.model_validate(
+        tiny_config(str(tmp_path / "store"), [*inputs, str(tmp_path / "nope.warc.gz")])
+    )
     with pytest.raises(InputError, match="nope.warc.gz"):
         pipeline(config)
     assert not (tmp_path / "store" / "ingest").exists()
@@ -190,15 +209,19 @@ def test_a_failed_shard_leaves_one_traceback_in_the_log(prefect_api, shared_data
     from pipeline.failpoints import FailpointError
 
     monkeypatch.setenv("CRAWL2LLM_FAILPOINT", "ingest:0@raise")
-    state = ingest([str(shared_data("warc/resiliparse-warcfile.warc.gz"))], store="memory://c2l-one-traceback",
-                   return_state=True)
+    state = ingest(
+        [str(shared_data("warc/resiliparse-warcfile.warc.gz"))], store="memory://c2l-one-traceback", return_state=True
+    )
     assert state.is_failed() and isinstance(state.result(raise_on_failure=False), FailpointError)
     with get_client(sync_client=True) as client:
         deadline = _time.monotonic() + 10
         while True:  # the log handler sends in batches
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
-                any_=[state.state_details.flow_run_id])), limit=200)
-            flow_error = [log.message for log in logs if log.task_run_id is None and "Encountered exception" in log.message]
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])), limit=200
+            )
+            flow_error = [
+                log.message for log in logs if log.task_run_id is None and "Encountered exception" in log.message
+            ]
             if flow_error or _time.monotonic() > deadline:
                 break
             _time.sleep(0.5)
@@ -239,13 +262,27 @@ def trained_run(prefect_api, tmp_path, shared_data):
         book = json.loads(f.readline())
     paras = [p for p in book["text"][:120_000].split("\n\n") if p.strip()]
     docs = Store(str(tmp_path / "store")).stage("pii", "books")
-    docs.write_parquet("data/part-00000.parquet", pa.table({"id": [f"b/{i}" for i in range(len(paras))],
-                                                            "text": paras}))
+    docs.write_parquet(
+        "data/part-00000.parquet", pa.table({"id": [f"b/{i}" for i in range(len(paras))], "text": paras})
+    )
     docs.commit({"shards": [{"index": 0}]})
     tok = tokenize(docs.url(), TokenizeConfig(vocab_size=512, min_frequency=2), workers_n=0)
-    run = train(tok["url"], TrainConfig(max_steps=12, batch_size=4, block_size=32, n_layer=1, n_head=2, n_embd=32,
-                                        warmup_steps=2, eval_interval=6, eval_batches=1, checkpoint_interval=6,
-                                        device="cpu"))
+    run = train(
+        tok["url"],
+        TrainConfig(
+            max_steps=12,
+            batch_size=4,
+            block_size=32,
+            n_layer=1,
+            n_head=2,
+            n_embd=32,
+            warmup_steps=2,
+            eval_interval=6,
+            eval_batches=1,
+            checkpoint_interval=6,
+            device="cpu",
+        ),
+    )
     return {"tokenize": tok, "train": run, "store": tmp_path / "store"}
 
 
@@ -264,8 +301,14 @@ def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, 
         held = json.loads(f.readline())["text"][10_000:14_000]
     texts = tmp_path / "heldout.jsonl"
     texts.write_text(json.dumps({"text": held}) + "\n")
-    config = EvalConfig(max_new_tokens=4, val_batches=2, device="cpu", text_files={"heldout": str(texts)},
-                        tasks={"copa": str(shared_data("eval/llm-foundry/copa.jsonl"))}, task_limit=8)
+    config = EvalConfig(
+        max_new_tokens=4,
+        val_batches=2,
+        device="cpu",
+        text_files={"heldout": str(texts)},
+        tasks={"copa": str(shared_data("eval/llm-foundry/copa.jsonl"))},
+        task_limit=8,
+    )
     run_url = trained_run["train"]["url"]
     first = evaluate(run_url, config)
     res = first["counts"]

@@ -46,8 +46,11 @@ def _third_warc(path: Path, copies_of: dict[str, Path], new_pages: Path, new_rec
         new_id = warc.record_id("copy", doc_id)
         records.append(warc.response_record(url + "?copy", block, date, new_id))
         origin[new_id.strip("<>").removeprefix("urn:uuid:")] = doc_id
-    pages = [(rid, url, block) for rid, url, block in _responses(new_pages)
-             if b"text/html" in block.split(b"\r\n\r\n", 1)[0].lower() and len(block) < 60_000]
+    pages = [
+        (rid, url, block)
+        for rid, url, block in _responses(new_pages)
+        if b"text/html" in block.split(b"\r\n\r\n", 1)[0].lower() and len(block) < 60_000
+    ]
     for rid, url, block in pages[:new_records]:
         records.append(warc.response_record(url, block, date, warc.record_id("new", rid)))
     path.write_bytes(b"".join(records))
@@ -90,18 +93,24 @@ def test_incremental_rerun_processes_only_new_files(prefect_api, tmp_path, share
         shutil.copy(shared_data(rel), incoming)
     cfg = tiny_config(str(store), [str(incoming / "*.warc.gz")], incremental=True, stop_after="tokenize")
     first = pipeline(PipelineConfig.model_validate(cfg))
-    assert first["increments"] == {"count": 1, "new_files": [Path(r).name for r in first_files],
-                                   "ran": [0]}
+    assert first["increments"] == {"count": 1, "new_files": [Path(r).name for r in first_files], "ran": [0]}
     assert first["corpus"]["url"] == first["tokenize"]["url"]  # one increment: a plain run's output
 
     # near copies of three long documents the first run kept, and 20 pages of a site not seen yet
     d0 = first["dedup"]["url"]
     kept0 = _read(d0, [s["data"] for s in json.load(open(f"{d0}/manifest.json"))["shards"]])
-    long_ids = [r["id"] for r in kept0.select(["id", "text", "source"]).to_pylist()
-                if len(r["text"]) > 2500 and r["source"].endswith("dolma-sample-0000.warc.gz")][:3]
+    long_ids = [
+        r["id"]
+        for r in kept0.select(["id", "text", "source"]).to_pylist()
+        if len(r["text"]) > 2500 and r["source"].endswith("dolma-sample-0000.warc.gz")
+    ][:3]
     assert len(long_ids) == 3
-    origin = _third_warc(incoming / "later.warc.gz", {i: incoming / "dolma-sample-0000.warc.gz" for i in long_ids},
-                         shared_data("warc/ukwa-govuk-BL-20140325121225068.warc.gz"), 20)
+    origin = _third_warc(
+        incoming / "later.warc.gz",
+        {i: incoming / "dolma-sample-0000.warc.gz" for i in long_ids},
+        shared_data("warc/ukwa-govuk-BL-20140325121225068.warc.gz"),
+        20,
+    )
     before = _files(store)
 
     full = PipelineConfig.model_validate({**cfg, "stop_after": "evaluate"})
@@ -152,8 +161,9 @@ def test_incremental_rerun_processes_only_new_files(prefect_api, tmp_path, share
     state = pipeline(full, return_state=True)
     third = state.result()
     assert third["increments"] == {"count": 2, "new_files": [], "ran": []}
-    assert all(third[s]["cached"] for s in ("ingest", "dedup", "quality", "pii", "tokenize", "corpus", "train",
-                                            "evaluate"))
+    assert all(
+        third[s]["cached"] for s in ("ingest", "dedup", "quality", "pii", "tokenize", "corpus", "train", "evaluate")
+    )
     assert set(_task_states(state.state_details.flow_run_id).values()) <= {"Cached"}
     assert _files(store) == after
 
@@ -163,8 +173,9 @@ def _pipeline_summary(flow_run_id) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        made = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
-            any_=[flow_run_id])), limit=50)
+        made = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=50
+        )
     [summary] = [a.data for a in made if (a.key or "").startswith("pipeline-summary-")]
     return summary
 
@@ -178,14 +189,20 @@ def test_failed_increment_is_finished_first_with_identical_bytes(prefect_api, tm
     from flows.pipeline import pipeline
     from pipeline.failpoints import FailpointError
 
-    arrivals = [("a.warc.gz", "warc/dolma-sample-0000.warc.gz"), ("b.warc.gz", "warc/dolma-sample-0001.warc.gz"),
-                ("c.warc.gz", "warc/dolma-sample-0001.warc.gz")]
+    arrivals = [
+        ("a.warc.gz", "warc/dolma-sample-0000.warc.gz"),
+        ("b.warc.gz", "warc/dolma-sample-0001.warc.gz"),
+        ("c.warc.gz", "warc/dolma-sample-0001.warc.gz"),
+    ]
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     # workers=0: shards run in this process, where the failpoint is set
-    configs = {name: PipelineConfig.model_validate(tiny_config(str(tmp_path / name), [str(incoming)], incremental=True,
-                                                               stop_after="dedup", workers=0))
-               for name in ("straight", "failed")}
+    configs = {
+        name: PipelineConfig.model_validate(
+            tiny_config(str(tmp_path / name), [str(incoming)], incremental=True, stop_after="dedup", workers=0)
+        )
+        for name in ("straight", "failed")
+    }
     for n, (file, rel) in enumerate(arrivals):
         shutil.copy(shared_data(rel), incoming / file)
         result = pipeline(configs["straight"])
@@ -223,16 +240,22 @@ def test_cli_incremental_run_after_the_files_moved_away_does_nothing(prefect_api
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     cfg = tmp_path / "nightly.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(str(tmp_path / "store"), [str(incoming / "*.warc.gz")],
-                                              incremental=True, stop_after="ingest")))
+    cfg.write_text(
+        yaml.safe_dump(
+            tiny_config(str(tmp_path / "store"), [str(incoming / "*.warc.gz")], incremental=True, stop_after="ingest")
+        )
+    )
     assert main(["run", str(cfg)]) == 0
     out = capsys.readouterr()
     assert "matches no" in out.err and "nothing to do yet" in out.err, out.err[-2000:]
     assert json.loads(out.out)["increments"] == {"count": 0, "new_files": [], "ran": []}
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("manifest.json"))
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text(yaml.safe_dump(tiny_config(str(tmp_path / "store"), [str(tmp_path / "nowhere")],
-                                                incremental=True, stop_after="ingest")))
+    wrong.write_text(
+        yaml.safe_dump(
+            tiny_config(str(tmp_path / "store"), [str(tmp_path / "nowhere")], incremental=True, stop_after="ingest")
+        )
+    )
     assert main(["run", str(wrong)]) == 2 and "input not found" in capsys.readouterr().err
     shutil.copy(shared_data("warc/dolma-sample-0001.warc.gz"), incoming)
     assert main(["run", str(cfg)]) == 0

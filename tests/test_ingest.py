@@ -19,11 +19,20 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 from pipeline.ingest import INPUT_SUFFIXES, IngestConfig, IngestError, detect_format, ingest_file
 from pipeline.schema import DOC_SCHEMA
 
-ALL_WARCS = ["aut-example.warc.gz", "cc-whirlwind.warc.gz", "cc-whirlwind.warc.wet.gz", "dolma-sample-0000.warc.gz",
-             "dolma-sample-0001.warc.gz", "pywb-iana.warc.gz", "resiliparse-clueweb-quirk.warc.gz",
-             "resiliparse-warcfile.warc.gz", "ukwa-IAH-urls-wget.warc.gz",
-             "ukwa-govuk-BL-20140325121225068.warc.gz", "ukwa-sopa-wikipedia-homepage.warc.gz",
-             "robustness/resiliparse-clipped.warc.gz"]
+ALL_WARCS = [
+    "aut-example.warc.gz",
+    "cc-whirlwind.warc.gz",
+    "cc-whirlwind.warc.wet.gz",
+    "dolma-sample-0000.warc.gz",
+    "dolma-sample-0001.warc.gz",
+    "pywb-iana.warc.gz",
+    "resiliparse-clueweb-quirk.warc.gz",
+    "resiliparse-warcfile.warc.gz",
+    "ukwa-IAH-urls-wget.warc.gz",
+    "ukwa-govuk-BL-20140325121225068.warc.gz",
+    "ukwa-sopa-wikipedia-homepage.warc.gz",
+    "robustness/resiliparse-clipped.warc.gz",
+]
 
 
 @pytest.mark.parametrize("name", ALL_WARCS)
@@ -98,7 +107,10 @@ def test_clipped_archive_keeps_its_readable_part_and_counts_the_damage(shared_da
     alone = ingest_file(str(shared_data("warc/robustness/resiliparse-clipped.warc.gz")), IngestConfig())
     assert alone.counts["damaged"] == {"truncated_record": 1} and alone.counts["docs_in"] == 0
     reference = ingest_file(str(shared_data("warc/dolma-sample-0000.warc.gz")), IngestConfig())
-    for name, data in {"good-then-clipped.warc.gz": good + clipped, "clipped-then-good.warc.gz": clipped + good}.items():
+    for name, data in {
+        "good-then-clipped.warc.gz": good + clipped,
+        "clipped-then-good.warc.gz": clipped + good,
+    }.items():
         (tmp_path / name).write_bytes(data)
         r = ingest_file(str(tmp_path / name), IngestConfig())
         assert sum(r.counts["damaged"].values()) >= 1, name
@@ -109,7 +121,7 @@ def test_corrupt_member_mid_file_resumes_at_the_next_member(shared_data, tmp_pat
     data = bytearray(shared_data("warc/dolma-sample-0001.warc.gz").read_bytes())
     reference = ingest_file(str(shared_data("warc/dolma-sample-0001.warc.gz")), IngestConfig())
     middle = len(data) // 2
-    data[middle:middle + 64] = bytes(64)
+    data[middle : middle + 64] = bytes(64)
     (tmp_path / "damaged.warc.gz").write_bytes(bytes(data))
     r = ingest_file(str(tmp_path / "damaged.warc.gz"), IngestConfig())
     assert r.counts["damaged"].get("gzip_error", 0) + r.counts["damaged"].get("truncated_record", 0) >= 1
@@ -129,7 +141,9 @@ def test_jsonl_with_bad_lines(shared_data, tmp_path):
     first = json.loads(lines[0])
     assert r.kept.column("id")[0].as_py() == first["id"] and r.kept.column("offset")[0].as_py() == 1
     broken = tmp_path / "broken.jsonl"
-    broken.write_bytes(lines[0] + b"\n{not json\n" + json.dumps({"content": "no text field"}).encode() + b"\n" + lines[1])
+    broken.write_bytes(
+        lines[0] + b"\n{not json\n" + json.dumps({"content": "no text field"}).encode() + b"\n" + lines[1]
+    )
     r = ingest_file(str(broken), IngestConfig())
     assert r.counts["damaged"] == {"bad_json": 1, "no_text": 1} and r.counts["docs_kept"] == 2
 
@@ -156,8 +170,9 @@ def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "garbage.warc.gz").write_bytes(b"this is not an archive\n" * 50)
     with pytest.raises(IngestError, match="garbage.warc.gz"):
         ingest_file(str(tmp_path / "garbage.warc.gz"), IngestConfig())
-    assert [detect_format(f"x{suffix}") for suffix in (".arc.gz", ".warc.gz", ".wet.zst", ".jsonl.zst", ".parquet")] \
-        == ["arc", "warc", "warc", "jsonl", "parquet"]  # every WARC name also ends in .arc[.gz]
+    assert [
+        detect_format(f"x{suffix}") for suffix in (".arc.gz", ".warc.gz", ".wet.zst", ".jsonl.zst", ".parquet")
+    ] == ["arc", "warc", "warc", "jsonl", "parquet"]  # every WARC name also ends in .arc[.gz]
     with pytest.raises(IngestError, match="unknown input format") as error:
         detect_format("notes.txt")
     assert all(suffix in str(error.value) for suffix in INPUT_SUFFIXES)
@@ -167,8 +182,10 @@ def test_language_id_reads_past_the_first_line(shared_data):
     from pipeline.ingest import detect_language
 
     english = gzip.decompress(shared_data("text/dolma-ccnet-cc_en_head-0091.jsonl.gz").read_bytes()).splitlines()[0]
-    text = "Startseite Über uns Kontakt Impressum Datenschutzerklärung Anmelden Suche Warenkorb\n" + \
-        json.loads(english)["text"][:3000]
+    text = (
+        "Startseite Über uns Kontakt Impressum Datenschutzerklärung Anmelden Suche Warenkorb\n"
+        + json.loads(english)["text"][:3000]
+    )
     lang, score = detect_language(text)
     assert lang == "en" and score > 0.65
     assert detect_language("   \n ") == (None, 0.0)
@@ -176,16 +193,28 @@ def test_language_id_reads_past_the_first_line(shared_data):
 
 # -- extractors and per-page limits -----------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["dolma-sample-0000.warc.gz", "dolma-sample-0001.warc.gz",
-                                  "ukwa-govuk-BL-20140325121225068.warc.gz", "pywb-iana.warc.gz"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dolma-sample-0000.warc.gz",
+        "dolma-sample-0001.warc.gz",
+        "ukwa-govuk-BL-20140325121225068.warc.gz",
+        "pywb-iana.warc.gz",
+    ],
+)
 def test_trafilatura_gives_english_text_for_html_pages(shared_data, name):
     path = str(shared_data(f"warc/{name}"))
     fast = ingest_file(path, IngestConfig())
     r = ingest_file(path, IngestConfig(extractor="trafilatura"))
     assert r.counts["docs_in"] == fast.counts["docs_in"]  # the same records reach the extractor
     assert r.counts["docs_kept"] >= r.counts["docs_in"] - 2
-    titles = dict(zip(fast.kept.column("id").to_pylist() + fast.removed.column("id").to_pylist(),
-                      fast.kept.column("title").to_pylist() + fast.removed.column("title").to_pylist()))
+    titles = dict(
+        zip(
+            fast.kept.column("id").to_pylist() + fast.removed.column("id").to_pylist(),
+            fast.kept.column("title").to_pylist() + fast.removed.column("title").to_pylist(),
+        )
+    )
     for doc in r.kept.to_pylist():
         assert doc["language"] == "en" and doc["language_score"] >= 0.65 and len(doc["text"]) >= 100
         assert len(doc["text"].split()) >= 15 and doc["text"] == doc["text"].strip()
@@ -232,8 +261,10 @@ def test_extract_timeout_skips_and_counts_the_page_on_the_main_thread(shared_dat
     outer = signal.setitimer(signal.ITIMER_REAL, 60)  # someone else's alarm, as pytest-timeout sets one
     try:
         start = time.monotonic()
-        r = ingest_file(str(shared_data("warc/dolma-sample-0001.warc.gz")),
-                        IngestConfig(extractor="trafilatura", extract_timeout_s=0.4))
+        r = ingest_file(
+            str(shared_data("warc/dolma-sample-0001.warc.gz")),
+            IngestConfig(extractor="trafilatura", extract_timeout_s=0.4),
+        )
         assert time.monotonic() - start < 10  # 8 pages cut at 0.4 s each, not 8 x 2 s of sleeping
         assert 50 < signal.getitimer(signal.ITIMER_REAL)[0] <= 60  # the outer alarm is still set
     finally:
@@ -247,9 +278,14 @@ def test_extract_timeout_off_the_main_thread(shared_data, monkeypatch):
 
     _slow_every_other_page(monkeypatch)
     out = {}
-    worker = threading.Thread(target=lambda: out.update(r=ingest_file(
-        str(shared_data("warc/dolma-sample-0001.warc.gz")), IngestConfig(extractor="trafilatura",
-                                                                          extract_timeout_s=0.4))))
+    worker = threading.Thread(
+        target=lambda: out.update(
+            r=ingest_file(
+                str(shared_data("warc/dolma-sample-0001.warc.gz")),
+                IngestConfig(extractor="trafilatura", extract_timeout_s=0.4),
+            )
+        )
+    )
     worker.start()
     worker.join(12)
     assert not worker.is_alive()
@@ -278,9 +314,10 @@ def test_gzip_content_encoding_is_bounded_too(tmp_path):
     page = b"<html><head><title>t</title></head><body><p>" + b"word " * 400_000 + b"</p></body></html>"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\n\r\n"
     body, small = gzip.compress(page), gzip.compress(page[:5000])
-    records = [response_record("https://example.org/big", head + body, warc_date(0), record_id("big")),
-               response_record("https://example.org/cut", head + small[:len(small) // 2], warc_date(0),
-                               record_id("cut"))]
+    records = [
+        response_record("https://example.org/big", head + body, warc_date(0), record_id("big")),
+        response_record("https://example.org/cut", head + small[: len(small) // 2], warc_date(0), record_id("cut")),
+    ]
     (tmp_path / "bomb.warc.gz").write_bytes(b"".join(records))
     assert len(body) < 100_000 < len(page)
     r = ingest_file(str(tmp_path / "bomb.warc.gz"), IngestConfig(languages=[], max_record_bytes=100_000))
@@ -361,14 +398,17 @@ def test_warc_gzipped_as_one_member_reads_every_record(shared_data, tmp_path):
 
 # -- zstd -------------------------------------------------------------------------------------
 
+
 def _zstd(data: bytes) -> bytes:
     """`data` as two zstd frames, as a writer that flushes now and then leaves it."""
     half = len(data) // 2
     return zstandard.ZstdCompressor().compress(data[:half]) + zstandard.ZstdCompressor().compress(data[half:])
 
 
-@pytest.mark.parametrize("name", ["warc/dolma-sample-0000.warc.gz", "warc/cc-whirlwind.warc.wet.gz",
-                                  "text/dolma-ccnet-cc_en_head-0091.jsonl.gz"])
+@pytest.mark.parametrize(
+    "name",
+    ["warc/dolma-sample-0000.warc.gz", "warc/cc-whirlwind.warc.wet.gz", "text/dolma-ccnet-cc_en_head-0091.jsonl.gz"],
+)
 def test_zstd_files_give_the_documents_of_their_gzip_twins(shared_data, tmp_path, name):
     path = shared_data(name)
     twin = tmp_path / path.name.replace(".gz", ".zst")
@@ -385,13 +425,13 @@ def test_damage_in_a_zstd_file_ends_it_and_keeps_what_came_before(shared_data, t
     reference = ingest_file(str(path), IngestConfig())
     packed = zstandard.ZstdCompressor().compress(gzip.decompress(path.read_bytes()))
     middle = len(packed) // 2
-    (tmp_path / "corrupt.warc.zst").write_bytes(packed[:middle] + bytes(64) + packed[middle + 64:])
+    (tmp_path / "corrupt.warc.zst").write_bytes(packed[:middle] + bytes(64) + packed[middle + 64 :])
     (tmp_path / "cut.warc.zst").write_bytes(packed[:middle])
     for name, damage in {"corrupt.warc.zst": {"zstd_error": 1}, "cut.warc.zst": {"truncated_record": 1}}.items():
         r = ingest_file(str(tmp_path / name), IngestConfig())
         assert r.counts["damaged"] == damage, name
         assert 1 <= r.counts["docs_kept"] < reference.counts["docs_kept"], name  # no resync past the damage
-        assert r.kept.column("text").to_pylist() == reference.kept.column("text").to_pylist()[:r.kept.num_rows]
+        assert r.kept.column("text").to_pylist() == reference.kept.column("text").to_pylist()[: r.kept.num_rows]
     lines = gzip.decompress(shared_data("text/dolma-ccnet-cc_en_head-0091.jsonl.gz").read_bytes())
     packed = _zstd(lines)
     (tmp_path / "corrupt.jsonl.zst").write_bytes(packed[:-200] + bytes(64) + packed[-136:])
@@ -400,6 +440,7 @@ def test_damage_in_a_zstd_file_ends_it_and_keeps_what_came_before(shared_data, t
 
 
 # -- ARC --------------------------------------------------------------------------------------
+
 
 def _arc_record(url: str, ip: str, date: str, mime: str, block: bytes) -> bytes:
     return f"{url} {ip} {date} {mime} {len(block)}\n".encode() + block + b"\n"
@@ -413,9 +454,15 @@ def _arc_records(warc) -> list[bytes]:
         for r in ArchiveIterator(f, record_types=WarcRecordType.response, parse_http=False):
             block = r.reader.read()
             mime = re.search(rb"(?im)^content-type:[ \t]*([^;\s]+)", block.partition(b"\r\n\r\n")[0])
-            records.append(_arc_record(r.headers["WARC-Target-URI"].strip("<>"), r.headers.get("WARC-IP-Address") or
-                                       "0.0.0.0", re.sub(r"\D", "", r.headers["WARC-Date"])[:14],
-                                       mime.group(1).decode() if mime else "no-type", block))
+            records.append(
+                _arc_record(
+                    r.headers["WARC-Target-URI"].strip("<>"),
+                    r.headers.get("WARC-IP-Address") or "0.0.0.0",
+                    re.sub(r"\D", "", r.headers["WARC-Date"])[:14],
+                    mime.group(1).decode() if mime else "no-type",
+                    block,
+                )
+            )
     return records
 
 
@@ -436,7 +483,7 @@ def test_arc_gives_the_documents_of_the_same_responses_in_warc(shared_data, tmp_
     data = arc.read_bytes()
     for doc in r.kept.to_pylist():  # no record ids in ARC: the fallback id, from the offset of the record
         assert doc["id"] == hashlib.sha1(f"{arc.name}:{doc['offset']}".encode()).hexdigest()
-        at = zlib.decompressobj(31).decompress(data[doc["offset"]:]) if suffix == ".arc.gz" else data[doc["offset"]:]
+        at = zlib.decompressobj(31).decompress(data[doc["offset"] :]) if suffix == ".arc.gz" else data[doc["offset"] :]
         assert at.startswith(f"{doc['url']} ".encode())
 
 
@@ -451,7 +498,7 @@ def test_damaged_arc_records_are_counted_and_the_rest_kept(shared_data, tmp_path
     members[6] = members[6][:40] + bytes(32) + members[6][72:]  # corrupt deflate data
     head, _, rest = records[9].partition(b"\n")
     members[9] = gzip.compress(head.rsplit(b" ", 1)[0] + b" %d\n" % (len(rest) + 100) + rest)  # body cut short
-    members[-1] = members[-1][:len(members[-1]) // 2]  # the file ends inside the last record
+    members[-1] = members[-1][: len(members[-1]) // 2]  # the file ends inside the last record
     damaged = tmp_path / "damaged.arc.gz"
     damaged.write_bytes(b"".join(members))
     r = ingest_file(str(damaged), IngestConfig(languages=[], min_chars=0))
@@ -492,6 +539,7 @@ def test_not_an_arc_file_is_named(tmp_path):
 
 
 # -- Parquet ----------------------------------------------------------------------------------
+
 
 def test_parquet_rows_give_the_documents_of_the_same_jsonl_lines(shared_data, tmp_path):
     path = shared_data("text/dolma-ccnet-cc_en_head-0091.jsonl.gz")
@@ -538,8 +586,10 @@ def test_deeply_nested_page_is_skipped_not_a_hang(tmp_path):
     deep = b"<html><body>" + b"<div>" * 50_000 + b"deep" + b"</div>" * 50_000 + b"</body></html>"
     normal = b"<html><body><p>" + b"A perfectly ordinary paragraph of text. " * 20 + b"</p></body></html>"
     date = warc.warc_date(0)
-    data = b"".join(warc.response_record(url, page(body), date, warc.record_id(url))
-                    for url, body in [("http://a.test/deep", deep), ("http://a.test/ok", normal)])
+    data = b"".join(
+        warc.response_record(url, page(body), date, warc.record_id(url))
+        for url, body in [("http://a.test/deep", deep), ("http://a.test/ok", normal)]
+    )
     (tmp_path / "pathological.warc.gz").write_bytes(data)
     r = ingest_file(str(tmp_path / "pathological.warc.gz"), IngestConfig(languages=[], min_chars=0))
     assert r.counts["skipped"] == {"html_too_deep": 1}

@@ -29,8 +29,12 @@ def _response(n: int, html: bytes, encoding: str | None = None) -> bytes:
     head = "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
     if encoding:
         head += f"Content-Encoding: {encoding}\r\n"
-    return response_record(f"http://example.com/{n}", head.encode() + b"\r\n" + html, "2024-01-01T00:00:00Z",
-                           f"<urn:uuid:00000000-0000-0000-0000-{n:012d}>")
+    return response_record(
+        f"http://example.com/{n}",
+        head.encode() + b"\r\n" + html,
+        "2024-01-01T00:00:00Z",
+        f"<urn:uuid:00000000-0000-0000-0000-{n:012d}>",
+    )
 
 
 def _members(*records: bytes) -> tuple[bytes, list[int]]:
@@ -45,8 +49,11 @@ def _warcio_ids(data: bytes, path) -> list[str]:
     """Response record ids as warcio (an independent reader) reads them."""
     path.write_bytes(data)
     with open(path, "rb") as f:
-        return [r.rec_headers.get_header("WARC-Record-ID").strip("<>").removeprefix("urn:uuid:")
-                for r in WarcioIterator(f) if r.rec_type == "response"]
+        return [
+            r.rec_headers.get_header("WARC-Record-ID").strip("<>").removeprefix("urn:uuid:")
+            for r in WarcioIterator(f)
+            if r.rec_type == "response"
+        ]
 
 
 def _kept_ids(result) -> list[str]:
@@ -55,21 +62,26 @@ def _kept_ids(result) -> list[str]:
 
 def test_corruption_inside_a_big_gzip_record_costs_that_record_only(tmp_path):
     rng = random.Random(1)
-    big_html = b"<html><body><p>" + " ".join(f"{rng.getrandbits(64):x}" for _ in range(40_000)).encode() + b"</p></body></html>"
+    big_html = (
+        b"<html><body><p>"
+        + " ".join(f"{rng.getrandbits(64):x}" for _ in range(40_000)).encode()
+        + b"</p></body></html>"
+    )
     records = [_response(1, _page(1)), _response(2, big_html), _response(3, _page(3))]
     data, offsets = _members(*records)
     assert len(records[1]) > 200_000  # compressed: far past fastwarc's 64 KiB first read
     good = _warcio_ids(data, tmp_path / "good.warc.gz")
     bad = bytearray(data)
     at = offsets[1] + 150_000
-    bad[at:at + 64] = bytes(64)
+    bad[at : at + 64] = bytes(64)
     path = tmp_path / "big.warc.gz"
     path.write_bytes(bytes(bad))
     r = ingest_file(str(path), CONFIG)
     assert _kept_ids(r) == [good[0], good[2]]
     assert r.counts["damaged"] == {"gzip_error": 1}
-    assert r.damaged_records == [{"file": "big.warc.gz", "offset": offsets[1], "record_id": good[1],
-                                  "what": "gzip_error"}]
+    assert r.damaged_records == [
+        {"file": "big.warc.gz", "offset": offsets[1], "record_id": good[1], "what": "gzip_error"}
+    ]
 
 
 def test_a_broken_member_header_is_counted_once(tmp_path):
@@ -77,7 +89,7 @@ def test_a_broken_member_header_is_counted_once(tmp_path):
     data, offsets = _members(*records)
     good = _warcio_ids(data, tmp_path / "good.warc.gz")
     bad = bytearray(data)
-    bad[offsets[2] + 20:offsets[2] + 60] = b"\x1f\x8b\x08" * 13 + b"\x00"  # garbage with false gzip magics
+    bad[offsets[2] + 20 : offsets[2] + 60] = b"\x1f\x8b\x08" * 13 + b"\x00"  # garbage with false gzip magics
     path = tmp_path / "broken.warc.gz"
     path.write_bytes(bytes(bad))
     r = ingest_file(str(path), CONFIG)
@@ -134,8 +146,11 @@ def test_corrupt_gzip_content_encoding_costs_that_record(tmp_path):
 
 def test_a_warc_of_unknown_record_types_only_is_readable(tmp_path):
     path = tmp_path / "custom.warc.gz"
-    path.write_bytes(b"".join(record("x-custom", f"<urn:uuid:{n}>", "2024-01-01T00:00:00Z", b"hello",
-                                     "text/plain") for n in range(3)))
+    path.write_bytes(
+        b"".join(
+            record("x-custom", f"<urn:uuid:{n}>", "2024-01-01T00:00:00Z", b"hello", "text/plain") for n in range(3)
+        )
+    )
     r = ingest_file(str(path), CONFIG)
     assert r.counts["records"] == 3 and r.counts["docs_in"] == 0 and r.counts["damaged"] == {}
 
@@ -143,8 +158,11 @@ def test_a_warc_of_unknown_record_types_only_is_readable(tmp_path):
 def test_a_lone_surrogate_in_jsonl_text_becomes_a_replacement_character(tmp_path):
     path = tmp_path / "surrogate.jsonl"
     tail = " in a text long enough that one bad character is under 1% of it (else: undecodable)" * 2
-    lines = [{"id": "a", "text": "good text one"}, {"id": "b", "text": "bad \ud800 text" + tail},
-             {"id": "c\udfff", "text": "good text three", "title": "t\udc00"}]
+    lines = [
+        {"id": "a", "text": "good text one"},
+        {"id": "b", "text": "bad \ud800 text" + tail},
+        {"id": "c\udfff", "text": "good text three", "title": "t\udc00"},
+    ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     r = ingest_file(str(path), CONFIG)
     assert _kept_ids(r) == ["a", "b", "c\ufffd"]
@@ -159,7 +177,7 @@ def test_cli_exit_codes_damage_only_is_0_an_unreadable_file_is_an_error_naming_i
     folder.mkdir()
     data, offsets = _members(*(_response(n, _page(n)) for n in range(1, 4)))
     bad = bytearray(data)
-    bad[offsets[1] + 30:offsets[1] + 40] = bytes(10)
+    bad[offsets[1] + 30 : offsets[1] + 40] = bytes(10)
     (folder / "a-damaged.warc.gz").write_bytes(bytes(bad))
     (folder / "b-good.warc.gz").write_bytes(_members(*(_response(n, _page(n, seed=1)) for n in range(4, 6)))[0])
     store, config = str(tmp_path / "store"), tmp_path / "ingest.yaml"
@@ -172,13 +190,16 @@ def test_cli_exit_codes_damage_only_is_0_an_unreadable_file_is_an_error_naming_i
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "c-not-gzip.warc.gz" in last and "Traceback" not in err
-    manifests = [json.loads(p.read_text()) | {"dir": p.parent} for p in (tmp_path / "store").glob("ingest/*/manifest.json")]
+    manifests = [
+        json.loads(p.read_text()) | {"dir": p.parent} for p in (tmp_path / "store").glob("ingest/*/manifest.json")
+    ]
     failed = next(m for m in manifests if len(m["sources"]) == 3)  # committed, then the run failed naming the file
     docs = sum(pq.read_table(p).num_rows for p in (failed["dir"] / "data").glob("*.parquet"))
     assert docs == 4 and failed["counts"]["damaged"] == {"gzip_error": 1} and failed["counts"]["unreadable_files"] == 1
     stats = json.loads((failed["dir"] / "stats" / "part-00000.json").read_text())
-    assert stats["damaged_records"] == [{"file": "a-damaged.warc.gz", "offset": offsets[1], "record_id": None,
-                                         "what": "gzip_error"}]
+    assert stats["damaged_records"] == [
+        {"file": "a-damaged.warc.gz", "offset": offsets[1], "record_id": None, "what": "gzip_error"}
+    ]
     assert [u["file"] for u in stats["unreadable"]] == ["c-not-gzip.warc.gz"]
     # the stage report lists the damaged record by file and offset (Prefect artifacts)
     from prefect import get_client
@@ -187,8 +208,13 @@ def test_cli_exit_codes_damage_only_is_0_an_unreadable_file_is_an_error_naming_i
 
     fp = failed["dir"].name[:16]
     with get_client(sync_client=True) as client:  # 3.8.8's clients send null filters: post the filter itself
-        found = client._client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [
-            key("ingest", "damaged", fp), key("ingest", "report", fp)]}}, "limit": 10}).json()
+        found = client._client.post(
+            "/artifacts/filter",
+            json={
+                "artifacts": {"key": {"any_": [key("ingest", "damaged", fp), key("ingest", "report", fp)]}},
+                "limit": 10,
+            },
+        ).json()
     by_key = {a["key"]: a["data"] for a in found}
     table = by_key[key("ingest", "damaged", fp)]
     table = json.loads(table) if isinstance(table, str) else table
@@ -217,7 +243,7 @@ def test_zstd_damage_costs_one_frame_and_is_counted(tmp_path, checksum, damage):
     path = tmp_path / "damaged.warc.zst"
     path.write_bytes(bytes(data))
     r = ingest_file(str(path), CONFIG)
-    assert _kept_ids(r) == good[:lost] + good[lost + 1:]
+    assert _kept_ids(r) == good[:lost] + good[lost + 1 :]
     assert r.counts["damaged"] == {what: 1}
     assert [d["offset"] for d in r.damaged_records] == [starts[lost]]
 
@@ -228,8 +254,9 @@ def test_jsonl_zstd_damage_costs_one_frame_and_is_counted_at_its_line(tmp_path, 
     goes on at the next frame, and the damage is counted once at the first line lost."""
     import zstandard
 
-    chunks = [[json.dumps({"id": f"{f}-{i}", "text": f"line {i} of frame {f}"}) + "\n" for i in range(3)]
-              for f in range(4)]
+    chunks = [
+        [json.dumps({"id": f"{f}-{i}", "text": f"line {i} of frame {f}"}) + "\n" for i in range(3)] for f in range(4)
+    ]
     frames = [zstandard.ZstdCompressor(write_checksum=True).compress("".join(c).encode()) for c in chunks]
     data = bytearray(b"".join(frames))
     ids = [[json.loads(line)["id"] for line in c] for c in chunks]
@@ -254,11 +281,11 @@ def test_header_damage_in_an_uncompressed_warc_costs_that_record_only(tmp_path, 
     good = _warcio_ids(b"".join(plain), tmp_path / "plain.warc")
     starts = [sum(map(len, plain[:i])) for i in range(len(plain))]
     data = bytearray(b"".join(plain))
-    data[starts[hit] + 1:starts[hit] + 5] = b"XXXX"  # "WARC/1.1" no longer
+    data[starts[hit] + 1 : starts[hit] + 5] = b"XXXX"  # "WARC/1.1" no longer
     path = tmp_path / "damaged.warc"
     path.write_bytes(bytes(data))
     r = ingest_file(str(path), CONFIG)
-    assert _kept_ids(r) == good[:hit] + good[hit + 1:]
+    assert _kept_ids(r) == good[:hit] + good[hit + 1 :]
     assert r.counts["damaged"] == {"bad_header": 1}
     assert [d["offset"] for d in r.damaged_records] == [starts[hit]]
 
@@ -269,15 +296,20 @@ def test_arc_urls_with_spaces_are_read(tmp_path):
 
     desc = b"1 0 crawl2llm-test\nURL IP-address Archive-date Content-type Archive-length\n"
     http = [b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n" + _page(n) for n in range(3)]
-    data = (arc_record("filedesc://test.arc 0.0.0.0 20240101000000 text/plain", desc)
-            + arc_record("http://example.com/a 1.2.3.4 20240101000000 text/html", http[0])
-            + arc_record("http://example.com/with a space.html 1.2.3.4 20240101000001 text/html", http[1])
-            + arc_record("http://example.com/c 1.2.3.4 20240101000002 text/html", http[2]))
+    data = (
+        arc_record("filedesc://test.arc 0.0.0.0 20240101000000 text/plain", desc)
+        + arc_record("http://example.com/a 1.2.3.4 20240101000000 text/html", http[0])
+        + arc_record("http://example.com/with a space.html 1.2.3.4 20240101000001 text/html", http[1])
+        + arc_record("http://example.com/c 1.2.3.4 20240101000002 text/html", http[2])
+    )
     path = tmp_path / "spaces.arc"
     path.write_bytes(data)
     with open(path, "rb") as f:
-        warcio_urls = [r.rec_headers.get_header("WARC-Target-URI") for r in WarcioIterator(f, arc2warc=True)
-                       if r.rec_type == "response"]
+        warcio_urls = [
+            r.rec_headers.get_header("WARC-Target-URI")
+            for r in WarcioIterator(f, arc2warc=True)
+            if r.rec_type == "response"
+        ]
     r = ingest_file(str(path), CONFIG)
     assert len(warcio_urls) == 3 and r.kept.num_rows == 3 and r.counts["damaged"] == {}
     assert r.kept.column("url").to_pylist()[1] == "http://example.com/with%20a%20space.html"

@@ -18,8 +18,15 @@ def test_plan_cuts_big_gzip_warcs_and_groups_small_files():
     plan = plan_shards(files, 300)
     pieces = [(p["url"], p["start"], p["end"]) for shard in plan for p in shard]
     # a: 1000 bytes in round(1000/300) = 3 ranges; d is not gzip per record, so it stays whole
-    assert pieces == [("a.warc.gz", 0, 334), ("a.warc.gz", 334, 668), ("a.warc.gz", 668, None),
-                      ("b.jsonl.gz", 0, None), ("c.warc.gz", 0, None), ("d.jsonl", 0, None), ("e.wet.gz", 0, None)]
+    assert pieces == [
+        ("a.warc.gz", 0, 334),
+        ("a.warc.gz", 334, 668),
+        ("a.warc.gz", 668, None),
+        ("b.jsonl.gz", 0, None),
+        ("c.warc.gz", 0, None),
+        ("d.jsonl", 0, None),
+        ("e.wet.gz", 0, None),
+    ]
     assert [len(s) for s in plan] == [1, 1, 1, 2, 1, 1]  # b and c share a shard
     assert plan == plan_shards(files, 300)
     assert plan_shards(files, 10**9) == [[{"url": u, "start": 0, "end": None} for u, _ in files]]
@@ -27,8 +34,9 @@ def test_plan_cuts_big_gzip_warcs_and_groups_small_files():
         plan_shards(files, 0)
 
 
-@pytest.mark.parametrize("name", ["ukwa-govuk-BL-20140325121225068.warc.gz", "aut-example.warc.gz",
-                                  "pywb-iana.warc.gz"])
+@pytest.mark.parametrize(
+    "name", ["ukwa-govuk-BL-20140325121225068.warc.gz", "aut-example.warc.gz", "pywb-iana.warc.gz"]
+)
 def test_pieces_of_a_cut_file_give_the_whole_file(shared_data, name):
     path = str(shared_data(f"warc/{name}"))
     whole = ingest_file(path, IngestConfig())
@@ -52,8 +60,14 @@ def test_ingest_stage_output_does_not_depend_on_the_shard_size(prefect_api, shar
 
     from flows.stages import ingest
 
-    inputs = [str(shared_data(rel)) for rel in ("warc/ukwa-govuk-BL-20140325121225068.warc.gz",
-                                                 "warc/cc-whirlwind.warc.gz", "text/dolma-ccnet-cc_en_head-0091.jsonl.gz")]
+    inputs = [
+        str(shared_data(rel))
+        for rel in (
+            "warc/ukwa-govuk-BL-20140325121225068.warc.gz",
+            "warc/cc-whirlwind.warc.gz",
+            "text/dolma-ccnet-cc_en_head-0091.jsonl.gz",
+        )
+    ]
     outputs = {}
     for shard_bytes in (200_000, 1 << 30):
         r = ingest(inputs, IngestConfig(shard_bytes=shard_bytes), store=str(tmp_path / str(shard_bytes)))

@@ -142,14 +142,25 @@ def test_a_url_with_a_password_is_refused_without_echoing_it(tmp_path):
 def test_listing_lines_must_stay_under_the_mirror(tmp_path):
     """A *.paths.gz from a mirror names files under cc_base_url only: not this machine's files, not
     another server."""
-    for n, bad in enumerate(["/etc/passwd.warc.gz", "http://elsewhere.example/x.warc.gz", "crawl-data/../../x.warc.gz",
-                             "s3://other-bucket/x.warc.gz"]):
+    for n, bad in enumerate(
+        [
+            "/etc/passwd.warc.gz",
+            "http://elsewhere.example/x.warc.gz",
+            "crawl-data/../../x.warc.gz",
+            "s3://other-bucket/x.warc.gz",
+        ]
+    ):
         listing = tmp_path / f"bad{n}.paths.gz"
         listing.write_bytes(gzip.compress(f"crawl-data/ok.warc.gz\n{bad}\n".encode()))
-        with pytest.raises(InputError, match=rf"listing .*bad{n}.paths.gz line 2: .* is not a path relative to "
-                                             r"https://mirror.example/"):
+        with pytest.raises(
+            InputError,
+            match=rf"listing .*bad{n}.paths.gz line 2: .* is not a path relative to "
+            r"https://mirror.example/",
+        ):
             read_listing(str(listing), "https://mirror.example/")
-    assert read_listing(str(listing), "https://mirror.example/", limit=1) == ["https://mirror.example/crawl-data/ok.warc.gz"]
+    assert read_listing(str(listing), "https://mirror.example/", limit=1) == [
+        "https://mirror.example/crawl-data/ok.warc.gz"
+    ]
 
 
 @pytest.fixture
@@ -182,8 +193,9 @@ def test_a_presigned_url_is_one_input_named_without_its_query(private_bucket):
 
 def _everything_stored(root) -> tuple[str, list[dict]]:
     """(every non-Parquet file under root as text, every Parquet row under root)."""
-    import pyarrow.parquet as pq
     from pathlib import Path
+
+    import pyarrow.parquet as pq
 
     text, rows = [], []
     for p in sorted(Path(root).rglob("*")):

@@ -44,8 +44,14 @@ def build_corpus(path: Path, folder: Path) -> dict:
         train_files.append(out.write_arrow(f"data/train/part-{i:05d}.arrow", train))
         val_files.append(out.write_arrow(f"data/val/part-{i:05d}.arrow", val))
         train_tables.append(train)
-    return {"tokenizer": tokenizer, "config": config, "tables": tables, "train_files": train_files,
-            "val_files": val_files, "train_tables": train_tables}
+    return {
+        "tokenizer": tokenizer,
+        "config": config,
+        "tables": tables,
+        "train_files": train_files,
+        "val_files": val_files,
+        "train_tables": train_tables,
+    }
 
 
 @pytest.fixture
@@ -62,13 +68,14 @@ def all_tokens(tables: list[pa.Table]) -> np.ndarray:
 
 # -- data --------------------------------------------------------------------------------------
 
+
 def test_stream_concatenates_files_in_order_without_copying(corpus):
     stream = TokenStream(corpus["train_files"])
     expected = all_tokens(corpus["train_tables"])
     assert len(stream) == len(expected) > 100_000
     assert np.array_equal(stream.slice(0, len(stream)), expected)
     first = len(all_tokens(corpus["train_tables"][:1]))
-    assert np.array_equal(stream.slice(first - 5, first + 5), expected[first - 5:first + 5])  # across the file edge
+    assert np.array_equal(stream.slice(first - 5, first + 5), expected[first - 5 : first + 5])  # across the file edge
     for chunk in stream.chunks:  # views into the memory-mapped files, not copies
         assert not chunk.flags.owndata and not chunk.flags.writeable
     assert stream.max_token() == expected.max() < corpus["tokenizer"].get_vocab_size()
@@ -79,8 +86,9 @@ def test_stream_concatenates_files_in_order_without_copying(corpus):
 def test_stream_reads_uint32_files(corpus, tmp_path):
     big = TokenizeConfig(vocab_size=70_000, val_fraction=0.0)
     table, _, _ = encode_table(corpus["tables"][0].slice(0, 300), corpus["tokenizer"], big)
-    small, _, _ = encode_table(corpus["tables"][0].slice(0, 300), corpus["tokenizer"], big.model_copy(
-        update={"vocab_size": 512}))
+    small, _, _ = encode_table(
+        corpus["tables"][0].slice(0, 300), corpus["tokenizer"], big.model_copy(update={"vocab_size": 512})
+    )
     st = Store(str(tmp_path)).stage("tokenize", "u32")
     s32 = TokenStream([st.write_arrow("a.arrow", table)])
     s16 = TokenStream([st.write_arrow("b.arrow", small)])
@@ -108,8 +116,8 @@ def test_batches_visit_every_window_once_per_epoch(corpus):
         assert x.shape == y.shape == (bs, block) and x.dtype == torch.int64
         assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one token
         seen += [torch.cat([xr, yr[-1:]]).numpy().tobytes() for xr, yr in zip(x, y)]
-    assert Counter(seen[:n]) == all_windows and Counter(seen[n:2 * n]) == all_windows
-    assert seen[:n] != seen[n:2 * n]  # each epoch has its own order
+    assert Counter(seen[:n]) == all_windows and Counter(seen[n : 2 * n]) == all_windows
+    assert seen[:n] != seen[n : 2 * n]  # each epoch has its own order
     x, y = windows_to_batch(stream, [5], block)
     assert np.array_equal(torch.cat([x[0], y[0, -1:]]).numpy(), everything[5])
 
@@ -163,6 +171,7 @@ def test_loader_errors_name_the_file(corpus, tmp_path):
 
 
 # -- model -------------------------------------------------------------------------------------
+
 
 def tiny(vocab: int = 512, **kw) -> GPTConfig:
     return GPTConfig(vocab_size=vocab, **{"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, **kw})
@@ -221,10 +230,12 @@ def test_rotary_is_relative():
     c = GPTConfig(vocab_size=10, block_size=16, n_head=1, n_embd=8, positions="rotary")
     cos, sin = rotary_tables(c)
     q, k = torch.randn(8), torch.randn(8)
+
     def at(v, pos):  # noqa: E306
         x = torch.zeros(1, 1, 16, 8)
         x[0, 0, pos] = v
         return apply_rotary(x, cos, sin)[0, 0, pos]
+
     assert torch.allclose(at(q, 3) @ at(k, 1), at(q, 12) @ at(k, 10), atol=1e-5)
     assert not torch.allclose(at(q, 3) @ at(k, 1), at(q, 3) @ at(k, 2), atol=1e-3)
     assert torch.allclose(at(q, 5).norm(), q.norm(), atol=1e-5)
@@ -274,8 +285,15 @@ def test_generate_is_seeded_and_stops_at_eos():
     torch.manual_seed(0)
     m = GPT(tiny()).eval()
     prompt = torch.tensor([[1, 2, 3]])
-    run = lambda seed, **kw: generate(m, prompt, 40, temperature=1.0, top_k=20,  # noqa: E731
-                                      generator=torch.Generator().manual_seed(seed), **kw)
+    run = lambda seed, **kw: generate(
+        m,
+        prompt,
+        40,
+        temperature=1.0,
+        top_k=20,  # noqa: E731
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
     a, b, other = run(7), run(7), run(8)
     assert a.shape == (1, 43) and torch.equal(a[:, :3], prompt)  # longer than block_size: the context slides
     assert torch.equal(a, b) and not torch.equal(a, other)
@@ -304,7 +322,9 @@ def test_kv_cache_gives_the_same_tokens(arch):
     cache = KVCache(m.config.n_layer)
     seq = torch.randint(0, 512, (1, 40))
     first, _ = m(seq[:, :30], cache=cache)
-    rest = torch.cat([m(seq[:, i:i + 1], cache=cache)[0] for i in range(30, 35)] + [m(seq[:, 35:], cache=cache)[0]], 1)
+    rest = torch.cat(
+        [m(seq[:, i : i + 1], cache=cache)[0] for i in range(30, 35)] + [m(seq[:, 35:], cache=cache)[0]], 1
+    )
     full, _ = m(seq)
     assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-5) and cache.length == 40
 

@@ -32,8 +32,10 @@ def books():
         held = [json.loads(line)["text"] for line in f][:3]
     config = TokenizeConfig(vocab_size=512, sample_chars=200_000)
     tokenizer = train_tokenizer(sample_texts([pa.table({"text": [train_text]})], config), config)
-    return {"docs": [held[0][20_000:26_000], held[1][30_000:33_000] + " naïve “café”", held[2][10_000:10_500]],
-            "tokenizer": tokenizer}
+    return {
+        "docs": [held[0][20_000:26_000], held[1][30_000:33_000] + " naïve “café”", held[2][10_000:10_500]],
+        "tokenizer": tokenizer,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def _direct_nats(model, tokenizer, doc: str) -> tuple[float, int]:
         for p in range(1, min(BLOCK, len(ids))):
             logits = model(torch.tensor([ids[:p]]))[0][0, -1].float()
             nats -= float(F.log_softmax(logits, -1)[ids[p]])
-        full = torch.tensor([ids[p - BLOCK:p] for p in range(BLOCK, len(ids))])
+        full = torch.tensor([ids[p - BLOCK : p] for p in range(BLOCK, len(ids))])
         if len(full):
             logp = F.log_softmax(model(full)[0][:, -1].float(), -1)
             nats -= float(logp[range(len(full)), ids[BLOCK:]].double().sum())
@@ -66,8 +68,9 @@ def _direct_nats(model, tokenizer, doc: str) -> tuple[float, int]:
 def test_bpb_equals_a_direct_computation(books, model, tmp_path):
     """stride 1: every token sees min(position, block_size) tokens, exactly what _direct_nats does."""
     tok, docs = books["tokenizer"], books["docs"][1:]
-    res = text_perplexity(model, tok, _jsonl(tmp_path / "two.jsonl", docs), EvalConfig(text_stride=1, batch_size=7),
-                          "cpu")
+    res = text_perplexity(
+        model, tok, _jsonl(tmp_path / "two.jsonl", docs), EvalConfig(text_stride=1, batch_size=7), "cpu"
+    )
     direct = [_direct_nats(model, tok, d) for d in docs]
     nats, tokens = sum(n for n, _ in direct), sum(t for _, t in direct)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
@@ -94,8 +97,8 @@ def test_non_overlapping_windows_are_the_default(books, model, tmp_path):
     with torch.no_grad():  # spans of BLOCK predicted tokens; the last one, shorter, still sees BLOCK tokens
         for first in range(1, len(ids), BLOCK):
             end = min(first + BLOCK, len(ids))
-            inputs = torch.tensor([ids[max(0, end - 1 - BLOCK):end - 1]])
-            logits = model(inputs)[0][0, -(end - first):].float()
+            inputs = torch.tensor([ids[max(0, end - 1 - BLOCK) : end - 1]])
+            logits = model(inputs)[0][0, -(end - first) :].float()
             nats += float(F.cross_entropy(logits, torch.tensor(ids[first:end]), reduction="sum"))
     assert res["stride"] == BLOCK and res["tokens"] == len(ids) - 1
     assert res["bits_per_byte"] == pytest.approx(nats / math.log(2) / len(doc.encode("utf-8")), rel=1e-5)

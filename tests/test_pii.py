@@ -15,8 +15,21 @@ import pytest
 from pydantic import ValidationError
 
 import pipeline.pii as pii
-from pipeline.pii import (BATCH_CHARS, ENTITIES, PHONE_REGIONS_EXACT, PiiConfig, Span, chunk_bounds, find_spans,
-                          presidio_spans, replace_spans, resolve_overlaps, scan, scrub, windows)
+from pipeline.pii import (
+    BATCH_CHARS,
+    ENTITIES,
+    PHONE_REGIONS_EXACT,
+    PiiConfig,
+    Span,
+    chunk_bounds,
+    find_spans,
+    presidio_spans,
+    replace_spans,
+    resolve_overlaps,
+    scan,
+    scrub,
+    windows,
+)
 from pipeline.schema import docs_from_rows
 from tests.test_dedup import GUTENBERG, gutenberg_windows
 
@@ -89,20 +102,36 @@ def assert_same_as_presidio(texts):
 
 
 def adversarial_texts():
-    edge = ["a@b.co", "call 212-555-0123", "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32",
-            "10.0.0.1", "fe80::1%eth0", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", "536-90-4399"]
+    edge = [
+        "a@b.co",
+        "call 212-555-0123",
+        "4111 1111 1111 1111",
+        "GB82 WEST 1234 5698 7654 32",
+        "10.0.0.1",
+        "fe80::1%eth0",
+        "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa",
+        "536-90-4399",
+    ]
     texts = [e for e in edge] + [e + "x" for e in edge] + ["x" + e for e in edge] + [" ".join(edge), "".join(edge)]
     texts += [
-        "jane.doe@example.com,john@example.org;x@y.io", "mail:" + "a" * 3000 + "@example.com.",
-        "(212) 555-0123" + " " * 2000 + "ext. 12 and 555-0100#", "1" + " " * 3000 + "x 2", "9" * 500,
-        "1 2 3 4 5 6 7 8 9 0 " * 20, "+44 20 7946 0958, +49 30 901820, +33 1 42 68 53 00, +91 22 2778 2000",
-        "０２０ ７９４６ ０９５８ and （２１２）５５５－０１２３", "٤١١١١١١١١١١١١١١١ ۵۳۶-۹۰-۴۳۹۹",  # Unicode digits
-        "2012-01-02 08:00:00 and 3/10/2011 and pp. 211-227 (2003)", "::ffff:192.168.0.1/96 and 2001:db8::1:0:0:1",
-        "x::y 1::2 :: ::1 1:2:3:4:5:6:7:8 a:b:c", "DE89370400440532013000 2 days; DE89 3704 0044 0532 0130 00",
+        "jane.doe@example.com,john@example.org;x@y.io",
+        "mail:" + "a" * 3000 + "@example.com.",
+        "(212) 555-0123" + " " * 2000 + "ext. 12 and 555-0100#",
+        "1" + " " * 3000 + "x 2",
+        "9" * 500,
+        "1 2 3 4 5 6 7 8 9 0 " * 20,
+        "+44 20 7946 0958, +49 30 901820, +33 1 42 68 53 00, +91 22 2778 2000",
+        "０２０ ７９４６ ０９５８ and （２１２）５５５－０１２３",
+        "٤١١١١١١١١١١١١١١١ ۵۳۶-۹۰-۴۳۹۹",  # Unicode digits
+        "2012-01-02 08:00:00 and 3/10/2011 and pp. 211-227 (2003)",
+        "::ffff:192.168.0.1/96 and 2001:db8::1:0:0:1",
+        "x::y 1::2 :: ::1 1:2:3:4:5:6:7:8 a:b:c",
+        "DE89370400440532013000 2 days; DE89 3704 0044 0532 0130 00",
         "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq and 3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy",
-        "\x00\x01 4111-1111-1111-1111 \ufffd", "tel:+1-212-555-0123;ext=42 ok",
+        "\x00\x01 4111-1111-1111-1111 \ufffd",
+        "tel:+1-212-555-0123;ext=42 ok",
     ]
-    book = ("The quick brown fox, in 1885, paid 12.50 at 10:30 to 555 0199 people. " * 300)
+    book = "The quick brown fox, in 1885, paid 12.50 at 10:30 to 555 0199 people. " * 300
     texts.append(book + " reader@example.org 212-555-0123 " + book)
     rng = random.Random(5)
     alphabet = "0123456789" * 4 + "  -.:@+()/x#,abcdeEXT\t\n%_ABCDGBZ"
@@ -132,15 +161,22 @@ def test_batching_does_not_change_results():
     assert together[7] == presidio_spans(big, ALL) and len(together[7]) > 100
 
 
-@pytest.mark.parametrize("entities, text, expected", [
-    (["PHONE_NUMBER"], "call （２１２）５５５－０１２３ now", "call <PHONE> now"),  # full-width digits
-    (["IP_ADDRESS"], "host dead:beef::cafe is up", "host <IP_ADDRESS> is up"),  # IPv6 with no digit
-    (["EMAIL_ADDRESS"], "write to jane.doe@example.co.uk today", "write to <EMAIL> today"),
-    (["CREDIT_CARD"], "card 4111-1111-1111-1111, not 4111 1111 1111 1112", "card <CREDIT_CARD>, not 4111 1111 1111 1112"),
-    (["IBAN_CODE"], "IBAN GB82 WEST 1234 5698 7654 32.", "IBAN <IBAN>."),
-    (["US_SSN"], "my ssn is 536-90-4399.", "my ssn is <SSN>."),
-    (["CRYPTO"], "wallet 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa here", "wallet <CRYPTO> here"),
-])
+@pytest.mark.parametrize(
+    "entities, text, expected",
+    [
+        (["PHONE_NUMBER"], "call （２１２）５５５－０１２３ now", "call <PHONE> now"),  # full-width digits
+        (["IP_ADDRESS"], "host dead:beef::cafe is up", "host <IP_ADDRESS> is up"),  # IPv6 with no digit
+        (["EMAIL_ADDRESS"], "write to jane.doe@example.co.uk today", "write to <EMAIL> today"),
+        (
+            ["CREDIT_CARD"],
+            "card 4111-1111-1111-1111, not 4111 1111 1111 1112",
+            "card <CREDIT_CARD>, not 4111 1111 1111 1112",
+        ),
+        (["IBAN_CODE"], "IBAN GB82 WEST 1234 5698 7654 32.", "IBAN <IBAN>."),
+        (["US_SSN"], "my ssn is 536-90-4399.", "my ssn is <SSN>."),
+        (["CRYPTO"], "wallet 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa here", "wallet <CRYPTO> here"),
+    ],
+)
 def test_each_recognizer(entities, text, expected):
     result = scrub(docs_from_rows([{"id": "a", "text": text}]), PiiConfig(entities=entities))
     assert result.kept.column("text").to_pylist() == [expected]
@@ -160,8 +196,10 @@ def test_huge_document_and_chunking(shared_data):
     out = result.kept.column("text")[0].as_py()
     assert "@example.org" not in out and out.count("<EMAIL>") >= 12
     # Chunked and unchunked runs find the same spans.
-    sample = " ".join(f"{w} mail{i}@example.com call (212) 555-{1000 + i} ip 10.0.{i % 250}.7"
-                      for i, w in enumerate(book[5_000:25_000].split(". ")))
+    sample = " ".join(
+        f"{w} mail{i}@example.com call (212) 555-{1000 + i} ip 10.0.{i % 250}.7"
+        for i, w in enumerate(book[5_000:25_000].split(". "))
+    )
     small = PiiConfig(max_chars=2_000)
     assert len(chunk_bounds(sample, small.max_chars)) > 10
     whole = find_spans(sample, PiiConfig(max_chars=1_000_000))
@@ -207,14 +245,25 @@ def test_no_network_and_no_error_logs(tmp_path, monkeypatch, caplog):
 
 
 def test_overlaps_placeholders_and_removal():
-    spans = [Span(0, 10, "PHONE_NUMBER", 0.4), Span(2, 12, "CREDIT_CARD", 1.0), Span(11, 14, "IP_ADDRESS", 0.6),
-             Span(20, 30, "PHONE_NUMBER", 0.4), Span(20, 25, "US_SSN", 0.4), Span(30, 32, "US_SSN", 0.5)]
-    assert resolve_overlaps(spans) == [Span(2, 12, "CREDIT_CARD", 1.0), Span(20, 30, "PHONE_NUMBER", 0.4),
-                                       Span(30, 32, "US_SSN", 0.5)]
+    spans = [
+        Span(0, 10, "PHONE_NUMBER", 0.4),
+        Span(2, 12, "CREDIT_CARD", 1.0),
+        Span(11, 14, "IP_ADDRESS", 0.6),
+        Span(20, 30, "PHONE_NUMBER", 0.4),
+        Span(20, 25, "US_SSN", 0.4),
+        Span(30, 32, "US_SSN", 0.5),
+    ]
+    assert resolve_overlaps(spans) == [
+        Span(2, 12, "CREDIT_CARD", 1.0),
+        Span(20, 30, "PHONE_NUMBER", 0.4),
+        Span(30, 32, "US_SSN", 0.5),
+    ]
     text = "ab4111111111111111 x"
     assert replace_spans(text, [Span(2, 18, "CREDIT_CARD", 1.0)], PiiConfig(short_names=False)) == "ab<CREDIT_CARD> x"
-    assert replace_spans(text, [Span(2, 18, "CREDIT_CARD", 1.0)], PiiConfig(placeholder="[{entity}]")) == \
-        "ab[CREDIT_CARD] x"
+    assert (
+        replace_spans(text, [Span(2, 18, "CREDIT_CARD", 1.0)], PiiConfig(placeholder="[{entity}]"))
+        == "ab[CREDIT_CARD] x"
+    )
     three = "a@example.com b@example.com c@example.com"
     docs = docs_from_rows([{"id": "many", "text": three}, {"id": "one", "text": "only a@example.com"}])
     result = scrub(docs, PiiConfig(max_spans_per_doc=2, short_names=False))
@@ -257,8 +306,9 @@ def test_a_failing_document_is_removed_emptied_and_counted(monkeypatch):
 
 
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch):
-    docs = docs_from_rows([{"id": "a", "text": "mail bob@example.com or ann@example.com"},
-                           {"id": "b", "text": "again bob@example.com"}])
+    docs = docs_from_rows(
+        [{"id": "a", "text": "mail bob@example.com or ann@example.com"}, {"id": "b", "text": "again bob@example.com"}]
+    )
     config = PiiConfig(replacement="pseudonym")
     monkeypatch.delenv(config.pseudonym_secret_env, raising=False)
     with pytest.raises(ValueError, match="CRAWL2LLM_PII_SECRET"):
@@ -282,8 +332,9 @@ def ruler_model(folder):
     import spacy
 
     nlp = spacy.blank("en")
-    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Jane Doe"},
-                                               {"label": "GPE", "pattern": "Paris"}])
+    nlp.add_pipe("entity_ruler").add_patterns(
+        [{"label": "PERSON", "pattern": "Jane Doe"}, {"label": "GPE", "pattern": "Paris"}]
+    )
     nlp.to_disk(folder)
     return str(folder)
 
@@ -304,9 +355,11 @@ def test_missing_ner_model_is_a_config_error():
 
 
 def test_non_english_binary_and_empty_documents_pass_with_counts():
-    rows = [{"id": "de", "text": "Ruf mich an: +49 30 901820, Mail an anna@beispiel.de", "language": "de"},
-            {"id": "bin", "text": "\x00\x01\x02\ufffd\x07 PK\x03\x04 4111 1111 1111 1111 \x00" * 50, "language": None},
-            {"id": "en", "text": "", "language": "en"}]
+    rows = [
+        {"id": "de", "text": "Ruf mich an: +49 30 901820, Mail an anna@beispiel.de", "language": "de"},
+        {"id": "bin", "text": "\x00\x01\x02\ufffd\x07 PK\x03\x04 4111 1111 1111 1111 \x00" * 50, "language": None},
+        {"id": "en", "text": "", "language": "en"},
+    ]
     result = scrub(docs_from_rows(rows), PiiConfig())
     de, binary, empty = result.kept.column("text").to_pylist()
     assert de == "Ruf mich an: <PHONE>, Mail an <EMAIL>" and "4111" not in binary and empty == ""
@@ -334,21 +387,31 @@ def test_phone_fast_path_matches_presidio_and_its_try_cap():
         text = head + "1/2 a " * n + number
         expected = _phone_results(us.analyze(text, ["PHONE_NUMBER"]))
         assert len(expected) == found and _phone_results(pii._phone_analyze(us, text, {})) == expected
-    texts = ["1 ext 2 and 12 x 3 and 123 ext. 4567", "x1x 1x2 (1) 2-3 +1 2 ++1 (2)", "1-800-FLOWERS 2023-11-05 12:30",
-             "12:30 2012-01-02 08:00 3/10/2011 211-227 (2003) 030 901820 0049 30 901820 +1 (212) 555-0123#"]
+    texts = [
+        "1 ext 2 and 12 x 3 and 123 ext. 4567",
+        "x1x 1x2 (1) 2-3 +1 2 ++1 (2)",
+        "1-800-FLOWERS 2023-11-05 12:30",
+        "12:30 2012-01-02 08:00 3/10/2011 211-227 (2003) 030 901820 0049 30 901820 +1 (212) 555-0123#",
+    ]
     for text in texts + adversarial_texts()[-40:]:
         cache: dict = {}
         for _ in range(2):  # the second time from the cache
-            assert _phone_results(pii._phone_analyze(every, text, cache)) == \
-                _phone_results(every.analyze(text, ["PHONE_NUMBER"])), text
+            assert _phone_results(pii._phone_analyze(every, text, cache)) == _phone_results(
+                every.analyze(text, ["PHONE_NUMBER"])
+            ), text
 
 
 @pytest.mark.parametrize("replacement", ["placeholder", "pseudonym"])
 def test_report_examples_show_each_scrubbed_type_in_context_without_the_value(monkeypatch, replacement):
     monkeypatch.setenv("CRAWL2LLM_PII_SECRET", "k1")
     config = PiiConfig(replacement=replacement)
-    texts = ["write to bob@example.com today", "call +1 212 555 0123 now, or mail ann@example.org",
-             "server at 192.168.14.7 is down", "nothing here", "mail bob@example.com again"]
+    texts = [
+        "write to bob@example.com today",
+        "call +1 212 555 0123 now, or mail ann@example.org",
+        "server at 192.168.14.7 is down",
+        "nothing here",
+        "mail bob@example.com again",
+    ]
     docs = docs_from_rows([{"id": str(i), "url": f"https://x.test/{i}", "text": t} for i, t in enumerate(texts)])
     kept = scrub(docs, config).kept.select(["url", "text"]).to_pylist()
     rows = pii.scrubbed_examples(kept, config, per_type=2, chars=12)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("command", [["flow-run", "ls"], ["deployment", "ls"], ["work-pool", "ls"],
-                                     ["artifact", "ls"], ["flow", "ls"]])
+@pytest.mark.parametrize(
+    "command", [["flow-run", "ls"], ["deployment", "ls"], ["work-pool", "ls"], ["artifact", "ls"], ["flow", "ls"]]
+)
 def test_prefect_list_commands_answer(prefect_server, command):
     url, env = prefect_server
     prefect = Path(sys.executable).with_name("prefect")

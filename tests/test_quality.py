@@ -14,8 +14,17 @@ from resiliparse.extract.html2text import extract_plain_text
 
 from pipeline.charset import decode_html
 from pipeline.http_message import content_type
-from pipeline.quality import (C4, C4_LINE_RULES, FINEWEB, FINEWEB_RECIPE, GOPHER_QUALITY, RULES, QualityConfig,
-                              evaluate, filter_quality, signal_names)
+from pipeline.quality import (
+    C4,
+    FINEWEB,
+    FINEWEB_RECIPE,
+    GOPHER_QUALITY,
+    RULES,
+    QualityConfig,
+    evaluate,
+    filter_quality,
+    signal_names,
+)
 from pipeline.schema import docs_from_rows
 from tests.test_dedup import GUTENBERG, gutenberg_windows
 
@@ -83,39 +92,50 @@ def test_real_gov_uk_pages(shared_data):
     assert reason["http://data.gov.uk/data/site-usage"] == "gopher_mean_word_length"  # URL/stat tables
     assert reason["http://data.gov.uk/contact"] == "gopher_word_count"
     assert reason["http://data.gov.uk/data/openspending-browse"] == "gopher_word_count"  # "Loading..."
-    for url in ("http://data.gov.uk/moderation-policy", "http://data.gov.uk/privacy", "http://data.gov.uk/about",
-                "http://data.gov.uk/blog/open-data-vision-leeds"):
+    for url in (
+        "http://data.gov.uk/moderation-policy",
+        "http://data.gov.uk/privacy",
+        "http://data.gov.uk/about",
+        "http://data.gov.uk/blog/open-data-vision-leeds",
+    ):
         assert reason[url] is None, url
     assert result.counts["docs_kept"] >= 20
     removed = result.removed.to_pylist()
     site_usage = next(r for r in removed if r["id"] == "http://data.gov.uk/data/site-usage")
-    assert site_usage["detail"].startswith("mean_word_length=") and "> max_mean_word_length=10.0" in site_usage["detail"]
+    assert (
+        site_usage["detail"].startswith("mean_word_length=") and "> max_mean_word_length=10.0" in site_usage["detail"]
+    )
 
 
 def test_pydoc_pages():
     """The demo crawls a local pydoc server: its reference pages pass, its lists and tables do not."""
+
     def text(url):
         return extract_plain_text(pydoc._url_handler(url, "text/html"), main_content=False)
+
     # API reference repeats its phrasing ("If specified, ...") past Gopher's repeated 5-gram limit
     assert failing(text("json.html")) == ["gopher_dup_ngrams"]
     assert failing(text("errno.html"))[0] == "gopher_alpha_words"  # symbol = number table
     assert failing(text("topics.html")) == ["gopher_stop_words"]  # a list of upper-case topic names
 
 
-@pytest.mark.parametrize("rule, text", [
-    ("gopher_word_count", " ".join(PROSE.split()[:40])),
-    ("gopher_word_count", " ".join([PROSE] * 900)),
-    ("gopher_mean_word_length", "the cat and the dog sat on a mat. " * 20),
-    ("gopher_mean_word_length", "the " + "internationalization incomprehensibilities " * 40 + "and the end"),
-    ("gopher_hash_ratio", PROSE + " #news" * 14),
-    ("gopher_ellipsis_ratio", PROSE.replace(" the ", " the... ")),
-    ("gopher_bullet_lines", "\n".join("• " + s for s in PROSE.split(". "))),
-    ("gopher_bullet_lines", "\n".join("  - " + s for s in PROSE.split(". "))),
-    ("gopher_ellipsis_lines", PROSE.replace(". ", " …\n", 3)),
-    ("gopher_alpha_words", PROSE + " " + " ".join(str(i) for i in range(36)) + " | | -- -- 3.14 2,024"),
-    ("gopher_stop_words", "Apples, pears, plums, cherries, peaches. " * 12),
-    ("gopher_stop_words", "Apples and pears, plums AND cherries, peaches And figs. " * 12),  # one stop word, often
-])
+@pytest.mark.parametrize(
+    "rule, text",
+    [
+        ("gopher_word_count", " ".join(PROSE.split()[:40])),
+        ("gopher_word_count", " ".join([PROSE] * 900)),
+        ("gopher_mean_word_length", "the cat and the dog sat on a mat. " * 20),
+        ("gopher_mean_word_length", "the " + "internationalization incomprehensibilities " * 40 + "and the end"),
+        ("gopher_hash_ratio", PROSE + " #news" * 14),
+        ("gopher_ellipsis_ratio", PROSE.replace(" the ", " the... ")),
+        ("gopher_bullet_lines", "\n".join("• " + s for s in PROSE.split(". "))),
+        ("gopher_bullet_lines", "\n".join("  - " + s for s in PROSE.split(". "))),
+        ("gopher_ellipsis_lines", PROSE.replace(". ", " …\n", 3)),
+        ("gopher_alpha_words", PROSE + " " + " ".join(str(i) for i in range(36)) + " | | -- -- 3.14 2,024"),
+        ("gopher_stop_words", "Apples, pears, plums, cherries, peaches. " * 12),
+        ("gopher_stop_words", "Apples and pears, plums AND cherries, peaches And figs. " * 12),  # one stop word, often
+    ],
+)
 def test_hand_made_texts_fail_exactly_one_rule(rule, text):
     """Gopher's quality rules one by one (some texts are repetitive too: repetition rules off)."""
     config = QualityConfig(rules=list(GOPHER_QUALITY))
@@ -129,17 +149,22 @@ def test_hand_made_texts_fail_exactly_one_rule(rule, text):
 SENTENCES = [s.strip() + "." for s in PROSE.split(".") if s.strip()]
 
 
-@pytest.mark.parametrize("rule, text", [
-    # 8 lines, 3 of them repeats of the first: 3/8 > 30% of lines
-    ("gopher_dup_lines", "\n".join(SENTENCES[:5] + [SENTENCES[0]] * 3)),
-    # a long paragraph repeated once in a text of short ones: few repeats, but > 20% of the characters
-    ("gopher_dup_paragraphs", "\n\n".join([PROSE] + [f"Note {i} of the day, with the sun and the rain."
-                                                     for i in range(12)] + [PROSE])),
-    # one 2-gram everywhere: "of the" covers > 20% of the characters
-    ("gopher_top_ngrams", " ".join(f"{w} of the" for w in PROSE.split()[:60])),
-    # a 40-word passage said twice, words otherwise distinct: repeated 5-grams cover > 15%
-    ("gopher_dup_ngrams", PROSE + " " + " ".join(PROSE.split()[:40])),
-])
+@pytest.mark.parametrize(
+    "rule, text",
+    [
+        # 8 lines, 3 of them repeats of the first: 3/8 > 30% of lines
+        ("gopher_dup_lines", "\n".join(SENTENCES[:5] + [SENTENCES[0]] * 3)),
+        # a long paragraph repeated once in a text of short ones: few repeats, but > 20% of the characters
+        (
+            "gopher_dup_paragraphs",
+            "\n\n".join([PROSE] + [f"Note {i} of the day, with the sun and the rain." for i in range(12)] + [PROSE]),
+        ),
+        # one 2-gram everywhere: "of the" covers > 20% of the characters
+        ("gopher_top_ngrams", " ".join(f"{w} of the" for w in PROSE.split()[:60])),
+        # a 40-word passage said twice, words otherwise distinct: repeated 5-grams cover > 15%
+        ("gopher_dup_ngrams", PROSE + " " + " ".join(PROSE.split()[:40])),
+    ],
+)
 def test_repetition_rules(rule, text):
     """Each text's first failing rule (its reason) is the one it was made for, and it passes
     Gopher's quality rules; repetition rules overlap (repeated lines are repeated n-grams too)."""
@@ -148,16 +173,22 @@ def test_repetition_rules(rule, text):
     assert failing(PROSE) == [] and failing(PROSE + "\n\n" + PROSE)[0] == "gopher_dup_paragraphs"
 
 
-@pytest.mark.parametrize("rule, text", [
-    # a list of links: few lines end a sentence
-    ("fineweb_line_punct", "\n".join(f"Read the story of the {w} and the river here" for w in PROSE.split()[:40])),
-    # a menu of short lines under a paragraph
-    ("fineweb_short_lines", PROSE + "\n" + "\n".join(f"See the {w} page." for w in PROSE.split()[:20])),
-    # one repeated line is over 1% of the characters
-    ("fineweb_dup_line_chars", PROSE + "\nAll rights reserved by the town council.\nAll rights reserved by the town council."),
-    # two long words per line, each line a sentence
-    ("fineweb_newline_ratio", "\n".join(f"Extraordinarily incomprehensible-{i}." for i in range(80))),
-])
+@pytest.mark.parametrize(
+    "rule, text",
+    [
+        # a list of links: few lines end a sentence
+        ("fineweb_line_punct", "\n".join(f"Read the story of the {w} and the river here" for w in PROSE.split()[:40])),
+        # a menu of short lines under a paragraph
+        ("fineweb_short_lines", PROSE + "\n" + "\n".join(f"See the {w} page." for w in PROSE.split()[:20])),
+        # one repeated line is over 1% of the characters
+        (
+            "fineweb_dup_line_chars",
+            PROSE + "\nAll rights reserved by the town council.\nAll rights reserved by the town council.",
+        ),
+        # two long words per line, each line a sentence
+        ("fineweb_newline_ratio", "\n".join(f"Extraordinarily incomprehensible-{i}." for i in range(80))),
+    ],
+)
 def test_fineweb_rules(rule, text):
     fineweb = QualityConfig(rules=list(FINEWEB))
     assert failing(text, fineweb)[0] == rule
@@ -219,7 +250,9 @@ WEB_PAGE = "\n".join(SENTENCES) + (
     "The river was first bridged in 1802 [1] and again in 1911 [citation needed].\n"  # citations cut
     "Read more about the history of the town\n"  # no terminal punctuation
     "The rest, as they say, is history...\n"  # an ellipsis is not an end
-    + "A" * 1001 + " is a very long word indeed.\n")  # a word over 1,000 characters
+    + "A" * 1001
+    + " is a very long word indeed.\n"
+)  # a word over 1,000 characters
 
 
 def c4(*rules, **fields):
@@ -230,24 +263,37 @@ def test_c4_line_cleaning_rewrites_kept_documents():
     result = filter_quality(docs_from_rows([{"id": "p", "text": WEB_PAGE}]), c4(*C4))
     text = result.kept.column("text")[0].as_py()
     assert text.split("\n") == SENTENCES + ["The river was first bridged in 1802  and again in 1911 ."]
-    assert result.counts["c4_lines"] == {"lines_in": len(SENTENCES) + 8, "c4_line_word_length": 1,
-                                         "c4_citations": 2, "c4_line_punct": 4, "c4_line_words": 0,
-                                         "c4_line_javascript": 1, "c4_line_policy": 1}
+    assert result.counts["c4_lines"] == {
+        "lines_in": len(SENTENCES) + 8,
+        "c4_line_word_length": 1,
+        "c4_citations": 2,
+        "c4_line_punct": 4,
+        "c4_line_words": 0,
+        "c4_line_javascript": 1,
+        "c4_line_policy": 1,
+    }
     # Each line rule alone drops only its own lines (C4 checks punctuation before words, so above
     # "Home" went for its punctuation); FineWeb's recipe leaves line punctuation alone.
-    for rule, gone, n in [("c4_line_words", "About us", 2), ("c4_line_policy", "uses cookies", 1),
-                          ("c4_line_javascript", "JavaScript", 1), ("c4_line_punct", "history of the town", 4)]:
+    for rule, gone, n in [
+        ("c4_line_words", "About us", 2),
+        ("c4_line_policy", "uses cookies", 1),
+        ("c4_line_javascript", "JavaScript", 1),
+        ("c4_line_punct", "history of the town", 4),
+    ]:
         kept = filter_quality(docs_from_rows([{"id": "p", "text": WEB_PAGE}]), c4(rule)).kept.column("text")[0]
         assert gone not in kept.as_py() and len(kept.as_py().split("\n")) == len(WEB_PAGE.split("\n")) - 1 - n, rule
     assert "c4_line_punct" not in FINEWEB_RECIPE and set(C4) - {"c4_line_punct"} <= set(FINEWEB_RECIPE)
     assert not set(C4) & set(QualityConfig().rules)  # off by default
 
 
-@pytest.mark.parametrize("rule, text", [
-    ("c4_lorem_ipsum", PROSE + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."),
-    ("c4_curly_bracket", PROSE + "\nWrite {name} in the template to show the value."),
-    ("c4_min_sentences", "One sentence here. Two of them now.\nThree is here! And four?"),
-])
+@pytest.mark.parametrize(
+    "rule, text",
+    [
+        ("c4_lorem_ipsum", PROSE + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."),
+        ("c4_curly_bracket", PROSE + "\nWrite {name} in the template to show the value."),
+        ("c4_min_sentences", "One sentence here. Two of them now.\nThree is here! And four?"),
+    ],
+)
 def test_c4_document_rules(rule, text):
     assert failing(text, c4(*C4)) == [rule]
     removed = filter_quality(docs_from_rows([{"id": "x", "text": text}]), c4(*C4)).removed.to_pylist()[0]
@@ -272,17 +318,21 @@ def test_fineweb_line_punct_counts_unicode_terminals():
 
 def test_signals_mode_flags_exactly_what_filtering_removes(shared_data):
     pages = list(html_pages(shared_data("warc/ukwa-govuk-BL-20140325121225068.warc.gz")))
-    table = docs_from_rows([{"id": url, "url": url, "text": text} for url, text in pages] + [
-        {"id": "web", "text": WEB_PAGE}, {"id": "empty", "text": ""}])
+    table = docs_from_rows(
+        [{"id": url, "url": url, "text": text} for url, text in pages]
+        + [{"id": "web", "text": WEB_PAGE}, {"id": "empty", "text": ""}]
+    )
     config = QualityConfig(rules=list(FINEWEB_RECIPE))
     filtered = filter_quality(table, config)
     signals = filter_quality(table, config.model_copy(update={"signals": True}))
     rows = signals.kept.to_pylist()
     assert signals.removed.num_rows == 0 and len(rows) == table.num_rows
-    assert [(r["id"], r["text"]) for r in rows if r["quality_reason"] is None] == \
-        [(r["id"], r["text"]) for r in filtered.kept.to_pylist()]
-    assert [(r["id"], r["quality_reason"], r["quality_detail"], r["text"]) for r in rows if r["quality_reason"]] == \
-        [(r["id"], r["reason"], r["detail"], r["text"]) for r in filtered.removed.to_pylist()]
+    assert [(r["id"], r["text"]) for r in rows if r["quality_reason"] is None] == [
+        (r["id"], r["text"]) for r in filtered.kept.to_pylist()
+    ]
+    assert [(r["id"], r["quality_reason"], r["quality_detail"], r["text"]) for r in rows if r["quality_reason"]] == [
+        (r["id"], r["reason"], r["detail"], r["text"]) for r in filtered.removed.to_pylist()
+    ]
     assert signals.counts["flagged"] == filtered.counts["removed"] and len(filtered.counts["removed"]) >= 3
     names = signal_names(config)
     assert [c for c in signals.kept.column_names if c.startswith("signal_")] == [f"signal_{n}" for n in names]
@@ -294,9 +344,12 @@ def test_signals_mode_flags_exactly_what_filtering_removes(shared_data):
 
 def test_size_guard_and_odd_text_pass_through():
     huge = "word " * 500_000  # 2.5 M characters: removed unread, fast, without a crash
-    odd = [{"id": "bin", "text": "\x00\x01\x02 ab \ufffd" * 100, "language": None},
-           {"id": "de", "text": "Der Fluss und die Stadt sind alt. " * 20, "language": "de"},
-           {"id": "huge", "text": huge, "language": "en"}, {"id": "ok", "text": PROSE, "language": "en"}]
+    odd = [
+        {"id": "bin", "text": "\x00\x01\x02 ab \ufffd" * 100, "language": None},
+        {"id": "de", "text": "Der Fluss und die Stadt sind alt. " * 20, "language": "de"},
+        {"id": "huge", "text": huge, "language": "en"},
+        {"id": "ok", "text": PROSE, "language": "en"},
+    ]
     result = filter_quality(docs_from_rows(odd), QualityConfig(rules=list(RULES)))
     reasons = dict(zip(result.removed.column("id").to_pylist(), result.removed.column("reason").to_pylist()))
     assert reasons["huge"] == "doc_max_chars" and reasons["bin"] == "gopher_mean_word_length"
@@ -313,7 +366,7 @@ def test_repeated_ngram_scan_matches_the_plain_loop():
     from pipeline.quality import Doc, _repeated_ngram_chars
 
     def plain(ws, n):
-        grams, seen, chars, i = [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)], set(), 0, 0
+        grams, seen, chars, i = [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)], set(), 0, 0
         while i < len(grams):
             if grams[i] in seen:
                 chars, i = chars + sum(map(len, grams[i])), i + n

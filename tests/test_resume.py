@@ -20,9 +20,15 @@ def _run(config_path: Path, env: dict, failpoint: str | None = None) -> subproce
     env = {**env, "CRAWL2LLM_WORKERS": "1"}
     if failpoint:
         env["CRAWL2LLM_FAILPOINT"] = failpoint
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config_path)], env=env,
-                          cwd=config_path.parent, capture_output=True, text=True, timeout=900,
-                          start_new_session=True)  # its own process group: the failpoint kills only the run
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(config_path)],
+        env=env,
+        cwd=config_path.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        start_new_session=True,
+    )  # its own process group: the failpoint kills only the run
 
 
 def _committed_files(store: Path) -> dict[str, bytes]:
@@ -47,9 +53,14 @@ def test_sigkill_then_rerun_gives_identical_bytes(prefect_server, tmp_path, shar
     done = _run(configs["straight"], env)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    for point, stage in [("dedup-signatures:1", "dedup-signatures"), ("dedup-pairs:0", "dedup-pairs"),
-                         ("dedup-clusters:0", "dedup-clusters"), ("dedup:1", "dedup"), ("tokenize:1", "tokenize"),
-                         ("train:step:20", "train")]:
+    for point, stage in [
+        ("dedup-signatures:1", "dedup-signatures"),
+        ("dedup-pairs:0", "dedup-pairs"),
+        ("dedup-clusters:0", "dedup-clusters"),
+        ("dedup:1", "dedup"),
+        ("tokenize:1", "tokenize"),
+        ("train:step:20", "train"),
+    ]:
         killed = _run(configs["killed"], env, failpoint=point)
         assert killed.returncode == -9, f"{point}: expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
         # the kill landed inside the stage: it had started and was not committed

@@ -55,8 +55,12 @@ def test_every_api_route_needs_the_auth_string(server):
     for path, method in routes:
         url = api + re.sub(r"\{[^}]+\}", fake, path)  # path parameters: any value will do
         for headers in ({}, basic("wrong"), {"Authorization": "Bearer " + AUTH[api]}):
-            status, _, _ = request(url, method, {**headers, "Content-Type": "application/json"},
-                                   b"{}" if method in ("POST", "PUT", "PATCH") else None)
+            status, _, _ = request(
+                url,
+                method,
+                {**headers, "Content-Type": "application/json"},
+                b"{}" if method in ("POST", "PUT", "PATCH") else None,
+            )
             answers.setdefault(status, []).append(f"{method} {path}")
     open_routes = {"GET /health", "GET /ready"}
     let_through = {r for status, rs in answers.items() if status != 401 for r in rs}
@@ -75,23 +79,33 @@ def test_a_flow_run_cannot_choose_what_the_worker_runs(server, tmp_path):
 
     _, api, _, _ = server
     marker = tmp_path / "pwned"
-    attacks = [{"command": f"touch {marker}"}, {"env": {"PYTHONSTARTUP": str(marker)}},
-               {"working_dir": str(tmp_path)}, {"command": f"touch {marker}", "stream_output": True}]
+    attacks = [
+        {"command": f"touch {marker}"},
+        {"env": {"PYTHONSTARTUP": str(marker)}},
+        {"working_dir": str(tmp_path)},
+        {"command": f"touch {marker}", "stream_output": True},
+    ]
     with api_client(api) as client:
         deployment = client.read_deployment_by_name("ingest/ingest")
         for variables in attacks:  # the pool's template offers none of these: the server refuses the run
             with pytest.raises(PrefectHTTPStatusError) as e:
-                client.create_flow_run_from_deployment(deployment.id, parameters={"inputs": ["x.warc.gz"]},
-                                                       job_variables=variables)
+                client.create_flow_run_from_deployment(
+                    deployment.id, parameters={"inputs": ["x.warc.gz"]}, job_variables=variables
+                )
             assert e.value.response.status_code == 422, e.value.response.text
         # A client with the auth string may still put Prefect's default template back: the worker
         # does not trust it, and refuses the run before any process starts.
         pool = client.read_work_pool("crawl2llm")
-        client.update_work_pool("crawl2llm", WorkPoolUpdate(
-            base_job_template=ProcessWorker.get_default_base_job_template()))
+        client.update_work_pool(
+            "crawl2llm", WorkPoolUpdate(base_job_template=ProcessWorker.get_default_base_job_template())
+        )
         try:
-            runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"inputs": ["x.warc.gz"]},
-                                                           job_variables=v) for v in attacks[:3]]
+            runs = [
+                client.create_flow_run_from_deployment(
+                    deployment.id, parameters={"inputs": ["x.warc.gz"]}, job_variables=v
+                )
+                for v in attacks[:3]
+            ]
             for run in runs:
                 final = wait_final(client, run.id, timeout_s=120)
                 assert final.state.type.value == "CRASHED", final.state
@@ -110,8 +124,9 @@ def test_cors_answers_only_the_ui_origin_and_hosts_are_checked(server):
     status, headers, _ = request(f"{api}/flow_runs/filter", "OPTIONS", {"Origin": ui, **preflight})
     assert status == 200 and headers.get("access-control-allow-origin") == ui
     # A write from a web page of another origin (no preflight: text/plain) meets the auth check.
-    status, _, _ = request(f"{api}/flow_runs/filter", "POST", {"Origin": "http://evil.example",
-                                                                "Content-Type": "text/plain"}, b"{}")
+    status, _, _ = request(
+        f"{api}/flow_runs/filter", "POST", {"Origin": "http://evil.example", "Content-Type": "text/plain"}, b"{}"
+    )
     assert status == 401
     # DNS rebinding: the right address under another name is refused, UI and API alike, even with the password.
     port = api.split(":")[2].split("/")[0]
@@ -125,15 +140,18 @@ def test_flow_runs_read_and_write_only_under_the_allowed_roots(server, tmp_path)
     _, api, _, allowed = server
     outside = tmp_path / "outside.warc.gz"  # pytest's tmp_path: not under the allowed folder
     outside.write_bytes(b"")
-    cases = [({"inputs": [str(outside)], "store": str(allowed / "store")}, "inputs"),
-             ({"inputs": [str(allowed / "missing.warc.gz")], "store": "/tmp/crawl2llm-elsewhere"}, "store"),
-             ({"inputs": [str(allowed / ".." / outside.parent.name / outside.name)], "store": str(allowed)}, "inputs")]
+    cases = [
+        ({"inputs": [str(outside)], "store": str(allowed / "store")}, "inputs"),
+        ({"inputs": [str(allowed / "missing.warc.gz")], "store": "/tmp/crawl2llm-elsewhere"}, "store"),
+        ({"inputs": [str(allowed / ".." / outside.parent.name / outside.name)], "store": str(allowed)}, "inputs"),
+    ]
     with api_client(api) as client:
         deployment = client.read_deployment_by_name("ingest/ingest")
         for parameters, field in cases:
             run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
             final = wait_final(client, run.id, timeout_s=180)
             assert final.state.is_failed(), final.state
-            assert f"{field}: " in final.state.message and "outside what this server lets" in final.state.message, \
+            assert f"{field}: " in final.state.message and "outside what this server lets" in final.state.message, (
                 final.state.message
+            )
     assert not (allowed / "store").exists() and not (tmp_path / "store").exists()

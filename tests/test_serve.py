@@ -26,20 +26,26 @@ from pipeline.tokenize import EOT, TokenizeConfig, train_tokenizer
 from tests.server_cmd import free_port
 from tests.test_browser import screenshots  # noqa: F401  (a fixture)
 
-TEXTS = ["How many legs does a spider have? A spider has eight legs. " * 2,
-         "Naïve café — “quotes”, 日本語 🙂.", "Rewrite the sentence in passive voice. The dog was walked by the boy."] * 30
+TEXTS = [
+    "How many legs does a spider have? A spider has eight legs. " * 2,
+    "Naïve café — “quotes”, 日本語 🙂.",
+    "Rewrite the sentence in passive voice. The dog was walked by the boy.",
+] * 30
 
 
 def _model_files(folder, chat_tokens: bool = True):
     tok = train_tokenizer(TEXTS, TokenizeConfig(vocab_size=400, min_frequency=1, chat_tokens=chat_tokens))
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=128,
-                       tie_embeddings=False)
+    config = GPTConfig(
+        vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=128, tie_embeddings=False
+    )
     model = GPT(config)
     with torch.no_grad():  # special tokens never win a greedy pick: answers run to max_tokens, long enough to check
         model.lm_head.weight[:6] = 0
-    torch.save({"model": model.state_dict(), "config": config.model_dump(), "vocab_size": config.vocab_size},
-               folder / "tiny.pt")
+    torch.save(
+        {"model": model.state_dict(), "config": config.model_dump(), "vocab_size": config.vocab_size},
+        folder / "tiny.pt",
+    )
     tok.save(str(folder / "tokenizer.json"))
     return str(folder / "tiny.pt"), str(folder / "tokenizer.json")
 
@@ -63,9 +69,28 @@ def _greedy(engine: Engine, ids: list[int], max_tokens: int) -> str:
 @pytest.fixture(scope="module")
 def server(files):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", files[0], "--tokenizer", files[1],
-                             "--device", "cpu", "--port", str(port), "--max-tokens", "64", "--name", "tiny"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "serve",
+            files[0],
+            "--tokenizer",
+            files[1],
+            "--device",
+            "cpu",
+            "--port",
+            str(port),
+            "--max-tokens",
+            "64",
+            "--name",
+            "tiny",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -93,8 +118,9 @@ QUESTIONS = [f"Question {i}: how many legs does a spider have?" for i in range(2
 
 
 def _chat(client, question, **kw):
-    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}],
-                                          temperature=0, max_tokens=24, **kw)
+    return client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24, **kw
+    )
 
 
 def test_openai_client_chat_streamed_and_not(client, engine):
@@ -125,8 +151,11 @@ def test_twenty_concurrent_requests_get_their_own_answers(client):
         together = list(pool.map(lambda q: _chat(client, q).choices[0].message.content, QUESTIONS))
     assert together == alone
     with ThreadPoolExecutor(20) as pool:
-        streamed = list(pool.map(lambda q: "".join(c.choices[0].delta.content or ""
-                                                   for c in _chat(client, q, stream=True)), QUESTIONS))
+        streamed = list(
+            pool.map(
+                lambda q: "".join(c.choices[0].delta.content or "" for c in _chat(client, q, stream=True)), QUESTIONS
+            )
+        )
     assert streamed == alone
 
 
@@ -146,8 +175,7 @@ def test_requests_over_the_limits_get_a_4xx_and_the_server_keeps_serving(server,
     status, body = _post(server + "/v1/chat/completions", big)
     assert status == 413 and "over the limit of 1048576 bytes" in body["error"]["message"]
     with pytest.raises(BadRequestError, match="max_tokens must be between 1 and 64, got 1000000000"):
-        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=10 ** 9)
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=10**9)
     with pytest.raises(NotFoundError, match="model 'gpt-4' not found; this server serves 'tiny'"):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(BadRequestError, match="role 'robot'"):
@@ -217,7 +245,7 @@ def test_the_chat_page_is_served_with_the_model_name_escaped(server):
 def test_stop_strings_end_the_answer_before_them_streamed_and_not(client, engine):
     want = _greedy(engine, engine.chat_ids([{"role": "user", "content": QUESTIONS[2]}]), 24)
     stop = want[6:9]
-    cut = want[:want.find(stop)]
+    cut = want[: want.find(stop)]
     reply = _chat(client, QUESTIONS[2], stop=[stop])
     assert reply.choices[0].message.content == cut and reply.choices[0].finish_reason == "stop"
     chunks = list(_chat(client, QUESTIONS[2], stop=stop, stream=True))

@@ -33,10 +33,15 @@ def server(server_home, tmp_path_factory):
     """The command, letting flow runs use the tests' temporary folders and the shared data, and
     reading a failpoint from a file the tests write (no flow run may set the worker's environment)."""
     allow = ("--allow", str(tmp_path_factory.getbasetemp()), "--allow", str(SHARED_DATA))
-    with crawl2llm_server(server_home, args=allow,
-                          extra_env={"CRAWL2LLM_FAILPOINT_FILE": str(server_home / "failpoint"),
-                                     # the scheduler looks for new schedules every 5 s, not every 60
-                                     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}) as s:
+    with crawl2llm_server(
+        server_home,
+        args=allow,
+        extra_env={
+            "CRAWL2LLM_FAILPOINT_FILE": str(server_home / "failpoint"),
+            # the scheduler looks for new schedules every 5 s, not every 60
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        },
+    ) as s:
         yield s
 
 
@@ -55,8 +60,11 @@ def shard_runs(client, since=None, until=None) -> dict[str, list]:
     runs = client.read_task_runs(task_run_filter=TaskRunFilter(), sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
     out: dict[str, list] = {}
     for r in runs:
-        if not re.fullmatch(r"[a-z-]+-\d{5}", r.name) or (since and r.created < since) or \
-                (until and r.created >= until):
+        if (
+            not re.fullmatch(r"[a-z-]+-\d{5}", r.name)
+            or (since and r.created < since)
+            or (until and r.created >= until)
+        ):
             continue
         out.setdefault(r.name, []).append(r)
     return out
@@ -66,8 +74,18 @@ def test_deployments_registered_nightly_schedule_off_until_switched_on(client):
     from prefect.client.schemas.sorting import DeploymentSort
 
     deps = {d.name: d for d in client.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)}
-    assert set(deps) >= {"pipeline", "pipeline-nightly", "crawl", "ingest", "dedup", "quality", "pii", "tokenize",
-                         "train", "evaluate"}
+    assert set(deps) >= {
+        "pipeline",
+        "pipeline-nightly",
+        "crawl",
+        "ingest",
+        "dedup",
+        "quality",
+        "pii",
+        "tokenize",
+        "train",
+        "evaluate",
+    }
     nightly = deps["pipeline-nightly"]
     assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 3 * * *", False)]
     # switched on in the UI, it stays on when `crawl2llm server` registers the deployments again
@@ -119,6 +137,7 @@ def test_quick_run_on_a_fresh_clone_is_refused_saying_what_to_fill(server, clien
 def test_the_form_marks_an_empty_input_before_the_run_is_made(client):
     """What the UI's form sends to the server's /ui/schemas/validate before it makes a run: an empty
     inputs list (or an empty item, or an empty source) comes back as an error on that field."""
+
     def errors(dep, values) -> dict:
         r = client._client.post("/ui/schemas/validate", json={"schema": dep.parameter_openapi_schema, "values": values})
         r.raise_for_status()
@@ -144,13 +163,22 @@ def test_the_form_marks_an_empty_input_before_the_run_is_made(client):
 
 
 def _runs_of(client, deployment_id, state: str | None = None) -> list:
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateName)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     flow_runs = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[state]))) if state else None
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                                 flow_run_filter=flow_runs, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200)
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=flow_runs,
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=200,
+    )
 
 
 def _wait_for(what: str, get, timeout_s: float = 90):
@@ -187,11 +215,18 @@ def test_a_schedule_switched_on_makes_runs_that_the_worker_completes(server, cli
     store = tmp_path / "store"
     params = {"inputs": [str(shared_data(INPUTS[0]))], "store": str(store)}
     due = datetime.now(timezone.utc) + timedelta(seconds=20)  # the scheduler makes runs that start after now
-    [schedule] = client.create_deployment_schedules(ingest.id, [DeploymentScheduleCreate(
-        schedule=IntervalSchedule(interval=timedelta(hours=1), anchor_date=due), active=True, parameters=params)])
+    [schedule] = client.create_deployment_schedules(
+        ingest.id,
+        [
+            DeploymentScheduleCreate(
+                schedule=IntervalSchedule(interval=timedelta(hours=1), anchor_date=due), active=True, parameters=params
+            )
+        ],
+    )
     try:
-        [first, *_] = _wait_for("scheduled ingest run", lambda: [r for r in _runs_of(client, ingest.id)
-                                                                 if r.auto_scheduled])
+        [first, *_] = _wait_for(
+            "scheduled ingest run", lambda: [r for r in _runs_of(client, ingest.id) if r.auto_scheduled]
+        )
         done = wait_final(client, first.id, timeout_s=180)
     finally:
         client.delete_deployment_schedule(ingest.id, schedule.id)
@@ -212,16 +247,20 @@ def test_a_run_made_while_another_connection_writes_waits_instead_of_failing(ser
     api, home = server[1], server[2].parent
     deployment = client.read_deployment_by_name("pipeline/pipeline")
     later = (datetime.now(timezone.utc) + timedelta(days=7)).isoformat()  # never picked up by the worker
-    body = {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}},  # the UI's request
-            "work_queue_name": deployment.work_queue_name,
-            "parameters": {"config": {"inputs": [str(SHARED_DATA / INPUTS[0])]}},  # what the form sends
-            "job_variables": {}, "enforce_parameter_schema": True}
+    body = {
+        "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}},  # the UI's request
+        "work_queue_name": deployment.work_queue_name,
+        "parameters": {"config": {"inputs": [str(SHARED_DATA / INPUTS[0])]}},  # what the form sends
+        "job_variables": {},
+        "enforce_parameter_schema": True,
+    }
     answer = {}
     headers = ui_headers(api)
 
     def create():  # plain httpx: Prefect's client would retry the 503 the UI shows
-        answer["r"] = httpx.post(f"{api}/deployments/{deployment.id}/create_flow_run", json=body, timeout=120,
-                                 headers=headers)
+        answer["r"] = httpx.post(
+            f"{api}/deployments/{deployment.id}/create_flow_run", json=body, timeout=120, headers=headers
+        )
 
     db = sqlite3.connect(home / "prefect.db", timeout=60, isolation_level=None)
     try:
@@ -244,8 +283,9 @@ def test_retry_from_the_api_resumes_without_recomputing(client, server_home, tmp
     from pipeline.ingest_plan import plan_shards
 
     inputs = [shared_data(rel) for rel in INPUTS]
-    cfg = tiny_config(str(tmp_path / "store"), [str(p) for p in inputs], stop_after="quality",
-                      ingest={"shard_bytes": 65_536})
+    cfg = tiny_config(
+        str(tmp_path / "store"), [str(p) for p in inputs], stop_after="quality", ingest={"shard_bytes": 65_536}
+    )
     n_shards = len(plan_shards([(str(p), p.stat().st_size) for p in inputs], cfg["ingest"]["shard_bytes"]))
     assert n_shards >= 3
     failing = f"quality-{n_shards - 1:05d}"  # the last shard: the others are done (or running) when it fails
@@ -263,8 +303,9 @@ def test_retry_from_the_api_resumes_without_recomputing(client, server_home, tmp
 
     # Retry: what the UI's button sends (the flow run keeps its id; run_count goes up)
     t_retry = datetime.now(timezone.utc)
-    client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry", scheduled_time=t_retry,
-                                                message="Retry from the test"), force=True)
+    client.set_flow_run_state(
+        run.id, Scheduled(name="AwaitingRetry", scheduled_time=t_retry, message="Retry from the test"), force=True
+    )
     second = wait_final(client, run.id)
     assert second.state.is_completed(), second.state
     assert second.id == run.id and second.run_count == 2

@@ -39,7 +39,8 @@ def test_the_books_instruction_set_renders_and_splits_as_the_book_does(records, 
     trained = [i for i, m in zip(examples[0].ids, examples[0].mask) if m]
     assert fmt.tokenizer.decode(trained, skip_special_tokens=False) == first["output"] + "<|end|>"
     assert fmt.tokenizer.decode(examples[0].ids, skip_special_tokens=False).startswith(
-        f"<|user|>{first['instruction']}\n\n{first['input']}<|end|><|assistant|>")
+        f"<|user|>{first['instruction']}\n\n{first['input']}<|end|><|assistant|>"
+    )
 
 
 def test_alpaca_prompt_trains_on_the_response_and_end_of_text(records, fmt):
@@ -52,8 +53,13 @@ def test_alpaca_prompt_trains_on_the_response_and_end_of_text(records, fmt):
 
 def test_chat_jsonl_gz_and_bad_records_are_named(tmp_path, fmt):
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
-    lines = [good, {"messages": [{"role": "user", "content": "no answer"}]}, {"instruction": "x"}, [1, 2],
-             {"messages": [{"role": "robot", "content": "x"}]}]
+    lines = [
+        good,
+        {"messages": [{"role": "user", "content": "no answer"}]},
+        {"instruction": "x"},
+        [1, 2],
+        {"messages": [{"role": "robot", "content": "x"}]},
+    ]
     path = tmp_path / "chat.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write("\n".join(json.dumps(line) for line in lines) + "\n")
@@ -61,8 +67,12 @@ def test_chat_jsonl_gz_and_bad_records_are_named(tmp_path, fmt):
     with pytest.raises(DataError, match=r"chat.jsonl.gz: record 2: no assistant message"):
         render_records(records, fmt, "chat.jsonl.gz")
     examples, skipped = render_records(records, fmt, "chat.jsonl.gz", skip_bad=True)
-    assert len(examples) == 1 and [s.split(": ")[1] for s in skipped] == ["record 2", "record 3", "record 4",
-                                                                         "record 5"]
+    assert len(examples) == 1 and [s.split(": ")[1] for s in skipped] == [
+        "record 2",
+        "record 3",
+        "record 4",
+        "record 5",
+    ]
     assert "`output` is missing" in skipped[1] and "not a JSON object" in skipped[2] and "role 'robot'" in skipped[3]
     (tmp_path / "broken.jsonl").write_text(json.dumps(good) + "\n{oops\n")
     with pytest.raises(DataError, match=r"broken.jsonl: line 2 is not valid JSON"):

@@ -46,8 +46,11 @@ def test_saves_commit_keep_two_and_load_bitwise(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     saved, loaded = optimizer.state_dict(), fresh_opt.state_dict()
     assert saved["param_groups"] == loaded["param_groups"]
-    assert all(torch.equal(value, loaded["state"][i][k]) for i, moments in saved["state"].items()
-               for k, value in moments.items())
+    assert all(
+        torch.equal(value, loaded["state"][i][k])
+        for i, moments in saved["state"].items()
+        for k, value in moments.items()
+    )
 
     # Resumed from step 4 by a run that then saves step 5: step 6 is a future this run abandoned.
     sharded_checkpoint.save(str(tmp_path), 5, model, optimizer, {"step": 5}, keep=2)
@@ -61,14 +64,19 @@ def test_a_killed_save_leaves_what_the_next_start_removes_and_damage_is_named(tm
     (tmp_path / "step-4.saving-123").mkdir()
     (tmp_path / "step-4.saving-123" / "__0_0.distcp").write_bytes(b"half")
     (tmp_path / "latest.json.saving-123").write_text("{")
-    assert sorted(os.path.basename(p) for p in sharded_checkpoint.remove_stale(str(tmp_path))) == \
-        ["latest.json.saving-123", "step-4.saving-123"]
+    assert sorted(os.path.basename(p) for p in sharded_checkpoint.remove_stale(str(tmp_path))) == [
+        "latest.json.saving-123",
+        "step-4.saving-123",
+    ]
     assert sorted(os.listdir(tmp_path)) == ["latest.json", "step-2"]
 
     shard = tmp_path / "step-2" / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])  # cut short
-    with pytest.raises(RuntimeError, match=r"sharded checkpoint .*step-2 \(named by .*latest.json\) is "
-                                           r"incomplete, missing __0_0.distcp"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"sharded checkpoint .*step-2 \(named by .*latest.json\) is "
+        r"incomplete, missing __0_0.distcp",
+    ):
         sharded_checkpoint.latest(str(tmp_path))
     shard.unlink()
     with pytest.raises(RuntimeError, match="incomplete, missing __0_0.distcp"):
@@ -87,8 +95,9 @@ def test_a_copy_on_a_memory_store_restores_a_lost_cache(tmp_path):
     folder = str(cache / "checkpoints")
     model, optimizer = trained(0)
     for step in (2, 4, 6):
-        sharded_checkpoint.upload(out, str(cache), sharded_checkpoint.save(folder, step, model, optimizer,
-                                                                           {"step": step}, keep=2))
+        sharded_checkpoint.upload(
+            out, str(cache), sharded_checkpoint.save(folder, step, model, optimizer, {"step": step}, keep=2)
+        )
     assert {r.split("/")[1] for r in out.list("checkpoints")} == {"latest.json", "step-4", "step-6"}
     before = {p: open(os.path.join(folder, "step-6", p), "rb").read() for p in os.listdir(f"{folder}/step-6")}
     for root, dirs, files in os.walk(cache, topdown=False):
@@ -113,7 +122,7 @@ def test_each_rank_holds_only_its_shard_at_load(tmp_path):
     assert [r["rank"] for r in rows] == [0, 1]
     for r in rows:
         assert r["bitwise"]
-        assert r["whole_bytes"] > 25 * 2 ** 20 and r["shard_bytes"] < 0.55 * r["whole_bytes"]
+        assert r["whole_bytes"] > 25 * 2**20 and r["shard_bytes"] < 0.55 * r["whole_bytes"]
         assert r["whole_load_peak"] >= r["whole_bytes"]  # the measure sees a whole-state load
-        assert r["sharded_load_peak"] <= 1.1 * r["shard_bytes"] + 2 ** 20
+        assert r["sharded_load_peak"] <= 1.1 * r["shard_bytes"] + 2**20
         assert r["sharded_load_peak"] < 0.6 * r["whole_bytes"]

@@ -43,8 +43,12 @@ def test_code_version_ignores_docstrings_comments_and_layout():
 
     source = inspect.getsource(pipeline.quality)
     first_def = source.index("\ndef ")
-    edited = ('"""Another module docstring."""\n# a new comment\n' + source[source.index("from __future__"):first_def]
-              + "\n\n# more comment\n" + source[first_def:].replace('"""', '"""Reworded. ', 1))
+    edited = (
+        '"""Another module docstring."""\n# a new comment\n'
+        + source[source.index("from __future__") : first_def]
+        + "\n\n# more comment\n"
+        + source[first_def:].replace('"""', '"""Reworded. ', 1)
+    )
     assert edited != source and code_text(edited) == code_text(source)
     assert code_text(source.replace("(\n", "(", 1)) == code_text(source)  # a line break inside brackets
     assert code_text(source.replace('f"signal_{name}"', 'f"signals_{name}"')) != code_text(source)  # a string in code

@@ -52,7 +52,10 @@ def test_a_link_opens_the_output_its_files_and_folders(browser, output):
     part = browser.get(_link(output, "data/part-00000.parquet"))
     assert part.content.startswith(b"PAR1") and "attachment" in part.headers["content-disposition"]
     page = browser.get(_link(output, "data/a_b <i>.html"))  # HTML from the store is a download, not a page
-    assert page.headers["content-type"] == "application/octet-stream" and page.headers["x-content-type-options"] == "nosniff"
+    assert (
+        page.headers["content-type"] == "application/octet-stream"
+        and page.headers["x-content-type-options"] == "nosniff"
+    )
     assert browser.get(_link(output)[:-1], follow_redirects=False).status_code == 307  # folder without its slash
 
 
@@ -86,10 +89,24 @@ def test_no_link_without_an_auth_string(monkeypatch, output):
 def test_count_rows_are_flat_and_drop_reasons_come_first():
     from flows.artifacts import count_rows, key
 
-    rows = count_rows({"chars_in": 10, "docs_in": 5, "docs_kept": 3, "rules": {"gopher": {"checked": 5, "failed": 2}},
-                       "removed": {"gopher": 2}, "history": [1, 2]})
-    assert [r["metric"] for r in rows] == ["removed.gopher", "docs_in", "docs_kept", "chars_in", "rules.gopher",
-                                           "history"]
+    rows = count_rows(
+        {
+            "chars_in": 10,
+            "docs_in": 5,
+            "docs_kept": 3,
+            "rules": {"gopher": {"checked": 5, "failed": 2}},
+            "removed": {"gopher": 2},
+            "history": [1, 2],
+        }
+    )
+    assert [r["metric"] for r in rows] == [
+        "removed.gopher",
+        "docs_in",
+        "docs_kept",
+        "chars_in",
+        "rules.gopher",
+        "history",
+    ]
     assert rows[4]["value"] == "checked 5, failed 2"
     assert all(isinstance(r["value"], (int, float, str)) for r in rows)
     assert key("Quality", "summary", "AB_12") == "quality-summary-ab-12"

@@ -74,8 +74,10 @@ def test_a_second_writer_waits_for_the_first(tmp_path):
     waiter = threading.Thread(target=lambda: got.append(_lock(tmp_path, msgs.append, poll_s=0.02).__enter__()))
     waiter.start()
     time.sleep(0.5)
-    assert not got and msgs == [f"waiting for lock {path} held by pid {os.getpid()} on {socket.gethostname()} "
-                                f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner['since']))}"]
+    assert not got and msgs == [
+        f"waiting for lock {path} held by pid {os.getpid()} on {socket.gethostname()} "
+        f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner['since']))}"
+    ]
     first.release()
     waiter.join(5)
     assert got and json.loads(open(path).read())["token"] == got[0].token
@@ -132,8 +134,9 @@ def test_a_dead_owner_on_this_host_is_taken_over_at_once(tmp_path):
     t0 = time.monotonic()
     with lock:
         assert time.monotonic() - t0 < 2
-    assert msgs == [f"taking over the lock {lock.path} of pid {pid} on {socket.gethostname()}: "
-                    f"pid {pid} is not running"]
+    assert msgs == [
+        f"taking over the lock {lock.path} of pid {pid} on {socket.gethostname()}: pid {pid} is not running"
+    ]
 
 
 def test_a_live_owner_on_this_host_is_not_taken_over(tmp_path):

@@ -18,28 +18,47 @@ from model.gpt import GPT, MODERN, GPTConfig
 from model.tasks import Item, accuracy, encode_pair, evaluate_task, load_task, score_pairs
 from pipeline.tokenize import TokenizeConfig, sample_texts, train_tokenizer
 
-FILES = {"hellaswag_val.klosax-preprocessed.jsonl.gz": 10042, "hellaswag_val_full.txt.bz2": 10042,
-         "llm-foundry/piqa.jsonl": 1838, "llm-foundry/arc_easy.jsonl": 2376, "llm-foundry/arc_challenge.jsonl": 1172,
-         "llm-foundry/winogrande.jsonl": 1267, "llm-foundry/winograd_wsc.jsonl": 273,
-         "llm-foundry/lambada_openai.jsonl": 5153, "llm-foundry/copa.jsonl": 100,
-         "llm-foundry/hellaswag_small.jsonl": 4}
+FILES = {
+    "hellaswag_val.klosax-preprocessed.jsonl.gz": 10042,
+    "hellaswag_val_full.txt.bz2": 10042,
+    "llm-foundry/piqa.jsonl": 1838,
+    "llm-foundry/arc_easy.jsonl": 2376,
+    "llm-foundry/arc_challenge.jsonl": 1172,
+    "llm-foundry/winogrande.jsonl": 1267,
+    "llm-foundry/winograd_wsc.jsonl": 273,
+    "llm-foundry/lambada_openai.jsonl": 5153,
+    "llm-foundry/copa.jsonl": 100,
+    "llm-foundry/hellaswag_small.jsonl": 4,
+}
 # The first item of each file as lm-eval prompts it: (context of the gold choice, gold continuation).
-FIRST = {"llm-foundry/piqa.jsonl": ("Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:",
-                                    " Provide the guinea pig with a cage full of a few inches of bedding made of "
-                                    "ripped paper strips, you will also need to supply it with a water bottle and "
-                                    "a food dish."),
-         "llm-foundry/arc_easy.jsonl": ("Question: Which statement best explains why photosynthesis is the "
-                                        "foundation of most food webs?\nAnswer:",
-                                        " Sunlight is the source of energy for nearly all ecosystems."),
-         "llm-foundry/arc_challenge.jsonl": ("Question: An astronomer observes that a planet rotates faster after a "
-                                             "meteorite impact. Which is the most likely effect of this increase "
-                                             "in rotation?\nAnswer:", " Planetary days will become shorter."),
-         "llm-foundry/copa.jsonl": ("The man turned on the faucet therefore", " water flowed from the spout."),
-         "llm-foundry/winogrande.jsonl": ("Sarah was a much better surgeon than Maria so Maria",
-                                          " always got the easier cases."),
-         "hellaswag_val_full.txt.bz2": ("Roof shingle removal: A man is sitting on a roof. he",
-                                        " starts pulling up roofing on a roof."),
-         "llm-foundry/lambada_openai.jsonl": ("In my palm is a clear stone", " signs")}
+FIRST = {
+    "llm-foundry/piqa.jsonl": (
+        "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:",
+        " Provide the guinea pig with a cage full of a few inches of bedding made of "
+        "ripped paper strips, you will also need to supply it with a water bottle and "
+        "a food dish.",
+    ),
+    "llm-foundry/arc_easy.jsonl": (
+        "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:",
+        " Sunlight is the source of energy for nearly all ecosystems.",
+    ),
+    "llm-foundry/arc_challenge.jsonl": (
+        "Question: An astronomer observes that a planet rotates faster after a "
+        "meteorite impact. Which is the most likely effect of this increase "
+        "in rotation?\nAnswer:",
+        " Planetary days will become shorter.",
+    ),
+    "llm-foundry/copa.jsonl": ("The man turned on the faucet therefore", " water flowed from the spout."),
+    "llm-foundry/winogrande.jsonl": (
+        "Sarah was a much better surgeon than Maria so Maria",
+        " always got the easier cases.",
+    ),
+    "hellaswag_val_full.txt.bz2": (
+        "Roof shingle removal: A man is sitting on a roof. he",
+        " starts pulling up roofing on a roof.",
+    ),
+    "llm-foundry/lambada_openai.jsonl": ("In my palm is a clear stone", " signs"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +101,10 @@ def test_hellaswag_text_layout_equals_jsonl(shared_data):
 def _loglik(model, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
     """One pair scored alone, as lm-eval does: the last block_size + 1 tokens, the continuation's end."""
     block = model.config.block_size
-    seq = (ctx + cont)[-(block + 1):]
-    cont = cont[-(len(seq) - 1):]
+    seq = (ctx + cont)[-(block + 1) :]
+    cont = cont[-(len(seq) - 1) :]
     with torch.no_grad():
-        logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].float(), -1)[len(seq) - 1 - len(cont):]
+        logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0][0].float(), -1)[len(seq) - 1 - len(cont) :]
     return float(logp[range(len(cont)), cont].sum()), logp.argmax(-1).tolist() == cont
 
 
@@ -104,8 +123,10 @@ def test_each_format_scores_real_items(name, tokenizer, shared_data):
         assert res["perplexity"] == pytest.approx(math.exp(-sum(s for s, _ in alone) / 5), rel=1e-4)
         assert set(res) == {"items", "acc", "perplexity"}
     else:
-        alone = [[_loglik(model, *encode_pair(tokenizer, c, k))[0] for c, k in zip(it.contexts, it.continuations)]
-                 for it in items]
+        alone = [
+            [_loglik(model, *encode_pair(tokenizer, c, k))[0] for c, k in zip(it.contexts, it.continuations)]
+            for it in items
+        ]
         assert res == accuracy(items, alone)
 
 

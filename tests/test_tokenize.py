@@ -18,9 +18,22 @@ import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer
 
-from pipeline.tokenize import (CHAT_TOKENS, EOT, PAD, SPECIAL_TOKENS, TokenizeConfig, encode_table, encode_threads,
-                               sample_texts, shard_order, token_dtype, train_tokenizer, transformers_files, val_cut,
-                               val_draw)
+from pipeline.tokenize import (
+    CHAT_TOKENS,
+    EOT,
+    PAD,
+    SPECIAL_TOKENS,
+    TokenizeConfig,
+    encode_table,
+    encode_threads,
+    sample_texts,
+    shard_order,
+    token_dtype,
+    train_tokenizer,
+    transformers_files,
+    val_cut,
+    val_draw,
+)
 from storage import StageDir, Store
 
 GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
@@ -74,8 +87,12 @@ def _tokenizer(path: Path, config_json: str):
 
 def test_round_trip_on_real_books(books, tokenizer, config):
     table = paragraphs_table(books[1:], limit=3000)  # books the BPE was not trained on
-    extra = pa.table({"id": ["odd-1", "odd-2", "odd-3"],
-                      "text": ["naïve café — “quotes” 日本語 🙂\ttabs\r\n", "  leading spaces", "x<|endoftext|>y"]})
+    extra = pa.table(
+        {
+            "id": ["odd-1", "odd-2", "odd-3"],
+            "text": ["naïve café — “quotes” 日本語 🙂\ttabs\r\n", "  leading spaces", "x<|endoftext|>y"],
+        }
+    )
     table = pa.concat_tables([table, extra])
     train, val, counts = encode_table(table, tokenizer, config)
     eot = tokenizer.token_to_id(EOT)
@@ -87,8 +104,9 @@ def test_round_trip_on_real_books(books, tokenizer, config):
         assert eot not in tokens[:-1], f"{doc_id}: a literal {EOT} in the text must not become the special token"
         assert tokenizer.decode(tokens[:-1], skip_special_tokens=False) == by_id[doc_id]
     assert counts["chars"] == sum(len(t) for t in by_id.values())
-    assert counts["train_tokens"] + counts["val_tokens"] == len(pa.concat_arrays(
-        [c.flatten() for c in both.column("tokens").chunks]))
+    assert counts["train_tokens"] + counts["val_tokens"] == len(
+        pa.concat_arrays([c.flatten() for c in both.column("tokens").chunks])
+    )
     # BPE compresses real English: well under one token per 2 characters even at vocab 1024.
     assert counts["train_tokens"] + counts["val_tokens"] < counts["chars"] / 2
 
@@ -110,13 +128,21 @@ def test_tokenizer_file_is_deterministic(books, config, tmp_path):
     first = train_tokenizer(texts, config).to_str(pretty=True)
     assert train_tokenizer(iter(texts), config).to_str(pretty=True) == first
     (tmp_path / "texts.json").write_text(json.dumps(texts))
-    script = ("import json, sys; from pipeline.tokenize import TokenizeConfig, train_tokenizer;"
-              "c = TokenizeConfig.model_validate_json(sys.argv[2]);"
-              "sys.stdout.write(train_tokenizer(json.load(open(sys.argv[1])), c).to_str(pretty=True))")
+    script = (
+        "import json, sys; from pipeline.tokenize import TokenizeConfig, train_tokenizer;"
+        "c = TokenizeConfig.model_validate_json(sys.argv[2]);"
+        "sys.stdout.write(train_tokenizer(json.load(open(sys.argv[1])), c).to_str(pretty=True))"
+    )
     for threads in ("1", "2"):
         env = {**os.environ, "RAYON_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "true"}
-        out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "texts.json"), config.model_dump_json()],
-                             cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "texts.json"), config.model_dump_json()],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert hashlib.sha256(out.encode()).hexdigest() == hashlib.sha256(first.encode()).hexdigest(), threads
 
 
@@ -133,7 +159,7 @@ def test_sample_texts_takes_the_first_chars_in_order_and_stops_reading(books):
     sample = list(sample_texts(lazily(), config))
     assert sum(len(s) for s in sample) == 150_000
     everything = [t for tab in tables for t in tab.column("text").to_pylist()]
-    assert sample[:-1] == everything[:len(sample) - 1]
+    assert sample[:-1] == everything[: len(sample) - 1]
     assert everything[len(sample) - 1].startswith(sample[-1])
     assert len(consumed) < len(tables)  # the sample fits in the first book; later ones were never read
 
@@ -174,7 +200,8 @@ def test_val_cut_holds_out_a_minimum_on_small_corpora(books, tokenizer):
     assert sorted(i for h in halves for i in h.column("id").to_pylist()) == sorted(lowest)
     # never every document, and val_fraction 0 means no validation set
     assert val_cut(ids[:3], config.model_copy(update={"min_val_docs": 10})) == pytest.approx(
-        sorted(val_draw(i) for i in ids[:3])[1], rel=1e-12)
+        sorted(val_draw(i) for i in ids[:3])[1], rel=1e-12
+    )
     assert val_cut(ids[:1], config) == 0.05
     assert val_cut(ids[:12], config.model_copy(update={"val_fraction": 0.0})) == 0.0
 
@@ -240,10 +267,13 @@ def test_tokenizer_folder_loads_in_transformers_with_our_ids(books, config, tmp_
     assert sorted(p.name for p in folder.iterdir()) == sorted(["tokenizer.json", *transformers_files()])
     ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
     options = json.loads((folder / "tokenizer_config.json").read_text())
-    loaded = [AutoTokenizer.from_pretrained(str(folder)),
-              PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **options)]
-    table = pa.concat_tables([paragraphs_table(books[1:2], limit=500),
-                              pa.table({"id": ["odd"], "text": ["naïve 🙂 x<|endoftext|>y\r\n  "]})])
+    loaded = [
+        AutoTokenizer.from_pretrained(str(folder)),
+        PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **options),
+    ]
+    table = pa.concat_tables(
+        [paragraphs_table(books[1:2], limit=500), pa.table({"id": ["odd"], "text": ["naïve 🙂 x<|endoftext|>y\r\n  "]})]
+    )
     train, val, _ = encode_table(table, ours, config.model_copy(update={"val_fraction": 0.0}))
     texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
     for hf in loaded:

@@ -27,9 +27,22 @@ GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
 ROOT = Path(__file__).resolve().parents[1]
 _CACHE: dict = {}
 
-CONFIG = TrainConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, batch_size=8, max_steps=40, warmup_steps=5,
-                     learning_rate=3e-3, min_lr=3e-4, eval_interval=10, eval_batches=4, checkpoint_interval=10,
-                     device="cpu", log_interval=1)
+CONFIG = TrainConfig(
+    block_size=32,
+    n_layer=2,
+    n_head=2,
+    n_embd=32,
+    batch_size=8,
+    max_steps=40,
+    warmup_steps=5,
+    learning_rate=3e-3,
+    min_lr=3e-4,
+    eval_interval=10,
+    eval_batches=4,
+    checkpoint_interval=10,
+    device="cpu",
+    log_interval=1,
+)
 
 
 def build_corpus(path: Path, folder: Path) -> dict:
@@ -43,10 +56,15 @@ def build_corpus(path: Path, folder: Path) -> dict:
     train_t, val_t, _ = encode_table(table, tokenizer, config)
     out = Store(str(folder)).stage("tokenize", "test")
     tok_path = out.write_bytes("tokenizer.json", tokenizer.to_str().encode())
-    return {"train": [out.write_arrow("data/train/part-00000.arrow", train_t)],
-            "val": [out.write_arrow("data/val/part-00000.arrow", val_t)],
-            "vocab": tokenizer.get_vocab_size(), "tokenizer": tokenizer, "tokenizer_path": tok_path,
-            "val_table": val_t, "docs": table}
+    return {
+        "train": [out.write_arrow("data/train/part-00000.arrow", train_t)],
+        "val": [out.write_arrow("data/val/part-00000.arrow", val_t)],
+        "vocab": tokenizer.get_vocab_size(),
+        "tokenizer": tokenizer,
+        "tokenizer_path": tok_path,
+        "val_table": val_t,
+        "docs": table,
+    }
 
 
 @pytest.fixture
@@ -59,8 +77,9 @@ def corpus(shared_data, tmp_path_factory):
 
 def run(corpus, out: Path, config: TrainConfig = CONFIG, stop_after=None) -> tuple[dict, list[dict]]:
     events: list[dict] = []
-    summary = train(corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append,
-                    stop_after=stop_after)
+    summary = train(
+        corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append, stop_after=stop_after
+    )
     return summary, events
 
 
@@ -135,12 +154,20 @@ def test_stop_and_resume_is_bitwise_identical(baseline, corpus, tmp_path):
 def train_killed(corpus, out: Path, prelude: str, config: TrainConfig = CONFIG) -> None:
     """Train config in another process that runs `prelude` first (defining log(), which kills it
     somewhere with SIGKILL); checks that it died so."""
-    script = ("import json, os, signal, sys, torch\n"
-              "from model.train import TrainConfig, train\n"
-              "a = json.loads(sys.argv[1])\n" + prelude +
-              "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'], log=log)\n")
-    args = {"train": corpus["train"], "val": corpus["val"], "vocab": corpus["vocab"],
-            "config": config.model_dump(), "out": str(out)}
+    script = (
+        "import json, os, signal, sys, torch\n"
+        "from model.train import TrainConfig, train\n"
+        "a = json.loads(sys.argv[1])\n"
+        + prelude
+        + "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'], log=log)\n"
+    )
+    args = {
+        "train": corpus["train"],
+        "val": corpus["val"],
+        "vocab": corpus["vocab"],
+        "config": config.model_dump(),
+        "out": str(out),
+    }
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
 
@@ -149,12 +176,16 @@ def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
     """SIGKILL in another process at step 23 or the first logged step after the step-20 checkpoint
     committed (a background save may take a few steps), resume here: the same model.pt as the
     uninterrupted run."""
-    train_killed(corpus, tmp_path, "saved = []\n"
-                                   "def log(e):\n"
-                                   "    if e.get('checkpoint') and e['step'] == 20:\n"
-                                   "        saved.append(20)\n"
-                                   "    if e.get('step', 0) >= 23 and 'loss' in e and saved:\n"
-                                   "        os.kill(os.getpid(), signal.SIGKILL)\n")
+    train_killed(
+        corpus,
+        tmp_path,
+        "saved = []\n"
+        "def log(e):\n"
+        "    if e.get('checkpoint') and e['step'] == 20:\n"
+        "        saved.append(20)\n"
+        "    if e.get('step', 0) >= 23 and 'loss' in e and saved:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n",
+    )
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 20
     assert not (tmp_path / "model.pt").exists()
     summary, events = run(corpus, tmp_path)
@@ -224,8 +255,13 @@ def test_bad_inputs_are_named(corpus, tmp_path):
     with pytest.raises(ValueError, match=r"token id \d+ does not fit vocab_size 100: .*part-00000.arrow"):
         train(corpus["train"], corpus["val"], 100, CONFIG, str(tmp_path))
     with pytest.raises(ValueError, match=r"less than one window of block_size \+ 1 = 50001 tokens: .*val/part-00000"):
-        train(corpus["train"], corpus["val"], corpus["vocab"],
-              CONFIG.model_copy(update={"block_size": 50_000}), str(tmp_path))
+        train(
+            corpus["train"],
+            corpus["val"],
+            corpus["vocab"],
+            CONFIG.model_copy(update={"block_size": 50_000}),
+            str(tmp_path),
+        )
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(ValueError):
         TrainConfig(n_layers=3)
@@ -256,8 +292,17 @@ def test_modern_architecture_resumes_bitwise_and_checkpointing_changes_nothing(c
 def test_loss_guard_skips_or_stops_a_diverging_run(corpus, tmp_path):
     """An absurd learning rate blows the loss up: 'stop' names the step and the data position,
     'skip' skips updates until too many in a row, 'off' lets the run go on."""
-    bad = CONFIG.model_copy(update={"learning_rate": 50.0, "min_lr": 50.0, "warmup_steps": 0, "grad_clip": 0,
-                                    "max_steps": 30, "eval_interval": 30, "spike_factor": 1.5})
+    bad = CONFIG.model_copy(
+        update={
+            "learning_rate": 50.0,
+            "min_lr": 50.0,
+            "warmup_steps": 0,
+            "grad_clip": 0,
+            "max_steps": 30,
+            "eval_interval": 30,
+            "spike_factor": 1.5,
+        }
+    )
     with pytest.raises(TrainingDiverged, match=r"step \d+: .*\(data epoch 0 window \d+\); loss_guard='stop'"):
         run(corpus, tmp_path / "stop", bad.model_copy(update={"loss_guard": "stop"}))
     with pytest.raises(TrainingDiverged, match="6 updates in a row skipped"):
@@ -288,13 +333,13 @@ def test_evaluate_is_deterministic_and_consistent(baseline, corpus):
     assert 1.5 < a["val_bytes"] / a["val_tokens"] < 4  # English BPE at vocab 512
     assert a["val_loss"] < math.log(corpus["vocab"]) - 0.5  # trained: far better than uniform
     # The training-time val_loss covered the first 4 batches of 8 windows; evaluate sees the same start.
-    first = evaluate(model_path, corpus["tokenizer_path"], corpus["val"],
-                     config.model_copy(update={"val_batches": 2}))
+    first = evaluate(model_path, corpus["tokenizer_path"], corpus["val"], config.model_copy(update={"val_batches": 2}))
     assert first["val_loss"] == pytest.approx(baseline["summary"]["final_val_loss"], rel=1e-5)
     assert [s["prompt"] for s in a["samples"]] == config.prompts
     assert all(isinstance(s["completion"], str) and s["completion"] for s in a["samples"])
-    other = evaluate(model_path, corpus["tokenizer_path"], corpus["val"],
-                     config.model_copy(update={"seed": 1, "val_batches": 1}))
+    other = evaluate(
+        model_path, corpus["tokenizer_path"], corpus["val"], config.model_copy(update={"seed": 1, "val_batches": 1})
+    )
     assert other["samples"] != a["samples"]
 
 
@@ -307,13 +352,22 @@ def test_a_training_checkpoint_loads_as_a_model(baseline, corpus):
     model = load_model(str(baseline["out"] / "model.pt"))
     assert final.config == model.config
     assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), model.state_dict().values()))
-    assert describe(model) == {"architecture": "gpt2", "params": model.num_params(), "n_layer": 2, "n_head": 2,
-                               "n_embd": 32, "block_size": 32, "vocab_size": corpus["vocab"]}
+    assert describe(model) == {
+        "architecture": "gpt2",
+        "params": model.num_params(),
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "block_size": 32,
+        "vocab_size": corpus["vocab"],
+    }
     config = EvalConfig(max_new_tokens=4, val_batches=2, device="cpu")
     from_ckpt = evaluate(str(baseline["out"] / CHECKPOINT), corpus["tokenizer_path"], corpus["val"], config)
     assert from_ckpt["model"]["tokens_seen"] == 40 * 8 * 32
-    assert from_ckpt["val_loss"] == evaluate(str(baseline["out"] / "model.pt"), corpus["tokenizer_path"],
-                                             corpus["val"], config)["val_loss"]
+    assert (
+        from_ckpt["val_loss"]
+        == evaluate(str(baseline["out"] / "model.pt"), corpus["tokenizer_path"], corpus["val"], config)["val_loss"]
+    )
 
 
 def test_load_model_errors(tmp_path):
@@ -335,8 +389,11 @@ def test_padded_vocab_rows_are_never_predicted_sampled_or_scored():
     from model.gpt import GPTConfig
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=500, vocab_multiple=64, block_size=32, n_layer=2, n_head=2, n_embd=32,
-                          tie_embeddings=False)).eval()
+    model = GPT(
+        GPTConfig(
+            vocab_size=500, vocab_multiple=64, block_size=32, n_layer=2, n_head=2, n_embd=32, tie_embeddings=False
+        )
+    ).eval()
     assert model.lm_head.weight.shape[0] == model.tok_emb.weight.shape[0] == 512
     x = torch.randint(0, 500, (4, 32))
     with torch.no_grad():
@@ -397,8 +454,8 @@ def test_token_maximum_is_cached_by_file_identity(corpus, tmp_path):
     assert top == max(int(c.max()) for c in stream.chunks) and top < corpus["vocab"]
     [entry] = list(tmp_path.iterdir())
     cached = json.loads(entry.read_text())
-    entry.write_text(json.dumps({**cached, "max_token": 10 ** 6}))
-    assert TokenStream(corpus["train"]).max_token(str(tmp_path)) == 10 ** 6
+    entry.write_text(json.dumps({**cached, "max_token": 10**6}))
+    assert TokenStream(corpus["train"]).max_token(str(tmp_path)) == 10**6
     st = os.stat(corpus["train"][0])
     os.utime(corpus["train"][0], ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     try:

@@ -17,8 +17,11 @@ INPUTS = ["warc/dolma-sample-0000.warc.gz"]
 
 def _files(store: Path) -> dict[str, bytes]:
     """Every committed file but the shard stats (they hold seconds) and lock files."""
-    return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*"))
-            if p.is_file() and "/stats/" not in p.as_posix() and ".lock" not in p.name}
+    return {
+        p.relative_to(store).as_posix(): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and "/stats/" not in p.as_posix() and ".lock" not in p.name
+    }
 
 
 def damage(path: Path, how: str) -> None:
@@ -46,9 +49,15 @@ def test_damaged_shards_are_redone_byte_identical(prefect_api, tmp_path, shared_
     from flows.pipeline import pipeline
 
     store = tmp_path / "store"
-    config = PipelineConfig.model_validate(tiny_config(str(store), [str(shared_data(r)) for r in INPUTS],
-                                                       stop_after="tokenize", workers=0,
-                                                       ingest={"shard_bytes": 75_000}))
+    config = PipelineConfig.model_validate(
+        tiny_config(
+            str(store),
+            [str(shared_data(r)) for r in INPUTS],
+            stop_after="tokenize",
+            workers=0,
+            ingest={"shard_bytes": 75_000},
+        )
+    )
     first = pipeline(config)
     untouched = _files(store)
     damaged: dict[str, list[tuple[Path, str]]] = {}
@@ -128,8 +137,9 @@ def test_object_store_reuse_checks_sizes_and_verify_reads_everything(shared_data
     fs.pipe_file(kept, good[:-100])
     with caplog.at_level(logging.WARNING, logger="pipeline.shards"):
         again = ingest_shard(url, "fp", 0, piece, IngestConfig())
-    assert any(f"{sd.url('data/part-00000.parquet')} has {len(good) - 100} bytes" in r.getMessage()
-               for r in caplog.records), caplog.text
+    assert any(
+        f"{sd.url('data/part-00000.parquet')} has {len(good) - 100} bytes" in r.getMessage() for r in caplog.records
+    ), caplog.text
     assert fs.cat_file(kept) == good and again["files"] == first["files"]
     said: list[str] = []
     assert redone_differently(sd, {0: {"files": first["files"]}}, {0: again}, said.append) == [] and not said
