@@ -89,6 +89,7 @@ def run(root: Path, inputs: list[str]) -> None:
         (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
         cli(["run", str(root / f"{name}.yaml")])
         result[name] = hashes(store)
+    cli(["server", "stop"])
     (root / "hashes.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     print(f"{root / 'hashes.json'}: {sum(len(v['files']) for v in result.values())} data files")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer
 
-from pipeline.tokenize import CHAT_TOKENS
+from storage.tokens import CHAT_TOKENS
 
 ROLES = ("system", "user", "assistant")
 END = CHAT_TOKENS[-1]

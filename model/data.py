@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-from pipeline.stage import ConfigError
+from storage.config import ConfigError
 
 
 class TokenStream:

@@ -36,8 +36,8 @@ from model.data import TokenStream, sequential_batches
 from model.generate import generate
 from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast, resolve_device
 from model.tasks import evaluate_task, load_task, read_jsonl
-from pipeline.stage import StageConfig, require_files
-from pipeline.tokenize import EOT, _encode
+from storage.config import StageConfig, require_files
+from storage.tokens import EOT, encode_texts
 
 DEFAULT_PROMPTS = [
     "It was a dark and stormy night",
@@ -293,7 +293,7 @@ def text_perplexity(model: GPT, tokenizer: Tokenizer, path: str, config: EvalCon
     block = model.config.block_size
     stride = min(config.text_stride or block, block)
     windows, n_tokens = [], 0
-    for ids in _encode(tokenizer, docs):
+    for ids in encode_texts(tokenizer, docs):
         windows += text_windows(np.array([eot, *ids], dtype=np.int64), block, stride)
         n_tokens += len(ids)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)

@@ -162,7 +162,7 @@ def _write(
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
-    from pipeline.tokenize import EOT, PAD, transformers_files
+    from storage.tokens import EOT, PAD, transformers_files
 
     tokenizer = Tokenizer.from_file(tokenizer_file)
     if tokenizer.get_vocab_size() > model.config.vocab_size:

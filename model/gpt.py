@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.stage import ConfigError
+from storage.config import ConfigError
 
 IGNORE_INDEX = -100  # a target the loss skips (cross_entropy's default): tuning trains on some tokens only
 

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from model.chat import ChatFormat, encode_plain
 from model.generate import stream
-from pipeline.tokenize import CHAT_TOKENS, EOT
+from storage.tokens import CHAT_TOKENS, EOT
 
 
 class RequestError(ValueError):

@@ -26,7 +26,7 @@ import torch
 
 from model.chat import ChatFormat, check_messages
 from model.gpt import IGNORE_INDEX
-from pipeline.tokenize import EOT
+from storage.tokens import EOT
 
 IGNORE = IGNORE_INDEX  # the target of a token the loss skips
 

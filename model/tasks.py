@@ -33,7 +33,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model.gpt import GPT, autocast
-from pipeline.tokenize import EOT
+from storage.tokens import EOT
 
 # Published zero-shot GPT-2 124M scores (lm-evaluation-harness; HellaSwag acc_norm, LAMBADA acc and
 # perplexity), shown beside ours in reports.

@@ -30,7 +30,7 @@ from model.data import Batches, Prefetcher, TokenStream, sequential_batches
 from model.gpt import GPT, GPTConfig, amp_dtype, autocast, check_heads, resolve_device
 from model.guard import LossGuard
 from model.mfu import device_name, mfu, peak_flops
-from pipeline.stage import StageConfig
+from storage.config import StageConfig
 
 CHECKPOINT = os.path.join("checkpoints", "latest.pt")
 # Changing these between a run and its resume does not change the weights, so it is allowed.

@@ -43,8 +43,10 @@ def fingerprint(stage: str, code: str, config: Any, upstream: Any) -> str:
 
 
 # Packages whose source decides what a stage writes. storage/ is left out: its file layout is
-# tested on its own, and hashing it would invalidate every cache on any change to this module.
+# tested on its own, and hashing it would invalidate every cache on any change to this module;
+# except the token contract, whose encoding is what the tokenize stage writes.
 CODE_PACKAGES = ("pipeline", "model")
+CODE_MODULES = ("storage.tokens",)
 
 
 @functools.lru_cache(maxsize=None)  # a process runs the code it loaded: its source does not change
@@ -107,7 +109,7 @@ def module_closure(modules: tuple[str, ...] | list[str]) -> set[str]:
 
 
 def _ours(module: str) -> bool:
-    return module.split(".")[0] in CODE_PACKAGES
+    return module.split(".")[0] in CODE_PACKAGES or module in CODE_MODULES
 
 
 def _is_package(module: str) -> bool:
