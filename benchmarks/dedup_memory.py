@@ -8,12 +8,12 @@ document's signature is a pseudo-random function of a template number. 88% of do
 own template; 10% are near copies of an earlier document's template (each value replaced by a
 random one with probability 0.08, estimated Jaccard about 0.92); 2% are exact copies (same
 signature and same content hash). Written to a throwaway store with the stage's own code
-(pipeline.shards.commit_signatures: signature file and bucket keys spread over the partitions
+(pipeline.dedup_steps.commit_signatures: signature file and bucket keys spread over the partitions
 that DedupConfig(memory_mb=...) picks for this corpus size).
 
 Measured: every step runs as the flow's worker runs it, one task per fresh process: step 1's
 bucket keys and writes per shard (signatures made in the same process), step 2
-(pipeline.shards.pairs_shard) per partition, step 3 (pipeline.shards.cluster_shard) once. Peak
+(pipeline.dedup_steps.pairs_shard) per partition, step 3 (pipeline.dedup_steps.cluster_shard) once. Peak
 memory per step, the largest over its tasks: peak RSS is each process's VmHWM, which counts the
 pages of the memory-mapped signature files a step touched (the kernel can drop those under
 pressure); peak anonymous is the largest RssAnon sampled every 5 ms during the step's work (what
@@ -103,7 +103,7 @@ def synthetic_shard(shard: int, rows: int, seed: int):
 
 
 def step1(store: str, fp: str, shard: int, rows: int, seed: int, memory_mb: int, partitions: int) -> dict:
-    from pipeline.shards import commit_signatures, stage_dir
+    from pipeline.dedup_steps import commit_signatures, stage_dir
 
     sigs = synthetic_shard(shard, rows, seed)
     out = stage_dir(store, "dedup-signatures", fp)
@@ -113,13 +113,13 @@ def step1(store: str, fp: str, shard: int, rows: int, seed: int, memory_mb: int,
 
 
 def step2(store: str, fp: str, sig_fp: str, partition: int, shards: list[int], memory_mb: int) -> dict:
-    from pipeline.shards import pairs_shard
+    from pipeline.dedup_steps import pairs_shard
 
     return measured(lambda config: pairs_shard(store, fp, partition, sig_fp, shards, config), memory_mb)
 
 
 def step3(store: str, fp: str, pairs_fp: str, sig_fp: str, shards: list[int], memory_mb: int) -> dict:
-    from pipeline.shards import cluster_shard
+    from pipeline.dedup_steps import cluster_shard
 
     return measured(lambda config: cluster_shard(store, fp, pairs_fp, sig_fp, shards, config), memory_mb)
 
@@ -155,7 +155,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from pipeline.dedup import DedupConfig, partitions_for
-    from pipeline.shards import stage_dir
+    from pipeline.shard_steps import stage_dir
 
     config = DedupConfig(memory_mb=args.memory_mb)
     partitions = partitions_for(args.docs, config)

@@ -14,21 +14,14 @@ from typing import Annotated, Literal, Optional
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from model.evaluate import EvalConfig
-from model.train import TrainConfig
-from pipeline.crawl import CrawlConfig
-from pipeline.dedup import DedupConfig
-from pipeline.ingest import IngestConfig
 from pipeline.inputs import CC_BASE_URL
-from pipeline.pii import PiiConfig
-from pipeline.quality import QualityConfig
-from pipeline.stage import ConfigError, StageConfig, one_line
-from pipeline.tokenize import TokenizeConfig
+from pipeline.stage_table import TABLE
+from storage.config import ConfigError, StageConfig, one_line
 
-STAGES = ("crawl", "ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate")
-Stage = Literal["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
+STAGES = tuple(s.name for s in TABLE)  # crawl, ingest, dedup, quality, pii, tokenize, train, evaluate (+ plug-ins)
+Stage = Literal[STAGES[1:]]
 MAX_WORKERS = 1024
 # A flow parameter that names something to read: never empty, so the UI's form marks it before a run.
 Location = Annotated[str, Field(min_length=1)]
@@ -43,8 +36,8 @@ def _one_source_schema(schema: dict) -> None:
     schema["then"] = {"required": ["inputs"], "properties": {"inputs": {"minItems": 1}}}
 
 
-class PipelineConfig(StageConfig):
-    """Everything one pipeline run needs. Give `inputs` (crawl files) or `crawl` (seed URLs)."""
+class _RunFields(StageConfig):
+    """What a run needs besides its stages' configs: where it reads and writes, how far it goes."""
 
     model_config = ConfigDict(json_schema_extra=_one_source_schema)
 
@@ -72,9 +65,6 @@ class PipelineConfig(StageConfig):
         description="Where the relative paths of a Common Crawl "
         "listing are fetched from (https://data.commoncrawl.org/, s3://commoncrawl/ or a mirror).",
     )
-    crawl: Optional[CrawlConfig] = Field(
-        None, title="Crawl", description="Crawl these seed URLs into WARC first (instead of inputs)."
-    )
     incremental: bool = Field(
         False,
         description="Each run takes only the input files that earlier runs of these "
@@ -84,19 +74,6 @@ class PipelineConfig(StageConfig):
         "run's token shards. Earlier outputs are never changed. For a folder or glob that "
         "new crawl files land in; keep `inputs` the same from run to run.",
     )
-    ingest: IngestConfig = Field(
-        default_factory=IngestConfig, title="Ingest", description="Record filtering, HTML to text, language id."
-    )
-    dedup: DedupConfig = Field(
-        default_factory=DedupConfig, title="Dedup", description="Exact and MinHash near-duplicate removal."
-    )
-    quality: QualityConfig = Field(default_factory=QualityConfig, title="Quality", description="Gopher quality rules.")
-    pii: PiiConfig = Field(default_factory=PiiConfig, title="PII", description="presidio PII scrubbing.")
-    tokenize: TokenizeConfig = Field(
-        default_factory=TokenizeConfig, title="Tokenize", description="BPE training and token shards."
-    )
-    train: TrainConfig = Field(default_factory=TrainConfig, title="Train", description="GPT pretraining.")
-    evaluate: EvalConfig = Field(default_factory=EvalConfig, title="Evaluate", description="Held-out loss and samples.")
     stop_after: Stage = Field("evaluate", description="Run the stages up to and including this one.")
     workers: Optional[int] = Field(
         None,
@@ -112,7 +89,7 @@ class PipelineConfig(StageConfig):
         "folder). Default: $CRAWL2LLM_DASK_ADDRESS, or none.",
     )
 
-    @field_validator("dask_address")
+    @field_validator("dask_address", check_fields=False)
     @classmethod
     def _dask_address(cls, address: Optional[str]) -> Optional[str]:
         if address is None:
@@ -135,18 +112,35 @@ class PipelineConfig(StageConfig):
         return address
 
     @model_validator(mode="after")
-    def _one_source(self) -> "PipelineConfig":
+    def _one_source(self) -> "_RunFields":
         if bool(self.inputs) == bool(self.crawl):
             raise ValueError("give either `inputs` (crawl files) or `crawl` (seed URLs), not both and not neither")
         return self
 
     @model_validator(mode="after")
-    def _incremental_needs_inputs(self) -> "PipelineConfig":
+    def _incremental_needs_inputs(self) -> "_RunFields":
         if self.incremental and self.crawl:
             raise ValueError(
                 "`incremental` takes new files of `inputs`; a `crawl` is one output, re-crawled as a whole"
             )
         return self
+
+
+def _stage_field(stage) -> tuple:
+    """A stage's config as a PipelineConfig field (its form in the UI): the table's title and help."""
+    cls = stage.config_class
+    if stage.optional:
+        return Optional[cls], Field(None, title=stage.title, description=stage.help)
+    return cls, Field(default_factory=cls, title=stage.title or stage.name, description=stage.help)
+
+
+PipelineConfig = create_model(
+    "PipelineConfig",
+    __base__=_RunFields,
+    __doc__="Everything one pipeline run needs. Give `inputs` (crawl files) or `crawl` (seed URLs).",
+    __module__=__name__,
+    **{stage.name: _stage_field(stage) for stage in TABLE},
+)
 
 
 # -- reading YAML: bounded, strict, one line per problem -----------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from typing import Optional
 
 import fsspec
 from prefect import flow, task
@@ -13,21 +14,18 @@ from prefect.cache_policies import NO_CACHE
 from flows import access, artifacts, workers
 from flows.common import Timer, bind, publish_stage, publish_table, run_locked, run_stage
 from flows.config import Location, Locations
-from pipeline import shards
+from pipeline import dedup_steps, filter_step, ingest_steps, tokenize_steps
 from pipeline.crawl import CrawlConfig
 from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, CC_CRAWL, InputError, InputFile, refuse_credentials, resolve_inputs
-from pipeline.pii import PiiConfig, pseudonym_key_id
-from pipeline.quality import QualityConfig
+from pipeline.stage_table import BY_NAME, TABLE, Stage, load
 from pipeline.tokenize import TokenizeConfig, shard_order
-from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint, open_stage
+from storage import StageDir, Store, canonical_json, file_identity, fingerprint, open_stage
 
 DEFAULT_STORE = "store"
 RUNNER = workers.task_runner()  # local threads + process pool, or the Dask cluster at $CRAWL2LLM_DASK_ADDRESS
-# With each stage module, the glue that reads and writes its shards (code_version adds their imports).
-CORE = ("pipeline.shards",)
 
 
 def summary(out: StageDir, manifest: dict, cached: bool) -> dict:
@@ -69,7 +67,7 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
         store: folder or fsspec URL (s3://bucket/prefix) the output goes to, as crawl/{fingerprint}.
     """
     access.check({"store": store, "config.seeds": config.seeds})
-    out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"), config, None))
+    out = Store(store).stage("crawl", fingerprint("crawl", BY_NAME["crawl"].code_version(), config, None))
 
     def work() -> tuple[bool, float]:  # under the output's lock: a second crawl waits, then finds it committed
         cached = out.is_committed()
@@ -132,7 +130,7 @@ def ingest(
     plan = plan_shards([(f.url, size) for f, size in zip(sources, sizes)], config.shard_bytes)
     jobs = {
         i: bind(
-            shards.ingest_shard,
+            ingest_steps.ingest_shard,
             out.store.url,
             out.fingerprint,
             i,
@@ -165,8 +163,13 @@ def ingest_output(store: str, config: IngestConfig, identities) -> tuple[StageDi
     upstream = identities
     if config.url_blocklist_files:  # what the lists hold, not only their names, decides the output
         upstream = {"inputs": upstream, "url_blocklists": [file_identity(f) for f in config.url_blocklist_files]}
-    code = code_version("pipeline.ingest", "pipeline.ingest_plan", *CORE)
+    code = BY_NAME["ingest"].code_version()
     return Store(store).stage("ingest", fingerprint("ingest", code, config, upstream)), code, upstream
+
+
+def ingest_identities(inputs: list[str], limit: int | None, cc_base_url: str):
+    """What ingest of these inputs is named by (each file's identity, or a crawl output's): a run's plan."""
+    return _ingest_sources(inputs, limit, cc_base_url)[1]
 
 
 def _ingest_sources(
@@ -240,7 +243,9 @@ def dedup(
     sig_manifest, _ = run_stage(
         sig,
         {
-            i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config, partitions)
+            i: bind(
+                dedup_steps.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config, partitions
+            )
             for i in idx
         },
         {**header, "partitions": partitions},
@@ -251,7 +256,7 @@ def dedup(
     pairs_manifest, _ = run_stage(
         pairs,
         {
-            p: bind(shards.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint, idx, config, earlier)
+            p: bind(dedup_steps.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint, idx, config, earlier)
             for p in range(partitions)
         },
         {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint}},
@@ -262,7 +267,7 @@ def dedup(
         clu,
         {
             0: bind(
-                shards.cluster_shard,
+                dedup_steps.cluster_shard,
                 st.url,
                 clu.fingerprint,
                 pairs.fingerprint,
@@ -278,7 +283,13 @@ def dedup(
     )
     jobs = {
         i: bind(
-            shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), clu.fingerprint, config
+            dedup_steps.dedup_apply_shard,
+            st.url,
+            out.fingerprint,
+            i,
+            (up.name, up.fingerprint),
+            clu.fingerprint,
+            config,
         )
         for i in idx
     }
@@ -309,7 +320,7 @@ def dedup(
 
 def dedup_output(up: StageDir, config: DedupConfig, previous: StageDir | None) -> tuple[StageDir, str, dict]:
     """Where dedup of `up` (after the increments up to `previous`) writes."""
-    code = code_version("pipeline.dedup", *CORE)
+    code = BY_NAME["dedup"].code_version()
     upstream = {
         "stage": up.name,
         "fingerprint": up.fingerprint,
@@ -328,18 +339,18 @@ def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: i
         raise ValueError(f"previous={prev.url()} is not a dedup output")
     if DedupConfig.model_validate(manifest["config"]).key_fields() != config.key_fields():
         raise ValueError(f"previous={prev.url()} used other MinHash/LSH settings: its keys cannot be compared")
-    code = code_version("pipeline.dedup", *CORE)
+    code = BY_NAME["dedup"].code_version()
     earlier = []
     for e in manifest["increments"]:
         index = prev.store.stage("dedup-index", fingerprint("dedup-index", code, None, e))
         if not index.is_committed():
             sig = prev.store.stage("dedup-signatures", e["signatures"])
-            rows = sorted(shards.shard_rows(sig, _indexes(sig)).items())
+            rows = sorted(dedup_steps.shard_rows(sig, _indexes(sig)).items())
             run_stage(
                 index,
                 {
                     p: bind(
-                        shards.index_shard,
+                        dedup_steps.index_shard,
                         index.store.url,
                         index.fingerprint,
                         p,
@@ -361,7 +372,16 @@ def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict
     up, _ = _upstream(source)
     out, code, upstream = filter_output(name, up, config)
     jobs = {
-        i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
+        i: bind(
+            filter_step.filter_shard,
+            up.store.url,
+            name,
+            out.fingerprint,
+            i,
+            (up.name, up.fingerprint),
+            config,
+            BY_NAME[name].filter,
+        )
         for i in _indexes(up)
     }
     header = {"config": config, "code": code, "upstream": upstream}
@@ -369,38 +389,40 @@ def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict
 
 
 def filter_output(name: str, up: StageDir, config) -> tuple[StageDir, str, dict]:
-    """Where quality or pii of `up` writes. pii's pseudonym key is named by its id (never the key)."""
-    code = code_version(f"pipeline.{name}", *CORE)
+    """Where filter stage `name` of `up` writes. A secret the config names (pii's pseudonym key) is
+    part of the fingerprint by its id, never itself (the stage's `secret_id`)."""
+    stage = BY_NAME[name]
+    code = stage.code_version()
     upstream = {"stage": up.name, "fingerprint": up.fingerprint}
-    secret_id = pseudonym_key_id(config) if name == "pii" else None
+    secret_id = load(stage.secret_id)(config) if stage.secret_id else None
     inputs = upstream if secret_id is None else {**upstream, "secret_id": secret_id}
     return up.store.stage(name, fingerprint(name, code, config, inputs)), code, upstream
 
 
-@flow(name="quality", task_runner=RUNNER)
-def quality(source: Location, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
-    """Gopher quality and repetition rules (C4 and FineWeb optional); every removed document keeps the
-    first rule that removed it, or with `signals` every document is kept with its signals as columns.
+def filter_flow(stage: Stage):
+    """The Prefect flow of a document filter stage (quality, pii, a plug-in): its function over every
+    shard of the upstream output, the form in the UI built from the stage's config model."""
+    cls = stage.config_class
+
+    def run(source, config=cls(), workers_n=None) -> dict:
+        return _filter_stage(stage.name, source, config, workers_n)
+
+    run.__annotations__ = {"source": Location, "config": cls, "workers_n": Optional[int], "return": dict}
+    run.__name__ = run.__qualname__ = stage.name
+    run.__module__ = __name__
+    run.__doc__ = f"""{stage.description or stage.help}
 
     Args:
-        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
-        config: the quality rules and thresholds.
+        source: the upstream stage output to read (a folder or URL holding manifest.json, {{store}}/{{stage}}/{{fingerprint}}).
+        config: the {stage.title or stage.name} settings.
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
     """
-    return _filter_stage("quality", source, config, workers_n)
+    return flow(name=stage.name, task_runner=RUNNER)(run)
 
 
-@flow(name="pii", task_runner=RUNNER)
-def pii(source: Location, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
-    """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders or keyed
-    pseudonyms (the key's id, not the key, is part of the fingerprint).
-
-    Args:
-        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
-        config: the PII entities and replacement settings.
-        workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
-    """
-    return _filter_stage("pii", source, config, workers_n)
+for _stage in TABLE:  # quality, pii and every plug-in filter stage, as flows.stages.<name>
+    if _stage.filter:
+        globals()[_stage.name] = filter_flow(_stage)
 
 
 @flow(name="tokenize", task_runner=RUNNER)
@@ -427,7 +449,7 @@ def tokenize(
     if not tokenizer:
         run_stage(
             tok,
-            {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
+            {0: bind(tokenize_steps.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
             header,
             0,
         )
@@ -436,7 +458,7 @@ def tokenize(
     parallel = n < (os.cpu_count() or 1)
     jobs = {
         i: bind(
-            shards.encode_shard,
+            tokenize_steps.encode_shard,
             st.url,
             out.fingerprint,
             i,
@@ -460,7 +482,7 @@ def tokenize_outputs(
     up: StageDir, config: TokenizeConfig, tokenizer: StageDir | None = None
 ) -> tuple[StageDir, StageDir, str]:
     """The tokenizer (trained on `up`, or the one given) and where the token shards of `up` go."""
-    code = code_version("pipeline.tokenize", *CORE)
+    code = BY_NAME["tokenize"].code_version()
     upstream = {"stage": up.name, "fingerprint": up.fingerprint}
     tok = tokenizer or up.store.stage("tokenizer", fingerprint("tokenizer", code, config, upstream))
     inputs = upstream if tokenizer is None else {**upstream, "tokenizer": tokenizer.fingerprint}

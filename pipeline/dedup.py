@@ -1,6 +1,6 @@
 """Corpus-wide exact and MinHash-LSH near-duplicate removal, in bounded memory.
 
-Four steps, each cached and resumable on its own (flows/stages.py runs them, pipeline/shards.py
+Four steps, each cached and resumable on its own (flows/stages.py runs them, pipeline/dedup_steps.py
 stores them):
 
 1. signatures, per document shard (parallel): the hash of each document's normalized text and the
@@ -570,7 +570,7 @@ def bucket_index(
 
 def find_duplicates(tables: list[pa.Table], config: DedupConfig, partitions: int = 1) -> list[pa.Table]:
     """Steps 1-3 in memory over document tables given in corpus order (shard i = tables[i]): each
-    shard's duplicates. The store-backed steps (pipeline/shards.py) do the same in bounded memory;
+    shard's duplicates. The store-backed steps (pipeline/dedup_steps.py) do the same in bounded memory;
     this is for small corpora, tests and benchmarks."""
     sigs = [signatures(t, config) for t in tables]
     keyed = [bucket_keys(s, i, config) for i, s in enumerate(sigs)]
