@@ -14,9 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from flows import access, artifacts, workers
 from flows.common import Timer, bind, publish_stage, publish_table, run_locked, run_stage
 from flows.config import Location, Locations
-from pipeline import dedup_steps, filter_step, ingest_steps, tokenize_steps
+from pipeline import dedup_run, filter_step, ingest_steps, tokenize_steps
 from pipeline.crawl import CrawlConfig
-from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
+from pipeline.dedup import DedupConfig
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, CC_CRAWL, InputError, InputFile, refuse_credentials, resolve_inputs
@@ -227,145 +227,25 @@ def dedup(
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
         previous: the dedup output of the previous increment of an incremental run (empty: none).
     """
-    up, docs = _upstream(source, previous=previous)  # signatures depend on no earlier increment
-    up_manifest = up.read_manifest()
-    st, idx = up.store, [s["index"] for s in up_manifest["shards"]]
+    up, _ = _upstream(source, previous=previous)
     prev = open_stage(previous) if previous else None
-    earlier = _earlier_increments(prev, config, workers_n)
-    offset = sum(e["docs"] for e in earlier)
-    out, code, upstream = dedup_output(up, config, prev)
-    header = {"config": config, "code": code, "upstream": upstream}
-    partitions = partitions_for(up_manifest["counts"].get("docs_kept", 0), config)
-    sig = st.stage(
-        "dedup-signatures",
-        fingerprint("dedup-signatures", code, {**config.signature_fields(), "partitions": partitions}, docs),
-    )
-    sig_manifest, _ = run_stage(
-        sig,
-        {
-            i: bind(
-                dedup_steps.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config, partitions
-            )
-            for i in idx
-        },
-        {**header, "partitions": partitions},
-        workers_n,
-    )
-    pairs_up = sig.fingerprint if prev is None else {"signatures": sig.fingerprint, "previous": prev.fingerprint}
-    pairs = st.stage("dedup-pairs", fingerprint("dedup-pairs", code, config, pairs_up))
-    pairs_manifest, _ = run_stage(
-        pairs,
-        {
-            p: bind(dedup_steps.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint, idx, config, earlier)
-            for p in range(partitions)
-        },
-        {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint}},
-        workers_n,
-    )
-    clu = st.stage("dedup-clusters", fingerprint("dedup-clusters", code, config, pairs.fingerprint))
-    clu_manifest, _ = run_stage(
-        clu,
-        {
-            0: bind(
-                dedup_steps.cluster_shard,
-                st.url,
-                clu.fingerprint,
-                pairs.fingerprint,
-                sig.fingerprint,
-                idx,
-                config,
-                earlier,
-                offset,
-            )
-        },
-        {**header, "upstream": {"stage": pairs.name, "fingerprint": pairs.fingerprint}},
-        0,
-    )
-    jobs = {
-        i: bind(
-            dedup_steps.dedup_apply_shard,
-            st.url,
-            out.fingerprint,
-            i,
-            (up.name, up.fingerprint),
-            clu.fingerprint,
-            config,
-        )
-        for i in idx
-    }
-    lsh = {
-        "num_perm": config.num_perm,
-        "bands": config.bands,
-        "rows": config.rows,
-        "implied_threshold": round(implied_threshold(config.bands, config.rows), 4),
-        "threshold": config.threshold,
-        "partitions": partitions,
-        **pairs_manifest["counts"],
-        **{k: v for k, v in clu_manifest["counts"].items() if k != "by_reason"},
-    }
-    publish_table(artifacts.output_key(out, "lsh"), lsh, "MinHash LSH settings and clustering totals")
-    # What a later increment needs to check its documents against this one (and the ones before).
-    this = {
-        "offset": offset,
-        "docs": sig_manifest["counts"].get("docs_in", 0),
-        "partitions": partitions,
-        "signatures": sig.fingerprint,
-        "clusters": clu.fingerprint,
-    }
-    increments = [{k: v for k, v in e.items() if k != "index"} for e in earlier] + [this]
-    return summary(
-        out, *run_stage(out, jobs, {**header, "lsh": lsh, "increments": increments}, workers_n, examples=True)
-    )
+    cached: dict[str, bool] = {}
+
+    def run(out: StageDir, jobs, header, inline: bool = False, examples: bool = False) -> dict:
+        manifest, cached[out.name] = run_stage(out, jobs, header, 0 if inline else workers_n, examples=examples)
+        return manifest
+
+    manifest = dedup_run.run_dedup(up, config, prev, BY_NAME["dedup"].code_version(), run)
+    out = dedup_output(up, config, prev)[0]
+    publish_table(artifacts.output_key(out, "lsh"), manifest["lsh"], "MinHash LSH settings and clustering totals")
+    return summary(out, manifest, cached["dedup"])
 
 
 def dedup_output(up: StageDir, config: DedupConfig, previous: StageDir | None) -> tuple[StageDir, str, dict]:
     """Where dedup of `up` (after the increments up to `previous`) writes."""
     code = BY_NAME["dedup"].code_version()
-    upstream = {
-        "stage": up.name,
-        "fingerprint": up.fingerprint,
-        **({"previous": previous.fingerprint} if previous is not None else {}),
-    }
-    return up.store.stage("dedup", fingerprint("dedup", code, config, upstream)), code, upstream
-
-
-def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: int | None) -> list[dict]:
-    """The increments up to `prev` (its manifest's `increments`), each with its bucket index, built
-    here the first time a later increment needs it."""
-    if prev is None:
-        return []
-    manifest = prev.read_manifest()
-    if prev.name != "dedup" or "increments" not in manifest:
-        raise ValueError(f"previous={prev.url()} is not a dedup output")
-    if DedupConfig.model_validate(manifest["config"]).key_fields() != config.key_fields():
-        raise ValueError(f"previous={prev.url()} used other MinHash/LSH settings: its keys cannot be compared")
-    code = BY_NAME["dedup"].code_version()
-    earlier = []
-    for e in manifest["increments"]:
-        index = prev.store.stage("dedup-index", fingerprint("dedup-index", code, None, e))
-        if not index.is_committed():
-            sig = prev.store.stage("dedup-signatures", e["signatures"])
-            rows = sorted(dedup_steps.shard_rows(sig, _indexes(sig)).items())
-            run_stage(
-                index,
-                {
-                    p: bind(
-                        dedup_steps.index_shard,
-                        index.store.url,
-                        index.fingerprint,
-                        p,
-                        e["signatures"],
-                        e["clusters"],
-                        rows,
-                        e["offset"],
-                    )
-                    for p in range(e["partitions"])
-                },
-                {"code": code, "upstream": e, "rows": rows},
-                workers_n,
-            )
-        earlier.append({**e, "index": index.fingerprint})
-    return earlier
+    o = dedup_run.outputs(up, config, previous, code)
+    return o.out, code, o.upstream
 
 
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:

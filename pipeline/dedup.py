@@ -120,7 +120,8 @@ class DedupConfig(StageConfig):
     partitions: int = Field(
         0,
         ge=0,
-        description="Bucket partitions (files per signature shard); 0: chosen from "
+        le=2**20,
+        description="Key-range partitions of the pairs step; 0: chosen from "
         "the corpus size and memory_mb. Results do not depend on it.",
     )
 
@@ -159,7 +160,7 @@ def partitions_for(docs: int, config: DedupConfig) -> int:
     if config.partitions:
         return config.partitions
     keys = docs * (config.bands * config.near + config.exact)
-    return max(1, math.ceil(keys * _BYTES_PER_KEY / (config.memory_mb * 2**20 / 2)))
+    return min(2**20, max(1, math.ceil(keys * _BYTES_PER_KEY / (config.memory_mb * 2**20 / 2))))
 
 
 def doc_keys(shard: int, rows: np.ndarray) -> np.ndarray:
@@ -252,7 +253,17 @@ def bucket_keys(sigs: pa.Table, shard: int, config: DedupConfig) -> tuple[np.nda
 
 
 def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
-    return (keys % np.uint64(partitions)).astype(np.int64)
+    """Key-range partitions (by the top 32 bits): each partition's keys are one contiguous range, so
+    a shard's keys file sorted by key is read as one slice (partition_bounds) for any count."""
+    top = keys.astype(np.uint64) >> np.uint64(32)
+    return ((top * np.uint64(partitions)) >> np.uint64(32)).astype(np.int64)
+
+
+def partition_bounds(partition: int, partitions: int) -> tuple[int, int]:
+    """The keys [lo, hi) of one partition (hi may be 2**64)."""
+    lo = -(-(partition << 32) // partitions)
+    hi = -(-((partition + 1) << 32) // partitions)
+    return lo << 32, hi << 32
 
 
 def content_hashes(sigs: pa.Table) -> np.ndarray:
@@ -566,27 +577,6 @@ def bucket_index(
     return pa.table(
         [pa.array(keys, pa.uint64()), pa.array(pos, pa.int64()), pa.array(kept, pa.int64())], schema=INDEX_SCHEMA
     )
-
-
-def find_duplicates(tables: list[pa.Table], config: DedupConfig, partitions: int = 1) -> list[pa.Table]:
-    """Steps 1-3 in memory over document tables given in corpus order (shard i = tables[i]): each
-    shard's duplicates. The store-backed steps (pipeline/dedup_steps.py) do the same in bounded memory;
-    this is for small corpora, tests and benchmarks."""
-    sigs = [signatures(t, config) for t in tables]
-    keyed = [bucket_keys(s, i, config) for i, s in enumerate(sigs)]
-    lookup = SignatureLookup(lambda shard: sigs[shard])
-    pair_tables = []
-    for p in range(partitions):
-        mine = [partition_of(k, partitions) == p for k, _ in keyed]
-        a, b = candidate_pairs(
-            np.concatenate([k[m] for (k, _), m in zip(keyed, mine)]),
-            np.concatenate([d[m] for (_, d), m in zip(keyed, mine)]),
-        )
-        keep = verify_pairs(a, b, lookup, config)
-        pair_tables.append(pairs_table(a[keep], b[keep]))
-    corpus = Corpus({i: s.num_rows for i, s in enumerate(sigs)})
-    roots = clusters(corpus, pair_tables, config)
-    return [shard_duplicates(corpus, roots, i, lookup, config) for i in range(len(tables))]
 
 
 # -- step 4: apply per shard --------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pipeline.dedup import (
     doc_keys,
     earlier_pairs,
     pairs_table,
-    partition_of,
+    partition_bounds,
     shard_duplicates,
     signatures,
     verify_pairs,
@@ -33,29 +33,25 @@ from pipeline.shard_steps import commit_docs, commit_shard, read_docs, run_if_ne
 from storage import StageDir
 
 
-def signature_shard(
-    store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any, partitions: int
-) -> dict:
+def signature_shard(store_url: str, fp: str, index: int, upstream: tuple[str, str], config: Any) -> dict:
     """Dedup step 1 on one document shard: its signatures and bucket keys."""
     out = stage_dir(store_url, "dedup-signatures", fp)
 
     def work():
         t0 = time.perf_counter()
         table = read_docs(stage_dir(store_url, *upstream), index)
-        return commit_signatures(out, index, signatures(table, config), config, partitions, t0)
+        return commit_signatures(out, index, signatures(table, config), config, t0)
 
     return run_if_needed(out, index, work)
 
 
-def commit_signatures(out: StageDir, index: int, sigs, config: Any, partitions: int, t0: float) -> dict:
-    """Write a shard's signatures, then its bucket keys in one file per partition (every partition
-    gets a file, maybe empty, so step 2 reads a fixed set), then the stats file."""
+def commit_signatures(out: StageDir, index: int, sigs, config: Any, t0: float) -> dict:
+    """Write a shard's signatures, then its bucket keys sorted by key (then document), so that step
+    2 reads one key range of each shard's file whatever the partition count; then the stats file."""
     out.write_arrow(signature_part(index), sigs)
     keys, docs = bucket_keys(sigs, index, config)
-    part = partition_of(keys, partitions)
-    for p in range(partitions):
-        mine = part == p
-        out.write_arrow(bucket_part(p, index), pa.table([keys[mine], docs[mine]], schema=KEYS_SCHEMA))
+    order = np.lexsort((docs, keys))
+    out.write_arrow(keys_part(index), pa.table([keys[order], docs[order]], schema=KEYS_SCHEMA))
     stats = {
         "index": index,
         "outputs": {"data": signature_part(index)},
@@ -69,8 +65,23 @@ def signature_part(index: int) -> str:
     return StageDir.part("data", index, "arrow")
 
 
-def bucket_part(partition: int, index: int) -> str:
-    return StageDir.part(f"buckets/p-{partition:05d}", index, "arrow")
+def keys_part(index: int) -> str:
+    return StageDir.part("keys", index, "arrow")
+
+
+def partition_keys(sig_dir: StageDir, shard_indexes, partition: int, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(key, doc) of one key-range partition over the shards, documents ascending within a key (as
+    candidate_pairs needs): a slice of each shard's sorted keys file, found by binary search."""
+    lo, hi = partition_bounds(partition, partitions)
+    keys, docs = [np.empty(0, np.uint64)], [np.empty(0, np.uint64)]
+    for i in shard_indexes:
+        table = sig_dir.map_arrow(keys_part(i))
+        key = table.column("key").to_numpy()
+        a = int(np.searchsorted(key, np.uint64(lo))) if lo < 2**64 else len(key)
+        b = int(np.searchsorted(key, np.uint64(hi))) if hi < 2**64 else len(key)
+        keys.append(key[a:b].copy())
+        docs.append(table.column("doc").to_numpy()[a:b].copy())
+    return np.concatenate(keys), np.concatenate(docs)
 
 
 def signature_lookup(sig_dir: StageDir):
@@ -82,21 +93,20 @@ def pairs_shard(
     store_url: str,
     fp: str,
     partition: int,
+    partitions: int,
     signatures_fp: str,
     shard_indexes: list[int],
     config: Any,
     earlier: list[dict] = (),
 ) -> dict:
-    """Dedup step 2 on one bucket partition: candidate pairs from every shard's keys, verified; and
-    with `earlier` increments (incremental runs), pairs with the documents they kept."""
+    """Dedup step 2 on one key-range partition of `partitions`: candidate pairs from every shard's
+    keys, verified; and with `earlier` increments (incremental runs), pairs with the documents they kept."""
     out = stage_dir(store_url, "dedup-pairs", fp)
     sig_dir = stage_dir(store_url, "dedup-signatures", signatures_fp)
 
     def work():
         t0 = time.perf_counter()
-        keys = pa.concat_tables([sig_dir.read_arrow(bucket_part(partition, i)) for i in shard_indexes])
-        key, doc = keys.column("key").to_numpy(), keys.column("doc").to_numpy()
-        del keys
+        key, doc = partition_keys(sig_dir, shard_indexes, partition, partitions)
         a, b = candidate_pairs(key, doc)
         lookup = signature_lookup(sig_dir)
         keep = verify_pairs(a, b, lookup, config)
@@ -112,6 +122,7 @@ def pairs_shard(
             "index": partition,
             "outputs": outputs,
             "counts": counts,
+            "partitions": partitions,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return commit_shard(out, partition, stats)
@@ -181,12 +192,17 @@ def shard_rows(sig_dir: StageDir, shard_indexes: list[int]) -> dict[int, int]:
 
 
 def index_shard(
-    store_url: str, fp: str, partition: int, signatures_fp: str, clusters_fp: str, rows: list[list[int]], offset: int
+    store_url: str,
+    fp: str,
+    partition: int,
+    partitions: int,
+    signatures_fp: str,
+    clusters_fp: str,
+    rows: list[list[int]],
+    offset: int,
 ) -> dict:
     """One partition of a finished increment's bucket index (pipeline.dedup.bucket_index), which
     later increments look their keys up in."""
-    from pipeline.dedup import Corpus
-
     out = stage_dir(store_url, "dedup-index", fp)
     sig_dir = stage_dir(store_url, "dedup-signatures", signatures_fp)
     clu_dir = stage_dir(store_url, "dedup-clusters", clusters_fp)
@@ -194,15 +210,15 @@ def index_shard(
     def work():
         t0 = time.perf_counter()
         corpus = Corpus(dict(rows))
-        keys = pa.concat_tables([sig_dir.read_arrow(bucket_part(partition, i)) for i, _ in rows])
+        key, doc = partition_keys(sig_dir, [i for i, _ in rows], partition, partitions)
         positions, kept = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
         for i, _ in rows:  # sorted by the caller: positions ascending, as bucket_index needs
             dups = clu_dir.read_parquet(StageDir.part("data", i, "parquet"), ["row", "cluster_id"])
             positions.append(offset + corpus.position(doc_keys(i, dups.column("row").to_numpy())))
             kept.append(dups.column("cluster_id").to_numpy())
         table = bucket_index(
-            keys.column("key").to_numpy(),
-            keys.column("doc").to_numpy(),
+            key,
+            doc,
             corpus,
             offset,
             np.concatenate(positions),

@@ -86,7 +86,7 @@ BUILT_IN = (
         "dedup",
         "exact + MinHash near-duplicate removal over a stage output",
         "pipeline.dedup:DedupConfig",
-        ("pipeline.dedup_steps",),
+        ("pipeline.dedup_run",),
         title="Dedup",
     ),
     Stage(
