@@ -201,9 +201,10 @@ def ingest_batches(
     end: int | None = None,
     name: str | None = None,
 ) -> Iterator[ShardResult]:
-    """The documents of one input file (or of its byte range [start, end), see pipeline.warc_records.warc_records), kept or
-    removed with a reason, `batch_docs` at a time, so a worker's memory does not grow with the file. The counts of all batches add up (merge_counts)
-    to the file's; the record counts come with the last batch, which may hold no documents.
+    """The documents of one input file (or of its byte range [start, end), see
+    pipeline.warc_records.warc_records), kept or removed with a reason, `batch_docs` at a time, so a
+    worker's memory does not grow with the file. The counts of all batches add up (merge_counts) to
+    the file's; the record counts come with the last batch, which may hold no documents.
 
     `url` reads the file; `name` (pipeline.inputs.InputFile.name, else storage.locations.public_name)
     is what the `source` column and error messages say, so no password or presigned query is written."""

@@ -68,6 +68,8 @@ def warc_docs(
     stats: ReadStats,
     span: tuple[int, int | None] = (0, None),
 ) -> Iterator[dict]:
+    """WARC response records (pages judged in pipeline/ingest_docs.py) and WET conversion records of one
+    file, or of its byte range `span`; other record types are counted only."""
     if url.lower().endswith(".zst"):
         records = warc_records(
             io.BufferedReader(ZstdFrames(f, stats.damaged)), stats.damaged, config.max_record_bytes, resync=False
