@@ -420,3 +420,13 @@ def test_a_config_error_a_run_finds_is_one_line_without_traceback(prefect_server
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("error: block_size: ") and "less than one window" in err, err
+
+
+def test_a_deprecated_quality_key_still_works_with_one_warning_line(capsys):
+    """quality's flat keys of before the recipes were nested: accepted, and the user is told."""
+    from flows.config import validate
+    from pipeline.quality import QualityConfig
+
+    config = validate(QualityConfig, {"min_words": 30}, "q.yaml")
+    assert config == QualityConfig(gopher={"min_words": 30})
+    assert capsys.readouterr().err == "warning: q.yaml: quality.min_words is deprecated: use quality.gopher.min_words\n"
