@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover
     HAS_CUDA = False
 
 # (id, files to write {name: text or bytes}, argv, what the line must name: a string or several). {tmp} is the
-# test's folder. A stage's own config names its fields as written there (min_words, not quality.min_words).
+# test's folder. A stage's own config names its fields as written there (gopher.min_words, not quality.gopher.min_words).
 CASES = [
     # -- the YAML file of `crawl2llm run` -------------------------------------------------------
     ("yaml-list", {"c.yaml": "- a\n- b\n"}, ["run", "c.yaml"], "mapping"),
