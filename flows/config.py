@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 from urllib.parse import urlsplit
@@ -179,14 +181,23 @@ def validate_config(data: dict, where: str = "config") -> PipelineConfig:
 
 def validate(cls: type[BaseModel], data, where: str):
     """cls validated from data; a ValidationError becomes one ConfigError line naming each field as
-    a dotted path, as the YAML or --set wrote it."""
+    a dotted path, as the YAML or --set wrote it. A deprecated key that still works (quality's flat
+    keys) is one `warning: ...` line on stderr: Python hides DeprecationWarnings from a command's user."""
     try:
-        return cls.model_validate(data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeprecationWarning)
+            config = cls.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
         problems = [_problem(cls, err) for err in errors[:3]]
         more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
         raise ConfigError(one_line(f"{where}: {'; '.join(problems)}{more}")) from None
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):
+            print(one_line(f"warning: {where}: {w.message}"), file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return config
 
 
 def _problem(cls: type[BaseModel], err: dict) -> str:
@@ -340,13 +351,13 @@ def apply_overrides(data: dict, pairs: list[str]) -> dict:
     for pair in pairs:
         key, eq, text = pair.partition("=")
         if not eq:
-            raise ConfigError(one_line(f"--set {pair}: expected FIELD=VALUE, e.g. --set quality.min_words=30"))
+            raise ConfigError(one_line(f"--set {pair}: expected FIELD=VALUE, e.g. --set quality.gopher.min_words=30"))
         keys = key.split(".")
         if not all(FIELD_PART.fullmatch(k) for k in keys):
             raise ConfigError(
                 one_line(
                     f"--set {key or '(empty)'}={_short(text)}: a field is a dotted path of "
-                    "names such as quality.min_words"
+                    "names such as quality.gopher.min_words"
                 )
             )
         value = parse_yaml(text, f"--set {key}")
