@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a field, e.g. --set quality.min_words=30 (repeatable)",
+        help="override a field, e.g. --set quality.gopher.min_words=30 (repeatable)",
     )
 
     c = sub.add_parser("config", help="print a full default pipeline config as YAML")
