@@ -146,6 +146,20 @@ DEPLOYMENT_KEYS = {
 }
 
 
+def plug_in_deployments(spec: dict) -> list[dict]:
+    """A deployment for each stage of the table that prefect.yaml does not list ($CRAWL2LLM_STAGES
+    plug-ins), on the same work pool: every stage can be run on its own from the UI."""
+    from pipeline.stage_table import TABLE
+
+    listed = {d["name"] for d in spec["deployments"]}
+    pool = spec.get("definitions", {}).get("work_pool")
+    return [
+        {"name": s.name, "description": s.description or s.help, "entrypoint": s.flow_entrypoint, "work_pool": pool}
+        for s in TABLE
+        if s.name not in listed
+    ]
+
+
 def register_deployments(project_dir: Path = PROJECT_DIR) -> list[str]:
     """Register the deployments of prefect.yaml through the client; returns their names.
 
@@ -165,7 +179,7 @@ def register_deployments(project_dir: Path = PROJECT_DIR) -> list[str]:
     spec = yaml.safe_load((project_dir / "prefect.yaml").read_text())
     names = []
     with get_client(sync_client=True) as client:
-        for d in spec["deployments"]:
+        for d in spec["deployments"] + plug_in_deployments(spec):
             unknown = set(d) - DEPLOYMENT_KEYS
             if unknown:
                 raise RuntimeError(

@@ -62,8 +62,13 @@ def code_version(*modules: str) -> str:
     h = hashlib.sha256()
     for name in sorted(module_closure(modules)):
         h.update(name.encode())
-        h.update(code_text(inspect.getsource(importlib.import_module(name))).encode())
+        h.update(code_text(module_source(name)).encode())
     return h.hexdigest()[:16]
+
+
+def module_source(name: str) -> str:
+    """The source of a project module, as the running process loaded it."""
+    return inspect.getsource(importlib.import_module(name))
 
 
 def code_text(source: str) -> str:
@@ -93,7 +98,7 @@ def module_closure(modules: tuple[str, ...] | list[str]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+        tree = ast.parse(module_source(name))
         for node in tree.body:
             if isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if _ours(a.name)]
