@@ -14,36 +14,30 @@ The crawl checkpoints state.json after each WARC file, so a killed crawl resumes
 file and re-fetches at most one file's worth of pages. Record ids are derived from the URL and the
 page's sequence number, so re-crawling an unchanged site gives the same ids; WARC-Date is the real
 time of the fetch.
+
+This module is the crawl loop, its config and checkpoint; the URL rules are in crawl_urls.py, one
+fetch and its WARC bytes in crawl_fetch.py, robots.txt and the per-host delay in crawl_robots.py.
 """
 
 from __future__ import annotations
 
-import http.client
 import re
 import time
-import urllib.error
-import urllib.request
-import urllib.robotparser
 from collections import Counter, deque
-from html.parser import HTMLParser
 from typing import Callable, Literal
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pipeline import warc
 from pipeline.charset import decode_html
-from pipeline.deadline import Deadline, build_opener
+from pipeline.crawl_fetch import FETCH_ERRORS, Fetched, error_reason, fetch
+from pipeline.crawl_robots import Politeness
+from pipeline.crawl_urls import extract_links, in_allowed_hosts, normalize_url, origin
 from pipeline.http_message import content_type, gunzip
 from pipeline.stage import StageConfig
 from storage import StageDir
 
 STATE = "state.json"
-DEFAULT_PORTS = {"http": 80, "https": 443}
-# Characters left alone when re-quoting a URL's path and query (everything already legal in a URL).
-URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
-# What a failed fetch raises: socket errors, timeouts and the deadline, bad URLs, broken HTTP.
-FETCH_ERRORS = (OSError, ValueError, http.client.HTTPException)
 # Redirects followed from a seed before its landing origin joins the scope; one more is an error.
 MAX_SEED_REDIRECTS = 5
 
@@ -160,79 +154,6 @@ class CrawlConfig(StageConfig):
         return self
 
 
-def origin(url: str) -> str:
-    """scheme://host[:port] of a normalized URL."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def normalize_url(url: str, base: str | None = None) -> str | None:
-    """The one spelling of a URL the frontier keys on (no fragment, lower-case scheme and host, no
-    default port, path at least '/'), or None when it is not a fetchable http(s) URL."""
-    try:
-        parts = urlsplit(urljoin(base, url.strip()) if base else url.strip())
-        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
-    except ValueError:
-        return None
-    if scheme not in DEFAULT_PORTS or not host:
-        return None
-    try:
-        host = host.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    path = quote(parts.path or "/", safe=URL_SAFE)
-    return urlunsplit((scheme, netloc, path, quote(parts.query, safe=URL_SAFE), ""))
-
-
-class _Links(HTMLParser):
-    """hrefs of <a> and <area>, resolved against the page URL or its <base href>."""
-
-    def __init__(self, url: str):
-        super().__init__(convert_charrefs=True)
-        self.base, self.links = url, []
-
-    def handle_starttag(self, tag, attrs):
-        href = dict(attrs).get("href")
-        if not href:
-            return
-        if tag == "base":
-            self.base = urljoin(self.base, href)
-        elif tag in ("a", "area"):
-            self.links.append((self.base, href))
-
-
-def extract_links(html: str, url: str) -> list[str]:
-    """Normalized http(s) links of a page, in document order, without repeats."""
-    parser = _Links(url)
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # html.parser is lenient, but a page must never stop the crawl
-        pass
-    links = (normalize_url(href, base) for base, href in parser.links)
-    return list(dict.fromkeys(link for link in links if link))
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """3xx comes back as an HTTPError, so the crawler records it and decides about Location itself."""
-
-    def http_error_302(self, req, fp, code, msg, headers):
-        return None
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-
-class _Fetched:
-    """One HTTP exchange, as it goes into the WARC file."""
-
-    def __init__(self, status: int, request: bytes, response: bytes, body: bytes, headers, truncated: bool):
-        self.status, self.request, self.response, self.body = status, request, response, body
-        self.headers, self.truncated = headers, truncated
-
-
 def crawl(config: CrawlConfig, out: StageDir, progress: Callable[[int, int], None] | None = None) -> dict:
     """Crawl into `out` (a StageDir): data/part-NNNNN.warc.gz and state.json. Returns counts.
 
@@ -245,8 +166,7 @@ class _Crawler:
     def __init__(self, config: CrawlConfig, out: StageDir, progress):
         self.config, self.out, self.progress = config, out, progress
         self.exclude = [re.compile(p) for p in config.exclude_patterns]
-        self.robots: dict[str, urllib.robotparser.RobotFileParser | str] = {}
-        self.last_request: dict[str, float] = {}
+        self.polite = Politeness(config.user_agent, config.delay_s, config.timeout_s, config.fetch_deadline_s)
         self.first_errors: list[str] = []
         self.buffer: list[bytes] = []  # one request+response pair per page not yet in a file
         self.buffer_date: str | None = None
@@ -343,7 +263,7 @@ class _Crawler:
             "bytes": self.bytes,
         }
 
-    def _record(self, url: str, f: _Fetched) -> None:
+    def _record(self, url: str, f: Fetched) -> None:
         date = warc.warc_date(time.time())
         self.buffer_date = self.buffer_date or date
         info = warc.warcinfo_id(self.out.part("data", self.files, "warc.gz").rsplit("/", 1)[-1])
@@ -363,7 +283,7 @@ class _Crawler:
         self.pages += 1
         self.status[str(f.status)] += 1
 
-    def _follow(self, url: str, depth: int, chain: list[str] | None, f: _Fetched) -> None:
+    def _follow(self, url: str, depth: int, chain: list[str] | None, f: Fetched) -> None:
         """Queue a redirect's target (same depth) or an HTML page's links (one deeper). The end of a
         seed's redirect chain puts its origin in scope: the seed moved (http→https, www.)."""
         if 300 <= f.status < 400 and f.headers.get("Location"):
@@ -417,30 +337,15 @@ class _Crawler:
     def _in_scope(self, url: str) -> bool:
         if self.config.scope == "same-origin":
             return origin(url) in self.origins
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme]
-        return any(_host_matches(host, port, allowed) for allowed in self.config.allow_hosts)
+        return in_allowed_hosts(url, self.config.allow_hosts)
 
     # -- network -----------------------------------------------------------------------------
-    def _wait_for(self, url: str, extra_delay: float = 0.0) -> None:
-        """Politeness: keep delay_s (or robots.txt's Crawl-delay) between requests to one host."""
-        host = urlsplit(url).netloc
-        delay = max(self.config.delay_s, extra_delay)
-        last = self.last_request.get(host)
-        if last is not None and delay > 0:
-            time.sleep(max(0.0, last + delay - time.monotonic()))
-        self.last_request[host] = time.monotonic()
-
     def _allowed_by_robots(self, url: str) -> bool:
-        """robots.txt per origin (RFC 9309): 4xx means no rules, 5xx means keep out. When robots.txt
-        cannot be read at all (no answer, or none complete within fetch_deadline_s) the origin is
-        not crawled and its URLs count as errors."""
+        """robots.txt per origin (RFC 9309, pipeline/crawl_robots.py). When robots.txt cannot be
+        read at all the origin is not crawled and its URLs count as errors."""
         if not self.config.respect_robots:
             return True
-        site = origin(url)
-        if site not in self.robots:
-            self.robots[site] = self._read_robots(site)
-        rules = self.robots[site]
+        rules = self.polite.rules(url)
         if isinstance(rules, str):
             self.errors += 1
             self._note_error(url, rules)
@@ -451,110 +356,17 @@ class _Crawler:
         self._note_error(url, "disallowed by robots.txt")
         return False
 
-    def _read_robots(self, site: str) -> urllib.robotparser.RobotFileParser | str:
-        url = site + "/robots.txt"
-        rules = urllib.robotparser.RobotFileParser(url)
-        self._wait_for(site)
-        request = urllib.request.Request(url, headers={"User-Agent": self.config.user_agent})
-        opener = build_opener(Deadline(url, self.config.fetch_deadline_s))  # redirects followed (RFC 9309)
+    def _fetch(self, url: str) -> Fetched | None:
+        """GET one URL after the host's delay; None (counted in errors) when no HTTP response came back."""
+        self.polite.wait_for(url, self.polite.crawl_delay(url))
+        c = self.config
         try:
-            with opener.open(request, timeout=self.config.timeout_s) as resp:
-                body = resp.read(512_000)  # Google reads the first 500 KiB
-            rules.parse(body.decode("utf-8", errors="replace").splitlines())
-        except urllib.error.HTTPError as e:
-            if e.code >= 500:
-                rules.disallow_all = True
-            else:
-                rules.allow_all = True
-        except FETCH_ERRORS as e:
-            return f"robots.txt of {site} unreachable: {_reason(e)}"
-        return rules
-
-    def _fetch(self, url: str) -> _Fetched | None:
-        """GET one URL; None (counted in errors) when no HTTP response came back."""
-        rules = self.robots.get(origin(url))
-        crawl_delay = (
-            rules.crawl_delay(self.config.user_agent) if isinstance(rules, urllib.robotparser.RobotFileParser) else None
-        )
-        self._wait_for(url, float(crawl_delay or 0))
-        headers = {
-            "User-Agent": self.config.user_agent,
-            "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
-            "Accept-Encoding": "identity",
-        }
-        request = urllib.request.Request(url, headers=headers)
-        opener = build_opener(Deadline(url, self.config.fetch_deadline_s), _NoRedirect)
-        try:
-            try:
-                resp = opener.open(request, timeout=self.config.timeout_s)
-            except urllib.error.HTTPError as e:  # 3xx, 4xx, 5xx: still a response to record
-                resp = e
-            raw = resp.fp if isinstance(resp, urllib.error.HTTPError) else resp  # http.client's response
-            with resp:
-                body = resp.read(self.config.max_page_bytes + 1) if raw is not None else b""
-                status, reason, resp_headers = resp.status, resp.reason, resp.headers
-                version = getattr(raw, "version", 11)
+            return fetch(url, c.user_agent, c.timeout_s, c.fetch_deadline_s, c.max_page_bytes)
         except FETCH_ERRORS as e:
             self.errors += 1
-            self._note_error(url, _reason(e))
+            self._note_error(url, error_reason(e))
             return None
-        truncated = len(body) > self.config.max_page_bytes
-        body = body[: self.config.max_page_bytes]
-        return _Fetched(
-            status,
-            _request_bytes(url, headers),
-            _response_bytes(version, status, reason, resp_headers, body),
-            body,
-            resp_headers,
-            truncated,
-        )
 
     def _note_error(self, url: str, why: str) -> None:
         if len(self.first_errors) < 3:
             self.first_errors.append(f"{url}: {why}")
-
-
-def _host_matches(host: str, port: int, allowed: str) -> bool:
-    """An allow_hosts entry (host or host:port) covers the host and its subdomains, on its port
-    (any port when it names none)."""
-    name, _, want = allowed.lower().rpartition(":") if ":" in allowed else (allowed.lower(), "", "")
-    return (host == name or host.endswith("." + name)) and (not want or int(want) == port)
-
-
-def _reason(error: Exception) -> str:
-    return str(getattr(error, "reason", None) or error) or type(error).__name__
-
-
-def _request_bytes(url: str, headers: dict) -> bytes:
-    """The request as urllib sends it: request line, Host, our headers, Connection: close."""
-    parts = urlsplit(url)
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: {parts.netloc}",
-        *(f"{k}: {v}" for k, v in headers.items()),
-        "Connection: close",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
-
-
-def _response_bytes(version: int, status: int, reason: str, headers, body: bytes) -> bytes:
-    """Status line, headers and body as recorded. urllib has already undone chunking, so the
-    Transfer-Encoding header is kept under X-Crawler-Transfer-Encoding (Common Crawl's convention)
-    and Content-Length states the body actually recorded."""
-    lines = [f"HTTP/{'1.0' if version == 10 else '1.1'} {status} {' '.join(str(reason or '').split())}"]
-    declared = None
-    for name, value in headers.items():
-        value = " ".join(str(value).split())
-        if name.lower() == "transfer-encoding":
-            name = "X-Crawler-Transfer-Encoding"
-        elif name.lower() == "content-length":
-            declared = value
-            if value == str(len(body)):
-                lines.append(f"{name}: {value}")
-                continue
-            name = "X-Crawler-Content-Length"
-        lines.append(f"{name}: {value}")
-    if declared != str(len(body)):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace") + body

@@ -26,6 +26,10 @@ def test_code_version_follows_shared_helpers_not_lazy_imports():
     # quality and dedup share pipeline/text.py: editing it must invalidate both
     assert "pipeline.text" in module_closure(["pipeline.quality"]) & module_closure(["pipeline.dedup"])
     assert "pipeline.warc" in module_closure(["pipeline.crawl"])  # `from pipeline import warc`
+    # the crawler split by concern: each of its modules decides the crawl's output
+    assert {"pipeline.crawl_urls", "pipeline.crawl_fetch", "pipeline.crawl_robots"} <= module_closure(
+        ["pipeline.crawl"]
+    )
     # a stage split into a package: every module of it decides the stage's output
     recipes = {f"pipeline.quality.{m}" for m in ("gopher", "c4", "fineweb", "checks", "doc")}
     assert recipes <= module_closure(["pipeline.quality"])
