@@ -79,7 +79,7 @@ BUILT_IN = (
         "ingest",
         "WARC/WET/ARC/JSONL/Parquet files, folders, globs or a Common Crawl listing → document shards",
         "pipeline.ingest:IngestConfig",
-        ("pipeline.ingest_steps",),
+        ("pipeline.ingest_steps", "pipeline.ingest_plan"),
         title="Ingest",
     ),
     Stage(
@@ -96,6 +96,8 @@ BUILT_IN = (
         ("pipeline.filter_step", "pipeline.quality"),
         filter="pipeline.quality:filter_quality",
         title="Quality",
+        description="Gopher quality and repetition rules (C4 and FineWeb optional); every removed document keeps "
+        "the first rule that removed it, or with `signals` every document is kept with its signals as columns.",
     ),
     Stage(
         "pii",
@@ -104,6 +106,9 @@ BUILT_IN = (
         ("pipeline.filter_step", "pipeline.pii"),
         filter="pipeline.pii:scrub",
         title="PII",
+        description="presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders or keyed "
+        "pseudonyms (the key's id, not the key, is part of the fingerprint).",
+        secret_id="pipeline.pii:pseudonym_key_id",
     ),
     Stage(
         "tokenize",

@@ -25,18 +25,99 @@ FILES = [{"url": "crawl/a.warc.gz", "size": 123, "sample_sha256": "0" * 64}]
 # import that widens one is a visible change here (and a deliberate one).
 CLOSURES = {
     "crawl": [
+        "pipeline",
         "pipeline.charset",
         "pipeline.crawl",
         "pipeline.crawl_fetch",
-        "pipeline.crawl_frontier",
         "pipeline.crawl_robots",
+        "pipeline.crawl_urls",
         "pipeline.deadline",
-        "pipeline.remote",
-        "pipeline.stage",
+        "pipeline.http_message",
         "pipeline.schema",
-        "pipeline.url_filter",
+        "pipeline.stage",
         "pipeline.warc",
     ],
+    "ingest": [
+        "pipeline.charset",
+        "pipeline.damage",
+        "pipeline.digests",
+        "pipeline.extract",
+        "pipeline.failpoints",
+        "pipeline.http_message",
+        "pipeline.ingest",
+        "pipeline.ingest_docs",
+        "pipeline.ingest_plan",
+        "pipeline.ingest_readers",
+        "pipeline.ingest_steps",
+        "pipeline.langid",
+        "pipeline.remote",
+        "pipeline.schema",
+        "pipeline.shard_steps",
+        "pipeline.stage",
+        "pipeline.url_filter",
+        "pipeline.warc_records",
+        "pipeline.zstd_frames",
+    ],
+    "dedup": [
+        "pipeline",
+        "pipeline.dedup",
+        "pipeline.dedup_clusters",
+        "pipeline.dedup_pairs",
+        "pipeline.dedup_run",
+        "pipeline.dedup_signatures",
+        "pipeline.dedup_steps",
+        "pipeline.failpoints",
+        "pipeline.minhash",
+        "pipeline.schema",
+        "pipeline.shard_steps",
+        "pipeline.stage",
+        "pipeline.text",
+        "pipeline.union_find",
+    ],
+    "quality": [
+        "pipeline.failpoints",
+        "pipeline.filter_step",
+        "pipeline.quality",
+        "pipeline.quality.c4",
+        "pipeline.quality.checks",
+        "pipeline.quality.doc",
+        "pipeline.quality.fineweb",
+        "pipeline.quality.gopher",
+        "pipeline.schema",
+        "pipeline.shard_steps",
+        "pipeline.stage",
+        "pipeline.text",
+    ],
+    "pii": [
+        "pipeline.failpoints",
+        "pipeline.filter_step",
+        "pipeline.pii",
+        "pipeline.pii.recognizers",
+        "pipeline.schema",
+        "pipeline.shard_steps",
+        "pipeline.stage",
+    ],
+    "tokenize": [
+        "pipeline.failpoints",
+        "pipeline.schema",
+        "pipeline.shard_steps",
+        "pipeline.stage",
+        "pipeline.tokenize",
+        "pipeline.tokenize_steps",
+        "storage.tokens",
+    ],
+    "train": [
+        "model",
+        "model.checkpoints",
+        "model.data",
+        "model.distributed",
+        "model.gpt",
+        "model.guard",
+        "model.mfu",
+        "model.sharded_checkpoint",
+        "model.train",
+    ],
+    "evaluate": ["model.data", "model.evaluate", "model.generate", "model.gpt", "model.tasks", "storage.tokens"],
 }
 
 
@@ -131,6 +212,11 @@ def test_a_quality_threshold_reruns_quality_and_later_stages_only():
     assert changed == ["dedup", "dedup-clusters", "dedup-pairs", "pii", "quality", "tokenize", "tokenizer"]
 
 
+def test_each_stage_dependency_closure_is_pinned():
+    """A module-level import that widens a stage's cache key shows here: update CLOSURES on purpose."""
+    assert {s.name: sorted(module_closure(s.code)) for s in BUILT_IN} == CLOSURES
+
+
 def test_prefect_yaml_has_one_deployment_per_stage_of_the_table():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     entry = {d["name"]: d["entrypoint"] for d in spec["deployments"]}
@@ -211,3 +297,14 @@ def test_the_shard_step_skeleton_exists_once():
 def test_no_test_module_imports_another_test_module():
     for path in sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py")):
         assert not {m for m in imports(path) if re.match(r"tests\.test_", m)}, path
+
+
+def test_another_pseudonym_key_is_another_pii_output(monkeypatch):
+    """The stage's secret_id: the key's id, never the key, names the output."""
+    monkeypatch.setenv("CRAWL2LLM_PII_SECRET", "key-one")
+    one = plan_of({"pii": {"replacement": "pseudonym"}})
+    monkeypatch.setenv("CRAWL2LLM_PII_SECRET", "key-two")
+    two = plan_of({"pii": {"replacement": "pseudonym"}})
+    assert sorted(k for k in one if one[k] != two[k]) == ["pii", "tokenize", "tokenizer"]
+    manifest_text = repr(plan_of({"pii": {"replacement": "pseudonym"}}))
+    assert "key-two" not in manifest_text
