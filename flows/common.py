@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from flows import artifacts, logs, workers
 from pipeline.damage import merge_listed
-from pipeline.stage import merge_counts
+from pipeline.runner import commit_stage
 from storage import StageDir, StoreError, protocol
 from storage.lock import stage_lock
 from storage.verify import redone_differently, repair
@@ -70,19 +70,6 @@ def map_shards(
             bar.update(1)
             update_progress_artifact(progress_id, 100.0 * len(results) / max(1, len(futures)))
     return results
-
-
-def commit_stage(out: StageDir, results: dict[int, dict], header: dict) -> dict:
-    """Write the stage manifest from its shard stats. Deterministic: no timings go in."""
-    if out.is_committed():
-        return out.read_manifest()
-    totals: dict = {}
-    shards = []
-    for index in sorted(results):
-        stats = results[index]
-        totals = merge_counts(totals, stats["counts"])
-        shards.append({"index": index, **stats["outputs"]})
-    return out.commit({**header, "shards": shards, "counts": totals})
 
 
 def stage_seconds(results: dict[int, dict]) -> float:

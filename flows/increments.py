@@ -32,6 +32,7 @@ from pipeline.stage_table import BY_NAME, DOC_STAGES, PER_INCREMENT, previous
 from pipeline.tokenize import shard_order
 from storage import StageDir, Store, canonical_json, file_identity, fingerprint
 from storage.ledger import Ledger, series_key
+from storage.manifest import tokenize_manifest
 from storage.verify import damaged_shards
 
 
@@ -201,17 +202,11 @@ def union(config: PipelineConfig, toks: list[StageDir]) -> dict:
                 }
             )
         counts = merge_counts(counts, m["counts"])
+    order = shard_order(range(len(shards)), config.tokenize.seed)
     manifest = out.commit(
-        {
-            "config": config.tokenize,
-            "code": code,
-            "upstream": upstream,
-            "tokenizer": first["tokenizer"],
-            "vocab_size": first["vocab_size"],
-            "train_order": shard_order(range(len(shards)), config.tokenize.seed),
-            "shards": shards,
-            "counts": counts,
-        }
+        tokenize_manifest(
+            config.tokenize, code, upstream, first["tokenizer"], first["vocab_size"], order, shards, counts
+        )
     )
     return stages.summary(out, manifest, False)
 

@@ -23,6 +23,7 @@ from pipeline.inputs import CC_BASE_URL, CC_CRAWL, InputError, InputFile, refuse
 from pipeline.stage_table import BY_NAME, TABLE, Stage, load
 from pipeline.tokenize import TokenizeConfig, shard_order
 from storage import StageDir, Store, canonical_json, file_identity, fingerprint, open_stage
+from storage.manifest import tokenize_manifest
 
 DEFAULT_STORE = "store"
 RUNNER = workers.task_runner()  # local threads + process pool, or the Dask cluster at $CRAWL2LLM_DASK_ADDRESS
@@ -349,12 +350,14 @@ def tokenize(
         )
         for i in idx
     }
-    header = {
-        **header,
-        "tokenizer": {"stage": tok.name, "fingerprint": tok.fingerprint, "file": "data/tokenizer.json"},
-        "vocab_size": tok.read_manifest()["counts"]["vocab_size"],
-        "train_order": shard_order(idx, config.seed),
-    }
+    header = tokenize_manifest(
+        config,
+        code,
+        upstream,
+        {"stage": tok.name, "fingerprint": tok.fingerprint, "file": "data/tokenizer.json"},
+        tok.read_manifest()["counts"]["vocab_size"],
+        shard_order(idx, config.seed),
+    )
     return summary(out, *run_stage(out, jobs, header, workers_n))
 
 

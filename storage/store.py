@@ -36,6 +36,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from storage.fingerprint import canonical_json
+from storage.manifest import MANIFESTS, Manifest, ShardStats, checked
 
 TMP_MARK = ".tmp-"
 
@@ -123,15 +124,18 @@ class StageDir:
         return self.fs.exists(self.abspath("manifest.json"))
 
     def read_manifest(self) -> dict:
+        """The manifest, checked against its contract (storage/manifest.py)."""
         try:
-            return self.read_json("manifest.json")
+            data = self.read_json("manifest.json")
         except FileNotFoundError as e:
             raise StoreError(f"{self.name} output {self.url()} has no manifest: it was never committed") from e
+        return checked(MANIFESTS.get(self.name, Manifest), data, self.url("manifest.json"), StoreError)
 
     def commit(self, manifest: dict) -> dict:
         """Write the manifest last; from now on the stage output is complete and immutable. When
         another writer committed first, its manifest stays (the same, for the same fingerprint)."""
         body = {"stage": self.name, "fingerprint": self.fingerprint, **manifest}
+        checked(MANIFESTS.get(self.name, Manifest), body, f"the manifest for {self.url()}", ValueError)
         if self.write_once("manifest.json", _pretty_json(body)):
             return body
         return self.read_manifest()
@@ -140,13 +144,15 @@ class StageDir:
         return self.fs.exists(self.abspath(self.part("stats", index, "json")))
 
     def read_shard_stats(self, index: int) -> dict:
-        return self.read_json(self.part("stats", index, "json"))
+        rel = self.part("stats", index, "json")
+        return checked(ShardStats, self.read_json(rel), self.url(rel), StoreError)
 
     def commit_shard(self, index: int, stats: dict) -> dict:
         """Write a shard's stats after its data files: the stats file marks the shard done. It records
         the size and CRC-32 of every file written since the last commit (`files`), so a run that
         reuses the shard can tell a damaged or missing file (storage/verify.py). Returns the stats."""
         stats = {**stats, "files": dict(sorted(self.written.items()))}
+        checked(ShardStats, stats, f"the stats of {self.name} shard {index}", ValueError)
         self.write_bytes(self.part("stats", index, "json"), _pretty_json(stats))
         self.written = {}
         return stats

@@ -120,7 +120,7 @@ def test_temporary_files_are_invisible_and_never_trusted(tmp_path):
 
 
 def _writer(root: str, n: int) -> None:
-    sd = Store(root).stage("tokenize", "same")
+    sd = Store(root).stage("quality", "same")
     table = pa.table({"tokens": [list(range(i, i + 50)) for i in range(2000)]})
     for _ in range(n):
         sd.write_arrow("data/part-00000.arrow", table)
@@ -138,7 +138,7 @@ def test_two_concurrent_writers_leave_a_valid_stage(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    sd = Store(str(tmp_path)).stage("tokenize", "same")
+    sd = Store(str(tmp_path)).stage("quality", "same")
     assert sd.read_arrow("data/part-00000.arrow").num_rows == 2000
     assert sd.read_manifest()["counts"] == {"rows": 2000}
     leftovers = [f for f in os.listdir(sd.abspath("data")) if ".tmp-" in f]
