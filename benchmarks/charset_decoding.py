@@ -11,7 +11,7 @@ Candidates, each given the HTTP charset and the body:
 - w3lib (Scrapy's html_to_unicode, uchardet as its detector), when it is installed;
 - webencodings: its label table and its own Python codecs (BOM, label, else resiliparse's meta/uchardet);
 - ours: pipeline.charset.decode_html.
-Correctness is on the pages of tests/test_charset.py (labelled as real servers label them; a page
+Correctness is on the pages of tests/test_charset.py (tests/fixtures/charset_pages.py, labelled as real servers label them; a page
 passes when its decoded HTML holds the text a browser shows). Speed is CPU seconds (time.process_time)
 per page over every HTTP 200 HTML response of the top-level ../shared/data/warc/*.warc.gz (20 passes a
 round), candidates in rotating order per round, best round reported. Then the real pages whose extracted text (ingest's
@@ -41,7 +41,7 @@ from pipeline.charset import UNDECODABLE_SHARE, _decode, decode_html, odd_share
 from pipeline.http_message import content_type, gunzip
 from pipeline.ingest import IngestConfig, html_to_text
 from pipeline.ingest_docs import _dechunk, _http_head
-from tests.test_charset import PAGES
+from tests.fixtures.charset_pages import PAGES
 
 DATA = os.path.join(
     os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "warc"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import machine, markdown_table  # noqa: E402
 
 from flows.prefect_env import wait_healthy  # noqa: E402
-from tests.server_cmd import READY, free_port  # noqa: E402
+from tests.fixtures.server_cmd import READY, free_port  # noqa: E402
 
 LAUNCHERS = {"prefect (stock, DEFERRED)": "prefect", "flows.prefect_server (IMMEDIATE)": "flows.prefect_server"}
 FLOW = """

@@ -204,7 +204,7 @@ def main() -> int:
         runs: dict[int, list[dict]] = {k: [] for k in range(len(configs))}
         checked = 0
         for rep in range(args.repeat):  # every configuration once per round, so a change in load hits all
-            for k, (label, kind, method, n, parallel) in enumerate(configs):
+            for k, (_, kind, method, n, parallel) in enumerate(configs):
                 if kind == "plain":
                     runs[k].append(run_plain(tok, texts, method, parallel, args.core))
                     continue
@@ -215,7 +215,7 @@ def main() -> int:
                     print(f"checked: ours == encode_batch ids + EOT on {checked} documents", flush=True)
             print(f"round {rep + 1} of {args.repeat} done", flush=True)
         rows = []
-        for k, (label, kind, method, n, parallel) in enumerate(configs):
+        for k, (label, _, _, n, parallel) in enumerate(configs):
             wall, cpu = min(r["wall_s"] for r in runs[k]), min(r["cpu_s"] for r in runs[k])
             rows.append(
                 {
