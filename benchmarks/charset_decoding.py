@@ -35,6 +35,7 @@ import platform
 import time
 
 import webencodings
+from common import DATA
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding, map_encoding_to_html5
 
 from pipeline.charset import UNDECODABLE_SHARE, _decode, decode_html, odd_share
@@ -43,9 +44,7 @@ from pipeline.ingest import IngestConfig, html_to_text
 from pipeline.ingest_docs import _dechunk, _http_head
 from tests.fixtures.charset_pages import PAGES
 
-DATA = os.path.join(
-    os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "warc"
-)
+WARCS = os.path.join(DATA, "warc")
 
 
 def old(body: bytes, label: str | None) -> str:
@@ -110,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20, help="passes over the pages a round (the clock ticks in ms)")
-    parser.add_argument("--data", default=DATA, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
+    parser.add_argument("--data", default=WARCS, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
     parser.add_argument("--chromium", action="store_true", help="also read every page and code in headless Chromium")
     args = parser.parse_args()
     candidates = {

@@ -31,13 +31,13 @@ import zlib
 
 import numpy as np
 import pyarrow as pa
+from common import DATA
 
 from pipeline.ingest import IngestConfig, detect_language
 from pipeline.shards import commit_shard, ingest_shard
 from storage import Store
 from storage.verify import repair, verify_outputs
 
-DATA = os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 TEXT = "text/gutenberg-top-authors-subset.jsonl.gz"
 SHARD = 128 << 20
 
