@@ -15,7 +15,7 @@ to 8 times (~41 MiB). Every record is its own gzip member, so a concatenation is
 file. 200 MiB gives 5 files of 8 copies. The replicas live in <work>/replicas-<copies>x/ and are reused
 when they are already there with the right sizes. MiB = 2**20 bytes of gzipped WARC.
 
-Ours. The ingest stage's shard step, pipeline.shards.ingest_shard(store, fp, 0, [whole file], IngestConfig()):
+Ours. The ingest stage's shard step, pipeline.ingest_steps.ingest_shard(store, fp, 0, [whole file], IngestConfig()):
 the default config (resiliparse extractor, fastText language id, min_chars), documents read, judged
 and written to Parquet 1000 at a time into a throwaway store, as a pipeline worker runs it. Each file
 runs in a fresh child process pinned to one core (os.sched_setaffinity); imports and the language
@@ -113,7 +113,7 @@ def ours_worker(path: str, core: int | None, whole_file: bool = False) -> None:
     import resiliparse.extract.html2text  # noqa: F401  (imported lazily by ingest)
 
     from pipeline.ingest import IngestConfig, detect_language
-    from pipeline.shards import ingest_shard
+    from pipeline.ingest_steps import ingest_shard
 
     config = IngestConfig()
     detect_language("warm up the language model")
