@@ -1,5 +1,5 @@
-# The two commands of the README. Each sets up .venv on a fresh machine first.
-.PHONY: demo test setup server
+# The two commands of the README, and lint. Each sets up .venv on a fresh machine first.
+.PHONY: demo test lint setup server
 
 setup:
 	@bash scripts/setup.sh
@@ -13,3 +13,7 @@ server: setup
 
 test: setup
 	CRAWL2LLM_WORKERS=2 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25
+
+# ruff's rules and format, as pyproject.toml configures them; .ci/run checks this before the tests.
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .

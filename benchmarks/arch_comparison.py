@@ -17,27 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyarrow as pa
+import torch
+from common import DATA as SHARED_DATA
+from common import machine, markdown_table
+from dedup_corpus import windows
+from tokenizers import Tokenizer
 
-import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
-from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import DATA as SHARED_DATA  # noqa: E402
-from ingest_throughput import machine, markdown_table
-from tokenizers import Tokenizer  # noqa: E402
-
-from model.data import TokenStream  # noqa: E402
-from model.evaluate import load_model  # noqa: E402
-from model.gpt import GPT2, MODERN  # noqa: E402
-from model.train import TrainConfig, train, val_loss  # noqa: E402
-from pipeline.tokenize import TokenizeConfig, encode_table, sample_texts, train_tokenizer  # noqa: E402
-from storage import Store  # noqa: E402
+from model.data import TokenStream
+from model.evaluate import load_model
+from model.gpt import GPT2, MODERN
+from model.train import TrainConfig, train, val_loss
+from pipeline.tokenize import TokenizeConfig, encode_table, sample_texts, train_tokenizer
+from storage import Store
 
 DATA = Path(SHARED_DATA) / "text"
 TRAIN_BOOKS = DATA / "gutenberg-top-authors-subset.jsonl.gz"

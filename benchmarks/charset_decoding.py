@@ -11,7 +11,7 @@ Candidates, each given the HTTP charset and the body:
 - w3lib (Scrapy's html_to_unicode, uchardet as its detector), when it is installed;
 - webencodings: its label table and its own Python codecs (BOM, label, else resiliparse's meta/uchardet);
 - ours: pipeline.charset.decode_html.
-Correctness is on the pages of tests/test_charset.py (labelled as real servers label them; a page
+Correctness is on the pages of tests/test_charset.py (tests/fixtures/charset_pages.py, labelled as real servers label them; a page
 passes when its decoded HTML holds the text a browser shows). Speed is CPU seconds (time.process_time)
 per page over every HTTP 200 HTML response of the top-level ../shared/data/warc/*.warc.gz (20 passes a
 round), candidates in rotating order per round, best round reported. Then the real pages whose extracted text (ingest's
@@ -35,17 +35,16 @@ import platform
 import time
 
 import webencodings
+from common import DATA
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding, map_encoding_to_html5
 
 from pipeline.charset import UNDECODABLE_SHARE, _decode, decode_html, odd_share
 from pipeline.http_message import content_type, gunzip
 from pipeline.ingest import IngestConfig, html_to_text
 from pipeline.ingest_docs import _dechunk, _http_head
-from tests.test_charset import PAGES
+from tests.fixtures.charset_pages import PAGES
 
-DATA = os.path.join(
-    os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "warc"
-)
+WARCS = os.path.join(DATA, "warc")
 
 
 def old(body: bytes, label: str | None) -> str:
@@ -110,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20, help="passes over the pages a round (the clock ticks in ms)")
-    parser.add_argument("--data", default=DATA, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
+    parser.add_argument("--data", default=WARCS, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
     parser.add_argument("--chromium", action="store_true", help="also read every page and code in headless Chromium")
     args = parser.parse_args()
     candidates = {

@@ -17,21 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
+from common import machine, markdown_table
+from train_gpu import token_file
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from ingest_throughput import machine, markdown_table  # noqa: E402
-from train_gpu import token_file  # noqa: E402
-
-from model import checkpoints  # noqa: E402
-from model.train import TrainConfig, train  # noqa: E402
+from model import checkpoints
+from model.train import TrainConfig, train
 
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 64, "vocab_size": 8192}
 

@@ -4,16 +4,12 @@ with known edits. Shared by dedup_signatures.py and dedup_quality.py."""
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA
 
-from ingest_throughput import DATA  # noqa: E402
-
-from tests.test_dedup import GUTENBERG as GUTENBERG_FILE  # noqa: E402
-from tests.test_dedup import gutenberg_windows
+from tests.fixtures.corpora import GUTENBERG as GUTENBERG_FILE
+from tests.fixtures.corpora import gutenberg_windows
 
 GUTENBERG = Path(DATA) / GUTENBERG_FILE
 EDITS = ("substitute", "insert", "delete", "reorder_lines")

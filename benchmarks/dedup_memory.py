@@ -33,11 +33,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import numpy as np  # noqa: E402
-from ingest_throughput import machine, vm_hwm_kib  # noqa: E402
+import numpy as np
+from common import machine, vm_hwm_kib
 
 NUM_PERM = 112
 

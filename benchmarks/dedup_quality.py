@@ -33,27 +33,23 @@ import argparse
 import functools
 import random
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import numpy as np  # noqa: E402
-from datasketch.lsh import _optimal_param  # noqa: E402
-from dedup_corpus import EDITS, edit, windows  # noqa: E402
-from ingest_throughput import machine  # noqa: E402
-from scipy.stats import binom  # noqa: E402
+import numpy as np
+from common import machine
+from datasketch.lsh import _optimal_param
+from dedup_corpus import EDITS, edit, windows
+from scipy.stats import binom
 
 from pipeline.dedup import (
     DedupConfig,
     candidate_probability,
-    implied_threshold,  # noqa: E402
+    implied_threshold,
     signature_matrix,
     signatures,
 )
 from pipeline.dedup_run import find_duplicates
-from pipeline.schema import docs_from_rows  # noqa: E402
-from pipeline.text import normalize, word_ngrams  # noqa: E402
+from pipeline.schema import docs_from_rows
+from pipeline.text import normalize, word_ngrams
 
 RATES = {"substitute": (0.002, 0.08), "insert": (0.002, 0.08), "delete": (0.002, 0.08), "reorder_lines": (0.05, 0.6)}
 

@@ -27,21 +27,17 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import pyarrow as pa
+from common import cpu_seconds, machine, pin
+from datasketch import MinHash
+from dedup_corpus import windows
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-from datasketch import MinHash  # noqa: E402
-from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import cpu_seconds, machine, pin  # noqa: E402
-
-from pipeline import minhash  # noqa: E402
-from pipeline.dedup import DedupConfig, signature_matrix, signatures  # noqa: E402
-from pipeline.schema import docs_from_rows  # noqa: E402
-from pipeline.text import normalize_texts, word_ngrams  # noqa: E402
+from pipeline import minhash
+from pipeline.dedup import DedupConfig, signature_matrix, signatures
+from pipeline.schema import docs_from_rows
+from pipeline.text import normalize_texts, word_ngrams
 
 
 def words_of(table: pa.Table) -> list[list[str]]:

@@ -21,18 +21,18 @@ import os
 import platform
 import time
 
+from common import DATA
+
 import pipeline.ingest_docs as ingest_docs
 from pipeline.ingest import IngestConfig, detect_language, ingest_file
 
-DATA = os.path.join(
-    os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")), "warc"
-)
+WARCS = os.path.join(DATA, "warc")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--data", default=DATA, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
+    parser.add_argument("--data", default=WARCS, help="folder of *.warc.gz (default: $CRAWL2LLM_DATA/warc)")
     args = parser.parse_args()
     files = sorted(glob.glob(os.path.join(args.data, "*.warc.gz")))
     if not files:

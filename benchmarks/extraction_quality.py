@@ -34,12 +34,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA
 
-from ingest_throughput import DATA  # noqa: E402
-
-from pipeline.ingest import ExtractTimeout, IngestConfig, html_to_text  # noqa: E402
+from pipeline.ingest import ExtractTimeout, IngestConfig, html_to_text
 
 DEFAULT_DATA = Path(DATA) / "html_extraction" / "scrapinghub-aeb"
 VARIANTS = {

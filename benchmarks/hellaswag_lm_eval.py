@@ -29,23 +29,19 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import arch_comparison
+import torch
+from common import HELLASWAG, machine, markdown_table
+from tokenizers import Tokenizer
 
-import arch_comparison  # noqa: E402
-import torch  # noqa: E402
-from ingest_throughput import HELLASWAG, machine, markdown_table  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
-
-from model.evaluate import load_model  # noqa: E402
-from model.export import export_hf  # noqa: E402
-from model.tasks import accuracy, choice_scores, encode_pair, load_task, picks  # noqa: E402
-from model.train import TrainConfig, train  # noqa: E402
+from model.evaluate import load_model
+from model.export import export_hf
+from model.tasks import accuracy, choice_scores, encode_pair, load_task, picks
+from model.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # HellaSwag validation from the local file with the prompt model.tasks builds: "<activity_label>:

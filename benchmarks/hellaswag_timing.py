@@ -16,21 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from common import HELLASWAG, cpu_seconds, machine
+from tokenizers import Tokenizer
 
-import torch  # noqa: E402
-from ingest_throughput import HELLASWAG, cpu_seconds, machine  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
-
-from model.evaluate import load_model  # noqa: E402
-from model.gpt import GPT, GPT2, GPTConfig, resolve_device  # noqa: E402
-from model.tasks import evaluate_task, load_task  # noqa: E402
-from pipeline.tokenize import TokenizeConfig, train_tokenizer  # noqa: E402
+from model.evaluate import load_model
+from model.gpt import GPT, GPT2, GPTConfig, resolve_device
+from model.tasks import evaluate_task, load_task
+from pipeline.tokenize import TokenizeConfig, train_tokenizer
 
 SHAPES = {
     "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024},

@@ -15,7 +15,7 @@ to 8 times (~41 MiB). Every record is its own gzip member, so a concatenation is
 file. 200 MiB gives 5 files of 8 copies. The replicas live in <work>/replicas-<copies>x/ and are reused
 when they are already there with the right sizes. MiB = 2**20 bytes of gzipped WARC.
 
-Ours. The ingest stage's shard step, pipeline.shards.ingest_shard(store, fp, 0, [whole file], IngestConfig()):
+Ours. The ingest stage's shard step, pipeline.ingest_steps.ingest_shard(store, fp, 0, [whole file], IngestConfig()):
 the default config (resiliparse extractor, fastText language id, min_chars), documents read, judged
 and written to Parquet 1000 at a time into a throwaway store, as a pipeline worker runs it. Each file
 runs in a fresh child process pinned to one core (os.sched_setaffinity); imports and the language
@@ -49,7 +49,6 @@ import glob
 import json
 import math
 import os
-import platform
 import pstats
 import resource
 import shutil
@@ -58,11 +57,9 @@ import sys
 import tempfile
 import time
 
+from common import DATA, cpu_seconds, machine, pin, tidy, vm_hwm_kib
 from tqdm import tqdm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get("CRAWL2LLM_DATA", os.path.join(ROOT, "..", "shared", "data"))
-HELLASWAG = os.path.join(DATA, "eval", "hellaswag_val.klosax-preprocessed.jsonl.gz")  # the HellaSwag benchmarks' file
 MIB = 2**20
 COPIES_PER_FILE = 8
 # datatrove's WarcReader needs its `io` extra (warcio, faust-cchardet, python-magic); its `processing`
@@ -108,36 +105,15 @@ def replicate(work: str, mb: float) -> list[str]:
 # -- ours -------------------------------------------------------------------------------------
 
 
-def pin(core: int | None) -> bool:
-    if core is None or not hasattr(os, "sched_setaffinity"):
-        return False
-    os.sched_setaffinity(0, {core})
-    return True
-
-
-def vm_hwm_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def cpu_seconds(who: int) -> float:
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
-
-
 def ours_worker(path: str, core: int | None, whole_file: bool = False) -> None:
     """Child process: the ingest stage's shard step on one file (read, extract, judge, write Parquet
     batch by batch into a throwaway store), as a pipeline worker runs it; prints one JSON line."""
     t_start = time.monotonic()
     pinned = pin(core)
-    sys.path.insert(0, ROOT)
     import resiliparse.extract.html2text  # noqa: F401  (imported lazily by ingest)
 
     from pipeline.ingest import IngestConfig, detect_language
-    from pipeline.shards import ingest_shard
+    from pipeline.ingest_steps import ingest_shard
 
     config = IngestConfig()
     detect_language("warm up the language model")
@@ -339,7 +315,6 @@ def short_name(funcname: str) -> str:
 
 def profile_ours(path: str, core: int | None) -> None:
     pin(core)
-    sys.path.insert(0, ROOT)
     from pipeline.ingest import IngestConfig, detect_language, ingest_file
 
     config = IngestConfig()
@@ -372,31 +347,6 @@ def profile_ours(path: str, core: int | None) -> None:
 
 
 # -- report -----------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    model = "?"
-    if os.path.exists("/proc/cpuinfo"):
-        model = next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
-        )
-    mem = "?"
-    if os.path.exists("/proc/meminfo"):
-        kib = int(open("/proc/meminfo").readline().split()[1])
-        mem = f"{kib / 2**20:.1f} GiB"
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory": mem,
-        "python": platform.python_version(),
-        "os": platform.platform(),
-    }
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    """The benchmarks' result tables, as docs/BENCHMARKS.md quotes them."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
 def rates(r: dict) -> dict:
@@ -450,17 +400,6 @@ def report(rows: list[dict], extra: dict) -> None:
         f"{extra['load_before']}, after {extra['load_after']}"
     )
     print(json.dumps(tidy(out)))
-
-
-def tidy(value):
-    """Floats rounded to 3 decimals, recursively (for the JSON line)."""
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: tidy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [tidy(v) for v in value]
-    return value
 
 
 def main() -> int:

@@ -12,13 +12,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: F401  (puts this checkout first on sys.path)
 
-from pipeline.ingest import HtmlTooDeep, IngestConfig, html_to_text  # noqa: E402
+from pipeline.ingest import HtmlTooDeep, IngestConfig, html_to_text
 
 PAGES = {  # name: (repeated opening, repeated closing)
     "nested <div>": (b"<div>", b"</div>"),

@@ -23,16 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ingest_throughput import DATA as SHARED_DATA  # noqa: E402
-from ingest_throughput import machine, pin
+from common import DATA as SHARED_DATA
+from common import machine, pin
 
 from pipeline.pii import (
     PiiConfig,
@@ -40,11 +36,11 @@ from pipeline.pii import (
     analyzer,
     presidio_spans,
     replace_spans,
-    resolve_overlaps,  # noqa: E402
+    resolve_overlaps,
     scan,
     scrub,
 )
-from pipeline.schema import docs_from_rows  # noqa: E402
+from pipeline.schema import docs_from_rows
 
 DATA = Path(SHARED_DATA)
 LABELLED = ["pii/presidio-generated_large.json", "pii/presidio-synth_dataset_v2.json"]

@@ -26,14 +26,10 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, markdown_table
 
-from ingest_throughput import machine, markdown_table  # noqa: E402
-
-from flows.prefect_env import wait_healthy  # noqa: E402
-from tests.server_cmd import READY, free_port  # noqa: E402
+from flows.prefect_env import wait_healthy
+from tests.fixtures.server_cmd import READY, free_port
 
 LAUNCHERS = {"prefect (stock, DEFERRED)": "prefect", "flows.prefect_server (IMMEDIATE)": "flows.prefect_server"}
 FLOW = """

@@ -48,18 +48,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyarrow as pa
+import pyarrow.parquet as pq
+from common import DATA as SHARED_DATA
+from common import machine
+from dedup_corpus import windows
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import DATA as SHARED_DATA  # noqa: E402
-from ingest_throughput import machine
-
-import pipeline.quality as Q  # noqa: E402
-from pipeline.ingest import INPUT_SUFFIXES, IngestConfig, ingest_file  # noqa: E402
-from pipeline.schema import docs_from_rows  # noqa: E402
+import pipeline.quality as Q
+from pipeline.ingest import INPUT_SUFFIXES, IngestConfig, ingest_file
+from pipeline.schema import docs_from_rows
 
 DATA = Path(SHARED_DATA)
 HELPER = Path(__file__).resolve().parent / "datatrove_filters.py"

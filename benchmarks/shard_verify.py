@@ -6,7 +6,7 @@
 Two stores in a temporary folder on the local disk (--dir):
 
 - real: every top-level *.warc.gz of ../shared/data/warc and the Gutenberg JSONL of
-  ../shared/data/text ingested (pipeline.shards.ingest_shard, one shard per file, the language model
+  ../shared/data/text ingested (pipeline.ingest_steps.ingest_shard, one shard per file, the language model
   loaded before the clock starts): the time to compute shards per GB of what they write;
 - big: --gib of tokenize-like shards (random uint16 tokens, Arrow IPC, 128 MiB each) written
   through StageDir and committed, so the check is measured on data of a real size.
@@ -31,13 +31,14 @@ import zlib
 
 import numpy as np
 import pyarrow as pa
+from common import DATA
 
 from pipeline.ingest import IngestConfig, detect_language
-from pipeline.shards import commit_shard, ingest_shard
+from pipeline.ingest_steps import ingest_shard
+from pipeline.shard_steps import commit_shard
 from storage import Store
 from storage.verify import repair, verify_outputs
 
-DATA = os.environ.get("CRAWL2LLM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 TEXT = "text/gutenberg-top-authors-subset.jsonl.gz"
 SHARD = 128 << 20
 

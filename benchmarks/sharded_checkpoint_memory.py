@@ -26,9 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]  # on the workers' PYTHONPATH
 
 MIB = 2**20
 
@@ -189,7 +187,7 @@ def main(argv=None) -> list[dict]:
         with open(os.path.join(out, "memory.json")) as f:
             rows = json.load(f)
     if argv is None:
-        from ingest_throughput import machine, markdown_table
+        from common import machine, markdown_table  # run as a script: benchmarks/ is on sys.path
 
         print(json.dumps(machine()))
         print(

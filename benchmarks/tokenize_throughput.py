@@ -44,18 +44,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyarrow as pa
+from common import cpu_seconds, machine, pin, tidy
+from dedup_corpus import windows
+from tokenizers import Tokenizer
 
-import pyarrow as pa  # noqa: E402
-from dedup_corpus import windows  # noqa: E402
-from ingest_throughput import cpu_seconds, machine, pin, tidy  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
-
-from flows import workers  # noqa: E402
-from pipeline.tokenize_steps import encode_shard, tokenizer_shard  # noqa: E402
-from pipeline.tokenize import EOT, TokenizeConfig, encode_threads  # noqa: E402
-from storage import StageDir, Store  # noqa: E402
+from flows import workers
+from pipeline.tokenize import EOT, TokenizeConfig, encode_threads
+from pipeline.tokenize_steps import encode_shard, tokenizer_shard
+from storage import StageDir, Store
 
 UPSTREAM = ("pii", "bench")
 
@@ -89,8 +86,8 @@ def warm_up(n: int) -> None:
 def _imports() -> None:
     import tokenizers  # noqa: F401
 
-    import pipeline.tokenize_steps  # noqa: F401
     import pipeline.tokenize  # noqa: F401
+    import pipeline.tokenize_steps  # noqa: F401
 
     time.sleep(0.5)  # hold this process so the next job starts another
 
@@ -204,7 +201,7 @@ def main() -> int:
         runs: dict[int, list[dict]] = {k: [] for k in range(len(configs))}
         checked = 0
         for rep in range(args.repeat):  # every configuration once per round, so a change in load hits all
-            for k, (label, kind, method, n, parallel) in enumerate(configs):
+            for k, (_, kind, method, n, parallel) in enumerate(configs):
                 if kind == "plain":
                     runs[k].append(run_plain(tok, texts, method, parallel, args.core))
                     continue
@@ -215,7 +212,7 @@ def main() -> int:
                     print(f"checked: ours == encode_batch ids + EOT on {checked} documents", flush=True)
             print(f"round {rep + 1} of {args.repeat} done", flush=True)
         rows = []
-        for k, (label, kind, method, n, parallel) in enumerate(configs):
+        for k, (label, _, _, n, parallel) in enumerate(configs):
             wall, cpu = min(r["wall_s"] for r in runs[k]), min(r["cpu_s"] for r in runs[k])
             rows.append(
                 {

@@ -20,16 +20,12 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from common import machine, markdown_table
+from train_gpu import baseline, ours
 
-import torch  # noqa: E402
-from ingest_throughput import machine, markdown_table  # noqa: E402
-from train_gpu import baseline, ours  # noqa: E402
-
-from model.gpt import GPT2  # noqa: E402
+from model.gpt import GPT2
 
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 128, "vocab_size": 4096}
 

@@ -25,23 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
+from common import machine, markdown_table
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from ingest_throughput import machine, markdown_table  # noqa: E402
-
-from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast  # noqa: E402
-from model.mfu import device_name, mfu, peak_flops  # noqa: E402
-from model.train import TrainConfig, make_optimizer, train  # noqa: E402
-from pipeline.tokenize import token_dtype, token_table  # noqa: E402
-from storage import Store  # noqa: E402
+from model.gpt import GPT, GPT2, MODERN, GPTConfig, autocast
+from model.mfu import device_name, mfu, peak_flops
+from model.train import TrainConfig, make_optimizer, train
+from pipeline.tokenize import token_dtype, token_table
+from storage import Store
 
 GPT2_124M = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304}
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 512}

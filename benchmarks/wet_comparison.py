@@ -16,13 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA
+from extraction_quality import WORD, overlap
 
-from extraction_quality import WORD, overlap  # noqa: E402
-from ingest_throughput import DATA  # noqa: E402
-
-from pipeline.ingest import IngestConfig, ingest_file  # noqa: E402
+from pipeline.ingest import IngestConfig, ingest_file
 
 DEFAULT_DATA = Path(DATA)
 VARIANTS = {

@@ -1,25 +1,15 @@
-"""Shared fixtures. Tests that need ../shared/data skip when it is absent, unless
-CRAWL2LLM_REQUIRE_DATA=1 (set by .ci/run), where they fail instead."""
+"""Shared pytest fixtures. Tests that need ../shared/data skip when it is absent, unless
+CRAWL2LLM_REQUIRE_DATA=1 (set by .ci/run), where they fail instead (tests/fixtures/data.py).
+Helpers that are not fixtures live in tests/fixtures/."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import shutil
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("CRAWL2LLM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-def require_data(rel: str) -> Path:
-    """Path of a file or folder under shared/data; skip (or fail in CI) when it is missing."""
-    path = SHARED_DATA / rel
-    if not path.exists():
-        msg = f"real data not found: {path} (set CRAWL2LLM_DATA to the shared/data folder)"
-        if os.environ.get("CRAWL2LLM_REQUIRE_DATA") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+from tests.fixtures.data import require_data
 
 
 @pytest.fixture
@@ -36,7 +26,7 @@ def prefect_server(tmp_path_factory):
     import subprocess
 
     from flows.prefect_env import auth_string, start_server, wait_healthy
-    from tests.server_cmd import free_port
+    from tests.fixtures.server_cmd import free_port
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
@@ -93,3 +83,14 @@ def prefect_api(prefect_server, tmp_path, monkeypatch):
         }
     ):
         yield url
+
+
+@pytest.fixture
+def screenshots(tmp_path):
+    """A folder for a browser test's screenshots, copied to $CRAWL2LLM_SCREENSHOTS (CI's artifacts) after."""
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
+    yield folder
+    target = os.environ.get("CRAWL2LLM_SCREENSHOTS")
+    if target:
+        shutil.copytree(folder, target, dirs_exist_ok=True)

@@ -10,15 +10,14 @@ apt); under CRAWL2LLM_REQUIRE_DATA=1 (CI) it fails instead.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 import warnings
 
 import pytest
 
-from tests.server_cmd import api_client, crawl2llm_server, wait_final
+from tests.fixtures.browser import chromium
+from tests.fixtures.server_cmd import api_client, crawl2llm_server, wait_final
 
 pytestmark = pytest.mark.slow
 
@@ -40,42 +39,6 @@ TINY = [
     ("Evaluate", "Max New Tokens", 8),
     ("Evaluate", "Val Batches", 2),
 ]
-
-
-def _browser():
-    """Chromium and its driver from Debian's packages, or a skip (a failure in CI) saying what is missing."""
-    missing = [name for name in ("chromium", "chromedriver") if not shutil.which(name)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip)")
-    if missing:
-        msg = f"browser test needs {', '.join(missing)}: apt-get install chromium chromium-driver; make setup"
-        if os.environ.get("CRAWL2LLM_REQUIRE_DATA") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = shutil.which("chromium")
-    # no background connections: on a machine with a closed network they are refused, many at a time
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1200",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for failure messages
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
 def _property(scope, label: str):
@@ -143,16 +106,6 @@ def _click_text(driver, text: str, tag: str = "*") -> None:
     _click(driver, By.XPATH, f"//{tag}[normalize-space()='{text}']")
 
 
-@pytest.fixture
-def screenshots(tmp_path):
-    folder = tmp_path / "screenshots"
-    folder.mkdir()
-    yield folder
-    target = os.environ.get("CRAWL2LLM_SCREENSHOTS")
-    if target:
-        shutil.copytree(folder, target, dirs_exist_ok=True)
-
-
 def _login_link(log_path) -> str:
     for line in log_path.read_text().splitlines():
         if line.startswith("sign in to the UI: "):
@@ -166,7 +119,7 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
     from selenium.webdriver.support.ui import WebDriverWait
 
     warc = shared_data(WARC)
-    driver = _browser()
+    driver = chromium()
     t0 = time.monotonic()
     try:
         allow = ("--allow", str(tmp_path), "--allow", str(warc.parent))
@@ -205,7 +158,9 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
                 wait.until(lambda d: not d.current_url.split("?")[0].endswith("/run"))
                 _click(driver, By.CSS_SELECTOR, f"a[href*='/runs/flow-run/{run_id}']")
             except TimeoutException:
-                warnings.warn(f"the UI made run {run_id} but was still on the form 60 s later: {driver.current_url}")
+                warnings.warn(
+                    f"the UI made run {run_id} but was still on the form 60 s later: {driver.current_url}", stacklevel=1
+                )
                 driver.get(f"{ui}/runs/flow-run/{run_id}")
             wait.until(lambda d: f"/runs/flow-run/{run_id}" in d.current_url)
 
@@ -373,7 +328,8 @@ def _submit(driver, api: str, server_log, timeout_s: float = 90) -> str:
                 )
                 pytest.fail(f"the form did not submit in {timeout_s:.0f} s: {problems}{logs}")
             warnings.warn(
-                f"the custom-run form made no run {timeout_s:.0f} s after a click on Submit, clicking again: {problems}"
+                f"the custom-run form made no run {timeout_s:.0f} s after a click on Submit, clicking again: {problems}",
+                stacklevel=2,  # at the test's call of _submit
             )
     runs = _flow_runs(api)
     assert len(runs) == 1, f"Submit made {len(runs)} runs"

@@ -1,8 +1,9 @@
-"""Pages are decoded as a browser decodes them (issue 16): each page here is labelled and encoded the
-way real servers send it, wrapped in a WARC response record and read through ingest's real
-extraction, and its text must be the characters a browser shows (Chromium 156 shows these, checked by
-benchmarks/charset_decoding.py --chromium, but for unlabelled UTF-8). Text that no decoding reads is
-removed as `undecodable`, and the binary-text check of later stages sees C1 controls."""
+"""Pages are decoded as a browser decodes them (issue 16): each page (tests/fixtures/charset_pages.py)
+is labelled and encoded the way real servers send it, wrapped in a WARC response record and read
+through ingest's real extraction, and its text must be the characters a browser shows (Chromium 156
+shows these, checked by benchmarks/charset_decoding.py --chromium, but for unlabelled UTF-8). Text
+that no decoding reads is removed as `undecodable`, and the binary-text check of later stages sees C1
+controls."""
 
 from __future__ import annotations
 
@@ -13,71 +14,9 @@ from pipeline.charset import decode_html
 from pipeline.ingest import IngestConfig, ingest_file
 from pipeline.stage import text_kinds
 from pipeline.warc import response_record
+from tests.fixtures.charset_pages import PAGES, RUSSIAN, UTF8, html_page
 
 CONFIG = IngestConfig(languages=[], main_content=False, min_chars=1)
-CP1252 = "He said “hello” — it costs €5… naïve café, ‘quoted’ ™"
-GBK = "朱镕基总理在北京会见了来访的客人。"  # 镕 is in GBK, not in GB2312
-CP932 = "①②㈱ 髙橋さんの会社～≒"  # NEC and IBM extensions of Windows-31J, not in Shift_JIS
-JAPANESE = "日本語のテキストです。"
-RUSSIAN = "Привет, мир! Это тест."
-UTF8 = "Grüße aus München — 日本 😀"
-EUC_JP_NEC = bytes.fromhex("ada1ada2adea")  # ①②㈱ in EUC-JP's NEC row 13, which browsers read
-
-
-def _html(body: bytes, head: bytes = b"") -> bytes:
-    return b"<html><head>" + head + b"<title>t</title></head><body><p>" + body + b"</p></body></html>"
-
-
-# (name, Content-Type header, body bytes, the text a browser shows): labels as real servers send them.
-PAGES = [
-    ("latin-1 label over cp1252", "text/html; charset=ISO-8859-1", _html(CP1252.encode("cp1252")), CP1252),
-    ("ascii label over cp1252", "text/html; charset=us-ascii", _html(CP1252.encode("cp1252")), CP1252),
-    (
-        "UTF-8 BOM over a wrong HTTP label",
-        "text/html; charset=iso-8859-1",
-        b"\xef\xbb\xbf" + _html(UTF8.encode()),
-        UTF8,
-    ),
-    (
-        "UTF-16LE BOM over a wrong HTTP label",
-        "text/html; charset=utf-8",
-        _html(UTF8.encode()).decode().encode("utf-16"),
-        UTF8,
-    ),
-    ("UTF-16BE BOM, no label", "text/html", b"\xfe\xff" + _html(UTF8.encode()).decode().encode("utf-16-be"), UTF8),
-    (
-        "gb2312 label over GBK and GB18030",
-        "text/html; charset=gb2312",
-        _html(GBK.encode("gbk") + "\U00020000".encode("gb18030")),
-        GBK + "\U00020000",
-    ),
-    ("Shift_JIS label over CP932", "text/html; charset=Shift_JIS", _html(CP932.encode("cp932")), CP932),
-    (
-        "EUC-JP, NEC row 13 included",
-        "text/html; charset=EUC-JP",
-        _html(JAPANESE.encode("euc_jp") + EUC_JP_NEC),
-        JAPANESE + "\u2460\u2461\u3231",
-    ),
-    ("KOI8-R", "text/html; charset=koi8-r", _html(RUSSIAN.encode("koi8_r")), RUSSIAN),
-    ("windows-1251", "text/html; charset=windows-1251", _html(RUSSIAN.encode("cp1251")), RUSSIAN),
-    # The one page where we part from Chromium, which reads it as windows-1252 (benchmarks/charset_decoding.py
-    # --chromium): bytes that are valid UTF-8 are almost never text in a legacy encoding.
-    ("UTF-8 without any label", "text/html", _html(UTF8.encode()), UTF8),
-    (
-        "meta charset only",
-        "text/html",
-        _html(CP932.encode("cp932"), b'<meta http-equiv="Content-Type" content="text/html; charset=shift_jis">'),
-        CP932,
-    ),
-    ("meta UTF-16 is read as UTF-8", "text/html", _html(UTF8.encode(), b'<meta charset="utf-16">'), UTF8),
-    (
-        "unknown HTTP label falls through to meta",
-        "text/html; charset=no-such-charset",
-        _html(RUSSIAN.encode("koi8_r"), b"<meta charset=KOI8-R>"),
-        RUSSIAN,
-    ),
-    ("no label, detected", "text/html", _html((RUSSIAN * 20).encode("cp1251")), RUSSIAN * 20),
-]
 
 
 def _warc(path, pages: list[tuple[str, bytes]]) -> str:
@@ -140,9 +79,9 @@ def test_codes_python_reads_otherwise_read_as_the_standard_says(label, body, tex
 
 def test_text_no_decoding_reads_is_removed_as_undecodable(tmp_path):
     pages = [
-        ("text/html; charset=utf-8", _html((RUSSIAN * 5).encode("cp1251"))),  # mislabelled: all U+FFFD
-        ("text/html; charset=iso-2022-kr", _html(b"whatever")),
-        ("text/html; charset=utf-8", _html(UTF8.encode())),
+        ("text/html; charset=utf-8", html_page((RUSSIAN * 5).encode("cp1251"))),  # mislabelled: all U+FFFD
+        ("text/html; charset=iso-2022-kr", html_page(b"whatever")),
+        ("text/html; charset=utf-8", html_page(UTF8.encode())),
     ]
     result = ingest_file(_warc(tmp_path / "bad.warc.gz", pages), CONFIG)
     assert result.counts["removed"] == {"undecodable": 2}

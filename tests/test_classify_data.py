@@ -10,7 +10,7 @@ import pytest
 from model.classify_data import balance, class_counts, encode, read_labelled, split
 from model.sft_data import DataError
 from pipeline.tokenize import TokenizeConfig, train_tokenizer
-from tests.conftest import require_data
+from tests.fixtures.data import require_data
 
 SMS = "classification/SMSSpamCollection.tsv"
 

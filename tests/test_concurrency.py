@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.flow_inputs import tiny_config
+from tests.fixtures.flow_inputs import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -219,7 +219,9 @@ def test_two_crawls_into_one_store(prefect_api, tmp_path, site, monkeypatch):
             store = tmp_path / f"trial{trial}"
             server.fetched.clear()
             with Watch(store) as watch:
-                results, spans = _together(lambda: crawl(config, str(store)), lambda: crawl(config, str(store)))
+                results, spans = _together(
+                    functools.partial(crawl, config, str(store)), functools.partial(crawl, config, str(store))
+                )
             assert dict(server.fetched) == pages, f"trial {trial}: pages fetched more than once"
             assert sorted(r["cached"] for r in results) == [False, True]
             _check_written_once(watch, store)
@@ -251,7 +253,8 @@ def test_two_ingests_into_one_store(prefect_api, tmp_path, shared_data):
             store = tmp_path / f"trial{trial}"
             with Watch(store) as watch:
                 results, _ = _together(
-                    lambda: ingest([warc], config, str(store), 1), lambda: ingest([warc], config, str(store), 1)
+                    functools.partial(ingest, [warc], config, str(store), 1),
+                    functools.partial(ingest, [warc], config, str(store), 1),
                 )
             assert sorted(r["cached"] for r in results) == [False, True]
             _check_written_once(watch, store)

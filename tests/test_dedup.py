@@ -4,7 +4,6 @@ injected copies, and dolma's real Common Crawl dedup fixture."""
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 import random
 
@@ -29,34 +28,10 @@ from pipeline.dedup_run import find_duplicates
 from pipeline.schema import docs_from_rows
 from pipeline.text import normalize, normalize_texts, word_ngrams
 from pipeline.union_find import DisjointSets
+from tests.fixtures.corpora import GUTENBERG, gutenberg_windows
+from tests.fixtures.data import require_data
 
-GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
 DOLMA = "dedup/dolma/documents-000.jsonl.gz"
-
-
-def gutenberg_windows(path, books=3, words_per_doc=200):
-    """The first books' bodies (PG header/footer cut) in windows of whole paragraphs, one document
-    each, plus each book's PG license footer as its own document (real boilerplate). A book
-    without the PG markers is all body and has no footer document. books=None: every book."""
-    shards = []
-    with gzip.open(path, "rt") as f:
-        for line in itertools.islice(f, books):
-            book = json.loads(line)
-            text = book["text"]
-            start, end = text.find("*** START OF"), text.find("*** END OF")
-            marked = 0 <= start < end
-            body = text[text.find("\n", start) + 1 : end] if marked else text
-            docs, cur, n = [], [], 0
-            for para in (p for p in body.split("\n\n") if p.strip()):
-                cur.append(para)
-                n += len(para.split())
-                if n >= words_per_doc:
-                    docs.append({"id": f"{book['id']}/{len(docs)}", "text": "\n\n".join(cur)})
-                    cur, n = [], 0
-            if marked:
-                docs.append({"id": f"{book['id']}/footer", "text": text[end:]})
-            shards.append(docs)
-    return shards
 
 
 def substitute(text, k, seed):
@@ -88,8 +63,6 @@ def ipc_bytes(table):
 
 @pytest.fixture(scope="module")
 def books(request):
-    from tests.conftest import require_data
-
     return gutenberg_windows(require_data(GUTENBERG))
 
 

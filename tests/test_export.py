@@ -31,7 +31,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def book(tmp_path_factory):
-    from tests.conftest import require_data
+    from tests.fixtures.data import require_data
 
     with gzip.open(require_data("text/gutenberg-top-authors-subset.jsonl.gz"), "rt") as f:
         text = json.loads(f.readline())["text"][:200_000]

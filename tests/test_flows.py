@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tests.conftest import require_data
-from tests.flow_inputs import WARCS, tiny_config
+from tests.fixtures.data import require_data
+from tests.fixtures.flow_inputs import WARCS, tiny_config
+from tests.fixtures.prefect_runs import task_states
 
 pytestmark = pytest.mark.slow
 
@@ -17,39 +18,6 @@ AFTER_QUALITY = ["quality", "pii", "tokenize", "train", "evaluate"]
 @pytest.fixture
 def inputs(shared_data):
     return [str(shared_data(rel)) for rel in WARCS]
-
-
-def _task_states(flow_run_id) -> dict[str, str]:
-    """Task run name -> state name, for a flow run and all its subflow runs. Prefect's own task runs
-    that stand for a subflow call in its parent are left out: only our tasks."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
-
-    with get_client(sync_client=True) as client:
-        ids, frontier, subflow_calls = [flow_run_id], [flow_run_id], set()
-        while frontier:
-            # 3.8.8's sync client sends null limit/sort unless given, which the server rejects
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)),
-                limit=200,
-                sort=FlowRunSort.ID_DESC,
-            )
-            frontier = [c.id for c in children]
-            ids += frontier
-            subflow_calls |= {c.parent_task_run_id for c in children}
-        states, offset = {}, 0
-        while True:  # the server answers at most 200 task runs a request
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                limit=200,
-                offset=offset,
-                sort=TaskRunSort.ID_DESC,
-            )
-            states.update({r.name: r.state.name for r in runs if r.id not in subflow_calls})
-            if len(runs) < 200:
-                return states
-            offset += 200
 
 
 def _latest_artifacts(keys: list[str]) -> dict[str, dict]:
@@ -143,7 +111,7 @@ def test_pipeline_runs_caches_and_invalidates_downstream_only(prefect_api, tmp_p
             },
         ).json()
     assert [c["name"] for c in children] == [f"{parent.name}-{stage}" for stage in first]  # the UI's subflow list
-    states = _task_states(state.state_details.flow_run_id)
+    states = task_states(state.state_details.flow_run_id)
     assert any(name.startswith("quality-") for name in states), states
     assert all(s == "Cached" for s in states.values()), sorted(states.items())
 

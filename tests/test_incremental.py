@@ -17,8 +17,8 @@ import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from pipeline import warc
-from tests.flow_inputs import tiny_config
-from tests.test_flows import _task_states
+from tests.fixtures.flow_inputs import tiny_config
+from tests.fixtures.prefect_runs import task_states
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_incremental_rerun_processes_only_new_files(prefect_api, tmp_path, share
     ing1 = json.load(open(f"{second['ingest']['url']}/manifest.json"))
     assert ing1["sources"] == ["later.warc.gz"]  # named below the glob's folder: no machine path
     new_shards = {s["index"] for s in ing1["shards"]}
-    states = _task_states(state.state_details.flow_run_id)
+    states = task_states(state.state_details.flow_run_id)
     for stage in PER_SHARD:
         ran = {n for n in states if re.fullmatch(rf"{stage}-\d{{5}}", n)}
         assert ran == {f"{stage}-{i:05d}" for i in new_shards}, (stage, sorted(ran))
@@ -164,7 +164,7 @@ def test_incremental_rerun_processes_only_new_files(prefect_api, tmp_path, share
     assert all(
         third[s]["cached"] for s in ("ingest", "dedup", "quality", "pii", "tokenize", "corpus", "train", "evaluate")
     )
-    assert set(_task_states(state.state_details.flow_run_id).values()) <= {"Cached"}
+    assert set(task_states(state.state_details.flow_run_id).values()) <= {"Cached"}
     assert _files(store) == after
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.inputs import InputError, read_listing, resolve_inputs
 from storage import file_identity
-from tests.object_store import object_store, presigned
+from tests.fixtures.object_store import object_store, presigned
 
 CRAWL = "CC-MAIN-2099-01"
 REAL = ["warc/resiliparse-warcfile.warc.gz", "warc/dolma-sample-0000.warc.gz", "warc/dolma-sample-0001.warc.gz"]
@@ -22,7 +22,7 @@ REAL = ["warc/resiliparse-warcfile.warc.gz", "warc/dolma-sample-0000.warc.gz", "
 @pytest.fixture(scope="module")
 def cc_mirror(tmp_path_factory, request):
     """Base URL of a mirror holding CRAWL's warc.paths.gz and the real WARC files it lists."""
-    from tests.conftest import require_data
+    from tests.fixtures.data import require_data
 
     root = tmp_path_factory.mktemp("cc")
     lines = []
@@ -213,7 +213,7 @@ def _prefect_records(api: str, flow_run_id) -> tuple[dict, str]:
 
     from prefect.logging.handlers import APILogWorker
 
-    from tests.server_cmd import ui_headers
+    from tests.fixtures.server_cmd import ui_headers
 
     APILogWorker.drain_all(timeout=10)
     headers = {"Content-Type": "application/json", **ui_headers(api)}

@@ -285,15 +285,10 @@ def test_generate_is_seeded_and_stops_at_eos():
     torch.manual_seed(0)
     m = GPT(tiny()).eval()
     prompt = torch.tensor([[1, 2, 3]])
-    run = lambda seed, **kw: generate(
-        m,
-        prompt,
-        40,
-        temperature=1.0,
-        top_k=20,  # noqa: E731
-        generator=torch.Generator().manual_seed(seed),
-        **kw,
-    )
+
+    def run(seed, **kw):
+        return generate(m, prompt, 40, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(seed), **kw)
+
     a, b, other = run(7), run(7), run(8)
     assert a.shape == (1, 43) and torch.equal(a[:, :3], prompt)  # longer than block_size: the context slides
     assert torch.equal(a, b) and not torch.equal(a, other)

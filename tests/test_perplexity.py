@@ -24,7 +24,7 @@ BLOCK = 32
 def books():
     """Excerpts of three held-out Gutenberg books (real text, some non-ASCII) and a tokenizer
     trained on a training book."""
-    from tests.conftest import require_data
+    from tests.fixtures.data import require_data
 
     with gzip.open(require_data("text/gutenberg-top-authors-subset.jsonl.gz"), "rt") as f:
         train_text = json.loads(f.readline())["text"][:200_000]

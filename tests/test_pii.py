@@ -32,7 +32,7 @@ from pipeline.pii import (
     windows,
 )
 from pipeline.schema import docs_from_rows
-from tests.test_dedup import GUTENBERG, gutenberg_windows
+from tests.fixtures.corpora import GUTENBERG, gutenberg_windows
 
 SMALL = "pii/presidio-generated_small.json"
 LARGE = "pii/presidio-generated_large.json"

@@ -27,7 +27,7 @@ from pipeline.quality import (
     signal_names,
 )
 from pipeline.schema import docs_from_rows
-from tests.test_dedup import GUTENBERG, gutenberg_windows
+from tests.fixtures.corpora import GUTENBERG, gutenberg_windows
 
 # ~120 words of plain English prose that passes every rule.
 PROSE = (

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import remote
 from pipeline.remote import is_transient, with_retries
-from tests.object_store import object_store
+from tests.fixtures.object_store import object_store
 
 
 def _wrapped(inner: BaseException) -> Exception:
@@ -19,7 +19,7 @@ def _wrapped(inner: BaseException) -> Exception:
         try:
             raise inner
         except BaseException:
-            raise OSError("read failed")
+            raise OSError("read failed")  # noqa: B904 (implicit chaining, __context__, on purpose)
     except OSError as outer:
         return outer
 

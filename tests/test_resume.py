@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.flow_inputs import WARCS, tiny_config
+from tests.fixtures.flow_inputs import WARCS, tiny_config
 
 pytestmark = pytest.mark.slow
 

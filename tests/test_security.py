@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from tests.server_cmd import AUTH, api_client, crawl2llm_server, wait_final
+from tests.fixtures.server_cmd import AUTH, api_client, crawl2llm_server, wait_final
 
 pytestmark = pytest.mark.slow
 

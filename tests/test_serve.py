@@ -23,8 +23,7 @@ from model.gpt import GPT, GPTConfig
 from model.serving import Engine, Sampling, open_engine
 from model.terminal_chat import run_chat
 from pipeline.tokenize import EOT, TokenizeConfig, train_tokenizer
-from tests.server_cmd import free_port
-from tests.test_browser import screenshots  # noqa: F401  (a fixture)
+from tests.fixtures.server_cmd import free_port
 
 TEXTS = [
     "How many legs does a spider have? A spider has eight legs. " * 2,
@@ -97,10 +96,10 @@ def server(files):
         try:
             urllib.request.urlopen(url + "/v1/models", timeout=2)
             break
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"serve did not start: {proc.stdout.read()}")
+                raise RuntimeError(f"serve did not start: {proc.stdout.read()}") from err
             time.sleep(0.2)
     yield url
     proc.terminate()
@@ -259,9 +258,9 @@ def test_the_chat_page_streams_an_answer_in_a_browser(server, engine, screenshot
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.test_browser import _browser
+    from tests.fixtures.browser import chromium
 
-    driver = _browser()
+    driver = chromium()
     try:
         driver.get(server + "/")
         temperature = driver.find_element(By.ID, "temperature")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
-from tests.flow_inputs import tiny_config
-from tests.server_cmd import api_client, crawl2llm_server, ui_headers, wait_final
+from tests.fixtures.data import SHARED_DATA
+from tests.fixtures.flow_inputs import tiny_config
+from tests.fixtures.server_cmd import api_client, crawl2llm_server, ui_headers, wait_final
 
 pytestmark = pytest.mark.slow
 

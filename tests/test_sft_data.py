@@ -13,7 +13,7 @@ from model.chat import ChatFormat
 from model.gpt import GPT, GPT2, MODERN, GPTConfig
 from model.sft_data import IGNORE, DataError, pack, read_records, render_records, split_examples
 from pipeline.tokenize import PAD, TokenizeConfig, train_tokenizer
-from tests.conftest import require_data
+from tests.fixtures.data import require_data
 
 INSTRUCT = "instruct/rasbt-ch07-instruction-data.json"
 

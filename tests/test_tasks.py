@@ -63,7 +63,7 @@ FIRST = {
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tests.conftest import require_data
+    from tests.fixtures.data import require_data
 
     with gzip.open(require_data("text/gutenberg-top-authors-subset.jsonl.gz"), "rt") as f:
         text = json.loads(f.readline())["text"][:300_000]

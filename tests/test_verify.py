@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flow_inputs import tiny_config
+from tests.fixtures.flow_inputs import tiny_config
 
 DOC_STAGES = ("ingest", "dedup", "quality", "pii", "tokenize")
 INPUTS = ["warc/dolma-sample-0000.warc.gz"]
