@@ -80,7 +80,8 @@ def run_dedup(up: StageDir, config: DedupConfig, previous: StageDir | None, code
     url, idx = up.store.url, [s["index"] for s in up.read_manifest()["shards"]]
     earlier = earlier_increments(previous, config, code, run)
     offset = sum(e["docs"] for e in earlier)
-    header = {"config": config, "code": code}
+    # only what decides the bytes, so that every run that names an output writes the same manifest
+    header = {"config": result_fields(config), "code": code}
     source = (up.name, up.fingerprint)
 
     sig = run(

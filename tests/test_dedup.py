@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -308,3 +309,39 @@ def test_config_and_input_errors(books):
     corpus = Corpus({0: 200_000_000})
     with pytest.raises(MemoryError, match="raise memory_mb"):
         clusters(corpus, [pairs_table(np.zeros(0, np.uint64), np.zeros(0, np.uint64))], DedupConfig(memory_mb=1024))
+
+
+def test_a_resumed_run_with_another_memory_budget_finishes_the_same_partitions(books, tmp_path):
+    """memory_mb picks the partition count but is in no fingerprint: the run that starts the pairs
+    output fixes the count (plan.json), and a run resumed with another budget keeps it."""
+    from pipeline import dedup_run
+    from pipeline.runner import commit_stage, run_local
+    from pipeline.shard_steps import commit_docs
+    from pipeline.stage import ShardResult
+    from storage import Store
+
+    up = Store(str(tmp_path)).stage("ingest", "books")
+    tables = [docs_from_rows(s) for s in books[:3]]
+    commit_stage(
+        up,
+        {
+            i: commit_docs(up, i, ShardResult(t, t.slice(0, 0), {"docs_in": t.num_rows}), 0.0)
+            for i, t in enumerate(tables)
+        },
+        {},
+    )
+    first = DedupConfig(partitions=3)
+    manifest = dedup_run.run_dedup(up, first, None, "test", run_local)
+    o = dedup_run.outputs(up, first, None, "test")
+    other = dedup_run.outputs(up, DedupConfig(partitions=5, memory_mb=64), None, "test")
+    assert [d.fingerprint for d in (o.signatures, o.pairs, o.clusters, o.out)] == [
+        d.fingerprint for d in (other.signatures, other.pairs, other.clusters, other.out)
+    ]
+    assert [s["index"] for s in o.pairs.read_manifest()["shards"]] == [0, 1, 2]
+    # killed in step 2: its manifest, one partition and everything after it gone
+    for sd in (o.out, o.clusters, o.pairs):
+        (Path(sd.path) / "manifest.json").unlink()
+    (Path(o.pairs.path) / "stats" / "part-00001.json").unlink()
+    again = dedup_run.run_dedup(up, DedupConfig(partitions=5, memory_mb=64), None, "test", run_local)
+    assert again == manifest and again["lsh"]["partitions"] == 3
+    assert [s["index"] for s in o.pairs.read_manifest()["shards"]] == [0, 1, 2]
