@@ -20,19 +20,20 @@ def tiny_config(store: str, inputs: list[str], **overrides) -> dict:
         "ingest": {"shard_bytes": 200_000},  # several shards (the big WARC is cut), as on real crawls
         "tokenize": {"vocab_size": 512, "min_frequency": 2},
         "train": {
-            "max_steps": 30,
-            "batch_size": 4,
-            "block_size": 32,
-            "n_layer": 2,
-            "n_head": 2,
-            "n_embd": 32,
-            "warmup_steps": 5,
-            "eval_interval": 10,
-            "eval_batches": 2,
-            "checkpoint_interval": 10,
+            "model": {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
+            "schedule": {"max_steps": 30, "warmup_steps": 5},
+            "data": {"batch_size": 4},
+            "eval": {"interval": 10, "batches": 2},
+            "checkpoint": {"interval": 10},
         },
         "evaluate": {"max_new_tokens": 8, "val_batches": 2},
     }
-    for key, value in overrides.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    return cfg
+    return _merge(cfg, overrides)
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """base with changes laid over it, mappings merged key by key at every depth."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
