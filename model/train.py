@@ -451,6 +451,7 @@ class Run:
     vocab_size: int
     ckpt_path: str
     token_files: list
+    flops_per_token: float  # of the model as built, before DDP or FSDP2 wraps it
     step: int = 0
     history: list = field(default_factory=list)
     last_loss: Optional[float] = None  # the last applied step's loss, as read at the last report
@@ -476,7 +477,7 @@ class Meter:
     """Throughput and MFU: since the last report (per log event) and of the whole run (the summary)."""
 
     def __init__(self, run: Run):
-        self.flops_per_token = run.raw_model.flops_per_token()
+        self.flops_per_token = run.flops_per_token
         dtype = "bfloat16" if amp_dtype(run.device, run.config.launch.dtype) else "float32"
         self.peak, self.world = peak_flops(device_name(run.device), dtype), run.world
         self.t_start = self.t_logged = time.perf_counter()
@@ -570,6 +571,7 @@ def setup(train_files: list[str], val_files: list[str], vocab_size: int, c: Trai
     raw_model.activation_checkpointing = c.launch.activation_checkpointing
     if rank:
         torch.manual_seed(distributed.rank_seed(c.data.seed, rank, 0))
+    flops_per_token = raw_model.flops_per_token()
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     ckpt, sharded = _find_checkpoint(out_dir, ckpt_path, c, vocab_size, device)
     identity = train_stream.identity()
@@ -588,22 +590,8 @@ def setup(train_files: list[str], val_files: list[str], vocab_size: int, c: Trai
     if sharded:  # after: each rank reads only the pieces its own tensors hold
         sharded_checkpoint.load(sharded, raw_model, optimizer)
     guard = LossGuard(c.guard.mode, c.guard.spike_factor, c.guard.max_skipped, device)
-    run = Run(
-        c,
-        device,
-        rank,
-        world,
-        raw_model,
-        wrapped,
-        wrapped,
-        optimizer,
-        guard,
-        batches,
-        val_stream,
-        vocab_size,
-        ckpt_path,
-        identity,
-    )
+    parts = (raw_model, wrapped, wrapped, optimizer, guard, batches, val_stream)  # wrapped: compiled below, or not
+    run = Run(c, device, rank, world, *parts, vocab_size, ckpt_path, identity, flops_per_token)
     if ckpt:
         run.step, run.history, run.last_loss = _restore(ckpt, raw_model, optimizer, batches, guard, c, rank)
         del ckpt
