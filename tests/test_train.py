@@ -423,3 +423,37 @@ def test_a_checkpoint_with_a_flat_config_resumes(baseline, corpus, tmp_path):
     _, events = run(corpus, tmp_path, CONFIG.updated(eval={"interval": 5}))  # a resumable change
     assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 30}
     assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
+
+
+def test_the_step_takes_any_batch_source_and_loss(baseline, corpus, tmp_path):
+    """setup() then train_step() on the pretraining batches and lm_loss is train()'s first step,
+    bitwise; the same step minimizes another objective from another source (here: the loss on the
+    last target of each window only, from a fixed batch), as instruction tuning will."""
+    from model.data import Prefetcher
+    from model.gpt import IGNORE_INDEX
+    from model.train import lm_loss, setup, train_step
+
+    run_ = setup(corpus["train"], corpus["val"], corpus["vocab"], CONFIG, str(tmp_path / "a"))
+    feed = Prefetcher(run_.batches, run_.device)
+    try:
+        first = train_step(run_, feed, lm_loss)
+    finally:
+        feed.close()
+    assert run_.step == 1 and first.loss.item() == losses(baseline["events"])[1]
+
+    class Fixed:
+        position = "a fixed batch"
+
+        def __init__(self, x, y):
+            self.batch = (x, y)
+
+        def next(self):
+            return self.batch
+
+    tokens = next(iter(TokenStream(corpus["val"]).chunks))
+    x = torch.as_tensor(tokens[: 8 * 33].astype("int64")).view(8, 33)
+    y = x[:, 1:].clone()
+    y[:, :-1] = IGNORE_INDEX  # only the last position of each window is trained on
+    run_ = setup(corpus["train"], corpus["val"], corpus["vocab"], CONFIG, str(tmp_path / "b"))
+    steps = [train_step(run_, Fixed(x[:, :-1], y), lm_loss).loss.item() for _ in range(5)]
+    assert run_.step == 5 and steps[-1] < steps[0]
