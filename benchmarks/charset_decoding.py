@@ -39,7 +39,8 @@ from resiliparse.parse.encoding import bytes_to_str, detect_encoding, map_encodi
 
 from pipeline.charset import UNDECODABLE_SHARE, _decode, decode_html, odd_share
 from pipeline.http_message import content_type, gunzip
-from pipeline.ingest import IngestConfig, _dechunk, _http_head, html_to_text
+from pipeline.ingest import IngestConfig, html_to_text
+from pipeline.ingest_docs import _dechunk, _http_head
 from tests.test_charset import PAGES
 
 DATA = os.path.join(

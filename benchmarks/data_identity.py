@@ -104,7 +104,7 @@ def hashes(store: Path) -> dict:
         counts[stage] = json.loads(outs[0].read_text()).get("counts", {})
         for f in sorted(out.rglob("*")):
             rel = f.relative_to(out).as_posix()
-            if f.is_file() and rel.split("/")[0] in ("data", "removed", "buckets"):
+            if f.is_file() and rel.split("/")[0] in ("data", "removed"):
                 files[f"{stage}/{rel}"] = hashlib.sha256(f.read_bytes()).hexdigest()
     return {"files": files, "counts": counts}
 

@@ -8,12 +8,12 @@ document's signature is a pseudo-random function of a template number. 88% of do
 own template; 10% are near copies of an earlier document's template (each value replaced by a
 random one with probability 0.08, estimated Jaccard about 0.92); 2% are exact copies (same
 signature and same content hash). Written to a throwaway store with the stage's own code
-(pipeline.shards.commit_signatures: signature file and bucket keys spread over the partitions
-that DedupConfig(memory_mb=...) picks for this corpus size).
+(pipeline.dedup_steps.commit_signatures: signature file and bucket keys sorted by key, read in the
+key-range partitions that DedupConfig(memory_mb=...) picks for this corpus size).
 
 Measured: every step runs as the flow's worker runs it, one task per fresh process: step 1's
 bucket keys and writes per shard (signatures made in the same process), step 2
-(pipeline.shards.pairs_shard) per partition, step 3 (pipeline.shards.cluster_shard) once. Peak
+(pipeline.dedup_steps.pairs_shard) per partition, step 3 (pipeline.dedup_steps.cluster_shard) once. Peak
 memory per step, the largest over its tasks: peak RSS is each process's VmHWM, which counts the
 pages of the memory-mapped signature files a step touched (the kernel can drop those under
 pressure); peak anonymous is the largest RssAnon sampled every 5 ms during the step's work (what
@@ -102,24 +102,22 @@ def synthetic_shard(shard: int, rows: int, seed: int):
     )
 
 
-def step1(store: str, fp: str, shard: int, rows: int, seed: int, memory_mb: int, partitions: int) -> dict:
-    from pipeline.shards import commit_signatures, stage_dir
+def step1(store: str, fp: str, shard: int, rows: int, seed: int, memory_mb: int) -> dict:
+    from pipeline.dedup_steps import commit_signatures, stage_dir
 
     sigs = synthetic_shard(shard, rows, seed)
     out = stage_dir(store, "dedup-signatures", fp)
-    return measured(
-        lambda config: commit_signatures(out, shard, sigs, config, partitions, time.perf_counter()), memory_mb
-    )
+    return measured(lambda config: commit_signatures(out, shard, sigs, config, time.perf_counter()), memory_mb)
 
 
-def step2(store: str, fp: str, sig_fp: str, partition: int, shards: list[int], memory_mb: int) -> dict:
-    from pipeline.shards import pairs_shard
+def step2(store: str, fp: str, sig_fp: str, partition: int, partitions: int, shards: list[int], memory_mb: int) -> dict:
+    from pipeline.dedup_steps import pairs_shard
 
-    return measured(lambda config: pairs_shard(store, fp, partition, sig_fp, shards, config), memory_mb)
+    return measured(lambda config: pairs_shard(store, fp, partition, partitions, sig_fp, shards, config), memory_mb)
 
 
 def step3(store: str, fp: str, pairs_fp: str, sig_fp: str, shards: list[int], memory_mb: int) -> dict:
-    from pipeline.shards import cluster_shard
+    from pipeline.dedup_steps import cluster_shard
 
     return measured(lambda config: cluster_shard(store, fp, pairs_fp, sig_fp, shards, config), memory_mb)
 
@@ -155,7 +153,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from pipeline.dedup import DedupConfig, partitions_for
-    from pipeline.shards import stage_dir
+    from pipeline.shard_steps import stage_dir
 
     config = DedupConfig(memory_mb=args.memory_mb)
     partitions = partitions_for(args.docs, config)
@@ -166,12 +164,14 @@ def main() -> int:
         steps = {}
         t0 = time.perf_counter()
         steps["1 bucket keys (per shard)"] = in_fresh_processes(
-            step1, [(work, "sig", s, rows, args.seed, args.memory_mb, partitions) for s in shards], args.workers
+            step1, [(work, "sig", s, rows, args.seed, args.memory_mb) for s in shards], args.workers
         )
         t1 = time.perf_counter()
         stage_dir(work, "dedup-signatures", "sig")  # step 2 reads the shards' files, not a manifest
         steps["2 pairs (per partition)"] = in_fresh_processes(
-            step2, [(work, "pairs", "sig", p, shards, args.memory_mb) for p in range(partitions)], args.workers
+            step2,
+            [(work, "pairs", "sig", p, partitions, shards, args.memory_mb) for p in range(partitions)],
+            args.workers,
         )
         pairs_dir = stage_dir(work, "dedup-pairs", "pairs")
         pairs_dir.commit({"shards": [{"index": p, "data": f"data/part-{p:05d}.arrow"} for p in range(partitions)]})

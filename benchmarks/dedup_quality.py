@@ -13,7 +13,7 @@ doubled spaces, punctuation changed). The copies form the last shard, so the ori
 in corpus order and is the one a correct run keeps.
 
 Truth is the exact Jaccard similarity of the two documents' word 5-gram sets (same normalization
-as the stage). The stage runs in memory (pipeline.dedup.find_duplicates, the same steps as the
+as the stage). The stage runs in memory (pipeline.dedup_run.find_duplicates, the same steps as the
 flow) with the default settings (num_perm 112, 14 bands x 8 rows) at threshold t, and again with
 the bands x rows datasketch's MinHashLSH would pick for t (its _optimal_param, equal weights).
 
@@ -47,11 +47,11 @@ from scipy.stats import binom  # noqa: E402
 from pipeline.dedup import (
     DedupConfig,
     candidate_probability,
-    find_duplicates,
     implied_threshold,  # noqa: E402
     signature_matrix,
     signatures,
 )
+from pipeline.dedup_run import find_duplicates
 from pipeline.schema import docs_from_rows  # noqa: E402
 from pipeline.text import normalize, word_ngrams  # noqa: E402
 

@@ -9,7 +9,7 @@ Each round ingests every file with pipeline.ingest.ingest_file twice, digests ch
 alternating order, in this one process (the language model loaded before the clock starts); the
 figure is process CPU seconds (time.process_time) summed over rounds, with the best-of-rounds too.
 The A/B difference is small against the noise of a shared machine, so the checked runs also time
-the check itself (pipeline.ingest._digests_ok, wrapped) as a share of their CPU seconds.
+the check itself (pipeline.ingest_docs._digests_ok, wrapped) as a share of their CPU seconds.
 Results with the machine and load: docs/BENCHMARKS.md.
 """
 
@@ -21,7 +21,7 @@ import os
 import platform
 import time
 
-import pipeline.ingest as ingest
+import pipeline.ingest_docs as ingest_docs
 from pipeline.ingest import IngestConfig, detect_language, ingest_file
 
 DATA = os.path.join(
@@ -41,7 +41,7 @@ def main() -> None:
     configs = {"checked": IngestConfig(digest_mismatch="keep"), "unchecked": IngestConfig(check_digests=False)}
     cpu = {name: [] for name in configs}
     in_check = [0.0]
-    check = ingest._digests_ok
+    check = ingest_docs._digests_ok
 
     def timed_check(record, block):
         t = time.process_time()
@@ -50,7 +50,7 @@ def main() -> None:
         finally:
             in_check[0] += time.process_time() - t
 
-    ingest._digests_ok = timed_check
+    ingest_docs._digests_ok = timed_check
     docs = {}
     for round_no in range(args.rounds):
         order = list(configs) if round_no % 2 == 0 else list(reversed(configs))

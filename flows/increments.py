@@ -28,23 +28,27 @@ from flows.training import evaluate, train
 from flows.workers import on_cluster
 from pipeline.inputs import InputError, NoInputFiles, refuse_credentials, resolve_inputs
 from pipeline.stage import merge_counts
+from pipeline.stage_table import BY_NAME, DOC_STAGES, PER_INCREMENT, previous
 from pipeline.tokenize import shard_order
-from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint
+from storage import StageDir, Store, canonical_json, file_identity, fingerprint
 from storage.ledger import Ledger, series_key
 from storage.verify import damaged_shards
 
-PER_INCREMENT = ("ingest", "dedup", "quality", "pii", "tokenize")
-
 
 def plan(config: PipelineConfig, records: list[dict]) -> list[dict[str, StageDir]]:
-    """Every increment's stage outputs (and increment 0's tokenizer), whether written or not."""
-    plans, previous, tokenizer = [], None, None
+    """Every increment's stage outputs (and increment 0's tokenizer), whether written or not: each
+    per-increment stage of the table reads the one before it."""
+    plans, previous_dedup, tokenizer = [], None, None
     for rec in records:
         p = {"ingest": stages.ingest_output(config.store, config.ingest, rec["files"])[0]}
-        p["dedup"] = previous = stages.dedup_output(p["ingest"], config.dedup, previous)[0]
-        p["quality"] = stages.filter_output("quality", p["dedup"], config.quality)[0]
-        p["pii"] = stages.filter_output("pii", p["quality"], config.pii)[0]
-        p["tokenizer"], p["tokenize"], _ = stages.tokenize_outputs(p["pii"], config.tokenize, tokenizer)
+        for name in DOC_STAGES:
+            up = p[previous(name)]
+            if name == "dedup":  # checked against the increments before it
+                p[name] = previous_dedup = stages.dedup_output(up, config.dedup, previous_dedup)[0]
+            else:
+                p[name] = stages.filter_output(name, up, getattr(config, name))[0]
+        up = p[previous("tokenize")]
+        p["tokenizer"], p["tokenize"], _ = stages.tokenize_outputs(up, config.tokenize, tokenizer)
         tokenizer = p["tokenizer"]
         plans.append(p)
     return plans
@@ -84,9 +88,8 @@ def run_incremental(config: PipelineConfig) -> dict:
     ran: list[dict[str, dict]] = []
     for k, (rec, p) in enumerate(zip(records, plans)):
         missing = [s for s in wanted if not _intact(p[s], log)]
-        ran.append(
-            _run_increment(k, rec, plans, wanted[wanted.index(missing[0]) :], current, config) if missing else {}
-        )
+        todo = wanted[wanted.index(missing[0]) :] if missing else []
+        ran.append(run_stages(k, plans, todo, config, rec["files"], current) if todo else {})
     _publish(records, plans, ran, series_artifact)
     latest, done = plans[-1], ran[-1]
     results = {s: done.get(s) or stages.summary(latest[s], latest[s].read_manifest(), True) for s in wanted}
@@ -120,11 +123,25 @@ def _intact(out: StageDir, log) -> bool:
     return not damaged
 
 
-def _run_increment(
-    k: int, rec: dict, plans: list[dict[str, StageDir]], todo: list[str], current: list[dict], config: PipelineConfig
+def call(name: str, stage_flow, *args) -> dict:
+    """Run a stage flow as it is (the plain pipeline passes one that names it after its run)."""
+    return stage_flow(*args)
+
+
+def run_stages(
+    k: int,
+    plans: list[dict[str, StageDir]],
+    todo: list[str],
+    config: PipelineConfig,
+    files: list[dict] | None = None,
+    current: list[dict] | None = None,
+    run=call,
+    inputs: list[str] | None = None,
 ) -> dict[str, dict]:
-    """Run increment k's stages `todo` (from the first one not yet written), on the Dask cluster when
-    the config names one; each must land where planned."""
+    """Run increment k's stages `todo` in table order, on the Dask cluster when the config names one;
+    each must land where planned. `files`: the increment's input files as the ledger recorded them
+    (None: every input, a plain run); `current`: the identities of the input files there now;
+    `inputs`: what ingest reads (default: the config's inputs; a plain run's crawl output)."""
     p, w, out = plans[k], config.workers, {}
 
     def wrap(stage_flow):
@@ -132,23 +149,30 @@ def _run_increment(
 
     for stage in todo:
         if stage == "ingest":
-            have = {canonical_json(f) for f in current}
-            gone = [f["url"] for f in rec["files"] if canonical_json(f) not in have]
-            if gone:
-                raise InputError(
-                    f"increment {k} holds input files that changed or are gone since it was recorded: "
-                    f"{', '.join(gone)}; restore them to finish it"
-                )
-            r = wrap(stages.ingest)(
-                config.inputs, config.ingest, config.store, w, config.input_limit, config.cc_base_url, rec["files"]
+            if files is not None and current is not None:
+                have = {canonical_json(f) for f in current}
+                gone = [f["url"] for f in files if canonical_json(f) not in have]
+                if gone:
+                    raise InputError(
+                        f"increment {k} holds input files that changed or are gone since it was recorded: "
+                        f"{', '.join(gone)}; restore them to finish it"
+                    )
+            args = (
+                inputs or config.inputs,
+                config.ingest,
+                config.store,
+                w,
+                config.input_limit,
+                config.cc_base_url,
+                files,
             )
         elif stage == "dedup":
-            r = wrap(stages.dedup)(p["ingest"].url(), config.dedup, w, plans[k - 1]["dedup"].url() if k else None)
+            args = (p[previous(stage)].url(), config.dedup, w, plans[k - 1]["dedup"].url() if k else None)
         elif stage == "tokenize":
-            r = wrap(stages.tokenize)(p["pii"].url(), config.tokenize, w, plans[0]["tokenizer"].url() if k else None)
+            args = (p[previous(stage)].url(), config.tokenize, w, plans[0]["tokenizer"].url() if k else None)
         else:
-            upstream = p[PER_INCREMENT[PER_INCREMENT.index(stage) - 1]]
-            r = wrap(getattr(stages, stage))(upstream.url(), getattr(config, stage), w)
+            args = (p[previous(stage)].url(), getattr(config, stage), w)
+        r = run(stage, wrap(getattr(stages, stage)), *args)
         if r["fingerprint"] != p[stage].fingerprint:
             raise RuntimeError(f"increment {k}: {stage} wrote {r['url']}, planned {p[stage].url()}")
         out[stage] = r
@@ -158,7 +182,7 @@ def _run_increment(
 def union(config: PipelineConfig, toks: list[StageDir]) -> dict:
     """A tokenize output holding every increment's token shards (paths into their folders), in a
     seeded order over all of them (a flow's summary of it)."""
-    code = code_version("pipeline.tokenize", *stages.CORE)
+    code = BY_NAME["tokenize"].code_version()
     upstream = {"increments": [t.fingerprint for t in toks]}
     out = toks[0].store.stage("tokenize", fingerprint("tokenize", code, config.tokenize, upstream))
     if out.is_committed():

@@ -7,18 +7,18 @@ import time
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
-from flows import access, artifacts
+from flows import access, artifacts, stages
 from flows.config import STAGES, PipelineConfig
-from flows.increments import run_incremental
-from flows.stages import crawl, dedup, ingest, pii, quality, tokenize
+from flows.increments import plan, run_incremental, run_stages
+from flows.stages import crawl
 from flows.training import evaluate, train
-from flows.workers import on_cluster
 from pipeline.inputs import resolve_inputs
+from pipeline.stage_table import PER_INCREMENT
 
 
 @flow(name="pipeline")
 def pipeline(config: PipelineConfig) -> dict:
-    """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate.
+    """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate (pipeline/stage_table.py).
 
     Args:
         config: the inputs (or seed URLs), the store and every stage's settings.
@@ -48,28 +48,13 @@ def pipeline(config: PipelineConfig) -> dict:
         inputs = [run("crawl", crawl, config.crawl, config.store)["url"]]
     else:
         inputs = config.inputs
-    on = config.dask_address  # shard tasks of ingest..tokenize on this Dask cluster (None: local processes)
-    prev = run(
-        "ingest",
-        on_cluster(ingest, on),
-        inputs,
-        config.ingest,
-        config.store,
-        config.workers,
-        config.input_limit,
-        config.cc_base_url,
-    )
-    steps = [
-        ("dedup", dedup, config.dedup),
-        ("quality", quality, config.quality),
-        ("pii", pii, config.pii),
-        ("tokenize", tokenize, config.tokenize),
-    ]
-    for name, fn, cfg in steps:
-        if STAGES.index(name) > last:
-            break
-        prev = run(name, on_cluster(fn, on), prev["url"], cfg, config.workers)
-    else:
+    # One increment holding every input: the same plan and chain as an incremental run's increments.
+    identities = stages.ingest_identities(inputs, config.input_limit, config.cc_base_url)
+    plans = plan(config, [{"files": identities}])
+    wanted = [s for s in PER_INCREMENT if STAGES.index(s) <= last]
+    results.update(run_stages(0, plans, wanted, config, run=run, inputs=inputs))
+    if wanted == list(PER_INCREMENT):
+        prev = results["tokenize"]
         if STAGES.index("train") <= last:
             prev = run("train", train, prev["url"], config.train)
         if STAGES.index("evaluate") <= last:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from typing import Optional
 
 import fsspec
 from prefect import flow, task
@@ -13,21 +14,18 @@ from prefect.cache_policies import NO_CACHE
 from flows import access, artifacts, workers
 from flows.common import Timer, bind, publish_stage, publish_table, run_locked, run_stage
 from flows.config import Location, Locations
-from pipeline import shards
+from pipeline import dedup_run, filter_step, ingest_steps, tokenize_steps
 from pipeline.crawl import CrawlConfig
-from pipeline.dedup import DedupConfig, implied_threshold, partitions_for
+from pipeline.dedup import DedupConfig
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, CC_CRAWL, InputError, InputFile, refuse_credentials, resolve_inputs
-from pipeline.pii import PiiConfig, pseudonym_key_id
-from pipeline.quality import QualityConfig
+from pipeline.stage_table import BY_NAME, TABLE, Stage, load
 from pipeline.tokenize import TokenizeConfig, shard_order
-from storage import StageDir, Store, canonical_json, code_version, file_identity, fingerprint, open_stage
+from storage import StageDir, Store, canonical_json, file_identity, fingerprint, open_stage
 
 DEFAULT_STORE = "store"
 RUNNER = workers.task_runner()  # local threads + process pool, or the Dask cluster at $CRAWL2LLM_DASK_ADDRESS
-# With each stage module, the glue that reads and writes its shards (code_version adds their imports).
-CORE = ("pipeline.shards",)
 
 
 def summary(out: StageDir, manifest: dict, cached: bool) -> dict:
@@ -69,7 +67,7 @@ def crawl(config: CrawlConfig, store: str = DEFAULT_STORE) -> dict:
         store: folder or fsspec URL (s3://bucket/prefix) the output goes to, as crawl/{fingerprint}.
     """
     access.check({"store": store, "config.seeds": config.seeds})
-    out = Store(store).stage("crawl", fingerprint("crawl", code_version("pipeline.crawl"), config, None))
+    out = Store(store).stage("crawl", fingerprint("crawl", BY_NAME["crawl"].code_version(), config, None))
 
     def work() -> tuple[bool, float]:  # under the output's lock: a second crawl waits, then finds it committed
         cached = out.is_committed()
@@ -132,7 +130,7 @@ def ingest(
     plan = plan_shards([(f.url, size) for f, size in zip(sources, sizes)], config.shard_bytes)
     jobs = {
         i: bind(
-            shards.ingest_shard,
+            ingest_steps.ingest_shard,
             out.store.url,
             out.fingerprint,
             i,
@@ -165,8 +163,13 @@ def ingest_output(store: str, config: IngestConfig, identities) -> tuple[StageDi
     upstream = identities
     if config.url_blocklist_files:  # what the lists hold, not only their names, decides the output
         upstream = {"inputs": upstream, "url_blocklists": [file_identity(f) for f in config.url_blocklist_files]}
-    code = code_version("pipeline.ingest", "pipeline.ingest_plan", *CORE)
+    code = BY_NAME["ingest"].code_version()
     return Store(store).stage("ingest", fingerprint("ingest", code, config, upstream)), code, upstream
+
+
+def ingest_identities(inputs: list[str], limit: int | None, cc_base_url: str):
+    """What ingest of these inputs is named by (each file's identity, or a crawl output's): a run's plan."""
+    return _ingest_sources(inputs, limit, cc_base_url)[1]
 
 
 def _ingest_sources(
@@ -224,144 +227,41 @@ def dedup(
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
         previous: the dedup output of the previous increment of an incremental run (empty: none).
     """
-    up, docs = _upstream(source, previous=previous)  # signatures depend on no earlier increment
-    up_manifest = up.read_manifest()
-    st, idx = up.store, [s["index"] for s in up_manifest["shards"]]
+    up, _ = _upstream(source, previous=previous)
     prev = open_stage(previous) if previous else None
-    earlier = _earlier_increments(prev, config, workers_n)
-    offset = sum(e["docs"] for e in earlier)
-    out, code, upstream = dedup_output(up, config, prev)
-    header = {"config": config, "code": code, "upstream": upstream}
-    partitions = partitions_for(up_manifest["counts"].get("docs_kept", 0), config)
-    sig = st.stage(
-        "dedup-signatures",
-        fingerprint("dedup-signatures", code, {**config.signature_fields(), "partitions": partitions}, docs),
-    )
-    sig_manifest, _ = run_stage(
-        sig,
-        {
-            i: bind(shards.signature_shard, st.url, sig.fingerprint, i, (up.name, up.fingerprint), config, partitions)
-            for i in idx
-        },
-        {**header, "partitions": partitions},
-        workers_n,
-    )
-    pairs_up = sig.fingerprint if prev is None else {"signatures": sig.fingerprint, "previous": prev.fingerprint}
-    pairs = st.stage("dedup-pairs", fingerprint("dedup-pairs", code, config, pairs_up))
-    pairs_manifest, _ = run_stage(
-        pairs,
-        {
-            p: bind(shards.pairs_shard, st.url, pairs.fingerprint, p, sig.fingerprint, idx, config, earlier)
-            for p in range(partitions)
-        },
-        {**header, "upstream": {"stage": sig.name, "fingerprint": sig.fingerprint}},
-        workers_n,
-    )
-    clu = st.stage("dedup-clusters", fingerprint("dedup-clusters", code, config, pairs.fingerprint))
-    clu_manifest, _ = run_stage(
-        clu,
-        {
-            0: bind(
-                shards.cluster_shard,
-                st.url,
-                clu.fingerprint,
-                pairs.fingerprint,
-                sig.fingerprint,
-                idx,
-                config,
-                earlier,
-                offset,
-            )
-        },
-        {**header, "upstream": {"stage": pairs.name, "fingerprint": pairs.fingerprint}},
-        0,
-    )
-    jobs = {
-        i: bind(
-            shards.dedup_apply_shard, st.url, out.fingerprint, i, (up.name, up.fingerprint), clu.fingerprint, config
-        )
-        for i in idx
-    }
-    lsh = {
-        "num_perm": config.num_perm,
-        "bands": config.bands,
-        "rows": config.rows,
-        "implied_threshold": round(implied_threshold(config.bands, config.rows), 4),
-        "threshold": config.threshold,
-        "partitions": partitions,
-        **pairs_manifest["counts"],
-        **{k: v for k, v in clu_manifest["counts"].items() if k != "by_reason"},
-    }
-    publish_table(artifacts.output_key(out, "lsh"), lsh, "MinHash LSH settings and clustering totals")
-    # What a later increment needs to check its documents against this one (and the ones before).
-    this = {
-        "offset": offset,
-        "docs": sig_manifest["counts"].get("docs_in", 0),
-        "partitions": partitions,
-        "signatures": sig.fingerprint,
-        "clusters": clu.fingerprint,
-    }
-    increments = [{k: v for k, v in e.items() if k != "index"} for e in earlier] + [this]
-    return summary(
-        out, *run_stage(out, jobs, {**header, "lsh": lsh, "increments": increments}, workers_n, examples=True)
-    )
+    cached: dict[str, bool] = {}
+
+    def run(out: StageDir, jobs, header, inline: bool = False, examples: bool = False) -> dict:
+        manifest, cached[out.name] = run_stage(out, jobs, header, 0 if inline else workers_n, examples=examples)
+        return manifest
+
+    manifest = dedup_run.run_dedup(up, config, prev, BY_NAME["dedup"].code_version(), run)
+    out = dedup_output(up, config, prev)[0]
+    publish_table(artifacts.output_key(out, "lsh"), manifest["lsh"], "MinHash LSH settings and clustering totals")
+    return summary(out, manifest, cached["dedup"])
 
 
 def dedup_output(up: StageDir, config: DedupConfig, previous: StageDir | None) -> tuple[StageDir, str, dict]:
     """Where dedup of `up` (after the increments up to `previous`) writes."""
-    code = code_version("pipeline.dedup", *CORE)
-    upstream = {
-        "stage": up.name,
-        "fingerprint": up.fingerprint,
-        **({"previous": previous.fingerprint} if previous is not None else {}),
-    }
-    return up.store.stage("dedup", fingerprint("dedup", code, config, upstream)), code, upstream
-
-
-def _earlier_increments(prev: StageDir | None, config: DedupConfig, workers_n: int | None) -> list[dict]:
-    """The increments up to `prev` (its manifest's `increments`), each with its bucket index, built
-    here the first time a later increment needs it."""
-    if prev is None:
-        return []
-    manifest = prev.read_manifest()
-    if prev.name != "dedup" or "increments" not in manifest:
-        raise ValueError(f"previous={prev.url()} is not a dedup output")
-    if DedupConfig.model_validate(manifest["config"]).key_fields() != config.key_fields():
-        raise ValueError(f"previous={prev.url()} used other MinHash/LSH settings: its keys cannot be compared")
-    code = code_version("pipeline.dedup", *CORE)
-    earlier = []
-    for e in manifest["increments"]:
-        index = prev.store.stage("dedup-index", fingerprint("dedup-index", code, None, e))
-        if not index.is_committed():
-            sig = prev.store.stage("dedup-signatures", e["signatures"])
-            rows = sorted(shards.shard_rows(sig, _indexes(sig)).items())
-            run_stage(
-                index,
-                {
-                    p: bind(
-                        shards.index_shard,
-                        index.store.url,
-                        index.fingerprint,
-                        p,
-                        e["signatures"],
-                        e["clusters"],
-                        rows,
-                        e["offset"],
-                    )
-                    for p in range(e["partitions"])
-                },
-                {"code": code, "upstream": e, "rows": rows},
-                workers_n,
-            )
-        earlier.append({**e, "index": index.fingerprint})
-    return earlier
+    code = BY_NAME["dedup"].code_version()
+    o = dedup_run.outputs(up, config, previous, code)
+    return o.out, code, o.upstream
 
 
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
     up, _ = _upstream(source)
     out, code, upstream = filter_output(name, up, config)
     jobs = {
-        i: bind(shards.filter_shard, up.store.url, name, out.fingerprint, i, (up.name, up.fingerprint), config)
+        i: bind(
+            filter_step.filter_shard,
+            up.store.url,
+            name,
+            out.fingerprint,
+            i,
+            (up.name, up.fingerprint),
+            config,
+            BY_NAME[name].filter,
+        )
         for i in _indexes(up)
     }
     header = {"config": config, "code": code, "upstream": upstream}
@@ -369,38 +269,40 @@ def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict
 
 
 def filter_output(name: str, up: StageDir, config) -> tuple[StageDir, str, dict]:
-    """Where quality or pii of `up` writes. pii's pseudonym key is named by its id (never the key)."""
-    code = code_version(f"pipeline.{name}", *CORE)
+    """Where filter stage `name` of `up` writes. A secret the config names (pii's pseudonym key) is
+    part of the fingerprint by its id, never itself (the stage's `secret_id`)."""
+    stage = BY_NAME[name]
+    code = stage.code_version()
     upstream = {"stage": up.name, "fingerprint": up.fingerprint}
-    secret_id = pseudonym_key_id(config) if name == "pii" else None
+    secret_id = load(stage.secret_id)(config) if stage.secret_id else None
     inputs = upstream if secret_id is None else {**upstream, "secret_id": secret_id}
     return up.store.stage(name, fingerprint(name, code, config, inputs)), code, upstream
 
 
-@flow(name="quality", task_runner=RUNNER)
-def quality(source: Location, config: QualityConfig = QualityConfig(), workers_n: int | None = None) -> dict:
-    """Gopher quality and repetition rules (C4 and FineWeb optional); every removed document keeps the
-    first rule that removed it, or with `signals` every document is kept with its signals as columns.
+def filter_flow(stage: Stage):
+    """The Prefect flow of a document filter stage (quality, pii, a plug-in): its function over every
+    shard of the upstream output, the form in the UI built from the stage's config model."""
+    cls = stage.config_class
+
+    def run(source, config=cls(), workers_n=None) -> dict:
+        return _filter_stage(stage.name, source, config, workers_n)
+
+    run.__annotations__ = {"source": Location, "config": cls, "workers_n": Optional[int], "return": dict}
+    run.__name__ = run.__qualname__ = stage.name
+    run.__module__ = __name__
+    run.__doc__ = f"""{stage.description or stage.help}
 
     Args:
-        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
-        config: the quality rules and thresholds.
+        source: the upstream stage output to read (a folder or URL holding manifest.json, {{store}}/{{stage}}/{{fingerprint}}).
+        config: the {stage.title or stage.name} settings.
         workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
     """
-    return _filter_stage("quality", source, config, workers_n)
+    return flow(name=stage.name, task_runner=RUNNER)(run)
 
 
-@flow(name="pii", task_runner=RUNNER)
-def pii(source: Location, config: PiiConfig = PiiConfig(), workers_n: int | None = None) -> dict:
-    """presidio scrubbing: emails, phones, IPs, cards, IBANs replaced by typed placeholders or keyed
-    pseudonyms (the key's id, not the key, is part of the fingerprint).
-
-    Args:
-        source: the upstream stage output to read (a folder or URL holding manifest.json, {store}/{stage}/{fingerprint}).
-        config: the PII entities and replacement settings.
-        workers_n: worker processes for the shards (empty: one per core; 0: inline, needed for memory:// stores).
-    """
-    return _filter_stage("pii", source, config, workers_n)
+for _stage in TABLE:  # quality, pii and every plug-in filter stage, as flows.stages.<name>
+    if _stage.filter:
+        globals()[_stage.name] = filter_flow(_stage)
 
 
 @flow(name="tokenize", task_runner=RUNNER)
@@ -427,7 +329,7 @@ def tokenize(
     if not tokenizer:
         run_stage(
             tok,
-            {0: bind(shards.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
+            {0: bind(tokenize_steps.tokenizer_shard, st.url, tok.fingerprint, (up.name, up.fingerprint), idx, config)},
             header,
             0,
         )
@@ -436,7 +338,7 @@ def tokenize(
     parallel = n < (os.cpu_count() or 1)
     jobs = {
         i: bind(
-            shards.encode_shard,
+            tokenize_steps.encode_shard,
             st.url,
             out.fingerprint,
             i,
@@ -460,7 +362,7 @@ def tokenize_outputs(
     up: StageDir, config: TokenizeConfig, tokenizer: StageDir | None = None
 ) -> tuple[StageDir, StageDir, str]:
     """The tokenizer (trained on `up`, or the one given) and where the token shards of `up` go."""
-    code = code_version("pipeline.tokenize", *CORE)
+    code = BY_NAME["tokenize"].code_version()
     upstream = {"stage": up.name, "fingerprint": up.fingerprint}
     tok = tokenizer or up.store.stage("tokenizer", fingerprint("tokenizer", code, config, upstream))
     inputs = upstream if tokenizer is None else {**upstream, "tokenizer": tokenizer.fingerprint}

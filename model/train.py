@@ -345,9 +345,7 @@ def nest_flat_keys(data: dict, warn: bool = False) -> dict:
             )
         out[group] = {**section, new: value}
         if warn:
-            warnings.warn(
-                f"train config key {old!r} is deprecated: use {group}.{new}", DeprecationWarning, stacklevel=4
-            )
+            warnings.warn(f"train.{old} is deprecated: use train.{group}.{new}", DeprecationWarning, stacklevel=4)
     return out
 
 

@@ -55,9 +55,9 @@ def code_version(*modules: str) -> str:
     comments left out), and of every project module they import at module level (transitively), so
     editing a shared helper invalidates its users.
 
-    Imports inside functions are not followed: pipeline/shards.py imports each stage lazily, and a
-    change to one stage must not invalidate the others. Prefect's TASK_SOURCE would only see the
-    thin task wrapper, not pipeline/.
+    Imports inside functions are not followed. Each stage declares its modules (pipeline/stage_table.py)
+    and the shard skeleton (pipeline/shard_steps.py) imports no stage, so a change to one stage leaves
+    the others cached. Prefect's TASK_SOURCE would only see the thin task wrapper, not pipeline/.
     """
     h = hashlib.sha256()
     for name in sorted(module_closure(modules)):

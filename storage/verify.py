@@ -8,7 +8,7 @@ object stores the reuse check is sizes only: a CRC would download every file aga
 is uncommitted (stats, then files) and done again; shards are deterministic, so the redone files
 equal the lost ones and nothing downstream changes. `verify_store` is `crawl2llm verify`: every
 file's size and CRC-32, everywhere. Stats written before sizes were recorded (no `files`) are
-trusted as they are: no output of that code is reused anyway, since `pipeline/shards.py` changed
+trusted as they are: no output of that code is reused anyway, since `pipeline/shard_steps.py` changed
 with them and names every fingerprint.
 """
 

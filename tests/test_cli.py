@@ -34,12 +34,12 @@ def test_invalid_config_value_is_named(tmp_path, capsys, shared_data):
         {
             "inputs": [str(shared_data("warc/cc-whirlwind.warc.gz"))],
             "store": str(tmp_path / "s"),
-            "quality": {"min_words": -5},
+            "quality": {"gopher": {"min_words": -5}},
         },
     )
     assert main(["run", cfg]) == 2
     err = capsys.readouterr().err
-    assert "quality.min_words" in err and "greater than or equal to 0" in err
+    assert "quality.gopher.min_words" in err and "greater than or equal to 0" in err
     assert not (tmp_path / "s").exists()
 
 

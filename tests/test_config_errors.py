@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover
     HAS_CUDA = False
 
 # (id, files to write {name: text or bytes}, argv, what the line must name: a string or several). {tmp} is the
-# test's folder. A stage's own config names its fields as written there (min_words, not quality.min_words).
+# test's folder. A stage's own config names its fields as written there (gopher.min_words, not quality.gopher.min_words).
 CASES = [
     # -- the YAML file of `crawl2llm run` -------------------------------------------------------
     ("yaml-list", {"c.yaml": "- a\n- b\n"}, ["run", "c.yaml"], "mapping"),
@@ -54,9 +54,9 @@ CASES = [
     ("yaml-duplicate-key", {"c.yaml": BASE + "store: other\n"}, ["run", "c.yaml"], "store"),
     (
         "yaml-duplicate-nested",
-        {"c.yaml": BASE + "quality:\n  min_words: 1\n  min_words: 2\n"},
+        {"c.yaml": BASE + "quality:\n  gopher:\n    min_words: 1\n    min_words: 2\n"},
         ["run", "c.yaml"],
-        "quality.min_words",
+        "quality.gopher.min_words",
     ),
     ("yaml-billion-laughs", {"c.yaml": BASE + LAUGHS}, ["run", "c.yaml"], "alias"),
     ("yaml-recursive-alias", {"c.yaml": BASE + "evaluate: &e {prompts: *e}\n"}, ["run", "c.yaml"], "recursive"),
@@ -66,7 +66,24 @@ CASES = [
     # -- fields --------------------------------------------------------------------------------
     ("unknown-top", {"c.yaml": BASE + "stroe: x\n"}, ["run", "c.yaml"], "stroe"),
     ("unknown-nested", {"c.yaml": BASE + "quality: {min_word: 3}\n"}, ["run", "c.yaml"], "quality.min_word"),
-    ("type-str-for-int", {"c.yaml": BASE + "quality: {min_words: many}\n"}, ["run", "c.yaml"], "quality.min_words"),
+    (
+        "unknown-in-recipe",
+        {"c.yaml": BASE + "quality: {gopher: {min_word: 3}}\n"},
+        ["run", "c.yaml"],
+        ("quality.gopher.min_word", "did you mean min_words?"),
+    ),
+    (
+        "flat-and-nested-differ",
+        {"c.yaml": BASE + "quality: {min_words: 3, gopher: {min_words: 4}}\n"},
+        ["run", "c.yaml"],
+        ("quality.min_words (3)", "quality.gopher.min_words (4)"),
+    ),
+    (
+        "type-str-for-int",
+        {"c.yaml": BASE + "quality: {gopher: {min_words: many}}\n"},
+        ["run", "c.yaml"],
+        "quality.gopher.min_words",
+    ),
     ("type-list-for-dict", {"c.yaml": BASE + "quality: [1, 2]\n"}, ["run", "c.yaml"], "quality"),
     (
         "type-bool-for-int",
@@ -122,15 +139,15 @@ CASES = [
     ),
     (
         "fraction-in-dict",
-        {"c.yaml": BASE + "quality: {max_top_ngram_chars: {2: 5}}\n"},
+        {"c.yaml": BASE + "quality: {gopher: {max_top_ngram_chars: {2: 5}}}\n"},
         ["run", "c.yaml"],
-        "quality.max_top_ngram_chars",
+        "quality.gopher.max_top_ngram_chars",
     ),
     (
         "ngram-size-zero",
-        {"c.yaml": BASE + "quality: {max_dup_ngram_chars: {0: 0.1}}\n"},
+        {"c.yaml": BASE + "quality: {gopher: {max_dup_ngram_chars: {0: 0.1}}}\n"},
         ["run", "c.yaml"],
-        "quality.max_dup_ngram_chars: key 0",
+        "quality.gopher.max_dup_ngram_chars: key 0",
     ),
     ("bad-enum", {"c.yaml": BASE + "ingest: {extractor: bs4}\n"}, ["run", "c.yaml"], "ingest.extractor"),
     ("bad-rule", {"c.yaml": BASE + "quality: {rules: [gopher_foo]}\n"}, ["run", "c.yaml"], "quality.rules"),
@@ -156,7 +173,12 @@ CASES = [
         "train.launch.parallel",
     ),
     ("bands-exceed-perm", {"c.yaml": BASE + "dedup: {bands: 20, rows: 8}\n"}, ["run", "c.yaml"], "dedup"),
-    ("min-above-max", {"c.yaml": BASE + "quality: {min_words: 500, max_words: 100}\n"}, ["run", "c.yaml"], "quality"),
+    (
+        "min-above-max",
+        {"c.yaml": BASE + "quality: {gopher: {min_words: 500, max_words: 100}}\n"},
+        ["run", "c.yaml"],
+        "quality.gopher.min_words 500 > max_words 100",
+    ),
     (
         "task-file-missing",
         {"c.yaml": BASE + "evaluate: {tasks: {hellaswag: '{tmp}/nope.jsonl'}}\n"},
@@ -233,14 +255,24 @@ CASES = [
         marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU"),
     ),
     # -- --set -------------------------------------------------------------------------------------
-    ("set-no-equals", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "quality.min_words"], "quality.min_words"),
+    (
+        "set-no-equals",
+        {"c.yaml": BASE},
+        ["run", "c.yaml", "--set", "quality.gopher.min_words"],
+        "quality.gopher.min_words",
+    ),
     ("set-through-scalar", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "train=3", "--set", "train.lr=1"], "train"),
     ("set-into-string", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "store.x=1"], "store"),
     ("set-empty-key", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "=3"], "--set"),
     ("set-empty-segment", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "quality..min_words=3"], "quality..min_words"),
     ("set-empty-value", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "store="], "store"),
     ("set-string-for-list", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "inputs=a.warc.gz"], "inputs"),
-    ("set-bad-yaml-value", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "quality.min_words=["], "quality.min_words"),
+    (
+        "set-bad-yaml-value",
+        {"c.yaml": BASE},
+        ["run", "c.yaml", "--set", "quality.gopher.min_words=["],
+        "quality.gopher.min_words",
+    ),
     ("set-python-tag", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "store=!!python/name:os.system"], "store"),
     (
         "set-nan",
@@ -271,8 +303,8 @@ CASES = [
     (
         "stage-set-through-scalar",
         {},
-        ["quality", "{tmp}/src", "--set", "min_words=3", "--set", "min_words.x=1"],
-        "min_words.x",
+        ["quality", "{tmp}/src", "--set", "gopher.min_words=3", "--set", "gopher.min_words.x=1"],
+        "gopher.min_words.x",
     ),
     ("stage-workers-negative", {}, ["quality", "{tmp}/src", "--workers", "-1"], "--workers"),
     ("stage-workers-not-int", {}, ["dedup", "{tmp}/src", "--workers", "many"], "--workers"),
@@ -450,3 +482,23 @@ def test_a_config_error_a_run_finds_is_one_line_without_traceback(prefect_server
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("error: block_size: ") and "less than one window" in err, err
+
+
+def test_a_deprecated_quality_key_still_works_with_one_warning_line(capsys):
+    """quality's flat keys of before the recipes were nested: accepted, and the user is told."""
+    from flows.config import validate
+    from pipeline.quality import QualityConfig
+
+    config = validate(QualityConfig, {"min_words": 30}, "q.yaml")
+    assert config == QualityConfig(gopher={"min_words": 30})
+    assert capsys.readouterr().err == "warning: q.yaml: quality.min_words is deprecated: use quality.gopher.min_words\n"
+
+
+def test_a_deprecated_train_key_still_works_with_one_warning_line(capsys):
+    """training's flat keys of before its groups: accepted at their new place, and the user is told."""
+    from flows.config import validate
+    from model.train import TrainConfig
+
+    config = validate(TrainConfig, {"max_steps": 30}, "t.yaml")
+    assert config == TrainConfig(schedule={"max_steps": 30})
+    assert capsys.readouterr().err == "warning: t.yaml: train.max_steps is deprecated: use train.schedule.max_steps\n"

@@ -20,12 +20,12 @@ from pipeline.dedup import (
     DedupConfig,
     apply_duplicates,
     clusters,
-    find_duplicates,
     implied_threshold,
     pairs_table,
     signature_matrix,
     signatures,
 )
+from pipeline.dedup_run import find_duplicates
 from pipeline.schema import docs_from_rows
 from pipeline.text import normalize, normalize_texts, word_ngrams
 from pipeline.union_find import DisjointSets

@@ -239,9 +239,9 @@ def _slow_every_other_page(monkeypatch):
     (0.4 s) leaves real pages room on a loaded machine (at 0.05 s a real page was cut under CI load)."""
     import time
 
-    import pipeline.ingest as ingest
+    import pipeline.extract as extract_module
 
-    real, calls = ingest._trafilatura_text, []
+    real, calls = extract_module._trafilatura_text, []
 
     def extract(html):
         calls.append(1)
@@ -250,7 +250,7 @@ def _slow_every_other_page(monkeypatch):
             return "too late"
         return real(html)
 
-    monkeypatch.setattr(ingest, "_trafilatura_text", extract)
+    monkeypatch.setattr(extract_module, "_trafilatura_text", extract)
 
 
 def test_extract_timeout_skips_and_counts_the_page_on_the_main_thread(shared_data, monkeypatch):
@@ -298,7 +298,7 @@ def test_extract_timeout_works_in_a_spawned_worker_process():
     import time
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.ingest import ExtractTimeout, _with_timeout
+    from pipeline.extract import ExtractTimeout, _with_timeout
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_with_timeout, len, "abc", seconds=5).result() == 3

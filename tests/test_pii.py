@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 import pipeline.pii as pii
+import pipeline.pii.recognizers as recognizers
 from pipeline.pii import (
     BATCH_CHARS,
     ENTITIES,
@@ -217,7 +218,7 @@ def test_chunk_bounds_cover_text():
 def test_deterministic(shared_data):
     _, table = gold_table(shared_data(SMALL))
     a = scrub(table, PiiConfig())
-    pii._ENGINES.clear()  # a fresh engine gives the same result
+    recognizers._ENGINES.clear()  # a fresh engine gives the same result
     b = scrub(table, PiiConfig())
     assert a.counts == b.counts and a.kept.equals(b.kept) and a.removed.equals(b.removed)
 
@@ -235,7 +236,7 @@ def test_no_network_and_no_error_logs(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(tx, "TLD_EXTRACTOR", tx.TLDExtract(cache_dir=str(tmp_path / "tldextract")))
-    monkeypatch.setattr(pii, "_ENGINES", {})
+    monkeypatch.setattr(recognizers, "_ENGINES", {})
     caplog.set_level(logging.WARNING)
     table = docs_from_rows([{"id": "a", "text": "Mail bob@example.com or alice@mail.example.co.uk from 10.1.2.3"}])
     result = scrub(table, PiiConfig())

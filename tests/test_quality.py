@@ -20,6 +20,7 @@ from pipeline.quality import (
     FINEWEB_RECIPE,
     GOPHER_QUALITY,
     RULES,
+    C4Config,
     QualityConfig,
     evaluate,
     filter_quality,
@@ -206,9 +207,9 @@ def test_fineweb_rules_remove_hard_wrapped_books(shared_data):
 def test_thresholds_and_switches_change_decisions():
     short = " ".join(PROSE.split()[:40])
     assert failing(short) == ["gopher_word_count"]
-    assert failing(short, QualityConfig(min_words=30)) == []
+    assert failing(short, QualityConfig(gopher={"min_words": 30})) == []
     hashy = PROSE + " #news" * 14  # also repetitive ("news news news"): repetition rules off here
-    assert failing(hashy, QualityConfig(rules=list(GOPHER_QUALITY), max_hash_ratio=0.2)) == []
+    assert failing(hashy, QualityConfig(rules=list(GOPHER_QUALITY), gopher={"max_hash_ratio": 0.2})) == []
     off = QualityConfig(rules=[r for r in GOPHER_QUALITY if r != "gopher_hash_ratio"])
     assert "gopher_hash_ratio" not in evaluate(hashy, off) and failing(hashy, off) == []
     # The first failing rule is the reason, later rules are not even checked.
@@ -232,13 +233,17 @@ def test_deterministic_counts_and_empty_input():
 
 def test_config_errors():
     with pytest.raises(ValidationError, match="min_words"):
-        QualityConfig(min_words=200, max_words=100)
+        QualityConfig(gopher={"min_words": 200, "max_words": 100})
+    with pytest.raises(ValidationError, match="end_punctuation"):
+        QualityConfig(c4={"end_punctuation": [".", ""]})
     with pytest.raises(ValidationError):
         QualityConfig(rules=["gopher_word_count", "gopher_nonsense"])
     with pytest.raises(ValidationError, match="twice"):
         QualityConfig(rules=["gopher_word_count", "gopher_word_count"])
     with pytest.raises(ValidationError):
         QualityConfig(min_word=3)  # misspelled field
+    with pytest.raises(ValidationError):
+        QualityConfig(gopher={"min_word": 3})
     with pytest.raises(ValueError, match="no 'text' column"):
         filter_quality(pa.table({"id": ["a"]}), QualityConfig())
 
@@ -363,7 +368,8 @@ def test_repeated_ngram_scan_matches_the_plain_loop():
     jump past it) on texts with many overlapping repeats."""
     import random
 
-    from pipeline.quality import Doc, _repeated_ngram_chars
+    from pipeline.quality import Doc
+    from pipeline.quality.gopher import repeated_ngram_chars
 
     def plain(ws, n):
         grams, seen, chars, i = [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)], set(), 0, 0
@@ -376,8 +382,50 @@ def test_repeated_ngram_scan_matches_the_plain_loop():
         return chars
 
     rng = random.Random(5)
-    for trial in range(300):
+    for _ in range(300):
         ws = [rng.choice(["a", "bb", "ccc", "the", "of"][: rng.randint(1, 5)]) for _ in range(rng.randint(0, 60))]
         doc = Doc(" ".join(ws), QualityConfig(), frozenset())
         for n in (2, 5, 7):
-            assert _repeated_ngram_chars(doc.grams(n), n, doc.word_chars) == plain(ws, n), (ws, n)
+            assert repeated_ngram_chars(doc.grams(n), n, doc.word_chars) == plain(ws, n), (ws, n)
+
+
+def test_flat_keys_of_before_the_recipes_still_work_with_a_warning():
+    """The flat keys (min_words, c4_min_sentences, ...) are accepted for one release: each moves to
+    its recipe's sub-config with a DeprecationWarning naming both, and gives the same output."""
+    docs = docs_from_rows(
+        [
+            {"id": "short", "text": " ".join(PROSE.split()[:40])},
+            {"id": "web", "text": WEB_PAGE},
+            {"id": "p", "text": PROSE},
+        ]
+    )
+    rules = list(FINEWEB_RECIPE)
+    nested = QualityConfig(
+        rules=rules, gopher={"min_words": 30}, c4={"min_sentences": 6}, fineweb={"max_newline_ratio": 0.2}
+    )
+    with pytest.warns(DeprecationWarning) as caught:
+        flat = QualityConfig(rules=rules, min_words=30, c4_min_sentences=6, max_newline_ratio=0.2)
+    assert sorted(str(w.message) for w in caught) == [
+        "quality.c4_min_sentences is deprecated: use quality.c4.min_sentences",
+        "quality.max_newline_ratio is deprecated: use quality.fineweb.max_newline_ratio",
+        "quality.min_words is deprecated: use quality.gopher.min_words",
+    ]
+    assert flat == nested and flat.model_dump() == nested.model_dump()  # the same config, so the same fingerprint
+    a, b = filter_quality(docs, flat), filter_quality(docs, nested)
+    assert a.kept.equals(b.kept) and a.removed.equals(b.removed) and a.counts == b.counts
+    default = filter_quality(docs, QualityConfig(rules=rules))
+    assert a.removed.column("detail").to_pylist() != default.removed.column("detail").to_pylist()  # the values apply
+    with pytest.warns(DeprecationWarning):  # the same value both ways is only redundant
+        assert QualityConfig(min_words=30, gopher={"min_words": 30}) == QualityConfig(gopher={"min_words": 30})
+    with pytest.warns(DeprecationWarning):  # merged into what the sub-config sets
+        both = QualityConfig(min_words=30, gopher={"max_words": 500})
+    assert (both.gopher.min_words, both.gopher.max_words) == (30, 500)
+
+
+def test_flat_and_nested_key_with_different_values_is_an_error():
+    with pytest.warns(DeprecationWarning), pytest.raises(ValidationError) as e:
+        QualityConfig(min_words=30, gopher={"min_words": 40})
+    message = str(e.value)
+    assert "quality.min_words (30)" in message and "quality.gopher.min_words (40)" in message
+    with pytest.warns(DeprecationWarning), pytest.raises(ValidationError, match="quality.c4.max_word_length"):
+        QualityConfig(c4_max_word_length=10, c4=C4Config(max_word_length=20))

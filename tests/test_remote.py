@@ -68,7 +68,7 @@ def test_with_retries_backs_off_then_gives_up(monkeypatch):
 
 def test_ingest_shard_retries_a_throttled_file(shared_data, tmp_path, monkeypatch):
     from pipeline.ingest import IngestConfig
-    from pipeline.shards import ingest_shard
+    from pipeline.ingest_steps import ingest_shard
 
     monkeypatch.setattr(remote.time, "sleep", lambda s: None)
     site = tmp_path / "site"

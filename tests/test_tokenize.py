@@ -259,7 +259,7 @@ def test_tokenizer_folder_loads_in_transformers_with_our_ids(books, config, tmp_
     encode_table's ids (without the EOT it appends), decodes back, and names EOT and PAD."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from pipeline.shards import tokenizer_shard
+    from pipeline.tokenize_steps import tokenizer_shard
 
     _upstream_store(tmp_path, books[:1], 1)
     tokenizer_shard(str(tmp_path), "t", ("pii", "fixture"), [0], config)

@@ -386,12 +386,12 @@ def test_flat_keys_give_the_nested_config_with_a_deprecation_warning():
         flat = TrainConfig(**FLAT)
     assert flat == CONFIG and flat.model_dump() == CONFIG.model_dump()
     said = {str(w.message) for w in caught}
-    assert "train config key 'max_steps' is deprecated: use schedule.max_steps" in said
-    assert "train config key 'eval_interval' is deprecated: use eval.interval" in said and len(said) == len(FLAT)
+    assert "train.max_steps is deprecated: use train.schedule.max_steps" in said
+    assert "train.eval_interval is deprecated: use train.eval.interval" in said and len(said) == len(FLAT)
     with pytest.warns(DeprecationWarning) as caught:  # "schedule" is a group too: a string is the old key
         assert TrainConfig.model_validate({"schedule": "wsd", "max_steps": 9}).schedule.decay == "wsd"
-    assert "train config key 'schedule' is deprecated: use schedule.decay" in {str(w.message) for w in caught}
-    with pytest.warns(DeprecationWarning, match="'loss_guard' is deprecated: use guard.mode"):
+    assert "train.schedule is deprecated: use train.schedule.decay" in {str(w.message) for w in caught}
+    with pytest.warns(DeprecationWarning, match="train.loss_guard is deprecated: use train.guard.mode"):
         mixed = TrainConfig(loss_guard="stop", guard={"spike_factor": 2.0}, schedule={"max_steps": 7})
     assert (mixed.guard.mode, mixed.guard.spike_factor, mixed.schedule.max_steps) == ("stop", 2.0, 7)
     with pytest.raises(ValueError, match="max_steps .* and schedule.max_steps .* different values"):

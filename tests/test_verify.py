@@ -95,7 +95,7 @@ def test_verify_command_names_every_damage(tmp_path, shared_data, capsys):
     """Two real ingest shards; a clean store passes, then each damage is found and named."""
     from flows.cli import main
     from pipeline.ingest import IngestConfig
-    from pipeline.shards import ingest_shard
+    from pipeline.ingest_steps import ingest_shard
 
     store = tmp_path / "store"
     for i, rel in enumerate(["warc/resiliparse-warcfile.warc.gz", "warc/cc-whirlwind.warc.gz"]):
@@ -124,7 +124,7 @@ def test_object_store_reuse_checks_sizes_and_verify_reads_everything(shared_data
     import fsspec
 
     from pipeline.ingest import IngestConfig
-    from pipeline.shards import ingest_shard
+    from pipeline.ingest_steps import ingest_shard
     from storage import Store
     from storage.verify import redone_differently, stage_outputs, verify_outputs
 
@@ -135,7 +135,7 @@ def test_object_store_reuse_checks_sizes_and_verify_reads_everything(shared_data
     kept, removed = sd.abspath("data/part-00000.parquet"), sd.abspath("removed/part-00000.parquet")
     good = fs.cat_file(kept)
     fs.pipe_file(kept, good[:-100])
-    with caplog.at_level(logging.WARNING, logger="pipeline.shards"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.shard_steps"):
         again = ingest_shard(url, "fp", 0, piece, IngestConfig())
     assert any(
         f"{sd.url('data/part-00000.parquet')} has {len(good) - 100} bytes" in r.getMessage() for r in caplog.records
