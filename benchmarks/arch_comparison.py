@@ -84,21 +84,19 @@ def main() -> int:
         for seed in args.seeds:
             for name, switches in ARCHITECTURES.items():
                 config = TrainConfig(
-                    block_size=args.block,
-                    n_layer=args.layers,
-                    n_head=args.heads,
-                    n_embd=args.width,
-                    batch_size=args.batch,
-                    max_steps=steps,
-                    warmup_steps=max(1, steps // 10),
-                    learning_rate=args.lr,
-                    min_lr=args.lr / 10,
-                    eval_interval=steps,
-                    eval_batches=0,
-                    checkpoint_interval=steps,
-                    seed=seed,
-                    device="auto",
-                    **switches,
+                    model={
+                        "block_size": args.block,
+                        "n_layer": args.layers,
+                        "n_head": args.heads,
+                        "n_embd": args.width,
+                        **switches,
+                    },
+                    optimizer={"learning_rate": args.lr},
+                    schedule={"max_steps": steps, "warmup_steps": max(1, steps // 10), "min_lr": args.lr / 10},
+                    data={"batch_size": args.batch, "seed": seed},
+                    eval={"interval": steps, "batches": 0},
+                    checkpoint={"interval": steps},
+                    launch={"device": "auto"},
                 )
                 out = str(Path(tmp) / f"{name}-{seed}")
                 t0 = time.perf_counter()

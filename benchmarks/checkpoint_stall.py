@@ -45,16 +45,13 @@ def timed_saves(stalls: list[float]):
 
 def one_run(folder: str, path: str, steps: int, every: int, mode: str) -> dict:
     config = TrainConfig(
-        **{k: v for k, v in SHAPE.items() if k != "vocab_size"},
-        batch_size=4,
-        max_steps=steps,
-        warmup_steps=2,
-        eval_batches=0,
-        device="cpu",
-        log_interval=every,
-        checkpoint_interval=0 if mode == "none" else every,
-        checkpoint_minutes=0,
-        async_checkpoint=mode == "async",
+        model={k: v for k, v in SHAPE.items() if k != "vocab_size"},
+        schedule={"max_steps": steps, "warmup_steps": 2},
+        data={"batch_size": 4},
+        eval={"batches": 0},
+        log={"interval": every},
+        checkpoint={"interval": 0 if mode == "none" else every, "minutes": 0, "async_save": mode == "async"},
+        launch={"device": "cpu"},
     )
     stalls: list[float] = []
     real, save = timed_saves(stalls)

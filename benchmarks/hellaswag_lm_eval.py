@@ -86,18 +86,13 @@ def train_models(folder: str, args) -> tuple[dict[str, str], str]:
     steps = max(1, args.tokens // (BATCH * args.block))
     for name in args.arch:
         config = TrainConfig(
-            block_size=args.block,
-            **SHAPE,
-            **arch_comparison.ARCHITECTURES[name],
-            batch_size=BATCH,
-            max_steps=steps,
-            warmup_steps=max(1, steps // 10),
-            learning_rate=LR,
-            min_lr=LR / 10,
-            eval_interval=steps,
-            eval_batches=0,
-            checkpoint_interval=steps,
-            device="cpu",
+            model={"block_size": args.block, **SHAPE, **arch_comparison.ARCHITECTURES[name]},
+            optimizer={"learning_rate": LR},
+            schedule={"max_steps": steps, "warmup_steps": max(1, steps // 10), "min_lr": LR / 10},
+            data={"batch_size": BATCH},
+            eval={"interval": steps, "batches": 0},
+            checkpoint={"interval": steps},
+            launch={"device": "cpu"},
         )
         out = str(Path(folder) / name)
         t0 = time.perf_counter()

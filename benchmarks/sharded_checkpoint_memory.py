@@ -76,13 +76,8 @@ def worker(a) -> None:
 
     distributed.setup("cpu")
     c = TrainConfig(
-        n_layer=a.n_layer,
-        n_head=a.n_head,
-        n_embd=a.n_embd,
-        block_size=a.block_size,
-        device="cpu",
-        nproc_per_node=2,
-        parallel="fsdp",
+        model={"n_layer": a.n_layer, "n_head": a.n_head, "n_embd": a.n_embd, "block_size": a.block_size},
+        launch={"device": "cpu", "nproc_per_node": 2, "parallel": "fsdp"},
     )
     shape = c.gpt_config(a.vocab)
 

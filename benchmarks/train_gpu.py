@@ -54,7 +54,7 @@ def baseline(shape: dict, batch: int, steps: int, warmup: int, device: str, comp
     torch.manual_seed(0)
     config = GPTConfig(**shape, **GPT2, bias=True)
     model = GPT(config).to(device)
-    opt = make_optimizer(model, TrainConfig(learning_rate=6e-4, weight_decay=0.1), device)
+    opt = make_optimizer(model, TrainConfig(optimizer={"learning_rate": 6e-4, "weight_decay": 0.1}), device)
     step_fn = torch.compile(model) if compile_ else model
     x = torch.randint(0, shape["vocab_size"], (batch, shape["block_size"]), device=device)
     y = torch.randint(0, shape["vocab_size"], (batch, shape["block_size"]), device=device)
@@ -93,17 +93,13 @@ def ours(shape: dict, arch: dict, batch: int, steps: int, warmup: int, device: s
     with tempfile.TemporaryDirectory() as tmp:
         path = token_file(tmp, shape, (warmup + steps) * batch * (shape["block_size"] + 1) + 1, vocab)
         config = TrainConfig(
-            **{k: v for k, v in shape.items() if k != "vocab_size"},
-            **arch,
-            batch_size=batch,
-            max_steps=warmup + steps,
-            warmup_steps=warmup,
-            learning_rate=6e-4,
-            min_lr=6e-5,
-            eval_batches=0,
-            device=device,
-            log_interval=LOG_INTERVAL,
-            **({} if compile_ else {"compile": False}),
+            model={**{k: v for k, v in shape.items() if k != "vocab_size"}, **arch},
+            optimizer={"learning_rate": 6e-4},
+            schedule={"max_steps": warmup + steps, "warmup_steps": warmup, "min_lr": 6e-5},
+            data={"batch_size": batch},
+            eval={"batches": 0},
+            log={"interval": LOG_INTERVAL},
+            launch={"device": device, **({} if compile_ else {"compile": False})},
         )
         assert config.gpt_config(vocab).padded_vocab == shape["vocab_size"]
         events: list[dict] = []

@@ -388,12 +388,13 @@ def check_machine(configs: dict[str, BaseModel]) -> None:
 
     if "pii" in configs:
         pseudonym_key_id(configs["pii"])
-    for name in ("train", "evaluate"):
-        if name in configs and configs[name].device == "cuda":
+    for name, where in (("train", "launch."), ("evaluate", "")):  # training's device is in its launch group
+        config = configs.get(name)
+        if config is not None and (config.launch if where else config).device == "cuda":
             try:
                 resolve_device("cuda")
             except ConfigError as e:
-                raise ConfigError(f"{name}.{e}") from None
+                raise ConfigError(f"{name}.{where}{e}") from None
 
 
 def stage_configs(config: PipelineConfig) -> dict[str, BaseModel]:

@@ -64,17 +64,12 @@ def demo_config(store: str, seed: str, pages: int | None = None, steps: int | No
             "ingest": {"shard_bytes": 256 << 10},  # a few shards of the small crawl, so both cores work
             "tokenize": {"vocab_size": 4096, "sample_chars": 8_000_000},
             "train": {
-                "max_steps": steps or 600,
-                "batch_size": 16,
-                "block_size": 128,
-                "n_layer": 4,
-                "n_head": 4,
-                "n_embd": 128,
-                "learning_rate": 3e-3,
-                "warmup_steps": 30,
-                "eval_interval": 150,
-                "eval_batches": 10,
-                "checkpoint_interval": 100,
+                "model": {"block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128},
+                "optimizer": {"learning_rate": 3e-3},
+                "schedule": {"max_steps": steps or 600, "warmup_steps": 30},
+                "data": {"batch_size": 16},
+                "eval": {"interval": 150, "batches": 10},
+                "checkpoint": {"interval": 100},
             },
             "evaluate": {"max_new_tokens": 40, "val_batches": 40},
         }

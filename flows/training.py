@@ -48,7 +48,8 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
 
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="training steps done")
-    bar = tqdm(total=config.max_steps, desc="train", unit="step", leave=False)
+    max_steps = config.schedule.max_steps
+    bar = tqdm(total=max_steps, desc="train", unit="step", leave=False)
     losses: list[tuple[int, float]] = []
 
     def log(event: dict) -> None:
@@ -58,8 +59,8 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
             losses.append((step, event["loss"]))
             bar.n = step
             bar.set_postfix(loss=f"{event['loss']:.3f}")
-            if step % max(1, config.max_steps // 20) == 0 or step == config.max_steps:
-                update_progress_artifact(progress, 100.0 * step / config.max_steps)
+            if step % max(1, max_steps // 20) == 0 or step == max_steps:
+                update_progress_artifact(progress, 100.0 * step / max_steps)
                 mfu = event.get("mfu")
                 logger.info(
                     "step %d loss %.4f lr %.2e grad norm %.3f %.0f tok/s MFU %s%s",
@@ -81,10 +82,10 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
 
     def announce(cmd: list[str]) -> None:
         logger.info("torchrun: %s", shlex.join(cmd))
-        if config.nnodes > 1:
+        if config.launch.nnodes > 1:
             logger.info(
                 "run the same command on each of the other %d machines (out_dir and token files on storage they share)",
-                config.nnodes - 1,
+                config.launch.nnodes - 1,
             )
 
     local = _local_dir(out)

@@ -134,7 +134,10 @@ def load_checkpoint(model_path: str, device: str = "cpu") -> tuple[GPT, dict]:
         raise ValueError(f"{model_path} is not a readable model file: {e}") from e
     if not isinstance(saved, dict) or not ({"config"} if sharded else {"model", "config"}) <= saved.keys():
         raise ValueError(f"{model_path} is not a crawl2llm model file (expected keys model, config)")
-    config = {k: v for k, v in saved["config"].items() if k in GPTConfig.model_fields}
+    config = saved["config"]
+    if isinstance(config.get("model"), dict):  # a training checkpoint's config: the shape is its model group
+        config = config["model"]
+    config = {k: v for k, v in config.items() if k in GPTConfig.model_fields}
     config.setdefault("vocab_size", saved.get("vocab_size"))
     model = GPT(GPTConfig(**config))
     if sharded:
@@ -145,9 +148,9 @@ def load_checkpoint(model_path: str, device: str = "cpu") -> tuple[GPT, dict]:
         model.load_state_dict(saved["model"])
     trained = {"step": None, "tokens_seen": None}
     if "step" in saved:  # a training checkpoint: tokens per step = global batch x block_size
-        from model.train import BATCH_SPLIT  # in here: evaluations' code fingerprint stays without model.train
+        from model.train import BATCH_SPLIT, dotted  # in here: evaluations' code fingerprint stays without model.train
 
-        c = saved["config"]
+        c = dotted(saved["config"])  # nested, or flat when written before the config's groups
         per_step = math.prod(c.get(k, 1) for k in BATCH_SPLIT)
         trained = {"step": saved["step"], "tokens_seen": saved["step"] * per_step * model.config.block_size}
     return model.to(device).eval(), trained

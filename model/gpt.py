@@ -96,7 +96,7 @@ class GPTConfig(BaseModel):
 
 def check_heads(c) -> None:
     """n_head must divide n_embd (and give an even head size for RoPE): GPTConfig's rule, which
-    TrainConfig checks too, so a bad shape fails before the stages before training run."""
+    model.train.ModelConfig checks too, so a bad shape fails before the stages before training run."""
     if c.n_embd % c.n_head:
         raise ValueError(f"n_embd ({c.n_embd}) must be a multiple of n_head ({c.n_head})")
     if c.positions == "rotary" and (c.n_embd // c.n_head) % 2:

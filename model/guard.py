@@ -79,13 +79,13 @@ class LossGuard:
             why = f"loss spike: {loss:.4f} is over {self.spike_factor} x the recent mean {mean:.4f}"
         if self.mode == "stop":
             raise TrainingDiverged(
-                f"step {step}: {why} ({where}); loss_guard='stop'. Resume from the last "
-                f"checkpoint with a lower learning_rate, or set loss_guard='skip'"
+                f"step {step}: {why} ({where}); guard.mode='stop'. Resume from the last "
+                f"checkpoint with a lower optimizer.learning_rate, or set guard.mode='skip'"
             )
         raise TrainingDiverged(
             f"step {step}: {self.max_skipped + 1} updates in a row skipped, the last for "
             f"{why} ({where}); training has diverged. Resume from the last checkpoint "
-            f"with a lower learning_rate"
+            f"with a lower optimizer.learning_rate"
         )
 
     def total_skipped(self) -> int:

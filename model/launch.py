@@ -4,7 +4,7 @@ starts torchrun and follows the run.
     torchrun --nproc-per-node=2 -m model.launch --args-json run.json
 
 run.json holds train()'s arguments: {"train_files": [...], "val_files": [...], "vocab_size": N,
-"config": {TrainConfig fields}, "out_dir": "...", "stop_after": null, "events": null}. Rank 0 writes
+"config": {TrainConfig, nested by group}, "out_dir": "...", "stop_after": null, "events": null}. Rank 0 writes
 one JSON object per line: {"log": event} for each train() log event, then {"result": summary}; to
 the file named by "events" when given (launch() follows it there: it is in out_dir, which every
 machine must share, whichever machine rank 0 lands on), else to stdout.
@@ -38,7 +38,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     with open(parser.parse_args(argv).args_json) as f:
         a = json.load(f)
     config = TrainConfig.model_validate(a["config"])
-    distributed.setup(resolve_device(config.device))
+    distributed.setup(resolve_device(config.launch.device))
     ok = False
     try:
         emit = _emitter(a.get("events")) if distributed.is_main() else None
@@ -74,15 +74,16 @@ def _emitter(path: Optional[str]) -> Callable[[dict], None]:
 def torchrun_command(config: TrainConfig, args_json: str, run_id: str = "crawl2llm") -> list[str]:
     """The torchrun command of this machine's share of the run. With nnodes > 1 every machine runs
     the same command (run_id must match); the rendezvous at rdzv_endpoint assigns the ranks."""
+    launch = config.launch
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        f"--nproc-per-node={config.nproc_per_node}",
-        f"--nnodes={config.nnodes}",
+        f"--nproc-per-node={launch.nproc_per_node}",
+        f"--nnodes={launch.nnodes}",
     ]
-    if config.nnodes > 1:
-        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={config.rdzv_endpoint}", f"--rdzv-id={run_id}"]
+    if launch.nnodes > 1:
+        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--rdzv-id={run_id}"]
     else:
         cmd += ["--standalone"]  # a rendezvous on a free local port: runs side by side never meet
     return cmd + ["-m", "model.launch", "--args-json", args_json]

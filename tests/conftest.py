@@ -19,6 +19,24 @@ def shared_data():
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Real Gutenberg tokens, a tokenizer and its files (tests.train_fixtures.build_corpus), built once."""
+    from tests.train_fixtures import GUTENBERG, build_corpus
+
+    return build_corpus(require_data(GUTENBERG), tmp_path_factory.mktemp("tokens"))
+
+
+@pytest.fixture(scope="session")
+def baseline(corpus, tmp_path_factory):
+    """One uninterrupted 40-step run of tests.train_fixtures.CONFIG, for the tests that compare against it."""
+    from tests.train_fixtures import run
+
+    out = tmp_path_factory.mktemp("baseline")
+    summary, events = run(corpus, out)
+    return {"out": out, "summary": summary, "events": events}
+
+
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real Prefect server (SQLite in a temp PREFECT_HOME) shared by every flow test.
 

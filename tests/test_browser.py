@@ -24,20 +24,20 @@ pytestmark = pytest.mark.slow
 WARC = "warc/dolma-sample-0000.warc.gz"
 STAGES = ["ingest", "dedup", "quality", "pii", "tokenize", "train", "evaluate"]
 # (form section, field label, value): a tiny tokenizer, GPT and evaluation, seconds on a CPU
-TINY = [
-    ("Tokenize", "Vocab Size", 512),
-    ("Train", "Max Steps", 30),
-    ("Train", "Batch Size", 4),
-    ("Train", "Block Size", 32),
-    ("Train", "N Layer", 2),
-    ("Train", "N Head", 2),
-    ("Train", "N Embd", 32),
-    ("Train", "Warmup Steps", 5),
-    ("Train", "Eval Interval", 10),
-    ("Train", "Eval Batches", 2),
-    ("Train", "Checkpoint Interval", 10),
-    ("Evaluate", "Max New Tokens", 8),
-    ("Evaluate", "Val Batches", 2),
+TINY = [  # (the labels from the config's section down to the field, value)
+    (["Tokenize", "Vocab Size"], 512),
+    (["Train", "Schedule", "Max Steps"], 30),
+    (["Train", "Data", "Batch Size"], 4),
+    (["Train", "Model", "Block Size"], 32),
+    (["Train", "Model", "N Layer"], 2),
+    (["Train", "Model", "N Head"], 2),
+    (["Train", "Model", "N Embd"], 32),
+    (["Train", "Schedule", "Warmup Steps"], 5),
+    (["Train", "Validation", "Interval"], 10),
+    (["Train", "Validation", "Batches"], 2),
+    (["Train", "Checkpoints", "Interval"], 10),
+    (["Evaluate", "Max New Tokens"], 8),
+    (["Evaluate", "Val Batches"], 2),
 ]
 
 
@@ -147,8 +147,8 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
             driver.save_screenshot(str(screenshots / "01-empty-inputs-refused.png"))
             assert not _flow_runs(api), "the form made a run with no inputs"
             _fill(driver, ["config", "Inputs"], warc)
-            for section, label, value in TINY:
-                _fill(driver, ["config", section, label], value)
+            for labels, value in TINY:
+                _fill(driver, ["config", *labels], value)
             driver.execute_script("arguments[0].scrollIntoView()", _property(driver, "Store"))  # the filled top
             driver.save_screenshot(str(screenshots / "02-custom-run-form.png"))
             t_submit = time.monotonic()
@@ -168,7 +168,7 @@ def test_pipeline_from_the_ui_form_to_artifacts(tmp_path, shared_data, screensho
                 t_run = time.monotonic()
                 run = wait_final(client, run_id, timeout_s=240)
                 timings["run final"] = time.monotonic() - t_run
-            assert run.parameters["config"]["train"]["max_steps"] == 30  # what the form said
+            assert run.parameters["config"]["train"]["schedule"]["max_steps"] == 30  # what the form said
             assert run.parameters["config"]["inputs"] == [str(warc)]
             assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
             driver.refresh()

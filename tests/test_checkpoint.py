@@ -18,7 +18,7 @@ from model import checkpoints
 from model.guard import TrainingDiverged
 from model.train import CHECKPOINT
 from storage import Store
-from tests.test_train import CONFIG, baseline, corpus, losses, run, sha, train_killed  # noqa: F401 (fixtures)
+from tests.train_fixtures import CONFIG, losses, run, sha, train_killed
 
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
@@ -26,8 +26,12 @@ READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 def test_host_reads_happen_only_at_log_eval_and_checkpoint_steps(corpus, tmp_path, monkeypatch):
     """Every Tensor-to-host read is counted against the step running; only steps 4, 8 (logged),
     6 (evaluated), 9 (checkpointed) and 12 (the end) may read."""
-    config = CONFIG.model_copy(
-        update={"max_steps": 12, "log_interval": 4, "eval_interval": 6, "checkpoint_interval": 9, "grad_accum_steps": 2}
+    config = CONFIG.updated(
+        schedule={"max_steps": 12},
+        log={"interval": 4},
+        eval={"interval": 6},
+        checkpoint={"interval": 9},
+        data={"grad_accum_steps": 2},
     )
     current, reads = {"step": 0}, Counter()
 
@@ -60,25 +64,20 @@ def test_host_reads_happen_only_at_log_eval_and_checkpoint_steps(corpus, tmp_pat
 def test_guard_stops_at_the_next_log_step_naming_the_step(corpus, tmp_path):
     """With log_interval 7 the guard still skips on the device and stops after 6 skips in a row;
     the message names the step where the run went wrong, and no later update was applied."""
-    bad = CONFIG.model_copy(
-        update={
-            "learning_rate": 50.0,
-            "min_lr": 50.0,
-            "warmup_steps": 0,
-            "grad_clip": 0,
-            "max_steps": 30,
-            "eval_interval": 30,
-            "spike_factor": 1.5,
-            "log_interval": 7,
-            "checkpoint_interval": 30,
-        }
+    bad = CONFIG.updated(
+        optimizer={"learning_rate": 50.0, "grad_clip": 0},
+        schedule={"min_lr": 50.0, "warmup_steps": 0, "max_steps": 30},
+        eval={"interval": 30},
+        guard={"spike_factor": 1.5},
+        log={"interval": 7},
+        checkpoint={"interval": 30},
     )
     events: list[dict] = []
     with pytest.raises(TrainingDiverged, match=r"step (\d+): 6 updates in a row skipped.*data epoch 0 window"):
         train_module.train(corpus["train"], corpus["val"], corpus["vocab"], bad, str(tmp_path), log=events.append)
     assert events and all(e["step"] % 7 == 0 for e in events)
-    with pytest.raises(TrainingDiverged, match="loss_guard='stop'"):
-        run(corpus, tmp_path / "stop", bad.model_copy(update={"loss_guard": "stop"}))
+    with pytest.raises(TrainingDiverged, match="guard.mode='stop'"):
+        run(corpus, tmp_path / "stop", bad.updated(guard={"mode": "stop"}))
 
 
 def test_two_checkpoints_kept_and_latest_is_the_newest(baseline):
@@ -102,7 +101,7 @@ def test_sigkill_during_a_save_leaves_nothing_stale_and_resumes_bitwise(baseline
         "        f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
         "    real(obj, f)\n"
         "ck.torch.save = save\n",
-        CONFIG.model_copy(update={"async_checkpoint": False}),
+        CONFIG.updated(checkpoint={"async_save": False}),
     )
     _resumes_after_a_kill_in_the_step_20_save(baseline, corpus, tmp_path)
 
@@ -147,13 +146,14 @@ def _resumes_after_a_kill_in_the_step_20_save(baseline, corpus, tmp_path):
 def test_resume_refuses_other_token_files(corpus, tmp_path):
     """The checkpoint records its token files (name, tokens, checksum): a resume on other files
     (here: the validation file as training data) is refused, naming both."""
-    run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 4, "checkpoint_interval": 2}), stop_after=3)
+    short = CONFIG.updated(schedule={"max_steps": 4}, checkpoint={"interval": 2})
+    run(corpus, tmp_path, short, stop_after=3)
     with pytest.raises(ValueError, match="trained on other token files"):
         train_module.train(
             corpus["val"],
             corpus["val"],
             corpus["vocab"],
-            CONFIG.model_copy(update={"max_steps": 4, "checkpoint_interval": 2}),
+            short,
             str(tmp_path),
         )
 
@@ -199,7 +199,7 @@ def test_a_damaged_latest_resumes_from_the_step_file_before(baseline, corpus, tm
 
 
 def test_checkpoint_minutes_saves_by_the_clock(corpus, tmp_path):
-    """A clock that reads a minute per step logged so far, and checkpoint_minutes 3: the first log
+    """A clock that reads a minute per step logged so far, and checkpoint.minutes 3: the first log
     step 3 minutes after the last save saves (steps 4 and 8 of 10), and the end does; with
     log_interval 3 the clock is read at log steps only (step 6, then the end)."""
 
@@ -222,9 +222,9 @@ def test_checkpoint_minutes_saves_by_the_clock(corpus, tmp_path):
         )
         return [e["step"] for e in events if "checkpoint" in e]
 
-    by_clock = CONFIG.model_copy(
-        update={"max_steps": 10, "eval_interval": 10, "checkpoint_interval": 0, "checkpoint_minutes": 3}
+    by_clock = CONFIG.updated(
+        schedule={"max_steps": 10}, eval={"interval": 10}, checkpoint={"interval": 0, "minutes": 3}
     )
     assert saves(by_clock, "a") == [4, 8, 10]
-    assert saves(by_clock.model_copy(update={"log_interval": 3}), "b") == [6, 10]
-    assert saves(by_clock.model_copy(update={"checkpoint_minutes": 0}), "c") == [10]
+    assert saves(by_clock.updated(log={"interval": 3}), "b") == [6, 10]
+    assert saves(by_clock.updated(checkpoint={"minutes": 0}), "c") == [10]

@@ -295,7 +295,9 @@ def test_two_whole_runs_into_one_store(prefect_server, tmp_path, shared_data):
     def config(name: str) -> Path:
         path = tmp_path / f"{name}.yaml"
         cfg = tiny_config(
-            str(tmp_path / name), inputs, train={"max_steps": 10, "eval_interval": 5, "checkpoint_interval": 5}
+            str(tmp_path / name),
+            inputs,
+            train={"schedule": {"max_steps": 10}, "eval": {"interval": 5}, "checkpoint": {"interval": 5}},
         )
         path.write_text(yaml.safe_dump(cfg))
         return path

@@ -85,28 +85,51 @@ CASES = [
         "quality.gopher.min_words",
     ),
     ("type-list-for-dict", {"c.yaml": BASE + "quality: [1, 2]\n"}, ["run", "c.yaml"], "quality"),
-    ("type-bool-for-int", {"c.yaml": BASE + "train: {max_steps: yes}\n"}, ["run", "c.yaml"], "train.max_steps"),
-    ("type-float-for-int", {"c.yaml": BASE + "train: {max_steps: 2.5}\n"}, ["run", "c.yaml"], "train.max_steps"),
+    (
+        "type-bool-for-int",
+        {"c.yaml": BASE + "train: {schedule: {max_steps: yes}}\n"},
+        ["run", "c.yaml"],
+        "train.schedule.max_steps",
+    ),
+    (
+        "type-float-for-int",
+        {"c.yaml": BASE + "train: {schedule: {max_steps: 2.5}}\n"},
+        ["run", "c.yaml"],
+        "train.schedule.max_steps",
+    ),
+    # a flat key of before the groups (deprecated) is checked at its new place, and named there
+    ("flat-train-key", {"c.yaml": BASE + "train: {max_steps: yes}\n"}, ["run", "c.yaml"], "train.schedule.max_steps"),
     ("null-store", {"c.yaml": "inputs: ['{tmp}/a.warc.gz']\nstore: null\n"}, ["run", "c.yaml"], "store"),
     ("null-section", {"c.yaml": BASE + "train: null\n"}, ["run", "c.yaml"], "train"),
     ("empty-store", {"c.yaml": "inputs: ['{tmp}/a.warc.gz']\nstore: ''\n"}, ["run", "c.yaml"], "store"),
     ("string-for-list", {"c.yaml": "inputs: '{tmp}/a.warc.gz'\n"}, ["run", "c.yaml"], "inputs"),
     (
         "huge-int",
-        {"c.yaml": BASE + "train: {max_steps: 100000000000000000000000000}\n"},
+        {"c.yaml": BASE + "train: {schedule: {max_steps: 100000000000000000000000000}}\n"},
         ["run", "c.yaml"],
-        "train.max_steps",
+        "train.schedule.max_steps",
     ),
-    ("huge-block-size", {"c.yaml": BASE + "train: {block_size: 10000000000}\n"}, ["run", "c.yaml"], "train.block_size"),
+    (
+        "huge-block-size",
+        {"c.yaml": BASE + "train: {model: {block_size: 10000000000}}\n"},
+        ["run", "c.yaml"],
+        "train.model.block_size",
+    ),
     ("negative", {"c.yaml": BASE + "dedup: {num_perm: -1}\n"}, ["run", "c.yaml"], "dedup.num_perm"),
-    ("zero-lr", {"c.yaml": BASE + "train: {learning_rate: 0}\n"}, ["run", "c.yaml"], "train.learning_rate"),
-    ("inf-lr", {"c.yaml": BASE + "train: {learning_rate: .inf}\n"}, ["run", "c.yaml"], "train.learning_rate"),
-    ("nan-lr", {"c.yaml": BASE + "train: {learning_rate: .nan}\n"}, ["run", "c.yaml"], "train.learning_rate"),
+    *(
+        (
+            name,
+            {"c.yaml": BASE + f"train: {{optimizer: {{learning_rate: {v}}}}}\n"},
+            ["run", "c.yaml"],
+            "train.optimizer.learning_rate",
+        )
+        for name, v in (("zero-lr", "0"), ("inf-lr", ".inf"), ("nan-lr", ".nan"))
+    ),
     (
         "min-lr-above-peak",
-        {"c.yaml": BASE + "train: {learning_rate: 0.001, min_lr: 0.01}\n"},
+        {"c.yaml": BASE + "train: {optimizer: {learning_rate: 0.001}, schedule: {min_lr: 0.01}}\n"},
         ["run", "c.yaml"],
-        "train.min_lr",
+        "train: schedule.min_lr",
     ),
     (
         "fraction-above-1",
@@ -131,14 +154,24 @@ CASES = [
     ("bad-stop-after", {"c.yaml": BASE + "stop_after: crawl\n"}, ["run", "c.yaml"], "stop_after"),
     ("bad-language", {"c.yaml": BASE + "ingest: {languages: [english]}\n"}, ["run", "c.yaml"], "ingest.languages"),
     ("bad-mime-type", {"c.yaml": BASE + "ingest: {mime_types: [html]}\n"}, ["run", "c.yaml"], "ingest.mime_types"),
-    ("heads-divide-width", {"c.yaml": BASE + "train: {n_embd: 100, n_head: 3}\n"}, ["run", "c.yaml"], "train"),
+    (
+        "heads-divide-width",
+        {"c.yaml": BASE + "train: {model: {n_embd: 100, n_head: 3}}\n"},
+        ["run", "c.yaml"],
+        "train.model.n_embd",
+    ),
     (
         "rotary-odd-head",
-        {"c.yaml": BASE + "train: {positions: rotary, n_embd: 12, n_head: 4}\n"},
+        {"c.yaml": BASE + "train: {model: {positions: rotary, n_embd: 12, n_head: 4}}\n"},
         ["run", "c.yaml"],
-        "train",
+        "train.model.positions",
     ),
-    ("processes-need-plan", {"c.yaml": BASE + "train: {nproc_per_node: 2}\n"}, ["run", "c.yaml"], "train"),
+    (
+        "processes-need-plan",
+        {"c.yaml": BASE + "train: {launch: {nproc_per_node: 2}}\n"},
+        ["run", "c.yaml"],
+        "train.launch.parallel",
+    ),
     ("bands-exceed-perm", {"c.yaml": BASE + "dedup: {bands: 20, rows: 8}\n"}, ["run", "c.yaml"], "dedup"),
     (
         "min-above-max",
@@ -216,9 +249,9 @@ CASES = [
     ),
     pytest.param(
         "train-cuda-without-gpu",
-        {"c.yaml": BASE + "train: {device: cuda}\n"},
+        {"c.yaml": BASE + "train: {launch: {device: cuda}}\n"},
         ["run", "c.yaml"],
-        "train.device",
+        "train.launch.device",
         marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU"),
     ),
     # -- --set -------------------------------------------------------------------------------------
@@ -241,7 +274,12 @@ CASES = [
         "quality.gopher.min_words",
     ),
     ("set-python-tag", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "store=!!python/name:os.system"], "store"),
-    ("set-nan", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "train.learning_rate=nan"], "train.learning_rate"),
+    (
+        "set-nan",
+        {"c.yaml": BASE},
+        ["run", "c.yaml", "--set", "train.optimizer.learning_rate=nan"],
+        "train.optimizer.learning_rate",
+    ),
     ("set-typo", {"c.yaml": BASE}, ["run", "c.yaml", "--set", "quality.min_word=3"], "quality.min_word"),
     # -- stage commands --------------------------------------------------------------------------
     ("stage-config-list", {"q.yaml": "- 1\n"}, ["quality", "{tmp}/src", "--config", "q.yaml"], "mapping"),
@@ -273,8 +311,18 @@ CASES = [
     ("dedup-threshold", {}, ["dedup", "{tmp}/src", "--set", "threshold=2"], ("dedup config", "threshold")),
     ("tokenize-config-scalar", {"t.yaml": "32768\n"}, ["tokenize", "{tmp}/src", "--config", "t.yaml"], "mapping"),
     ("pii-pseudonym", {}, ["pii", "{tmp}/src", "--set", "replacement=pseudonym"], "CRAWL2LLM_PII_SECRET"),
-    ("train-heads", {}, ["train", "{tmp}/src", "--set", "n_embd=100", "--set", "n_head=3"], ("train config", "n_embd")),
-    ("train-inf", {}, ["train", "{tmp}/src", "--set", "learning_rate=.inf"], ("train config", "learning_rate")),
+    (
+        "train-heads",
+        {},
+        ["train", "{tmp}/src", "--set", "model.n_embd=100", "--set", "model.n_head=3"],
+        ("train config", "model.n_embd"),
+    ),
+    (
+        "train-inf",
+        {},
+        ["train", "{tmp}/src", "--set", "optimizer.learning_rate=.inf"],
+        ("train config", "optimizer.learning_rate"),
+    ),
     ("evaluate-device", {}, ["evaluate", "{tmp}/src", "--set", "device=tpu"], ("evaluate config", "device")),
     (
         "evaluate-task-missing",
@@ -384,7 +432,7 @@ def test_bad_config_is_one_line(files, argv, names, workdir, capsys):
     "argv, names",
     [
         (["run", "c.yaml", "--set", "quality.min_word=3"], "quality.min_word"),
-        (["train", "src", "--set", "n_embd=100", "--set", "n_head=3"], "n_embd"),
+        (["train", "src", "--set", "model.n_embd=100", "--set", "model.n_head=3"], "model.n_embd"),
     ],
 )
 def test_the_real_command(argv, names, workdir):
@@ -416,7 +464,21 @@ def test_a_config_error_a_run_finds_is_one_line_without_traceback(prefect_server
     docs.commit({"shards": [{"index": 0}]})
     assert main(["tokenize", docs.url(), "--set", "vocab_size=300", "--workers", "0"]) == 0
     tok = json.loads(capfd.readouterr().out)["url"]
-    assert main(["train", tok, "--set", "block_size=100000", "--set", "device=cpu", "--set", "max_steps=1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                tok,
+                "--set",
+                "model.block_size=100000",
+                "--set",
+                "launch.device=cpu",
+                "--set",
+                "schedule.max_steps=1",
+            ]
+        )
+        == 2
+    )
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("error: block_size: ") and "less than one window" in err, err
@@ -430,3 +492,13 @@ def test_a_deprecated_quality_key_still_works_with_one_warning_line(capsys):
     config = validate(QualityConfig, {"min_words": 30}, "q.yaml")
     assert config == QualityConfig(gopher={"min_words": 30})
     assert capsys.readouterr().err == "warning: q.yaml: quality.min_words is deprecated: use quality.gopher.min_words\n"
+
+
+def test_a_deprecated_train_key_still_works_with_one_warning_line(capsys):
+    """training's flat keys of before its groups: accepted at their new place, and the user is told."""
+    from flows.config import validate
+    from model.train import TrainConfig
+
+    config = validate(TrainConfig, {"max_steps": 30}, "t.yaml")
+    assert config == TrainConfig(schedule={"max_steps": 30})
+    assert capsys.readouterr().err == "warning: t.yaml: train.max_steps is deprecated: use train.schedule.max_steps\n"

@@ -15,18 +15,17 @@ from model import sharded_checkpoint
 from model.data import Batches, TokenStream
 from model.launch import launch, torchrun_command
 from model.train import CHECKPOINT, TrainConfig, train
-from tests.test_train import CONFIG, corpus, losses, run, sha  # noqa: F401 (corpus is a fixture)
+from tests.train_fixtures import CONFIG, losses, run, sha
 
-SINGLE = CONFIG.model_copy(update={"max_steps": 8, "eval_interval": 4, "checkpoint_interval": 4})
+SINGLE = CONFIG.updated(schedule={"max_steps": 8}, eval={"interval": 4}, checkpoint={"interval": 4})
 # The same global batch (8 windows a step) as 2 processes x 4.
-TWO = {"batch_size": 4, "nproc_per_node": 2}
-DDP = SINGLE.model_copy(update={**TWO, "parallel": "ddp"})
-FSDP = SINGLE.model_copy(update={**TWO, "parallel": "fsdp"})
+DDP = SINGLE.updated(data={"batch_size": 4}, launch={"nproc_per_node": 2, "parallel": "ddp"})
+FSDP = DDP.updated(launch={"parallel": "fsdp"})
 _RUNS: dict = {}
 
 
 def run2(corpus, out, config, stop_after=None) -> tuple[dict, list[dict]]:
-    """tests.test_train.run, in processes started by torchrun."""
+    """tests.train_fixtures.run, in processes started by torchrun."""
     events: list[dict] = []
     return launch(
         corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append, stop_after=stop_after
@@ -204,7 +203,7 @@ def test_an_fsdp_checkpoint_folder_evaluates_as_its_model(fsdp):
 def test_dropout_differs_per_rank_and_resumes_bitwise(corpus, tmp_path):
     """With dropout each rank draws its own masks; the checkpoint keeps every rank's RNG, so a
     stopped 2-process run still resumes to the very bytes of an uninterrupted one."""
-    config = DDP.model_copy(update={"dropout": 0.1})
+    config = DDP.updated(model={"dropout": 0.1})
     _, ev_whole = run2(corpus, tmp_path / "whole", config)
     _, ev1 = run2(corpus, tmp_path / "resumed", config, stop_after=6)
     rngs = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["rng_ranks"]
@@ -226,7 +225,7 @@ def test_a_failing_follower_stops_the_processes(corpus, tmp_path):
             corpus["train"],
             corpus["val"],
             corpus["vocab"],
-            DDP.model_copy(update={"max_steps": 10_000}),
+            DDP.updated(schedule={"max_steps": 10_000}),
             str(tmp_path),
             log=log,
         )
@@ -242,16 +241,16 @@ def test_launch_failures_name_their_cause(corpus, tmp_path):
     with pytest.raises(ValueError, match=r"asks for 2 processes .* but 1 run: start several with torchrun"):
         train(corpus["train"], corpus["val"], corpus["vocab"], DDP, str(tmp_path))
     with pytest.raises(ValueError, match="parallel 'none' cannot run 2 processes .* use 'ddp' or 'fsdp'"):
-        TrainConfig(nproc_per_node=2)
+        TrainConfig(launch={"nproc_per_node": 2})
     with pytest.raises(ValueError, match="rdzv_endpoint is needed when nnodes > 1"):
-        TrainConfig(nnodes=2, parallel="ddp")
+        TrainConfig(launch={"nnodes": 2, "parallel": "ddp"})
 
 
 def test_resume_takes_another_split_of_the_same_global_batch_only(corpus, single, tmp_path):
     shutil.copytree(single["out"], tmp_path, dirs_exist_ok=True)
-    with pytest.raises(ValueError, match=r"another config \(batch_size: 8 -> 4\)"):
-        run(corpus, tmp_path, SINGLE.model_copy(update={"batch_size": 4}))
-    done, events = run(corpus, tmp_path, SINGLE.model_copy(update={"batch_size": 4, "grad_accum_steps": 2}))
+    with pytest.raises(ValueError, match=r"another config \(data.batch_size: 8 -> 4\)"):
+        run(corpus, tmp_path, SINGLE.updated(data={"batch_size": 4}))
+    done, events = run(corpus, tmp_path, SINGLE.updated(data={"batch_size": 4, "grad_accum_steps": 2}))
     assert done["steps"] == 8 and not events
 
 
@@ -268,7 +267,7 @@ def test_torchrun_commands():
         "--args-json",
         "run.json",
     ]
-    nodes = torchrun_command(DDP.model_copy(update={"nnodes": 2, "rdzv_endpoint": "node0:29400"}), "run.json", "fp")
+    nodes = torchrun_command(DDP.updated(launch={"nnodes": 2, "rdzv_endpoint": "node0:29400"}), "run.json", "fp")
     assert nodes[4:8] == ["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=fp"]
 
 

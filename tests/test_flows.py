@@ -238,17 +238,12 @@ def trained_run(prefect_api, tmp_path, shared_data):
     run = train(
         tok["url"],
         TrainConfig(
-            max_steps=12,
-            batch_size=4,
-            block_size=32,
-            n_layer=1,
-            n_head=2,
-            n_embd=32,
-            warmup_steps=2,
-            eval_interval=6,
-            eval_batches=1,
-            checkpoint_interval=6,
-            device="cpu",
+            model={"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32},
+            schedule={"max_steps": 12, "warmup_steps": 2},
+            data={"batch_size": 4},
+            eval={"interval": 6, "batches": 1},
+            checkpoint={"interval": 6},
+            launch={"device": "cpu"},
         ),
     )
     return {"tokenize": tok, "train": run, "store": tmp_path / "store"}

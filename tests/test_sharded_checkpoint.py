@@ -16,7 +16,7 @@ from model.gpt import GPT
 from model.train import TrainConfig, make_optimizer
 from storage import Store
 
-C = TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, device="cpu")
+C = TrainConfig(model={"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}, launch={"device": "cpu"})
 
 
 def trained(seed: int):

@@ -3,15 +3,10 @@ real SIGKILL, the LR schedule, gradient accumulation, config checks, and determi
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
+import warnings
 
-import pyarrow as pa
 import pytest
 import torch
 
@@ -19,91 +14,9 @@ from model.data import TokenStream
 from model.evaluate import EvalConfig, describe, evaluate, load_checkpoint, load_model, token_bytes
 from model.gpt import GPT, MODERN
 from model.guard import TrainingDiverged
-from model.train import CHECKPOINT, TrainConfig, lr_at, make_optimizer, train
-from pipeline.tokenize import EOT, TokenizeConfig, encode_table, sample_texts, train_tokenizer
-from storage import Store
-
-GUTENBERG = "text/gutenberg-top-authors-subset.jsonl.gz"
-ROOT = Path(__file__).resolve().parents[1]
-_CACHE: dict = {}
-
-CONFIG = TrainConfig(
-    block_size=32,
-    n_layer=2,
-    n_head=2,
-    n_embd=32,
-    batch_size=8,
-    max_steps=40,
-    warmup_steps=5,
-    learning_rate=3e-3,
-    min_lr=3e-4,
-    eval_interval=10,
-    eval_batches=4,
-    checkpoint_interval=10,
-    device="cpu",
-    log_interval=1,
-)
-
-
-def build_corpus(path: Path, folder: Path) -> dict:
-    """The first 300k chars of one book as paragraph documents: a tokenizer, train and val token files."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        book = json.loads(f.readline())
-    paras = [p for p in book["text"][:300_000].split("\n\n") if p.strip()]
-    table = pa.table({"id": [f"{book['id']}/{k}" for k in range(len(paras))], "text": paras})
-    config = TokenizeConfig(vocab_size=512, sample_chars=200_000, val_fraction=0.1)
-    tokenizer = train_tokenizer(sample_texts([table], config), config)
-    train_t, val_t, _ = encode_table(table, tokenizer, config)
-    out = Store(str(folder)).stage("tokenize", "test")
-    tok_path = out.write_bytes("tokenizer.json", tokenizer.to_str().encode())
-    return {
-        "train": [out.write_arrow("data/train/part-00000.arrow", train_t)],
-        "val": [out.write_arrow("data/val/part-00000.arrow", val_t)],
-        "vocab": tokenizer.get_vocab_size(),
-        "tokenizer": tokenizer,
-        "tokenizer_path": tok_path,
-        "val_table": val_t,
-        "docs": table,
-    }
-
-
-@pytest.fixture
-def corpus(shared_data, tmp_path_factory):
-    path = shared_data(GUTENBERG)
-    if path not in _CACHE:  # built once per session; the fixture itself is per test
-        _CACHE[path] = build_corpus(path, tmp_path_factory.mktemp("tokens"))
-    return _CACHE[path]
-
-
-def run(corpus, out: Path, config: TrainConfig = CONFIG, stop_after=None) -> tuple[dict, list[dict]]:
-    events: list[dict] = []
-    summary = train(
-        corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append, stop_after=stop_after
-    )
-    return summary, events
-
-
-@pytest.fixture
-def baseline(corpus, tmp_path_factory):
-    """One uninterrupted 40-step run (shared by the tests that compare against it)."""
-    if "baseline" not in _CACHE:
-        out = tmp_path_factory.mktemp("baseline")
-        summary, events = run(corpus, out)
-        _CACHE["baseline"] = {"out": out, "summary": summary, "events": events}
-    return _CACHE["baseline"]
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def losses(events: list[dict]) -> dict[int, float]:
-    """step -> loss; a resumed run that redoes steps must redo them with the same loss."""
-    out: dict[int, float] = {}
-    for e in events:
-        if "loss" in e:
-            assert out.setdefault(e["step"], e["loss"]) == e["loss"], f"step {e['step']} redone differently"
-    return out
+from model.train import CHECKPOINT, FLAT_KEYS, GROUPS, TrainConfig, lr_at, make_optimizer, train
+from pipeline.tokenize import EOT
+from tests.train_fixtures import CONFIG, losses, run, sha, train_killed
 
 
 def test_run_learns_and_reports(baseline, corpus):
@@ -151,27 +64,6 @@ def test_stop_and_resume_is_bitwise_identical(baseline, corpus, tmp_path):
     assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
 
 
-def train_killed(corpus, out: Path, prelude: str, config: TrainConfig = CONFIG) -> None:
-    """Train config in another process that runs `prelude` first (defining log(), which kills it
-    somewhere with SIGKILL); checks that it died so."""
-    script = (
-        "import json, os, signal, sys, torch\n"
-        "from model.train import TrainConfig, train\n"
-        "a = json.loads(sys.argv[1])\n"
-        + prelude
-        + "train(a['train'], a['val'], a['vocab'], TrainConfig.model_validate(a['config']), a['out'], log=log)\n"
-    )
-    args = {
-        "train": corpus["train"],
-        "val": corpus["val"],
-        "vocab": corpus["vocab"],
-        "config": config.model_dump(),
-        "out": str(out),
-    }
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr
-
-
 def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
     """SIGKILL in another process at step 23 or the first logged step after the step-20 checkpoint
     committed (a background save may take a few steps), resume here: the same model.pt as the
@@ -195,16 +87,16 @@ def test_resume_after_a_real_kill(baseline, corpus, tmp_path):
 
 
 def test_lr_schedule_depends_on_the_plan_only():
-    c = TrainConfig(max_steps=100, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    c = TrainConfig(optimizer={"learning_rate": 1e-3}, schedule={"max_steps": 100, "warmup_steps": 10, "min_lr": 1e-4})
     lrs = [lr_at(s, c) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warmup
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay
     assert lrs[55] == pytest.approx((1e-3 + 1e-4) / 2)  # halfway down the cosine
     assert lr_at(100, c) == pytest.approx(1e-4) and lr_at(500, c) == pytest.approx(1e-4)
-    assert lr_at(0, c.model_copy(update={"warmup_steps": 0})) == pytest.approx(1e-3)
+    assert lr_at(0, c.updated(schedule={"warmup_steps": 0})) == pytest.approx(1e-3)
     # Warmup-stable-decay: flat at the peak, then linear to min_lr over the last 20% of the steps.
-    wsd = c.model_copy(update={"schedule": "wsd", "decay_fraction": 0.2})
+    wsd = c.updated(schedule={"decay": "wsd", "decay_fraction": 0.2})
     lrs = [lr_at(s, wsd) for s in range(101)]
     assert lrs[:10] == [lr_at(s, c) for s in range(10)]
     assert all(lr == pytest.approx(1e-3) for lr in lrs[9:81])
@@ -213,10 +105,10 @@ def test_lr_schedule_depends_on_the_plan_only():
 
 
 def test_weight_decay_on_matrices_only():
-    c = CONFIG.model_copy(update={"bias": True})
+    c = CONFIG.updated(model={"bias": True})
     model = GPT(c.gpt_config(512))
     decay, no_decay = make_optimizer(model, c, "cpu").param_groups
-    assert decay["weight_decay"] == c.weight_decay and no_decay["weight_decay"] == 0.0
+    assert decay["weight_decay"] == c.optimizer.weight_decay and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert any(p is model.tok_emb.weight for p in decay["params"])
@@ -224,9 +116,9 @@ def test_weight_decay_on_matrices_only():
 
 def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
     """4 x 2 micro-batches draw the same windows as one batch of 8, so training matches closely."""
-    short = CONFIG.model_copy(update={"max_steps": 8, "eval_interval": 4})
+    short = CONFIG.updated(schedule={"max_steps": 8}, eval={"interval": 4})
     big, ev_big = run(corpus, tmp_path / "big", short)
-    acc, ev_acc = run(corpus, tmp_path / "acc", short.model_copy(update={"batch_size": 4, "grad_accum_steps": 2}))
+    acc, ev_acc = run(corpus, tmp_path / "acc", short.updated(data={"batch_size": 4, "grad_accum_steps": 2}))
     assert acc["tokens_seen"] == big["tokens_seen"]
     for a, b in zip(losses(ev_acc).values(), losses(ev_big).values()):
         assert a == pytest.approx(b, rel=1e-4)
@@ -236,18 +128,23 @@ def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
 
 
 def test_bfloat16_autocast_on_cpu(corpus, tmp_path):
-    s, _ = run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 3, "dtype": "bfloat16", "eval_interval": 3}))
+    s, _ = run(
+        corpus, tmp_path, CONFIG.updated(schedule={"max_steps": 3}, launch={"dtype": "bfloat16"}, eval={"interval": 3})
+    )
     assert s["steps"] == 3 and math.isfinite(s["final_train_loss"]) and math.isfinite(s["final_val_loss"])
 
 
 def test_resume_refuses_a_changed_config(baseline, corpus, tmp_path):
-    run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 10}))
-    with pytest.raises(ValueError, match=r"another config \(learning_rate: 0.003 -> 0.001, max_steps: 10 -> 12\)"):
-        run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 12, "learning_rate": 1e-3}))
+    ten = CONFIG.updated(schedule={"max_steps": 10})
+    run(corpus, tmp_path, ten)
+    with pytest.raises(
+        ValueError, match=r"another config \(optimizer.learning_rate: 0.003 -> 0.001, schedule.max_steps: 10 -> 12\)"
+    ):
+        run(corpus, tmp_path, CONFIG.updated(schedule={"max_steps": 12}, optimizer={"learning_rate": 1e-3}))
     with pytest.raises(ValueError, match="vocab_size: 512 -> 600"):
-        train(corpus["train"], corpus["val"], 600, CONFIG.model_copy(update={"max_steps": 10}), str(tmp_path))
+        train(corpus["train"], corpus["val"], 600, ten, str(tmp_path))
     # Evaluation and checkpoint cadence do not change the weights: resuming with new ones is fine.
-    s, _ = run(corpus, tmp_path, CONFIG.model_copy(update={"max_steps": 10, "eval_interval": 5}))
+    s, _ = run(corpus, tmp_path, ten.updated(eval={"interval": 5}))
     assert s["steps"] == 10
 
 
@@ -259,29 +156,32 @@ def test_bad_inputs_are_named(corpus, tmp_path):
             corpus["train"],
             corpus["val"],
             corpus["vocab"],
-            CONFIG.model_copy(update={"block_size": 50_000}),
+            CONFIG.updated(model={"block_size": 50_000}),
             str(tmp_path),
         )
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(ValueError):
         TrainConfig(n_layers=3)
     with pytest.raises(ValueError):
-        TrainConfig(device="tpu")
+        TrainConfig(model={"n_layers": 3})
+    with pytest.raises(ValueError):
+        TrainConfig(launch={"device": "tpu"})
     assert all(f.description for f in TrainConfig.model_fields.values())
+    assert all(f.description for group in GROUPS.values() for f in group.model_fields.values())
     assert all(f.description for f in EvalConfig.model_fields.values())
 
 
 def test_modern_architecture_resumes_bitwise_and_checkpointing_changes_nothing(corpus, tmp_path):
     """RoPE + RMSNorm + SwiGLU + QK-norm + untied head: learns, resumes bitwise after a stop, and
     activation checkpointing (recompute in backward) gives the very same losses and weights."""
-    modern = CONFIG.model_copy(update={**MODERN, "max_steps": 12, "eval_interval": 6, "checkpoint_interval": 5})
+    modern = CONFIG.updated(model=MODERN, schedule={"max_steps": 12}, eval={"interval": 6}, checkpoint={"interval": 5})
     whole, ev_whole = run(corpus, tmp_path / "whole", modern)
     assert ev_whole[0]["loss"] > 6.0 and whole["final_train_loss"] < ev_whole[0]["loss"] - 0.2
     run(corpus, tmp_path / "resumed", modern, stop_after=7)
     _, ev_rest = run(corpus, tmp_path / "resumed", modern)
     assert losses(ev_rest) == {k: v for k, v in losses(ev_whole).items() if k > 5}
     assert sha(tmp_path / "resumed" / "model.pt") == sha(tmp_path / "whole" / "model.pt")
-    ckpt, ev_ckpt = run(corpus, tmp_path / "ckpt", modern.model_copy(update={"activation_checkpointing": True}))
+    ckpt, ev_ckpt = run(corpus, tmp_path / "ckpt", modern.updated(launch={"activation_checkpointing": True}))
     assert losses(ev_ckpt) == losses(ev_whole)
     assert sha(tmp_path / "ckpt" / "model.pt") == sha(tmp_path / "whole" / "model.pt")
     saved = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
@@ -292,22 +192,17 @@ def test_modern_architecture_resumes_bitwise_and_checkpointing_changes_nothing(c
 def test_loss_guard_skips_or_stops_a_diverging_run(corpus, tmp_path):
     """An absurd learning rate blows the loss up: 'stop' names the step and the data position,
     'skip' skips updates until too many in a row, 'off' lets the run go on."""
-    bad = CONFIG.model_copy(
-        update={
-            "learning_rate": 50.0,
-            "min_lr": 50.0,
-            "warmup_steps": 0,
-            "grad_clip": 0,
-            "max_steps": 30,
-            "eval_interval": 30,
-            "spike_factor": 1.5,
-        }
+    bad = CONFIG.updated(
+        optimizer={"learning_rate": 50.0, "grad_clip": 0},
+        schedule={"min_lr": 50.0, "warmup_steps": 0, "max_steps": 30},
+        eval={"interval": 30},
+        guard={"spike_factor": 1.5},
     )
-    with pytest.raises(TrainingDiverged, match=r"step \d+: .*\(data epoch 0 window \d+\); loss_guard='stop'"):
-        run(corpus, tmp_path / "stop", bad.model_copy(update={"loss_guard": "stop"}))
+    with pytest.raises(TrainingDiverged, match=r"step \d+: .*\(data epoch 0 window \d+\); guard.mode='stop'"):
+        run(corpus, tmp_path / "stop", bad.updated(guard={"mode": "stop"}))
     with pytest.raises(TrainingDiverged, match="6 updates in a row skipped"):
-        run(corpus, tmp_path / "skip", bad.model_copy(update={"max_skipped_steps": 5}))
-    s, events = run(corpus, tmp_path / "off", bad.model_copy(update={"loss_guard": "off"}))
+        run(corpus, tmp_path / "skip", bad.updated(guard={"max_skipped": 5}))
+    s, events = run(corpus, tmp_path / "off", bad.updated(guard={"mode": "off"}))
     assert s["completed"] and s["skipped_steps"] == 0 and not any(e.get("skipped") for e in events)
 
 
@@ -413,13 +308,13 @@ def test_vocab_padding_default_and_checkpoints_from_before_it(baseline, corpus, 
     """The default pads to a multiple of 64 (512 stays 512). A training checkpoint written before
     vocab_multiple existed (unpadded) resumes when the padded size is the same, and a resume that
     would change the rows is refused naming vocab_multiple; an old model.pt loads unpadded."""
-    assert TrainConfig().vocab_multiple == 64 and CONFIG.gpt_config(500).padded_vocab == 512
+    assert TrainConfig().model.vocab_multiple == 64 and CONFIG.gpt_config(500).padded_vocab == 512
     old = torch.load(baseline["out"] / "checkpoints" / "step-30.pt", weights_only=True)
-    del old["config"]["vocab_multiple"]
+    del old["config"]["model"]["vocab_multiple"]
     (tmp_path / "checkpoints").mkdir()
     torch.save(old, tmp_path / CHECKPOINT)
-    with pytest.raises(ValueError, match=r"another config \(vocab_multiple: 1 -> 100\)"):
-        run(corpus, tmp_path, CONFIG.model_copy(update={"vocab_multiple": 100}))
+    with pytest.raises(ValueError, match=r"another config \(model.vocab_multiple: 1 -> 100\)"):
+        run(corpus, tmp_path, CONFIG.updated(model={"vocab_multiple": 100}))
     _, events = run(corpus, tmp_path)
     assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 30}
     saved = torch.load(baseline["out"] / "model.pt", weights_only=True)
@@ -431,16 +326,16 @@ def test_vocab_padding_default_and_checkpoints_from_before_it(baseline, corpus, 
 def test_compile_auto_is_off_on_cpu(corpus, tmp_path, monkeypatch):
     """compile 'auto' (the default) compiles on CUDA only: a CPU run never calls torch.compile;
     compile: true does."""
-    assert TrainConfig().compile == "auto" and TrainConfig(compile=True).compile is True
+    assert TrainConfig().launch.compile == "auto" and TrainConfig(launch={"compile": True}).launch.compile is True
 
     def refuse(*a, **k):
         raise AssertionError("torch.compile called")
 
     monkeypatch.setattr(torch, "compile", refuse)
-    short = CONFIG.model_copy(update={"max_steps": 2, "eval_interval": 2, "compile": "auto"})
+    short = CONFIG.updated(schedule={"max_steps": 2}, eval={"interval": 2}, launch={"compile": "auto"})
     assert run(corpus, tmp_path / "auto", short)[0]["completed"]
     with pytest.raises(AssertionError, match="torch.compile called"):
-        run(corpus, tmp_path / "on", short.model_copy(update={"compile": True}))
+        run(corpus, tmp_path / "on", short.updated(launch={"compile": True}))
 
 
 def test_token_maximum_is_cached_by_file_identity(corpus, tmp_path):
@@ -462,3 +357,103 @@ def test_token_maximum_is_cached_by_file_identity(corpus, tmp_path):
         assert TokenStream(corpus["train"]).max_token(str(tmp_path)) == top
     finally:
         os.utime(corpus["train"][0], ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# The nested config of CONFIG as the flat keys of before the groups (the names checkpoints and YAML
+# files written then use): every old key, and the deprecated "schedule" (the decay's name) among them.
+FLAT = {
+    "block_size": 32,
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "batch_size": 8,
+    "max_steps": 40,
+    "warmup_steps": 5,
+    "learning_rate": 3e-3,
+    "min_lr": 3e-4,
+    "eval_interval": 10,
+    "eval_batches": 4,
+    "checkpoint_interval": 10,
+    "device": "cpu",
+    "log_interval": 1,
+}
+
+
+def test_flat_keys_give_the_nested_config_with_a_deprecation_warning():
+    """Each flat key of before the groups lands in its group, warning with the old and the new name;
+    a flat key and its new place both given must agree; every old key has exactly one new place."""
+    with pytest.warns(DeprecationWarning) as caught:
+        flat = TrainConfig(**FLAT)
+    assert flat == CONFIG and flat.model_dump() == CONFIG.model_dump()
+    said = {str(w.message) for w in caught}
+    assert "train.max_steps is deprecated: use train.schedule.max_steps" in said
+    assert "train.eval_interval is deprecated: use train.eval.interval" in said and len(said) == len(FLAT)
+    with pytest.warns(DeprecationWarning) as caught:  # "schedule" is a group too: a string is the old key
+        assert TrainConfig.model_validate({"schedule": "wsd", "max_steps": 9}).schedule.decay == "wsd"
+    assert "train.schedule is deprecated: use train.schedule.decay" in {str(w.message) for w in caught}
+    with pytest.warns(DeprecationWarning, match="train.loss_guard is deprecated: use train.guard.mode"):
+        mixed = TrainConfig(loss_guard="stop", guard={"spike_factor": 2.0}, schedule={"max_steps": 7})
+    assert (mixed.guard.mode, mixed.guard.spike_factor, mixed.schedule.max_steps) == ("stop", 2.0, 7)
+    with pytest.raises(ValueError, match="max_steps .* and schedule.max_steps .* different values"):
+        TrainConfig(max_steps=5, schedule={"max_steps": 6})
+    with pytest.warns(DeprecationWarning):  # the same value twice is no conflict
+        assert TrainConfig(max_steps=6, schedule={"max_steps": 6}).schedule.max_steps == 6
+    # Every field of every group is the new place of exactly one old key (no field left out).
+    new_places = sorted(f"{g}.{f}" for g, f in FLAT_KEYS.values())
+    assert new_places == sorted(f"{g}.{f}" for g, cls in GROUPS.items() for f in cls.model_fields)
+    assert len(new_places) == len(set(new_places)) == 46
+
+
+def test_a_checkpoint_with_a_flat_config_resumes(baseline, corpus, tmp_path):
+    """A checkpoint written before the groups holds its config as flat keys: it resumes bitwise,
+    evaluates with its step and tokens seen, and a changed field is refused under its new name."""
+    old = torch.load(baseline["out"] / "checkpoints" / "step-30.pt", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        flat = {
+            old_key: TrainConfig.model_validate(old["config"]).model_dump()[group][field]
+            for old_key, (group, field) in FLAT_KEYS.items()
+        }
+    old["config"] = flat
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(old, tmp_path / CHECKPOINT)
+    assert load_checkpoint(str(tmp_path / CHECKPOINT))[1] == {"step": 30, "tokens_seen": 30 * 8 * 32}
+    with pytest.raises(ValueError, match=r"another config \(optimizer.weight_decay: 0.1 -> 0.2\)"):
+        run(corpus, tmp_path, CONFIG.updated(optimizer={"weight_decay": 0.2}))
+    _, events = run(corpus, tmp_path, CONFIG.updated(eval={"interval": 5}))  # a resumable change
+    assert losses(events) == {k: v for k, v in losses(baseline["events"]).items() if k > 30}
+    assert sha(tmp_path / "model.pt") == sha(baseline["out"] / "model.pt")
+
+
+def test_the_step_takes_any_batch_source_and_loss(baseline, corpus, tmp_path):
+    """setup() then train_step() on the pretraining batches and lm_loss is train()'s first step,
+    bitwise; the same step minimizes another objective from another source (here: the loss on the
+    last target of each window only, from a fixed batch), as instruction tuning will."""
+    from model.data import Prefetcher
+    from model.gpt import IGNORE_INDEX
+    from model.train import lm_loss, setup, train_step
+
+    run_ = setup(corpus["train"], corpus["val"], corpus["vocab"], CONFIG, str(tmp_path / "a"))
+    feed = Prefetcher(run_.batches, run_.device)
+    try:
+        first = train_step(run_, feed, lm_loss)
+    finally:
+        feed.close()
+    assert run_.step == 1 and first.loss.item() == losses(baseline["events"])[1]
+
+    class Fixed:
+        position = "a fixed batch"
+
+        def __init__(self, x, y):
+            self.batch = (x, y)
+
+        def next(self):
+            return self.batch
+
+    tokens = next(iter(TokenStream(corpus["val"]).chunks))
+    x = torch.as_tensor(tokens[: 8 * 33].astype("int64")).view(8, 33)
+    y = x[:, 1:].clone()
+    y[:, :-1] = IGNORE_INDEX  # only the last position of each window is trained on
+    run_ = setup(corpus["train"], corpus["val"], corpus["vocab"], CONFIG, str(tmp_path / "b"))
+    steps = [train_step(run_, Fixed(x[:, :-1], y), lm_loss).loss.item() for _ in range(5)]
+    assert run_.step == 5 and steps[-1] < steps[0]
