@@ -20,16 +20,16 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    """Real Gutenberg tokens, a tokenizer and its files (tests.train_fixtures.build_corpus), built once."""
-    from tests.train_fixtures import GUTENBERG, build_corpus
+    """Real Gutenberg tokens, a tokenizer and its files (tests.fixtures.train.build_corpus), built once."""
+    from tests.fixtures.train import GUTENBERG, build_corpus
 
     return build_corpus(require_data(GUTENBERG), tmp_path_factory.mktemp("tokens"))
 
 
 @pytest.fixture(scope="session")
 def baseline(corpus, tmp_path_factory):
-    """One uninterrupted 40-step run of tests.train_fixtures.CONFIG, for the tests that compare against it."""
-    from tests.train_fixtures import run
+    """One uninterrupted 40-step run of tests.fixtures.train.CONFIG, for the tests that compare against it."""
+    from tests.fixtures.train import run
 
     out = tmp_path_factory.mktemp("baseline")
     summary, events = run(corpus, out)

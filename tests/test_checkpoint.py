@@ -18,7 +18,7 @@ from model import checkpoints
 from model.guard import TrainingDiverged
 from model.train import CHECKPOINT
 from storage import Store
-from tests.train_fixtures import CONFIG, losses, run, sha, train_killed
+from tests.fixtures.train import CONFIG, losses, run, sha, train_killed
 
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 

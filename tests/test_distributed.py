@@ -15,7 +15,7 @@ from model import sharded_checkpoint
 from model.data import Batches, TokenStream
 from model.launch import launch, torchrun_command
 from model.train import CHECKPOINT, TrainConfig, train
-from tests.train_fixtures import CONFIG, losses, run, sha
+from tests.fixtures.train import CONFIG, losses, run, sha
 
 SINGLE = CONFIG.updated(schedule={"max_steps": 8}, eval={"interval": 4}, checkpoint={"interval": 4})
 # The same global batch (8 windows a step) as 2 processes x 4.
@@ -25,7 +25,7 @@ _RUNS: dict = {}
 
 
 def run2(corpus, out, config, stop_after=None) -> tuple[dict, list[dict]]:
-    """tests.train_fixtures.run, in processes started by torchrun."""
+    """tests.fixtures.train.run, in processes started by torchrun."""
     events: list[dict] = []
     return launch(
         corpus["train"], corpus["val"], corpus["vocab"], config, str(out), log=events.append, stop_after=stop_after

@@ -16,7 +16,7 @@ from model.gpt import GPT, MODERN
 from model.guard import TrainingDiverged
 from model.train import CHECKPOINT, FLAT_KEYS, GROUPS, TrainConfig, lr_at, make_optimizer, train
 from pipeline.tokenize import EOT
-from tests.train_fixtures import CONFIG, losses, run, sha, train_killed
+from tests.fixtures.train import CONFIG, losses, run, sha, train_killed
 
 
 def test_run_learns_and_reports(baseline, corpus):
