@@ -27,32 +27,14 @@ from flows.config import STAGES, PipelineConfig
 from flows.training import evaluate, train
 from flows.workers import on_cluster
 from pipeline.inputs import InputError, NoInputFiles, refuse_credentials, resolve_inputs
+from pipeline.plan import plan
 from pipeline.stage import merge_counts
-from pipeline.stage_table import BY_NAME, DOC_STAGES, PER_INCREMENT, previous
+from pipeline.stage_table import BY_NAME, PER_INCREMENT, previous
 from pipeline.tokenize import shard_order
 from storage import StageDir, Store, canonical_json, file_identity, fingerprint
 from storage.ledger import Ledger, series_key
 from storage.manifest import tokenize_manifest
 from storage.verify import damaged_shards
-
-
-def plan(config: PipelineConfig, records: list[dict]) -> list[dict[str, StageDir]]:
-    """Every increment's stage outputs (and increment 0's tokenizer), whether written or not: each
-    per-increment stage of the table reads the one before it."""
-    plans, previous_dedup, tokenizer = [], None, None
-    for rec in records:
-        p = {"ingest": stages.ingest_output(config.store, config.ingest, rec["files"])[0]}
-        for name in DOC_STAGES:
-            up = p[previous(name)]
-            if name == "dedup":  # checked against the increments before it
-                p[name] = previous_dedup = stages.dedup_output(up, config.dedup, previous_dedup)[0]
-            else:
-                p[name] = stages.filter_output(name, up, getattr(config, name))[0]
-        up = p[previous("tokenize")]
-        p["tokenizer"], p["tokenize"], _ = stages.tokenize_outputs(up, config.tokenize, tokenizer)
-        tokenizer = p["tokenizer"]
-        plans.append(p)
-    return plans
 
 
 def run_incremental(config: PipelineConfig) -> dict:

@@ -9,10 +9,11 @@ from prefect.runtime import flow_run
 
 from flows import access, artifacts, stages
 from flows.config import STAGES, PipelineConfig
-from flows.increments import plan, run_incremental, run_stages
+from flows.increments import run_incremental, run_stages
 from flows.stages import crawl
 from flows.training import evaluate, train
 from pipeline.inputs import resolve_inputs
+from pipeline.plan import plan
 from pipeline.stage_table import PER_INCREMENT
 
 

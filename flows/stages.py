@@ -20,7 +20,8 @@ from pipeline.dedup import DedupConfig
 from pipeline.ingest import IngestConfig
 from pipeline.ingest_plan import plan_shards
 from pipeline.inputs import CC_BASE_URL, CC_CRAWL, InputError, InputFile, refuse_credentials, resolve_inputs
-from pipeline.stage_table import BY_NAME, TABLE, Stage, load
+from pipeline.plan import dedup_output, filter_output, ingest_output, tokenize_outputs
+from pipeline.stage_table import BY_NAME, TABLE, Stage
 from pipeline.tokenize import TokenizeConfig, shard_order
 from storage import StageDir, Store, canonical_json, file_identity, fingerprint, open_stage
 from storage.manifest import tokenize_manifest
@@ -158,16 +159,6 @@ def ingest(
     return done
 
 
-def ingest_output(store: str, config: IngestConfig, identities) -> tuple[StageDir, str, object]:
-    """Where ingest of these inputs (each file's identity, or a crawl output's) writes; shared with
-    the incremental planner (flows/increments.py) so both name outputs alike."""
-    upstream = identities
-    if config.url_blocklist_files:  # what the lists hold, not only their names, decides the output
-        upstream = {"inputs": upstream, "url_blocklists": [file_identity(f) for f in config.url_blocklist_files]}
-    code = BY_NAME["ingest"].code_version()
-    return Store(store).stage("ingest", fingerprint("ingest", code, config, upstream)), code, upstream
-
-
 def ingest_identities(inputs: list[str], limit: int | None, cc_base_url: str):
     """What ingest of these inputs is named by (each file's identity, or a crawl output's): a run's plan."""
     return _ingest_sources(inputs, limit, cc_base_url)[1]
@@ -242,13 +233,6 @@ def dedup(
     return summary(out, manifest, cached["dedup"])
 
 
-def dedup_output(up: StageDir, config: DedupConfig, previous: StageDir | None) -> tuple[StageDir, str, dict]:
-    """Where dedup of `up` (after the increments up to `previous`) writes."""
-    code = BY_NAME["dedup"].code_version()
-    o = dedup_run.outputs(up, config, previous, code)
-    return o.out, code, o.upstream
-
-
 def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict:
     up, _ = _upstream(source)
     out, code, upstream = filter_output(name, up, config)
@@ -267,17 +251,6 @@ def _filter_stage(name: str, source: str, config, workers_n: int | None) -> dict
     }
     header = {"config": config, "code": code, "upstream": upstream}
     return summary(out, *run_stage(out, jobs, header, workers_n, examples=True))
-
-
-def filter_output(name: str, up: StageDir, config) -> tuple[StageDir, str, dict]:
-    """Where filter stage `name` of `up` writes. A secret the config names (pii's pseudonym key) is
-    part of the fingerprint by its id, never itself (the stage's `secret_id`)."""
-    stage = BY_NAME[name]
-    code = stage.code_version()
-    upstream = {"stage": up.name, "fingerprint": up.fingerprint}
-    secret_id = load(stage.secret_id)(config) if stage.secret_id else None
-    inputs = upstream if secret_id is None else {**upstream, "secret_id": secret_id}
-    return up.store.stage(name, fingerprint(name, code, config, inputs)), code, upstream
 
 
 def filter_flow(stage: Stage):
@@ -359,14 +332,3 @@ def tokenize(
         shard_order(idx, config.seed),
     )
     return summary(out, *run_stage(out, jobs, header, workers_n))
-
-
-def tokenize_outputs(
-    up: StageDir, config: TokenizeConfig, tokenizer: StageDir | None = None
-) -> tuple[StageDir, StageDir, str]:
-    """The tokenizer (trained on `up`, or the one given) and where the token shards of `up` go."""
-    code = BY_NAME["tokenize"].code_version()
-    upstream = {"stage": up.name, "fingerprint": up.fingerprint}
-    tok = tokenizer or up.store.stage("tokenizer", fingerprint("tokenizer", code, config, upstream))
-    inputs = upstream if tokenizer is None else {**upstream, "tokenizer": tokenizer.fingerprint}
-    return tok, up.store.stage("tokenize", fingerprint("tokenize", code, config, inputs)), code

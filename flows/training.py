@@ -22,9 +22,8 @@ from model.source import UPSTREAM_FILE, resolve
 from model.source import token_files as _token_files
 from model.train import CHECKPOINT, TrainConfig
 from pipeline.failpoints import failpoint
-from storage import StageDir, code_version, file_identity, fingerprint, is_local
-
-MODEL_CODE = ("model.train",)  # code_version adds model.gpt, model.data and the rest it imports
+from pipeline.stage_table import BY_NAME
+from storage import StageDir, file_identity, fingerprint, is_local
 
 
 def _local_dir(out: StageDir) -> str:
@@ -120,7 +119,7 @@ def train(source: Location, config: TrainConfig = TrainConfig()) -> dict:
     """
     access.check({"source": source})
     tok = open_stage(source)
-    code = code_version(*MODEL_CODE)
+    code = BY_NAME["train"].code_version()  # model.train and what it imports
     upstream = {"stage": tok.name, "fingerprint": tok.fingerprint}
     out = tok.store.stage("train", fingerprint("train", code, config, upstream))
 
@@ -242,7 +241,7 @@ def evaluate(source: Location, config: EvalConfig = EvalConfig()) -> dict:
         }
     )
     src = resolve(source, config.data)
-    code = code_version("model.evaluate")
+    code = BY_NAME["evaluate"].code_version()
     files = {
         group: {n: file_identity(p) for n, p in sorted(paths.items())}
         for group, paths in (("tasks", config.tasks), ("texts", config.text_files))

@@ -124,8 +124,8 @@ CLOSURES = {
 def plan_of(config_data: dict) -> dict[str, str]:
     """The fingerprint of every output a run of this config plans (one increment)."""
     from flows.config import validate_config
-    from flows.increments import plan
     from pipeline.dedup_run import outputs
+    from pipeline.plan import plan
 
     config = validate_config({"store": "memory://plan", "inputs": ["x"], **config_data})
     p = plan(config, [{"files": FILES}])[0]
