@@ -29,7 +29,7 @@ from pipeline.dedup import (
     signatures,
     verify_pairs,
 )
-from pipeline.shard_steps import commit_docs, commit_shard, read_docs, run_if_needed, stage_dir
+from pipeline.shard_steps import commit_docs, commit_stats, read_docs, run_if_needed, stage_dir
 from storage import StageDir
 
 
@@ -52,13 +52,13 @@ def commit_signatures(out: StageDir, index: int, sigs, config: Any, t0: float) -
     keys, docs = bucket_keys(sigs, index, config)
     order = np.lexsort((docs, keys))
     out.write_arrow(keys_part(index), pa.table([keys[order], docs[order]], schema=KEYS_SCHEMA))
-    stats = {
-        "index": index,
-        "outputs": {"data": signature_part(index)},
-        "counts": {"docs_in": sigs.num_rows, "bucket_keys": int(len(keys))},
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    return commit_shard(out, index, stats)
+    return commit_stats(
+        out,
+        index,
+        {"data": signature_part(index)},
+        {"docs_in": sigs.num_rows, "bucket_keys": int(len(keys))},
+        time.perf_counter() - t0,
+    )
 
 
 def signature_part(index: int) -> str:
@@ -118,14 +118,7 @@ def pairs_shard(
             outputs["earlier"] = StageDir.part("earlier", partition, "arrow")
             out.write_arrow(outputs["earlier"], found)
             counts.update(earlier_candidate_pairs=checked, earlier_duplicate_pairs=found.num_rows)
-        stats = {
-            "index": partition,
-            "outputs": outputs,
-            "counts": counts,
-            "partitions": partitions,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        return commit_shard(out, partition, stats)
+        return commit_stats(out, partition, outputs, counts, time.perf_counter() - t0, partitions=partitions)
 
     return run_if_needed(out, partition, work)
 
@@ -175,13 +168,7 @@ def cluster_shard(
             for r in dups.column("reason").to_pylist():
                 by_reason[r] = by_reason.get(r, 0) + 1
         counts = {**cluster_counts(corpus, roots, offset), "by_reason": dict(sorted(by_reason.items()))}
-        stats = {
-            "index": 0,
-            "outputs": {"data": "data"},
-            "counts": counts,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        return commit_shard(out, 0, stats)
+        return commit_stats(out, 0, {"data": "data"}, counts, time.perf_counter() - t0)
 
     return run_if_needed(out, 0, work)
 
@@ -226,13 +213,7 @@ def index_shard(
         )
         rel = StageDir.part("data", partition, "arrow")
         out.write_arrow(rel, table)
-        stats = {
-            "index": partition,
-            "outputs": {"data": rel},
-            "counts": {"index_keys": table.num_rows},
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        return commit_shard(out, partition, stats)
+        return commit_stats(out, partition, {"data": rel}, {"index_keys": table.num_rows}, time.perf_counter() - t0)
 
     return run_if_needed(out, partition, work)
 

@@ -43,7 +43,12 @@ def commit_docs(out: StageDir, index: int, result: ShardResult, seconds: float) 
 
 def commit_docs_stats(out: StageDir, index: int, counts: dict, seconds: float, **extra) -> dict:
     """The stats file of a document shard whose files are written: the shard's commit point."""
-    stats = {"index": index, "outputs": docs_parts(index), "counts": counts, "seconds": round(seconds, 3), **extra}
+    return commit_stats(out, index, docs_parts(index), counts, seconds, **extra)
+
+
+def commit_stats(out: StageDir, index: int, outputs: dict, counts: dict, seconds: float, **extra) -> dict:
+    """A shard's stats (storage.manifest.ShardStats), the one place they are made, committed."""
+    stats = {"index": index, "outputs": outputs, "counts": counts, "seconds": round(seconds, 3), **extra}
     return commit_shard(out, index, stats)
 
 

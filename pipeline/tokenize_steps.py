@@ -7,7 +7,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from pipeline.shard_steps import commit_shard, read_docs, run_if_needed, stage_dir
+from pipeline.shard_steps import commit_stats, read_docs, run_if_needed, stage_dir
 from pipeline.tokenize import encode_table, encode_threads, sample_texts, train_tokenizer, val_cut
 from storage import StageDir
 from storage.tokens import transformers_files
@@ -30,8 +30,7 @@ def tokenizer_shard(store_url: str, fp: str, upstream: tuple[str, str], shard_in
             out.write_bytes(f"data/{name}", data)
         ids = (i for index in shard_indexes for i in read_docs(up, index, ["id"]).column("id").to_pylist())
         counts = {"vocab_size": tok.get_vocab_size(), "val_cut": val_cut(ids, config)}
-        stats = {"index": 0, "outputs": {"data": rel}, "counts": counts, "seconds": round(time.perf_counter() - t0, 3)}
-        return commit_shard(out, 0, stats)
+        return commit_stats(out, 0, {"data": rel}, counts, time.perf_counter() - t0)
 
     return run_if_needed(out, 0, work)
 
@@ -64,7 +63,6 @@ def encode_shard(
         }
         out.write_arrow(outputs["train"], train)
         out.write_arrow(outputs["val"], val)
-        stats = {"index": index, "outputs": outputs, "counts": counts, "seconds": round(time.perf_counter() - t0, 3)}
-        return commit_shard(out, index, stats)
+        return commit_stats(out, index, outputs, counts, time.perf_counter() - t0)
 
     return run_if_needed(out, index, work)
