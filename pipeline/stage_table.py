@@ -45,6 +45,7 @@ class Stage:
     # "module:function(config)": the id of a secret the config names (never the secret), part of
     # the fingerprint: another key, another output.
     secret_id: str | None = None
+    flow: str = ""  # the module of its Prefect flow (default: flows.stages)
 
     @cached_property
     def config_class(self):
@@ -62,7 +63,7 @@ class Stage:
     @property
     def flow_entrypoint(self) -> str:
         """The Prefect flow that runs this stage on its own (prefect.yaml's entrypoint)."""
-        return f"flows.{'training' if self.name in ('train', 'evaluate') else 'stages'}:{self.name}"
+        return f"{self.flow or 'flows.stages'}:{self.name}"
 
 
 BUILT_IN = (
@@ -124,6 +125,7 @@ BUILT_IN = (
         ("model.train",),
         per_increment=False,
         title="Train",
+        flow="flows.training",
     ),
     Stage(
         "evaluate",
@@ -132,6 +134,7 @@ BUILT_IN = (
         ("model.evaluate",),
         per_increment=False,
         title="Evaluate",
+        flow="flows.training",
     ),
 )
 
