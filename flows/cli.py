@@ -14,7 +14,7 @@ import sys
 import yaml
 
 from pipeline.inputs import CC_BASE_URL, InputError
-from pipeline.stage_table import TABLE
+from pipeline.stage_table import BY_NAME, TABLE, load
 from storage import StoreError
 from storage.config import ConfigError, one_line
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         s.add_argument("--config", help=f"YAML file with the {name} config fields")
         s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
-        if name not in ("crawl", "train", "evaluate"):
+        if BY_NAME[name].per_increment:  # the sharded data stages
             s.add_argument(
                 "--workers", type=_count(0), default=None, help="worker processes (default: one per core; 0: inline)"
             )
@@ -412,7 +412,7 @@ def _check_ingest_inputs(inputs: list[str], limit: int | None, cc_base_url: str)
 
 
 def _run(args, config) -> dict:
-    from flows import stages, training
+    from flows import stages
     from flows.pipeline import pipeline
 
     _no_console_traceback()
@@ -422,9 +422,11 @@ def _run(args, config) -> dict:
         return stages.crawl(config, args.store)
     if args.command == "ingest":
         return stages.ingest(args.inputs, config, args.store, args.workers, args.limit, args.cc_base_url)
-    if args.command in ("train", "evaluate"):
-        return getattr(training, args.command)(args.source, config)
-    return getattr(stages, args.command)(args.source, config, args.workers)
+    stage = BY_NAME[args.command]
+    stage_flow = load(stage.flow_entrypoint)  # a plug-in's too
+    if stage.per_increment:
+        return stage_flow(args.source, config, args.workers)
+    return stage_flow(args.source, config)
 
 
 class _NoTraceback(logging.Filter):
