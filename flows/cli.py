@@ -14,7 +14,12 @@ import sys
 import yaml
 
 from pipeline.inputs import CC_BASE_URL, InputError
-from pipeline.stage_table import BY_NAME, TABLE, load
+
+try:
+    from pipeline.stage_table import BY_NAME, TABLE, load
+except ValueError as e:  # a plug-in stage of $CRAWL2LLM_STAGES that cannot be one (PluginError)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 from storage import StoreError
 from storage.config import ConfigError, one_line
 

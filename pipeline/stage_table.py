@@ -20,6 +20,10 @@ from functools import cached_property
 PLUGINS_ENV = "CRAWL2LLM_STAGES"
 
 
+class PluginError(ValueError):
+    """$CRAWL2LLM_STAGES names a module that cannot be a stage: the message says which and why."""
+
+
 def load(ref: str):
     """The attribute a "module:attribute" reference names."""
     module, _, attr = ref.partition(":")
@@ -152,18 +156,21 @@ def build(plugins: list[str] = ()) -> tuple[Stage, ...]:
     """The built-in stages with each plug-in module's STAGE inserted after the stage it names."""
     table = list(BUILT_IN)
     for module in plugins:
-        stage = getattr(importlib.import_module(module), "STAGE", None)
+        try:
+            stage = getattr(importlib.import_module(module), "STAGE", None)
+        except ImportError as e:
+            raise PluginError(f"{PLUGINS_ENV}: module {module!r} cannot be imported ({e}); is it on PYTHONPATH?") from e
         if not isinstance(stage, Stage):
-            raise ValueError(f"{PLUGINS_ENV}: module {module} has no STAGE = pipeline.stage_table.filter_stage(...)")
+            raise PluginError(f"{PLUGINS_ENV}: module {module} has no STAGE = pipeline.stage_table.filter_stage(...)")
         names = [s.name for s in table]
         if stage.name in names:
-            raise ValueError(f"{PLUGINS_ENV}: stage {stage.name!r} of {module} is already defined")
+            raise PluginError(f"{PLUGINS_ENV}: stage {stage.name!r} of {module} is already defined")
         if (
             stage.after not in names
             or names.index(stage.after) < names.index("ingest")
             or names.index(stage.after) >= names.index("tokenize")
         ):
-            raise ValueError(
+            raise PluginError(
                 f"{PLUGINS_ENV}: stage {stage.name!r} of {module} must come after one of "
                 f"{', '.join(names[names.index('ingest') : names.index('tokenize')])}, not {stage.after!r}"
             )

@@ -308,3 +308,19 @@ def test_another_pseudonym_key_is_another_pii_output(monkeypatch):
     assert sorted(k for k in one if one[k] != two[k]) == ["pii", "tokenize", "tokenizer"]
     manifest_text = repr(plan_of({"pii": {"replacement": "pseudonym"}}))
     assert "key-two" not in manifest_text
+
+
+def test_a_plug_in_that_cannot_be_imported_is_one_error_line():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CRAWL2LLM_STAGES": "no_such_stage_module"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--help"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: CRAWL2LLM_STAGES: module 'no_such_stage_module' cannot be imported "
+        "(No module named 'no_such_stage_module'); is it on PYTHONPATH?"
+    ]
