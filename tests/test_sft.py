@@ -116,4 +116,4 @@ def test_tuning_on_the_books_records_lowers_the_held_out_answer_loss(base, tmp_p
     assert out["completed"] and out["records"] == {"train": 48, "validation": 6, "test": 6}
     assert out["after"]["answer_loss"] < out["before"]["answer_loss"] - 0.5
     assert out["final_val_loss"] < out["history"][0]["loss"]
-    assert len(out["after"]["samples"]) == 1 and out["after"]["samples"][0]["record"].endswith("record 55")
+    assert len(out["after"]["samples"]) == 1 and out["after"]["samples"][0]["record"].endswith("record 49")
