@@ -343,16 +343,18 @@ def validate(run: SFTRun, log: Optional[Callable[[dict], None]]) -> None:
 
 @torch.no_grad()
 def answers(model, tokenizer: Tokenizer, examples: list[Example], end_id: int, budget: int, device: str) -> list[dict]:
-    """The greedy answer to each example's prompt (its ids before the first trained one), and
-    whether it ended with end_id within `budget` tokens."""
+    """The greedy answer to each example's prompt (its ids before the first trained one; its last
+    block_size/2 when longer), and whether it ended with end_id within `budget` tokens (fewer when
+    prompt and budget would pass the context)."""
     model.eval()
     out = []
     for ex in examples:
         first = ex.mask.index(True)
-        budget = min(budget, model.config.block_size - 1)
-        prompt = ex.ids[:first][-(model.config.block_size - budget) :]
+        block = model.config.block_size
+        prompt = ex.ids[:first][-(block // 2) :] if first > block // 2 else ex.ids[:first]  # room to answer
+        room = min(budget, block - len(prompt))
         idx = torch.tensor([prompt], device=device)
-        new = generate(model, idx, budget, temperature=0, eos_id=end_id)[0, len(prompt) :].tolist()
+        new = generate(model, idx, room, temperature=0, eos_id=end_id)[0, len(prompt) :].tolist()
         ended = end_id in new
         new = new[: new.index(end_id)] if ended else new
         out.append(
