@@ -140,6 +140,19 @@ BUILT_IN = (
         title="Evaluate",
         flow="flows.training",
     ),
+    Stage(
+        "sft",
+        "instruction-tune a train output's model on instruction records (Alpaca or chat JSON/JSONL)",
+        "model.sft:SFTConfig",
+        ("model.sft",),
+        per_increment=False,
+        optional=True,
+        title="SFT",
+        description="Supervised instruction tuning of a pretrained GPT: records rendered in the chat format, "
+        "loss on the answers only, packed rows; held-out answer loss, perplexity and end-of-turn share "
+        "before and after. Resumes from its last checkpoint.",
+        flow="flows.sft",
+    ),
 )
 
 

@@ -336,3 +336,30 @@ def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, 
     with torch.no_grad():
         ours = load_model(str(folder / "model.pt"))(ids[:, :32])[0]
         assert (hf(ids[:, :32]).logits - ours).abs().max().item() < 1e-4
+
+
+def test_sft_flow_tunes_a_train_output_and_caches_it(trained_run, tmp_path, shared_data):
+    """The sft flow on a train output and a few of the book's records: store/sft/{fp} with the
+    model, a chat tokenizer folder and the before/after figures; a re-run is cached."""
+    from flows.sft import sft
+    from model.sft import SFTConfig
+
+    records = json.loads(shared_data("instruct/rasbt-ch07-instruction-data.json").read_text())[:20]
+    data = tmp_path / "instruct.json"
+    data.write_text(json.dumps(records))
+    config = SFTConfig(
+        data={"files": [str(data)], "batch_size": 4, "val_fraction": 0.1, "test_fraction": 0.1},
+        schedule={"max_steps": 4, "warmup_steps": 1, "min_lr": 1e-5},
+        eval={"interval": 2, "answer_tokens": 4, "prompts": 2, "samples": 1},
+        checkpoint={"interval": 2, "async_save": False},
+        launch={"device": "cpu"},
+    )
+    first = sft(trained_run["train"]["url"], config)
+    again = sft(trained_run["train"]["url"], config)
+    assert not first["cached"] and again["cached"] and again["fingerprint"] == first["fingerprint"]
+    out = trained_run["store"] / "sft" / first["fingerprint"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "model.pt").exists() and (out / "tokenizer" / "tokenizer_config.json").exists()
+    counts = manifest["counts"]
+    assert counts["steps"] == 4 and {"answer_loss", "end_share"} <= counts["after"].keys() <= counts["before"].keys()
+    assert manifest["upstream"]["fingerprint"] == trained_run["train"]["fingerprint"]

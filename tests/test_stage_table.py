@@ -118,6 +118,24 @@ CLOSURES = {
         "model.train",
     ],
     "evaluate": ["model.data", "model.evaluate", "model.generate", "model.gpt", "model.tasks", "storage.tokens"],
+    "sft": [
+        "model",
+        "model.chat",
+        "model.checkpoints",
+        "model.data",
+        "model.distributed",
+        "model.evaluate",
+        "model.generate",
+        "model.gpt",
+        "model.guard",
+        "model.mfu",
+        "model.sft",
+        "model.sft_data",
+        "model.sharded_checkpoint",
+        "model.tasks",
+        "model.train",
+        "storage.tokens",
+    ],
 }
 
 

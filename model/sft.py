@@ -1,0 +1,469 @@
+"""Supervised instruction tuning (issue 18): a pretrained GPT (a train output's model.pt) trained on
+instruction records (model/sft_data.py) with a loss on the answer tokens only.
+
+It is model.train's loop with another batch source and loss: the same train_step() (schedule,
+accumulation, clipping, loss guard), report(), save() (checkpoints with the data position and every
+RNG, so a run killed and resumed gives bitwise the same weights on CPU) and finish() (model.pt).
+What differs lives here: the base model's weights as the start (grown by the chat tokens when its
+tokenizer lacks them), rows of rendered conversations instead of windows of a token stream, the
+validation loss over the held-out answers, and the evaluation before and after tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from tokenizers import Tokenizer
+
+from model import checkpoints
+from model.chat import CHAT_TEMPLATE, ChatFormat, add_chat_tokens, resize_vocab
+from model.evaluate import load_model
+from model.generate import generate
+from model.gpt import IGNORE_INDEX, autocast, resolve_device
+from model.guard import LossGuard
+from model.sft_data import DataError, Example, Rows, pack, read_records, render_records, split_examples
+from model.train import (
+    CHECKPOINT,
+    RESUMABLE_CHANGES,
+    CheckpointConfig,
+    DataConfig,
+    GuardConfig,
+    LaunchConfig,
+    LogConfig,
+    Meter,
+    OptimizerConfig,
+    Run,
+    ScheduleConfig,
+    ValidationConfig,
+    _group,
+    _restore,
+    finish,
+    make_optimizer,
+    report,
+    save,
+    train_step,
+)
+from storage.config import StageConfig
+from storage.fingerprint import file_identity
+from storage.tokens import EOT, PAD, transformers_files
+
+TOKENIZER_DIR = "tokenizer"
+
+
+class SFTDataConfig(StageConfig):
+    """The instruction records, how they are rendered and split, and the rows they are laid out in."""
+
+    files: list[str] = Field(
+        default_factory=list, description="Instruction files: JSON lists or JSON Lines (.gz too), read in order."
+    )
+    format: Literal["auto", "alpaca", "chat"] = Field(
+        "auto",
+        description="Record format: alpaca (instruction/input/output), chat (messages) or auto (each record by its keys).",
+    )
+    prompt: Literal["chat", "alpaca"] = Field(
+        "chat",
+        description="chat: render with the chat tokens (<|user|>...<|end|>); alpaca: the Alpaca prompt text "
+        "(the book's ch. 7), answers ending with <|endoftext|>.",
+    )
+    assistant_only: bool = Field(True, description="Train on the answers only (off: on every token).")
+    packing: bool = Field(True, description="Pack several examples in a row (attention never crosses them).")
+    seq_len: int = Field(0, ge=0, description="Tokens per row; 0: the base model's block_size.")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of records held out for validation.")
+    test_fraction: float = Field(0.10, ge=0, lt=1, description="Share of records held out for the final evaluation.")
+    split_seed: Optional[int] = Field(
+        None, ge=0, description="Shuffle the records with this seed before splitting; none: file order (the book's)."
+    )
+    skip_bad: bool = Field(False, description="Leave out bad records (listed in the summary) instead of stopping.")
+    batch_size: int = DataConfig.model_fields["batch_size"]
+    grad_accum_steps: int = DataConfig.model_fields["grad_accum_steps"]
+    seed: int = DataConfig.model_fields["seed"]
+
+    @model_validator(mode="after")
+    def _splits_leave_training(self) -> "SFTDataConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave records to train on")
+        return self
+
+
+class SFTEvalConfig(ValidationConfig):
+    """The validation loss during training, and the evaluation of base and tuned model at the end."""
+
+    batches: int = Field(0, ge=0, description="Validation batches per evaluation (0 = all of the held-out rows).")
+    interval: int = Field(50, ge=1, description="Compute validation loss every this many steps (and at the end).")
+    answer_tokens: int = Field(
+        128, ge=1, description="Token budget of each greedy answer to a held-out prompt (the end-of-turn share)."
+    )
+    prompts: int = Field(0, ge=0, description="Held-out prompts answered greedily (0 = all of the test split).")
+    samples: int = Field(3, ge=0, description="Sample answers (before and after) shown in the summary.")
+    before: bool = Field(True, description="Also evaluate the base model (loss, end-of-turn share, samples).")
+
+
+class SFTConfig(StageConfig):
+    """Instruction tuning of a pretrained GPT: the data and its rendering, then the groups of
+    model.train (optimizer, schedule, evaluation, logging, checkpoints, loss guard, launch)."""
+
+    data: SFTDataConfig = _group("Data", SFTDataConfig)
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(learning_rate=1e-4, weight_decay=0.1, grad_clip=1.0),
+        title="Optimizer",
+        description="AdamW and the gradient clipping before its step.",
+    )
+    schedule: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(max_steps=200, warmup_steps=10, min_lr=1e-5),
+        title="Schedule",
+        description="How long tuning runs and how the learning rate moves.",
+    )
+    eval: SFTEvalConfig = _group("Evaluation", SFTEvalConfig)
+    log: LogConfig = _group("Logging", LogConfig)
+    checkpoint: CheckpointConfig = _group("Checkpoints", CheckpointConfig)
+    guard: GuardConfig = _group("Loss guard", GuardConfig)
+    launch: LaunchConfig = _group("Launch", LaunchConfig)
+
+    @model_validator(mode="after")
+    def _one_process(self) -> "SFTConfig":
+        if self.launch.processes > 1:
+            raise ValueError("sft runs in one process (launch.nproc_per_node and nnodes 1)")
+        if self.schedule.min_lr > self.optimizer.learning_rate:
+            raise ValueError("schedule.min_lr must not exceed optimizer.learning_rate")
+        return self
+
+    @property
+    def processes(self) -> int:
+        return 1
+
+
+# Changing these between a run and its resume leaves the weights as they were.
+SFT_RESUMABLE = RESUMABLE_CHANGES | {
+    "eval.answer_tokens",
+    "eval.prompts",
+    "eval.samples",
+    "eval.before",
+    "data.skip_bad",
+}
+
+
+@dataclass
+class SFTRun(Run):
+    """model.train's Run, with rows of seq_len tokens instead of windows of block_size."""
+
+    seq_len: int = 0
+    val_rows: Optional[Rows] = None
+
+    @property
+    def tokens_per_step(self) -> int:
+        c = self.config
+        return c.data.batch_size * c.data.grad_accum_steps * self.seq_len
+
+
+class RowBatches:
+    """Batches of packed rows in a seeded order, a new permutation each epoch; the position
+    (epoch, index) is the whole state, so a resume reads the same batches as an unbroken run."""
+
+    def __init__(self, rows: Rows, batch_size: int, seed: int, device: str):
+        self.rows, self.batch_size, self.seed, self.device = rows, batch_size, seed, device
+        self.epoch = self.index = 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.rows), generator=g)
+
+    @property
+    def position(self) -> str:
+        return f"epoch {self.epoch}, row {self.index} of {len(self.rows)}"
+
+    def next(self) -> dict:
+        take = []
+        while len(take) < self.batch_size:
+            if self.index >= len(self.rows):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation()
+            n = min(self.batch_size - len(take), len(self.rows) - self.index)
+            take.append(self._order[self.index : self.index + n])
+            self.index += n
+        return _to(_select(self.rows, torch.cat(take)), self.device)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._permutation()
+
+
+def _select(rows: Rows, idx) -> dict:
+    return {k: getattr(rows, k)[idx] for k in ("tokens", "targets", "segments", "positions")}
+
+
+def _to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def masked_loss(model: torch.nn.Module, batch: dict, loss_chunks: int = 1) -> torch.Tensor:
+    """Mean cross-entropy over the trained targets of a batch of packed rows."""
+    return model(
+        batch["tokens"],
+        batch["targets"],
+        loss_chunks=loss_chunks,
+        segments=batch["segments"],
+        positions=batch["positions"],
+    )[1]
+
+
+@torch.no_grad()
+def rows_loss(model, rows: Rows, batch_size: int, device: str, dtype: str, max_batches: int = 0) -> float:
+    """Mean loss per trained target over the rows (every target weighs the same, whatever its row)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for b, start in enumerate(range(0, len(rows), batch_size)):
+        if max_batches and b >= max_batches:
+            break
+        batch = _to(_select(rows, slice(start, start + batch_size)), device)
+        n = int((batch["targets"] != IGNORE_INDEX).sum())
+        if n:
+            with autocast(device, dtype):
+                loss = masked_loss(model, batch)
+            total += float(loss) * n
+            count += n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def load_tokenizer(tokenizer_dir: str) -> Tokenizer:
+    path = os.path.join(tokenizer_dir, "tokenizer.json") if os.path.isdir(tokenizer_dir) else tokenizer_dir
+    return Tokenizer.from_file(path)
+
+
+def prepare(config: SFTConfig, tokenizer: Tokenizer):
+    """(train, validation, test examples, what was skipped): every file's records rendered, split.
+    The held-out splits are always rendered with the answer mask: their loss is the answers'."""
+    d = config.data
+    if not d.files:
+        raise ValueError("sft: data.files names no instruction file")
+    fmt = ChatFormat(tokenizer)
+    examples, skipped = [], []
+    for path in d.files:
+        records = read_records(path)
+        for n, r in enumerate(records, start=1):
+            if isinstance(r, dict) and d.format != "auto" and (d.format == "chat") != ("messages" in r):
+                need = "`messages`" if d.format == "chat" else "`instruction`/`output`, not `messages`"
+                raise DataError(f"{path}: record {n}: format {d.format!r} needs {need}")
+        got, bad = render_records(records, fmt, path, d.prompt, "assistant", d.skip_bad)
+        examples += got
+        skipped += bad
+    if d.split_seed is not None:
+        random.Random(d.split_seed).shuffle(examples)
+    train_on = "assistant" if d.assistant_only else "all"
+    train, val, test = split_examples(examples, d.val_fraction, d.test_fraction)
+    if train_on == "all":
+        train = [Example(ex.ids, [True] * len(ex.ids), ex.record) for ex in train]
+    if not train:
+        raise ValueError("sft: no training records after the split")
+    return train, val, test, skipped
+
+
+def _ckpt_config(c: SFTConfig) -> dict:
+    out = {}
+    for group, value in c.model_dump().items():
+        out.update({f"{group}.{k}": v for k, v in value.items()})
+    return out
+
+
+def _read_checkpoint(path: str, c: SFTConfig, identity: dict, device: str) -> Optional[dict]:
+    """The newest readable checkpoint, after checking it was written by this config and inputs."""
+    if not (os.path.exists(path) or checkpoints.step_files(os.path.dirname(path))):
+        return None
+    path, ckpt = checkpoints.newest_readable(path, lambda p: torch.load(p, map_location=device, weights_only=True))
+    now, saved = _ckpt_config(c), _ckpt_config(SFTConfig.model_validate(ckpt["config"]))
+    changed = sorted(k for k in now if k not in SFT_RESUMABLE and saved.get(k) != now[k])
+    if changed:
+        what = ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed)
+        raise ValueError(f"checkpoint {path} was written with another config ({what}); use the same or a new out_dir")
+    if ckpt["token_files"] != identity:
+        raise ValueError(f"checkpoint {path} was tuned from another base model or data; use a new out_dir")
+    return ckpt
+
+
+def _base(base_model_path: str, tokenizer: Tokenizer, device: str):
+    """The base GPT grown to the tokenizer's vocabulary (chat tokens added to the tokenizer first)."""
+    model = load_model(base_model_path, "cpu")
+    add_chat_tokens(tokenizer)
+    resize_vocab(model, tokenizer.get_vocab_size())
+    return model.to(device)
+
+
+def setup(base_model_path: str, tokenizer: Tokenizer, c: SFTConfig, out_dir: str, rows, val_rows, identity) -> SFTRun:
+    """Seeds, the base model, optimizer, guard and batches, restored from out_dir's checkpoint."""
+    device = resolve_device(c.launch.device)
+    random.seed(c.data.seed)
+    np.random.seed(c.data.seed)
+    torch.manual_seed(c.data.seed)
+    model = _base(base_model_path, tokenizer, device)
+    model.train()
+    seq_len = rows.tokens.size(1)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
+        checkpoints.remove_stale_temporaries(folder)
+    ckpt = _read_checkpoint(ckpt_path, c, identity, device)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+    optimizer = make_optimizer(model, c, device)
+    guard = LossGuard(c.guard.mode, c.guard.spike_factor, c.guard.max_skipped, device)
+    batches = RowBatches(rows, c.data.batch_size, c.data.seed, device)
+    vocab = model.config.vocab_size
+    run = SFTRun(c, device, 0, 1, model, model, model, optimizer, guard, batches, None, vocab, ckpt_path, identity,
+                 model.flops_per_token(seq_len), seq_len=seq_len, val_rows=val_rows)  # fmt: skip
+    if ckpt:
+        run.step, run.history, run.last_loss = _restore(ckpt, model, optimizer, batches, guard, c, 0)
+        del ckpt
+    if c.launch.compile is True:
+        run.model = torch.compile(model)
+    run.last_loss_t = torch.tensor(float("nan") if run.last_loss is None else run.last_loss, device=device)
+    return run
+
+
+def validate(run: SFTRun, log: Optional[Callable[[dict], None]]) -> None:
+    c = run.config
+    loss = rows_loss(run.raw_model, run.val_rows, c.data.batch_size, run.device, c.launch.dtype, c.eval.batches)
+    run.history[-1]["val_loss"] = loss
+    if log:
+        log({"step": run.step, "val_loss": loss})
+
+
+@torch.no_grad()
+def answers(model, tokenizer: Tokenizer, examples: list[Example], end_id: int, budget: int, device: str) -> list[dict]:
+    """The greedy answer to each example's prompt (its ids before the first trained one; its last
+    block_size/2 when longer), and whether it ended with end_id within `budget` tokens (fewer when
+    prompt and budget would pass the context)."""
+    model.eval()
+    out = []
+    for ex in examples:
+        first = ex.mask.index(True)
+        block = model.config.block_size
+        prompt = ex.ids[:first][-(block // 2) :] if first > block // 2 else ex.ids[:first]  # room to answer
+        room = min(budget, block - len(prompt))
+        idx = torch.tensor([prompt], device=device)
+        new = generate(model, idx, room, temperature=0, eos_id=end_id)[0, len(prompt) :].tolist()
+        ended = end_id in new
+        new = new[: new.index(end_id)] if ended else new
+        out.append(
+            {
+                "record": ex.record,
+                "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+                "reference": tokenizer.decode([i for i, m in zip(ex.ids, ex.mask) if m], skip_special_tokens=True),
+                "answer": tokenizer.decode(new, skip_special_tokens=False),
+                "ended": ended,
+            }
+        )
+    return out
+
+
+def assess(model, tokenizer, test_rows: Rows, test: list[Example], c: SFTConfig, end_id: int, device: str) -> dict:
+    """Masked answer loss and perplexity on the test split, the end-of-turn share of greedy answers."""
+    loss = rows_loss(model, test_rows, c.data.batch_size, device, c.launch.dtype)
+    prompts = test[: c.eval.prompts] if c.eval.prompts else test
+    said = answers(model, tokenizer, prompts, end_id, c.eval.answer_tokens, device)
+    return {
+        "answer_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "end_share": sum(a["ended"] for a in said) / max(1, len(said)),
+        "prompts": len(said),
+        "samples": said[: c.eval.samples],
+    }
+
+
+def sft(
+    base_model_path: str,
+    tokenizer_dir: str,
+    config: SFTConfig,
+    out_dir: str,
+    log: Optional[Callable[[dict], None]] = None,
+    stop_after: Optional[int] = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict:
+    """Tune (or resume) in out_dir; write out_dir/model.pt and out_dir/tokenizer/; return a
+    JSON-ready summary with the evaluation before and after. stop_after=N stops after step N as if
+    killed there (no final checkpoint, no model.pt, no evaluation): the next call resumes."""
+    c = config
+    t0 = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    added = add_chat_tokens(tokenizer)
+    train_ex, val_ex, test_ex, skipped = prepare(c, tokenizer)
+    base_cfg = load_model(base_model_path, "cpu").config
+    seq_len = c.data.seq_len or base_cfg.block_size
+    if seq_len > base_cfg.block_size:
+        raise ValueError(f"data.seq_len {seq_len} exceeds the base model's block_size {base_cfg.block_size}")
+    pad = tokenizer.token_to_id(PAD)
+    pad = pad if pad is not None else tokenizer.token_to_id(EOT)
+    rows = pack(train_ex, seq_len, pad, c.data.packing)
+    val_rows = pack(val_ex or test_ex, seq_len, pad, c.data.packing)
+    test_rows = pack(test_ex or val_ex, seq_len, pad, c.data.packing)
+    identity = {"base": file_identity(base_model_path, os.path.basename(base_model_path)),
+                "data": [file_identity(p, os.path.basename(p)) for p in c.data.files]}  # fmt: skip
+    run = setup(base_model_path, tokenizer, c, out_dir, rows, val_rows, identity)
+    meter = Meter(run)
+    committed = (lambda s: log({"step": s, "checkpoint": run.ckpt_path})) if log else (lambda s: None)
+    saver = checkpoints.Saver(c.checkpoint.async_save, committed)
+    last_save = clock()
+    loss_fn = partial(masked_loss, loss_chunks=c.launch.loss_chunks)
+    max_steps = c.schedule.max_steps
+    try:
+        while run.step < max_steps and (stop_after is None or run.step < stop_after):
+            out = train_step(run, run.batches, loss_fn)
+            meter.stepped()
+            evaluating = run.step % c.eval.interval == 0 or run.step == max_steps
+            saving = run.step == max_steps or bool(c.checkpoint.interval) and run.step % c.checkpoint.interval == 0
+            saving = saving or (c.checkpoint.minutes and clock() - last_save >= 60 * c.checkpoint.minutes)
+            if evaluating or saving or run.step % c.log.interval == 0 or run.step in (max_steps, stop_after):
+                report(run, out, meter, log)
+            if evaluating and len(val_rows):
+                validate(run, log)
+            if saving:
+                save(run, saver, run.batches, log)
+                last_save = clock()
+            saver.poll()
+    finally:
+        saver.close()
+    summary = finish(run, meter, out_dir)
+    summary.update(
+        {
+            "records": {"train": len(train_ex), "validation": len(val_ex), "test": len(test_ex)},
+            "rows": len(rows),
+            "seq_len": seq_len,
+            "truncated": rows.truncated,
+            "trained_tokens_per_epoch": int((rows.targets != IGNORE_INDEX).sum()),
+            "chat_tokens_added": added,
+            "skipped_records": skipped,
+        }
+    )
+    if not summary["completed"]:
+        return summary
+    folder = os.path.join(out_dir, TOKENIZER_DIR)
+    os.makedirs(folder, exist_ok=True)
+    tokenizer.save(os.path.join(folder, "tokenizer.json"))
+    for name, data in transformers_files(CHAT_TEMPLATE).items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    end_id = tokenizer.token_to_id("<|end|>" if c.data.prompt == "chat" else EOT)
+    held_out = test_ex or val_ex
+    tuned = run.raw_model.to(run.device)
+    summary["after"] = assess(tuned, tokenizer, test_rows, held_out, c, end_id, run.device)
+    if c.eval.before:
+        base = _base(base_model_path, load_tokenizer(tokenizer_dir), run.device)
+        summary["before"] = assess(base, tokenizer, test_rows, held_out, c, end_id, run.device)
+    summary["timing"]["seconds_with_evaluation"] = round(time.perf_counter() - t0, 3)
+    with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
+        json.dump({k: v for k, v in summary.items() if k != "timing"}, f, indent=1)
+    return summary

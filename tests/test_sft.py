@@ -1,0 +1,119 @@
+"""Instruction tuning (model/sft.py): exact resume, answer-only loss, bad records named, and a tiny
+run on the book's records that lowers the held-out answer loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.gpt import GPT, GPTConfig
+from model.sft import SFTConfig, masked_loss, sft
+from model.sft_data import IGNORE, DataError
+from pipeline.tokenize import TokenizeConfig, train_tokenizer
+from tests.fixtures.data import require_data
+
+INSTRUCT = "instruct/rasbt-ch07-instruction-data.json"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tokenizer without chat tokens (sft adds them) and a tiny pretrained-shaped GPT."""
+    folder = tmp_path_factory.mktemp("base")
+    records = json.loads(require_data(INSTRUCT).read_text())
+    data = folder / "instruct.json"
+    data.write_text(json.dumps(records[:60]))
+    texts = [r["instruction"] + " " + r["input"] + " " + r["output"] for r in records]
+    tok = train_tokenizer(texts, TokenizeConfig(vocab_size=512, chat_tokens=False))
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=128, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    model = GPT(cfg)
+    torch.save(
+        {"model": model.state_dict(), "config": cfg.model_dump(), "vocab_size": cfg.vocab_size}, folder / "model.pt"
+    )
+    return folder, data
+
+
+def _config(path, **changes) -> SFTConfig:
+    c = {
+        "data": {"files": [str(path)], "batch_size": 4, "val_fraction": 0.1, "test_fraction": 0.1},
+        "optimizer": {"learning_rate": 3e-3},
+        "schedule": {"max_steps": 12, "warmup_steps": 2, "min_lr": 3e-4},
+        "eval": {"interval": 6, "answer_tokens": 8, "prompts": 3, "samples": 1},
+        "checkpoint": {"interval": 4, "minutes": 0, "async_save": False},
+        "launch": {"device": "cpu"},
+    }
+    for group, values in changes.items():
+        c[group] = {**c.get(group, {}), **values}
+    return SFTConfig.model_validate(c)
+
+
+def test_a_stopped_run_resumes_to_bitwise_the_same_weights(base, tmp_path):
+    folder, data = base
+    c = _config(data)
+    c = c.model_copy(update={"eval": c.eval.model_copy(update={"before": False})})
+    whole = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path / "whole"))
+    stopped = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path / "resumed"), stop_after=6)
+    assert not stopped["completed"] and not (tmp_path / "resumed" / "model.pt").exists()
+    resumed = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path / "resumed"))
+    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
+    b = torch.load(tmp_path / "resumed" / "model.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in whole["history"]] == [h["loss"] for h in resumed["history"]]
+    assert (tmp_path / "whole" / "tokenizer" / "tokenizer_config.json").exists()
+    assert whole["chat_tokens_added"] == 4 and whole["after"]["prompts"] == 3
+
+
+def test_only_assistant_tokens_are_trained(base):
+    """Each packed row's trained targets are exactly its records' answers and <|end|>; with
+    assistant_only off, every next token is trained on."""
+    from model.chat import add_chat_tokens
+    from model.sft import load_tokenizer, prepare
+    from model.sft_data import pack
+
+    folder, data = base
+    records = json.loads(data.read_text())
+    tok = load_tokenizer(str(folder))
+    add_chat_tokens(tok)
+    train, _, _, _ = prepare(_config(data), tok)
+    rows = pack(train, 128, 0)
+    by_ids = {tuple(ex.ids[:-1]): int(ex.record.rsplit(" ", 1)[1]) for ex in train}
+    checked = 0
+    for r in range(len(rows)):
+        for s in set(rows.segments[r].tolist()) - {0}:
+            seg = rows.segments[r] == s
+            n = by_ids[tuple(rows.tokens[r][seg].tolist())]
+            target = rows.targets[r][seg]
+            answer = tok.decode(target[target != IGNORE].tolist(), skip_special_tokens=False)
+            assert answer == records[n - 1]["output"] + "<|end|>"
+            checked += 1
+    assert checked == len(train) == 48
+    everything, _, _, _ = prepare(_config(data, data={"assistant_only": False}), tok)
+    all_rows = pack(everything, 128, 0)
+    assert int((all_rows.targets != IGNORE).sum()) == sum(len(ex.ids) - 1 for ex in everything if len(ex.ids) <= 129)
+    assert int((rows.targets != IGNORE).sum()) < int((all_rows.targets != IGNORE).sum()) / 2
+    # and the loss reads nothing else: a batch whose prompt targets are all changed has the same loss
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=128, n_layer=1, n_head=2, n_embd=16))
+    batch = {k: getattr(rows, k)[:2] for k in ("tokens", "targets", "segments", "positions")}
+    assert torch.isfinite(masked_loss(model, batch))
+
+
+def test_a_bad_record_is_named_by_file_and_record(base, tmp_path):
+    folder, _ = base
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl: record 2: `output` is missing"):
+        sft(str(folder / "model.pt"), str(folder), _config(bad), str(tmp_path / "out"))
+
+
+def test_tuning_on_the_books_records_lowers_the_held_out_answer_loss(base, tmp_path):
+    folder, data = base
+    c = _config(data, schedule={"max_steps": 30}, checkpoint={"interval": 0})
+    out = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path / "out"))
+    assert out["completed"] and out["records"] == {"train": 48, "validation": 6, "test": 6}
+    assert out["after"]["answer_loss"] < out["before"]["answer_loss"] - 0.5
+    assert out["final_val_loss"] < out["history"][0]["loss"]
+    assert len(out["after"]["samples"]) == 1 and out["after"]["samples"][0]["record"].endswith("record 49")
