@@ -31,7 +31,6 @@ from model.chat import encode_plain
 from model.classifier import Classifier, pad_batch, set_trainable
 from model.classify_data import balance, class_counts, encode, read_labelled, split
 from model.classify_metrics import classification_report
-from model.evaluate import load_model
 from model.gpt import GPT, GPTConfig, autocast, resolve_device
 from model.guard import LossGuard
 from model.train import (
@@ -233,6 +232,25 @@ class Prepared:
             raise ValueError(f"{c.data_file}: the split leaves no training or no test texts ({self.counts})")
 
 
+def load_base(path: str, device: str) -> GPT:
+    """The GPT of a model.pt or a training checkpoint (model.train's files; here, not through
+    model.evaluate, so this stage's code version does not follow the evaluation's)."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"base model not found: {path}") from None
+    if not isinstance(saved, dict) or not {"model", "config"} <= saved.keys():
+        raise ValueError(f"{path} is not a crawl2llm model file (expected keys model, config)")
+    config = saved["config"]
+    if isinstance(config.get("model"), dict):  # a training checkpoint: the shape is its model group
+        config = config["model"]
+    config = {k: v for k, v in config.items() if k in GPTConfig.model_fields}
+    config.setdefault("vocab_size", saved.get("vocab_size"))
+    gpt = GPT(GPTConfig(**config))
+    gpt.load_state_dict(saved["model"])
+    return gpt.to(device)
+
+
 def _pad_id(tokenizer: Tokenizer) -> int:
     pad = tokenizer.token_to_id(PAD)
     return tokenizer.token_to_id(EOT) if pad is None else pad
@@ -286,7 +304,7 @@ def classify(
     random.seed(c.data.seed)
     np.random.seed(c.data.seed)
     torch.manual_seed(c.data.seed)
-    gpt = load_model(base_model_path, device)
+    gpt = load_base(base_model_path, device)
     data = Prepared(c, tokenizer, gpt.config.block_size)
     model = Classifier(gpt, len(data.labels), c.pooling).to(device)
     trainable = set_trainable(model, c.trainable)

@@ -118,6 +118,24 @@ CLOSURES = {
         "model.train",
     ],
     "evaluate": ["model.data", "model.evaluate", "model.generate", "model.gpt", "model.tasks", "storage.tokens"],
+    "classify": [
+        "model",
+        "model.chat",
+        "model.checkpoints",
+        "model.classifier",
+        "model.classify",
+        "model.classify_data",
+        "model.classify_metrics",
+        "model.data",
+        "model.distributed",
+        "model.gpt",
+        "model.guard",
+        "model.mfu",
+        "model.sft_data",
+        "model.sharded_checkpoint",
+        "model.train",
+        "storage.tokens",
+    ],
 }
 
 
