@@ -112,15 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir", help="the folder to write")
     e.add_argument("--data", default="", help="the tokenize output whose tokenizer a loose checkpoint file uses")
 
-    p = sub.add_parser(
+    pr = sub.add_parser(
         "predict",
         help="classify texts with a classify output (labels and probabilities, one JSON line each)",
         description="Each TEXT's label and the probability of every label, by the classifier a "
         "`crawl2llm classify` run wrote (its output folder, store/classify/<fp>).",
     )
-    p.add_argument("output", metavar="CLASSIFY_OUTPUT", help="a classify output folder (store/classify/<fp>)")
-    p.add_argument("texts", metavar="TEXT", nargs="+", help="texts to classify")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    pr.add_argument("output", metavar="CLASSIFY_OUTPUT", help="a classify output folder (store/classify/<fp>)")
+    pr.add_argument("texts", metavar="TEXT", nargs="+", help="texts to classify")
+    pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     for name, text in (
         ("chat", "talk to a model in the terminal (streamed answers, multi-turn history)"),
