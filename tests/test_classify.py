@@ -22,6 +22,15 @@ SPAM = [
 HAM = ["Ok lar... Joking wif u oni...", "I'll be home soon, do you want me to pick up anything for dinner?"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is faster, and far faster on a shared machine (no spinning on a busy core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A small GPT (a train output's model.pt layout) and a BPE trained on the SMS texts."""
@@ -30,7 +39,7 @@ def base(tmp_path_factory):
     tokenizer = train_tokenizer([t.text for t in read_labelled(str(sms))], TokenizeConfig(vocab_size=512))
     tokenizer.save(str(folder / "tokenizer.json"))
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=512, n_layer=2, n_head=2, n_embd=32, block_size=64))
+    gpt = GPT(GPTConfig(vocab_size=512, n_layer=2, n_head=2, n_embd=32, block_size=128))
     torch.save({"model": gpt.state_dict(), "config": gpt.config.model_dump(), "vocab_size": 512}, folder / "model.pt")
     return {"model": str(folder / "model.pt"), "tokenizer": str(folder), "data": str(sms), "gpt": gpt}
 
@@ -86,7 +95,7 @@ def test_tiny_sms_run_beats_the_majority_class_and_predicts(base, tmp_path):
     test = summary["test"]
     assert summary["split"]["test"] == {"ham": 150, "spam": 150} and test["examples"] == 300
     assert test["accuracy"] > 0.8, test
-    assert summary["texts_cut"]["train"] < 20 and summary["max_tokens"] == 64
+    assert summary["max_tokens"] == 128 and summary["texts_cut"]["train"] < 50, summary["texts_cut"]
     out = predict(str(tmp_path), SPAM + HAM)
     assert [p["label"] for p in out] == ["spam", "spam", "ham", "ham"], out
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in out)
