@@ -3,6 +3,8 @@ head-only training, predict, the metrics, and a tiny run that beats the majority
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -88,7 +90,7 @@ def test_head_only_training_changes_only_the_head(base, tmp_path):
     assert summary["history"][-1]["loss"] != summary["history"][0]["loss"]  # the head did learn
 
 
-def test_tiny_sms_run_beats_the_majority_class_and_predicts(base, tmp_path):
+def test_tiny_sms_run_beats_the_majority_class_and_predicts(base, tmp_path, capsys):
     """Balanced set: the majority class is 50%. The full set's majority (ham) is 86.6%."""
     c = _config(base["data"], schedule={"max_steps": 260, "warmup_steps": 10}, eval={"interval": 130, "batches": 20})
     summary = classify(base["model"], base["tokenizer"], c, str(tmp_path))
@@ -99,6 +101,11 @@ def test_tiny_sms_run_beats_the_majority_class_and_predicts(base, tmp_path):
     out = predict(str(tmp_path), SPAM + HAM)
     assert [p["label"] for p in out] == ["spam", "spam", "ham", "ham"], out
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in out)
+    from flows.cli import main
+
+    assert main(["predict", str(tmp_path), SPAM[0], HAM[0]]) == 0  # crawl2llm predict: one JSON line per text
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["text"], x["label"]) for x in lines] == [(SPAM[0], "spam"), (HAM[0], "ham")]
 
 
 def test_metrics_on_a_known_confusion():
