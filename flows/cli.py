@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir", help="the folder to write")
     e.add_argument("--data", default="", help="the tokenize output whose tokenizer a loose checkpoint file uses")
 
+    pr = sub.add_parser(
+        "predict",
+        help="classify texts with a classify output (labels and probabilities, one JSON line each)",
+        description="Each TEXT's label and the probability of every label, by the classifier a "
+        "`crawl2llm classify` run wrote (its output folder, store/classify/<fp>).",
+    )
+    pr.add_argument("output", metavar="CLASSIFY_OUTPUT", help="a classify output folder (store/classify/<fp>)")
+    pr.add_argument("texts", metavar="TEXT", nargs="+", help="texts to classify")
+    pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
     for name, text in (
         ("chat", "talk to a model in the terminal (streamed answers, multi-turn history)"),
         ("serve", "an OpenAI-compatible HTTP API for a model (/v1/chat/completions, /v1/completions) and a chat page"),
@@ -239,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return _talk(args)
     if args.command == "verify":  # the store only: no Prefect
         return _verify(args.store)
+    if args.command == "predict":  # the model only: no Prefect
+        return _predict(args)
     from flows import prefect_env
 
     home = prefect_env.configure()
@@ -321,6 +333,20 @@ def _talk(args) -> int:
 
     print(f"serving {engine.name} on http://{args.host}:{args.port} (chat page: /, API: /v1)", file=sys.stderr)
     uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _predict(args) -> int:
+    """`predict`: one JSON line per text, its label and every label's probability."""
+    from model.classify import predict
+
+    try:
+        results = predict(args.output, args.texts, args.device)
+    except (StoreError, FileNotFoundError, ValueError) as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    for text, result in zip(args.texts, results):
+        print(json.dumps({"text": text, **result}))
     return 0
 
 

@@ -29,7 +29,7 @@ from flows.workers import on_cluster
 from pipeline.inputs import InputError, NoInputFiles, refuse_credentials, resolve_inputs
 from pipeline.plan import plan
 from pipeline.stage import merge_counts
-from pipeline.stage_table import BY_NAME, PER_INCREMENT, previous
+from pipeline.stage_table import BY_NAME, PER_INCREMENT, TABLE, load, previous
 from pipeline.tokenize import shard_order
 from storage import StageDir, Store, canonical_json, file_identity, fingerprint
 from storage.ledger import Ledger, series_key
@@ -87,9 +87,21 @@ def run_incremental(config: PipelineConfig) -> dict:
             results["train"] = train(results["corpus"]["url"], config.train)
         if STAGES.index("evaluate") <= last:
             results["evaluate"] = evaluate(results["train"]["url"], config.evaluate)
+        results.update(run_post_training(config, results.get("train"), last))
     # the latest increment's stages, then what all increments make together
     artifacts.pipeline_summary({k: v for k, v in results.items() if k != "increments"}, {}, time.monotonic() - t0)
     return results
+
+
+def run_post_training(config: PipelineConfig, trained: dict | None, last: int, run=None) -> dict[str, dict]:
+    """The stages after evaluate that the config gives (sft, classify: None leaves one out), each on the
+    trained model, up to stop_after."""
+    done = {}
+    for stage in TABLE[TABLE.index(BY_NAME["evaluate"]) + 1 :]:
+        cfg = getattr(config, stage.name)
+        if trained is not None and cfg is not None and STAGES.index(stage.name) <= last:
+            done[stage.name] = (run or call)(stage.name, load(stage.flow_entrypoint), trained["url"], cfg)
+    return done
 
 
 def _intact(out: StageDir, log) -> bool:

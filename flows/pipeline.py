@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 
 from flows import access, artifacts, stages
 from flows.config import STAGES, PipelineConfig
-from flows.increments import run_incremental, run_stages
+from flows.increments import run_incremental, run_post_training, run_stages
 from flows.stages import crawl
 from flows.training import evaluate, train
 from pipeline.inputs import resolve_inputs
@@ -19,7 +19,8 @@ from pipeline.stage_table import PER_INCREMENT
 
 @flow(name="pipeline")
 def pipeline(config: PipelineConfig) -> dict:
-    """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate (pipeline/stage_table.py).
+    """crawl → ingest → dedup → quality → pii → tokenize → train → evaluate, then sft and classify
+    when the config gives them (pipeline/stage_table.py).
 
     Args:
         config: the inputs (or seed URLs), the store and every stage's settings.
@@ -60,6 +61,7 @@ def pipeline(config: PipelineConfig) -> dict:
             prev = run("train", train, prev["url"], config.train)
         if STAGES.index("evaluate") <= last:
             run("evaluate", evaluate, prev["url"], config.evaluate)
+        run_post_training(config, results.get("train"), last, run)
     for name, r in results.items():
         log.info("%-9s %s", name, r["url"])
     artifacts.pipeline_summary(results, seconds, time.monotonic() - t0)

@@ -153,6 +153,19 @@ BUILT_IN = (
         "before and after. Resumes from its last checkpoint.",
         flow="flows.sft",
     ),
+    Stage(
+        "classify",
+        "fine-tune a train output's GPT as a text classifier (SMS spam, any labelled .tsv/.csv/JSONL)",
+        "model.classify:ClassifyConfig",
+        ("model.classify",),
+        per_increment=False,
+        optional=True,
+        title="Classify",
+        description="Classification fine-tuning (Raschka ch. 6): a class head on the last token (or the mean), "
+        "the head, the last blocks or all weights trained with cross-entropy, validation accuracy during "
+        "training, test-split accuracy, per-class precision/recall/F1 and the confusion matrix.",
+        flow="flows.classify",
+    ),
 )
 
 

@@ -136,6 +136,24 @@ CLOSURES = {
         "model.train",
         "storage.tokens",
     ],
+    "classify": [
+        "model",
+        "model.chat",
+        "model.checkpoints",
+        "model.classifier",
+        "model.classify",
+        "model.classify_data",
+        "model.classify_metrics",
+        "model.data",
+        "model.distributed",
+        "model.gpt",
+        "model.guard",
+        "model.mfu",
+        "model.sft_data",
+        "model.sharded_checkpoint",
+        "model.train",
+        "storage.tokens",
+    ],
 }
 
 
@@ -342,3 +360,36 @@ def test_a_plug_in_that_cannot_be_imported_is_one_error_line():
         "error: CRAWL2LLM_STAGES: module 'no_such_stage_module' cannot be imported "
         "(No module named 'no_such_stage_module'); is it on PYTHONPATH?"
     ]
+
+
+def test_the_pipeline_chains_the_post_training_stages_the_config_gives():
+    """After evaluate, each stage of the table the config fills (sft, classify) runs on the trained
+    model, up to stop_after; one left empty is left out."""
+    from flows.config import STAGES, validate_config
+    from flows.increments import run_post_training
+
+    calls = []
+
+    def run(name, stage_flow, source, cfg):
+        calls.append((name, stage_flow.name, source, type(cfg).__name__))
+        return {"url": f"store/{name}/x"}
+
+    trained = {"url": "store/train/abc"}
+    config = validate_config({"store": "s", "inputs": ["x"], "sft": {"data": {"files": ["a.json"]}}})
+    assert run_post_training(config, trained, STAGES.index("classify"), run) == {"sft": {"url": "store/sft/x"}}
+    assert calls == [("sft", "sft", "store/train/abc", "SFTConfig")]
+    calls.clear()
+    config = validate_config(
+        {
+            "store": "s",
+            "inputs": ["x"],
+            "sft": {"data": {"files": ["a.json"]}},
+            "classify": {"data_file": "sms.tsv"},
+            "stop_after": "sft",
+        }
+    )
+    run_post_training(config, trained, STAGES.index(config.stop_after), run)
+    assert [c[0] for c in calls] == ["sft"]
+    calls.clear()
+    run_post_training(config, trained, STAGES.index("classify"), run)
+    assert [c[:2] for c in calls] == [("sft", "sft"), ("classify", "classify")]
