@@ -36,7 +36,7 @@ SHAPES = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--file", default=HELLASWAG, help="HellaSwag JSONL (default: the shared data copy)")
+    p.add_argument("--file", default=HELLASWAG, help="HellaSwag JSONL (default: ../shared/data/eval, read in place)")
     p.add_argument("--model-pt", help="a trained model.pt (with --tokenizer)")
     p.add_argument("--tokenizer", help="the model's tokenizer.json")
     p.add_argument("--shape", choices=sorted(SHAPES), default="gpt2-124m", help="random-weight model of this shape")

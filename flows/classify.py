@@ -22,7 +22,7 @@ from pipeline.stage_table import BY_NAME
 from storage import StageDir, file_identity, fingerprint, is_local
 
 
-def _local_dir(out: StageDir) -> str:
+def local_dir(out: StageDir) -> str:
     """Checkpoints are written to a local folder: the stage folder itself on a local store."""
     if is_local(out.fs):
         out.fs.makedirs(out.path, exist_ok=True)
@@ -41,7 +41,7 @@ def _classify_task(out: StageDir, model_path: str, tokenizer_path: str, config: 
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="fine-tuning steps done")
     max_steps = config.schedule.max_steps
-    local = _local_dir(out)
+    local = local_dir(out)
     remote = os.path.abspath(local) != os.path.abspath(out.path)
 
     def log(event: dict) -> None:
@@ -111,7 +111,7 @@ def classify(source: Location, config: ClassifyConfig = ClassifyConfig()) -> dic
 
 
 def _publish(out: StageDir, manifest: dict, seconds: float, cached: bool, timing: dict | None) -> None:
-    from flows.training import _loss_chart
+    from flows.training import loss_chart
 
     counts = manifest["counts"]
     test = counts.get("test", {})
@@ -141,7 +141,7 @@ def _publish(out: StageDir, manifest: dict, seconds: float, cached: bool, timing
         )
     history = counts.get("history", [])
     if history:
-        chart = _loss_chart(history)
+        chart = loss_chart(history)
         val = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
         if val:
             chart += "\n\n| step | validation accuracy |\n|---:|---:|\n"

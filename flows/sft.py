@@ -13,7 +13,7 @@ from flows import access, artifacts
 from flows.common import Timer, run_locked
 from flows.config import Location
 from flows.stages import open_stage, summary
-from flows.training import _local_dir, _loss_chart
+from flows.training import local_dir, loss_chart
 from model import checkpoints
 from model.sft import TOKENIZER_DIR, SFTConfig
 from model.source import tokenizer_file
@@ -30,7 +30,7 @@ def _sft_task(out: StageDir, model_path: str, tokenizer_path: str, config: SFTCo
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description="tuning steps done")
     max_steps = config.schedule.max_steps
-    local = _local_dir(out)
+    local = local_dir(out)
     remote = os.path.abspath(local) != os.path.abspath(out.path)
     if remote and checkpoints.restore(out, local, CHECKPOINT):
         logger.info("resuming from the store's checkpoint %s", out.url(CHECKPOINT))
@@ -119,7 +119,7 @@ def _publish(out: StageDir, manifest: dict, seconds: float, cached: bool, timing
     artifacts.table(rows, artifacts.output_key(out, "summary"), f"sft {out.fingerprint}")
     artifacts.output_link(out, artifacts.output_key(out, "model"), "tuned model weights", "model.pt")
     if counts.get("history"):
-        artifacts.markdown(_loss_chart(counts["history"]), artifacts.output_key(out, "loss-curve"), "loss curve")
+        artifacts.markdown(loss_chart(counts["history"]), artifacts.output_key(out, "loss-curve"), "loss curve")
     artifacts.markdown(report_markdown(counts), artifacts.output_key(out, "report"), "sft report")
 
 

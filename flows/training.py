@@ -26,7 +26,7 @@ from pipeline.stage_table import BY_NAME
 from storage import StageDir, file_identity, fingerprint, is_local
 
 
-def _local_dir(out: StageDir) -> str:
+def local_dir(out: StageDir) -> str:
     """Training writes checkpoints to a local folder: the stage folder itself on a local store."""
     if is_local(out.fs):
         out.fs.makedirs(out.path, exist_ok=True)
@@ -87,7 +87,7 @@ def _train_task(out: StageDir, train_files: list[str], val_files: list[str], voc
                 config.launch.nnodes - 1,
             )
 
-    local = _local_dir(out)
+    local = local_dir(out)
     remote = os.path.abspath(local) != os.path.abspath(out.path)
     if remote and checkpoints.restore(out, local, CHECKPOINT):
         logger.info("resuming from the store's checkpoint %s (not in this machine's cache)", out.url(CHECKPOINT))
@@ -128,7 +128,7 @@ def train(source: Location, config: TrainConfig = TrainConfig()) -> dict:
         with Timer() as t:
             if not cached:
                 train_files, val_files, vocab = _token_files(tok)
-                local = _local_dir(out)
+                local = local_dir(out)
                 with open(os.path.join(local, UPSTREAM_FILE), "w") as f:  # lets evaluate find a checkpoint's data
                     json.dump({"tokenize": tok.url()}, f)
                 result = _train_task(out, train_files, val_files, vocab, config)
@@ -169,7 +169,7 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
         ]
     artifacts.table(rows, artifacts.output_key(out, "summary"), f"train {out.fingerprint}")
     artifacts.output_link(out, artifacts.output_key(out, "model"), "final model weights", "model.pt")
-    local = _local_dir(out)
+    local = local_dir(out)
     sharded = os.path.join(os.path.dirname(CHECKPOINT), sharded_checkpoint.POINTER)  # FSDP2's
     found = [rel for rel in (CHECKPOINT, sharded) if os.path.exists(os.path.join(local, rel))]
     if found:
@@ -182,10 +182,10 @@ def _publish_training(out: StageDir, manifest: dict, seconds: float, cached: boo
         )
     history = counts.get("history", [])
     if history:
-        artifacts.markdown(_loss_chart(history), artifacts.output_key(out, "loss-curve"), "loss curve")
+        artifacts.markdown(loss_chart(history), artifacts.output_key(out, "loss-curve"), "loss curve")
 
 
-def _loss_chart(history: list[dict]) -> str:
+def loss_chart(history: list[dict]) -> str:
     """The loss curve (every logged step's train loss, every evaluation's validation loss) as a PNG
     data URI above a table of about 20 rows: the UI empties inline SVG, and image artifacts need a
     public URL."""

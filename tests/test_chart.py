@@ -7,7 +7,7 @@ import base64
 import io
 
 from flows.chart import line_chart
-from flows.training import _loss_chart
+from flows.training import loss_chart
 
 
 def _image(png: bytes):
@@ -32,7 +32,7 @@ def test_loss_chart_embeds_every_logged_step_as_a_png_data_uri():
     history = [
         {"step": s, "loss": 5 - s / 100, **({"val_loss": 5.1 - s / 100} if s % 50 == 0 else {})} for s in range(1, 601)
     ]
-    md = _loss_chart(history)
+    md = loss_chart(history)
     uri = md.split("](data:image/png;base64,", 1)[1].split(")", 1)[0]
     image = _image(base64.b64decode(uri))
     assert image.shape[:2] == (400, 800)
