@@ -4,6 +4,7 @@ head-only training, predict, the metrics, and a tiny run that beats the majority
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from model.classify_metrics import classification_report, report_markdown
 from model.gpt import GPT, GPTConfig
 from pipeline.tokenize import TokenizeConfig, train_tokenizer
 from tests.fixtures.data import require_data
+from tests.fixtures.train import kill_at_step, run_killed
 
 SMS = "classification/SMSSpamCollection.tsv"
 SPAM = [
@@ -78,6 +80,26 @@ def test_resume_after_a_stop_gives_bitwise_the_same_weights(base, tmp_path):
     assert [h["step"] for h in whole["history"] if "val_accuracy" in h] == [6, 12]
     with pytest.raises(ValueError, match="another run .*optimizer.learning_rate"):
         classify(base["model"], base["tokenizer"], c.updated(optimizer={"learning_rate": 1e-3}), str(tmp_path / "b"))
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_bitwise_the_same_weights(base, tmp_path):
+    """A real SIGKILL in another process at a random step (checkpoints every 4 steps), resumed here."""
+    c = _config(base["data"], log={"interval": 1})
+    whole = classify(base["model"], base["tokenizer"], c, str(tmp_path / "a"))
+    step = random.randrange(1, c.schedule.max_steps)
+    args = {"base": base["model"], "tok": base["tokenizer"], "config": c.model_dump(), "out": str(tmp_path / "b")}
+    run_killed(
+        "torch.set_num_threads(1)\n"
+        "from model.classify import ClassifyConfig, classify\n"
+        "classify(a['base'], a['tok'], ClassifyConfig.model_validate(a['config']), a['out'], log=log)\n",
+        args,
+        kill_at_step(step),
+    )
+    assert not (tmp_path / "b" / CLASSIFIER).exists(), f"killed at step {step}"
+    resumed = classify(base["model"], base["tokenizer"], c, str(tmp_path / "b"))
+    a, b = _weights(tmp_path / "a" / CLASSIFIER), _weights(tmp_path / "b" / CLASSIFIER)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"killed at step {step}"
+    assert resumed["test"] == whole["test"]
 
 
 def test_head_only_training_changes_only_the_head(base, tmp_path):

@@ -4,6 +4,7 @@ run on the book's records that lowers the held-out answer loss."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from model.sft import SFTConfig, masked_loss, sft
 from model.sft_data import IGNORE, DataError
 from pipeline.tokenize import TokenizeConfig, train_tokenizer
 from tests.fixtures.data import require_data
+from tests.fixtures.train import kill_at_step, run_killed
 
 INSTRUCT = "instruct/rasbt-ch07-instruction-data.json"
 
@@ -50,20 +52,54 @@ def _config(path, **changes) -> SFTConfig:
     return SFTConfig.model_validate(c)
 
 
-def test_a_stopped_run_resumes_to_bitwise_the_same_weights(base, tmp_path):
+def _resumable(data, **changes) -> SFTConfig:
+    """The resume tests' config: every step logged (the kill's trigger), no evaluation of the base."""
+    return _config(data, eval={"before": False}, log={"interval": 1}, **changes)
+
+
+@pytest.fixture(scope="module")
+def whole(base, tmp_path_factory):
+    """An uninterrupted run, the reference of the resume tests."""
     folder, data = base
-    c = _config(data)
-    c = c.model_copy(update={"eval": c.eval.model_copy(update={"before": False})})
-    whole = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path / "whole"))
+    out = tmp_path_factory.mktemp("whole")
+    return out, sft(str(folder / "model.pt"), str(folder), _resumable(data), str(out))
+
+
+def _same_weights(a_dir, b_dir) -> bool:
+    a = torch.load(a_dir / "model.pt")["model"]
+    b = torch.load(b_dir / "model.pt")["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stopped_run_resumes_to_bitwise_the_same_weights(base, whole, tmp_path):
+    folder, data = base
+    c = _resumable(data)
     stopped = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path / "resumed"), stop_after=6)
     assert not stopped["completed"] and not (tmp_path / "resumed" / "model.pt").exists()
     resumed = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path / "resumed"))
-    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
-    b = torch.load(tmp_path / "resumed" / "model.pt")["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["loss"] for h in whole["history"]] == [h["loss"] for h in resumed["history"]]
-    assert (tmp_path / "whole" / "tokenizer" / "tokenizer_config.json").exists()
-    assert whole["chat_tokens_added"] == 4 and whole["after"]["prompts"] == 3
+    assert _same_weights(whole[0], tmp_path / "resumed")
+    assert [h["loss"] for h in whole[1]["history"]] == [h["loss"] for h in resumed["history"]]
+    assert (whole[0] / "tokenizer" / "tokenizer_config.json").exists()
+    assert whole[1]["chat_tokens_added"] == 4 and whole[1]["after"]["prompts"] == 3
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_bitwise_the_same_weights(base, whole, tmp_path):
+    """A real SIGKILL in another process at a random step (checkpoints every 4 steps, written in
+    the background as by default), resumed here."""
+    folder, data = base
+    c = _resumable(data, checkpoint={"async_save": True})
+    step = random.randrange(1, c.schedule.max_steps)
+    args = {"base": str(folder / "model.pt"), "tok": str(folder), "config": c.model_dump(), "out": str(tmp_path)}
+    run_killed(
+        "from model.sft import SFTConfig, sft\n"
+        "sft(a['base'], a['tok'], SFTConfig.model_validate(a['config']), a['out'], log=log)\n",
+        args,
+        kill_at_step(step),
+    )
+    assert not (tmp_path / "model.pt").exists(), f"killed at step {step}"
+    resumed = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path))
+    assert _same_weights(whole[0], tmp_path), f"killed at step {step}"
+    assert resumed["history"][-1]["loss"] == whole[1]["history"][-1]["loss"]
 
 
 def test_only_assistant_tokens_are_trained(base):
