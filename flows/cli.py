@@ -109,10 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a checkpoint as a Hugging Face transformers model folder (lm_eval --model hf)",
         description="Write config.json, model.safetensors and the tokenizer files of a checkpoint: "
         "GPT2LMHeadModel for the GPT-2 architecture, LlamaForCausalLM or "
-        "Qwen3ForCausalLM for the modern one.",
+        "Qwen3ForCausalLM for the modern one; an sft output with its chat template "
+        "(apply_chat_template), a classify output as *ForSequenceClassification with its labels.",
     )
     e.add_argument(
-        "source", help="a train output (store/train/<fp>), its model.pt, a training checkpoint or a folder holding one"
+        "source",
+        help="a train, sft or classify output (store/train/<fp>, ...), a model.pt, a training checkpoint "
+        "or a folder holding one",
     )
     e.add_argument("out_dir", help="the folder to write")
     e.add_argument("--data", default="", help="the tokenize output whose tokenizer a loose checkpoint file uses")

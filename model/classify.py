@@ -420,17 +420,34 @@ def _report(run: Run, out, log: Optional[Callable[[dict], None]]) -> None:
         log({"step": run.step, "loss": loss, "lr": out.lr, "grad_norm": norm, **({"skipped": True} if skipped else {})})
 
 
-def load_classifier(output_dir: str, device: str = "cpu") -> tuple[Classifier, Tokenizer, dict]:
-    """The classifier and tokenizer a classify output folder holds (a local folder, or a store URL)."""
+def holds_classifier(output_dir: str) -> bool:
+    """Whether a folder or store URL is a classify output (an unfinished one too)."""
+    if "://" in output_dir:
+        from storage import open_stage
+
+        return open_stage(output_dir).name == "classify"
+    folder = os.path.abspath(output_dir)
+    return os.path.isfile(os.path.join(folder, CLASSIFIER)) or os.path.basename(os.path.dirname(folder)) == "classify"
+
+
+def classifier_files(output_dir: str) -> tuple[str, str]:
+    """Local paths of the classifier and tokenizer files of a finished classify output."""
     if "://" in output_dir:
         from storage import open_stage
 
         out = open_stage(output_dir)
-        model_file, tok_file = out.local_path(CLASSIFIER), out.local_path(TOKENIZER)
-    else:
-        model_file, tok_file = os.path.join(output_dir, CLASSIFIER), os.path.join(output_dir, TOKENIZER)
+        if not out.exists(CLASSIFIER):
+            raise FileNotFoundError(f"{output_dir} holds no {CLASSIFIER}: give a finished classify output")
+        return out.local_path(CLASSIFIER), out.local_path(TOKENIZER)
+    model_file, tok_file = os.path.join(output_dir, CLASSIFIER), os.path.join(output_dir, TOKENIZER)
     if not os.path.exists(model_file):
         raise FileNotFoundError(f"{output_dir} holds no {CLASSIFIER}: give a finished classify output")
+    return model_file, tok_file
+
+
+def load_classifier(output_dir: str, device: str = "cpu") -> tuple[Classifier, Tokenizer, dict]:
+    """The classifier and tokenizer a classify output folder holds (a local folder, or a store URL)."""
+    model_file, tok_file = classifier_files(output_dir)
     saved = torch.load(model_file, map_location=device, weights_only=True)
     model = Classifier(GPT(GPTConfig(**saved["gpt_config"])), len(saved["labels"]), saved["pooling"])
     model.load_state_dict(saved["model"])

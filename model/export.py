@@ -128,10 +128,11 @@ def _converted(model: GPT) -> tuple[str, dict, dict[str, torch.Tensor]]:
     return arch, config, tensors
 
 
-def export_hf(model: GPT, tokenizer_file: str, out_dir: str) -> dict:
-    """Write `out_dir` as a transformers model folder; returns its config.json content."""
+def export_hf(model: GPT, tokenizer_file: str, out_dir: str, chat_template: str | None = None) -> dict:
+    """Write `out_dir` as a transformers model folder; returns its config.json content. A chat
+    model's (chat_template given) ends its answers with <|end|>: that is its eos token."""
     arch, config, tensors = _converted(model)
-    return _write(model, arch, config, tensors, tokenizer_file, out_dir)
+    return _write(model, arch, config, tensors, tokenizer_file, out_dir, chat_template)
 
 
 def export_classifier(classifier, tokenizer_file: str, labels: list[str], out_dir: str) -> dict:
@@ -157,12 +158,18 @@ def export_classifier(classifier, tokenizer_file: str, labels: list[str], out_di
 
 
 def _write(
-    model: GPT, arch: str, config: dict, tensors: dict[str, torch.Tensor], tokenizer_file: str, out_dir: str
+    model: GPT,
+    arch: str,
+    config: dict,
+    tensors: dict[str, torch.Tensor],
+    tokenizer_file: str,
+    out_dir: str,
+    chat_template: str | None = None,
 ) -> dict:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
-    from storage.tokens import EOT, PAD, transformers_files
+    from storage.tokens import CHAT_TOKENS, EOT, PAD, transformers_files
 
     tokenizer = Tokenizer.from_file(tokenizer_file)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
@@ -171,12 +178,13 @@ def _write(
             f"model's vocab_size {model.config.vocab_size}"
         )
     eot, pad = tokenizer.token_to_id(EOT), tokenizer.token_to_id(PAD)
+    eos = eot if chat_template is None else tokenizer.token_to_id(CHAT_TOKENS[-1])
     config = {
         "architectures": [arch],
         **config,
         "vocab_size": model.config.vocab_size,
         "bos_token_id": eot,
-        "eos_token_id": eot,
+        "eos_token_id": eos,
         "pad_token_id": pad,
         "torch_dtype": "float32",
         "initializer_range": 0.02,
@@ -190,20 +198,25 @@ def _write(
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": pad}, f, indent=2)
+        json.dump({"bos_token_id": eot, "eos_token_id": eos, "pad_token_id": pad}, f, indent=2)
     shutil.copyfile(tokenizer_file, os.path.join(out_dir, "tokenizer.json"))
-    for name, data in transformers_files().items():
+    for name, data in transformers_files(chat_template).items():
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(data)
     return config
 
 
 def export_checkpoint(source: str, out_dir: str, data: str = "") -> dict:
-    """Export any checkpoint with its run's tokenizer: a train output URL, a model.pt or training
-    checkpoint, or a folder holding one (model.source.resolve; `data` names the tokenize output
-    of a file found outside a run). Returns config.json's content."""
+    """Export any checkpoint with its run's tokenizer: a train or sft output URL, a model.pt or
+    training checkpoint, or a folder holding one (model.source.resolve; `data` names the tokenize output
+    of a file found outside a run); a classify output as *ForSequenceClassification. Returns
+    config.json's content."""
+    from model.classify import classifier_files, holds_classifier, load_classifier
     from model.evaluate import load_model
     from model.source import resolve
 
+    if holds_classifier(source.rstrip("/")):
+        classifier, _, saved = load_classifier(source.rstrip("/"))
+        return export_classifier(classifier, classifier_files(source.rstrip("/"))[1], saved["labels"], out_dir)
     src = resolve(source, data)
-    return export_hf(load_model(src.model_path), src.tokenizer_path, out_dir)
+    return export_hf(load_model(src.model_path), src.tokenizer_path, out_dir, src.chat_template)

@@ -1,7 +1,8 @@
 """Any checkpoint, resolved to what evaluating or exporting it needs: the weights file, the
 tokenizer, the validation shards of the data it was trained on, and an identity for caching.
 
-A source is a train output URL ({store}/train/{fingerprint}), a model file (a model.pt, or a
+A source is a train output URL ({store}/train/{fingerprint}) or an sft output's (the tuned model,
+its tokenizer with the chat tokens and its chat template), a model file (a model.pt, or a
 training checkpoint such as checkpoints/latest.pt, or FSDP2's checkpoints/latest.json and the
 step-N folder it names), or a folder holding one (its model.pt, else its checkpoints/latest.pt,
 else its checkpoints/latest.json). The tokenize output comes from the train output's manifest, or, for a run
@@ -37,6 +38,7 @@ class ModelSource:
     store: Store  # where evaluations of it are written: its tokenize output's store
     identity: dict  # what a fingerprint of an evaluation holds for the model
     trained: dict = field(default_factory=dict)  # steps and tokens_seen, when a train manifest says
+    chat_template: str | None = None  # a chat-tuned model's (sft): exports carry it
 
 
 def token_files(tok: StageDir) -> tuple[list[str], list[str], int]:
@@ -95,11 +97,14 @@ def resolve(source: str, data: str = "") -> ModelSource:
 
 
 def _from_run(run: StageDir, source: str, data: str) -> ModelSource:
-    if run.name != "train":
-        raise ValueError(
-            f"{source} is a {run.name} output; evaluate takes a train output, a model file or a checkpoint"
-        )
     manifest = run.read_manifest()
+    if run.name == "classify":
+        raise ValueError(
+            f"{source} is a classify output: a classifier, not a language model "
+            f"(`crawl2llm predict` runs it, `crawl2llm export` exports it)"
+        )
+    if run.name != "train":
+        return _tuned(run, manifest, source, data)
     tok = (
         _tokenize(data) if data else run.store.stage(manifest["upstream"]["stage"], manifest["upstream"]["fingerprint"])
     )
@@ -112,6 +117,32 @@ def _from_run(run: StageDir, source: str, data: str) -> ModelSource:
         {"stage": run.name, "fingerprint": run.fingerprint, "tokenize": tok.fingerprint},
         {"steps": counts.get("steps"), "tokens_seen": counts.get("tokens_seen")},
     )
+
+
+def _tuned(run: StageDir, manifest: dict, source: str, data: str) -> ModelSource:
+    """A language model tuned from a train output (sft): its own weights and tokenizer (the chat
+    tokens added), the validation shards of the pretraining data its upstream names."""
+    up = manifest.get("upstream", {})
+    if "model" not in manifest or "tokenizer" not in manifest or "stage" not in up:
+        raise ValueError(
+            f"{source} is a {run.name} output, not a model; give a train or sft output, a model file or a checkpoint"
+        )
+    base = _from_run(run.store.stage(up["stage"], up["fingerprint"]), source, data)
+    return ModelSource(
+        run.local_path(manifest["model"]),
+        run.local_path(manifest["tokenizer"]),
+        base.val_files,
+        run.store,
+        {"stage": run.name, "fingerprint": run.fingerprint, "tokenize": base.identity["tokenize"]},
+        {"steps": manifest.get("counts", {}).get("steps")},
+        _chat_template(run, manifest["tokenizer"]),
+    )
+
+
+def _chat_template(run: StageDir, tokenizer: str) -> str | None:
+    """The chat template of the tokenizer_config.json beside a run's tokenizer (an sft output's)."""
+    rel = posixpath.join(posixpath.dirname(tokenizer), "tokenizer_config.json")
+    return run.read_json(rel).get("chat_template") if run.exists(rel) else None
 
 
 def _tokenize(url: str) -> StageDir:

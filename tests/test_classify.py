@@ -153,3 +153,24 @@ def test_config_errors(base):
         ClassifyConfig(split=(0.5, 0.5, 0.0))
     with pytest.raises(ValueError, match="needs data_file"):
         classify(base["model"], base["tokenizer"], ClassifyConfig(launch={"device": "cpu"}), "/nonexistent/x")
+
+
+def test_export_of_a_classify_output_gives_predicts_probabilities(base, tmp_path):
+    """`crawl2llm export` of a classify output: transformers' *ForSequenceClassification with the
+    labels, whose probabilities for new texts are predict()'s."""
+    import transformers
+
+    from flows.cli import main
+
+    c = _config(base["data"], schedule={"max_steps": 3, "warmup_steps": 1})
+    classify(base["model"], base["tokenizer"], c, str(tmp_path / "out"))
+    assert main(["export", str(tmp_path / "out"), str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf.config.id2label == {0: "ham", 1: "spam"}
+    ours = predict(str(tmp_path / "out"), SPAM + HAM)
+    for text, mine in zip(SPAM + HAM, ours):
+        with torch.no_grad():
+            probs = hf(**tok(text, return_tensors="pt")).logits.softmax(-1)[0]
+        assert probs.tolist() == pytest.approx([mine["probabilities"][k] for k in ("ham", "spam")], abs=1e-5)
+    assert main(["export", str(tmp_path / "nothing" / "classify" / "x"), str(tmp_path / "hf2")]) == 2

@@ -363,3 +363,30 @@ def test_sft_flow_tunes_a_train_output_and_caches_it(trained_run, tmp_path, shar
     counts = manifest["counts"]
     assert counts["steps"] == 4 and {"answer_loss", "end_share"} <= counts["after"].keys() <= counts["before"].keys()
     assert manifest["upstream"]["fingerprint"] == trained_run["train"]["fingerprint"]
+
+    # The output is a model to use by its URL: exported with its chat template, served, evaluated.
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+
+    from flows.cli import main
+    from model.chat import ChatFormat
+    from model.evaluate import load_model
+    from model.serving import open_engine
+
+    url = first["url"]
+    assert main(["export", url, str(tmp_path / "hf")]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    chat = ChatFormat(Tokenizer.from_file(str(out / "tokenizer" / "tokenizer.json")))
+    talk = [{"role": "user", "content": records[0]["instruction"]}]
+    ids = hf_tok.apply_chat_template(talk, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert ids == chat.render(talk, add_generation_prompt=True)[0]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    assert hf.config.eos_token_id == chat.tokenizer.token_to_id("<|end|>")
+    tuned = load_model(str(out / "model.pt"))
+    with torch.no_grad():
+        x = torch.tensor([ids[-tuned.config.block_size :]])
+        assert (hf(x).logits - tuned(x)[0]).abs().max().item() < 1e-4
+    engine = open_engine(url, device="cpu")
+    assert engine.chat is not None and engine.tokenizer.get_vocab_size() == chat.tokenizer.get_vocab_size()
