@@ -3,66 +3,40 @@ at {store}/classify/{fingerprint} and resumable from its checkpoints like traini
 
 from __future__ import annotations
 
-import os
-
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import access, artifacts
-from flows.common import Timer, run_locked
 from flows.config import Location
 from flows.stages import summary
-from model import checkpoints
-from model.classify import CHECKPOINT, CLASSIFIER, TOKENIZER, ClassifyConfig
+from flows.tuning import commit_tuned, run_tuning
+from model.classify import CLASSIFIER, TOKENIZER, ClassifyConfig
 from model.classify_metrics import report_markdown
 from model.source import resolve
-from pipeline.failpoints import failpoint
 from pipeline.stage_table import BY_NAME
-from storage import StageDir, file_identity, fingerprint, is_local
+from storage import StageDir, file_identity, fingerprint
 
 
-def local_dir(out: StageDir) -> str:
-    """Checkpoints are written to a local folder: the stage folder itself on a local store."""
-    if is_local(out.fs):
-        out.fs.makedirs(out.path, exist_ok=True)
-        return out.path
-    path = os.path.join(
-        os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")), "classify", out.fingerprint
-    )
-    os.makedirs(path, exist_ok=True)
-    return path
+def _describe(event: dict) -> list[str]:
+    step, lines = event.get("step", 0), []
+    if "loss" in event:
+        lines.append(f"step {step} loss {event['loss']:.4f} lr {event.get('lr', 0):.2e}")
+    if "val_accuracy" in event:
+        lines.append(f"step {step} validation accuracy {100 * event['val_accuracy']:.2f}%")
+    return lines
 
 
 @task(task_run_name="classify-{out.fingerprint}", cache_policy=NO_CACHE)
 def _classify_task(out: StageDir, model_path: str, tokenizer_path: str, config: ClassifyConfig) -> dict:
     from model.classify import classify as run_classify
 
-    logger = get_run_logger()
-    progress = create_progress_artifact(0.0, description="fine-tuning steps done")
-    max_steps = config.schedule.max_steps
-    local = local_dir(out)
-    remote = os.path.abspath(local) != os.path.abspath(out.path)
-
-    def log(event: dict) -> None:
-        step = event.get("step", 0)
-        failpoint(f"classify:step:{step}")
-        if "loss" in event and (step % max(1, max_steps // 20) == 0 or step == max_steps):
-            update_progress_artifact(progress, 100.0 * step / max_steps)
-            logger.info("step %d loss %.4f lr %.2e", step, event["loss"], event.get("lr", 0))
-        if "val_accuracy" in event:
-            logger.info("step %d validation accuracy %.2f%%", step, 100 * event["val_accuracy"])
-        if "checkpoint" in event and remote:
-            checkpoints.upload(out, local, event["checkpoint"])
-
-    if remote and checkpoints.restore(out, local, CHECKPOINT):
-        logger.info("resuming from the store's checkpoint %s (not in this machine's cache)", out.url(CHECKPOINT))
-    result = run_classify(model_path, tokenizer_path, config, local, log=log)
-    if remote:
-        for name in (CLASSIFIER, TOKENIZER):
-            out.upload(name, os.path.join(local, name))
-    update_progress_artifact(progress, 100.0)
-    return result
+    return run_tuning(
+        out,
+        config.schedule.max_steps,
+        lambda local, log: run_classify(model_path, tokenizer_path, config, local, log=log),
+        _describe,
+        lambda local: [CLASSIFIER, TOKENIZER],
+    )
 
 
 @flow(name="classify")
@@ -86,25 +60,10 @@ def classify(source: Location, config: ClassifyConfig = ClassifyConfig()) -> dic
     fp = fingerprint("classify", code, config.model_dump(exclude={"data_file"}), upstream)
     out = src.store.stage("classify", fp)
 
-    def work() -> tuple[bool, float, dict | None]:
-        cached, timing = out.is_committed(), None
-        with Timer() as t:
-            if not cached:
-                result = _classify_task(out, src.model_path, src.tokenizer_path, config)
-                timing = result.pop("timing")  # not in the manifest: it differs between identical runs
-                out.commit(
-                    {
-                        "config": config,
-                        "code": code,
-                        "upstream": upstream,
-                        "model": CLASSIFIER,
-                        "tokenizer": TOKENIZER,
-                        "counts": result,
-                    }
-                )
-        return cached, t.seconds, timing
-
-    cached, seconds, timing = run_locked(out, work)
+    manifest = {"config": config, "code": code, "upstream": upstream, "model": CLASSIFIER, "tokenizer": TOKENIZER}
+    cached, seconds, timing = commit_tuned(
+        out, lambda: _classify_task(out, src.model_path, src.tokenizer_path, config), manifest
+    )
     manifest = out.read_manifest()
     _publish(out, manifest, seconds, cached, timing)
     return summary(out, manifest, cached)

@@ -94,13 +94,16 @@ def run_incremental(config: PipelineConfig) -> dict:
 
 
 def run_post_training(config: PipelineConfig, trained: dict | None, last: int, run=None) -> dict[str, dict]:
-    """The stages after evaluate that the config gives (sft, classify: None leaves one out), each on the
-    trained model, up to stop_after."""
+    """The stages after evaluate that the config gives (sft, classify, dpo: None leaves one out), up to
+    stop_after, each on the first model of its starts_from this run made (dpo: the sft output when
+    sft ran, else the trained model)."""
     done = {}
     for stage in TABLE[TABLE.index(BY_NAME["evaluate"]) + 1 :]:
         cfg = getattr(config, stage.name)
         if trained is not None and cfg is not None and STAGES.index(stage.name) <= last:
-            done[stage.name] = (run or call)(stage.name, load(stage.flow_entrypoint), trained["url"], cfg)
+            made = {"train": trained, **done}
+            source = next(made[name] for name in stage.starts_from if name in made)
+            done[stage.name] = (run or call)(stage.name, load(stage.flow_entrypoint), source["url"], cfg)
     return done
 
 

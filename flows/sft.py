@@ -3,104 +3,66 @@ store/sft/{fingerprint} and resumable from its checkpoints like the train flow."
 
 from __future__ import annotations
 
-import os
-
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import access, artifacts
-from flows.common import Timer, run_locked
 from flows.config import Location
-from flows.stages import open_stage, summary
-from flows.training import local_dir, loss_chart
-from model import checkpoints
+from flows.stages import summary
+from flows.training import loss_chart
+from flows.tuning import commit_tuned, folder_files, run_tuning
 from model.sft import TOKENIZER_DIR, SFTConfig
-from model.source import tokenizer_file
-from model.train import CHECKPOINT
-from pipeline.failpoints import failpoint
+from model.source import resolve
 from pipeline.stage_table import BY_NAME
 from storage import StageDir, file_identity, fingerprint
+
+
+def _describe(event: dict) -> list[str]:
+    step, lines = event.get("step", 0), []
+    if "loss" in event:
+        lines.append(f"step {step} loss {event['loss']:.4f} lr {event.get('lr', 0):.2e}")
+    if "val_loss" in event:
+        lines.append(f"step {step} held-out answer loss {event['val_loss']:.4f}")
+    return lines
 
 
 @task(task_run_name="sft-{out.fingerprint}", cache_policy=NO_CACHE)
 def _sft_task(out: StageDir, model_path: str, tokenizer_path: str, config: SFTConfig) -> dict:
     from model.sft import sft as run_sft
 
-    logger = get_run_logger()
-    progress = create_progress_artifact(0.0, description="tuning steps done")
-    max_steps = config.schedule.max_steps
-    local = local_dir(out)
-    remote = os.path.abspath(local) != os.path.abspath(out.path)
-    if remote and checkpoints.restore(out, local, CHECKPOINT):
-        logger.info("resuming from the store's checkpoint %s", out.url(CHECKPOINT))
-
-    def log(event: dict) -> None:
-        step = event.get("step", 0)
-        failpoint(f"sft:step:{step}")
-        if "loss" in event and (step % max(1, max_steps // 20) == 0 or step == max_steps):
-            update_progress_artifact(progress, 100.0 * step / max_steps)
-            logger.info("step %d loss %.4f lr %.2e", step, event["loss"], event.get("lr", 0))
-        if "val_loss" in event:
-            logger.info("step %d held-out answer loss %.4f", step, event["val_loss"])
-        if "checkpoint" in event and remote:
-            checkpoints.upload(out, local, event["checkpoint"])
-
-    result = run_sft(model_path, tokenizer_path, config, local, log=log)
-    update_progress_artifact(progress, 100.0)
-    if remote:  # the model and its tokenizer folder go to the store
-        names = ["model.pt"] + [os.path.join(TOKENIZER_DIR, n) for n in os.listdir(os.path.join(local, TOKENIZER_DIR))]
-        for name in names:
-            with open(os.path.join(local, name), "rb") as f:
-                out.write_bytes(name, f.read())
-    return result
+    return run_tuning(
+        out,
+        config.schedule.max_steps,
+        lambda local, log: run_sft(model_path, tokenizer_path, config, local, log=log),
+        _describe,
+        lambda local: folder_files(local, "model.pt", TOKENIZER_DIR),
+    )
 
 
 @flow(name="sft")
 def sft(source: Location, config: SFTConfig = SFTConfig()) -> dict:
-    """Instruction-tune the model of a train output; killed and re-run, it resumes from its last
+    """Instruction-tune a pretrained model; killed and re-run, it resumes from its last
     checkpoint.
 
     Args:
-        source: the train output whose model.pt is the base ({store}/train/{fingerprint}).
+        source: the model to tune: a train output ({store}/train/{fingerprint}), an sft output, a
+            model.pt or a checkpoint (model/source.py).
         config: the instruction files (data.files), their rendering, and the training groups.
     """
     access.check({"source": source, "config.data.files": config.data.files})
-    base = open_stage(source)
-    if base.name != "train":
-        raise ValueError(f"{source} is a {base.name} output; sft takes a train output")
-    manifest = base.read_manifest()
+    src = resolve(source)
     code = BY_NAME["sft"].code_version()
-    upstream = {
-        "stage": base.name,
-        "fingerprint": base.fingerprint,
-        "data": [file_identity(p) for p in config.data.files],
-    }
-    out = base.store.stage("sft", fingerprint("sft", code, config, upstream))
+    upstream = {**src.identity, "data": [file_identity(p) for p in config.data.files]}
+    out = src.store.stage("sft", fingerprint("sft", code, config, upstream))
 
-    def work() -> tuple[bool, float, dict | None]:
-        cached, timing = out.is_committed(), None
-        with Timer() as t:
-            if not cached:
-                model_path = base.local_path(manifest.get("model", "model.pt"))
-                result = _sft_task(out, model_path, tokenizer_file(base), config)
-                timing = result.pop("timing")  # not in the manifest: it differs between identical runs
-                for side in ("before", "after"):
-                    if side in result:
-                        result[side].pop("seconds", None)
-                out.commit(
-                    {
-                        "config": config,
-                        "code": code,
-                        "upstream": upstream,
-                        "model": "model.pt",
-                        "tokenizer": f"{TOKENIZER_DIR}/tokenizer.json",
-                        "counts": result,
-                    }
-                )
-        return cached, t.seconds, timing
+    def train() -> dict:
+        result = _sft_task(out, src.model_path, src.tokenizer_path, config)
+        for side in ("before", "after"):
+            result.get(side, {}).pop("seconds", None)
+        return result
 
-    cached, seconds, timing = run_locked(out, work)
+    manifest = {"config": config, "code": code, "upstream": upstream, "model": "model.pt"}
+    cached, seconds, timing = commit_tuned(out, train, {**manifest, "tokenizer": f"{TOKENIZER_DIR}/tokenizer.json"})
     manifest = out.read_manifest()
     _publish(out, manifest, seconds, cached, timing)
     return summary(out, manifest, cached)

@@ -32,7 +32,7 @@ def local_dir(out: StageDir) -> str:
         out.fs.makedirs(out.path, exist_ok=True)
         return out.path
     path = os.path.join(
-        os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")), "train", out.fingerprint
+        os.environ.get("CRAWL2LLM_CACHE", os.path.expanduser("~/.cache/crawl2llm")), out.name, out.fingerprint
     )
     os.makedirs(path, exist_ok=True)
     return path

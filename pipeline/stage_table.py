@@ -50,6 +50,8 @@ class Stage:
     # the fingerprint: another key, another output.
     secret_id: str | None = None
     flow: str = ""  # the module of its Prefect flow (default: flows.stages)
+    # a post-training stage: the outputs it may start from, the first one the run made wins
+    starts_from: tuple[str, ...] = ("train",)
 
     @cached_property
     def config_class(self):
@@ -165,6 +167,21 @@ BUILT_IN = (
         "the head, the last blocks or all weights trained with cross-entropy, validation accuracy during "
         "training, test-split accuracy, per-class precision/recall/F1 and the confusion matrix.",
         flow="flows.classify",
+    ),
+    Stage(
+        "dpo",
+        "preference-tune a chat model (an sft output) with DPO or IPO against a frozen reference",
+        "model.dpo:DPOConfig",
+        ("model.dpo",),
+        per_increment=False,
+        optional=True,
+        title="DPO",
+        description="Direct preference optimization (or IPO) on pairs of chosen and rejected answers, the "
+        "reference's log-probs computed once and cached as their own output (reused by runs with another "
+        "beta); held-out reward accuracy, margins, log-probs and KL to the reference. Resumes from its last "
+        "checkpoint.",
+        flow="flows.dpo",
+        starts_from=("sft", "train"),
     ),
 )
 

@@ -338,9 +338,10 @@ def test_evaluate_takes_any_checkpoint_and_compares_runs(trained_run, tmp_path, 
         assert (hf(ids[:, :32]).logits - ours).abs().max().item() < 1e-4
 
 
-def test_sft_flow_tunes_a_train_output_and_caches_it(trained_run, tmp_path, shared_data):
+def test_sft_then_dpo_flows_tune_and_cache(trained_run, tmp_path, shared_data):
     """The sft flow on a train output and a few of the book's records: store/sft/{fp} with the
-    model, a chat tokenizer folder and the before/after figures; a re-run is cached."""
+    model, a chat tokenizer folder and the before/after figures; a re-run is cached. Its output is
+    a model by URL (export, serve), and dpo tunes it, its reference log-probs cached on their own."""
     from flows.sft import sft
     from model.sft import SFTConfig
 
@@ -390,3 +391,53 @@ def test_sft_flow_tunes_a_train_output_and_caches_it(trained_run, tmp_path, shar
         assert (hf(x).logits - tuned(x)[0]).abs().max().item() < 1e-4
     engine = open_engine(url, device="cpu")
     assert engine.chat is not None and engine.tokenizer.get_vocab_size() == chat.tokenizer.get_vocab_size()
+
+    # DPO on the sft output: the reference's log-probs are computed once, reused with another beta.
+    from flows.dpo import dpo
+    from model.dpo import DPOConfig
+
+    pairs = json.loads(shared_data("preference/rasbt-ch07-instruction-data-with-preference.json").read_text())[:24]
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    prefs = {
+        "data": {"files": [str(tmp_path / "pairs.json")], "batch_size": 4},
+        "schedule": {"max_steps": 3, "warmup_steps": 0, "min_lr": 1e-4},
+        "optimizer": {"learning_rate": 1e-4},
+        "eval": {"interval": 3, "samples": 1, "answer_tokens": 4},
+        "checkpoint": {"async_save": False},
+        "launch": {"device": "cpu"},
+    }
+    tuned = dpo(url, DPOConfig.model_validate(prefs))
+    assert not tuned["cached"] and not tuned["reference"]["cached"] and tuned["reference"]["pairs"] == 24
+    other = dpo(url, DPOConfig.model_validate({**prefs, "loss": {"beta": 0.5}}))
+    assert not other["cached"] and other["reference"]["cached"]
+    assert other["reference"]["url"] == tuned["reference"]["url"] and other["fingerprint"] != tuned["fingerprint"]
+    assert dpo(url, DPOConfig.model_validate(prefs))["cached"]
+    d = json.loads((trained_run["store"] / "dpo" / tuned["fingerprint"] / "manifest.json").read_text())
+    assert (
+        d["upstream"]["stage"] == "sft" and {"reward_accuracy", "margin", "kl_per_token"} <= d["counts"]["test"].keys()
+    )
+    assert main(["export", tuned["url"], str(tmp_path / "hf-dpo")]) == 0  # a dpo output is a chat model too
+
+
+def test_classify_flow_fine_tunes_a_train_output_and_caches_it(trained_run, shared_data):
+    """The classify flow on a train output and the SMS set: store/classify/{fp} with the classifier,
+    its tokenizer and the test metrics; a re-run is cached; predict reads the output."""
+    from flows.classify import classify
+    from model.classify import ClassifyConfig, predict
+
+    config = ClassifyConfig(
+        data_file=str(shared_data("classification/SMSSpamCollection.tsv")),
+        schedule={"max_steps": 4, "warmup_steps": 1, "min_lr": 1e-5},
+        eval={"interval": 2, "batches": 2},
+        checkpoint={"interval": 2, "minutes": 0},
+        launch={"device": "cpu"},
+    )
+    first = classify(trained_run["train"]["url"], config)
+    again = classify(trained_run["train"]["url"], config)
+    assert not first["cached"] and again["cached"] and again["fingerprint"] == first["fingerprint"]
+    out = trained_run["store"] / "classify" / first["fingerprint"]
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["steps"] == 4 and counts["split"]["test"] == {"ham": 150, "spam": 150}
+    assert {"accuracy", "per_class", "confusion"} <= counts["test"].keys()
+    said = predict(first["url"], ["Free entry! Text WIN to 80086 now", "see you at dinner"])
+    assert [set(s["probabilities"]) for s in said] == [{"ham", "spam"}] * 2

@@ -154,6 +154,26 @@ CLOSURES = {
         "model.train",
         "storage.tokens",
     ],
+    "dpo": [
+        "model",
+        "model.chat",
+        "model.checkpoints",
+        "model.data",
+        "model.distributed",
+        "model.dpo",
+        "model.evaluate",
+        "model.generate",
+        "model.gpt",
+        "model.guard",
+        "model.mfu",
+        "model.preference_data",
+        "model.sft",
+        "model.sft_data",
+        "model.sharded_checkpoint",
+        "model.tasks",
+        "model.train",
+        "storage.tokens",
+    ],
 }
 
 
@@ -393,3 +413,12 @@ def test_the_pipeline_chains_the_post_training_stages_the_config_gives():
     calls.clear()
     run_post_training(config, trained, STAGES.index("classify"), run)
     assert [c[:2] for c in calls] == [("sft", "sft"), ("classify", "classify")]
+    # dpo starts from the sft output when the run made one, else from the trained model
+    calls.clear()
+    prefs = {"data": {"files": ["pairs.json"]}}
+    config = validate_config({"store": "s", "inputs": ["x"], "sft": {"data": {"files": ["a.json"]}}, "dpo": prefs})
+    run_post_training(config, trained, STAGES.index("dpo"), run)
+    assert [c[:3] for c in calls] == [("sft", "sft", "store/train/abc"), ("dpo", "dpo", "store/sft/x")]
+    calls.clear()
+    run_post_training(validate_config({"store": "s", "inputs": ["x"], "dpo": prefs}), trained, STAGES.index("dpo"), run)
+    assert calls == [("dpo", "dpo", "store/train/abc", "DPOConfig")]
