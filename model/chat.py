@@ -23,8 +23,13 @@ from storage.tokens import CHAT_TOKENS
 ROLES = ("system", "user", "assistant")
 END = CHAT_TOKENS[-1]
 
+# {% generation %} marks what an assistant turn trains on (its content and <|end|>), so
+# apply_chat_template(..., return_assistant_tokens_mask=True), and TRL's assistant_only_loss, give
+# our mask too.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}{{ '<|assistant|>' }}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+    "{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 

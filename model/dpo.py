@@ -35,6 +35,7 @@ from pydantic import Field, model_validator
 from tokenizers import Tokenizer
 
 from model import checkpoints
+from model.batches import EpochBatches
 from model.chat import CHAT_TEMPLATE, ChatFormat, add_chat_tokens, resize_vocab
 from model.evaluate import load_model
 from model.gpt import IGNORE_INDEX, autocast, resolve_device
@@ -266,42 +267,14 @@ def _reduced(sums: torch.Tensor, counts: torch.Tensor, reduction: str) -> torch.
     return sums / counts.clamp_min(1) if reduction == "mean" else sums
 
 
-class PairBatches:
-    """Training pairs in a seeded order, a new permutation each epoch; the position (epoch, index)
-    is the whole state, so a resume reads the same batches as an unbroken run. Each batch carries
-    its pairs' reference log-probs."""
+def pair_batches(fitted: Fitted, train_idx: list[int], reference: dict, c: DPOConfig, pad_id: int, device: str):
+    """The training pairs in a seeded order, a new permutation each epoch (model/batches.py); each
+    batch carries its pairs' reference log-probs."""
 
-    def __init__(self, fitted: Fitted, train_idx: list[int], reference: dict, c: DPOConfig, pad_id: int, device: str):
-        self.fitted, self.train_idx, self.reference, self.c = fitted, train_idx, reference, c
-        self.pad_id, self.device = pad_id, device
-        self.epoch = self.index = 0
-        self._order = self._permutation()
+    def collate(idx: list[int]) -> dict:
+        return pair_batch(fitted, [train_idx[i] for i in idx], reference, c.loss.reduction, pad_id, device)
 
-    def _permutation(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.c.data.seed * 1_000_003 + self.epoch)
-        return [self.train_idx[i] for i in torch.randperm(len(self.train_idx), generator=g).tolist()]
-
-    @property
-    def position(self) -> str:
-        return f"epoch {self.epoch}, pair {self.index} of {len(self.train_idx)}"
-
-    def next(self) -> dict:
-        take: list[int] = []
-        while len(take) < self.c.data.batch_size:
-            if self.index >= len(self._order):
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._permutation()
-            n = min(self.c.data.batch_size - len(take), len(self._order) - self.index)
-            take += self._order[self.index : self.index + n]
-            self.index += n
-        return pair_batch(self.fitted, take, self.reference, self.c.loss.reduction, self.pad_id, self.device)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = state["epoch"], state["index"]
-        self._order = self._permutation()
+    return EpochBatches(len(train_idx), c.data.batch_size, c.data.seed, collate, "pair")
 
 
 def pair_batch(fitted: Fitted, idx: list[int], reference: dict, reduction: str, pad_id: int, device: str) -> dict:
@@ -466,7 +439,7 @@ def setup(base_model_path: str, p: Prepared, reference: dict, c: DPOConfig, out_
         model.load_state_dict(ckpt["model"])
     optimizer = make_optimizer(model, c, device)
     guard = LossGuard(c.guard.mode, c.guard.spike_factor, c.guard.max_skipped, device)
-    batches = PairBatches(p.fitted, p.train, reference, c, p.pad_id, device)
+    batches = pair_batches(p.fitted, p.train, reference, c, p.pad_id, device)
     vocab = model.config.vocab_size
     run = DPORun(c, device, 0, 1, model, model, model, optimizer, guard, batches, None, vocab, ckpt_path, identity,
                  model.flops_per_token(p.max_len), max_len=p.max_len)  # fmt: skip

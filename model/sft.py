@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from tokenizers import Tokenizer
 
 from model import checkpoints
+from model.batches import EpochBatches
 from model.chat import CHAT_TEMPLATE, ChatFormat, add_chat_tokens, resize_vocab
 from model.evaluate import load_model
 from model.generate import generate
@@ -165,40 +166,17 @@ class SFTRun(Run):
         return c.data.batch_size * c.data.grad_accum_steps * self.seq_len
 
 
-class RowBatches:
-    """Batches of packed rows in a seeded order, a new permutation each epoch; the position
-    (epoch, index) is the whole state, so a resume reads the same batches as an unbroken run."""
+def row_batches(rows: Rows, batch_size: int, seed: int, device: str) -> EpochBatches:
+    """Batches of rows in a seeded order, a new permutation each epoch (model/batches.py), each cut
+    after its longest row's last token: padding after it changes nothing (attention is causal, its
+    targets are ignored) and would cost as much as real tokens."""
 
-    def __init__(self, rows: Rows, batch_size: int, seed: int, device: str):
-        self.rows, self.batch_size, self.seed, self.device = rows, batch_size, seed, device
-        self.epoch = self.index = 0
-        self._order = self._permutation()
+    def collate(idx: list[int]) -> dict:
+        batch = _select(rows, torch.tensor(idx))
+        width = max(1, int((batch["segments"] > 0).sum(1).max()))
+        return _to({k: v[:, :width] for k, v in batch.items()}, device)
 
-    def _permutation(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(len(self.rows), generator=g)
-
-    @property
-    def position(self) -> str:
-        return f"epoch {self.epoch}, row {self.index} of {len(self.rows)}"
-
-    def next(self) -> dict:
-        take = []
-        while len(take) < self.batch_size:
-            if self.index >= len(self.rows):
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._permutation()
-            n = min(self.batch_size - len(take), len(self.rows) - self.index)
-            take.append(self._order[self.index : self.index + n])
-            self.index += n
-        return _to(_select(self.rows, torch.cat(take)), self.device)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = state["epoch"], state["index"]
-        self._order = self._permutation()
+    return EpochBatches(len(rows), batch_size, seed, collate, "row")
 
 
 def _select(rows: Rows, idx) -> dict:
@@ -320,7 +298,7 @@ def setup(base_model_path: str, tokenizer: Tokenizer, c: SFTConfig, out_dir: str
         model.load_state_dict(ckpt["model"])
     optimizer = make_optimizer(model, c, device)
     guard = LossGuard(c.guard.mode, c.guard.spike_factor, c.guard.max_skipped, device)
-    batches = RowBatches(rows, c.data.batch_size, c.data.seed, device)
+    batches = row_batches(rows, c.data.batch_size, c.data.seed, device)
     vocab = model.config.vocab_size
     run = SFTRun(c, device, 0, 1, model, model, model, optimizer, guard, batches, None, vocab, ckpt_path, identity,
                  model.flops_per_token(seq_len), seq_len=seq_len, val_rows=val_rows)  # fmt: skip

@@ -99,6 +99,9 @@ def test_transformers_apply_chat_template_gives_our_ids(tokenizer, tmp_path):
             theirs = hf.apply_chat_template(conversation, tokenize=True, add_generation_prompt=prompt)
             theirs = theirs["input_ids"] if hasattr(theirs, "keys") else theirs  # a BatchEncoding in transformers 5
             assert theirs == chat.render(conversation, add_generation_prompt=prompt)[0]
+        # the template's generation marks give our mask of the tokens trained on (TRL's assistant_only_loss)
+        out = hf.apply_chat_template(conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert [bool(m) for m in out["assistant_masks"]] == chat.render(conversation)[1]
 
 
 def test_adding_chat_tokens_to_an_old_tokenizer_grows_the_model(tmp_path):
