@@ -120,6 +120,7 @@ CLOSURES = {
     "evaluate": ["model.data", "model.evaluate", "model.generate", "model.gpt", "model.tasks", "storage.tokens"],
     "sft": [
         "model",
+        "model.batches",
         "model.chat",
         "model.checkpoints",
         "model.data",
@@ -156,6 +157,7 @@ CLOSURES = {
     ],
     "dpo": [
         "model",
+        "model.batches",
         "model.chat",
         "model.checkpoints",
         "model.data",
