@@ -130,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("texts", metavar="TEXT", nargs="+", help="texts to classify")
     pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
+    j = sub.add_parser(
+        "judge",
+        help="score an sft (or dpo) output's answers to its held-out prompts 0-100 with an LLM judge",
+        description="Greedy answers of the tuned model to its test split's prompts, each scored 0-100 "
+        "against the reference answer by the model behind an OpenAI-compatible endpoint (the book's "
+        "rubric, model/judge.py). Prints the mean and the counts; --out writes every item.",
+    )
+    j.add_argument("output", metavar="TUNED_OUTPUT", help="an sft or dpo output (store/sft/<fp>)")
+    j.add_argument("--url", required=True, help="the judge's base URL, up to /v1 (e.g. http://127.0.0.1:8000/v1)")
+    j.add_argument("--model", required=True, help="the model name the judge endpoint serves")
+    j.add_argument("--api-key-env", default="", help="the environment variable holding its API key")
+    j.add_argument("--prompts", type=_count(0), default=0, help="held-out prompts to answer (0: all)")
+    j.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    j.add_argument("--out", help="write the whole result, every item's reply and score, as JSON here")
+
     for name, text in (
         ("chat", "talk to a model in the terminal (streamed answers, multi-turn history)"),
         ("serve", "an OpenAI-compatible HTTP API for a model (/v1/chat/completions, /v1/completions) and a chat page"),
@@ -254,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args.store)
     if args.command == "predict":  # the model only: no Prefect
         return _predict(args)
+    if args.command == "judge":
+        return _judge(args)
     from flows import prefect_env
 
     home = prefect_env.configure()
@@ -350,6 +367,24 @@ def _predict(args) -> int:
         return 2
     for text, result in zip(args.texts, results):
         print(json.dumps({"text": text, **result}))
+    return 0
+
+
+def _judge(args) -> int:
+    """`judge`: the mean 0-100 score and the counts; every item in --out."""
+    from model.judge import Judge, JudgeError
+    from model.sft import held_out_answers, judged
+
+    try:
+        said = held_out_answers(args.output, args.prompts, device=args.device)
+        result = judged(said, Judge(args.url, args.model, args.api_key_env))
+    except (StoreError, FileNotFoundError, ValueError, JudgeError) as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_item"}))
     return 0
 
 

@@ -75,6 +75,12 @@ def _publish(out: StageDir, manifest: dict, seconds: float, cached: bool, timing
         for k in ("answer_loss", "perplexity", "end_share"):
             if side in counts:
                 rows.append({"metric": f"{k} ({side})", "value": round(counts[side][k], 4)})
+        judge = counts.get(side, {}).get("judge")
+        if judge:
+            rows.append({"metric": f"judge score 0-100 ({side})", "value": judge["mean_score"]})
+            rows.append(
+                {"metric": f"judge replies not a score ({side})", "value": judge["unparsable"] + judge["out_of_range"]}
+            )
     rows += [{"metric": "cached", "value": str(cached)}, {"metric": "wall seconds", "value": round(seconds, 2)}]
     if timing:
         rows.append({"metric": "device", "value": timing.get("device")})
@@ -92,6 +98,9 @@ def report_markdown(counts: dict) -> str:
     for k, what in (("answer_loss", "held-out answer loss"), ("perplexity", "perplexity"), ("end_share", "answers ending with the end token")):  # fmt: skip
         cells = [f"{d[k]:.4f}" if k in d else "" for d in (before, after)]
         lines.append(f"| {what} | {cells[0]} | {cells[1]} |")
+    if "judge" in after:
+        cells = [f"{d['judge']['mean_score']:.1f}" if d.get("judge", {}).get("mean_score") is not None else "" for d in (before, after)]  # fmt: skip
+        lines.append(f"| judge score 0-100 ({after['judge']['judge']['model']}) | {cells[0]} | {cells[1]} |")
     lines += ["", f"{after.get('prompts', 0)} held-out prompts, greedy answers; records {counts.get('records')}.", ""]
     for i, a in enumerate(after.get("samples", [])):
         b = before.get("samples", [])[i] if i < len(before.get("samples", [])) else None

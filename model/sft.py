@@ -32,6 +32,7 @@ from model.evaluate import load_model
 from model.generate import generate
 from model.gpt import IGNORE_INDEX, autocast, resolve_device
 from model.guard import LossGuard
+from model.judge import Judge, judge_answers
 from model.sft_data import DataError, Example, Rows, pack, read_records, render_records, split_examples
 from model.train import (
     CHECKPOINT,
@@ -107,6 +108,15 @@ class SFTEvalConfig(ValidationConfig):
     prompts: int = Field(0, ge=0, description="Held-out prompts answered greedily (0 = all of the test split).")
     samples: int = Field(3, ge=0, description="Sample answers (before and after) shown in the summary.")
     before: bool = Field(True, description="Also evaluate the base model (loss, end-of-turn share, samples).")
+    judge_url: str = Field(
+        "",
+        description="An OpenAI-compatible endpoint (up to /v1) whose model scores each greedy answer 0-100 "
+        "against its reference (model/judge.py); empty: no judge.",
+    )
+    judge_model: str = Field("", description="The judge endpoint's model name.")
+    judge_api_key_env: str = Field(
+        "", description="The environment variable holding the judge's API key, if it needs one."
+    )
 
 
 class SFTConfig(StageConfig):
@@ -149,6 +159,9 @@ SFT_RESUMABLE = RESUMABLE_CHANGES | {
     "eval.prompts",
     "eval.samples",
     "eval.before",
+    "eval.judge_url",
+    "eval.judge_model",
+    "eval.judge_api_key_env",
     "data.skip_bad",
 }
 
@@ -339,6 +352,7 @@ def answers(model, tokenizer: Tokenizer, examples: list[Example], end_id: int, b
             {
                 "record": ex.record,
                 "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+                "user": tokenizer.decode(prompt, skip_special_tokens=True).strip(),
                 "reference": tokenizer.decode([i for i, m in zip(ex.ids, ex.mask) if m], skip_special_tokens=True),
                 "answer": tokenizer.decode(new, skip_special_tokens=False),
                 "ended": ended,
@@ -352,13 +366,25 @@ def assess(model, tokenizer, test_rows: Rows, test: list[Example], c: SFTConfig,
     loss = rows_loss(model, test_rows, c.data.batch_size, device, c.launch.dtype)
     prompts = test[: c.eval.prompts] if c.eval.prompts else test
     said = answers(model, tokenizer, prompts, end_id, c.eval.answer_tokens, device)
-    return {
+    out = {
         "answer_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "end_share": sum(a["ended"] for a in said) / max(1, len(said)),
         "prompts": len(said),
         "samples": said[: c.eval.samples],
     }
+    if c.eval.judge_url:
+        out["judge"] = judged(said, Judge(c.eval.judge_url, c.eval.judge_model, c.eval.judge_api_key_env))
+    return out
+
+
+def judged(said: list[dict], judge: Judge) -> dict:
+    """The judge's scores of answers() output: each answer against its reference, the prompt as the
+    user wrote it (no chat tokens)."""
+    items = [
+        {"record": a["record"], "prompt": a["user"], "reference": a["reference"], "answer": a["answer"]} for a in said
+    ]
+    return judge_answers(judge, items)
 
 
 def sft(
@@ -445,3 +471,29 @@ def sft(
     with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
         json.dump({k: v for k, v in summary.items() if k != "timing"}, f, indent=1)
     return summary
+
+
+def held_out_answers(source: str, prompts: int = 0, answer_tokens: int = 0, device: str = "cpu") -> list[dict]:
+    """Greedy answers of an sft output (or a dpo output tuned from one) to its test split's prompts:
+    what the judge scores when run on its own (`crawl2llm judge`)."""
+    from storage import open_stage
+
+    out = open_stage(source)
+    manifest = out.read_manifest()
+    if "sft" not in {out.name, manifest.get("upstream", {}).get("stage")}:
+        raise ValueError(f"{source} is a {out.name} output: the judge reads an sft output's test split")
+    run = out if out.name == "sft" else out.store.stage("sft", manifest["upstream"]["fingerprint"])
+    c = SFTConfig.model_validate(run.read_manifest()["config"])
+    tokenizer = load_tokenizer(out.local_path(manifest["tokenizer"]))
+    _, val, test, _ = prepare(c, tokenizer)
+    held_out = test or val
+    model = load_model(out.local_path(manifest["model"]), device)
+    end_id = tokenizer.token_to_id("<|end|>" if c.data.prompt == "chat" else EOT)
+    return answers(
+        model,
+        tokenizer,
+        held_out[:prompts] if prompts else held_out,
+        end_id,
+        answer_tokens or c.eval.answer_tokens,
+        device,
+    )

@@ -391,6 +391,24 @@ def test_sft_then_dpo_flows_tune_and_cache(trained_run, tmp_path, shared_data):
         assert (hf(x).logits - tuned(x)[0]).abs().max().item() < 1e-4
     engine = open_engine(url, device="cpu")
     assert engine.chat is not None and engine.tokenizer.get_vocab_size() == chat.tokenizer.get_vocab_size()
+    # `crawl2llm judge`: its held-out answers scored by a judge behind `serve`: a random GPT with a
+    # context long enough for the rubric, whose replies are counted, not asserted to be scores
+    from model.gpt import GPT
+    from tests.fixtures.serve import serving
+
+    judge_cfg = tuned.config.model_copy(update={"block_size": 512})
+    weights = {
+        "model": GPT(judge_cfg).state_dict(),
+        "config": judge_cfg.model_dump(),
+        "vocab_size": judge_cfg.vocab_size,
+    }
+    torch.save(weights, tmp_path / "judge.pt")
+    tok_file = str(out / "tokenizer" / "tokenizer.json")
+    with serving(str(tmp_path / "judge.pt"), "--tokenizer", tok_file, "--name", "j", "--max-tokens", "8") as served:
+        assert main(["judge", url, "--url", served + "/v1", "--model", "j", "--prompts", "2", "--out", str(tmp_path / "j.json")]) == 0  # fmt: skip
+    judged = json.loads((tmp_path / "j.json").read_text())
+    assert judged["items"] == 2 and judged["scored"] + judged["unparsable"] + judged["out_of_range"] == 2
+    assert main(["judge", url, "--url", "http://127.0.0.1:9/v1", "--model", "x"]) == 2
 
     # DPO on the sft output: the reference's log-probs are computed once, reused with another beta.
     from flows.dpo import dpo

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +21,7 @@ from model.gpt import GPT, GPTConfig
 from model.serving import Engine, Sampling, open_engine
 from model.terminal_chat import run_chat
 from pipeline.tokenize import EOT, TokenizeConfig, train_tokenizer
-from tests.fixtures.server_cmd import free_port
+from tests.fixtures.serve import serving
 
 TEXTS = [
     "How many legs does a spider have? A spider has eight legs. " * 2,
@@ -67,43 +65,8 @@ def _greedy(engine: Engine, ids: list[int], max_tokens: int) -> str:
 
 @pytest.fixture(scope="module")
 def server(files):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "serve",
-            files[0],
-            "--tokenizer",
-            files[1],
-            "--device",
-            "cpu",
-            "--port",
-            str(port),
-            "--max-tokens",
-            "64",
-            "--name",
-            "tiny",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/v1/models", timeout=2)
-            break
-        except OSError as err:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"serve did not start: {proc.stdout.read()}") from err
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with serving(files[0], "--tokenizer", files[1], "--max-tokens", "64", "--name", "tiny") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
