@@ -102,6 +102,13 @@ def report_markdown(counts: dict) -> str:
         cells = [f"{d['judge']['mean_score']:.1f}" if d.get("judge", {}).get("mean_score") is not None else "" for d in (before, after)]  # fmt: skip
         lines.append(f"| judge score 0-100 ({after['judge']['judge']['model']}) | {cells[0]} | {cells[1]} |")
     lines += ["", f"{after.get('prompts', 0)} held-out prompts, greedy answers; records {counts.get('records')}.", ""]
+    if after.get("tasks"):
+        lines += ["| benchmark (items) | base zero-shot | base chat | tuned zero-shot | tuned chat |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for name, t in after["tasks"].items():
+            b = before.get("tasks", {}).get(name, {})
+            cells = [f"{d['acc']:.4f}" if d else "" for d in (b.get("zero_shot"), b.get("chat"), t["zero_shot"], t["chat"])]  # fmt: skip
+            lines.append(f"| {name} ({t['chat']['items']}) | " + " | ".join(cells) + " |")
+        lines += ["", "acc; chat: the context as the user's turn, each choice scored as the start of the answer.", ""]
     for i, a in enumerate(after.get("samples", [])):
         b = before.get("samples", [])[i] if i < len(before.get("samples", [])) else None
         lines += [f"## {a['record']}", "", "```", a["prompt"], "```", "", f"**reference:** {a['reference']}", ""]

@@ -51,6 +51,13 @@ class ChatFormat:
     def encode_text(self, text: str) -> list[int]:
         return encode_plain(self.tokenizer, text)
 
+    def answer_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """A benchmark item through the chat format: the context as the user's turn, ending where
+        the assistant's answer starts, and the continuation as the start of that answer (stripped
+        of the space a plain continuation begins with; no <|end|>: only the choice is scored)."""
+        prompt = self.render([{"role": "user", "content": context.strip()}], add_generation_prompt=True)[0]
+        return prompt, self.encode_text(continuation.strip())
+
     def render(
         self, messages: list[dict], add_generation_prompt: bool = False, train_on: str = "assistant"
     ) -> tuple[list[int], list[bool]]:

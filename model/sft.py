@@ -34,6 +34,7 @@ from model.gpt import IGNORE_INDEX, autocast, resolve_device
 from model.guard import LossGuard
 from model.judge import Judge, judge_answers
 from model.sft_data import DataError, Example, Rows, pack, read_records, render_records, split_examples
+from model.tasks import evaluate_task, load_task
 from model.train import (
     CHECKPOINT,
     RESUMABLE_CHANGES,
@@ -108,6 +109,12 @@ class SFTEvalConfig(ValidationConfig):
     prompts: int = Field(0, ge=0, description="Held-out prompts answered greedily (0 = all of the test split).")
     samples: int = Field(3, ge=0, description="Sample answers (before and after) shown in the summary.")
     before: bool = Field(True, description="Also evaluate the base model (loss, end-of-turn share, samples).")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Benchmark files (model.tasks: HellaSwag, PIQA, ARC, ... in eval/) scored before and after, "
+        "zero-shot and through the chat format.",
+    )
+    task_items: int = Field(200, ge=0, description="Items of each benchmark file (0: all).")
     judge_url: str = Field(
         "",
         description="An OpenAI-compatible endpoint (up to /v1) whose model scores each greedy answer 0-100 "
@@ -159,6 +166,8 @@ SFT_RESUMABLE = RESUMABLE_CHANGES | {
     "eval.prompts",
     "eval.samples",
     "eval.before",
+    "eval.tasks",
+    "eval.task_items",
     "eval.judge_url",
     "eval.judge_model",
     "eval.judge_api_key_env",
@@ -375,6 +384,22 @@ def assess(model, tokenizer, test_rows: Rows, test: list[Example], c: SFTConfig,
     }
     if c.eval.judge_url:
         out["judge"] = judged(said, Judge(c.eval.judge_url, c.eval.judge_model, c.eval.judge_api_key_env))
+    if c.eval.tasks:
+        out["tasks"] = benchmarks(model, tokenizer, c, device)
+    return out
+
+
+def benchmarks(model, tokenizer: Tokenizer, c: SFTConfig, device: str) -> dict:
+    """Each benchmark of eval.tasks scored zero-shot (lm-eval's way) and through the chat format."""
+    fmt = ChatFormat(tokenizer)
+    out = {}
+    for path in c.eval.tasks:
+        items = load_task(path, c.eval.task_items)
+        name = os.path.basename(path).split(".")[0]
+        out[name] = {
+            "zero_shot": evaluate_task(model, tokenizer, items, 32, device),
+            "chat": evaluate_task(model, tokenizer, items, 32, device, encode=fmt.answer_pair),
+        }
     return out
 
 
@@ -402,6 +427,9 @@ def sft(
     c = config
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
+    missing = [p for p in c.eval.tasks if not os.path.isfile(p)]
+    if missing:  # found before training, not after it
+        raise FileNotFoundError(f"eval.tasks: no such benchmark file: {', '.join(missing)}")
     tokenizer = load_tokenizer(tokenizer_dir)
     added = add_chat_tokens(tokenizer)
     train_ex, val_ex, test_ex, skipped = prepare(c, tokenizer)

@@ -209,6 +209,9 @@ def score_pairs(
     return out
 
 
+Encode = Callable[[str, str], tuple[list[int], list[int]]]  # (context, continuation) -> their ids
+
+
 def choice_scores(
     model: GPT,
     tokenizer: Tokenizer,
@@ -216,9 +219,12 @@ def choice_scores(
     batch_size: int,
     device: str,
     progress: Callable[[int], None] | None = None,
+    encode: Encode | None = None,
 ) -> list[list[float]]:
-    """Each item's log likelihood of each continuation."""
-    pairs = [encode_pair(tokenizer, c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
+    """Each item's log likelihood of each continuation; `encode` renders a pair (default:
+    lm-eval's split, encode_pair; model.chat.ChatFormat.answer_pair: through the chat format)."""
+    encode = encode or (lambda c, k: encode_pair(tokenizer, c, k))
+    pairs = [encode(c, k) for it in items for c, k in zip(it.contexts, it.continuations)]
     flat = iter(s for s, _ in score_pairs(model, pairs, batch_size, device, progress))
     return [[next(flat) for _ in it.continuations] for it in items]
 
@@ -245,14 +251,17 @@ def evaluate_task(
     batch_size: int,
     device: str,
     progress: Callable[[int], None] | None = None,
+    encode: Encode | None = None,
 ) -> dict:
-    """acc and acc_norm of multiple-choice items, or acc and perplexity of LAMBADA pairs."""
+    """acc and acc_norm of multiple-choice items, or acc and perplexity of LAMBADA pairs (each pair
+    rendered by `encode`, as choice_scores says)."""
     if isinstance(items[0], tuple):
-        pairs = [encode_pair(tokenizer, c, w) for c, w in items]
+        encode = encode or (lambda c, k: encode_pair(tokenizer, c, k))
+        pairs = [encode(c, w) for c, w in items]
         scores = score_pairs(model, pairs, batch_size, device, progress)
         return {
             "items": len(items),
             "acc": sum(g for _, g in scores) / len(items),
             "perplexity": math.exp(-sum(s for s, _ in scores) / len(items)),
         }
-    return accuracy(items, choice_scores(model, tokenizer, items, batch_size, device, progress))
+    return accuracy(items, choice_scores(model, tokenizer, items, batch_size, device, progress, encode))

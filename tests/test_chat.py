@@ -138,3 +138,12 @@ def test_chat_tokens_take_a_padded_models_spare_rows_first():
     assert n == 380 and rows == model.config.padded_vocab == 384  # the 4 spare rows hold the new ids
     assert torch.equal(model(x)[0][..., :n], before)
     assert torch.equal(model.lm_head.weight[n + 3], model.lm_head.weight[:n].mean(dim=0))
+
+
+def test_a_benchmark_item_through_the_chat_format_is_the_users_turn_and_the_answers_start(tokenizer):
+    chat = ChatFormat(tokenizer)
+    prompt, answer = chat.answer_pair("A man is sitting on a roof. He ", " starts pulling up roofing.")
+    user = [{"role": "user", "content": "A man is sitting on a roof. He"}]
+    assert prompt == chat.render(user, add_generation_prompt=True)[0] and prompt[-1] == chat.role_id["assistant"]
+    whole = chat.render(user + [{"role": "assistant", "content": "starts pulling up roofing."}])[0]
+    assert prompt + answer + [chat.end_id] == whole

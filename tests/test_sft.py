@@ -153,3 +153,21 @@ def test_tuning_on_the_books_records_lowers_the_held_out_answer_loss(base, tmp_p
     assert out["after"]["answer_loss"] < out["before"]["answer_loss"] - 0.5
     assert out["final_val_loss"] < out["history"][0]["loss"]
     assert len(out["after"]["samples"]) == 1 and out["after"]["samples"][0]["record"].endswith("record 49")
+
+
+def test_benchmarks_are_scored_zero_shot_and_through_the_chat_format_before_and_after(base, tmp_path):
+    folder, data = base
+    hellaswag = str(require_data("eval/hellaswag_val.klosax-preprocessed.jsonl.gz"))
+    c = _config(data, eval={"tasks": [hellaswag], "task_items": 8}, schedule={"max_steps": 2})
+    summary = sft(str(folder / "model.pt"), str(folder), c, str(tmp_path))
+    for side in ("before", "after"):
+        scores = summary[side]["tasks"]["hellaswag_val"]
+        assert scores["zero_shot"]["items"] == scores["chat"]["items"] == 8
+        assert 0 <= scores["chat"]["acc"] <= 1 and 0 <= scores["zero_shot"]["acc_norm"] <= 1
+    with pytest.raises(FileNotFoundError, match="eval.tasks: no such benchmark file: .*none.jsonl"):
+        sft(
+            str(folder / "model.pt"),
+            str(folder),
+            _config(data, eval={"tasks": [str(tmp_path / "none.jsonl")]}),
+            str(tmp_path / "x"),
+        )
