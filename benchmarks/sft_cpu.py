@@ -78,6 +78,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=0, help="held-out prompts answered (0: all 110)")
     ap.add_argument("--answer-tokens", type=int, default=128)
+    ap.add_argument("--tasks", nargs="*", default=[], help="benchmark files scored before and after, both ways")
+    ap.add_argument("--task-items", type=int, default=500)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -95,7 +97,14 @@ def main() -> int:
         data={"files": [DATA], "batch_size": args.batch, "seq_len": seq_len},
         optimizer={"learning_rate": args.lr},
         schedule={"max_steps": 1, "warmup_steps": 10, "min_lr": args.lr / 10},
-        eval={"interval": 50, "answer_tokens": args.answer_tokens, "prompts": args.prompts, "samples": 3},
+        eval={
+            "interval": 50,
+            "answer_tokens": args.answer_tokens,
+            "prompts": args.prompts,
+            "samples": 3,
+            "tasks": args.tasks,
+            "task_items": args.task_items,
+        },  # fmt: skip
         checkpoint={"minutes": 0},
         launch={"device": "cpu"},
     )
@@ -131,6 +140,7 @@ def main() -> int:
         "sft_train_seconds": res["timing"]["seconds"],
         "sft_wall_seconds_with_evaluation": round(t2 - t1, 1),
         "tokens_per_s": res["timing"]["tokens_per_s"],
+        "tasks": {"before": res["before"].get("tasks"), "after": res["after"].get("tasks")},
         "samples_after": [{k: s[k] for k in ("record", "reference", "answer")} for s in res["after"]["samples"]],
         "samples_before": [s["answer"] for s in res["before"]["samples"]],
     }
