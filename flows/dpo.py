@@ -16,7 +16,7 @@ from flows.common import run_locked
 from flows.config import Location
 from flows.stages import summary
 from flows.training import loss_chart
-from flows.tuning import commit_tuned, folder_files, run_tuning
+from flows.tuning import commit_tuned, folder_files, in_processes, run_tuning
 from model.dpo import TOKENIZER_DIR, DPOConfig
 from model.source import resolve
 from pipeline.stage_table import BY_NAME
@@ -48,13 +48,12 @@ def _describe(event: dict) -> list[str]:
 
 @task(task_run_name="dpo-{out.fingerprint}", cache_policy=NO_CACHE)
 def _dpo_task(out: StageDir, ref: StageDir, model_path: str, tokenizer_path: str, config: DPOConfig) -> dict:
-    from model.dpo import dpo as run_dpo
-
-    table = ref.read_arrow(REFERENCE_FILE)
+    entry = ("model.dpo:dpo", "model.dpo:DPOConfig")
+    table = {"reference": ref.local_path(REFERENCE_FILE)}
     return run_tuning(
         out,
         config.schedule.max_steps,
-        lambda local, log: run_dpo(model_path, tokenizer_path, config, local, reference=table, log=log),
+        in_processes(entry, [model_path, tokenizer_path], config, out, table),
         _describe,
         lambda local: folder_files(local, "model.pt", TOKENIZER_DIR),
     )

@@ -10,7 +10,7 @@ from flows import access, artifacts
 from flows.config import Location
 from flows.stages import summary
 from flows.training import loss_chart
-from flows.tuning import commit_tuned, folder_files, run_tuning
+from flows.tuning import commit_tuned, folder_files, in_processes, run_tuning
 from model.sft import TOKENIZER_DIR, SFTConfig
 from model.source import resolve
 from pipeline.stage_table import BY_NAME
@@ -28,12 +28,10 @@ def _describe(event: dict) -> list[str]:
 
 @task(task_run_name="sft-{out.fingerprint}", cache_policy=NO_CACHE)
 def _sft_task(out: StageDir, model_path: str, tokenizer_path: str, config: SFTConfig) -> dict:
-    from model.sft import sft as run_sft
-
     return run_tuning(
         out,
         config.schedule.max_steps,
-        lambda local, log: run_sft(model_path, tokenizer_path, config, local, log=log),
+        in_processes(("model.sft:sft", "model.sft:SFTConfig"), [model_path, tokenizer_path], config, out),
         _describe,
         lambda local: folder_files(local, "model.pt", TOKENIZER_DIR),
     )

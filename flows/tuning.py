@@ -14,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from flows.common import Timer, run_locked
 from flows.training import local_dir
 from model import checkpoints
+from model.launch import launch_entry
 from model.train import CHECKPOINT
 from pipeline.failpoints import failpoint
 from storage import StageDir
@@ -80,3 +81,16 @@ def commit_tuned(out: StageDir, train: Callable[[], dict], manifest: dict) -> tu
         return cached, t.seconds, timing
 
     return run_locked(out, work)
+
+
+def in_processes(entry: tuple[str, str], args: list, config, out: StageDir, kwargs: dict | None = None):
+    """run_tuning's work: entry's function (model.launch.launch_entry's form) in this process, or
+    in config.processes processes under torchrun (DDP or FSDP2)."""
+    from pipeline.stage_table import load
+
+    def work(local: str, log: Callable[[dict], None]) -> dict:
+        if config.processes == 1:
+            return load(entry[0])(*args, config, local, log=log, **(kwargs or {}))
+        return launch_entry(entry, args, config, local, log, run_id=out.fingerprint, kwargs=kwargs)
+
+    return work

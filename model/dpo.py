@@ -22,7 +22,6 @@ and resumed gives bitwise the same weights on CPU.
 from __future__ import annotations
 
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -34,12 +33,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from tokenizers import Tokenizer
 
-from model import checkpoints
+from model import distributed, tuning
 from model.batches import EpochBatches
 from model.chat import CHAT_TEMPLATE, ChatFormat, add_chat_tokens, resize_vocab
 from model.evaluate import load_model
 from model.gpt import IGNORE_INDEX, autocast, resolve_device
-from model.guard import LossGuard
 from model.preference_data import Pair, fit, read_pairs
 from model.sft import answers, load_tokenizer
 from model.sft_data import Example, split_examples
@@ -49,19 +47,12 @@ from model.train import (
     GuardConfig,
     LaunchConfig,
     LogConfig,
-    Meter,
     OptimizerConfig,
     Run,
     ScheduleConfig,
     ValidationConfig,
     _group,
-    _restore,
-    dotted,
     finish,
-    make_optimizer,
-    report,
-    save,
-    train_step,
 )
 from storage.config import StageConfig
 from storage.fingerprint import file_identity
@@ -158,20 +149,18 @@ class DPOConfig(StageConfig):
     launch: LaunchConfig = Field(
         default_factory=lambda: LaunchConfig(compile=False),
         title="Launch",
-        description="Device, precision and memory savers (one process).",
+        description="Device, precision, memory savers and processes (DDP or FSDP2 under torchrun).",
     )
 
     @model_validator(mode="after")
     def _checks(self) -> "DPOConfig":
-        if self.launch.processes > 1:
-            raise ValueError("dpo runs in one process (launch.nproc_per_node and nnodes 1)")
         if self.schedule.min_lr > self.optimizer.learning_rate:
             raise ValueError("schedule.min_lr must not exceed optimizer.learning_rate")
         return self
 
     @property
     def processes(self) -> int:
-        return 1
+        return self.launch.processes
 
 
 # Changing these between a run and its resume leaves the weights as they were.
@@ -182,12 +171,12 @@ DPO_RESUMABLE = RESUMABLE_CHANGES | {"eval.kl", "eval.answer_tokens", "eval.samp
 class DPORun(Run):
     """model.train's Run; a step reads batch_size pairs of at most max_len tokens each answer."""
 
-    max_len: int = 0
+    seq_len: int = 0  # prompt + answer, at most
 
     @property
     def tokens_per_step(self) -> int:  # the padded upper bound: two sequences per pair
         c = self.config
-        return c.data.batch_size * c.data.grad_accum_steps * 2 * self.max_len
+        return c.data.batch_size * c.data.grad_accum_steps * self.world * 2 * self.seq_len
 
 
 class Fitted:
@@ -409,45 +398,20 @@ def compute_reference(base_model_path: str, tokenizer_dir: str, c: DPOConfig) ->
     return reference_logps(_model(base_model_path, p.tokenizer, device), p.fitted, p.pad_id, 16, device, c.launch.dtype)
 
 
-def _read_checkpoint(path: str, c: DPOConfig, identity: dict, device: str) -> Optional[dict]:
-    if not (os.path.exists(path) or checkpoints.step_files(os.path.dirname(path))):
-        return None
-    path, ckpt = checkpoints.newest_readable(path, lambda p: torch.load(p, map_location=device, weights_only=True))
-    now, saved = dotted(c.model_dump()), dotted(DPOConfig.model_validate(ckpt["config"]).model_dump())
-    changed = sorted(k for k in now if k not in DPO_RESUMABLE and saved.get(k) != now[k])
-    if changed:
-        what = ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed)
-        raise ValueError(f"checkpoint {path} was written with another config ({what}); use the same or a new out_dir")
-    if ckpt["token_files"] != identity:
-        raise ValueError(f"checkpoint {path} was tuned from another model, data or reference; use a new out_dir")
-    return ckpt
-
-
 def setup(base_model_path: str, p: Prepared, reference: dict, c: DPOConfig, out_dir: str, identity: dict) -> DPORun:
-    """Seeds, the policy (the base's weights), optimizer, guard and batches, restored from out_dir's checkpoint."""
-    device = resolve_device(c.launch.device)
-    random.seed(c.data.seed)
-    np.random.seed(c.data.seed)
-    torch.manual_seed(c.data.seed)
-    model = _model(base_model_path, p.tokenizer, device)
-    model.train()
-    ckpt_path = os.path.join(out_dir, CHECKPOINT)
-    for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
-        checkpoints.remove_stale_temporaries(folder)
-    ckpt = _read_checkpoint(ckpt_path, c, identity, device)
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-    optimizer = make_optimizer(model, c, device)
-    guard = LossGuard(c.guard.mode, c.guard.spike_factor, c.guard.max_skipped, device)
-    batches = pair_batches(p.fitted, p.train, reference, c, p.pad_id, device)
-    vocab = model.config.vocab_size
-    run = DPORun(c, device, 0, 1, model, model, model, optimizer, guard, batches, None, vocab, ckpt_path, identity,
-                 model.flops_per_token(p.max_len), max_len=p.max_len)  # fmt: skip
-    if ckpt:
-        run.step, run.history, run.last_loss = _restore(ckpt, model, optimizer, batches, guard, c, 0)
-        del ckpt
-    run.last_loss_t = torch.tensor(float("nan") if run.last_loss is None else run.last_loss, device=device)
-    return run
+    """Seeds, the policy (the base's weights; wrapped for DDP/FSDP2 under torchrun), optimizer,
+    guard and batches, restored from out_dir's checkpoint (model/tuning.py)."""
+    return tuning.start(
+        c,
+        _model(base_model_path, p.tokenizer, "cpu"),
+        lambda device: pair_batches(p.fitted, p.train, reference, c, p.pad_id, device),
+        out_dir,
+        CHECKPOINT,
+        identity,
+        DPO_RESUMABLE,
+        DPORun,
+        seq_len=p.max_len,
+    )
 
 
 def reference_columns(table: pa.Table, pairs: int, source: str = "the reference table") -> dict:
@@ -467,20 +431,23 @@ def dpo(
     tokenizer_dir: str,
     config: DPOConfig,
     out_dir: str,
-    reference: Optional[pa.Table] = None,
+    reference: Optional[pa.Table | str] = None,
     log: Optional[Callable[[dict], None]] = None,
     stop_after: Optional[int] = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict:
     """Tune (or resume) in out_dir; write out_dir/model.pt and out_dir/tokenizer/; return a
-    JSON-ready summary. reference: compute_reference's table for the same base and config (None:
-    computed here, and timed). stop_after=N stops after step N as if killed there."""
+    JSON-ready summary. reference: compute_reference's table for the same base and config, or the
+    path of an Arrow IPC file holding it (None: computed here, and timed). stop_after=N stops after step N as if killed there."""
     c = config
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     p = prepare(base_model_path, tokenizer_dir, c)
     device = resolve_device(c.launch.device)
     reference_seconds = None
+    if isinstance(reference, str):
+        with pa.memory_map(reference) as source:
+            reference = pa.ipc.open_file(source).read_all()
     if reference is None:
         t = time.perf_counter()
         ref_model = _model(base_model_path, p.tokenizer, device)
@@ -495,33 +462,16 @@ def dpo(
     }
     run = setup(base_model_path, p, ref, c, out_dir, identity)
     ref_model = _model(base_model_path, p.tokenizer, device).eval() if c.eval.kl else None
-    meter = Meter(run)
-    committed = (lambda s: log({"step": s, "checkpoint": run.ckpt_path})) if log else (lambda s: None)
-    saver = checkpoints.Saver(c.checkpoint.async_save, committed)
-    last_save = clock()
-    loss_fn = lambda model, batch: pair_loss(model, batch, c.loss)[0]  # noqa: E731
     val = p.val[: c.eval.batches * c.data.batch_size] if c.eval.batches else p.val
-    max_steps = c.schedule.max_steps
-    try:
-        while run.step < max_steps and (stop_after is None or run.step < stop_after):
-            out = train_step(run, run.batches, loss_fn)
-            meter.stepped()
-            evaluating = bool(val) and (run.step % c.eval.interval == 0 or run.step == max_steps)
-            saving = run.step == max_steps or bool(c.checkpoint.interval) and run.step % c.checkpoint.interval == 0
-            saving = saving or (c.checkpoint.minutes and clock() - last_save >= 60 * c.checkpoint.minutes)
-            if evaluating or saving or run.step % c.log.interval == 0 or run.step in (max_steps, stop_after):
-                report(run, out, meter, log)
-            if evaluating:
-                figures = pair_metrics(run.raw_model, val, p.fitted, ref, c, p.pad_id, device, ref_model)
-                run.history[-1].update({f"val_{k}": v for k, v in figures.items() if k != "pairs"})
-                if log:
-                    log({"step": run.step, **{f"val_{k}": v for k, v in figures.items() if k != "pairs"}})
-            if saving:
-                save(run, saver, run.batches, log)
-                last_save = clock()
-            saver.poll()
-    finally:
-        saver.close()
+
+    def validate() -> None:
+        figures = pair_metrics(run.raw_model, val, p.fitted, ref, c, p.pad_id, device, ref_model)
+        run.history[-1].update({f"val_{k}": v for k, v in figures.items() if k != "pairs"})
+        if log:
+            log({"step": run.step, **{f"val_{k}": v for k, v in figures.items() if k != "pairs"}})
+
+    loss_fn = lambda model, batch: pair_loss(model, batch, c.loss)[0]  # noqa: E731
+    meter = tuning.tune(run, loss_fn, validate if val else None, log, stop_after, clock)
     summary = finish(run, meter, out_dir)
     summary.update(
         {
@@ -534,7 +484,7 @@ def dpo(
     )
     if reference_seconds is not None:
         summary["timing"]["reference_seconds"] = reference_seconds
-    if not summary["completed"]:
+    if not summary["completed"] or not distributed.is_main():
         return summary
     folder = os.path.join(out_dir, TOKENIZER_DIR)
     os.makedirs(folder, exist_ok=True)
@@ -543,7 +493,8 @@ def dpo(
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
     held_out = p.test or p.val
-    tuned = run.raw_model.to(device)
+    # several processes: the model.pt rank 0 wrote (FSDP2's weights are shards of it)
+    tuned = run.raw_model.to(device) if run.world == 1 else load_model(os.path.join(out_dir, "model.pt"), device)
     summary["test"] = pair_metrics(tuned, held_out, p.fitted, ref, c, p.pad_id, device, ref_model)
     summary["test"]["reference_logp_preference"] = reference_preference(held_out, ref, c.loss.reduction)
     if c.eval.samples:

@@ -3,8 +3,11 @@ starts torchrun and follows the run.
 
     torchrun --nproc-per-node=2 -m model.launch --args-json run.json
 
-run.json holds train()'s arguments: {"train_files": [...], "val_files": [...], "vocab_size": N,
-"config": {TrainConfig, nested by group}, "out_dir": "...", "stop_after": null, "events": null}. Rank 0 writes
+run.json holds the function to run and its arguments: {"entry": "model.train:train", "config_class":
+"model.train:TrainConfig", "args": [the arguments before the config: train_files, val_files,
+vocab_size for train(); base model and tokenizer for model.sft:sft and model.dpo:dpo], "config":
+{the config, nested by group}, "out_dir": "...", "stop_after": null, "events": null, "kwargs": {more
+keyword arguments}}. Rank 0 writes
 one JSON object per line: {"log": event} for each train() log event, then {"result": summary}; to
 the file named by "events" when given (launch() follows it there: it is in out_dir, which every
 machine must share, whichever machine rank 0 lands on), else to stdout.
@@ -13,6 +16,7 @@ machine must share, whichever machine rank 0 lands on), else to stdout.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -25,7 +29,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from model import distributed
 from model.gpt import resolve_device
-from model.train import TrainConfig, train
+from model.train import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_DIR = "launch"  # under out_dir: run.json, events.jsonl, torchrun.log
@@ -37,25 +41,33 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--args-json", required=True, help="train()'s arguments (see the module doc)")
     with open(parser.parse_args(argv).args_json) as f:
         a = json.load(f)
-    config = TrainConfig.model_validate(a["config"])
+    config = _load(a.get("config_class", TRAIN[1])).model_validate(a["config"])
+    args = a["args"] if "args" in a else [a["train_files"], a["val_files"], a["vocab_size"]]
     distributed.setup(resolve_device(config.launch.device))
     ok = False
     try:
         emit = _emitter(a.get("events")) if distributed.is_main() else None
-        summary = train(
-            a["train_files"],
-            a["val_files"],
-            a["vocab_size"],
+        summary = _load(a.get("entry", TRAIN[0]))(
+            *args,
             config,
             a["out_dir"],
             log=(lambda e: emit({"log": e})) if emit else None,
             stop_after=a.get("stop_after"),
+            **a.get("kwargs", {}),
         )
         if emit:
             emit({"result": summary})
         ok = True
     finally:
         distributed.teardown(ok)
+
+
+TRAIN = ("model.train:train", "model.train:TrainConfig")
+
+
+def _load(ref: str):
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _emitter(path: Optional[str]) -> Callable[[dict], None]:
@@ -103,13 +115,32 @@ def launch(
     """train() in config.processes processes under torchrun, started from this process: the same
     arguments, result and log events (rank 0's, as they come). Raises RuntimeError with the end of
     torchrun's output when it fails. on_command sees the command first (to log it for other nodes)."""
+    files = [[os.path.abspath(f) for f in train_files], [os.path.abspath(f) for f in val_files], vocab_size]
+    return launch_entry(TRAIN, files, config, out_dir, log, stop_after, run_id, on_command)
+
+
+def launch_entry(
+    entry: tuple[str, str],
+    args: list,
+    config,
+    out_dir: str,
+    log: Optional[Callable[[dict], None]] = None,
+    stop_after: Optional[int] = None,
+    run_id: str = "crawl2llm",
+    on_command: Optional[Callable[[list[str]], None]] = None,
+    kwargs: Optional[dict] = None,
+) -> dict:
+    """entry = ("module:function", "module:ConfigClass"), a function called as
+    function(*args, config, out_dir, log=, stop_after=, **kwargs) (model.train.train, model.sft.sft,
+    model.dpo.dpo; JSON-ready arguments), in config.processes processes under torchrun, as launch() says."""
     folder = os.path.join(os.path.abspath(out_dir), LAUNCH_DIR)
     os.makedirs(folder, exist_ok=True)
     events = os.path.join(folder, "events.jsonl")
     args = {
-        "train_files": [os.path.abspath(f) for f in train_files],
-        "val_files": [os.path.abspath(f) for f in val_files],
-        "vocab_size": vocab_size,
+        "entry": entry[0],
+        "config_class": entry[1],
+        "args": args,
+        "kwargs": kwargs or {},
         "config": config.model_dump(),
         "out_dir": os.path.abspath(out_dir),
         "stop_after": stop_after,

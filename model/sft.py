@@ -20,18 +20,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Literal, Optional
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 from tokenizers import Tokenizer
 
-from model import checkpoints
+from model import distributed, tuning
 from model.batches import EpochBatches
 from model.chat import CHAT_TEMPLATE, ChatFormat, add_chat_tokens, resize_vocab
 from model.evaluate import load_model
 from model.generate import generate
-from model.gpt import IGNORE_INDEX, autocast, resolve_device
-from model.guard import LossGuard
+from model.gpt import IGNORE_INDEX, autocast
 from model.judge import Judge, judge_answers
 from model.sft_data import DataError, Example, Rows, pack, read_records, render_records, split_examples
 from model.tasks import evaluate_task, load_task
@@ -43,18 +41,12 @@ from model.train import (
     GuardConfig,
     LaunchConfig,
     LogConfig,
-    Meter,
     OptimizerConfig,
     Run,
     ScheduleConfig,
     ValidationConfig,
     _group,
-    _restore,
     finish,
-    make_optimizer,
-    report,
-    save,
-    train_step,
 )
 from storage.config import StageConfig
 from storage.fingerprint import file_identity
@@ -148,16 +140,14 @@ class SFTConfig(StageConfig):
     launch: LaunchConfig = _group("Launch", LaunchConfig)
 
     @model_validator(mode="after")
-    def _one_process(self) -> "SFTConfig":
-        if self.launch.processes > 1:
-            raise ValueError("sft runs in one process (launch.nproc_per_node and nnodes 1)")
+    def _lr_range(self) -> "SFTConfig":
         if self.schedule.min_lr > self.optimizer.learning_rate:
             raise ValueError("schedule.min_lr must not exceed optimizer.learning_rate")
         return self
 
     @property
     def processes(self) -> int:
-        return 1
+        return self.launch.processes
 
 
 # Changing these between a run and its resume leaves the weights as they were.
@@ -185,7 +175,7 @@ class SFTRun(Run):
     @property
     def tokens_per_step(self) -> int:
         c = self.config
-        return c.data.batch_size * c.data.grad_accum_steps * self.seq_len
+        return c.data.batch_size * c.data.grad_accum_steps * self.world * self.seq_len
 
 
 def row_batches(rows: Rows, batch_size: int, seed: int, device: str) -> EpochBatches:
@@ -210,7 +200,20 @@ def _to(batch: dict, device: str) -> dict:
 
 
 def masked_loss(model: torch.nn.Module, batch: dict, loss_chunks: int = 1) -> torch.Tensor:
-    """Mean cross-entropy over the trained targets of a batch of packed rows."""
+    """Mean cross-entropy over the trained targets of a batch of packed rows. Under several
+    processes, the mean over every rank's targets: this rank's sum over the global count, times the
+    process count (DDP and FSDP2 average the gradients), so N processes x batch b step as one
+    process x batch N*b does."""
+    loss = rows_mean(model, batch, loss_chunks)
+    world = distributed.world_size()
+    if world == 1:
+        return loss
+    count = (batch["targets"] != IGNORE_INDEX).sum().float()
+    return loss * count * world / distributed.sums(count).clamp_min(1)
+
+
+def rows_mean(model: torch.nn.Module, batch: dict, loss_chunks: int = 1) -> torch.Tensor:
+    """Mean cross-entropy over the trained targets of this process's batch of packed rows."""
     return model(
         batch["tokens"],
         batch["targets"],
@@ -233,7 +236,7 @@ def rows_loss(model, rows: Rows, batch_size: int, device: str, dtype: str, max_b
         n = int((batch["targets"] != IGNORE_INDEX).sum())
         if n:
             with autocast(device, dtype):
-                loss = masked_loss(model, batch)
+                loss = rows_mean(model, batch)
             total += float(loss) * n
             count += n
     model.train(was_training)
@@ -273,28 +276,6 @@ def prepare(config: SFTConfig, tokenizer: Tokenizer):
     return train, val, test, skipped
 
 
-def _ckpt_config(c: SFTConfig) -> dict:
-    out = {}
-    for group, value in c.model_dump().items():
-        out.update({f"{group}.{k}": v for k, v in value.items()})
-    return out
-
-
-def _read_checkpoint(path: str, c: SFTConfig, identity: dict, device: str) -> Optional[dict]:
-    """The newest readable checkpoint, after checking it was written by this config and inputs."""
-    if not (os.path.exists(path) or checkpoints.step_files(os.path.dirname(path))):
-        return None
-    path, ckpt = checkpoints.newest_readable(path, lambda p: torch.load(p, map_location=device, weights_only=True))
-    now, saved = _ckpt_config(c), _ckpt_config(SFTConfig.model_validate(ckpt["config"]))
-    changed = sorted(k for k in now if k not in SFT_RESUMABLE and saved.get(k) != now[k])
-    if changed:
-        what = ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed)
-        raise ValueError(f"checkpoint {path} was written with another config ({what}); use the same or a new out_dir")
-    if ckpt["token_files"] != identity:
-        raise ValueError(f"checkpoint {path} was tuned from another base model or data; use a new out_dir")
-    return ckpt
-
-
 def _base(base_model_path: str, tokenizer: Tokenizer, device: str):
     """The base GPT grown to the tokenizer's vocabulary (chat tokens added to the tokenizer first)."""
     model = load_model(base_model_path, "cpu")
@@ -304,33 +285,20 @@ def _base(base_model_path: str, tokenizer: Tokenizer, device: str):
 
 
 def setup(base_model_path: str, tokenizer: Tokenizer, c: SFTConfig, out_dir: str, rows, val_rows, identity) -> SFTRun:
-    """Seeds, the base model, optimizer, guard and batches, restored from out_dir's checkpoint."""
-    device = resolve_device(c.launch.device)
-    random.seed(c.data.seed)
-    np.random.seed(c.data.seed)
-    torch.manual_seed(c.data.seed)
-    model = _base(base_model_path, tokenizer, device)
-    model.train()
-    seq_len = rows.tokens.size(1)
-    ckpt_path = os.path.join(out_dir, CHECKPOINT)
-    for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
-        checkpoints.remove_stale_temporaries(folder)
-    ckpt = _read_checkpoint(ckpt_path, c, identity, device)
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-    optimizer = make_optimizer(model, c, device)
-    guard = LossGuard(c.guard.mode, c.guard.spike_factor, c.guard.max_skipped, device)
-    batches = row_batches(rows, c.data.batch_size, c.data.seed, device)
-    vocab = model.config.vocab_size
-    run = SFTRun(c, device, 0, 1, model, model, model, optimizer, guard, batches, None, vocab, ckpt_path, identity,
-                 model.flops_per_token(seq_len), seq_len=seq_len, val_rows=val_rows)  # fmt: skip
-    if ckpt:
-        run.step, run.history, run.last_loss = _restore(ckpt, model, optimizer, batches, guard, c, 0)
-        del ckpt
-    if c.launch.compile is True:
-        run.model = torch.compile(model)
-    run.last_loss_t = torch.tensor(float("nan") if run.last_loss is None else run.last_loss, device=device)
-    return run
+    """Seeds, the base model (wrapped for DDP/FSDP2 under torchrun), optimizer, guard and batches,
+    restored from out_dir's checkpoint (model/tuning.py)."""
+    return tuning.start(
+        c,
+        _base(base_model_path, tokenizer, "cpu"),
+        lambda device: row_batches(rows, c.data.batch_size, c.data.seed, device),
+        out_dir,
+        CHECKPOINT,
+        identity,
+        SFT_RESUMABLE,
+        SFTRun,
+        seq_len=rows.tokens.size(1),
+        val_rows=val_rows,
+    )
 
 
 def validate(run: SFTRun, log: Optional[Callable[[dict], None]]) -> None:
@@ -445,29 +413,8 @@ def sft(
     identity = {"base": file_identity(base_model_path, os.path.basename(base_model_path)),
                 "data": [file_identity(p, os.path.basename(p)) for p in c.data.files]}  # fmt: skip
     run = setup(base_model_path, tokenizer, c, out_dir, rows, val_rows, identity)
-    meter = Meter(run)
-    committed = (lambda s: log({"step": s, "checkpoint": run.ckpt_path})) if log else (lambda s: None)
-    saver = checkpoints.Saver(c.checkpoint.async_save, committed)
-    last_save = clock()
     loss_fn = partial(masked_loss, loss_chunks=c.launch.loss_chunks)
-    max_steps = c.schedule.max_steps
-    try:
-        while run.step < max_steps and (stop_after is None or run.step < stop_after):
-            out = train_step(run, run.batches, loss_fn)
-            meter.stepped()
-            evaluating = run.step % c.eval.interval == 0 or run.step == max_steps
-            saving = run.step == max_steps or bool(c.checkpoint.interval) and run.step % c.checkpoint.interval == 0
-            saving = saving or (c.checkpoint.minutes and clock() - last_save >= 60 * c.checkpoint.minutes)
-            if evaluating or saving or run.step % c.log.interval == 0 or run.step in (max_steps, stop_after):
-                report(run, out, meter, log)
-            if evaluating and len(val_rows):
-                validate(run, log)
-            if saving:
-                save(run, saver, run.batches, log)
-                last_save = clock()
-            saver.poll()
-    finally:
-        saver.close()
+    meter = tuning.tune(run, loss_fn, (lambda: validate(run, log)) if len(val_rows) else None, log, stop_after, clock)
     summary = finish(run, meter, out_dir)
     summary.update(
         {
@@ -480,7 +427,7 @@ def sft(
             "skipped_records": skipped,
         }
     )
-    if not summary["completed"]:
+    if not summary["completed"] or not distributed.is_main():
         return summary
     folder = os.path.join(out_dir, TOKENIZER_DIR)
     os.makedirs(folder, exist_ok=True)
@@ -490,7 +437,10 @@ def sft(
             f.write(data)
     end_id = tokenizer.token_to_id("<|end|>" if c.data.prompt == "chat" else EOT)
     held_out = test_ex or val_ex
-    tuned = run.raw_model.to(run.device)
+    # several processes: the model.pt rank 0 wrote (FSDP2's weights are shards of it)
+    tuned = (
+        run.raw_model.to(run.device) if run.world == 1 else load_model(os.path.join(out_dir, "model.pt"), run.device)
+    )
     summary["after"] = assess(tuned, tokenizer, test_rows, held_out, c, end_id, run.device)
     if c.eval.before:
         base = _base(base_model_path, load_tokenizer(tokenizer_dir), run.device)

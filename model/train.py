@@ -828,9 +828,12 @@ def _save_checkpoint(saver: checkpoints.Saver, run: Run, batches: Prefetcher) ->
     return None
 
 
-def _find_checkpoint(out_dir: str, ckpt_path: str, c: TrainConfig, vocab_size: int, device: str):
+def _find_checkpoint(
+    out_dir: str, ckpt_path: str, c: TrainConfig, vocab_size: int, device: str, read: Optional[Callable] = None
+):
     """(checkpoint, FSDP2 folder or None): the checkpoint to resume from (None: a fresh start),
-    after clearing what a kill during a save left; every rank must see the same."""
+    after clearing what a kill during a save left; every rank must see the same. read(path) reads
+    and checks it (default: pretraining's checks; the tuning stages pass theirs)."""
     if distributed.is_main():
         sharded_checkpoint.remove_stale(os.path.dirname(ckpt_path))
         for folder in (out_dir, os.path.dirname(ckpt_path)):  # what a kill during a save left
@@ -840,7 +843,8 @@ def _find_checkpoint(out_dir: str, ckpt_path: str, c: TrainConfig, vocab_size: i
     if not distributed.same_on_all(found):
         raise RuntimeError(f"only some ranks see {ckpt_path}: out_dir must be on storage every machine shares")
     read_from = os.path.join(sharded, sharded_checkpoint.STATE) if sharded else ckpt_path
-    return (_read_checkpoint(read_from, c, vocab_size, device) if found else None), sharded
+    read = read or (lambda path: _read_checkpoint(path, c, vocab_size, device))
+    return (read(read_from) if found else None), sharded
 
 
 def _read_checkpoint(path, c, vocab_size, device) -> dict:

@@ -436,6 +436,17 @@ def test_sft_then_dpo_flows_tune_and_cache(trained_run, tmp_path, shared_data):
     )
     assert main(["export", tuned["url"], str(tmp_path / "hf-dpo")]) == 0  # a dpo output is a chat model too
 
+    # The same sft in 2 DDP processes of half the batch: the flow starts torchrun; the same steps.
+    two = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"batch_size": 2}),
+            "launch": config.launch.model_copy(update={"nproc_per_node": 2, "parallel": "ddp"}),
+        }
+    )
+    ddp = sft(trained_run["train"]["url"], two)
+    assert not ddp["cached"] and ddp["counts"]["steps"] == 4 and "answer_loss" in ddp["counts"]["after"]
+    assert (trained_run["store"] / "sft" / ddp["fingerprint"] / "launch" / "run.json").exists()
+
 
 def test_classify_flow_fine_tunes_a_train_output_and_caches_it(trained_run, shared_data):
     """The classify flow on a train output and the SMS set: store/classify/{fp} with the classifier,

@@ -12,9 +12,9 @@ import torch
 from model.gpt import GPT, GPTConfig
 from model.sft import SFTConfig, masked_loss, sft
 from model.sft_data import IGNORE, DataError
-from pipeline.tokenize import TokenizeConfig, train_tokenizer
 from tests.fixtures.data import require_data
 from tests.fixtures.train import kill_at_step, run_killed
+from tests.fixtures.tuning import tiny_base
 
 INSTRUCT = "instruct/rasbt-ch07-instruction-data.json"
 
@@ -23,19 +23,7 @@ INSTRUCT = "instruct/rasbt-ch07-instruction-data.json"
 def base(tmp_path_factory):
     """A tokenizer without chat tokens (sft adds them) and a tiny pretrained-shaped GPT."""
     folder = tmp_path_factory.mktemp("base")
-    records = json.loads(require_data(INSTRUCT).read_text())
-    data = folder / "instruct.json"
-    data.write_text(json.dumps(records[:60]))
-    texts = [r["instruction"] + " " + r["input"] + " " + r["output"] for r in records]
-    tok = train_tokenizer(texts, TokenizeConfig(vocab_size=512, chat_tokens=False))
-    tok.save(str(folder / "tokenizer.json"))
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=128, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
-    model = GPT(cfg)
-    torch.save(
-        {"model": model.state_dict(), "config": cfg.model_dump(), "vocab_size": cfg.vocab_size}, folder / "model.pt"
-    )
-    return folder, data
+    return folder, tiny_base(folder)
 
 
 def _config(path, **changes) -> SFTConfig:

@@ -136,6 +136,7 @@ CLOSURES = {
         "model.sharded_checkpoint",
         "model.tasks",
         "model.train",
+        "model.tuning",
         "storage.tokens",
     ],
     "classify": [
@@ -176,6 +177,7 @@ CLOSURES = {
         "model.sharded_checkpoint",
         "model.tasks",
         "model.train",
+        "model.tuning",
         "storage.tokens",
     ],
 }
