@@ -159,3 +159,20 @@ def test_benchmarks_are_scored_zero_shot_and_through_the_chat_format_before_and_
             _config(data, eval={"tasks": [str(tmp_path / "none.jsonl")]}),
             str(tmp_path / "x"),
         )
+
+
+def test_bfloat16_autocast_acts_and_still_trains(base, tmp_path):
+    """launch.dtype bfloat16 (autocast, on the CPU too): other losses than float32, and falling."""
+    folder, data = base
+    runs = {
+        dtype: sft(
+            str(folder / "model.pt"),
+            str(folder),
+            _config(data, launch={"dtype": dtype}, eval={"before": False}, log={"interval": 1}),
+            str(tmp_path / dtype),
+        )  # fmt: skip
+        for dtype in ("float32", "bfloat16")
+    }
+    fp32, bf16 = ([h["loss"] for h in runs[d]["history"]] for d in ("float32", "bfloat16"))
+    assert fp32 != bf16 and fp32[0] == pytest.approx(bf16[0], rel=0.02)
+    assert bf16[-1] < bf16[0] and runs["bfloat16"]["completed"]
